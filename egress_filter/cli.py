@@ -1,0 +1,190 @@
+"""The ``egress-filter`` command: one entry point, one subcommand per job.
+
+Policy errors become exit code 1 and ``file:line: field: message`` lines;
+usage errors exit 2 (argparse).  The servers' subcommands live with their
+packages (``dns_blocker.cli``, ``proxy_addons.cli``, ``replay.cli``); each
+exposes ``register(subparsers)`` and is imported only here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import importlib
+import json
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from policies import (
+    Action,
+    Kind,
+    Mode,
+    Observation,
+    Phase,
+    Policy,
+    PolicyError,
+    load_policy,
+    policy_summary,
+)
+
+EXIT_POLICY = 1
+
+
+def parse_date(text: str) -> dt.date:
+    try:
+        return dt.date.fromisoformat(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a date (YYYY-MM-DD)") from exc
+
+
+def add_policy_args(p: argparse.ArgumentParser, *, moment: bool = True) -> None:
+    """The flags every policy-reading command shares."""
+    p.add_argument("--policy", metavar="P", help="policy YAML (default: the bundled policy)")
+    if moment:
+        g = p.add_mutually_exclusive_group()
+        g.add_argument("--at", type=parse_date, metavar="YYYY-MM-DD", help="read the schedules at this date")
+        g.add_argument("--phase", choices=[x.value for x in Phase], help="force every app into this phase")
+
+
+def load_or_exit(path: str | None) -> Policy:
+    """Load a policy, or print its problems and exit 1."""
+    try:
+        return load_policy(path)
+    except PolicyError as exc:
+        for issue in exc.issues:
+            print(issue, file=sys.stderr)
+        raise SystemExit(EXIT_POLICY) from exc
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    policy = load_or_exit(args.policy_file or args.policy)
+    summary = policy_summary(policy)
+    if args.json:
+        print(json.dumps(summary, indent=2))
+        return 0
+    print(f"{summary['source']}: OK")
+    print(f"  mode: {summary['mode']}")
+    print(f"  apps ({len(summary['apps'])}): {', '.join(summary['apps'])}")
+    for key, n in summary["rules"].items():
+        print(f"  {key}: {n}")
+    if summary["exempt_clients"]:
+        print(f"  exempt clients: {', '.join(summary['exempt_clients'])}")
+    return 0
+
+
+def guess_kind(value: str) -> Kind:
+    if "://" in value or "/" in value:
+        return Kind.HTTP
+    try:
+        import ipaddress
+
+        ipaddress.ip_address(value.strip("[]"))
+        return Kind.IP
+    except ValueError:
+        return Kind.DNS
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    policy = load_or_exit(args.policy)
+    kind = Kind(args.kind) if args.kind else guess_kind(args.target)
+    value = args.target
+    host = None
+    if kind is Kind.HTTP:
+        if "://" not in value:
+            value = "https://" + value
+        from urllib.parse import urlsplit
+
+        host = urlsplit(value).hostname
+    obs = Observation(kind, value, args.client, host)
+    view = policy.view(args.at, Phase(args.phase) if args.phase else None,
+                       Mode(args.mode) if args.mode else None)
+    d = view.decide(obs)
+    if args.json:
+        out: dict[str, Any] = {
+            "observation": {"kind": kind.value, "value": value, "client": args.client},
+            "action": d.action.value, "would": d.would.value, "apps": list(d.apps), "phase": d.phase.value,
+            "rule": d.rule, "reason": d.reason, "inspect": d.inspect, "at": view.at.isoformat(),
+        }
+        print(json.dumps(out, indent=2))
+    else:
+        print(f"{d.action.value.upper()}  {kind.value} {value}")
+        print(f"  apps:   {', '.join(d.apps) or '-'}")
+        print(f"  phase:  {d.phase.value}")
+        print(f"  rule:   {d.rule or '-'}")
+        print(f"  at:     {view.at}")
+        if d.inspect:
+            print("  inspect: yes (a proxy must decrypt to see the URL)")
+        print(f"  reason: {d.reason}")
+    return 0
+
+
+def cmd_phases(args: argparse.Namespace) -> int:
+    policy = load_or_exit(args.policy)
+    day = args.at or policy.today()
+    phases = policy.phases(day, Phase(args.phase) if args.phase else None)
+    if args.json:
+        print(json.dumps({"at": day.isoformat(), "apps": [
+            {"app": a.app, "name": policy.apps[a.app].name, "phase": a.phase.value,
+             "since": a.since.isoformat() if a.since else None, "source": a.source,
+             "overridden": a.overridden} for a in phases.values()]}, indent=2))
+        return 0
+    print(f"Phases at {day}:")
+    width = max(len(policy.apps[a].name) for a in phases) if phases else 4
+    for a in phases.values():
+        since = a.since.isoformat() if a.since else "-"
+        print(f"  {policy.apps[a.app].name:<{width}}  {a.phase.value:<9}  since {since:<10}  {a.source}")
+    return 0
+
+
+SUBSYSTEMS = ("dns_blocker.cli", "proxy_addons.cli", "replay.cli", "egress_filter.run")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="egress-filter", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("check", help="validate a policy and print a summary")
+    p.add_argument("policy_file", nargs="?", metavar="POLICY", help="policy YAML (default: bundled)")
+    p.add_argument("--policy", help=argparse.SUPPRESS)
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.set_defaults(func=cmd_check)
+
+    p = sub.add_parser("explain", help="decide one name, SNI, URL or IP and say why")
+    p.add_argument("target", metavar="NAME_OR_URL")
+    add_policy_args(p)
+    p.add_argument("--client", metavar="IP", help="the client address (exempt networks apply)")
+    p.add_argument("--kind", choices=[k.value for k in Kind], help="what the target is (guessed by default)")
+    p.add_argument("--mode", choices=[m.value for m in Mode], help="override the policy's mode")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_explain)
+
+    p = sub.add_parser("phases", help="each app's phase at a date, since when, and the source")
+    add_policy_args(p)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_phases)
+
+    for name in SUBSYSTEMS:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name != name:
+                raise
+            continue
+        module.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

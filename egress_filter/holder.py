@@ -1,0 +1,156 @@
+"""The policy holder both servers share: load, hot reload, phase changes.
+
+Readers take ``holder.view`` (a ``PolicyView``) per request: one attribute
+read.  A reload or a change of day builds a new view off the hot path and
+swaps the reference; a bad file keeps the last good policy.  Subscribers are
+told after every swap (``"reload"``) and when some app's effective phase
+changes (``"phase"``), so caches can be flushed.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import signal
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+from policies import Mode, Phase, Policy, PolicyError, PolicyView, load_policy
+
+log = logging.getLogger("egress_filter.policy")
+
+Listener = Callable[[str], None]
+
+
+class PolicyHolder:
+    def __init__(self, path: str | os.PathLike[str] | None = None, *, at: dt.date | None = None,
+                 phase: Phase | None = None, mode: Mode | None = None,
+                 clock: Callable[[], dt.datetime] | None = None):
+        """Load the policy now; a bad first policy raises ``PolicyError``."""
+        self.path = Path(path) if path is not None else None
+        self.at = at
+        self.phase = phase
+        self.mode = mode
+        self._clock = clock or (lambda: dt.datetime.now(dt.timezone.utc))
+        self._listeners: list[Listener] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.last_error: PolicyError | None = None
+        self.reloads = 0
+        self.policy: Policy = load_policy(self.path)
+        self._stamps = self._file_stamps()
+        self.view: PolicyView = self._make_view(self.policy)
+
+    # --- what readers use -----------------------------------------------------
+
+    def subscribe(self, listener: Listener) -> None:
+        self._listeners.append(listener)
+
+    def day(self, policy: Policy | None = None) -> dt.date:
+        return self.at or (policy or self.policy).today(self._clock())
+
+    # --- changes ----------------------------------------------------------------
+
+    def reload(self) -> bool:
+        """Load the file again; on success swap and notify, on failure keep the old policy."""
+        with self._lock:
+            stamps = self._file_stamps()
+            try:
+                policy = load_policy(self.path)
+            except PolicyError as exc:
+                self.last_error = exc
+                self._stamps = stamps  # do not retry the same bad file every tick
+                log.error("policy reload failed, keeping the last good policy:\n%s", exc)
+                return False
+            self.policy = policy
+            self._stamps = self._file_stamps()
+            self.view = self._make_view(policy)
+            self.last_error = None
+            self.reloads += 1
+        log.info("policy reloaded from %s", policy.source)
+        self._notify("reload")
+        return True
+
+    def set_overrides(self, *, at: dt.date | None = None, phase: Phase | None = None,
+                      mode: Mode | None = None) -> None:
+        with self._lock:
+            self.at, self.phase, self.mode = at, phase, mode
+            self.view = self._make_view(self.policy)
+        self._notify("reload")
+
+    def refresh(self) -> bool:
+        """Re-read the clock; swap in a new view if the day changed, and tell
+        subscribers when any app's effective phase changed. Returns that."""
+        old = self.view
+        day = self.day()
+        if day == old.at:
+            return False
+        with self._lock:
+            new = self._make_view(self.policy)
+            self.view = new
+        changed = new.fingerprint != old.fingerprint
+        if changed:
+            log.info("app phases changed on %s", day)
+            self._notify("phase")
+        return changed
+
+    def changed_on_disk(self) -> bool:
+        return self._file_stamps() != self._stamps
+
+    # --- background watching -------------------------------------------------
+
+    def start(self, interval: float = 1.0) -> None:
+        """Watch the policy files and the clock from a daemon thread."""
+        if self._thread is not None:
+            return
+        self._thread = threading.Thread(target=self._watch, args=(interval,), name="egress-policy-watch",
+                                        daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(5)
+            self._thread = None
+
+    def install_sighup(self) -> None:
+        """Reload on SIGHUP (main thread only). The reload runs on a helper
+        thread so that a signal never stalls the event loop."""
+        def handler(signum: int, frame: object) -> None:
+            threading.Thread(target=self.reload, name="egress-policy-sighup", daemon=True).start()
+        signal.signal(signal.SIGHUP, handler)
+
+    def _watch(self, interval: float) -> None:
+        while not self._stop.wait(interval):
+            try:
+                if self.changed_on_disk():
+                    self.reload()
+                self.refresh()
+            except Exception:  # the watcher must outlive any one bad tick
+                log.exception("policy watcher tick failed")
+
+    # --- internals -------------------------------------------------------------
+
+    def _make_view(self, policy: Policy) -> PolicyView:
+        return policy.view(self.day(policy), self.phase, self.mode)
+
+    def _file_stamps(self) -> tuple[tuple[str, int, int, int], ...]:
+        files = self.policy.files if hasattr(self, "policy") else ((str(self.path),) if self.path else ())
+        out = []
+        for f in files:
+            try:
+                st = os.stat(f)
+                out.append((f, st.st_mtime_ns, st.st_size, st.st_ino))
+            except OSError:
+                out.append((f, 0, 0, 0))
+        return tuple(out)
+
+    def _notify(self, reason: str) -> None:
+        for listener in list(self._listeners):
+            try:
+                listener(reason)
+            except Exception:
+                log.exception("policy listener failed")

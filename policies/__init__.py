@@ -1,0 +1,40 @@
+"""The shared policy core: load, validate, match, decide. Pure: no sockets,
+no mitmproxy, no dnslib.
+
+    policy = load_policy("policies/bundled.yaml")     # or load_policy() for the bundled one
+    view = policy.view(at=date(2020, 11, 13))          # phases fixed for that day
+    decision = view.decide(Observation.sni("www.tiktok.com"))
+    event = build_event(decision, observation, "proxy")
+
+Adapters import from here and nothing deeper.
+"""
+
+from .decide import Policy, PolicyView, decide
+from .events import SCHEMA_VERSION, build_event, new_event_id
+from .loader import BUNDLED, PolicyError, PolicyIssue, load_policy, load_policy_text, policy_summary
+from .matching import STORE_HOSTS, normalize_name, recognize_store_url
+from .model import (
+    ALLOW,
+    Action,
+    App,
+    AppPhase,
+    Decision,
+    DnsSettings,
+    Kind,
+    Mode,
+    Observation,
+    Phase,
+    ProxySettings,
+    Rule,
+    RuleKind,
+    Settings,
+    Tier,
+)
+
+__all__ = [
+    "ALLOW", "BUNDLED", "SCHEMA_VERSION", "STORE_HOSTS", "Action", "App", "AppPhase", "Decision",
+    "DnsSettings", "Kind", "Mode", "Observation", "Phase", "Policy", "PolicyError", "PolicyIssue",
+    "PolicyView", "ProxySettings", "Rule", "RuleKind", "Settings", "Tier", "build_event", "decide",
+    "load_policy", "load_policy_text", "new_event_id", "normalize_name", "policy_summary",
+    "recognize_store_url",
+]

@@ -1,0 +1,292 @@
+"""From a compiled ``Policy`` and a moment to a ``Decision`` per observation.
+
+``Policy`` holds what the loader compiled (indexes, apps, settings) and never
+changes.  ``Policy.view(at, phase, mode)`` resolves every app's phase for one
+moment into a ``PolicyView``; the view is what the adapters call on their hot
+paths, and it caches one ``Decision`` per matched rule set, so deciding a name
+is a few dict probes.  A reload or a new day means a new view: one reference
+swap for the caller.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo
+
+from .matching import (
+    STORE_HOSTS,
+    GlobMatcher,
+    NameIndex,
+    NetworkMatcher,
+    fast_normalize,
+    recognize_store_url,
+)
+from .model import (
+    ALLOW,
+    Action,
+    App,
+    AppPhase,
+    Decision,
+    Kind,
+    Mode,
+    Observation,
+    Phase,
+    Rule,
+    RuleKind,
+    Settings,
+    Tier,
+)
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+# What a rule's tier does in each phase: the phase table of the README.
+_ACTION: dict[tuple[Tier, Phase], Action] = {
+    (Tier.TRAFFIC, Phase.NONE): Action.ALLOW,
+    (Tier.TRAFFIC, Phase.DOWNLOADS): Action.LOG,
+    (Tier.TRAFFIC, Phase.FULL): Action.BLOCK,
+    (Tier.DOWNLOAD, Phase.NONE): Action.ALLOW,
+    (Tier.DOWNLOAD, Phase.DOWNLOADS): Action.BLOCK,
+    (Tier.DOWNLOAD, Phase.FULL): Action.BLOCK,
+}
+
+
+@dataclass(frozen=True)
+class Policy:
+    """A validated, compiled policy. Immutable: reloading builds a new one."""
+
+    apps: Mapping[str, App]
+    names: NameIndex
+    globs: GlobMatcher
+    networks: NetworkMatcher
+    download_paths: Mapping[str, tuple[Rule, ...]]  # exact host -> path-prefixed download rules
+    download_path_globs: GlobMatcher  # '*.host' download rules with a path prefix
+    store_index: Mapping[tuple[str, str], tuple[str, ...]]  # (store, id) -> app ids
+    exempt: tuple[Network, ...] = ()
+    mode: Mode = Mode.ENFORCE
+    timezone: str = "UTC"
+    settings: Settings = field(default_factory=Settings)
+    source: str | None = None
+    files: tuple[str, ...] = ()  # the YAML and every list file, for reload-on-change
+    counts: Mapping[str, int] = field(default_factory=dict)
+
+    def today(self, now: dt.datetime | None = None) -> dt.date:
+        """The date the schedules are read at, in the policy's time zone."""
+        now = now or dt.datetime.now(dt.timezone.utc)
+        return now.astimezone(ZoneInfo(self.timezone)).date()
+
+    def phases(self, at: dt.date | None = None, phase: Phase | None = None) -> dict[str, AppPhase]:
+        day = at or self.today()
+        out: dict[str, AppPhase] = {}
+        for app in self.apps.values():
+            current, entry = app.phase_at(day)
+            if phase is not None:
+                out[app.id] = AppPhase(app.id, phase, None, "override (--phase)", True)
+            elif app.phase_override is not None:
+                out[app.id] = AppPhase(app.id, current, None, "override (policy phase:)", True)
+            elif entry is None:
+                out[app.id] = AppPhase(app.id, Phase.NONE, None, "before the schedule starts")
+            else:
+                out[app.id] = AppPhase(app.id, entry.phase, entry.start, entry.source)
+        return out
+
+    def view(self, at: dt.date | None = None, phase: Phase | None = None,
+             mode: Mode | None = None) -> PolicyView:
+        return PolicyView(self, at or self.today(), phase, mode or self.mode)
+
+
+def decide(policy: Policy, observation: Observation, at: dt.date | None = None,
+           phase: Phase | None = None, mode: Mode | None = None) -> Decision:
+    """One-shot decision. Adapters should keep a ``PolicyView`` instead."""
+    return policy.view(at, phase, mode).decide(observation)
+
+
+class PolicyView:
+    """A policy at one moment: app phases fixed, decisions cached."""
+
+    def __init__(self, policy: Policy, at: dt.date, phase: Phase | None, mode: Mode):
+        self.policy = policy
+        self.at = at
+        self.phase_override = phase
+        self.mode = mode
+        self.phases = policy.phases(at, phase)
+        self._phase = {a: p.phase for a, p in self.phases.items()}
+        # Store URLs need decrypting only while some app with store ids is enforced.
+        self.store_interest = any(
+            self._phase[a.id] is not Phase.NONE and (a.store.apple or a.store.google_play)
+            for a in policy.apps.values()
+        )
+        self._inspect_hosts = frozenset(
+            host for host, rules in policy.download_paths.items()
+            if any(self._phase.get(r.app or "") is not Phase.NONE for r in rules)
+        )
+        self._cache: dict[tuple[str, int], Decision] = {}
+        self._downgraded: dict[tuple[int, str], Decision] = {}
+        self._exempt_cache: dict[str, bool] = {}
+        self._store_inspect = Decision(
+            Action.ALLOW, rule="builtin:store-host",
+            reason="app-store host: the URL decides, so it is inspected", inspect=True)
+        self._path_inspect = Decision(
+            Action.ALLOW, rule="builtin:download-host",
+            reason="shared download host: the URL path decides, so it is inspected", inspect=True)
+
+    @property
+    def fingerprint(self) -> tuple[tuple[str, Phase], ...]:
+        """Changes exactly when some app's effective phase changes."""
+        return tuple(sorted(self._phase.items()))
+
+    # --- entry points -------------------------------------------------------
+
+    def decide(self, obs: Observation) -> Decision:
+        kind = obs.kind
+        if kind is Kind.DNS or kind is Kind.SNI:
+            return self.decide_name(obs.value, kind, obs.client)
+        if kind is Kind.HTTP:
+            return self.decide_http(obs.value, obs.host, obs.client)
+        return self.decide_ip(obs.value, obs.client)
+
+    def decide_name(self, name: str, kind: Kind = Kind.DNS, client: str | None = None) -> Decision:
+        """Hot path for DNS names and SNIs."""
+        name = fast_normalize(name)
+        d = self._name(name)
+        if d.action is Action.BLOCK:
+            return self._enforce(d, client)
+        if kind is Kind.SNI and not d.inspect:
+            # A store or shared download host is never blocked for one app's
+            # sake; its URL decides, so a TLS adapter must decrypt to see it.
+            if self.store_interest and name in STORE_HOSTS:
+                return self._store_inspect if d.rule is None else replace(d, inspect=True)
+            if name in self._inspect_hosts:
+                return self._path_inspect if d.rule is None else replace(d, inspect=True)
+        return d
+
+    def decide_http(self, url: str, host: str | None = None, client: str | None = None,
+                    body: bytes | None = None) -> Decision:
+        parts = urlsplit(url)
+        name = fast_normalize(host.rsplit(":", 1)[0] if host and not host.endswith("]") else (host or parts.hostname or ""))
+        path = parts.path or "/"
+        best = self._name(name)
+        ref = recognize_store_url(name, url, body)
+        if ref is not None:
+            best = _stricter(best, self._store(ref.store, ref.app_id))
+        rules = self.policy.download_paths.get(name, ())
+        globbed = self.policy.download_path_globs.lookup(name)
+        if globbed:
+            rules = rules + globbed[1]
+        hits = [r for r in rules if path.startswith(r.path or "/")]
+        if hits:
+            best = _stricter(best, self._judge(hits, name))
+        return self._enforce(best, client) if best.action is Action.BLOCK else best
+
+    def decide_ip(self, address: str, client: str | None = None) -> Decision:
+        hit = self.policy.networks.lookup(address)
+        if hit is None:
+            return ALLOW
+        d = self._judge(hit[1], hit[0])
+        return self._enforce(d, client) if d.action is Action.BLOCK else d
+
+    # --- internals ----------------------------------------------------------
+
+    def _name(self, name: str) -> Decision:
+        found = self.policy.names.lookup(name)
+        globbed = self.policy.globs.lookup(name) if len(self.policy.globs) else None
+        if found is None:
+            if globbed is None:
+                return ALLOW
+            key, rules = name, globbed[1]
+        elif globbed is None or globbed[0] < found[1]:
+            key, rules = found[0], found[2]
+        elif globbed[0] > found[1]:
+            key, rules = name, globbed[1]
+        else:
+            key, rules = found[0], found[2] + globbed[1]
+        cache_key = (key, id(rules))
+        d = self._cache.get(cache_key)
+        if d is None:
+            if len(self._cache) > 200_000:
+                self._cache.clear()
+            d = self._cache[cache_key] = self._judge(rules, key)
+        return d
+
+    def _store(self, store: str, app_id: str) -> Decision:
+        apps = self.policy.store_index.get((store, app_id))
+        if not apps:
+            return ALLOW
+        rules = [Rule(RuleKind.STORE, Tier.DOWNLOAD, a, pattern=f"{store}:{app_id}") for a in apps]
+        return self._judge(rules, None)
+
+    def _judge(self, rules: Iterable[Rule], key: str | None) -> Decision:
+        """The strictest verdict over rules that matched at equal specificity;
+        ``key`` is the name or network they were filed under."""
+        rules = list(rules)
+        allows = [r for r in rules if r.tier is Tier.ALLOW]
+        if allows:
+            return Decision(Action.ALLOW, rule=allows[0].cite(key),
+                            reason=f"{allows[0].pattern or key} is on the allow list")
+        best: tuple[Action, Rule] | None = None
+        apps: list[str] = []
+        for rule in rules:
+            app = rule.app or ""
+            if app not in apps:
+                apps.append(app)
+            action = _ACTION[(rule.tier, self._phase.get(app, Phase.NONE))]
+            if best is None or action.severity > best[0].severity:
+                best = (action, rule)
+        assert best is not None
+        action, rule = best
+        app = self.policy.apps[rule.app or ""]
+        ph = self.phases[app.id]
+        apps.sort(key=lambda a: (a != app.id, a))
+        subject = rule.pattern or key or ""
+        what = {
+            RuleKind.DOMAIN: f"{subject} and its subdomains",
+            RuleKind.HOST: f"the host {subject}",
+            RuleKind.SNI: f"names matching {subject}",
+            RuleKind.DOWNLOAD: f"the download endpoint {subject}{rule.path or ''}",
+            RuleKind.STORE: f"the app-store listing {subject}",
+            RuleKind.NETWORK: f"the network {subject}",
+        }.get(rule.kind, subject)
+        since = f" since {ph.since}" if ph.since else ""
+        verb = {Action.BLOCK: "blocked", Action.LOG: "logged", Action.ALLOW: "allowed"}[action]
+        others = f" (also claimed by {', '.join(apps[1:])})" if len(apps) > 1 else ""
+        reason = (f"{what} belong to {app.name}{others}; {app.name} is in phase "
+                  f"'{ph.phase}'{since} ({ph.source}), so this is {verb}")
+        return Decision(action, tuple(apps), ph.phase, rule.cite(key), reason)
+
+    def _enforce(self, d: Decision, client: str | None) -> Decision:
+        """Monitor mode and exempt clients turn a block into a log."""
+        if self.mode is Mode.MONITOR:
+            return self._downgrade(d, "monitor mode: would be blocked, logged instead")
+        if client and self.policy.exempt and self._is_exempt(client):
+            return self._downgrade(d, f"client {client} is exempt: would be blocked, logged instead")
+        return d
+
+    def _downgrade(self, d: Decision, why: str) -> Decision:
+        key = (id(d), why)
+        out = self._downgraded.get(key)
+        if out is None:
+            out = replace(d, action=Action.LOG, enforced=d.action, reason=f"{why}; {d.reason}")
+            if len(self._downgraded) > 100_000:
+                self._downgraded.clear()
+            self._downgraded[key] = out
+        return out
+
+    def _is_exempt(self, client: str) -> bool:
+        hit = self._exempt_cache.get(client)
+        if hit is None:
+            try:
+                ip = ipaddress.ip_address(client.strip("[]"))
+                hit = any(ip in net for net in self.policy.exempt)
+            except ValueError:
+                hit = False
+            if len(self._exempt_cache) > 65_536:
+                self._exempt_cache.clear()
+            self._exempt_cache[client] = hit
+        return hit
+
+
+def _stricter(a: Decision, b: Decision) -> Decision:
+    return b if b.action.severity > a.action.severity else a

@@ -1,0 +1,713 @@
+"""YAML (+ list files) → a compiled, immutable ``Policy``.
+
+The YAML is composed into nodes first, so every value keeps its line; the
+walker below checks each key against the format (unknown keys are errors),
+converts values, and records every problem as ``file:line: field: message``.
+Only a policy with no problems is compiled into indexes; a bad one raises
+``PolicyError`` carrying all of them.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+import os
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, TypeVar
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import yaml
+
+from .decide import Policy
+from .matching import (
+    GlobMatcher,
+    NameIndexBuilder,
+    NetworkMatcher,
+    is_valid_name,
+    normalize_name,
+    validate_glob,
+)
+from .model import (
+    App,
+    DnsSettings,
+    LegalBasis,
+    Mode,
+    Phase,
+    ProxySettings,
+    Rule,
+    RuleKind,
+    ScheduleEntry,
+    Settings,
+    StoreIds,
+    Tier,
+)
+
+BUNDLED = Path(__file__).with_name("bundled.yaml")
+SUPPORTED_VERSIONS = (1,)
+_APP_ID = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
+_PLAY_PKG = re.compile(r"^[A-Za-z][A-Za-z0-9_]*(\.[A-Za-z0-9_]+)+$")
+_LIST_NAME = re.compile(r"^(?:[a-z0-9_-]{1,63}\.)*[a-z0-9_-]{1,63}$")
+_HOSTS_SINKS = frozenset({"0.0.0.0", "127.0.0.1", "::", "::1", "255.255.255.255"})
+_HOSTS_SKIP = frozenset({"localhost", "localhost.localdomain", "local", "broadcasthost",
+                         "ip6-localhost", "ip6-loopback", "0.0.0.0"})
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyIssue:
+    file: str
+    line: int
+    field: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}: {self.field}: {self.message}"
+
+
+class PolicyError(ValueError):
+    """A policy that cannot be used; ``issues`` lists every problem found."""
+
+    def __init__(self, issues: list[PolicyIssue]):
+        self.issues = issues
+        super().__init__("\n".join(str(i) for i in issues))
+
+
+T = TypeVar("T")
+
+
+class _Walker:
+    """Checks YAML nodes against the format, collecting positioned issues."""
+
+    def __init__(self, file: str):
+        self.file = file
+        self.issues: list[PolicyIssue] = []
+        self._constructor = yaml.constructor.SafeConstructor()
+
+    def err(self, node: yaml.Node | None, field: str, message: str, line: int | None = None) -> None:
+        if line is None:
+            line = node.start_mark.line + 1 if node is not None else 1
+        self.issues.append(PolicyIssue(self.file, line, field, message))
+
+    def value(self, node: yaml.Node) -> Any:
+        return self._constructor.construct_object(node, deep=True)
+
+    def mapping(self, node: yaml.Node, field: str, allowed: dict[str, bool]) -> dict[str, yaml.Node] | None:
+        """Keys of a mapping node; ``allowed`` maps key → required."""
+        if not isinstance(node, yaml.MappingNode):
+            self.err(node, field, f"expected a mapping, got {_describe(node)}")
+            return None
+        out: dict[str, yaml.Node] = {}
+        for knode, vnode in node.value:
+            key = knode.value if isinstance(knode, yaml.ScalarNode) else None
+            name = f"{field}.{key}" if field else str(key)
+            if key is None:
+                self.err(knode, field, "keys must be plain strings")
+            elif key in out:
+                self.err(knode, name, "duplicate key")
+            elif key not in allowed:
+                close = ", ".join(sorted(allowed))
+                self.err(knode, name, f"unknown key '{key}' (allowed: {close})")
+            else:
+                out[key] = vnode
+        for key, required in allowed.items():
+            if required and key not in out:
+                self.err(node, f"{field}.{key}" if field else key, "required key is missing")
+        return out
+
+    def seq(self, node: yaml.Node, field: str) -> list[tuple[str, yaml.Node]]:
+        if isinstance(node, yaml.ScalarNode) and node.tag.endswith(":null"):
+            return []
+        if not isinstance(node, yaml.SequenceNode):
+            self.err(node, field, f"expected a list, got {_describe(node)}")
+            return []
+        return [(f"{field}[{i}]", item) for i, item in enumerate(node.value)]
+
+    def scalar(self, node: yaml.Node, field: str, kind: type[T], what: str | None = None) -> T | None:
+        if not isinstance(node, yaml.ScalarNode):
+            self.err(node, field, f"expected {what or kind.__name__}, got {_describe(node)}")
+            return None
+        val = self.value(node)
+        if kind is float and isinstance(val, int) and not isinstance(val, bool):
+            val = float(val)
+        if kind is dt.date and isinstance(val, dt.datetime):
+            val = val.date()
+        if not isinstance(val, kind) or (kind is int and isinstance(val, bool)):
+            shown = node.value if len(node.value) < 60 else node.value[:57] + "..."
+            self.err(node, field, f"expected {what or kind.__name__}, got {shown!r}")
+            return None
+        return val  # type: ignore[return-value]
+
+    def text(self, node: yaml.Node, field: str) -> str | None:
+        val = self.scalar(node, field, str, "a string")
+        if val is not None and not val.strip():
+            self.err(node, field, "must not be empty")
+            return None
+        return val
+
+    def choice(self, node: yaml.Node, field: str, choices: tuple[str, ...]) -> str | None:
+        val = self.scalar(node, field, str, "one of " + ", ".join(choices))
+        if val is not None and val not in choices:
+            self.err(node, field, f"'{val}' is not one of: {', '.join(choices)}")
+            return None
+        return val
+
+    def date(self, node: yaml.Node, field: str) -> dt.date | None:
+        if isinstance(node, yaml.ScalarNode) and not isinstance(self.value(node), dt.date):
+            try:
+                return dt.date.fromisoformat(str(node.value))
+            except ValueError:
+                self.err(node, field, f"'{node.value}' is not a valid date (YYYY-MM-DD)")
+                return None
+        return self.scalar(node, field, dt.date, "a date (YYYY-MM-DD)")
+
+    def cidr(self, node: yaml.Node, field: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network | None:
+        val = self.scalar(node, field, str, "a CIDR such as 10.0.0.0/8")
+        if val is None:
+            return None
+        try:
+            return ipaddress.ip_network(val.strip(), strict=False)
+        except ValueError as exc:
+            self.err(node, field, f"'{val}' is not a valid CIDR ({exc})")
+            return None
+
+    def sources(self, node: yaml.Node, field: str) -> str | None:
+        if isinstance(node, yaml.SequenceNode):
+            parts = [self.text(item, f) for f, item in self.seq(node, field)]
+            return "; ".join(p for p in parts if p) or None
+        return self.text(node, field)
+
+
+def _describe(node: yaml.Node) -> str:
+    if isinstance(node, yaml.MappingNode):
+        return "a mapping"
+    if isinstance(node, yaml.SequenceNode):
+        return "a list"
+    return f"{node.value!r}"
+
+
+# --- the format ---------------------------------------------------------------
+
+TOP_KEYS = {"version": True, "name": False, "description": False, "mode": False, "timezone": False,
+            "exempt_clients": False, "allow": False, "sources": False, "groups": False,
+            "settings": False, "apps": True}
+APP_KEYS = {"id": True, "name": True, "owner": True, "legal_basis": True, "schedule": True,
+            "phase": False, "domains": False, "hosts": False, "sni": False, "downloads": False,
+            "store": False, "networks": False, "lists": False, "notes": False}
+ENTRY_KEYS = {"name": True, "source": False, "confidence": False, "group": False, "note": False}
+CIDR_ENTRY_KEYS = {"cidr": True, "source": False, "confidence": False, "group": False, "note": False}
+STORE_ENTRY_KEYS = {"id": True, "source": False, "confidence": False, "note": False}
+DOWNLOAD_KEYS = {"host": True, "path": False, "source": False, "confidence": False, "group": False,
+                 "note": False}
+LIST_KEYS = {"path": True, "as": False, "source": False, "group": False}
+LEGAL_KEYS = {"order": True, "citation": True, "signed": False, "url": False, "note": False}
+SCHEDULE_KEYS = {"from": True, "phase": True, "source": True}
+ALLOW_KEYS = {"domains": False, "hosts": False, "lists": False}
+GROUP_KEYS = {"enabled": True, "description": False}
+PHASES = tuple(p.value for p in Phase)
+CONFIDENCE = ("high", "medium", "low")
+
+
+@dataclass
+class _Build:
+    """Mutable state while compiling; frozen into a Policy at the end."""
+
+    names: NameIndexBuilder
+    globs: list[tuple[str, Rule]]
+    networks: list[tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, Rule]]
+    download_paths: dict[str, list[Rule]]
+    download_path_globs: list[tuple[str, Rule]]
+    store: dict[tuple[str, str], list[str]]
+    counts: dict[str, int]
+    groups: dict[str, bool]
+    files: list[str]
+    rules: dict[Rule, Rule]
+
+    def rule(self, *args: Any, **kw: Any) -> Rule:
+        r = Rule(*args, **kw)
+        return self.rules.setdefault(r, r)
+
+    def count(self, key: str, n: int = 1) -> None:
+        self.counts[key] = self.counts.get(key, 0) + n
+
+
+def load_policy(path: str | os.PathLike[str] | None = None) -> Policy:
+    """Load, validate and compile a policy file (the bundled one by default)."""
+    p = Path(path) if path is not None else BUNDLED
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise PolicyError([PolicyIssue(str(p), 0, "(file)", f"cannot read: {exc.strerror or exc}")]) from exc
+    except UnicodeDecodeError as exc:
+        raise PolicyError([PolicyIssue(str(p), 0, "(file)", f"not UTF-8 text: {exc}")]) from exc
+    return load_policy_text(text, str(p), base=p.parent)
+
+
+def load_policy_text(text: str, file: str = "<policy>", base: Path | None = None) -> Policy:
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = mark.line + 1 if mark else 0
+        msg = " ".join(filter(None, [exc.context, exc.problem]))
+        raise PolicyError([PolicyIssue(file, line, "(yaml)", f"syntax error: {msg}")]) from exc
+    except yaml.YAMLError as exc:
+        raise PolicyError([PolicyIssue(file, 0, "(yaml)", f"syntax error: {exc}")]) from exc
+    w = _Walker(file)
+    if root is None:
+        raise PolicyError([PolicyIssue(file, 1, "(file)", "the policy is empty")])
+    policy = _compile(w, root, base or Path.cwd())
+    if w.issues or policy is None:
+        raise PolicyError(w.issues or [PolicyIssue(file, 1, "(file)", "invalid policy")])
+    return policy
+
+
+def _compile(w: _Walker, root: yaml.Node, base: Path) -> Policy | None:
+    top = w.mapping(root, "", TOP_KEYS)
+    if top is None:
+        return None
+    if "version" in top:
+        version = w.scalar(top["version"], "version", int, "an integer")
+        if version is not None and version not in SUPPORTED_VERSIONS:
+            w.err(top["version"], "version", f"unsupported version {version} (supported: 1)")
+    for key in ("name", "description"):
+        if key in top:
+            w.text(top[key], key)
+    mode = Mode.ENFORCE
+    if "mode" in top:
+        m = w.choice(top["mode"], "mode", tuple(x.value for x in Mode))
+        mode = Mode(m) if m else mode
+    tz = "UTC"
+    if "timezone" in top:
+        t = w.text(top["timezone"], "timezone")
+        if t:
+            try:
+                ZoneInfo(t)
+                tz = t
+            except (ZoneInfoNotFoundError, ValueError):
+                w.err(top["timezone"], "timezone", f"unknown time zone '{t}'")
+    exempt = []
+    if "exempt_clients" in top:
+        for f, item in w.seq(top["exempt_clients"], "exempt_clients"):
+            net = w.cidr(item, f)
+            if net is not None:
+                exempt.append(net)
+    if "sources" in top:
+        if isinstance(top["sources"], yaml.MappingNode):
+            for knode, vnode in top["sources"].value:
+                w.text(vnode, f"sources.{knode.value}")
+        else:
+            w.err(top["sources"], "sources", f"expected a mapping, got {_describe(top['sources'])}")
+    b = _Build(NameIndexBuilder(), [], [], {}, [], {}, {}, {}, [w.file], {})
+    if "groups" in top and isinstance(top["groups"], yaml.MappingNode):
+        for knode, vnode in top["groups"].value:
+            g = w.mapping(vnode, f"groups.{knode.value}", GROUP_KEYS)
+            if g and "enabled" in g:
+                enabled = w.scalar(g["enabled"], f"groups.{knode.value}.enabled", bool, "true or false")
+                b.groups[str(knode.value)] = bool(enabled)
+            if g and "description" in g:
+                w.text(g["description"], f"groups.{knode.value}.description")
+    elif "groups" in top:
+        w.err(top["groups"], "groups", f"expected a mapping, got {_describe(top['groups'])}")
+    settings = _settings(w, top["settings"]) if "settings" in top else Settings()
+    if "allow" in top:
+        _allow(w, b, top["allow"], base)
+    apps: dict[str, App] = {}
+    if "apps" in top:
+        seen: dict[str, int] = {}
+        for f, node in w.seq(top["apps"], "apps"):
+            app = _app(w, b, node, f, base, seen)
+            if app is not None:
+                apps[app.id] = app
+    if w.issues:
+        return None
+    b.count("apps", len(apps))
+    return Policy(
+        apps=apps,
+        names=b.names.build(),
+        globs=GlobMatcher(b.globs),
+        networks=NetworkMatcher(b.networks),
+        download_paths={h: tuple(r) for h, r in b.download_paths.items()},
+        download_path_globs=GlobMatcher(b.download_path_globs),
+        store_index={k: tuple(v) for k, v in b.store.items()},
+        exempt=tuple(exempt),
+        mode=mode,
+        timezone=tz,
+        settings=settings,
+        source=w.file,
+        files=tuple(b.files),
+        counts=dict(b.counts),
+    )
+
+
+def _settings(w: _Walker, node: yaml.Node) -> Settings:
+    top = w.mapping(node, "settings", {"dns": False, "proxy": False})
+    if top is None:
+        return Settings()
+    dns = _dataclass_from(w, top.get("dns"), "settings.dns", DnsSettings)
+    proxy = _dataclass_from(w, top.get("proxy"), "settings.proxy", ProxySettings)
+    return Settings(dns=dns, proxy=proxy)
+
+
+def _dataclass_from(w: _Walker, node: yaml.Node | None, field: str, cls: type[T]) -> T:
+    """Fill a settings dataclass from a mapping, checking each value's type
+    against the dataclass default (tuples take lists of strings)."""
+    if node is None:
+        return cls()
+    specs = {f.name: f for f in fields(cls)}  # type: ignore[arg-type]
+    keys = w.mapping(node, field, {k: False for k in specs})
+    if keys is None:
+        return cls()
+    default = cls()
+    values: dict[str, Any] = {}
+    for key, vnode in keys.items():
+        current = getattr(default, key)
+        name = f"{field}.{key}"
+        if isinstance(current, tuple):
+            items = [w.text(i, f) for f, i in w.seq(vnode, name)]
+            if all(i is not None for i in items):
+                values[key] = tuple(items)
+        elif isinstance(current, bool):
+            v = w.scalar(vnode, name, bool, "true or false")
+            if v is not None:
+                values[key] = v
+        elif isinstance(current, int):
+            v = w.scalar(vnode, name, int, "an integer")
+            if v is not None:
+                values[key] = v
+        elif isinstance(current, float):
+            v = w.scalar(vnode, name, float, "a number")
+            if v is not None:
+                values[key] = v
+        else:
+            v = w.text(vnode, name)
+            if v is not None:
+                values[key] = v
+    if "block_response" in values and values["block_response"] not in ("nxdomain", "null", "refused"):
+        w.err(keys["block_response"], f"{field}.block_response", "must be nxdomain, null or refused")
+    if "block" in values and values["block"] not in ("reset", "page"):
+        w.err(keys["block"], f"{field}.block", "must be reset or page")
+    return cls(**values)
+
+
+def _entry(w: _Walker, node: yaml.Node, field: str, keys: dict[str, bool], main: str
+           ) -> tuple[str | None, str | None, str | None, yaml.Node]:
+    """A list entry: a plain string, or a mapping with the main key and metadata.
+    Returns (value, source, group, node-of-value)."""
+    if isinstance(node, yaml.ScalarNode):
+        return w.text(node, field), None, None, node
+    m = w.mapping(node, field, keys)
+    if m is None or main not in m:
+        return None, None, None, node
+    if "confidence" in m:
+        w.choice(m["confidence"], f"{field}.confidence", CONFIDENCE)
+    if "note" in m:
+        w.text(m["note"], f"{field}.note")
+    source = w.sources(m["source"], f"{field}.source") if "source" in m else None
+    group = w.text(m["group"], f"{field}.group") if "group" in m else None
+    val = w.scalar(m[main], f"{field}.{main}", str, "a string") if main != "id" else w.value(m[main])
+    return val, source, group, m[main]
+
+
+def _enabled(w: _Walker, b: _Build, group: str | None, node: yaml.Node, field: str) -> bool:
+    if group is None:
+        return True
+    if group not in b.groups:
+        w.err(node, f"{field}.group", f"unknown group '{group}' (declare it under groups:)")
+        return False
+    return b.groups[group]
+
+
+def _name(w: _Walker, raw: str, node: yaml.Node, field: str) -> str | None:
+    name = normalize_name(raw)
+    if not is_valid_name(name) or "*" in name:
+        w.err(node, field, f"'{raw}' is not a valid domain name")
+        return None
+    return name
+
+
+def _allow(w: _Walker, b: _Build, node: yaml.Node, base: Path) -> None:
+    m = w.mapping(node, "allow", ALLOW_KEYS)
+    if m is None:
+        return
+    for key, kind in (("domains", RuleKind.DOMAIN), ("hosts", RuleKind.HOST)):
+        if key not in m:
+            continue
+        for f, item in w.seq(m[key], f"allow.{key}"):
+            raw, source, _group, vnode = _entry(w, item, f, ENTRY_KEYS, "name")
+            name = _name(w, raw, vnode, f) if raw else None
+            if name:
+                b.names.add(name, b.rule(RuleKind.ALLOW, Tier.ALLOW, None, source),
+                            exact=kind is RuleKind.HOST)
+                b.count("allow")
+    if "lists" in m:
+        for f, item in w.seq(m["lists"], "allow.lists"):
+            _list(w, b, item, f, base, None, allow=True)
+
+
+def _app(w: _Walker, b: _Build, node: yaml.Node, field: str, base: Path, seen: dict[str, int]) -> App | None:
+    m = w.mapping(node, field, APP_KEYS)
+    if m is None:
+        return None
+    app_id = None
+    if "id" in m:
+        app_id = w.text(m["id"], f"{field}.id")
+        if app_id is not None and not _APP_ID.match(app_id):
+            w.err(m["id"], f"{field}.id", f"'{app_id}' must be lower-case letters, digits and '_'")
+            app_id = None
+        elif app_id is not None and app_id in seen:
+            w.err(m["id"], f"{field}.id", f"duplicate app id '{app_id}' (first defined at line {seen[app_id]})")
+            app_id = None
+        elif app_id is not None:
+            seen[app_id] = m["id"].start_mark.line + 1
+            field = f"apps[{app_id}]"
+    name = w.text(m["name"], f"{field}.name") if "name" in m else None
+    owner = w.text(m["owner"], f"{field}.owner") if "owner" in m else None
+    legal = None
+    if "legal_basis" in m:
+        lm = w.mapping(m["legal_basis"], f"{field}.legal_basis", LEGAL_KEYS)
+        if lm is not None:
+            vals = {k: (w.date(v, f"{field}.legal_basis.{k}") if k == "signed"
+                        else w.text(v, f"{field}.legal_basis.{k}")) for k, v in lm.items()}
+            if vals.get("order") and vals.get("citation"):
+                legal = LegalBasis(**vals)
+    schedule: list[ScheduleEntry] = []
+    if "schedule" in m:
+        for f, item in w.seq(m["schedule"], f"{field}.schedule"):
+            sm = w.mapping(item, f, SCHEDULE_KEYS)
+            if sm is None or len(sm) < 3:
+                continue
+            start = w.date(sm["from"], f"{f}.from")
+            ph = w.choice(sm["phase"], f"{f}.phase", PHASES)
+            src = w.sources(sm["source"], f"{f}.source")
+            if start and ph and src:
+                schedule.append(ScheduleEntry(start, Phase(ph), src))
+        starts = [e.start for e in schedule]
+        if len(set(starts)) != len(starts):
+            w.err(m["schedule"], f"{field}.schedule", "two entries start on the same date")
+        schedule.sort(key=lambda e: e.start)
+    override = None
+    if "phase" in m:
+        ph = w.choice(m["phase"], f"{field}.phase", PHASES)
+        override = Phase(ph) if ph else None
+    if "notes" in m:
+        for f, item in w.seq(m["notes"], f"{field}.notes"):
+            w.text(item, f)
+    aid = app_id or ""
+    for key, kind in (("domains", RuleKind.DOMAIN), ("hosts", RuleKind.HOST)):
+        if key not in m:
+            continue
+        for f, item in w.seq(m[key], f"{field}.{key}"):
+            raw, source, group, vnode = _entry(w, item, f, ENTRY_KEYS, "name")
+            nm = _name(w, raw, vnode, f) if raw else None
+            if nm and _enabled(w, b, group, item, f):
+                b.names.add(nm, b.rule(kind, Tier.TRAFFIC, aid, source), exact=kind is RuleKind.HOST)
+                b.count(key)
+    if "sni" in m:
+        for f, item in w.seq(m["sni"], f"{field}.sni"):
+            raw, source, group, vnode = _entry(w, item, f, ENTRY_KEYS, "name")
+            if not raw:
+                continue
+            pat = normalize_name(raw)
+            problem = validate_glob(pat)
+            if problem:
+                w.err(vnode, f, f"invalid SNI pattern '{raw}': {problem}")
+            elif _enabled(w, b, group, item, f):
+                if "*" in pat:
+                    b.globs.append((pat, b.rule(RuleKind.SNI, Tier.TRAFFIC, aid, source, pat)))
+                else:
+                    b.names.add(pat, b.rule(RuleKind.SNI, Tier.TRAFFIC, aid, source), exact=True)
+                b.count("sni")
+    if "downloads" in m:
+        for f, item in w.seq(m["downloads"], f"{field}.downloads"):
+            _download(w, b, item, f, aid)
+    store = StoreIds()
+    if "store" in m:
+        store = _store(w, b, m["store"], f"{field}.store", aid)
+    if "networks" in m:
+        for f, item in w.seq(m["networks"], f"{field}.networks"):
+            if isinstance(item, yaml.MappingNode):
+                cm = w.mapping(item, f, CIDR_ENTRY_KEYS)
+                if not cm or "cidr" not in cm:
+                    continue
+                net = w.cidr(cm["cidr"], f"{f}.cidr")
+                source = w.sources(cm["source"], f"{f}.source") if "source" in cm else None
+                group = w.text(cm["group"], f"{f}.group") if "group" in cm else None
+            else:
+                net, source, group = w.cidr(item, f), None, None
+            if net is not None and _enabled(w, b, group, item, f):
+                b.networks.append((net, b.rule(RuleKind.NETWORK, Tier.TRAFFIC, aid, source, str(net))))
+                b.count("networks")
+    if "lists" in m:
+        for f, item in w.seq(m["lists"], f"{field}.lists"):
+            _list(w, b, item, f, base, aid)
+    if not (app_id and name and owner and legal):
+        return None
+    return App(app_id, name, owner, legal, tuple(schedule), store, override)
+
+
+def _download(w: _Walker, b: _Build, node: yaml.Node, field: str, app: str) -> None:
+    m = w.mapping(node, field, DOWNLOAD_KEYS)
+    if m is None or "host" not in m:
+        return
+    raw = w.text(m["host"], f"{field}.host")
+    path = w.text(m["path"], f"{field}.path") if "path" in m else None
+    source = w.sources(m["source"], f"{field}.source") if "source" in m else None
+    group = w.text(m["group"], f"{field}.group") if "group" in m else None
+    if "confidence" in m:
+        w.choice(m["confidence"], f"{field}.confidence", CONFIDENCE)
+    if "note" in m:
+        w.text(m["note"], f"{field}.note")
+    if not raw:
+        return
+    if path is not None and not path.startswith("/"):
+        w.err(m["path"], f"{field}.path", f"'{path}' must start with '/'")
+        return
+    host = normalize_name(raw)
+    wildcard = host.startswith("*.")
+    bare = host[2:] if wildcard else host
+    if not is_valid_name(bare) or "*" in bare:
+        w.err(m["host"], f"{field}.host", f"'{raw}' is not a host name (a leading '*.' is allowed)")
+        return
+    if not _enabled(w, b, group, node, field):
+        return
+    pattern = host if (wildcard or path) else None
+    rule = b.rule(RuleKind.DOWNLOAD, Tier.DOWNLOAD, app, source, pattern, path if path and path != "/" else None)
+    b.count("downloads")
+    if rule.path:
+        if wildcard:
+            b.download_path_globs.append((host, rule))
+        else:
+            b.download_paths.setdefault(host, []).append(rule)
+    elif wildcard:
+        b.names.add(bare, b.rule(RuleKind.DOWNLOAD, Tier.DOWNLOAD, app, source), exact=False)
+    else:
+        b.names.add(host, rule, exact=True)
+
+
+def _store(w: _Walker, b: _Build, node: yaml.Node, field: str, app: str) -> StoreIds:
+    m = w.mapping(node, field, {"apple": False, "google_play": False})
+    if m is None:
+        return StoreIds()
+    apple: list[int] = []
+    play: list[str] = []
+    for f, item in w.seq(m["apple"], f"{field}.apple") if "apple" in m else []:
+        if isinstance(item, yaml.ScalarNode):
+            vnode = item
+        else:
+            vnode = _entry(w, item, f, STORE_ENTRY_KEYS, "id")[3]
+        val = w.value(vnode) if isinstance(vnode, yaml.ScalarNode) else None
+        if isinstance(val, str) and val.isdigit():
+            val = int(val)
+        if not isinstance(val, int) or isinstance(val, bool) or val <= 0:
+            w.err(vnode, f, f"an Apple App Store id is a positive number, got {getattr(vnode, 'value', vnode)!r}")
+            continue
+        apple.append(val)
+        b.store.setdefault(("apple", str(val)), []).append(app)
+        b.count("store_ids")
+    for f, item in w.seq(m["google_play"], f"{field}.google_play") if "google_play" in m else []:
+        if isinstance(item, yaml.ScalarNode):
+            vnode = item
+        else:
+            vnode = _entry(w, item, f, STORE_ENTRY_KEYS, "id")[3]
+        val = w.value(vnode) if isinstance(vnode, yaml.ScalarNode) else None
+        if not isinstance(val, str) or not _PLAY_PKG.match(val):
+            w.err(vnode, f, f"'{val}' is not a Google Play package name (like com.example.app)")
+            continue
+        play.append(val)
+        b.store.setdefault(("google_play", val), []).append(app)
+        b.count("store_ids")
+    return StoreIds(tuple(apple), tuple(play))
+
+
+def _list(w: _Walker, b: _Build, node: yaml.Node, field: str, base: Path, app: str | None,
+          *, allow: bool = False) -> None:
+    """A list file: one name per line; hosts-file lines, ``||name^`` and ``#`` comments accepted."""
+    if isinstance(node, yaml.ScalarNode):
+        rel, as_, source, group = w.text(node, field), "domains", None, None
+    else:
+        m = w.mapping(node, field, LIST_KEYS)
+        if m is None or "path" not in m:
+            return
+        rel = w.text(m["path"], f"{field}.path")
+        as_ = w.choice(m["as"], f"{field}.as", ("domains", "hosts")) if "as" in m else "domains"
+        source = w.sources(m["source"], f"{field}.source") if "source" in m else None
+        group = w.text(m["group"], f"{field}.group") if "group" in m else None
+    if not rel or not as_ or not _enabled(w, b, group, node, field):
+        return
+    path = (base / rel) if not os.path.isabs(rel) else Path(rel)
+    try:
+        fh = open(path, encoding="utf-8", errors="replace")
+    except OSError as exc:
+        w.err(node, field, f"list file '{rel}' cannot be read: {exc.strerror or exc}")
+        return
+    b.files.append(str(path))
+    exact = as_ == "hosts"
+    if allow:
+        rule = b.rule(RuleKind.ALLOW, Tier.ALLOW, None, source or f"list:{rel}")
+    else:
+        rule = b.rule(RuleKind.HOST if exact else RuleKind.DOMAIN, Tier.TRAFFIC, app, source or f"list:{rel}")
+    add = b.names.add
+    bad = 0
+    n = 0
+    with fh:
+        for lineno, name in _list_names(fh):
+            if name is None:
+                bad += 1
+                if bad <= 20:
+                    w.issues.append(PolicyIssue(str(path), lineno, field, "not a domain name"))
+                continue
+            add(name, rule, exact=exact)
+            n += 1
+    if bad > 20:
+        w.issues.append(PolicyIssue(str(path), 0, field, f"{bad - 20} more bad lines"))
+    b.count("allow" if allow else ("hosts" if exact else "domains"), n)
+
+
+def _list_names(lines: Iterator[str] | Any) -> Iterator[tuple[int, str | None]]:
+    match = _LIST_NAME.match
+    for lineno, raw in enumerate(lines, 1):
+        line = raw.strip()
+        if not line or line[0] == "#" or line[0] == "!":
+            continue
+        if "#" in line:
+            line = line.split("#", 1)[0].strip()
+            if not line:
+                continue
+        if " " in line or "\t" in line:
+            parts = line.split()
+            if parts[0] in _HOSTS_SINKS or _is_ip(parts[0]):
+                for part in parts[1:]:
+                    if part.lower() not in _HOSTS_SKIP:
+                        name = normalize_name(part)
+                        yield lineno, name if match(name) else None
+                continue
+            yield lineno, None
+            continue
+        if line.startswith("||") and line.endswith("^"):
+            line = line[2:-1]
+        name = line.lower().rstrip(".")
+        if not name.isascii():
+            name = normalize_name(name)
+        yield lineno, name if match(name) and len(name) <= 253 else None
+
+
+def _is_ip(s: str) -> bool:
+    try:
+        ipaddress.ip_address(s)
+        return True
+    except ValueError:
+        return False
+
+
+def policy_summary(policy: Policy) -> dict[str, Any]:
+    """Counts for ``egress-filter check``."""
+    return {
+        "source": policy.source,
+        "mode": policy.mode.value,
+        "apps": list(policy.apps),
+        "rules": {k: v for k, v in sorted(policy.counts.items()) if k != "apps"},
+        "exempt_clients": [str(n) for n in policy.exempt],
+    }
+

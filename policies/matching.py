@@ -1,0 +1,277 @@
+"""Name normalisation and the matchers a compiled policy is made of.
+
+Names are normalised once (``normalize_name``) and then looked up label by
+label, most specific first, in a plain ``dict`` keyed by the normalised name:
+a 1,000,000-entry list costs one dict probe per label of the query, not a scan.
+SNI globs and CIDRs are rarer and get their own small matchers.  App-store
+recognisers pull the app id out of a store URL.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from urllib.parse import parse_qs, urlsplit
+
+from .model import Rule
+
+_LABEL_OK = re.compile(r"^[a-z0-9_*-]{1,63}$")
+
+
+def normalize_name(name: str) -> str:
+    """Lower-case, strip whitespace and the trailing dot, IDNA-encode.
+
+    Lenient by design: a name that is not valid IDNA is still lower-cased and
+    matched, because traffic is judged as it is, not as it should be.
+    """
+    name = name.strip().rstrip(".").lower()
+    if name.isascii():
+        return name
+    out = []
+    for label in name.split("."):
+        if label.isascii():
+            out.append(label)
+            continue
+        try:
+            out.append(label.encode("idna").decode("ascii"))
+        except UnicodeError:
+            out.append(label)
+    return ".".join(out)
+
+
+def fast_normalize(name: str) -> str:
+    """``normalize_name`` with a shortcut for names that are already normal."""
+    if name.isascii() and name.islower() and not name.endswith(".") and name.strip() == name:
+        return name
+    return normalize_name(name)
+
+
+def is_valid_name(name: str) -> bool:
+    """A policy entry must be a syntactically sound name (after normalisation)."""
+    if not name or len(name) > 253:
+        return False
+    return all(_LABEL_OK.match(label) for label in name.split("."))
+
+
+def suffixes(name: str) -> Iterator[str]:
+    """``a.b.c`` → ``a.b.c``, ``b.c``, ``c``: the label-boundary candidates."""
+    yield name
+    start = name.find(".")
+    while start != -1:
+        yield name[start + 1 :]
+        start = name.find(".", start + 1)
+
+
+class NameIndex:
+    """Label-suffix index: the most specific matching name wins.
+
+    Keys are normalised names; values are interned tuples of rules, so a list
+    of a million names holding the same rule costs one tuple, not a million.
+    ``exact`` rules apply to the key itself only; ``suffix`` rules to the key
+    and every name below it.  Specificity is ``2 * labels`` (+1 for an exact
+    hit), so a host rule outranks a domain rule on the same name.
+    """
+
+    __slots__ = ("_exact", "_suffix")
+
+    def __init__(self, suffix: dict[str, tuple[Rule, ...]], exact: dict[str, tuple[Rule, ...]]):
+        self._suffix = suffix
+        self._exact = exact
+
+    def __len__(self) -> int:
+        return len(self._suffix) + len(self._exact)
+
+    def lookup(self, name: str) -> tuple[str, int, tuple[Rule, ...]] | None:
+        """(matched key, specificity, rules) of the most specific match, or None."""
+        suffix = self._suffix
+        exact = self._exact.get(name)
+        rules = suffix.get(name)
+        if exact is not None:
+            return name, 2 * name.count(".") + 3, exact + rules if rules else exact
+        if rules is not None:
+            return name, 2 * name.count(".") + 2, rules
+        start = name.find(".")
+        while start != -1:
+            key = name[start + 1 :]
+            rules = suffix.get(key)
+            if rules is not None:
+                return key, 2 * key.count(".") + 2, rules
+            start = name.find(".", start + 1)
+        return None
+
+
+class NameIndexBuilder:
+    """Collects (name, rule) pairs; ``build`` interns the rule tuples."""
+
+    def __init__(self) -> None:
+        self._suffix: dict[str, tuple[Rule, ...]] = {}
+        self._exact: dict[str, tuple[Rule, ...]] = {}
+        self._interned: dict[tuple[Rule, ...], tuple[Rule, ...]] = {}
+
+    def add(self, name: str, rule: Rule, *, exact: bool) -> None:
+        table = self._exact if exact else self._suffix
+        old = table.get(name)
+        if old is None:
+            key: tuple[Rule, ...] = (rule,)
+        elif rule in old:
+            return
+        else:
+            key = old + (rule,)
+        table[name] = self._interned.setdefault(key, key)
+
+    def build(self) -> NameIndex:
+        return NameIndex(self._suffix, self._exact)
+
+
+def glob_to_regex(pattern: str) -> str:
+    """``*`` matches within one label; a leading ``*.`` needs at least one label."""
+    parts = []
+    for label in pattern.split("."):
+        if label == "*":
+            parts.append(r"[^.]+")
+        else:
+            parts.append(r"[^.]*".join(re.escape(p) for p in label.split("*")))
+    return r"\.".join(parts)
+
+
+def validate_glob(pattern: str) -> str | None:
+    """Return an error message, or None when the glob is usable."""
+    if "**" in pattern:
+        return "'**' is not allowed; '*' matches within one label"
+    if any(c in pattern for c in "?[]{}\\/ "):
+        return "only '*' is a wildcard; '?', brackets, braces, slashes and spaces are not allowed"
+    labels = pattern.split(".")
+    if len(labels) < 2:
+        return "a pattern needs at least two labels"
+    if not is_valid_name(pattern):
+        return "labels may hold only letters, digits, '-', '_' and '*'"
+    if all("*" in label for label in labels):
+        return "at least one label must be literal"
+    if "*" in labels[-1]:
+        return "the top-level label must be literal"
+    return None
+
+
+class GlobMatcher:
+    """SNI glob patterns, checked with one combined regex first so that the
+    common case (no glob matches) costs a single ``fullmatch``."""
+
+    __slots__ = ("_any", "_globs")
+
+    def __init__(self, globs: Iterable[tuple[str, Rule]]):
+        items = list(globs)
+        self._globs = [(re.compile(glob_to_regex(p)), 2 * p.count(".") + 2, r) for p, r in items]
+        self._any = re.compile("|".join(f"(?:{glob_to_regex(p)})" for p, _ in items)) if items else None
+
+    def __len__(self) -> int:
+        return len(self._globs)
+
+    def lookup(self, name: str) -> tuple[int, tuple[Rule, ...]] | None:
+        """Most specific matching glob(s): (specificity, rules) or None."""
+        if self._any is None or self._any.fullmatch(name) is None:
+            return None
+        best = 0
+        rules: list[Rule] = []
+        for rx, labels, rule in self._globs:
+            if rx.fullmatch(name):
+                if labels > best:
+                    best, rules = labels, [rule]
+                elif labels == best:
+                    rules.append(rule)
+        return best, tuple(rules)
+
+
+class NetworkMatcher:
+    """Longest-prefix match over CIDRs: one dict probe per distinct prefix length."""
+
+    __slots__ = ("_tables",)
+
+    def __init__(self, networks: Iterable[tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, Rule]]):
+        tables: dict[tuple[int, int], dict[int, list[Rule]]] = {}
+        for net, rule in networks:
+            key = (net.version, net.prefixlen)
+            tables.setdefault(key, {}).setdefault(int(net.network_address), []).append(rule)
+        # longest prefix first
+        self._tables = sorted(
+            ((v, plen, {k: tuple(r) for k, r in t.items()}) for (v, plen), t in tables.items()),
+            key=lambda item: -item[1],
+        )
+
+    def __len__(self) -> int:
+        return sum(len(t) for _, _, t in self._tables)
+
+    def lookup(self, address: str) -> tuple[str, tuple[Rule, ...]] | None:
+        try:
+            ip = ipaddress.ip_address(address.strip().strip("[]"))
+        except ValueError:
+            return None
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+        value, bits = int(ip), ip.max_prefixlen
+        for version, plen, table in self._tables:
+            if version != ip.version:
+                continue
+            masked = value & (((1 << plen) - 1) << (bits - plen)) if plen else 0
+            rules = table.get(masked)
+            if rules:
+                return f"{ipaddress.ip_address(masked)}/{plen}", rules
+        return None
+
+
+# --- App stores -------------------------------------------------------------
+
+APPLE_STORE_HOSTS = frozenset({"apps.apple.com", "itunes.apple.com"})
+PLAY_STORE_HOSTS = frozenset({"play.google.com", "android.clients.google.com", "market.android.com"})
+STORE_HOSTS = APPLE_STORE_HOSTS | PLAY_STORE_HOSTS
+
+_APPLE_ID = re.compile(r"/id(\d{5,12})(?:[/?#]|$)")
+_PLAY_FDFE = ("/fdfe/details", "/fdfe/delivery", "/fdfe/purchase", "/fdfe/acquire")
+
+
+@dataclass(frozen=True, slots=True)
+class StoreRef:
+    """An app identified in a store URL: ``store`` is ``apple`` or ``google_play``."""
+
+    store: str
+    app_id: str
+
+
+def recognize_store_url(host: str, url: str, body: bytes | None = None) -> StoreRef | None:
+    """Find the app a store URL is about, or None for any other URL.
+
+    Apple: ``apps.apple.com/<cc>/app/<slug>/id<N>``, ``itunes.apple.com/...id<N>``
+    and ``itunes.apple.com/lookup?id=<N>``.  Google Play:
+    ``play.google.com/store/apps/details?id=<pkg>`` and the Play client's
+    ``android.clients.google.com/fdfe/details|delivery|purchase?doc=<pkg>``
+    (``doc`` may also sit in a form body).
+    """
+    if host not in STORE_HOSTS:
+        return None
+    parts = urlsplit(url)
+    path = parts.path
+    query = parse_qs(parts.query)
+    if host in APPLE_STORE_HOSTS:
+        m = _APPLE_ID.search(path)
+        if m:
+            return StoreRef("apple", m.group(1))
+        if path.rstrip("/").endswith("/lookup") and query.get("id"):
+            first = query["id"][0].split(",")[0]
+            if first.isdigit():
+                return StoreRef("apple", first)
+        return None
+    if host == "play.google.com" or host == "market.android.com":
+        if path.rstrip("/") in ("/store/apps/details", "/details") and query.get("id"):
+            return StoreRef("google_play", query["id"][0])
+        return None
+    if path.startswith(_PLAY_FDFE):
+        doc = query.get("doc")
+        if not doc and body:
+            try:
+                doc = parse_qs(body.decode("ascii", "replace")).get("doc")
+            except ValueError:
+                doc = None
+        if doc:
+            return StoreRef("google_play", doc[0])
+    return None
