@@ -188,6 +188,12 @@ class PolicyView:
         d = self._judge(hit[1], hit[0])
         return self._enforce(d, client) if d.action is Action.BLOCK else d
 
+    def enforce(self, d: Decision, client: str | None = None) -> Decision:
+        """Apply monitor mode and exempt clients to a verdict an adapter reached
+        by a built-in rule of its own (e.g. the proxy's DNS-over-HTTPS block),
+        so such verdicts are downgraded exactly like policy ones."""
+        return self._enforce(d, client) if d.action is Action.BLOCK else d
+
     # --- internals ----------------------------------------------------------
 
     def _name(self, name: str) -> Decision:
