@@ -17,7 +17,6 @@ from collections.abc import Sequence
 from typing import Any
 
 from policies import (
-    Action,
     Kind,
     Mode,
     Observation,

@@ -33,7 +33,7 @@ class PolicyHolder:
         self.at = at
         self.phase = phase
         self.mode = mode
-        self._clock = clock or (lambda: dt.datetime.now(dt.timezone.utc))
+        self._clock = clock or (lambda: dt.datetime.now(dt.UTC))
         self._listeners: list[Listener] = []
         self._lock = threading.Lock()
         self._stop = threading.Event()

@@ -75,7 +75,7 @@ class Policy:
 
     def today(self, now: dt.datetime | None = None) -> dt.date:
         """The date the schedules are read at, in the policy's time zone."""
-        now = now or dt.datetime.now(dt.timezone.utc)
+        now = now or dt.datetime.now(dt.UTC)
         return now.astimezone(ZoneInfo(self.timezone)).date()
 
     def phases(self, at: dt.date | None = None, phase: Phase | None = None) -> dict[str, AppPhase]:
@@ -124,7 +124,8 @@ class PolicyView:
             if any(self._phase.get(r.app or "") is not Phase.NONE for r in rules)
         )
         self._cache: dict[tuple[str, int], Decision] = {}
-        self._downgraded: dict[tuple[int, str], Decision] = {}
+        self._downgraded: dict[tuple[int, str], tuple[Decision, Decision]] = {}
+        self._merged: dict[tuple[Rule, ...], tuple[Rule, ...]] = {}
         self._exempt_cache: dict[str, bool] = {}
         self._store_inspect = Decision(
             Action.ALLOW, rule="builtin:store-host",
@@ -165,10 +166,16 @@ class PolicyView:
 
     def decide_http(self, url: str, host: str | None = None, client: str | None = None,
                     body: bytes | None = None) -> Decision:
+        """An HTTP request: its host as a name, plus what only the URL shows
+        (app-store listings, download paths).  ``host`` is the Host header or
+        the proxy's target; without it the URL's authority is used."""
         parts = urlsplit(url)
-        name = fast_normalize(host.rsplit(":", 1)[0] if host and not host.endswith("]") else (host or parts.hostname or ""))
+        name = fast_normalize(_host_only(host) if host else (parts.hostname or ""))
         path = parts.path or "/"
-        best = self._name(name)
+        if _looks_like_ip(name):
+            best = self._ip(name)
+        else:
+            best = self._name(name)
         ref = recognize_store_url(name, url, body)
         if ref is not None:
             best = _stricter(best, self._store(ref.store, ref.app_id))
@@ -182,10 +189,8 @@ class PolicyView:
         return self._enforce(best, client) if best.action is Action.BLOCK else best
 
     def decide_ip(self, address: str, client: str | None = None) -> Decision:
-        hit = self.policy.networks.lookup(address)
-        if hit is None:
-            return ALLOW
-        d = self._judge(hit[1], hit[0])
+        """A connection that carries no name: the app networks decide."""
+        d = self._ip(address)
         return self._enforce(d, client) if d.action is Action.BLOCK else d
 
     def enforce(self, d: Decision, client: str | None = None) -> Decision:
@@ -208,7 +213,10 @@ class PolicyView:
         elif globbed[0] > found[1]:
             key, rules = name, globbed[1]
         else:
-            key, rules = found[0], found[2] + globbed[1]
+            # Equal specificity: judge the name and the glob rules together,
+            # interned so that the cache key below stays stable.
+            merged = found[2] + globbed[1]
+            key, rules = found[0], self._merged.setdefault(merged, merged)
         cache_key = (key, id(rules))
         d = self._cache.get(cache_key)
         if d is None:
@@ -216,6 +224,10 @@ class PolicyView:
                 self._cache.clear()
             d = self._cache[cache_key] = self._judge(rules, key)
         return d
+
+    def _ip(self, address: str) -> Decision:
+        hit = self.policy.networks.lookup(address)
+        return ALLOW if hit is None else self._judge(hit[1], hit[0])
 
     def _store(self, store: str, app_id: str) -> Decision:
         apps = self.policy.store_index.get((store, app_id))
@@ -235,10 +247,10 @@ class PolicyView:
         best: tuple[Action, Rule] | None = None
         apps: list[str] = []
         for rule in rules:
-            app = rule.app or ""
-            if app not in apps:
-                apps.append(app)
-            action = _ACTION[(rule.tier, self._phase.get(app, Phase.NONE))]
+            app_id = rule.app or ""
+            if app_id not in apps:
+                apps.append(app_id)
+            action = _ACTION[(rule.tier, self._phase.get(app_id, Phase.NONE))]
             if best is None or action.severity > best[0].severity:
                 best = (action, rule)
         assert best is not None
@@ -248,17 +260,18 @@ class PolicyView:
         apps.sort(key=lambda a: (a != app.id, a))
         subject = rule.pattern or key or ""
         what = {
-            RuleKind.DOMAIN: f"{subject} and its subdomains",
-            RuleKind.HOST: f"the host {subject}",
-            RuleKind.SNI: f"names matching {subject}",
-            RuleKind.DOWNLOAD: f"the download endpoint {subject}{rule.path or ''}",
-            RuleKind.STORE: f"the app-store listing {subject}",
-            RuleKind.NETWORK: f"the network {subject}",
-        }.get(rule.kind, subject)
+            RuleKind.DOMAIN: f"{subject} and its subdomains belong",
+            RuleKind.HOST: f"the host {subject} belongs",
+            RuleKind.SNI: f"names matching {subject} belong",
+            RuleKind.DOWNLOAD: f"the download endpoint {subject}{rule.path or ''} belongs",
+            RuleKind.STORE: f"the app-store listing {subject} belongs",
+            RuleKind.NETWORK: f"the network {subject} belongs",
+        }.get(rule.kind, f"{subject} belongs")
         since = f" since {ph.since}" if ph.since else ""
         verb = {Action.BLOCK: "blocked", Action.LOG: "logged", Action.ALLOW: "allowed"}[action]
-        others = f" (also claimed by {', '.join(apps[1:])})" if len(apps) > 1 else ""
-        reason = (f"{what} belong to {app.name}{others}; {app.name} is in phase "
+        claimed = [self.policy.apps[a].name for a in apps[1:]]
+        others = f" (also claimed by {', '.join(claimed)})" if claimed else ""
+        reason = (f"{what} to {app.name}{others}; {app.name} is in phase "
                   f"'{ph.phase}'{since} ({ph.source}), so this is {verb}")
         return Decision(action, tuple(apps), ph.phase, rule.cite(key), reason)
 
@@ -271,13 +284,16 @@ class PolicyView:
         return d
 
     def _downgrade(self, d: Decision, why: str) -> Decision:
+        # Keyed by identity for speed; the entry keeps ``d`` alive and is
+        # checked against it, so a recycled id can never return a stale verdict.
         key = (id(d), why)
-        out = self._downgraded.get(key)
-        if out is None:
-            out = replace(d, action=Action.LOG, enforced=d.action, reason=f"{why}; {d.reason}")
-            if len(self._downgraded) > 100_000:
-                self._downgraded.clear()
-            self._downgraded[key] = out
+        hit = self._downgraded.get(key)
+        if hit is not None and hit[0] is d:
+            return hit[1]
+        out = replace(d, action=Action.LOG, enforced=d.action, reason=f"{why}; {d.reason}")
+        if len(self._downgraded) > 100_000:
+            self._downgraded.clear()
+        self._downgraded[key] = (d, out)
         return out
 
     def _is_exempt(self, client: str) -> bool:
@@ -292,6 +308,25 @@ class PolicyView:
                 self._exempt_cache.clear()
             self._exempt_cache[client] = hit
         return hit
+
+
+def _host_only(host: str) -> str:
+    """``example.com:443`` → ``example.com``; ``[2001:db8::1]:443`` → ``2001:db8::1``."""
+    if host.startswith("["):
+        return host[1:].split("]", 1)[0]
+    if host.count(":") == 1:
+        return host.split(":", 1)[0]
+    return host
+
+
+def _looks_like_ip(name: str) -> bool:
+    if not name or not (name[-1].isdigit() or ":" in name):
+        return False
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True
 
 
 def _stricter(a: Decision, b: Decision) -> Decision:

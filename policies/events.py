@@ -49,9 +49,9 @@ def build_event(
     """One event for one decision. ``response`` says what the adapter answered
     (``NXDOMAIN``, ``451``, ``reset``, ``forwarded``...)."""
     if isinstance(timestamp, dt.datetime):
-        when = timestamp.astimezone(dt.timezone.utc)
+        when = timestamp.astimezone(dt.UTC)
     else:
-        when = dt.datetime.fromtimestamp(time.time() if timestamp is None else timestamp, dt.timezone.utc)
+        when = dt.datetime.fromtimestamp(time.time() if timestamp is None else timestamp, dt.UTC)
     action = decision.action
     ev: dict[str, Any] = {
         "@timestamp": when.isoformat(timespec="milliseconds").replace("+00:00", "Z"),

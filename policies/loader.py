@@ -23,11 +23,14 @@ import yaml
 
 from .decide import Policy
 from .matching import (
+    STORE_HOSTS,
     GlobMatcher,
     NameIndexBuilder,
     NetworkMatcher,
+    glob_to_regex,
     is_valid_name,
     normalize_name,
+    suffixes,
     validate_glob,
 )
 from .model import (
@@ -50,6 +53,11 @@ SUPPORTED_VERSIONS = (1,)
 _APP_ID = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 _PLAY_PKG = re.compile(r"^[A-Za-z][A-Za-z0-9_]*(\.[A-Za-z0-9_]+)+$")
 _LIST_NAME = re.compile(r"^(?:[a-z0-9_-]{1,63}\.)*[a-z0-9_-]{1,63}$")
+_MAX_LIST_ISSUES = 20
+# A store host, or a domain above one, would block the store for every app;
+# store traffic is judged per app, by URL (see matching.recognize_store_url).
+_STORE_HOSTS = STORE_HOSTS
+_STORE_COVER = frozenset(s for h in STORE_HOSTS for s in suffixes(h) if "." in s)
 _HOSTS_SINKS = frozenset({"0.0.0.0", "127.0.0.1", "::", "::1", "255.255.255.255"})
 _HOSTS_SKIP = frozenset({"localhost", "localhost.localdomain", "local", "broadcasthost",
                          "ip6-localhost", "ip6-loopback", "0.0.0.0"})
@@ -96,14 +104,14 @@ class _Walker:
     def mapping(self, node: yaml.Node, field: str, allowed: dict[str, bool]) -> dict[str, yaml.Node] | None:
         """Keys of a mapping node; ``allowed`` maps key → required."""
         if not isinstance(node, yaml.MappingNode):
-            self.err(node, field, f"expected a mapping, got {_describe(node)}")
+            self.err(node, field or "(top level)", f"expected a mapping, got {_describe(node)}")
             return None
         out: dict[str, yaml.Node] = {}
         for knode, vnode in node.value:
             key = knode.value if isinstance(knode, yaml.ScalarNode) else None
             name = f"{field}.{key}" if field else str(key)
             if key is None:
-                self.err(knode, field, "keys must be plain strings")
+                self.err(knode, field or "(top level)", "keys must be plain strings")
             elif key in out:
                 self.err(knode, name, "duplicate key")
             elif key not in allowed:
@@ -240,7 +248,10 @@ def load_policy(path: str | os.PathLike[str] | None = None) -> Policy:
     except OSError as exc:
         raise PolicyError([PolicyIssue(str(p), 0, "(file)", f"cannot read: {exc.strerror or exc}")]) from exc
     except UnicodeDecodeError as exc:
-        raise PolicyError([PolicyIssue(str(p), 0, "(file)", f"not UTF-8 text: {exc}")]) from exc
+        line = exc.object[: exc.start].count(b"\n") + 1
+        raise PolicyError([PolicyIssue(str(p), line, "(file)",
+                                       f"not UTF-8 text (byte 0x{exc.object[exc.start]:02x} "
+                                       f"at offset {exc.start})")]) from exc
     return load_policy_text(text, str(p), base=p.parent)
 
 
@@ -368,20 +379,16 @@ def _dataclass_from(w: _Walker, node: yaml.Node | None, field: str, cls: type[T]
             items = [w.text(i, f) for f, i in w.seq(vnode, name)]
             if all(i is not None for i in items):
                 values[key] = tuple(items)
-        elif isinstance(current, bool):
-            v = w.scalar(vnode, name, bool, "true or false")
-            if v is not None:
-                values[key] = v
-        elif isinstance(current, int):
-            v = w.scalar(vnode, name, int, "an integer")
-            if v is not None:
-                values[key] = v
-        elif isinstance(current, float):
-            v = w.scalar(vnode, name, float, "a number")
-            if v is not None:
-                values[key] = v
         else:
-            v = w.text(vnode, name)
+            v: object
+            if isinstance(current, bool):
+                v = w.scalar(vnode, name, bool, "true or false")
+            elif isinstance(current, int):
+                v = w.scalar(vnode, name, int, "an integer")
+            elif isinstance(current, float):
+                v = w.scalar(vnode, name, float, "a number")
+            else:
+                v = w.text(vnode, name)
             if v is not None:
                 values[key] = v
     if "block_response" in values and values["block_response"] not in ("nxdomain", "null", "refused"):
@@ -457,7 +464,8 @@ def _app(w: _Walker, b: _Build, node: yaml.Node, field: str, base: Path, seen: d
             w.err(m["id"], f"{field}.id", f"'{app_id}' must be lower-case letters, digits and '_'")
             app_id = None
         elif app_id is not None and app_id in seen:
-            w.err(m["id"], f"{field}.id", f"duplicate app id '{app_id}' (first defined at line {seen[app_id]})")
+            w.err(m["id"], f"{field}.id",
+                  f"duplicate app id '{app_id}' (first defined at line {seen[app_id]})")
             app_id = None
         elif app_id is not None:
             seen[app_id] = m["id"].start_mark.line + 1
@@ -468,10 +476,11 @@ def _app(w: _Walker, b: _Build, node: yaml.Node, field: str, base: Path, seen: d
     if "legal_basis" in m:
         lm = w.mapping(m["legal_basis"], f"{field}.legal_basis", LEGAL_KEYS)
         if lm is not None:
-            vals = {k: (w.date(v, f"{field}.legal_basis.{k}") if k == "signed"
-                        else w.text(v, f"{field}.legal_basis.{k}")) for k, v in lm.items()}
-            if vals.get("order") and vals.get("citation"):
-                legal = LegalBasis(**vals)
+            texts = {k: w.text(v, f"{field}.legal_basis.{k}") for k, v in lm.items() if k != "signed"}
+            signed = w.date(lm["signed"], f"{field}.legal_basis.signed") if "signed" in lm else None
+            order, citation = texts.get("order"), texts.get("citation")
+            if order and citation:
+                legal = LegalBasis(order, citation, signed, texts.get("url"), texts.get("note"))
     schedule: list[ScheduleEntry] = []
     if "schedule" in m:
         for f, item in w.seq(m["schedule"], f"{field}.schedule"):
@@ -501,7 +510,9 @@ def _app(w: _Walker, b: _Build, node: yaml.Node, field: str, base: Path, seen: d
         for f, item in w.seq(m[key], f"{field}.{key}"):
             raw, source, group, vnode = _entry(w, item, f, ENTRY_KEYS, "name")
             nm = _name(w, raw, vnode, f) if raw else None
-            if nm and _enabled(w, b, group, item, f):
+            if nm and nm in (_STORE_HOSTS if kind is RuleKind.HOST else _STORE_COVER):
+                w.err(vnode, f, _store_cover_message(nm, raw))
+            elif nm and _enabled(w, b, group, item, f):
                 b.names.add(nm, b.rule(kind, Tier.TRAFFIC, aid, source), exact=kind is RuleKind.HOST)
                 b.count(key)
     if "sni" in m:
@@ -511,7 +522,9 @@ def _app(w: _Walker, b: _Build, node: yaml.Node, field: str, base: Path, seen: d
                 continue
             pat = normalize_name(raw)
             problem = validate_glob(pat)
-            if problem:
+            if problem is None and _glob_covers_store(pat):
+                w.err(vnode, f, _store_cover_message(pat, raw).replace("would block the", "would match the"))
+            elif problem:
                 w.err(vnode, f, f"invalid SNI pattern '{raw}': {problem}")
             elif _enabled(w, b, group, item, f):
                 if "*" in pat:
@@ -570,10 +583,14 @@ def _download(w: _Walker, b: _Build, node: yaml.Node, field: str, app: str) -> N
     if not is_valid_name(bare) or "*" in bare:
         w.err(m["host"], f"{field}.host", f"'{raw}' is not a host name (a leading '*.' is allowed)")
         return
+    if not path and bare in (_STORE_COVER if wildcard else _STORE_HOSTS):
+        w.err(m["host"], f"{field}.host", _store_cover_message(bare, raw))
+        return
     if not _enabled(w, b, group, node, field):
         return
     pattern = host if (wildcard or path) else None
-    rule = b.rule(RuleKind.DOWNLOAD, Tier.DOWNLOAD, app, source, pattern, path if path and path != "/" else None)
+    prefix = path if path and path != "/" else None
+    rule = b.rule(RuleKind.DOWNLOAD, Tier.DOWNLOAD, app, source, pattern, prefix)
     b.count("downloads")
     if rule.path:
         if wildcard:
@@ -592,28 +609,20 @@ def _store(w: _Walker, b: _Build, node: yaml.Node, field: str, app: str) -> Stor
         return StoreIds()
     apple: list[int] = []
     play: list[str] = []
-    for f, item in w.seq(m["apple"], f"{field}.apple") if "apple" in m else []:
-        if isinstance(item, yaml.ScalarNode):
-            vnode = item
-        else:
-            vnode = _entry(w, item, f, STORE_ENTRY_KEYS, "id")[3]
-        val = w.value(vnode) if isinstance(vnode, yaml.ScalarNode) else None
+    for f, vnode in _store_items(w, m, "apple", field):
+        val = w.value(vnode)
         if isinstance(val, str) and val.isdigit():
             val = int(val)
         if not isinstance(val, int) or isinstance(val, bool) or val <= 0:
-            w.err(vnode, f, f"an Apple App Store id is a positive number, got {getattr(vnode, 'value', vnode)!r}")
+            w.err(vnode, f, f"an Apple App Store id is a positive number, got {vnode.value!r}")
             continue
         apple.append(val)
         b.store.setdefault(("apple", str(val)), []).append(app)
         b.count("store_ids")
-    for f, item in w.seq(m["google_play"], f"{field}.google_play") if "google_play" in m else []:
-        if isinstance(item, yaml.ScalarNode):
-            vnode = item
-        else:
-            vnode = _entry(w, item, f, STORE_ENTRY_KEYS, "id")[3]
-        val = w.value(vnode) if isinstance(vnode, yaml.ScalarNode) else None
+    for f, vnode in _store_items(w, m, "google_play", field):
+        val = w.value(vnode)
         if not isinstance(val, str) or not _PLAY_PKG.match(val):
-            w.err(vnode, f, f"'{val}' is not a Google Play package name (like com.example.app)")
+            w.err(vnode, f, f"'{vnode.value}' is not a Google Play package name (like com.example.app)")
             continue
         play.append(val)
         b.store.setdefault(("google_play", val), []).append(app)
@@ -621,11 +630,31 @@ def _store(w: _Walker, b: _Build, node: yaml.Node, field: str, app: str) -> Stor
     return StoreIds(tuple(apple), tuple(play))
 
 
+def _store_items(w: _Walker, m: dict[str, yaml.Node], key: str, field: str
+                 ) -> Iterator[tuple[str, yaml.ScalarNode]]:
+    """The id nodes of one store: plain scalars, or ``{id: ..., source: ...}`` entries."""
+    if key not in m:
+        return
+    for f, item in w.seq(m[key], f"{field}.{key}"):
+        if isinstance(item, yaml.MappingNode):
+            vnode = _entry(w, item, f, STORE_ENTRY_KEYS, "id")[3]
+            f = f"{f}.id"
+        else:
+            vnode = item
+        if isinstance(vnode, yaml.ScalarNode):
+            yield f, vnode
+        elif vnode is item and not isinstance(item, yaml.MappingNode):
+            w.err(item, f, f"expected a store id, got {_describe(item)}")
+
+
 def _list(w: _Walker, b: _Build, node: yaml.Node, field: str, base: Path, app: str | None,
           *, allow: bool = False) -> None:
     """A list file: one name per line; hosts-file lines, ``||name^`` and ``#`` comments accepted."""
+    as_: str | None = "domains"
+    source: str | None = None
+    group: str | None = None
     if isinstance(node, yaml.ScalarNode):
-        rel, as_, source, group = w.text(node, field), "domains", None, None
+        rel = w.text(node, field)
     else:
         m = w.mapping(node, field, LIST_KEYS)
         if m is None or "path" not in m:
@@ -651,21 +680,29 @@ def _list(w: _Walker, b: _Build, node: yaml.Node, field: str, base: Path, app: s
     add = b.names.add
     bad = 0
     n = 0
+    store_cover = _STORE_HOSTS if exact else _STORE_COVER
+    lineno = 0
     with fh:
-        for lineno, name in _list_names(fh):
+        for lineno, name, raw in _list_names(fh):
             if name is None:
                 bad += 1
-                if bad <= 20:
-                    w.issues.append(PolicyIssue(str(path), lineno, field, "not a domain name"))
+                if bad <= _MAX_LIST_ISSUES:
+                    shown = raw if len(raw) <= 60 else raw[:57] + "..."
+                    w.issues.append(PolicyIssue(str(path), lineno, field, f"{shown!r} is not a domain name"))
+                continue
+            if name in store_cover and not allow:
+                w.issues.append(PolicyIssue(str(path), lineno, field, _store_cover_message(name)))
                 continue
             add(name, rule, exact=exact)
             n += 1
-    if bad > 20:
-        w.issues.append(PolicyIssue(str(path), 0, field, f"{bad - 20} more bad lines"))
+    if bad > _MAX_LIST_ISSUES:
+        w.issues.append(PolicyIssue(str(path), lineno, field,
+                                    f"{bad - _MAX_LIST_ISSUES} more lines that are not domain names"))
     b.count("allow" if allow else ("hosts" if exact else "domains"), n)
 
 
-def _list_names(lines: Iterator[str] | Any) -> Iterator[tuple[int, str | None]]:
+def _list_names(lines: Iterator[str] | Any) -> Iterator[tuple[int, str | None, str]]:
+    """(line number, normalised name or None when the line is bad, the line)."""
     match = _LIST_NAME.match
     for lineno, raw in enumerate(lines, 1):
         line = raw.strip()
@@ -681,16 +718,27 @@ def _list_names(lines: Iterator[str] | Any) -> Iterator[tuple[int, str | None]]:
                 for part in parts[1:]:
                     if part.lower() not in _HOSTS_SKIP:
                         name = normalize_name(part)
-                        yield lineno, name if match(name) else None
+                        yield lineno, (name if match(name) else None), line
                 continue
-            yield lineno, None
+            yield lineno, None, line
             continue
         if line.startswith("||") and line.endswith("^"):
             line = line[2:-1]
         name = line.lower().rstrip(".")
         if not name.isascii():
             name = normalize_name(name)
-        yield lineno, name if match(name) and len(name) <= 253 else None
+        yield lineno, (name if match(name) and len(name) <= 253 else None), line
+
+
+def _glob_covers_store(pattern: str) -> bool:
+    rx = re.compile(glob_to_regex(pattern))
+    return any(rx.fullmatch(h) for h in STORE_HOSTS) if "*" in pattern else pattern in STORE_HOSTS
+
+
+def _store_cover_message(name: str, raw: str | None = None) -> str:
+    hosts = ", ".join(sorted(h for h in STORE_HOSTS if h == name or h.endswith("." + name)))
+    return (f"'{raw or name}' would block the app-store host {hosts} for every app; "
+            "list the app's store ids under store: instead (store pages are judged per app, by URL)")
 
 
 def _is_ip(s: str) -> bool:

@@ -20,25 +20,29 @@ from .model import Rule
 _LABEL_OK = re.compile(r"^[a-z0-9_*-]{1,63}$")
 
 
+_IDNA_DOTS = str.maketrans({"\u3002": ".", "\uff0e": ".", "\uff61": "."})
+
+
 def normalize_name(name: str) -> str:
     """Lower-case, strip whitespace and the trailing dot, IDNA-encode.
 
     Lenient by design: a name that is not valid IDNA is still lower-cased and
-    matched, because traffic is judged as it is, not as it should be.
+    matched, because traffic is judged as it is, not as it should be.  The
+    ideographic full stops IDNA treats as dots are dots here too, so that
+    ``normalize_name`` is idempotent.
     """
-    name = name.strip().rstrip(".").lower()
-    if name.isascii():
-        return name
-    out = []
-    for label in name.split("."):
-        if label.isascii():
+    name = name.strip().lower()
+    if not name.isascii():
+        out = []
+        for label in name.translate(_IDNA_DOTS).split("."):
+            if not label.isascii():
+                try:
+                    label = label.encode("idna").decode("ascii")
+                except UnicodeError:
+                    pass
             out.append(label)
-            continue
-        try:
-            out.append(label.encode("idna").decode("ascii"))
-        except UnicodeError:
-            out.append(label)
-    return ".".join(out)
+        name = ".".join(out)
+    return name.rstrip(".")
 
 
 def fast_normalize(name: str) -> str:
@@ -71,7 +75,9 @@ class NameIndex:
     of a million names holding the same rule costs one tuple, not a million.
     ``exact`` rules apply to the key itself only; ``suffix`` rules to the key
     and every name below it.  Specificity is ``2 * labels`` (+1 for an exact
-    hit), so a host rule outranks a domain rule on the same name.
+    hit).  A host rule and a domain rule on the queried name itself are equally
+    specific (both name it exactly), so ``build`` files their union under the
+    exact key: the decision sees them together, and an allow among them wins.
     """
 
     __slots__ = ("_exact", "_suffix")
@@ -85,11 +91,11 @@ class NameIndex:
 
     def lookup(self, name: str) -> tuple[str, int, tuple[Rule, ...]] | None:
         """(matched key, specificity, rules) of the most specific match, or None."""
-        suffix = self._suffix
         exact = self._exact.get(name)
-        rules = suffix.get(name)
         if exact is not None:
-            return name, 2 * name.count(".") + 3, exact + rules if rules else exact
+            return name, 2 * name.count(".") + 3, exact
+        suffix = self._suffix
+        rules = suffix.get(name)
         if rules is not None:
             return name, 2 * name.count(".") + 2, rules
         start = name.find(".")
@@ -118,11 +124,18 @@ class NameIndexBuilder:
         elif rule in old:
             return
         else:
-            key = old + (rule,)
+            key = (*old, rule)
         table[name] = self._interned.setdefault(key, key)
 
     def build(self) -> NameIndex:
-        return NameIndex(self._suffix, self._exact)
+        interned = self._interned
+        exact = self._exact
+        for name, rules in exact.items():
+            below = self._suffix.get(name)
+            if below:
+                merged = rules + tuple(r for r in below if r not in rules)
+                exact[name] = interned.setdefault(merged, merged)
+        return NameIndex(self._suffix, exact)
 
 
 def glob_to_regex(pattern: str) -> str:

@@ -10,14 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass, field
-from enum import Enum
-
-
-class StrEnum(str, Enum):
-    """An enum whose members compare and serialise as their string value."""
-
-    def __str__(self) -> str:
-        return str(self.value)
+from enum import StrEnum
 
 
 class Action(StrEnum):
