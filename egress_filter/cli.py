@@ -47,12 +47,15 @@ def add_policy_args(p: argparse.ArgumentParser, *, moment: bool = True) -> None:
 
 
 def load_or_exit(path: str | None) -> Policy:
-    """Load a policy, or print its problems and exit 1."""
+    """Load a policy, or print its problems (``file:line: field: message``) and exit 1."""
     try:
         return load_policy(path)
     except PolicyError as exc:
         for issue in exc.issues:
             print(issue, file=sys.stderr)
+        n = len(exc.issues)
+        print(f"egress-filter: {n} problem{'s' if n != 1 else ''} in the policy; nothing was changed",
+              file=sys.stderr)
         raise SystemExit(EXIT_POLICY) from exc
 
 

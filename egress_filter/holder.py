@@ -57,16 +57,18 @@ class PolicyHolder:
     def reload(self) -> bool:
         """Load the file again; on success swap and notify, on failure keep the old policy."""
         with self._lock:
-            stamps = self._file_stamps()
+            # Stamped before reading: a file that changes while it is being
+            # loaded then differs on the next tick and is loaded again.
+            before = dict((s[0], s) for s in self._file_stamps())
             try:
                 policy = load_policy(self.path)
             except PolicyError as exc:
                 self.last_error = exc
-                self._stamps = stamps  # do not retry the same bad file every tick
+                self._stamps = tuple(before.values())  # do not retry the same bad file every tick
                 log.error("policy reload failed, keeping the last good policy:\n%s", exc)
                 return False
             self.policy = policy
-            self._stamps = self._file_stamps()
+            self._stamps = tuple(before.get(s[0], s) for s in self._file_stamps())
             self.view = self._make_view(policy)
             self.last_error = None
             self.reloads += 1
