@@ -330,4 +330,7 @@ def _looks_like_ip(name: str) -> bool:
 
 
 def _stricter(a: Decision, b: Decision) -> Decision:
-    return b if b.action.severity > a.action.severity else a
+    """The stricter verdict; at equal action the one that names a rule, so
+    that an allowed store listing still says whose it is."""
+    sa, sb = a.action.severity, b.action.severity
+    return b if sb > sa or (sb == sa and a.rule is None and b.rule is not None) else a
