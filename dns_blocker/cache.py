@@ -1,0 +1,64 @@
+"""A bounded answer cache that honours TTLs, positive and negative (RFC 2308).
+
+Keys are ``Query.key`` (the lower-cased question plus EDNS/DO/CD flags).  An
+entry keeps the upstream answer's bytes, where its TTLs sit, and its CNAME
+chain; a hit is re-served with the asker's ID and question spliced in and
+every TTL counted down by the entry's age.  The CNAME chain is kept so that
+a hit is judged again for the asking client (exempt clients, monitor mode).
+Insertion order is the eviction order: when full, the oldest entry goes.
+``clear`` is called on every policy reload and phase change.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    answer: bytes
+    ttl_slots: tuple[tuple[int, int], ...]
+    cnames: tuple[str, ...]
+    stored: float
+    expires: float
+
+
+class AnswerCache:
+    def __init__(self, size: int):
+        self.size = max(0, size)
+        self._data: dict[bytes, Entry] = {}
+        self.hits = 0
+        self.misses = 0
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def get(self, key: bytes, now: float) -> Entry | None:
+        entry = self._data.get(key)
+        if entry is None:
+            self.misses += 1
+            return None
+        if now >= entry.expires:
+            del self._data[key]
+            self.misses += 1
+            return None
+        self.hits += 1
+        return entry
+
+    def put(self, key: bytes, answer: bytes, ttl_slots: tuple[tuple[int, int], ...], cnames: tuple[str, ...],
+            lifetime: int, now: float | None = None) -> None:
+        if lifetime <= 0 or self.size == 0:
+            return
+        now = time.monotonic() if now is None else now
+        data = self._data
+        if key not in data and len(data) >= self.size:
+            # Evict the oldest insertions in one batch (1/16) so a full cache
+            # does not pay an eviction on every miss.
+            for old in list(data.keys())[: max(1, self.size // 16)]:
+                del data[old]
+        data.pop(key, None)
+        data[key] = Entry(answer, ttl_slots, cnames, now, now + lifetime)
+
+    def clear(self) -> None:
+        self._data.clear()

@@ -1,0 +1,175 @@
+"""``egress-filter dns``: flags → settings → policy holder, event log, metrics → ``server.serve``.
+
+Settings precedence (later wins, key by key): built-in defaults < the
+policy's ``settings.dns`` < ``--config FILE`` < command-line flags.  Heavy
+imports happen inside ``cmd_dns`` so that ``egress-filter --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+from typing import Any
+
+PROG = "egress-filter dns"
+
+
+def register(sub: Any) -> None:
+    from egress_filter.cli import add_policy_args
+
+    p = sub.add_parser(
+        "dns", help="run the DNS resolver that enforces the policy",
+        description="A filtering DNS resolver on the shared policy. Settings: defaults < policy "
+                    "settings.dns < --config FILE < these flags.")
+    add_policy_args(p)
+    p.add_argument("--config", metavar="FILE", help="YAML file with settings.dns keys (overrides the policy's)")
+    p.add_argument("--listen", action="append", metavar="HOST:PORT",
+                   help="address to serve UDP and TCP on (repeatable; IPv4 or [IPv6]; default 127.0.0.1:5353)")
+    p.add_argument("--upstream", action="append", dest="upstreams", metavar="HOST[:PORT]",
+                   help="upstream resolver, tried in order (repeatable; default 1.1.1.1 and 9.9.9.9)")
+    p.add_argument("--block-response", choices=["nxdomain", "null", "refused"],
+                   help="answer to blocked names (default nxdomain)")
+    p.add_argument("--log", metavar="FILE|-", help="JSON-lines event log (default: none)")
+    p.add_argument("--log-all", action="store_true", default=None, help="log plain allows too")
+    p.add_argument("--metrics", metavar="HOST:PORT", help="serve Prometheus metrics here (e.g. 127.0.0.1:9153)")
+    p.add_argument("--mode", choices=["enforce", "monitor"], help="override the policy's mode")
+    p.add_argument("--canary", action=argparse.BooleanOptionalAction, default=None,
+                   help="answer use-application-dns.net with NXDOMAIN (default on)")
+    p.add_argument("--acl", action="append", metavar="CIDR",
+                   help="clients allowed to ask (repeatable; default loopback and private ranges)")
+    p.add_argument("--cache-size", type=int, metavar="N", help="answer cache entries (default 100000)")
+    p.add_argument("--timeout", type=float, metavar="SECONDS",
+                   help="budget for all upstreams together before SERVFAIL (default 2.0)")
+    p.add_argument("--workers", type=int, metavar="N", help="processes sharing the ports (SO_REUSEPORT)")
+    p.add_argument("--reload-interval", type=float, default=1.0, metavar="SECONDS",
+                   help="how often to check the policy files and the date")
+    p.add_argument("--reuseport", action="store_true", help=argparse.SUPPRESS)  # set on worker processes
+    p.set_defaults(func=cmd_dns)
+
+
+CLI_KEYS = ("listen", "upstreams", "block_response", "log", "log_all", "metrics", "canary", "acl",
+            "cache_size", "timeout", "workers")
+
+
+def cmd_dns(args: argparse.Namespace) -> int:
+    import logging
+
+    from egress_filter.eventlog import EventLog
+    from egress_filter.holder import PolicyHolder
+    from policies import Mode, Phase, PolicyError
+
+    from .config import ConfigError, merge, parse_hostport, read_config_file
+    from .metrics import NullMetrics, PromMetrics
+    from .server import bind_pair, fmt, serve
+
+    logging.basicConfig(level=logging.INFO, format=f"{PROG}: %(message)s", stream=sys.stderr)
+    try:
+        holder = PolicyHolder(args.policy, at=args.at, phase=Phase(args.phase) if args.phase else None,
+                              mode=Mode(args.mode) if args.mode else None)
+    except PolicyError as exc:
+        for issue in exc.issues:
+            print(issue, file=sys.stderr)
+        return 1
+    try:
+        from_file = read_config_file(args.config) if args.config else {}
+        cli = {k: getattr(args, k) for k in CLI_KEYS}
+        for k in ("listen", "upstreams", "acl"):
+            if cli[k] is not None:
+                cli[k] = tuple(cli[k])
+        settings = merge(holder.policy.settings.dns, from_file, cli)
+    except ConfigError as exc:
+        print(f"{PROG}: {exc}", file=sys.stderr)
+        return 1
+
+    reuse = settings.workers > 1 or args.reuseport
+    try:
+        sockets = [bind_pair(*parse_hostport(a, 53), reuse) for a in settings.listen]
+    except OSError as exc:
+        print(f"{PROG}: cannot listen on {', '.join(settings.listen)}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+
+    metrics: NullMetrics = NullMetrics()
+    if settings.metrics and not args.reuseport:
+        prom = PromMetrics()
+        host, port = parse_hostport(settings.metrics, 9153)
+        try:
+            port = prom.serve(host, port)
+        except OSError as exc:
+            print(f"{PROG}: cannot serve metrics on {settings.metrics}: {exc.strerror or exc}", file=sys.stderr)
+            return 1
+        print(f"{PROG}: metrics on http://{fmt(host, port)}/metrics", file=sys.stderr, flush=True)
+        metrics = prom
+
+    workers = _start_workers(args, settings.workers, settings.log, [s[0].getsockname()[:2] for s in sockets])
+    events = EventLog(_worker_log(settings.log, 0) if workers else settings.log)
+    try:
+        code = _run(serve(settings, holder, events, metrics, sockets, args.reload_interval))
+    finally:
+        events.close()
+        for w in workers:
+            if w.poll() is None:
+                w.terminate()
+        for w in workers:
+            try:
+                w.wait(10)
+            except subprocess.TimeoutExpired:
+                w.kill()
+                w.wait()
+    return code
+
+
+def _run(coro: Any) -> int:
+    import asyncio
+
+    try:
+        import uvloop
+    except ImportError:
+        return int(asyncio.run(coro))
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return int(runner.run(coro))
+
+
+def _worker_log(log: str | None, n: int) -> str | None:
+    """Each worker writes its own event file (``events.jsonl`` → ``events.w1.jsonl``),
+    so lines from two processes never interleave; stdout is shared line by line."""
+    if log is None or log == "-" or n == 0:
+        return log
+    root, ext = os.path.splitext(log)
+    return f"{root}.w{n}{ext}"
+
+
+def _start_workers(args: argparse.Namespace, n: int, log: str | None,
+                   bound: list[tuple[str, int]]) -> list[subprocess.Popen[bytes]]:
+    """Start n-1 more processes on the same (already bound) ports."""
+    if n <= 1 or args.reuseport:
+        return []
+    from .server import fmt
+
+    argv = [a for a in sys.argv[1:]]
+    base = _strip(argv, {"--listen", "--workers", "--metrics", "--log"})
+    procs = []
+    for i in range(1, n):
+        cmd = [sys.executable, "-m", "egress_filter.cli", *base, "--workers", "1", "--reuseport"]
+        for host, port in bound:
+            cmd += ["--listen", fmt(host, port)]
+        if log:
+            cmd += ["--log", str(_worker_log(log, i))]
+        procs.append(subprocess.Popen(cmd, stdin=subprocess.DEVNULL))
+    return procs
+
+
+def _strip(argv: list[str], flags: set[str]) -> list[str]:
+    out: list[str] = []
+    skip = False
+    for a in argv:
+        if skip:
+            skip = False
+            continue
+        name = a.split("=", 1)[0]
+        if name in flags:
+            skip = "=" not in a
+            continue
+        out.append(a)
+    return out

@@ -1,0 +1,283 @@
+"""The resolver chain: one short, readable path per query.
+
+    bytes ─▶ ACL ─▶ parse question ─▶ canary ─▶ policy decision ─▶ cache ─▶ upstream
+              │           │              │            │ block         │ hit      │ answer
+           REFUSED   FORMERR/drop     NXDOMAIN    block answer     answer    CNAME check,
+                                                                              cache, answer
+
+Every step that can answer does so from bytes it already has (pre-built
+block answers, cached upstream answers) with the asker's ID spliced in; only
+a cache miss leaves the hot path, as a task that awaits the upstream.  The
+answer is sent before the event is built and queued, so logging never delays
+it.  The caches hold verdicts of one policy moment, so the policy holder's
+"reload"/"phase" notices clear them (on the loop's thread).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import time
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from policies import Action, Decision, DnsSettings, Kind, Observation, PolicyView, build_event
+
+from .cache import AnswerCache
+from .metrics import NullMetrics
+from .responses import EDE_BLOCKED, BlockResponse, block_answer, build_answer, qtype_name
+from .upstream import Forwarder, UpstreamError
+from .wire import (
+    CLASSIC_UDP,
+    NXDOMAIN,
+    RCODE_NAMES,
+    REFUSED,
+    SERVFAIL,
+    Malformed,
+    Query,
+    age_ttls,
+    error_reply,
+    parse_query,
+    rcode_reply,
+    splice,
+    truncated_reply,
+)
+
+CANARY = "use-application-dns.net"
+CANARY_DECISION = Decision(
+    Action.BLOCK, rule="builtin:doh-canary",
+    reason="use-application-dns.net answers NXDOMAIN so browsers keep DNS on this filter, not DoH")
+TEMPLATE_LIMIT = 50_000
+NXDOMAIN_ONLY = BlockResponse.NXDOMAIN
+
+
+class Sink(Protocol):
+    """Where an answer goes: a UDP socket (``addr`` set) or a TCP connection."""
+
+    def send(self, data: bytes | bytearray, addr: Any) -> None: ...
+
+
+class ViewSource(Protocol):
+    view: PolicyView
+
+    def subscribe(self, listener: Callable[[str], None]) -> None: ...
+
+
+class EventSink(Protocol):
+    @property
+    def enabled(self) -> bool: ...
+
+    def emit(self, event: dict[str, Any]) -> None: ...
+
+
+class Acl:
+    """Which clients may ask; per-address verdicts are memoised."""
+
+    def __init__(self, networks: tuple[str, ...]):
+        self.networks = tuple(ipaddress.ip_network(n, strict=False) for n in networks)
+        self._seen: dict[str, bool] = {}
+
+    def allows(self, client: str) -> bool:
+        ok = self._seen.get(client)
+        if ok is None:
+            try:
+                ip = ipaddress.ip_address(client.split("%", 1)[0])
+            except ValueError:
+                ok = False
+            else:
+                mapped = getattr(ip, "ipv4_mapped", None)
+                ip = mapped or ip
+                ok = any(ip.version == n.version and ip in n for n in self.networks)
+            if len(self._seen) > 65_536:
+                self._seen.clear()
+            self._seen[client] = ok
+        return ok
+
+
+class Resolver:
+    def __init__(self, holder: ViewSource, settings: DnsSettings, forwarder: Forwarder,
+                 events: EventSink, metrics: NullMetrics | None = None):
+        self.holder = holder
+        self.forwarder = forwarder
+        self.events = events
+        self.metrics = metrics or NullMetrics()
+        self.acl = Acl(settings.acl)
+        self.block = BlockResponse(settings.block_response)
+        self.canary = settings.canary
+        self.log_all = settings.log_all
+        self.cache = AnswerCache(settings.cache_size)
+        self.templates: dict[Any, tuple[bytes, str]] = {}
+        self.inflight: set[asyncio.Task[None]] = set()
+        self.closing = False
+        self.loop: asyncio.AbstractEventLoop | None = None
+
+    def attach(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Subscribe to policy changes; notices arrive on the holder's thread."""
+        self.loop = loop
+
+        def notice(reason: str) -> None:
+            loop.call_soon_threadsafe(self.flush, reason)
+
+        self.holder.subscribe(notice)
+
+    def flush(self, reason: str) -> None:
+        self.cache.clear()
+        self.templates.clear()
+        self.metrics.flushed(reason)
+        self.metrics.cache_size(0)
+
+    # --- the chain -------------------------------------------------------------
+
+    def handle(self, data: bytes, client: str, port: int, sink: Sink, addr: Any) -> None:
+        """Answer one query: now from bytes, or later from a task (cache miss)."""
+        if self.closing:
+            return
+        if not self.acl.allows(client):
+            if len(data) >= 12 and not data[2] & 0x80:
+                sink.send(error_reply(data, REFUSED), addr)
+                self.metrics.query("refused")
+            return
+        try:
+            q = parse_query(data)
+        except Malformed as exc:
+            sink.send(error_reply(data, exc.rcode), addr)
+            self.metrics.query(RCODE_NAMES[exc.rcode].lower())
+            return
+        if q is None:
+            self.metrics.query("dropped")
+            return
+        udp = addr is not None
+        if self.canary and q.name == CANARY:
+            out, response = self._blocked(data, q, CANARY_DECISION, NXDOMAIN_ONLY)
+            sink.send(self._fit(out, q, data, udp), addr)
+            self.metrics.query("canary")
+            self._log(CANARY_DECISION, q, client, port, response)
+            return
+        view = self.holder.view
+        d = view.decide_name(q.name, Kind.DNS, client)
+        if d.action is Action.BLOCK:
+            out, response = self._blocked(data, q, d, self.block)
+            sink.send(self._fit(out, q, data, udp), addr)
+            self.metrics.query("block")
+            self.metrics.decision(d.apps, "block")
+            self._log(d, q, client, port, response)
+            return
+        now = time.monotonic()
+        entry = self.cache.get(q.key, now)
+        if entry is not None:
+            self.metrics.cache(True)
+            if entry.cnames:
+                chained = self._judge_chain(view, entry.cnames, client)
+                if chained is not None and chained[0].action is Action.BLOCK:
+                    self._send_chain_block(data, q, chained, client, port, sink, addr)
+                    return
+                if chained is not None and d.action is Action.ALLOW:
+                    d = chained[0]
+            out = splice(entry.answer, data, q.qend)
+            age = int(now - entry.stored)
+            if age:
+                age_ttls(out, entry.ttl_slots, age)
+            sink.send(self._fit(out, q, data, udp), addr)
+            self.metrics.query(d.action.value)
+            if d.action is not Action.ALLOW or self.log_all:
+                if d.action is not Action.ALLOW:
+                    self.metrics.decision(d.apps, d.action.value)
+                self._log(d, q, client, port, RCODE_NAMES.get(out[3] & 0x0F, "NOERROR"))
+            return
+        self.metrics.cache(False)
+        task = asyncio.get_running_loop().create_task(self._forward(data, q, d, client, port, sink, addr))
+        self.inflight.add(task)
+        task.add_done_callback(self.inflight.discard)
+
+    async def _forward(self, data: bytes, q: Query, d: Decision, client: str, port: int,
+                       sink: Sink, addr: Any) -> None:
+        udp = addr is not None
+        try:
+            answer, info = await self.forwarder.resolve(data, q)
+        except UpstreamError:
+            sink.send(rcode_reply(data, q, SERVFAIL), addr)
+            self.metrics.query("servfail")
+            if d.action is not Action.ALLOW or self.log_all:
+                self._log(d, q, client, port, "SERVFAIL")
+            return
+        self.cache.put(q.key, answer, info.ttl_slots, info.cnames, info.lifetime)
+        if info.cnames:
+            chained = self._judge_chain(self.holder.view, info.cnames, client)
+            if chained is not None and chained[0].action is Action.BLOCK:
+                self._send_chain_block(data, q, chained, client, port, sink, addr)
+                return
+            if chained is not None and d.action is Action.ALLOW:
+                d = chained[0]
+        out = bytearray(answer)
+        out[0:2] = data[0:2]
+        sink.send(self._fit(out, q, data, udp), addr)
+        self.metrics.query(d.action.value)
+        if d.action is not Action.ALLOW:
+            self.metrics.decision(d.apps, d.action.value)
+        if d.action is not Action.ALLOW or self.log_all:
+            self._log(d, q, client, port, RCODE_NAMES.get(info.rcode, str(info.rcode)))
+
+    # --- pieces ------------------------------------------------------------------
+
+    def _judge_chain(self, view: PolicyView, cnames: tuple[str, ...], client: str
+                     ) -> tuple[Decision, str] | None:
+        """The strictest verdict on the CNAME targets, and the target it is about."""
+        worst: tuple[Decision, str] | None = None
+        for target in cnames:
+            d = view.decide_name(target, Kind.DNS, client)
+            if d.action is not Action.ALLOW and (worst is None or d.action.severity > worst[0].action.severity):
+                worst = (d, target)
+                if d.action is Action.BLOCK:
+                    break
+        return worst
+
+    def _send_chain_block(self, data: bytes, q: Query, chained: tuple[Decision, str], client: str, port: int,
+                          sink: Sink, addr: Any) -> None:
+        d, target = chained
+        out, response = self._blocked(data, q, d, self.block, via=target)
+        sink.send(self._fit(out, q, data, addr is not None), addr)
+        self.metrics.query("block")
+        self.metrics.decision(d.apps, "block")
+        self._log(d, q, client, port, response, {"cname": target})
+
+    def _blocked(self, data: bytes, q: Query, d: Decision, kind: BlockResponse,
+                 via: str | None = None) -> tuple[bytearray, str]:
+        key = (q.key, d, kind, via)
+        hit = self.templates.get(key)
+        if hit is None:
+            if len(self.templates) >= TEMPLATE_LIMIT:
+                self.templates.clear()
+            hit = self.templates[key] = self._build_block(data, q, d, kind, via)
+        template, response = hit
+        return splice(template, data, q.qend), response
+
+    def _build_block(self, data: bytes, q: Query, d: Decision, kind: BlockResponse,
+                     via: str | None) -> tuple[bytes, str]:
+        if d is CANARY_DECISION:
+            return build_answer(data, q, NXDOMAIN, [], (EDE_BLOCKED, "egress-filter: DoH canary")), "NXDOMAIN"
+        return block_answer(data, q, kind, self._ede_text(d, via))
+
+    def _ede_text(self, d: Decision, via: str | None) -> str:
+        apps = self.holder.view.policy.apps
+        names = ", ".join(f"{apps[a].name} ({a})" if a in apps else a for a in d.apps) or "-"
+        text = f"egress-filter: blocked app {names}, phase {d.phase.value}, rule {d.rule or '-'}"
+        return text + (f", via CNAME {via}" if via else "")
+
+    def _fit(self, out: bytes | bytearray, q: Query, query: bytes, udp: bool) -> bytes | bytearray:
+        """A UDP answer larger than the asker accepts goes out truncated (TC)."""
+        if udp and len(out) > (q.udp_size if q.edns else CLASSIC_UDP):
+            return truncated_reply(out, q, query)
+        return out
+
+    def _log(self, d: Decision, q: Query, client: str, port: int, response: str,
+             extra: dict[str, Any] | None = None) -> None:
+        if not self.events.enabled:
+            return
+        self.events.emit(build_event(d, Observation.dns(q.name, client), "dns", client_port=port,
+                                     qtype=qtype_name(q.qtype), response=response, extra=extra))
+
+    async def drain(self, timeout: float) -> None:
+        """Stop taking queries and let the ones in flight finish."""
+        self.closing = True
+        if self.inflight:
+            await asyncio.wait(list(self.inflight), timeout=timeout)

@@ -1,0 +1,168 @@
+"""A small real authoritative server on loopback: the resolver's upstream in tests.
+
+Built on dnslib; serves UDP and TCP from two threads.  Its zone is fixed
+(``RECORDS``); names under ``tiktok.test``, ``tiktokcdn.test`` and
+``wechat.test`` answer A 192.0.2.66, anything else NXDOMAIN with an SOA
+(negative TTL ``NEG_TTL``).  ``big.example.test`` comes back truncated over
+UDP and whole over TCP.  ``mode`` makes it misbehave on purpose: ``slow``
+(answers after ``SLOW`` seconds), ``garbage`` (random bytes with the right
+ID), ``silent`` (no answer).  ``stop`` closes the sockets (ICMP unreachable).
+It counts what it was asked, so tests can tell a cached answer from a
+forwarded one.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import struct
+import threading
+import time
+from collections import Counter
+
+from dnslib import AAAA, CNAME, QTYPE, RCODE, RR, SOA, TXT, A, DNSRecord
+
+NEG_TTL = 3
+SLOW = 10.0
+SHORT_TTL = 2
+
+RECORDS: dict[str, list[RR]] = {
+    "www.example.test": [RR("www.example.test", QTYPE.A, rdata=A("192.0.2.1"), ttl=300),
+                         RR("www.example.test", QTYPE.AAAA, rdata=AAAA("2001:db8::1"), ttl=300)],
+    "short.example.test": [RR("short.example.test", QTYPE.A, rdata=A("192.0.2.2"), ttl=SHORT_TTL)],
+    "alias.example.test": [RR("alias.example.test", QTYPE.CNAME, rdata=CNAME("edge.tiktokcdn.test"), ttl=300),
+                           RR("edge.tiktokcdn.test", QTYPE.A, rdata=A("192.0.2.66"), ttl=300)],
+    "alias2.example.test": [RR("alias2.example.test", QTYPE.CNAME, rdata=CNAME("alias3.example.test"), ttl=300),
+                            RR("alias3.example.test", QTYPE.CNAME, rdata=CNAME("img.wechat.test"), ttl=300),
+                            RR("img.wechat.test", QTYPE.A, rdata=A("192.0.2.67"), ttl=300)],
+    "fine.example.test": [RR("fine.example.test", QTYPE.CNAME, rdata=CNAME("www.example.test"), ttl=300),
+                          RR("www.example.test", QTYPE.A, rdata=A("192.0.2.1"), ttl=300)],
+    "big.example.test": [RR("big.example.test", QTYPE.TXT, rdata=TXT("x" * 200), ttl=300) for _ in range(8)],
+}
+APP_ZONES = ("tiktok.test", "tiktokcdn.test", "wechat.test")
+
+
+class Authority:
+    def __init__(self, host: str = "127.0.0.1"):
+        self.host = host
+        self.mode = "ok"
+        self.asked: Counter[tuple[str, str, str]] = Counter()
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self.udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.udp.bind((host, 0))
+        self.port = self.udp.getsockname()[1]
+        self.tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.tcp.bind((host, self.port))
+        self.tcp.listen(64)
+        self.udp.settimeout(0.2)
+        self.tcp.settimeout(0.2)
+        self._threads = [threading.Thread(target=self._serve_udp, daemon=True),
+                         threading.Thread(target=self._serve_tcp, daemon=True)]
+        for t in self._threads:
+            t.start()
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    def count(self, name: str, transport: str | None = None) -> int:
+        with self._lock:
+            return sum(n for (q, _t, tr), n in self.asked.items()
+                       if q == name and (transport is None or tr == transport))
+
+    def stop(self) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join(2)
+        self.udp.close()
+        self.tcp.close()
+
+    # --- answering -------------------------------------------------------------
+
+    def answer(self, data: bytes, transport: str) -> bytes | None:
+        try:
+            query = DNSRecord.parse(data)
+        except Exception:
+            return None
+        name = str(query.q.qname).rstrip(".").lower()
+        with self._lock:
+            self.asked[(name, QTYPE.get(query.q.qtype), transport)] += 1
+        mode = self.mode
+        if mode == "silent":
+            return None
+        if mode == "slow":
+            time.sleep(SLOW)
+        if mode == "garbage":
+            return data[:2] + os.urandom(40)
+        reply = query.reply()
+        if mode == "servfail":
+            reply.header.rcode = RCODE.SERVFAIL
+            return bytes(reply.pack())
+        records = RECORDS.get(name)
+        if records is None and any(name == z or name.endswith("." + z) for z in APP_ZONES):
+            records = [RR(name, QTYPE.A, rdata=A("192.0.2.66"), ttl=300)]
+        if records is None:
+            reply.header.rcode = RCODE.NXDOMAIN
+            reply.add_auth(RR("example.test", QTYPE.SOA, ttl=60, rdata=SOA(
+                "ns.example.test", "hostmaster.example.test", (1, 3600, 600, 86400, NEG_TTL))))
+            return bytes(reply.pack())
+        if name == "big.example.test" and transport == "udp":
+            reply.header.tc = 1
+            return bytes(reply.pack())
+        for rr in records:
+            if rr.rtype == query.q.qtype or rr.rtype == QTYPE.CNAME:
+                reply.add_answer(rr)
+        if not reply.rr:
+            reply.add_auth(RR("example.test", QTYPE.SOA, ttl=60, rdata=SOA(
+                "ns.example.test", "hostmaster.example.test", (1, 3600, 600, 86400, NEG_TTL))))
+        return bytes(reply.pack())
+
+    def _serve_udp(self) -> None:
+        while not self._stop.is_set():
+            try:
+                data, addr = self.udp.recvfrom(65535)
+            except (TimeoutError, OSError):
+                continue
+            out = self.answer(data, "udp")
+            if out is not None:
+                try:
+                    self.udp.sendto(out, addr)
+                except OSError:
+                    pass
+
+    def _serve_tcp(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self.tcp.accept()
+            except (TimeoutError, OSError):
+                continue
+            threading.Thread(target=self._tcp_conn, args=(conn,), daemon=True).start()
+
+    def _tcp_conn(self, conn: socket.socket) -> None:
+        conn.settimeout(5)
+        with conn:
+            try:
+                while True:
+                    head = _read(conn, 2)
+                    if head is None:
+                        return
+                    data = _read(conn, struct.unpack("!H", head)[0])
+                    if data is None:
+                        return
+                    out = self.answer(data, "tcp")
+                    if out is not None:
+                        conn.sendall(struct.pack("!H", len(out)) + out)
+            except OSError:
+                return
+
+
+def _read(conn: socket.socket, n: int) -> bytes | None:
+    buf = b""
+    while len(buf) < n:
+        chunk = conn.recv(n - len(buf))
+        if not chunk:
+            return None
+        buf += chunk
+    return buf
