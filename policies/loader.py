@@ -99,7 +99,12 @@ class _Walker:
         self.issues.append(PolicyIssue(self.file, line, field, message))
 
     def value(self, node: yaml.Node) -> Any:
-        return self._constructor.construct_object(node, deep=True)
+        try:
+            return self._constructor.construct_object(node, deep=True)
+        except (ValueError, yaml.YAMLError):
+            # e.g. 2020-02-30 resolves to a timestamp that is no date: keep
+            # the text and let the field's own check say what is wrong.
+            return node.value if isinstance(node, yaml.ScalarNode) else None
 
     def mapping(self, node: yaml.Node, field: str, allowed: dict[str, bool]) -> dict[str, yaml.Node] | None:
         """Keys of a mapping node; ``allowed`` maps key → required."""
@@ -454,6 +459,7 @@ def _allow(w: _Walker, b: _Build, node: yaml.Node, base: Path) -> None:
 
 
 def _app(w: _Walker, b: _Build, node: yaml.Node, field: str, base: Path, seen: dict[str, int]) -> App | None:
+    field = _app_field(node, field, seen)
     m = w.mapping(node, field, APP_KEYS)
     if m is None:
         return None
@@ -469,7 +475,6 @@ def _app(w: _Walker, b: _Build, node: yaml.Node, field: str, base: Path, seen: d
             app_id = None
         elif app_id is not None:
             seen[app_id] = m["id"].start_mark.line + 1
-            field = f"apps[{app_id}]"
     name = w.text(m["name"], f"{field}.name") if "name" in m else None
     owner = w.text(m["owner"], f"{field}.owner") if "owner" in m else None
     legal = None
@@ -558,6 +563,17 @@ def _app(w: _Walker, b: _Build, node: yaml.Node, field: str, base: Path, seen: d
     if not (app_id and name and owner and legal):
         return None
     return App(app_id, name, owner, legal, tuple(schedule), store, override)
+
+
+def _app_field(node: yaml.Node, field: str, seen: dict[str, int]) -> str:
+    """``apps[<id>]`` when the entry has a usable, not yet seen id, else ``apps[<index>]``."""
+    if isinstance(node, yaml.MappingNode):
+        for knode, vnode in node.value:
+            if (isinstance(knode, yaml.ScalarNode) and knode.value == "id"
+                    and isinstance(vnode, yaml.ScalarNode) and _APP_ID.match(vnode.value)
+                    and vnode.value not in seen):
+                return f"apps[{vnode.value}]"
+    return field
 
 
 def _download(w: _Walker, b: _Build, node: yaml.Node, field: str, app: str) -> None:
@@ -736,7 +752,12 @@ def _glob_covers_store(pattern: str) -> bool:
 
 
 def _store_cover_message(name: str, raw: str | None = None) -> str:
-    hosts = ", ".join(sorted(h for h in STORE_HOSTS if h == name or h.endswith("." + name)))
+    if "*" in name:
+        rx = re.compile(glob_to_regex(name))
+        covered = [h for h in STORE_HOSTS if rx.fullmatch(h)]
+    else:
+        covered = [h for h in STORE_HOSTS if h == name or h.endswith("." + name)]
+    hosts = ", ".join(sorted(covered))
     return (f"'{raw or name}' would block the app-store host {hosts} for every app; "
             "list the app's store ids under store: instead (store pages are judged per app, by URL)")
 
