@@ -11,7 +11,7 @@ Adapters import from here and nothing deeper.
 
 from .decide import Policy, PolicyView, decide
 from .events import SCHEMA_VERSION, build_event, new_event_id
-from .loader import BUNDLED, PolicyError, PolicyIssue, load_policy, load_policy_text, policy_summary
+from .loader import BUNDLED, SCHEMA, PolicyError, PolicyIssue, load_policy, load_policy_text, policy_summary
 from .matching import STORE_HOSTS, normalize_name, recognize_store_url
 from .model import (
     ALLOW,
@@ -32,7 +32,7 @@ from .model import (
 )
 
 __all__ = [
-    "ALLOW", "BUNDLED", "SCHEMA_VERSION", "STORE_HOSTS", "Action", "App", "AppPhase", "Decision",
+    "ALLOW", "BUNDLED", "SCHEMA", "SCHEMA_VERSION", "STORE_HOSTS", "Action", "App", "AppPhase", "Decision",
     "DnsSettings", "Kind", "Mode", "Observation", "Phase", "Policy", "PolicyError", "PolicyIssue",
     "PolicyView", "ProxySettings", "Rule", "RuleKind", "Settings", "Tier", "build_event", "decide",
     "load_policy", "load_policy_text", "new_event_id", "normalize_name", "policy_summary",

@@ -49,6 +49,7 @@ from .model import (
 )
 
 BUNDLED = Path(__file__).with_name("bundled.yaml")
+SCHEMA = Path(__file__).with_name("schema.json")  # JSON Schema of this format, for editors
 SUPPORTED_VERSIONS = (1,)
 _APP_ID = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 _PLAY_PKG = re.compile(r"^[A-Za-z][A-Za-z0-9_]*(\.[A-Za-z0-9_]+)+$")
