@@ -1,0 +1,620 @@
+"""pcap / pcapng → sightings, streaming, one packet at a time.
+
+Flow: dpkt's file and block definitions frame the records; ``Decoder.packet``
+slices the link, IP and transport headers (no per-packet objects) and drops
+everything that cannot carry a name; only candidates reach ``wire``: UDP
+port 53 and TCP streams to/from port 53 (DNS), TCP streams that start with a
+TLS handshake record or an HTTP/1.x method, and UDP datagrams that start with
+a QUIC v1/v2 Initial.  TCP streams are reassembled per direction by sequence
+number (out of order, overlapping and retransmitted segments) until the
+ClientHello or request head is complete; IP fragments are reassembled too.
+Every table is bounded, so memory stays flat whatever the capture's size.
+
+A damaged file ends the read with a ``Damage`` naming the packet; the
+sightings before it have already been yielded.
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+from collections.abc import Callable, Iterator
+from typing import BinaryIO
+
+import dpkt
+from dpkt import pcap as dpcap
+from dpkt import pcapng as dpcapng
+
+from policies import Kind
+
+from . import wire
+from .model import Damage, Sighting
+
+MASK = 0xFFFFFFFF
+MAX_STREAMS = 65_536  # live TCP directions kept; the oldest go first
+MAX_STREAM_BYTES = 65_536  # a ClientHello or request head larger than this is given up
+MAX_PENDING = 64  # out-of-order segments held per direction
+MAX_STRAYS = 4  # mid-stream segments tolerated before the start of a stream shows up
+MAX_FRAGMENTS = 1_024
+MAX_QUIC_DATAGRAMS = 8
+MAX_RECORD = 1 << 24  # a record claiming more is corrupt, not a packet
+
+PCAPNG_MAGIC = b"\x0a\x0d\x0d\x0a"
+PCAP_MAGICS = {struct.pack("<I", m) for m in dpcap.MAGIC_TO_PKT_HDR} | {
+    struct.pack(">I", m) for m in dpcap.MAGIC_TO_PKT_HDR}
+
+# Link types (https://www.tcpdump.org/linktypes.html) by how their IP offset is found.
+LINK_NULL, LINK_ETHERNET, LINK_RAW_A, LINK_RAW_B, LINK_RAW, LINK_LOOP = 0, 1, 12, 14, 101, 108
+LINK_SLL, LINK_IPV4, LINK_IPV6, LINK_SLL2 = 113, 228, 229, 276
+SUPPORTED_LINKS = {LINK_NULL, LINK_ETHERNET, LINK_RAW_A, LINK_RAW_B, LINK_RAW, LINK_LOOP, LINK_SLL,
+                   LINK_IPV4, LINK_IPV6, LINK_SLL2}
+VLAN_TYPES = (0x8100, 0x88A8, 0x9100)
+IPV6_EXT = (0, 43, 60, 51)  # hop-by-hop, routing, destination options, AH
+
+Progress = Callable[[], None]
+
+
+def is_capture(head: bytes) -> bool:
+    return head[:4] == PCAPNG_MAGIC or head[:4] in PCAP_MAGICS
+
+
+class _Done:
+    """A TCP direction or QUIC flow already judged (or given up on)."""
+
+
+DONE = _Done()
+TLS, HTTP, DNS = 1, 2, 3
+
+
+class Stream:
+    """One TCP direction: reassembles bytes from ``next`` on and hands the
+    contiguous prefix (``buf``) to the protocol that claimed the stream."""
+
+    __slots__ = ("body", "buf", "chunked", "next", "pending", "proto", "skip", "strays")
+
+    def __init__(self, next_seq: int | None) -> None:
+        self.next = next_seq
+        self.pending: dict[int, bytes] = {}
+        self.buf = bytearray()
+        self.proto = 0
+        self.strays = 0
+        self.skip = 0  # HTTP body bytes still to pass over
+        self.chunked = False
+        self.body = False
+
+    def feed(self, seq: int, data: bytes, starts: Callable[[bytes], bool]) -> bool:
+        """Add one segment; True when ``buf`` grew."""
+        nxt = self.next
+        if nxt is None:
+            # No SYN seen: the stream starts at the first segment that looks like a start.
+            if not starts(data):
+                self.strays += 1
+                if len(self.pending) < MAX_PENDING:
+                    self.pending[seq] = data
+                return False
+            self.next = nxt = seq
+        d = (seq - nxt) & MASK
+        if d >= 0x80000000:
+            d -= 1 << 32
+        if d > 0:  # a gap: hold until it fills
+            if len(self.pending) < MAX_PENDING and len(data) > len(self.pending.get(seq, b"")):
+                self.pending[seq] = data
+            return False
+        if -d >= len(data):  # retransmission of bytes already taken
+            return False
+        self.buf += data[-d:] if d else data
+        nxt = (seq + len(data)) & MASK
+        while self.pending:
+            grew = False
+            for s in list(self.pending):
+                d = (s - nxt) & MASK
+                if d >= 0x80000000:
+                    d -= 1 << 32
+                if d <= 0:
+                    piece = self.pending.pop(s)
+                    if -d < len(piece):
+                        self.buf += piece[-d:]
+                        nxt = (s + len(piece)) & MASK
+                        grew = True
+            if not grew:
+                break
+        self.next = nxt
+        return True
+
+
+def _ip(raw: bytes) -> str:
+    return socket.inet_ntop(socket.AF_INET if len(raw) == 4 else socket.AF_INET6, raw)
+
+
+def _starts_tls_or_http(data: bytes) -> bool:
+    return (data[:1] == b"\x16" and data[1:2] == b"\x03") or data.startswith(wire.HTTP_METHODS)
+
+
+def _starts_any(data: bytes) -> bool:
+    return True
+
+
+class Decoder:
+    """Per-capture state; ``packet()`` appends sightings to ``out``."""
+
+    def __init__(self, file: str) -> None:
+        self.file = file
+        self.out: list[Sighting] = []
+        self.streams: dict[bytes, Stream | _Done] = {}
+        self.quic: dict[bytes, list[bytes] | _Done] = {}
+        self.fragments: dict[tuple[bytes, bytes, bytes, int], dict[int, bytes]] = {}
+        self.fragment_ends: dict[tuple[bytes, bytes, bytes, int], int] = {}
+        self.dns_queries: dict[tuple[str, str, int, str], None] = {}
+        self.malformed = 0
+        self.first_malformed = 0
+        self.unsupported_links: set[int] = set()
+        self.number = 0
+        self.ts = 0.0
+
+    # --- link and network layers -------------------------------------------
+
+    def packet(self, ts: float, buf: bytes, link: int, number: int) -> None:
+        self.number = number
+        self.ts = ts
+        try:
+            self._packet(buf, link)
+        except (IndexError, ValueError, struct.error, UnicodeError):
+            self.malformed += 1
+            if not self.first_malformed:
+                self.first_malformed = number
+
+    def _packet(self, buf: bytes, link: int) -> None:
+        if link == LINK_ETHERNET:
+            off = 12
+            etype = buf[12] << 8 | buf[13]
+            while etype in VLAN_TYPES:
+                off += 4
+                etype = buf[off] << 8 | buf[off + 1]
+            if etype != 0x0800 and etype != 0x86DD:
+                return
+            off += 2
+        elif link == LINK_SLL or link == LINK_SLL2:
+            off, tpos = (16, 14) if link == LINK_SLL else (20, 0)
+            etype = buf[tpos] << 8 | buf[tpos + 1]
+            while etype in VLAN_TYPES:
+                etype = buf[off + 2] << 8 | buf[off + 3]
+                off += 4
+            if etype != 0x0800 and etype != 0x86DD:
+                return
+        elif link == LINK_NULL or link == LINK_LOOP:
+            off = 4
+        elif link in (LINK_RAW, LINK_RAW_A, LINK_RAW_B, LINK_IPV4, LINK_IPV6):
+            off = 0
+        else:
+            self.unsupported_links.add(link)
+            return
+        version = buf[off] >> 4
+        if version == 4:
+            ihl = (buf[off] & 0x0F) * 4
+            total = buf[off + 2] << 8 | buf[off + 3]
+            end = off + total if total else len(buf)  # 0 with TCP segmentation offload
+            proto = buf[off + 9]
+            src = buf[off + 12:off + 16]
+            dst = buf[off + 16:off + 20]
+            l4 = off + ihl
+            frag = (buf[off + 6] << 8 | buf[off + 7]) & 0x3FFF
+            if frag:
+                whole = self._fragment((src, dst, buf[off + 4:off + 6], proto), (frag & 0x1FFF) * 8,
+                                       bool(frag & 0x2000), buf[l4:end])
+                if whole is None:
+                    return
+                buf, l4, end = whole, 0, len(whole)
+        elif version == 6:
+            end = off + 40 + (buf[off + 4] << 8 | buf[off + 5])
+            proto = buf[off + 6]
+            src = buf[off + 8:off + 24]
+            dst = buf[off + 24:off + 40]
+            l4 = off + 40
+            while proto in IPV6_EXT:
+                proto, l4 = buf[l4], l4 + ((buf[l4 + 1] + 2) * 4 if proto == 51 else (buf[l4 + 1] + 1) * 8)
+            if proto == 44:
+                fo = buf[l4 + 2] << 8 | buf[l4 + 3]
+                proto = buf[l4]
+                whole = self._fragment((src, dst, buf[l4 + 4:l4 + 8], proto), fo & 0xFFF8, bool(fo & 1),
+                                       buf[l4 + 8:end])
+                if whole is None:
+                    return
+                buf, l4, end = whole, 0, len(whole)
+        else:
+            return
+        if proto == 6:
+            self._tcp(buf, l4, end, src, dst)
+        elif proto == 17:
+            sport = buf[l4] << 8 | buf[l4 + 1]
+            dport = buf[l4 + 2] << 8 | buf[l4 + 3]
+            if sport == 53 or dport == 53:
+                self._dns(buf[l4 + 8:end], src, dst, sport, dport, "dns/udp")
+            elif buf[l4 + 8] & 0xC0 == 0xC0:
+                self._quic(buf[l4 + 8:end], src, dst, buf[l4:l4 + 4], sport, dport)
+
+    def _fragment(self, key: tuple[bytes, bytes, bytes, int], offset: int, more: bool,
+                  data: bytes) -> bytes | None:
+        """Collect one IP fragment; the whole payload once every piece is in."""
+        pieces = self.fragments.get(key)
+        if pieces is None:
+            if len(self.fragments) >= MAX_FRAGMENTS:
+                old = next(iter(self.fragments))
+                del self.fragments[old]
+                self.fragment_ends.pop(old, None)
+            pieces = self.fragments[key] = {}
+        if offset not in pieces and sum(map(len, pieces.values())) < 65_536:
+            pieces[offset] = data
+        if not more:
+            self.fragment_ends[key] = offset + len(data)
+        total = self.fragment_ends.get(key)
+        if total is None:
+            return None
+        out = bytearray()
+        for start in sorted(pieces):
+            if start > len(out):
+                return None  # a hole: wait for the missing piece
+            out += pieces[start][len(out) - start:]
+        if len(out) < total:
+            return None
+        del self.fragments[key]
+        del self.fragment_ends[key]
+        return bytes(out[:total])
+
+    # --- TCP ----------------------------------------------------------------
+
+    def _tcp(self, buf: bytes, l4: int, end: int, src: bytes, dst: bytes) -> None:
+        ports = buf[l4:l4 + 4]
+        key = src + dst + ports
+        flags = buf[l4 + 13]
+        streams = self.streams
+        st = streams.get(key)
+        if flags & 0x02:  # SYN or SYN-ACK: a new direction, its first byte is ISN + 1
+            streams.pop(key, None)
+            self._remember(key, Stream((int.from_bytes(buf[l4 + 4:l4 + 8], "big") + 1) & MASK))
+            return
+        if st is DONE:
+            if flags & 0x05:  # FIN / RST: forget the direction
+                del streams[key]
+            return
+        start = l4 + ((buf[l4 + 12] >> 4) * 4)
+        if start >= end:
+            if flags & 0x05 and st is not None:
+                del streams[key]
+            return
+        data = buf[start:end]
+        sport = ports[0] << 8 | ports[1]
+        dport = ports[2] << 8 | ports[3]
+        dns = sport == 53 or dport == 53
+        if st is None:
+            # No SYN seen (capture started mid-connection, or SYN lost): the
+            # start may still arrive out of order, so the stream waits a little.
+            st = Stream(None)
+            self._remember(key, st)
+        assert isinstance(st, Stream)
+        if not st.feed(int.from_bytes(buf[l4 + 4:l4 + 8], "big"), data, _starts_any if dns else _starts_tls_or_http):
+            if st.strays > MAX_STRAYS and st.next is None:
+                streams[key] = DONE
+            return
+        if not st.proto:
+            if dns:
+                st.proto = DNS
+            elif st.buf[:1] == b"\x16":
+                st.proto = TLS
+            elif bytes(st.buf[:8]).startswith(wire.HTTP_METHODS):
+                st.proto = HTTP
+            else:
+                streams[key] = DONE
+                return
+        try:
+            finished = self._stream(st, src, dst, sport, dport)
+        finally:
+            if len(st.buf) > MAX_STREAM_BYTES:
+                finished = True
+        if finished:
+            streams[key] = DONE
+
+    def _remember(self, key: bytes, st: Stream | _Done) -> None:
+        streams = self.streams
+        if len(streams) >= MAX_STREAMS:
+            for old in list(streams)[: MAX_STREAMS // 8]:
+                del streams[old]
+        streams[key] = st
+
+    def _stream(self, st: Stream, src: bytes, dst: bytes, sport: int, dport: int) -> bool:
+        """Run the stream's protocol over its bytes; True when it is finished."""
+        if st.proto == TLS:
+            try:
+                hello = wire.tls_client_hello(bytes(st.buf))
+            except ValueError:
+                return True
+            if hello is None:
+                return False
+            self._hello(hello, src, dst, sport, dport, "tls")
+            return True
+        if st.proto == DNS:
+            buf = st.buf
+            while len(buf) >= 2:
+                n = buf[0] << 8 | buf[1]
+                if n == 0:
+                    return True
+                if len(buf) < n + 2:
+                    return False
+                self._dns(bytes(buf[2:n + 2]), src, dst, sport, dport, "dns/tcp")
+                del buf[:n + 2]
+            return False
+        return self._http(st, src, dst, sport, dport)
+
+    def _http(self, st: Stream, src: bytes, dst: bytes, sport: int, dport: int) -> bool:
+        buf = st.buf
+        while True:
+            if st.skip:
+                n = min(st.skip, len(buf))
+                del buf[:n]
+                st.skip -= n
+                if st.skip:
+                    return False
+            if st.chunked:
+                line_end = buf.find(b"\r\n")
+                if line_end < 0:
+                    return len(buf) > 1024
+                if st.body:  # the CRLF after a chunk's data
+                    del buf[:line_end + 2]
+                    st.body = False
+                    continue
+                size_text = bytes(buf[:line_end]).split(b";")[0].strip()
+                try:
+                    size = int(size_text, 16)
+                except ValueError:
+                    return True
+                if size == 0:
+                    trailer_end = buf.find(b"\r\n\r\n", line_end)
+                    if trailer_end < 0 and bytes(buf[line_end:line_end + 4]) != b"\r\n\r\n":
+                        if len(buf) > 16_384:
+                            return True
+                        return False
+                    del buf[:(trailer_end if trailer_end >= 0 else line_end) + 4]
+                    st.chunked = False
+                    continue
+                del buf[:line_end + 2]
+                st.skip = size
+                st.body = True
+                continue
+            if not buf:
+                return False
+            if not bytes(buf[:8]).startswith(wire.HTTP_METHODS):
+                return True
+            head_end = buf.find(b"\r\n\r\n")
+            if head_end < 0:
+                return len(buf) > 16_384
+            head = bytes(buf[:head_end])
+            del buf[:head_end + 4]
+            req = wire.http_request_head(head)
+            if req is None:
+                return True
+            server = _ip(dst)
+            url, host = wire.http_url(req, server, dport)
+            self.out.append(Sighting(self.ts, Kind.HTTP, url, _ip(src), server, sport, dport, host, "http",
+                                     file=self.file, packet=self.number))
+            length = wire.http_body_length(head)
+            if length is None:
+                st.chunked = True
+            else:
+                st.skip = length
+
+    def _hello(self, hello: wire.Hello, src: bytes, dst: bytes, sport: int, dport: int, via: str) -> None:
+        client, server = _ip(src), _ip(dst)
+        if hello.sni:
+            self.out.append(Sighting(self.ts, Kind.SNI, hello.sni, client, server, sport, dport, via=via,
+                                     file=self.file, packet=self.number, ech=hello.ech))
+        else:  # no name on the wire: the server address is all a filter has
+            self.out.append(Sighting(self.ts, Kind.IP, server, client, server, sport, dport, via=via,
+                                     file=self.file, packet=self.number, ech=hello.ech))
+
+    # --- UDP: DNS and QUIC --------------------------------------------------
+
+    def _dns(self, data: bytes, src: bytes, dst: bytes, sport: int, dport: int, via: str) -> None:
+        msg = wire.dns_message(data)
+        if msg is None:
+            self.malformed += 1
+            if not self.first_malformed:
+                self.first_malformed = self.number
+            return
+        a, b = _ip(src), _ip(dst)
+        if msg.response:
+            client, server, cport, sport_ = b, a, dport, sport
+        else:
+            client, server, cport, sport_ = a, b, sport, dport
+        seen = self.dns_queries
+        for name, qtype in msg.questions:
+            if not name:
+                continue
+            key = (client, server, msg.id, name)
+            if msg.response:
+                if key in seen:
+                    del seen[key]
+                    continue  # the query was already reported
+            else:
+                if len(seen) >= MAX_STREAMS:
+                    del seen[next(iter(seen))]
+                seen[key] = None
+            self.out.append(Sighting(self.ts, Kind.DNS, name, client, server, cport, sport_, via=via,
+                                     qtype=qtype, file=self.file, packet=self.number))
+        for owner, target in msg.cnames:
+            if target:
+                self.out.append(Sighting(self.ts, Kind.DNS, target, client, server, cport, sport_,
+                                         via="cname", qtype="CNAME", file=self.file, packet=self.number,
+                                         cname_of=owner))
+
+    def _quic(self, payload: bytes, src: bytes, dst: bytes, ports: bytes, sport: int, dport: int) -> None:
+        if not wire.quic_initial_kind(payload):
+            return
+        key = src + dst + ports
+        got = self.quic.get(key)
+        if got is DONE:
+            return
+        if got is None:
+            if len(self.quic) >= MAX_STREAMS:
+                for old in list(self.quic)[: MAX_STREAMS // 8]:
+                    del self.quic[old]
+            got = self.quic[key] = []
+        assert isinstance(got, list)
+        got.append(payload)
+        try:
+            hello = wire.quic_client_hello(got)
+        except ValueError:
+            # A server's Initial (other keys) or garbage; a new connection on
+            # the same ports starts over.
+            self.quic[key] = DONE if len(got) == 1 else [payload]
+            return
+        if hello is None:
+            if len(got) >= MAX_QUIC_DATAGRAMS:
+                self.quic[key] = DONE
+            return
+        self.quic[key] = DONE
+        self._hello(hello, src, dst, sport, dport, "quic")
+
+    def damage_notes(self) -> list[Damage]:
+        notes = []
+        if self.malformed:
+            notes.append(Damage(self.file, self.first_malformed,
+                                f"{self.malformed} malformed packet(s) skipped (the first shown)",
+                                stopped=False))
+        for link in sorted(self.unsupported_links):
+            notes.append(Damage(self.file, 0, f"link type {link} is not supported; its packets were skipped",
+                                stopped=False))
+        return notes
+
+
+# --- file formats -----------------------------------------------------------
+
+def read_capture(name: str, fh: BinaryIO, progress: Progress | None = None) -> Iterator[Sighting | Damage]:
+    """Every sighting in a pcap or pcapng file, in packet order."""
+    head = fh.read(4)
+    dec = Decoder(name)
+    if head == PCAPNG_MAGIC:
+        yield from _pcapng(dec, head, fh, progress)
+    else:
+        yield from _pcap(dec, head, fh, progress)
+    yield from dec.damage_notes()
+
+
+def _pcap(dec: Decoder, head: bytes, fh: BinaryIO, progress: Progress | None) -> Iterator[Sighting | Damage]:
+    rest = fh.read(dpcap.FileHdr.__hdr_len__ - 4)
+    raw = head + rest
+    if len(raw) < dpcap.FileHdr.__hdr_len__:
+        yield Damage(dec.file, 0, "truncated pcap file header")
+        return
+    # As dpkt's Reader does: the magic read big-endian names the byte order and record header.
+    magic = dpcap.FileHdr(raw).magic
+    le = magic in (dpcap.PMUDPCT_MAGIC, dpcap.PMUDPCT_MAGIC_NANO, dpcap.PACPDOM_MAGIC)
+    hdr = (dpcap.LEFileHdr if le else dpcap.FileHdr)(raw)
+    pkt_hdr = dpcap.MAGIC_TO_PKT_HDR[magic]
+    link = hdr.linktype & 0x0FFFFFFF  # the top bits carry FCS information
+    nano = magic in (dpcap.TCPDUMP_MAGIC_NANO, dpcap.PMUDPCT_MAGIC_NANO)
+    divisor = 1e9 if nano else 1e6
+    unpack = struct.Struct(pkt_hdr.__hdr_fmt__).unpack_from
+    hlen = pkt_hdr.__hdr_len__
+    read = fh.read
+    out = dec.out
+    number = 0
+    while True:
+        rec = read(hlen)
+        if not rec:
+            return
+        number += 1
+        if len(rec) < hlen:
+            yield Damage(dec.file, number, f"file ends inside the record header ({len(rec)} of {hlen} bytes)")
+            return
+        sec, frac, caplen = unpack(rec)[:3]
+        if caplen > MAX_RECORD:
+            yield Damage(dec.file, number, f"corrupt record header (captured length {caplen}); stopped here")
+            return
+        data = read(caplen)
+        if len(data) < caplen:
+            yield Damage(dec.file, number, f"file ends inside the packet ({len(data)} of {caplen} bytes)")
+            return
+        dec.packet(sec + frac / divisor, data, link, number)
+        if out:
+            yield from out
+            out.clear()
+        if progress is not None and not number & 0xFFF:
+            progress()
+
+
+def _pcapng(dec: Decoder, head: bytes, fh: BinaryIO, progress: Progress | None) -> Iterator[Sighting | Damage]:
+    read = fh.read
+    out = dec.out
+    le = True
+    # Per interface of the current section: (link type, timestamp divisor, offset).
+    interfaces: list[tuple[int, float, int]] = []
+    number = 0
+    first = True
+    while True:
+        top = head if first else read(8)
+        if first:
+            top += read(4)
+            first = False
+        if not top:
+            return
+        if len(top) < 8:
+            yield Damage(dec.file, number + 1, "file ends inside a block header")
+            return
+        if top[:4] == PCAPNG_MAGIC:
+            bom = read(4)
+            if bom == b"\x4d\x3c\x2b\x1a":
+                le = True
+            elif bom == b"\x1a\x2b\x3c\x4d":
+                le = False
+            else:
+                yield Damage(dec.file, number + 1, "corrupt section header (byte-order magic)")
+                return
+            top += bom
+            interfaces = []
+        btype, blen = struct.unpack("<II" if le else ">II", top[:8])
+        if blen < 12 or blen % 4 or blen > MAX_RECORD:
+            yield Damage(dec.file, number + 1, f"corrupt block header (type {btype:#x}, length {blen}); stopped here")
+            return
+        body = read(blen - len(top))
+        if len(body) < blen - len(top):
+            yield Damage(dec.file, number + 1, "file ends inside a block")
+            return
+        block = top + body
+        try:
+            if btype == dpcapng.PCAPNG_BT_EPB:
+                number += 1
+                epb = (dpcapng.EnhancedPacketBlockLE if le else dpcapng.EnhancedPacketBlock)(block)
+                link, div, tsoff = interfaces[epb.iface_id]
+                dec.packet(tsoff + ((epb.ts_high << 32) | epb.ts_low) / div, epb.pkt_data, link, number)
+            elif btype == dpcapng.PCAPNG_BT_SPB:
+                number += 1
+                if not interfaces:
+                    raise ValueError("simple packet block before any interface")
+                caplen = struct.unpack("<I" if le else ">I", block[8:12])[0]
+                dec.packet(0.0, block[12:12 + min(caplen, blen - 16)], interfaces[0][0], number)
+            elif btype == dpcapng.PCAPNG_BT_PB:
+                number += 1
+                pb = (dpcapng.PacketBlockLE if le else dpcapng.PacketBlock)(block)
+                link, div, tsoff = interfaces[pb.iface_id]
+                dec.packet(tsoff + ((pb.ts_high << 32) | pb.ts_low) / div, pb.pkt_data, link, number)
+            elif btype == dpcapng.PCAPNG_BT_IDB:
+                interfaces.append(_interface(block, le))
+        except (dpkt.UnpackError, IndexError, ValueError, struct.error) as exc:
+            yield Damage(dec.file, number, f"corrupt block ({type(exc).__name__}: {exc}); stopped here")
+            return
+        if out:
+            yield from out
+            out.clear()
+        if progress is not None and not number & 0xFFF:
+            progress()
+
+
+def _interface(block: bytes, le: bool) -> tuple[int, float, int]:
+    idb = (dpcapng.InterfaceDescriptionBlockLE if le else dpcapng.InterfaceDescriptionBlock)(block)
+    divisor, offset = 1e6, 0
+    for opt in idb.opts:
+        if opt.code == dpcapng.PCAPNG_OPT_IF_TSRESOL:
+            value = opt.data[0]
+            divisor = float((2 if value & 0x80 else 10) ** (value & 0x7F))
+        elif opt.code == dpcapng.PCAPNG_OPT_IF_TSOFFSET:
+            offset = struct.unpack("<q" if le else ">q", opt.data[:8])[0]
+    return idb.linktype, divisor, offset

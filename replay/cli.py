@@ -1,0 +1,105 @@
+"""``egress-filter replay``: judge captures and logs, print verdicts, gate CI.
+
+Flow: argparse → policy view (``--at``/``--phase``) → ``engine.Replay``
+(streaming verdicts) → one ``report`` writer → exit code.
+
+Exit codes: 0 done; 1 policy error; 2 usage error; 3 ``--fail-on`` matched
+(a verdict at or above that action); 4 an input was unreadable or damaged
+(its verdicts before the damage are still reported).  3 wins over 4.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import IO, Any
+
+EXIT_FAIL_ON = 3
+EXIT_DAMAGED = 4
+
+
+def register(subparsers: Any) -> None:
+    from egress_filter.cli import add_policy_args
+
+    p = subparsers.add_parser(
+        "replay", help="judge pcap/pcapng captures, .mitm flow files, Zeek and Suricata logs",
+        description="Judge captures and sensor logs with the policy, as the DNS filter and the proxy would. "
+                    "Exit codes: 0 done, 1 policy error, 2 usage error, 3 --fail-on matched, "
+                    "4 an input was unreadable or damaged.")
+    p.add_argument("inputs", nargs="+", metavar="INPUT",
+                   help="pcap, pcapng, mitmproxy flow file, Zeek dns/ssl/http log (TSV or JSON), "
+                        "Suricata EVE JSON; gzip is fine")
+    add_policy_args(p)
+    p.add_argument("--format", choices=("table", "json", "jsonl", "html"), default="table",
+                   help="table (default), json, jsonl (the shared event schema) or a self-contained html report")
+    p.add_argument("--output", "-o", metavar="FILE", help="write here instead of stdout")
+    p.add_argument("--fail-on", choices=("block", "log"),
+                   help="exit 3 if any verdict is 'block' (or 'log' or stricter)")
+    p.add_argument("--only", choices=("block", "log"),
+                   help="list only verdicts at or above this action (the summary still counts all)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar on a terminal")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from egress_filter.cli import load_or_exit
+    from policies import Action, Phase
+
+    from . import report
+    from .engine import Replay, Summary
+
+    policy = load_or_exit(args.policy)
+    view = policy.view(args.at, Phase(args.phase) if args.phase else None)
+    rep = Replay(args.inputs, view, progress=not args.no_progress)
+    summary = Summary()
+    threshold = Action(args.fail_on).severity if args.fail_on else None
+    hit = False
+
+    def verdicts() -> Any:
+        nonlocal hit
+        floor = Action(args.only).severity if args.only else 0
+        for v in rep:
+            if threshold is not None and v.decision.action.severity >= threshold:
+                hit = True
+            if v.decision.action.severity >= floor:
+                yield v
+            elif floor:
+                summary.add(v)
+
+    try:
+        out: IO[str] = open(args.output, "w", encoding="utf-8") if args.output else sys.stdout
+    except OSError as exc:
+        print(f"egress-filter replay: cannot write {args.output}: {exc.strerror}", file=sys.stderr)
+        return 2
+    try:
+        if args.format == "table":
+            report.write_table(verdicts(), out, summary)
+            report.write_summary_table(report.summary_dict(summary, policy, view), rep.damage, out)
+        elif args.format == "jsonl":
+            report.write_jsonl(verdicts(), out, summary)
+        elif args.format == "json":
+            report.write_json(verdicts(), out, summary)
+            report.finish_json({
+                "at": view.at.isoformat(), "inputs": [{"path": p, "format": f} for p, f in rep.inputs],
+                "summary": report.summary_dict(summary, policy, view),
+                "warnings": [{"file": d.file, "packet": d.packet, "message": d.message, "stopped": d.stopped}
+                             for d in rep.damage]}, out)
+        else:
+            rows: list[Any] = []
+            for _ in report.collect_rows(verdicts(), summary, rows):
+                pass
+            report.write_html(report.summary_dict(summary, policy, view), summary, rows, rep.damage,
+                              {"at": view.at.isoformat(), "inputs": rep.inputs}, out)
+    finally:
+        if out is not sys.stdout:
+            out.close()
+        else:
+            out.flush()
+    if args.format != "table" or out is not sys.stdout:
+        for d in rep.damage:
+            print(f"egress-filter replay: warning: {d}", file=sys.stderr)
+    if hit:
+        return EXIT_FAIL_ON
+    if any(d.stopped for d in rep.damage):
+        return EXIT_DAMAGED
+    return 0
