@@ -1,0 +1,595 @@
+"""The egress-filter mitmproxy addon: the shared policy, enforced at the proxy.
+
+Data flows one way.  ``configure`` turns the ``egress_*`` options into a
+``PolicyHolder`` (YAML → ``Policy`` → ``PolicyView``); every hook reads
+``holder.view`` once, asks it for a ``Decision`` on what the hook saw, acts
+on that decision, and writes one event through ``EventLog`` for every block
+or log decision.
+
+Where each observation is decided:
+
+* ``http_connect``: the CONNECT target (explicit proxy mode). A block is
+  answered with 451 before any TLS starts.
+* ``tls_clienthello`` (TLS and QUIC): the SNI, or the destination IP when
+  there is none.  The decision is made *before* anything is decrypted:
+  block → the connection is closed before the proxy answers the ClientHello
+  (or, with ``egress_block=page``, intercepted to serve the block page);
+  ``decision.inspect`` (app-store and shared download hosts) → intercepted so
+  the URL can be judged; anything else → passed through untouched, so the
+  client sees the origin's own certificate and nothing is decrypted.
+* ``requestheaders`` / ``request``: plain HTTP and intercepted HTTPS, on host
+  and URL (store pages, store-client API calls, download paths).
+* ``response`` / ``dns_response``: the bypass controls that edit answers
+  (ECH configs stripped from DNS HTTPS records, in DNS mode and in DoH).
+
+Load it with ``mitmdump -s proxy_addons/egress_filter.py --set egress_policy=P``
+or run ``egress-filter proxy``.
+"""
+
+# No `from __future__ import annotations`: mitmdump -s loads this file without
+# putting it in sys.modules, and dataclasses cannot resolve string annotations then.
+import datetime as dt
+import html
+import ipaddress
+import json
+import logging
+import signal
+import string
+import threading
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from struct import error as struct_error  # mitmproxy's DNS codec raises it on short data
+from typing import Any
+
+from mitmproxy import connection, ctx, dns, exceptions, http, tls
+from mitmproxy.net.dns import types as dns_types
+
+from egress_filter.eventlog import EventLog
+from egress_filter.holder import PolicyHolder
+from policies import (
+    Action,
+    Decision,
+    Kind,
+    Mode,
+    Observation,
+    Phase,
+    Policy,
+    PolicyError,
+    PolicyView,
+    build_event,
+    new_event_id,
+)
+
+log = logging.getLogger(__name__)
+
+BLOCK_STYLES = ("reset", "page")
+ECH_EXTENSION = 0xFE0D  # encrypted_client_hello (draft-ietf-tls-esni)
+DEFAULT_BLOCKED_BY = "urn:egress-filter:proxy"
+MAX_INSPECTED_BODY = 64 * 1024  # store-client form bodies are small; never buffer uploads to judge them
+
+# Public resolvers' DNS-over-HTTPS endpoints: an app that reaches one of
+# these resolves names past the DNS filter, so the proxy refuses them.
+DOH_HOSTS = frozenset({
+    "dns.google", "dns.google.com", "8888.google", "dns64.dns.google",
+    "cloudflare-dns.com", "mozilla.cloudflare-dns.com", "chrome.cloudflare-dns.com",
+    "1dot1dot1dot1.cloudflare-dns.com", "one.one.one.one", "security.cloudflare-dns.com",
+    "family.cloudflare-dns.com",
+    "dns.quad9.net", "dns9.quad9.net", "dns10.quad9.net", "dns11.quad9.net", "dns12.quad9.net",
+    "doh.opendns.com", "doh.familyshield.opendns.com", "doh.umbrella.com",
+    "dns.adguard.com", "dns.adguard-dns.com", "unfiltered.adguard-dns.com", "family.adguard-dns.com",
+    "doh.cleanbrowsing.org", "dns.nextdns.io", "doh.dns.sb", "dns.twnic.tw",
+    "doh.mullvad.net", "dns.mullvad.net", "doh.libredns.gr", "freedns.controld.com",
+    # Resolvers popular with the apps' own home market.
+    "dns.alidns.com", "doh.pub", "doh.360.cn", "dns.pub",
+})
+# Their anycast addresses, for DoH spoken to a bare IP (no SNI, IP CONNECT).
+DOH_ADDRESSES = frozenset({
+    "8.8.8.8", "8.8.4.4", "2001:4860:4860::8888", "2001:4860:4860::8844",
+    "1.1.1.1", "1.0.0.1", "2606:4700:4700::1111", "2606:4700:4700::1001",
+    "9.9.9.9", "149.112.112.112", "2620:fe::fe", "2620:fe::9",
+    "208.67.222.222", "208.67.220.220", "94.140.14.14", "94.140.15.15",
+    "223.5.5.5", "223.6.6.6", "1.12.12.12", "120.53.53.53",
+})
+DOH_PATHS = ("/dns-query", "/resolve")  # RFC 8484's default path; Google's JSON API
+DOH_MEDIA_TYPES = ("application/dns-message", "application/dns-json")
+
+_TEMPLATE = string.Template(Path(__file__).with_name("block_page.html").read_text(encoding="utf-8"))
+
+
+def _is_ip(text: str) -> bool:
+    # Cheap pre-check: names on the hot path rarely end in a digit.
+    if not text or not (text[-1].isdigit() or ":" in text):
+        return False
+    try:
+        ipaddress.ip_address(text.strip("[]"))
+    except ValueError:
+        return False
+    return True
+
+
+def _options_error(message: str) -> exceptions.OptionsError:
+    return exceptions.OptionsError(message)  # type: ignore[no-untyped-call]
+
+
+def _doh_decision(what: str) -> Decision:
+    return Decision(
+        Action.BLOCK, rule="builtin:doh",
+        reason=f"{what} is a public DNS-over-HTTPS resolver; it is blocked so that apps "
+               "cannot resolve names past the DNS filter")
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """A decision, what it was about, and the event that recorded it (if any)."""
+
+    decision: Decision
+    observation: Observation
+    event_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Effective:
+    """Settings after merging options over the policy's ``settings.proxy``."""
+
+    block: str
+    log: str
+    metrics: str | None
+    block_doh: bool
+    strip_ech: bool
+    log_ech: bool
+
+
+class Metrics:
+    """Prometheus counters, in a registry of their own so that two addons
+    (or two tests) in one process never collide."""
+
+    def __init__(self) -> None:
+        from prometheus_client import CollectorRegistry, Counter, Gauge
+
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.decisions = Counter("egress_proxy_decisions", "Block and log decisions, by observation kind",
+                                 ["kind", "action"], registry=self.registry)
+        self.connections = Counter("egress_proxy_tls_connections", "TLS/QUIC ClientHellos, by what was done",
+                                   ["outcome"], registry=self.registry)
+        self.bypass = Counter("egress_proxy_bypass", "Bypass controls that acted",
+                              ["control"], registry=self.registry)
+        self.tls_failures = Counter("egress_proxy_client_tls_failures",
+                                    "Client handshakes that failed (garbage, truncated, vanished)",
+                                    registry=self.registry)
+        self.reloads = Counter("egress_proxy_policy_changes", "Policy reloads and phase changes",
+                               ["reason"], registry=self.registry)
+        self.info = Gauge("egress_proxy_policy_info", "The policy in force", ["source", "at"],
+                          registry=self.registry)
+        self._server: Any = None
+        self._thread: threading.Thread | None = None
+        self.address: str | None = None
+
+    def serve(self, address: str | None) -> None:
+        if address == self.address:
+            return
+        self.stop()
+        if address:
+            from prometheus_client import start_http_server
+
+            host, _, port = address.rpartition(":")
+            self._server, self._thread = start_http_server(int(port), addr=host.strip("[]") or "127.0.0.1",
+                                                           registry=self.registry)
+        self.address = address
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+        self.address = None
+
+
+class EgressFilter:
+    def __init__(self) -> None:
+        self.holder: PolicyHolder | None = None
+        self.events = EventLog(None)
+        self.metrics = Metrics()
+        self.settings = Effective("reset", "-", None, True, True, True)
+        # Client connections refused with the block page: client id → verdict,
+        # so every request on that connection gets the same page and event id.
+        self._page_blocks: dict[str, Verdict] = {}
+
+    # --- options --------------------------------------------------------------
+
+    def load(self, loader: Any) -> None:
+        loader.add_option("egress_policy", str | None, None,
+                          "Policy YAML for egress-filter (default: the bundled policy).")
+        loader.add_option("egress_at", str | None, None,
+                          "Read the apps' schedules at this date (YYYY-MM-DD) instead of today.")
+        loader.add_option("egress_phase", str | None, None,
+                          "Force every app into this phase: none, downloads or full.")
+        loader.add_option("egress_mode", str | None, None,
+                          "enforce, or monitor (log what would be blocked). Default: the policy's mode.")
+        loader.add_option("egress_block", str | None, None,
+                          "How a blocked TLS connection is refused: 'reset' closes it before any "
+                          "application data; 'page' intercepts it and serves the 451 page (clients "
+                          "must trust mitmproxy's CA). Default: the policy's settings.proxy.block, "
+                          "else reset.")
+        loader.add_option("egress_log", str | None, None,
+                          "Event log: a file (appended to) or '-' for stdout. Default: the policy's "
+                          "settings.proxy.log, else stdout.")
+        loader.add_option("egress_metrics", str | None, None,
+                          "Serve Prometheus metrics on HOST:PORT. Default: the policy's "
+                          "settings.proxy.metrics, else off.")
+        loader.add_option("egress_block_doh", bool, True,
+                          "Block public DNS-over-HTTPS resolvers, so apps cannot bypass the DNS "
+                          "filter (also off when the policy's settings.proxy.block_doh is false).")
+        loader.add_option("egress_strip_ech", bool, True,
+                          "Strip ECH configs from DNS HTTPS records (DNS mode and DoH answers), "
+                          "so the SNI stays visible (also off when settings.proxy.strip_ech is false).")
+        loader.add_option("egress_log_ech", bool, True,
+                          "Log a ClientHello that carries ECH, with its outer SNI "
+                          "(also off when settings.proxy.log_ech is false).")
+        loader.add_option("egress_blocked_by", str, DEFAULT_BLOCKED_BY,
+                          "URI for the 451 page's Link: <...>; rel=\"blocked-by\" header (RFC 7725): "
+                          "who implements the block, e.g. your network team's page.")
+        loader.add_option("egress_reload_interval", int, 2,
+                          "Seconds between checks of the policy files and the date "
+                          "(0: reload only on SIGHUP or option change).")
+
+    def configure(self, updated: set[str]) -> None:
+        opts = ctx.options
+        if opts.egress_reload_interval < 0:
+            raise _options_error("egress_reload_interval: must be 0 (off) or a number of seconds")
+        moment = {"egress_policy", "egress_at", "egress_phase", "egress_mode"}
+        if self.holder is None or updated & moment:
+            at, phase, mode = self._moment(opts)
+            if self.holder is None or "egress_policy" in updated:
+                try:
+                    holder = PolicyHolder(opts.egress_policy, at=at, phase=phase, mode=mode)
+                except PolicyError as exc:
+                    where = opts.egress_policy or "the bundled policy"
+                    raise _options_error(f"egress_policy: {where} is not usable:\n{exc}") from exc
+                self._apply_settings(opts, holder.policy)
+                self._swap_holder(holder, opts.egress_reload_interval)
+                self._describe(holder.view)
+                return
+            self.holder.set_overrides(at=at, phase=phase, mode=mode)  # tells _policy_changed
+        self._apply_settings(opts, self.holder.policy)
+
+    @staticmethod
+    def _moment(opts: Any) -> tuple[dt.date | None, Phase | None, Mode | None]:
+        if opts.egress_at and opts.egress_phase:
+            raise _options_error("egress_at and egress_phase exclude each other: "
+                                          "a forced phase ignores the schedules' dates")
+        at = phase = mode = None
+        if opts.egress_at:
+            try:
+                at = dt.date.fromisoformat(opts.egress_at)
+            except ValueError as exc:
+                raise _options_error(
+                    f"egress_at: '{opts.egress_at}' is not a date (YYYY-MM-DD)") from exc
+        if opts.egress_phase:
+            try:
+                phase = Phase(opts.egress_phase)
+            except ValueError as exc:
+                raise _options_error(
+                    f"egress_phase: '{opts.egress_phase}' is not one of "
+                    f"{', '.join(p.value for p in Phase)}") from exc
+        if opts.egress_mode:
+            try:
+                mode = Mode(opts.egress_mode)
+            except ValueError as exc:
+                raise _options_error(
+                    f"egress_mode: '{opts.egress_mode}' is not one of "
+                    f"{', '.join(m.value for m in Mode)}") from exc
+        return at, phase, mode
+
+    def _swap_holder(self, holder: PolicyHolder, interval: int) -> None:
+        old, self.holder = self.holder, holder
+        if old is not None:
+            old.stop()
+        holder.subscribe(self._policy_changed)
+        if interval > 0:
+            holder.start(interval)
+
+    def _apply_settings(self, opts: Any, policy: Policy) -> None:
+        s = policy.settings.proxy
+        block = opts.egress_block or s.block
+        if block not in BLOCK_STYLES:
+            where = "egress_block" if opts.egress_block else "settings.proxy.block"
+            raise _options_error(f"{where}: '{block}' is not one of {', '.join(BLOCK_STYLES)}")
+        metrics = opts.egress_metrics or s.metrics
+        if metrics:
+            _, sep, port = metrics.rpartition(":")
+            if not sep or not port.isdigit() or not 0 <= int(port) < 65536:
+                raise _options_error(f"egress_metrics: '{metrics}' is not HOST:PORT")
+        new = Effective(block=block, log=opts.egress_log or s.log or "-", metrics=metrics,
+                        block_doh=opts.egress_block_doh and s.block_doh,
+                        strip_ech=opts.egress_strip_ech and s.strip_ech,
+                        log_ech=opts.egress_log_ech and s.log_ech)
+        if new.log != self.settings.log or not self.events.enabled:
+            old_log, self.events = self.events, EventLog(new.log)
+            old_log.close()
+        try:
+            self.metrics.serve(new.metrics)
+        except OSError as exc:
+            raise _options_error(f"egress_metrics: cannot listen on {new.metrics}: {exc}") from exc
+        self.settings = new
+
+    def _describe(self, view: PolicyView) -> None:
+        self.metrics.info.clear()
+        self.metrics.info.labels(view.policy.source or "bundled", view.at.isoformat()).set(1)
+        enforced = {a: p.phase.value for a, p in view.phases.items() if p.phase is not Phase.NONE}
+        log.info("egress-filter: policy %s at %s, mode %s, block=%s; enforced: %s",
+                 view.policy.source, view.at, view.mode.value, self.settings.block,
+                 ", ".join(f"{a}={p}" for a, p in sorted(enforced.items())) or "none")
+
+    def _policy_changed(self, reason: str) -> None:
+        # Runs on the holder's watcher thread: only thread-safe work here
+        # (counters and logging); hooks pick the new view up on their next read.
+        self.metrics.reloads.labels(reason).inc()
+        if self.holder is not None:
+            self._describe(self.holder.view)
+
+    # --- lifecycle ------------------------------------------------------------
+
+    def running(self) -> None:
+        try:
+            import asyncio
+
+            asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self._sighup)
+        except (RuntimeError, NotImplementedError, ValueError, AttributeError):
+            log.debug("egress-filter: no SIGHUP reload on this platform/thread")
+
+    def _sighup(self) -> None:
+        # Reloading parses YAML: keep it off the event loop.
+        if self.holder is not None:
+            threading.Thread(target=self.holder.reload, name="egress-policy-sighup", daemon=True).start()
+        self.events.reopen()
+
+    def done(self) -> None:
+        if self.holder is not None:
+            self.holder.stop()
+        self.metrics.stop()
+        self.events.close()
+
+    # --- events ---------------------------------------------------------------
+
+    def _record(self, d: Decision, obs: Observation, response: str, client: connection.Client,
+                server: connection.Address | None = None, extra: dict[str, Any] | None = None) -> str:
+        event_id = new_event_id()
+        server_ip = server[0] if server and _is_ip(str(server[0])) else None
+        self.events.emit(build_event(
+            d, obs, "proxy", event_id=event_id, client_port=client.peername[1] if client.peername else None,
+            server_ip=server_ip, server_port=server[1] if server else None, response=response, extra=extra))
+        self.metrics.decisions.labels(obs.kind.value, d.action.value).inc()
+        if d.blocked:
+            log.info("egress-filter: blocked %s %s (%s) → %s, event %s",
+                     obs.kind.value, obs.value, d.rule, response, event_id)
+        return event_id
+
+    # --- CONNECT ----------------------------------------------------------------
+
+    def http_connect(self, flow: http.HTTPFlow) -> None:
+        if flow.response or flow.error or not flow.live:
+            return
+        host = flow.request.host
+        client = flow.client_conn.peername[0]
+        verdict = self._judge_destination(self._view(), host, flow.request.port, client)
+        if not verdict.decision.blocked:
+            return  # the ClientHello or the requests inside decide, and log, later
+        event_id = self._record(verdict.decision, verdict.observation, "451", flow.client_conn,
+                                (host, flow.request.port))
+        flow.response = self._block_response(flow.request, verdict, event_id)
+
+    # --- TLS and QUIC ClientHello ----------------------------------------------
+
+    def tls_clienthello(self, data: tls.ClientHelloData) -> None:
+        if data.ignore_connection:
+            return  # another addon (ignore_hosts, allow_hosts) already let it through
+        context = data.context
+        client = context.client
+        hello = data.client_hello
+        sni = hello.sni
+        view = self._view()
+        peer = client.peername[0] if client.peername else None
+        server = context.server.address
+        if sni and not _is_ip(sni):
+            verdict = self._judge_name(view, sni, Kind.SNI, peer)
+        elif sni or server:
+            host, port = (sni, 443) if sni else (str(server[0]), server[1])  # type: ignore[index]
+            verdict = self._judge_destination(view, host, port, peer)
+        else:
+            verdict = Verdict(Decision(Action.ALLOW), Observation.sni("", peer))
+        d = verdict.decision
+        extra: dict[str, Any] | None = None
+        if self.settings.log_ech and any(t == ECH_EXTENSION for t, _ in hello.extensions):
+            self.metrics.bypass.labels("ech_seen").inc()
+            extra = {"ech": True, "outer_sni": sni}
+            if d.action is Action.ALLOW:
+                d = Decision(Action.LOG, d.apps, d.phase, "builtin:ech",
+                             f"the ClientHello carries Encrypted ClientHello; the outer SNI is {sni or '-'} "
+                             "and the inner name is hidden", inspect=d.inspect)
+        transport = "quic" if client.transport_protocol == "udp" else "tls"
+        if extra is None and transport == "quic":
+            extra = {"transport": "quic"}
+        elif extra is not None:
+            extra["transport"] = transport
+        if d.blocked:
+            # Never talk TLS to a banned origin, whatever connection_strategy says.
+            data.establish_server_tls_first = False
+            if self.settings.block == "page":
+                event_id = self._record(d, verdict.observation, "451", client, server, extra)
+                self._page_blocks[client.id] = Verdict(d, verdict.observation, event_id)
+                self.metrics.connections.labels("page").inc()
+                return
+            self._record(d, verdict.observation, "closed", client, server, extra)
+            # mitmproxy checks `client.connected` right after preparing TLS and
+            # fails the handshake quietly ("connection closed early") when it
+            # is not: the ClientHello gets no answer and the socket is closed.
+            client.state = connection.ConnectionState.CLOSED
+            self.metrics.connections.labels("closed").inc()
+            return
+        if d.inspect:
+            if d.action is Action.LOG:
+                self._record(d, verdict.observation, "intercepted", client, server, extra)
+            self.metrics.connections.labels("intercepted").inc()
+            return
+        if d.action is Action.LOG:
+            self._record(d, verdict.observation, "passthrough", client, server, extra)
+        data.ignore_connection = True
+        self.metrics.connections.labels("passthrough").inc()
+
+    def tls_failed_client(self, data: tls.TlsData) -> None:
+        # mitmproxy has already logged the failure once; counting it is enough.
+        self.metrics.tls_failures.inc()
+        self._page_blocks.pop(data.context.client.id, None)
+
+    def client_disconnected(self, client: connection.Client) -> None:
+        self._page_blocks.pop(client.id, None)
+
+    # --- HTTP -------------------------------------------------------------------
+
+    def requestheaders(self, flow: http.HTTPFlow) -> None:
+        if flow.response or flow.error or not flow.live:
+            return
+        verdict = self._page_blocks.get(flow.client_conn.id)
+        if verdict is not None:
+            # Already logged at the ClientHello: same event id, no second event.
+            flow.response = self._block_response(flow.request, verdict, verdict.event_id or "")
+
+    def request(self, flow: http.HTTPFlow) -> None:
+        if flow.response or flow.error or not flow.live:
+            return
+        req = flow.request
+        view = self._view()
+        client = flow.client_conn.peername[0]
+        host = req.pretty_host
+        url = req.pretty_url
+        body = None
+        if req.method == "POST" and req.raw_content and len(req.raw_content) <= MAX_INSPECTED_BODY:
+            body = req.raw_content
+        d = view.decide_http(url, host, client, body)
+        if d.action is Action.ALLOW and self.settings.block_doh and self._is_doh(req, host):
+            self.metrics.bypass.labels("doh").inc()
+            d = view.enforce(_doh_decision(host), client)
+        if d.action is Action.ALLOW:
+            return
+        obs = Observation.http(url, host, client)
+        if d.blocked:
+            event_id = self._record(d, obs, "451", flow.client_conn, flow.server_conn.address)
+            flow.response = self._block_response(req, Verdict(d, obs, event_id), event_id)
+        else:
+            self._record(d, obs, "forwarded", flow.client_conn, flow.server_conn.address)
+
+    @staticmethod
+    def _is_doh(req: http.Request, host: str) -> bool:
+        if host in DOH_HOSTS:
+            return True
+        media = (req.headers.get("content-type", "") + " " + req.headers.get("accept", "")).lower()
+        if any(m in media for m in DOH_MEDIA_TYPES):
+            return True
+        return req.path.split("?", 1)[0] in DOH_PATHS and ("dns=" in req.path or req.method == "POST")
+
+    def response(self, flow: http.HTTPFlow) -> None:
+        """DoH answers that got through (DoH blocking off): strip their ECH configs too."""
+        if not self.settings.strip_ech or flow.response is None:
+            return
+        if flow.response.headers.get("content-type", "").split(";")[0].strip() != "application/dns-message":
+            return
+        try:
+            message = dns.Message.unpack(flow.response.content or b"")
+        except (ValueError, struct_error, IndexError) as exc:
+            log.debug("egress-filter: unparsable DoH answer from %s: %s", flow.request.pretty_host, exc)
+            return
+        if self._strip_ech(message.answers):
+            flow.response.content = message.packed
+
+    def dns_response(self, flow: dns.DNSFlow) -> None:
+        if self.settings.strip_ech and flow.response is not None:
+            self._strip_ech(flow.response.answers)
+
+    def _strip_ech(self, answers: Iterable[dns.ResourceRecord]) -> bool:
+        stripped = False
+        for answer in answers:
+            if answer.type == dns_types.HTTPS:
+                try:
+                    if answer.https_ech is not None:
+                        answer.https_ech = None
+                        stripped = True
+                except (ValueError, struct_error, IndexError):
+                    continue  # a malformed record is passed on as it came
+        if stripped:
+            self.metrics.bypass.labels("ech_stripped").inc()
+        return stripped
+
+    # --- deciding ---------------------------------------------------------------
+
+    def _view(self) -> PolicyView:
+        assert self.holder is not None, "configure() has not run"
+        return self.holder.view
+
+    def _judge_name(self, view: PolicyView, name: str, kind: Kind, client: str | None) -> Verdict:
+        d = view.decide_name(name, kind, client)
+        if d.action is Action.ALLOW and self.settings.block_doh and name.lower().rstrip(".") in DOH_HOSTS:
+            self.metrics.bypass.labels("doh").inc()
+            d = view.enforce(_doh_decision(name), client)
+        return Verdict(d, Observation(kind, name, client))
+
+    def _judge_destination(self, view: PolicyView, host: str, port: int, client: str | None) -> Verdict:
+        """A CONNECT target or a destination without SNI: a name or an IP literal."""
+        if not _is_ip(host):
+            return self._judge_name(view, host, Kind.SNI, client)
+        address = host.strip("[]")
+        d = view.decide_ip(address, client)
+        if d.action is Action.ALLOW and self.settings.block_doh and port == 443 and address in DOH_ADDRESSES:
+            self.metrics.bypass.labels("doh").inc()
+            d = view.enforce(_doh_decision(address), client)
+        return Verdict(d, Observation.ip(address, client))
+
+    # --- the block page -----------------------------------------------------------
+
+    def _block_response(self, req: http.Request, verdict: Verdict, event_id: str) -> http.Response:
+        d = verdict.decision
+        policy = self._view().policy
+        apps = [policy.apps[a] for a in d.apps if a in policy.apps]
+        first = apps[0] if apps else None
+        blocked_by = ctx.options.egress_blocked_by
+        facts: dict[str, Any] = {
+            "status": 451,
+            "error": "Unavailable For Legal Reasons",
+            "blocked": verdict.observation.value,
+            "apps": [{"id": a.id, "name": a.name} for a in apps],
+            "order": first.legal_basis.order if first else None,
+            "citation": first.legal_basis.citation if first else None,
+            "order_url": first.legal_basis.url if first else None,
+            "phase": d.phase.value,
+            "rule": d.rule,
+            "reason": d.reason,
+            "event_id": event_id,
+            "time": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        }
+        headers = {
+            "Link": f'<{blocked_by}>; rel="blocked-by"',
+            "Cache-Control": "no-store",
+            "X-Egress-Filter-Event": event_id,
+        }
+        accept = req.headers.get("accept", "").lower()
+        if "json" in accept and "text/html" not in accept:
+            headers["Content-Type"] = "application/json"
+            body = json.dumps(facts, indent=2).encode()
+        else:
+            headers["Content-Type"] = "text/html; charset=utf-8"
+            names = ", ".join(a.name for a in apps) or "this service"
+            order = first.legal_basis.order if first else "the network's egress policy"
+            citation = f" ({first.legal_basis.citation})" if first and first.legal_basis.citation else ""
+            body = _TEMPLATE.safe_substitute({
+                "app": html.escape(names), "order": html.escape(order), "citation": html.escape(citation),
+                "target": html.escape(verdict.observation.value), "phase": html.escape(d.phase.value),
+                "rule": html.escape(d.rule or "-"), "event_id": html.escape(event_id),
+                "time": facts["time"], "reason": html.escape(d.reason),
+                "blocked_by": html.escape(blocked_by, quote=True),
+            }).encode()
+        resp = http.Response.make(451, body, headers)
+        resp.reason = "Unavailable For Legal Reasons"  # not in mitmproxy's table of reason phrases
+        return resp
+
+
+addons = [EgressFilter()]
