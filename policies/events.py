@@ -20,7 +20,7 @@ COMPONENTS = ("dns", "proxy", "replay")
 
 _TYPE = {Action.BLOCK: "denied", Action.LOG: "info", Action.ALLOW: "allowed"}
 _OUTCOME = {Action.BLOCK: "failure", Action.LOG: "success", Action.ALLOW: "success"}
-_counter = 0
+_PROTOCOL = {Kind.DNS: "dns", Kind.SNI: "tls", Kind.HTTP: "http"}
 
 
 def new_event_id() -> str:
@@ -68,7 +68,6 @@ def build_event(
             "dataset": f"egress_filter.{component}",
         },
         "observer": {"product": "egress-filter", "type": component},
-        "rule": {"name": decision.rule} if decision.rule else {},
         "egress": {
             "schema": SCHEMA_VERSION,
             "component": component,
@@ -81,6 +80,8 @@ def build_event(
             "rule": decision.rule,
         },
     }
+    if decision.rule:
+        ev["rule"] = {"name": decision.rule}
     if observation.client:
         ev["source"] = {"ip": observation.client}
         if client_port is not None:
@@ -107,6 +108,8 @@ def build_event(
             dest.setdefault("domain", observation.host)
     elif kind is Kind.IP:
         dest.setdefault("ip", observation.value)
+    if kind is not Kind.IP:
+        ev["network"] = {"protocol": _PROTOCOL[kind]}
     if dest:
         ev["destination"] = dest
     if response:
