@@ -1,0 +1,117 @@
+"""The one event schema: ECS field names per observation kind, for every component."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import re
+from typing import Any
+
+import pytest
+
+from policies import Action, Decision, Observation, Phase, Policy, build_event, new_event_id
+from tests.core.conftest import FULL
+
+BLOCK = Decision(Action.BLOCK, ("tiktok",), Phase.FULL, "domain:tiktok.com", "because")
+
+
+def path(ev: dict[str, Any], dotted: str) -> Any:
+    node: Any = ev
+    for key in dotted.split("."):
+        node = node[key]
+    return node
+
+
+COMMON = {"event.action", "event.reason", "event.id", "event.kind", "event.category", "event.type",
+          "event.outcome", "event.dataset", "observer.type", "ecs.version", "egress.component",
+          "egress.kind", "egress.value", "egress.action", "egress.would", "egress.apps", "egress.phase",
+          "egress.rule", "egress.schema"}
+
+# (observation, the kind-specific ECS fields and their values)
+KIND_CASES = [
+    pytest.param(Observation.dns("www.tiktok.com", "10.0.0.5"), {
+        "dns.question.name": "www.tiktok.com", "dns.question.type": "A", "dns.response_code": "NXDOMAIN",
+        "network.protocol": "dns", "source.ip": "10.0.0.5", "source.port": 5353,
+        "egress.kind": "dns", "egress.qtype": "A", "egress.response": "NXDOMAIN"}, id="dns"),
+    pytest.param(Observation.sni("www.tiktok.com", "10.0.0.5"), {
+        "tls.client.server_name": "www.tiktok.com", "destination.domain": "www.tiktok.com",
+        "network.protocol": "tls", "source.ip": "10.0.0.5", "egress.kind": "sni"}, id="sni"),
+    pytest.param(Observation.http("https://www.tiktok.com/@a", "www.tiktok.com", "10.0.0.5"), {
+        "url.full": "https://www.tiktok.com/@a", "url.domain": "www.tiktok.com",
+        "destination.domain": "www.tiktok.com", "network.protocol": "http", "egress.kind": "http"}, id="http"),
+    pytest.param(Observation.ip("203.0.113.5", "10.0.0.5"), {
+        "destination.ip": "203.0.113.5", "source.ip": "10.0.0.5", "egress.kind": "ip"}, id="ip"),
+]
+
+KIND_KEYS = {"dns", "tls", "url"}
+
+
+@pytest.mark.parametrize(("obs", "fields"), KIND_CASES)
+@pytest.mark.parametrize("component", ["dns", "proxy", "replay"])
+def test_event_schema_per_kind(policy: Policy, obs: Observation, fields: dict[str, Any], component: str) -> None:
+    d = policy.view(at=FULL).decide(obs)
+    qtype, response = ("A", "NXDOMAIN") if obs.kind.value == "dns" else (None, None)
+    ev = build_event(d, obs, component, client_port=5353 if obs.kind.value == "dns" else None,
+                     qtype=qtype, response=response,
+                     timestamp=dt.datetime(2020, 11, 13, 12, 0, 0, 123456, tzinfo=dt.UTC))
+    for dotted in COMMON:
+        path(ev, dotted)  # present
+    for dotted, want in fields.items():
+        assert path(ev, dotted) == want, dotted
+    assert ev["@timestamp"] == "2020-11-13T12:00:00.123Z"
+    assert ev["event"]["action"] == "block" and ev["event"]["type"] == ["denied"]
+    assert ev["event"]["outcome"] == "failure"
+    assert ev["event"]["dataset"] == f"egress_filter.{component}"
+    assert ev["rule"]["name"] == d.rule == ev["egress"]["rule"]
+    assert ev["egress"]["apps"] == ["tiktok"] and ev["egress"]["phase"] == "full"
+    # only the observation's own protocol section is present
+    own = {"dns": "dns", "sni": "tls", "http": "url", "ip": None}[obs.kind.value]
+    assert {k for k in KIND_KEYS if k in ev} == ({own} if own else set())
+    assert json.loads(json.dumps(ev)) == ev
+
+
+ACTION_CASES = [
+    pytest.param(Decision(Action.ALLOW), "allow", "allowed", "success", "allow", id="allow"),
+    pytest.param(Decision(Action.LOG, ("tiktok",), Phase.DOWNLOADS, "domain:tiktok.com", "r"), "log", "info",
+                 "success", "log", id="log"),
+    pytest.param(Decision(Action.LOG, ("tiktok",), Phase.FULL, "domain:tiktok.com", "monitor", Action.BLOCK),
+                 "log", "info", "success", "block", id="monitor-downgrade"),
+    pytest.param(BLOCK, "block", "denied", "failure", "block", id="block"),
+]
+
+
+@pytest.mark.parametrize(("d", "action", "etype", "outcome", "would"), ACTION_CASES)
+def test_event_action_fields(d: Decision, action: str, etype: str, outcome: str, would: str) -> None:
+    ev = build_event(d, Observation.dns("x.example"), "dns")
+    assert (ev["event"]["action"], ev["event"]["type"], ev["event"]["outcome"], ev["egress"]["would"]) == (
+        action, [etype], outcome, would)
+    assert ("rule" in ev) is (d.rule is not None)
+
+
+def test_no_client_means_no_source() -> None:
+    ev = build_event(BLOCK, Observation.dns("www.tiktok.com"), "replay")
+    assert "source" not in ev
+
+
+def test_server_address_and_extra_fields() -> None:
+    ev = build_event(BLOCK, Observation.sni("www.tiktok.com", "10.0.0.1"), "proxy", server_ip="192.0.2.1",
+                     server_port=443, event_id="abc", extra={"flow": "f1"})
+    assert ev["destination"] == {"ip": "192.0.2.1", "port": 443, "domain": "www.tiktok.com"}
+    assert ev["event"]["id"] == "abc"
+    assert ev["egress"]["flow"] == "f1"
+
+
+def test_timestamps_from_epoch_and_now() -> None:
+    ev = build_event(BLOCK, Observation.dns("a.example"), "dns", timestamp=0.5)
+    assert ev["@timestamp"] == "1970-01-01T00:00:00.500Z"
+    ev = build_event(BLOCK, Observation.dns("a.example"), "dns")
+    when = dt.datetime.fromisoformat(ev["@timestamp"].replace("Z", "+00:00"))
+    assert abs((dt.datetime.now(dt.UTC) - when).total_seconds()) < 5
+
+
+def test_event_ids_are_unique_and_time_ordered() -> None:
+    ids = [new_event_id() for _ in range(2000)]
+    assert len(set(ids)) == len(ids)
+    assert all(re.fullmatch(r"[0-9a-f]{32}", i) for i in ids)
+    prefixes = [i[:12] for i in ids]
+    assert prefixes == sorted(prefixes)
