@@ -1,0 +1,147 @@
+"""``egress-filter proxy``: mitmproxy with the egress-filter addon, in-process.
+
+Flags become mitmproxy options (``--policy`` → ``egress_policy``, ``--at`` →
+``egress_at``, ``--listen`` → ``listen_host``/``listen_port``...), then every
+``--set NAME=VALUE`` is applied as mitmproxy's own ``--set`` would be.  The
+policy is loaded once up front so that a bad file exits 1 with its
+``file:line`` problems before any port is opened; a bad option exits 1 with
+mitmproxy's ``OptionsError`` message.
+
+mitmproxy's *proxy* mode is ``--proxy-mode`` (``regular``, ``transparent``,
+``wireguard``, ``socks5``, ``local``, ``upstream:URL``...), because ``--mode``
+is the enforcement mode (``enforce``/``monitor``), as in ``egress-filter dns``.
+``--mode`` also accepts a proxy mode spec for convenience: any value other
+than ``enforce`` or ``monitor`` is taken as one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+ENFORCEMENT_MODES = ("enforce", "monitor")
+
+
+def register(sub: Any) -> None:
+    from egress_filter.cli import add_policy_args
+
+    p = sub.add_parser(
+        "proxy", help="run mitmproxy with the egress-filter addon (forward/transparent proxy)",
+        description="Run mitmproxy in-process with the egress-filter addon. "
+                    "Same settings as `mitmdump -s proxy_addons/egress_filter.py --set egress_...`.")
+    p.add_argument("--listen", metavar="HOST:PORT",
+                   help="where the proxy listens (default: settings.proxy.listen, 127.0.0.1:8080)")
+    p.add_argument("--proxy-mode", action="append", metavar="SPEC",
+                   help="mitmproxy proxy mode: regular, transparent, wireguard, socks5, local, "
+                        "upstream:URL, reverse:URL... (repeatable; default: settings.proxy.mode, regular)")
+    add_policy_args(p)
+    p.add_argument("--mode", metavar="enforce|monitor",
+                   help="enforcement mode (default: the policy's mode); any other value is taken as "
+                        "--proxy-mode")
+    p.add_argument("--block", choices=["reset", "page"],
+                   help="refuse blocked TLS by closing it (reset) or by serving the 451 page (page; "
+                        "clients must trust mitmproxy's CA)")
+    p.add_argument("--log", metavar="FILE|-", help="event log (JSON lines; default: stdout)")
+    p.add_argument("--metrics", metavar="HOST:PORT", help="serve Prometheus metrics here")
+    p.add_argument("--confdir", metavar="DIR",
+                   help="mitmproxy's configuration directory, where its CA lives (default: ~/.mitmproxy)")
+    p.add_argument("--set", dest="setoptions", action="append", default=[], metavar="NAME=VALUE",
+                   help="set any mitmproxy or egress_* option (repeatable; applied last)")
+    p.set_defaults(func=cmd_proxy)
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"--listen: '{text}' is not HOST:PORT")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+def build_options(args: argparse.Namespace, settings: Any) -> tuple[dict[str, Any], list[str]]:
+    """The mitmproxy option values for these flags, and the --set specs to apply after them."""
+    proxy_modes = list(args.proxy_mode or [])
+    mode = args.mode
+    if mode and mode not in ENFORCEMENT_MODES:
+        proxy_modes.append(mode)
+        mode = None
+    host, port = parse_listen(args.listen or settings.listen)
+    opts: dict[str, Any] = {
+        "listen_host": host,
+        "listen_port": port,
+        "mode": proxy_modes or [settings.mode],
+        "egress_policy": args.policy,
+        "egress_at": args.at.isoformat() if args.at else None,
+        "egress_phase": args.phase,
+        "egress_mode": mode,
+        "egress_block": args.block,
+        "egress_log": args.log,
+        "egress_metrics": args.metrics,
+    }
+    if args.confdir:
+        opts["confdir"] = args.confdir
+    return opts, list(args.setoptions)
+
+
+def cmd_proxy(args: argparse.Namespace) -> int:
+    from egress_filter.cli import load_or_exit
+
+    policy = load_or_exit(args.policy)
+    try:
+        opts, sets = build_options(args, policy.settings.proxy)
+    except ValueError as exc:
+        print(f"egress-filter proxy: {exc}", file=sys.stderr)
+        return 2
+    import asyncio
+
+    try:
+        return asyncio.run(_serve(opts, sets))
+    except KeyboardInterrupt:
+        return 0
+
+
+async def _serve(opts: dict[str, Any], sets: list[str]) -> int:
+    import asyncio
+    import logging
+    import signal
+
+    from mitmproxy import exceptions, hooks
+    from mitmproxy.addons import termlog
+    from mitmproxy.options import Options
+    from mitmproxy.tools.dump import DumpMaster
+
+    from proxy_addons.egress_filter import EgressFilter
+
+    # As mitmdump does: the root logger passes everything, termlog_verbosity
+    # filters; chatty libraries are held at warnings.
+    logging.getLogger().setLevel(logging.DEBUG)
+    for name in ("asyncio", "hpack", "quic", "tornado", "passlib"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    options = Options()
+    # mitmproxy's log goes to stderr, so stdout carries only the event log (its default).
+    master = DumpMaster(options, with_termlog=False, with_dumper=False)
+    master.addons.add(termlog.TermLog(out=sys.stderr))  # type: ignore[no-untyped-call]
+    addon = EgressFilter()
+    master.addons.add(addon)  # type: ignore[no-untyped-call]
+    try:
+        options.update(**opts)  # type: ignore[no-untyped-call]
+        if sets:
+            options.set(*sets)
+        if addon.holder is None:  # no egress option differed from its default: configure once anyway
+            master.addons.invoke_addon_sync(addon, hooks.ConfigureHook(set(options.keys())))  # type: ignore[no-untyped-call]
+    except exceptions.OptionsError as exc:
+        print(f"egress-filter proxy: {exc}", file=sys.stderr)
+        return 1
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, master.shutdown)
+    confdir = Path(options.confdir).expanduser()
+    print(f"egress-filter proxy: listening on {options.listen_host or '*'}:{options.listen_port} "
+          f"({', '.join(options.mode)}); mitmproxy CA: {confdir / 'mitmproxy-ca-cert.pem'}; "
+          f"reload the policy: kill -HUP <pid>", file=sys.stderr, flush=True)
+    try:
+        await master.run()
+    except SystemExit as exc:  # mitmproxy's errorcheck exits when a server failed to start
+        return int(exc.code or 0)
+    return 0
