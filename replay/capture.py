@@ -137,8 +137,9 @@ def _starts_any(data: bytes) -> bool:
 class Decoder:
     """Per-capture state; ``packet()`` appends sightings to ``out``."""
 
-    def __init__(self, file: str) -> None:
+    def __init__(self, file: str, dns_ports: frozenset[int] = frozenset({53})) -> None:
         self.file = file
+        self.dns_ports = dns_ports
         self.out: list[Sighting] = []
         self.streams: dict[bytes, Stream | _Done] = {}
         self.quic: dict[bytes, list[bytes] | _Done] = {}
@@ -227,7 +228,7 @@ class Decoder:
         elif proto == 17:
             sport = buf[l4] << 8 | buf[l4 + 1]
             dport = buf[l4 + 2] << 8 | buf[l4 + 3]
-            if sport == 53 or dport == 53:
+            if sport in self.dns_ports or dport in self.dns_ports:
                 self._dns(buf[l4 + 8:end], src, dst, sport, dport, "dns/udp")
             elif buf[l4 + 8] & 0xC0 == 0xC0:
                 self._quic(buf[l4 + 8:end], src, dst, buf[l4:l4 + 4], sport, dport)
@@ -284,7 +285,7 @@ class Decoder:
         data = buf[start:end]
         sport = ports[0] << 8 | ports[1]
         dport = ports[2] << 8 | ports[3]
-        dns = sport == 53 or dport == 53
+        dns = sport in self.dns_ports or dport in self.dns_ports
         if st is None:
             # No SYN seen (capture started mid-connection, or SYN lost): the
             # start may still arrive out of order, so the stream waits a little.
@@ -487,10 +488,11 @@ class Decoder:
 
 # --- file formats -----------------------------------------------------------
 
-def read_capture(name: str, fh: BinaryIO, progress: Progress | None = None) -> Iterator[Sighting | Damage]:
+def read_capture(name: str, fh: BinaryIO, progress: Progress | None = None,
+                 dns_ports: frozenset[int] = frozenset({53})) -> Iterator[Sighting | Damage]:
     """Every sighting in a pcap or pcapng file, in packet order."""
     head = fh.read(4)
-    dec = Decoder(name)
+    dec = Decoder(name, dns_ports)
     if head == PCAPNG_MAGIC:
         yield from _pcapng(dec, head, fh, progress)
     else:

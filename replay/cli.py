@@ -37,6 +37,8 @@ def register(subparsers: Any) -> None:
                    help="exit 3 if any verdict is 'block' (or 'log' or stricter)")
     p.add_argument("--only", choices=("block", "log"),
                    help="list only verdicts at or above this action (the summary still counts all)")
+    p.add_argument("--dns-port", type=int, action="append", default=[], metavar="PORT",
+                   help="also read DNS on this UDP/TCP port in captures (53 always; repeatable)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar on a terminal")
     p.set_defaults(func=run)
 
@@ -50,7 +52,8 @@ def run(args: argparse.Namespace) -> int:
 
     policy = load_or_exit(args.policy)
     view = policy.view(args.at, Phase(args.phase) if args.phase else None)
-    rep = Replay(args.inputs, view, progress=not args.no_progress)
+    rep = Replay(args.inputs, view, progress=not args.no_progress,
+                 dns_ports=frozenset({53, *args.dns_port}))
     summary = Summary()
     threshold = Action(args.fail_on).severity if args.fail_on else None
     hit = False

@@ -12,6 +12,7 @@ reader stops at the damage and everything before it has been yielded.
 
 from __future__ import annotations
 
+import functools
 import gzip
 import io
 import os
@@ -43,11 +44,11 @@ def _text(reader: Callable[[str, IO[str], Callable[[], None] | None], Iterator[S
     return read
 
 
-def pick_reader(head: bytes) -> tuple[str, Reader] | None:
+def pick_reader(head: bytes, dns_ports: frozenset[int] = frozenset({53})) -> tuple[str, Reader] | None:
     from . import capture, flows, logs
 
     if capture.is_capture(head):
-        return "capture", capture.read_capture
+        return "capture", functools.partial(capture.read_capture, dns_ports=dns_ports)
     if flows.is_flow_file(head):
         return "mitmproxy flows", flows.read_flows
     if logs.is_zeek_tsv(head):
@@ -93,6 +94,7 @@ class Replay:
     paths: Iterable[str]
     view: PolicyView
     progress: bool = True
+    dns_ports: frozenset[int] = frozenset({53})
     damage: list[Damage] = field(default_factory=list)
     inputs: list[tuple[str, str]] = field(default_factory=list)  # (path, format)
 
@@ -133,7 +135,7 @@ class Replay:
                 except (OSError, EOFError) as exc:
                     yield Damage(path, 0, f"unreadable gzip data: {exc}")
                     return
-            picked = pick_reader(head)
+            picked = pick_reader(head, self.dns_ports)
             if picked is None:
                 yield Damage(path, 0, "not a pcap, pcapng, mitmproxy flow file, Zeek log or Suricata EVE log")
                 return

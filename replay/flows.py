@@ -34,6 +34,7 @@ def _addr(address: tuple[str, int] | None) -> tuple[str | None, int | None]:
 def read_flows(name: str, fh: BinaryIO, progress: Progress | None = None) -> Iterator[Sighting | Damage]:
     from mitmproxy import dns, exceptions, http
     from mitmproxy.io import FlowReader
+    from mitmproxy.net.dns import types as dns_types
 
     number = 0
     try:
@@ -53,7 +54,7 @@ def read_flows(name: str, fh: BinaryIO, progress: Progress | None = None) -> Ite
             elif isinstance(f, dns.DNSFlow):
                 for q in f.request.questions:
                     yield Sighting(f.request.timestamp or ts, Kind.DNS, q.name.rstrip("."), via="mitm-dns",
-                                   qtype=dns.types.to_str(q.type), **base)  # type: ignore[arg-type]
+                                   qtype=dns_types.to_str(q.type), **base)  # type: ignore[arg-type]
             if progress is not None and not number & 0xFF:
                 progress()
     except exceptions.FlowReadException as exc:

@@ -1,0 +1,64 @@
+"""Crafted captures → the sightings and verdicts replay must produce."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from policies import Action, PolicyView
+
+from .cases import CASES, Case
+from .conftest import replay_all
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_capture_case(case: Case, view: PolicyView, tmp_path: Path) -> None:
+    path = case.build(tmp_path)
+    verdicts, rep = replay_all(view, path)
+    got = [(v.sighting.kind.value, v.sighting.value, v.sighting.via) for v in verdicts]
+    assert got == case.expected
+    warnings = [str(d) for d in rep.damage]
+    for text in case.damage:
+        assert any(text in w for w in warnings), warnings
+    if not case.damage:
+        assert warnings == []
+    for v in verdicts:
+        assert v.sighting.file == str(path) and v.sighting.packet >= 1
+
+
+VERDICTS = [
+    # (case id, name, action, apps, rule)
+    ("dns-udp-cname-chain", "www.tiktok.com", Action.LOG, ("tiktok",), "domain:tiktok.com"),
+    ("dns-udp-cname-chain", "www.tiktok.com.edge.example", Action.ALLOW, (), None),
+    ("ipv6", "web.wechat.com", Action.BLOCK, ("wechat",), "domain:wechat.com"),
+    ("tls-without-sni", "203.0.113.9", Action.LOG, ("tiktok",), "network:203.0.113.0/24"),
+    ("http-keepalive-body-and-chunked", "http://cdn.shared.example/tiktok/app.apk", Action.BLOCK, ("tiktok",),
+     "download:cdn.shared.example/tiktok/"),
+    ("http-keepalive-body-and-chunked", "http://play.google.com/store/apps/details?id=com.zhiliaoapp.musically",
+     Action.BLOCK, ("tiktok",), "store:google_play:com.zhiliaoapp.musically"),
+    ("quic-v2", "www.wechat.com", Action.BLOCK, ("wechat",), "domain:wechat.com"),
+]
+
+
+@pytest.mark.parametrize("case_id,name,action,apps,rule", VERDICTS, ids=[f"{v[0]}:{v[1]}" for v in VERDICTS])
+def test_verdicts(case_id: str, name: str, action: Action, apps: tuple[str, ...], rule: str | None,
+                  view: PolicyView, tmp_path: Path) -> None:
+    case = next(c for c in CASES if c.id == case_id)
+    verdicts, _ = replay_all(view, case.build(tmp_path))
+    (v,) = [v for v in verdicts if v.sighting.value == name]
+    assert (v.decision.action, v.decision.apps, v.decision.rule) == (action, apps, rule)
+
+
+def test_ech_is_flagged(view: PolicyView, tmp_path: Path) -> None:
+    case = next(c for c in CASES if c.id == "tls-ech-outer-sni")
+    (v,) = replay_all(view, case.build(tmp_path))[0]
+    assert v.sighting.ech and v.sighting.value == "public.example"
+
+
+def test_sightings_carry_endpoints(view: PolicyView, tmp_path: Path) -> None:
+    case = next(c for c in CASES if c.id == "dns-over-tcp")
+    query, cname = replay_all(view, case.build(tmp_path))[0]
+    assert (query.sighting.client, query.sighting.server, query.sighting.client_port,
+            query.sighting.server_port) == ("10.0.0.5", "10.0.0.53", 41000, 53)
+    assert cname.sighting.cname_of == "api.tiktokv.com" and cname.sighting.client == "10.0.0.5"
