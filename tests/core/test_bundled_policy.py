@@ -5,6 +5,7 @@ cloud or CDN, and every entry in it cites a declared source."""
 from __future__ import annotations
 
 import datetime as dt
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -398,3 +399,43 @@ def test_cli_check_accepts_the_bundled_policy() -> None:
     assert "apps (10)" in proc.stdout
     for app in APPS:
         assert app in proc.stdout
+
+
+# --- the opt-in groups, switched on ----------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def strict(tmp_path_factory: pytest.TempPathFactory) -> Policy:
+    """The bundled policy with both opt-in groups on (their list files are only read then)."""
+    target = tmp_path_factory.mktemp("strict")
+    shutil.copytree(BUNDLED.parent / "lists", target / "lists")
+    text = BUNDLED.read_text(encoding="utf-8")
+    assert text.count("    enabled: false\n") == 2
+    (target / "bundled.yaml").write_text(text.replace("    enabled: false\n", "    enabled: true\n"),
+                                         encoding="utf-8")
+    return load_policy(target / "bundled.yaml")
+
+
+STRICT_CASES = [
+    ("tencent-list", "www.tencent.com", ("tencent_qq",)),
+    ("tencent-ads-list", "mi.gdt.qq.com", ("tencent_qq",)),
+    ("bytedance-ads-list", "api-access.pangolin-sdk-toutiao.com", ("tiktok",)),
+    ("ant-group", "www.antgroup.com", ("alipay",)),
+    ("camcard", "www.camcard.com", ("camscanner",)),
+    ("kingsoft", "www.kingsoft.com", ("wps_office",)),
+    ("ucweb", "www.ucweb.com", ("vmate",)),
+    ("tencent-myapp", "sj.myapp.com", ("tencent_qq",)),
+    ("wechat-tracing", "btrace.qq.com", ("wechat",)),
+]
+
+
+@pytest.mark.parametrize(("name", "apps"), [c[1:] for c in STRICT_CASES], ids=[c[0] for c in STRICT_CASES])
+def test_opt_in_groups_block_when_enabled(strict: Policy, name: str, apps: tuple[str, ...]) -> None:
+    d = strict.view(at=ALL_ON).decide_name(name)
+    assert d.action is Action.BLOCK, d.reason
+    assert set(apps) <= set(d.apps)
+
+
+@pytest.mark.parametrize("name", SHARED, ids=SHARED)
+def test_opt_in_groups_still_spare_shared_clouds(strict: Policy, name: str) -> None:
+    d = strict.view(phase=Phase.FULL).decide_name(name, Kind.SNI)
+    assert d.action is Action.ALLOW and d.rule is None, d.reason
