@@ -20,7 +20,7 @@ import threading
 import time
 from collections import Counter
 
-from dnslib import AAAA, CNAME, QTYPE, RCODE, RR, SOA, TXT, A, DNSRecord
+from dnslib import AAAA, CNAME, EDNS0, QTYPE, RCODE, RR, SOA, TXT, A, DNSRecord
 
 NEG_TTL = 3
 SLOW = 10.0
@@ -32,25 +32,28 @@ RECORDS: dict[str, list[RR]] = {
     "short.example.test": [RR("short.example.test", QTYPE.A, rdata=A("192.0.2.2"), ttl=SHORT_TTL)],
     "alias.example.test": [RR("alias.example.test", QTYPE.CNAME, rdata=CNAME("edge.tiktokcdn.test"), ttl=300),
                            RR("edge.tiktokcdn.test", QTYPE.A, rdata=A("192.0.2.66"), ttl=300)],
-    "alias2.example.test": [RR("alias2.example.test", QTYPE.CNAME, rdata=CNAME("alias3.example.test"), ttl=300),
+    "alias2.example.test": [RR("alias2.example.test", QTYPE.CNAME, rdata=CNAME("alias3.example.test"),
+                               ttl=300),
                             RR("alias3.example.test", QTYPE.CNAME, rdata=CNAME("img.wechat.test"), ttl=300),
                             RR("img.wechat.test", QTYPE.A, rdata=A("192.0.2.67"), ttl=300)],
     "fine.example.test": [RR("fine.example.test", QTYPE.CNAME, rdata=CNAME("www.example.test"), ttl=300),
                           RR("www.example.test", QTYPE.A, rdata=A("192.0.2.1"), ttl=300)],
-    "big.example.test": [RR("big.example.test", QTYPE.TXT, rdata=TXT("x" * 200), ttl=300) for _ in range(8)],
+    "big.example.test": [RR("big.example.test", QTYPE.TXT, rdata=TXT(f"{i}" * 200), ttl=300) for i in range(8)],
 }
 APP_ZONES = ("tiktok.test", "tiktokcdn.test", "wechat.test")
 
 
 class Authority:
-    def __init__(self, host: str = "127.0.0.1"):
+    def __init__(self, host: str = "127.0.0.1", port: int = 0):
         self.host = host
         self.mode = "ok"
+        self.slow = SLOW
         self.asked: Counter[tuple[str, str, str]] = Counter()
+        self.edns_seen: list[tuple[int, int] | None] = []  # (UDP size, DO bit) per query, None: no OPT
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self.udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.udp.bind((host, 0))
+        self.udp.bind((host, port))
         self.port = self.udp.getsockname()[1]
         self.tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -87,16 +90,20 @@ class Authority:
         except Exception:
             return None
         name = str(query.q.qname).rstrip(".").lower()
+        opt = next((rr for rr in query.ar if rr.rtype == QTYPE.OPT), None)
         with self._lock:
             self.asked[(name, QTYPE.get(query.q.qtype), transport)] += 1
+            self.edns_seen.append(None if opt is None else (opt.rclass, (opt.ttl >> 15) & 1))
         mode = self.mode
         if mode == "silent":
             return None
         if mode == "slow":
-            time.sleep(SLOW)
+            time.sleep(self.slow)
         if mode == "garbage":
             return data[:2] + os.urandom(40)
         reply = query.reply()
+        if opt is not None:  # an EDNS0 answer for an EDNS0 question (RFC 6891)
+            reply.add_ar(EDNS0(udp_len=1232, flags="do" if (opt.ttl >> 15) & 1 else ""))
         if mode == "servfail":
             reply.header.rcode = RCODE.SERVFAIL
             return bytes(reply.pack())
