@@ -26,7 +26,9 @@ class Case:
     build: Builder
     expected: list[tuple[str, str, str]]
     damage: list[str] = field(default_factory=list)  # substrings of the warnings
-    tshark_args: tuple[str, ...] = ()
+    # Names replay reads that tshark cannot: it does not reassemble a stream
+    # whose first segment arrives after later ones when the SYN was not captured.
+    beyond_tshark: frozenset[str] = frozenset()
 
 
 def _pcap(name: str, packets: list, linktype: int = c.LINK_ETHERNET, vlan: int = 0) -> Builder:
@@ -173,7 +175,7 @@ CASES = [
     Case("tls-out-of-order", _pcap("ooo.pcap", _hello_segments("www.tiktok.com", 400, order=[3, 1, 0, 2])), HELLO),
     Case("tls-retransmissions-and-overlap", _pcap("retrans.pcap", _retransmitted()), HELLO),
     Case("tls-no-syn-out-of-order", _pcap("nosyn.pcap", _no_syn_out_of_order()),
-         [("sni", "v16.tiktokv.com", "tls")]),
+         [("sni", "v16.tiktokv.com", "tls")], beyond_tshark=frozenset({"v16.tiktokv.com"})),
     Case("tls-ech-outer-sni", _pcap("ech.pcap", c.tcp_segments(c.client_hello("public.example", ech=True), 1400)),
          [("sni", "public.example", "tls")]),
     Case("tls-without-sni", _pcap("nosni.pcap", c.tcp_segments(c.client_hello(None), 1400, dst="203.0.113.9")),
