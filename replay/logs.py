@@ -170,8 +170,10 @@ def read_zeek_tsv(name: str, fh: IO[str], progress: Progress | None = None) -> I
 
 def _eve_dns(row: Row, base: dict[str, Any]) -> Iterator[Sighting]:
     dns = row.get("dns") or {}
-    # EVE v1/v2 log one query or answer per event; v3 (Suricata 7+) nests lists.
-    queries: Iterable[Row] = dns.get("queries") or ([dns] if dns.get("type") == "query" else [])
+    # EVE v1/v2 log one query or answer per event; v3 (Suricata 7+) nests lists
+    # and repeats the queries in the response, so only requests count them.
+    request = dns.get("type") in ("query", "request")
+    queries: Iterable[Row] = (dns.get("queries") or [dns]) if request else []
     for q in queries:
         if _present(q.get("rrname")):
             yield Sighting(kind=Kind.DNS, value=str(q["rrname"]).rstrip("."), via="suricata-dns",
@@ -197,7 +199,7 @@ def eve_sightings(row: Row, file: str, number: int) -> Iterator[Sighting]:
     ap, bp = _port(row.get("src_port")), _port(row.get("dest_port"))
     # DNS answers are logged in the server→client direction.
     dns = row.get("dns") or {}
-    swap = etype == "dns" and dns.get("type") == "answer"
+    swap = etype == "dns" and dns.get("type") in ("answer", "response")
     client, server, cport, sport = (b, a, bp, ap) if swap else (a, b, ap, bp)
     base: dict[str, Any] = {"time": _time(row.get("timestamp")), "client": client, "server": server,
                             "client_port": cport, "server_port": sport, "file": file, "packet": number}
