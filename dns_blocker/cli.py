@@ -24,16 +24,19 @@ def register(sub: Any) -> None:
         description="A filtering DNS resolver on the shared policy. Settings: defaults < policy "
                     "settings.dns < --config FILE < these flags.")
     add_policy_args(p)
-    p.add_argument("--config", metavar="FILE", help="YAML file with settings.dns keys (overrides the policy's)")
+    p.add_argument("--config", metavar="FILE",
+                   help="YAML file with settings.dns keys (overrides the policy's)")
     p.add_argument("--listen", action="append", metavar="HOST:PORT",
-                   help="address to serve UDP and TCP on (repeatable; IPv4 or [IPv6]; default 127.0.0.1:5353)")
+                   help="address to serve UDP and TCP on (repeatable; IPv4 or [IPv6]; "
+                        "default 127.0.0.1:5353)")
     p.add_argument("--upstream", action="append", dest="upstreams", metavar="HOST[:PORT]",
                    help="upstream resolver, tried in order (repeatable; default 1.1.1.1 and 9.9.9.9)")
     p.add_argument("--block-response", choices=["nxdomain", "null", "refused"],
                    help="answer to blocked names (default nxdomain)")
     p.add_argument("--log", metavar="FILE|-", help="JSON-lines event log (default: none)")
     p.add_argument("--log-all", action="store_true", default=None, help="log plain allows too")
-    p.add_argument("--metrics", metavar="HOST:PORT", help="serve Prometheus metrics here (e.g. 127.0.0.1:9153)")
+    p.add_argument("--metrics", metavar="HOST:PORT",
+                   help="serve Prometheus metrics here (e.g. 127.0.0.1:9153)")
     p.add_argument("--mode", choices=["enforce", "monitor"], help="override the policy's mode")
     p.add_argument("--canary", action=argparse.BooleanOptionalAction, default=None,
                    help="answer use-application-dns.net with NXDOMAIN (default on)")
@@ -87,7 +90,8 @@ def cmd_dns(args: argparse.Namespace) -> int:
     try:
         sockets = [bind_pair(*parse_hostport(a, 53), reuse) for a in settings.listen]
     except OSError as exc:
-        print(f"{PROG}: cannot listen on {', '.join(settings.listen)}: {exc.strerror or exc}", file=sys.stderr)
+        print(f"{PROG}: cannot listen on {', '.join(settings.listen)}: {exc.strerror or exc}",
+              file=sys.stderr)
         return 1
 
     metrics: NullMetrics = NullMetrics()
@@ -97,7 +101,8 @@ def cmd_dns(args: argparse.Namespace) -> int:
         try:
             port = prom.serve(host, port)
         except OSError as exc:
-            print(f"{PROG}: cannot serve metrics on {settings.metrics}: {exc.strerror or exc}", file=sys.stderr)
+            print(f"{PROG}: cannot serve metrics on {settings.metrics}: {exc.strerror or exc}",
+                  file=sys.stderr)
             return 1
         print(f"{PROG}: metrics on http://{fmt(host, port)}/metrics", file=sys.stderr, flush=True)
         metrics = prom

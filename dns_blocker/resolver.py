@@ -225,7 +225,8 @@ class Resolver:
         worst: tuple[Decision, str] | None = None
         for target in cnames:
             d = view.decide_name(target, Kind.DNS, client)
-            if d.action is not Action.ALLOW and (worst is None or d.action.severity > worst[0].action.severity):
+            stricter = worst is None or d.action.severity > worst[0].action.severity
+            if d.action is not Action.ALLOW and stricter:
                 worst = (d, target)
                 if d.action is Action.BLOCK:
                     break

@@ -139,8 +139,9 @@ def fmt(host: str, port: int) -> str:
 
 async def serve(settings: DnsSettings, holder: Any, events: Any, metrics: NullMetrics,
                 sockets: list[tuple[socket.socket, socket.socket]] | None = None,
-                reload_interval: float = 1.0, announce: Callable[[str], None] | None = None) -> int:
-    """Run until SIGTERM/SIGINT; returns the exit code (0 after a clean drain)."""
+                reload_interval: float = 1.0, announce: Callable[[str], None] | None = None,
+                stop: asyncio.Event | None = None) -> int:
+    """Run until SIGTERM/SIGINT (or ``stop`` is set); returns the exit code (0 after a clean drain)."""
     say = announce or (lambda line: print(line, file=sys.stderr, flush=True))
     loop = asyncio.get_running_loop()
     forwarder = Forwarder(upstreams(settings), settings.timeout, metrics.upstream)
@@ -159,9 +160,11 @@ async def serve(settings: DnsSettings, holder: Any, events: Any, metrics: NullMe
         host, port = usock.getsockname()[:2]
         say(f"egress-filter dns: listening on {fmt(host, port)} (udp, tcp)")
 
-    stop = asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+    stop = stop or asyncio.Event()
+    in_main = threading.current_thread() is threading.main_thread()
+    if in_main:  # signal handlers can only be installed there; embedded use passes ``stop``
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
 
     def on_hup() -> None:
         # Off the loop: loading a big policy must not stall answers.
@@ -170,7 +173,8 @@ async def serve(settings: DnsSettings, holder: Any, events: Any, metrics: NullMe
         if reopen is not None:
             reopen()
 
-    loop.add_signal_handler(signal.SIGHUP, on_hup)
+    if in_main:
+        loop.add_signal_handler(signal.SIGHUP, on_hup)
     holder.start(reload_interval)
     say(f"egress-filter dns: ready (upstreams {', '.join(settings.upstreams)}; "
         f"block response {settings.block_response}; mode {holder.view.mode.value})")

@@ -135,7 +135,8 @@ class Forwarder:
         family = socket.AF_INET6 if ":" in up.host else socket.AF_INET
         chans = []
         for _ in range(SOCKETS_PER_UPSTREAM):
-            _, proto = await loop.create_datagram_endpoint(_Channel, remote_addr=(up.host, up.port), family=family)
+            _, proto = await loop.create_datagram_endpoint(_Channel, remote_addr=(up.host, up.port),
+                                                           family=family)
             chans.append(proto)
         self._channels[up] = chans
         return chans

@@ -117,7 +117,9 @@ def parse_query(data: bytes) -> Query | None:
         pos = qend
         for section, count in ((1, an), (2, ns), (3, ar)):
             for _ in range(count):
-                pos = skip_name(data, pos)
+                # An OPT owner is the root; anything else is read in full, so that
+                # a compression loop or a forward pointer is caught here.
+                pos = pos + 1 if pos < n and data[pos] == 0 else read_name(data, pos)[1]
                 if pos + 10 > n:
                     raise Malformed()
                 rtype, rclass, ttl, rdlen = _RR.unpack_from(data, pos)

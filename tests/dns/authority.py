@@ -38,7 +38,8 @@ RECORDS: dict[str, list[RR]] = {
                             RR("img.wechat.test", QTYPE.A, rdata=A("192.0.2.67"), ttl=300)],
     "fine.example.test": [RR("fine.example.test", QTYPE.CNAME, rdata=CNAME("www.example.test"), ttl=300),
                           RR("www.example.test", QTYPE.A, rdata=A("192.0.2.1"), ttl=300)],
-    "big.example.test": [RR("big.example.test", QTYPE.TXT, rdata=TXT(f"{i}" * 200), ttl=300) for i in range(8)],
+    "big.example.test": [RR("big.example.test", QTYPE.TXT, rdata=TXT(f"{i}" * 200), ttl=300)
+                         for i in range(8)],
 }
 APP_ZONES = ("tiktok.test", "tiktokcdn.test", "wechat.test")
 
@@ -86,9 +87,12 @@ class Authority:
 
     def answer(self, data: bytes, transport: str) -> bytes | None:
         try:
-            query = DNSRecord.parse(data)
-        except Exception:
+            return self._answer(data, transport)
+        except Exception:  # whatever a fuzzed query does to dnslib, the server thread lives on
             return None
+
+    def _answer(self, data: bytes, transport: str) -> bytes | None:
+        query = DNSRecord.parse(data)
         name = str(query.q.qname).rstrip(".").lower()
         opt = next((rr for rr in query.ar if rr.rtype == QTYPE.OPT), None)
         with self._lock:
@@ -109,7 +113,7 @@ class Authority:
             return bytes(reply.pack())
         records = RECORDS.get(name)
         if records is None and any(name == z or name.endswith("." + z) for z in APP_ZONES):
-            records = [RR(name, QTYPE.A, rdata=A("192.0.2.66"), ttl=300)]
+            records = [RR(query.q.qname, QTYPE.A, rdata=A("192.0.2.66"), ttl=300)]
         if records is None:
             reply.header.rcode = RCODE.NXDOMAIN
             reply.add_auth(RR("example.test", QTYPE.SOA, ttl=60, rdata=SOA(

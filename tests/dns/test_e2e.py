@@ -124,8 +124,10 @@ LOG_CASES = [
 
 
 @pytest.mark.parametrize(("flags", "client", "name", "want", "would"), LOG_CASES,
-                         ids=["downloads-phase-traffic", "monitor-mode", "exempt-client", "monitor-download-host"])
-def test_logged_names_resolve_and_log(resolver: Start, authority: Authority, write_policy: Callable[..., Path],
+                         ids=["downloads-phase-traffic", "monitor-mode", "exempt-client",
+                              "monitor-download-host"])
+def test_logged_names_resolve_and_log(resolver: Start, authority: Authority,
+                                      write_policy: Callable[..., Path],
                                       flags: list[str], client: str, name: str, want: list[str],
                                       would: str) -> None:
     r = resolver("--policy", str(write_policy()), "--at", TEST_DAY, "--upstream", authority.address, *flags)
@@ -187,7 +189,8 @@ ACL_CASES = [
 
 
 @pytest.mark.parametrize(("flags", "client", "want"), ACL_CASES,
-                         ids=["default-acl-loopback", "listed-client", "unlisted-client", "acl-without-loopback"])
+                         ids=["default-acl-loopback", "listed-client", "unlisted-client",
+                              "acl-without-loopback"])
 @pytest.mark.parametrize("tcp", [False, True], ids=["udp", "tcp"])
 def test_acl(resolver: Start, authority: Authority, write_policy: Callable[..., Path],
              flags: list[str], client: str, want: str, tcp: bool) -> None:
@@ -327,7 +330,7 @@ def test_tcp_pipelined_queries_on_one_connection(resolver: Start, authority: Aut
     wire = b"".join(struct.pack("!H", len(w)) + w for w in (q.to_wire() for q in queries.values()))
     with socket.create_connection((r.host, r.port), timeout=5) as s:
         s.sendall(wire)  # all at once: RFC 7766 pipelining
-        got = {}
+        got: dict[str, dns.message.Message] = {}
         buf = b""
         while len(got) < len(queries):
             chunk = s.recv(65535)
@@ -358,7 +361,8 @@ def test_truncation_falls_back_to_tcp(resolver: Start, authority: Authority,
     assert authority.count("big.example.test") == 2, "the TCP retry was served from the cache"
 
 
-def test_edns0_passes_through(resolver: Start, authority: Authority, write_policy: Callable[..., Path]) -> None:
+def test_edns0_passes_through(resolver: Start, authority: Authority,
+                              write_policy: Callable[..., Path]) -> None:
     r = resolver("--policy", str(write_policy()), "--upstream", authority.address)
     q = dns.message.make_query("www.example.test", "A", use_edns=0, payload=4000, want_dnssec=True)
     msg = dns.query.udp(q, r.host, port=r.port, timeout=3)
@@ -384,7 +388,8 @@ FAULTS = ["silent", "slow", "garbage", "servfail", "down"]
 
 
 @pytest.mark.parametrize("fault", FAULTS)
-def test_upstream_fault_fails_over_to_next(resolver: Start, write_policy: Callable[..., Path], fault: str) -> None:
+def test_upstream_fault_fails_over_to_next(resolver: Start, write_policy: Callable[..., Path],
+                                           fault: str) -> None:
     bad, good = Authority(), Authority()
     try:
         if fault == "down":

@@ -1,0 +1,167 @@
+"""Bad input over real sockets: each malformed packet gets its protocol answer
+(FORMERR, NOTIMP) or is dropped, and a fuzz run of 100,000+ mutated and
+random packets leaves the resolver answering valid questions correctly."""
+
+from __future__ import annotations
+
+import random
+import re
+import select
+import socket
+import struct
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import dns.message
+import httpx
+import pytest
+
+from .authority import Authority
+from .conftest import TEST_DAY, ResolverProcess, addresses, ede, rcode
+
+pytestmark = pytest.mark.e2e
+Start = Callable[..., ResolverProcess]
+
+QUESTION = b"\x03www\x07example\x04test\x00\x00\x01\x00\x01"
+OPT = b"\x00\x00\x29\x04\xd0\x00\x00\x00\x00\x00\x00"
+
+
+def header(qid: int = 0x1234, flags: int = 0x0100, qd: int = 1, an: int = 0, ns: int = 0,
+           ar: int = 0) -> bytes:
+    return struct.pack("!HHHHHH", qid, flags, qd, an, ns, ar)
+
+
+MALFORMED = [
+    # (id, packet, expected: "drop" or the rcode)
+    ("short-header", b"\x12\x34\x01", "drop"),
+    ("empty", b"", "drop"),
+    ("a-response", header(flags=0x8180) + QUESTION, "drop"),
+    ("no-question", header(qd=0), "FORMERR"),
+    ("two-questions", header(qd=2) + QUESTION + QUESTION, "FORMERR"),
+    ("truncated-name", header() + b"\x03www\x07exam", "FORMERR"),
+    ("truncated-qtype", header() + QUESTION[:-3], "FORMERR"),
+    ("label-past-end", header() + b"\x3fabc", "FORMERR"),
+    ("pointer-in-question", header() + b"\xc0\x0c\x00\x01\x00\x01", "FORMERR"),
+    ("reserved-label-type", header() + b"\x41abc\x00\x00\x01\x00\x01", "FORMERR"),
+    ("oversized-name", header() + b"\x3f" + b"a" * 63 + (b"\x3f" + b"b" * 63) * 4 + b"\x00\x00\x01\x00\x01",
+     "FORMERR"),
+    ("answer-count-without-answers", header(an=3) + QUESTION, "FORMERR"),
+    ("additional-count-without-records", header(ar=2) + QUESTION + OPT, "FORMERR"),
+    ("two-opt-records", header(ar=2) + QUESTION + OPT + OPT, "FORMERR"),
+    ("compression-loop", header(ar=1) + QUESTION + b"\xc0\x21\x00\x01\x00\x01\x00\x00\x00\x00\x00\x00",
+     "FORMERR"),
+    ("forward-pointer", header(ar=1) + QUESTION + b"\xc0\x40\x00\x01\x00\x01\x00\x00\x00\x00\x00\x00",
+     "FORMERR"),
+    ("rdlength-past-end", header(ar=1) + QUESTION + b"\x00\x00\x29\x04\xd0\x00\x00\x00\x00\x00\x09\x00",
+     "FORMERR"),
+    ("garbage-opcode-3", header(flags=0x1800) + QUESTION, "FORMERR"),
+    ("garbage-opcode-15", header(flags=0x7800) + QUESTION, "FORMERR"),
+    ("notify-opcode", header(flags=0x2000) + QUESTION, "NOTIMP"),
+    ("update-opcode", header(flags=0x2800) + QUESTION, "NOTIMP"),
+]
+
+
+def exchange(sock: socket.socket, packet: bytes, wait: float) -> bytes | None:
+    sock.send(packet)
+    ready, _, _ = select.select([sock], [], [], wait)
+    return sock.recv(65535) if ready else None
+
+
+@pytest.mark.parametrize(("packet", "want"), [(p, w) for _, p, w in MALFORMED],
+                         ids=[i for i, _, _ in MALFORMED])
+def test_malformed_packet(resolver: Start, authority: Authority, write_policy: Callable[..., Path],
+                          packet: bytes, want: str) -> None:
+    r = resolver("--policy", str(write_policy()), "--upstream", authority.address)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.connect((r.host, r.port))
+        reply = exchange(s, packet, 0.5 if want == "drop" else 3.0)
+    if want == "drop":
+        assert reply is None
+    else:
+        assert reply is not None
+        assert reply[:2] == packet[:2], "the ID is echoed"
+        assert reply[2] & 0x80, "QR is set"
+        assert (reply[3] & 0x0F) == {"FORMERR": 1, "NOTIMP": 4}[want]
+        assert reply[2] & 0x78 == packet[2] & 0x78, "the opcode is echoed"
+    assert authority.count("www.example.test") == 0
+    assert addresses(r.ask("www.example.test")) == ["192.0.2.1"], "still answering"
+    assert r.proc.poll() is None
+
+
+def _mutate(rng: random.Random, seeds: list[bytes]) -> bytes:
+    """One fuzz packet: random bytes, or a valid query bit-flipped, cut,
+    grown, re-counted or given a pointer."""
+    choice = rng.random()
+    if choice < 0.2:
+        return rng.randbytes(rng.randrange(0, 600))
+    p = bytearray(rng.choice(seeds))
+    if choice < 0.5:
+        for _ in range(rng.randrange(1, 8)):
+            i = rng.randrange(len(p))
+            p[i] ^= 1 << rng.randrange(8)
+    elif choice < 0.6:
+        p = p[: rng.randrange(len(p))]
+    elif choice < 0.7:
+        i = rng.randrange(len(p) + 1)
+        p[i:i] = rng.randbytes(rng.randrange(1, 40))
+    elif choice < 0.8:
+        struct.pack_into("!HHHH", p, 4, *(rng.choice((0, 1, 2, 0xFFFF)) for _ in range(4)))
+    elif choice < 0.9:
+        i = rng.randrange(12, len(p))
+        p[i : i + 2] = bytes((0xC0 | rng.randrange(64), rng.randrange(256)))
+    else:
+        p[2] = rng.randrange(256)
+        p[3] = rng.randrange(256)
+    p[0:2] = rng.randbytes(2)
+    return bytes(p)
+
+
+FUZZ_PACKETS = 100_000
+FUZZ_SECONDS = 120.0
+
+
+def test_fuzz_then_valid_queries_still_answered(resolver: Start, authority: Authority,
+                                               write_policy: Callable[..., Path]) -> None:
+    r = resolver("--policy", str(write_policy()), "--at", TEST_DAY, "--upstream", authority.address,
+                 "--timeout", "0.5", "--metrics", "127.0.0.1:0")
+    rng = random.Random(20201112)
+    seeds = [dns.message.make_query(n, t, use_edns=e).to_wire()
+             for n in ("www.example.test", "www.tiktok.test", "img.wechat.test", "use-application-dns.net")
+             for t in ("A", "AAAA", "HTTPS", "TXT") for e in (False, 0)]
+    sent = replies = 0
+    deadline = time.monotonic() + FUZZ_SECONDS
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+        s.connect((r.host, r.port))
+        s.setblocking(False)
+        while sent < FUZZ_PACKETS and time.monotonic() < deadline:
+            for _ in range(50):  # paced in bursts, so the resolver reads (not the kernel drops) them
+                try:
+                    s.send(_mutate(rng, seeds))
+                    sent += 1
+                except BlockingIOError:
+                    break
+                except ConnectionRefusedError:
+                    pytest.fail("the resolver's port closed during the fuzz run")
+            while select.select([s], [], [], 0.002)[0]:
+                try:
+                    s.recv(65535)
+                    replies += 1
+                except (BlockingIOError, ConnectionRefusedError):
+                    break
+            assert r.proc.poll() is None, "the resolver died"
+    assert sent >= FUZZ_PACKETS, f"only {sent} packets in {FUZZ_SECONDS}s"
+    assert replies > sent // 4
+    time.sleep(1.0)  # let the forwarded ones time out
+    assert r.proc.poll() is None
+    assert r.metrics_url
+    text = httpx.get(r.metrics_url, timeout=5).text
+    handled = sum(float(v) for v in re.findall(r'^egress_dns_queries_total\{[^}]*\} (\S+)$', text, re.M))
+    assert handled >= sent * 0.5, f"the resolver saw only {handled:.0f} of {sent} packets"
+    # Valid questions are still answered correctly, over UDP and TCP.
+    assert addresses(r.ask("www.example.test")) == ["192.0.2.1"]
+    blocked = r.ask("www.tiktok.test")
+    assert rcode(blocked) == "NXDOMAIN" and ede(blocked)[0][0] == 15
+    assert addresses(r.ask("img.wechat.test", tcp=True)) == ["192.0.2.66"]
+    assert rcode(r.ask("missing.example.test", tcp=True)) == "NXDOMAIN"
