@@ -80,6 +80,7 @@ class ProgressBar:
 
     def file_done(self, size: int) -> None:
         self.done += size
+        self.update(0)
 
     def close(self) -> None:
         if self.enabled and self.last >= 0:
