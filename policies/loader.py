@@ -13,7 +13,7 @@ import datetime as dt
 import ipaddress
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, TypeVar
@@ -694,57 +694,68 @@ def _list(w: _Walker, b: _Build, node: yaml.Node, field: str, base: Path, app: s
         rule = b.rule(RuleKind.ALLOW, Tier.ALLOW, None, source or f"list:{rel}")
     else:
         rule = b.rule(RuleKind.HOST if exact else RuleKind.DOMAIN, Tier.TRAFFIC, app, source or f"list:{rel}")
-    add = b.names.add
-    bad = 0
-    n = 0
-    store_cover = _STORE_HOSTS if exact else _STORE_COVER
-    lineno = 0
+    store_cover: frozenset[str] = frozenset() if allow else (_STORE_HOSTS if exact else _STORE_COVER)
+    problems: list[tuple[int, str, str]] = []  # (line, the line, message)
     with fh:
-        for lineno, name, raw in _list_names(fh):
-            if name is None:
-                bad += 1
-                if bad <= _MAX_LIST_ISSUES:
-                    shown = raw if len(raw) <= 60 else raw[:57] + "..."
-                    w.issues.append(PolicyIssue(str(path), lineno, field, f"{shown!r} is not a domain name"))
-                continue
-            if name in store_cover and not allow:
-                w.issues.append(PolicyIssue(str(path), lineno, field, _store_cover_message(name)))
-                continue
-            add(name, rule, exact=exact)
-            n += 1
-    if bad > _MAX_LIST_ISSUES:
-        w.issues.append(PolicyIssue(str(path), lineno, field,
-                                    f"{bad - _MAX_LIST_ISSUES} more lines that are not domain names"))
+        lines = fh.read().split("\n")  # not splitlines(): line numbers as editors count them
+    n = b.names.add_many(_list_names(lines, store_cover, problems), rule, exact=exact)
+    where = str(path)
+    for lineno, _line, message in problems[:_MAX_LIST_ISSUES]:
+        w.issues.append(PolicyIssue(where, lineno, field, message))
+    if len(problems) > _MAX_LIST_ISSUES:
+        more = len(problems) - _MAX_LIST_ISSUES
+        w.issues.append(PolicyIssue(where, problems[-1][0], field, f"{more} more bad lines like these"))
     b.count("allow" if allow else ("hosts" if exact else "domains"), n)
 
 
-def _list_names(lines: Iterator[str] | Any) -> Iterator[tuple[int, str | None, str]]:
-    """(line number, normalised name or None when the line is bad, the line)."""
+def _list_names(lines: list[str], store_cover: frozenset[str], problems: list[tuple[int, str, str]]
+                ) -> Iterator[str]:
+    """The names of a list file's lines; bad lines go to ``problems``.
+
+    Nearly every line of a real list is already a bare, lower-case name: one
+    regex match accepts it, and only the other lines take the slow path."""
     match = _LIST_NAME.match
     for lineno, raw in enumerate(lines, 1):
-        line = raw.strip()
-        if not line or line[0] == "#" or line[0] == "!":
-            continue
-        if "#" in line:
-            line = line.split("#", 1)[0].strip()
-            if not line:
-                continue
-        if " " in line or "\t" in line:
-            parts = line.split()
-            if parts[0] in _HOSTS_SINKS or _is_ip(parts[0]):
-                for part in parts[1:]:
-                    if part.lower() not in _HOSTS_SKIP:
-                        name = normalize_name(part)
-                        yield lineno, (name if match(name) else None), line
-                continue
-            yield lineno, None, line
-            continue
-        if line.startswith("||") and line.endswith("^"):
-            line = line[2:-1]
-        name = line.lower().rstrip(".")
-        if not name.isascii():
-            name = normalize_name(name)
-        yield lineno, (name if match(name) and len(name) <= 253 else None), line
+        if match(raw) is not None and len(raw) <= 253:
+            names: Iterable[str | None] = (raw,)
+        else:
+            names = _parse_list_line(raw)
+        for name in names:
+            if name is None:
+                line = raw.strip()
+                shown = line if len(line) <= 60 else line[:57] + "..."
+                problems.append((lineno, line, f"{shown!r} is not a domain name"))
+            elif name in store_cover:
+                problems.append((lineno, name, _store_cover_message(name)))
+            else:
+                yield name
+
+
+def _parse_list_line(raw: str) -> list[str | None]:
+    """The slow path of ``_list_names``: comments, hosts-file and adblock
+    lines, upper case, IDNs.  ``None`` marks a bad name."""
+    line = raw.strip()
+    if not line or line[0] == "#" or line[0] == "!":
+        return []
+    if "#" in line:
+        line = line.split("#", 1)[0].strip()
+        if not line:
+            return []
+    match = _LIST_NAME.match
+    if " " in line or "\t" in line:
+        parts = line.split()
+        if parts[0] in _HOSTS_SINKS or _is_ip(parts[0]):
+            out: list[str | None] = []
+            for part in parts[1:]:
+                if part.lower() not in _HOSTS_SKIP:
+                    name = normalize_name(part)
+                    out.append(name if match(name) and len(name) <= 253 else None)
+            return out
+        return [None]
+    if line.startswith("||") and line.endswith("^"):
+        line = line[2:-1]
+    name = normalize_name(line)
+    return [name if match(name) and len(name) <= 253 else None]
 
 
 def _glob_covers_store(pattern: str) -> bool:

@@ -46,9 +46,11 @@ def normalize_name(name: str) -> str:
 
 
 def fast_normalize(name: str) -> str:
-    """``normalize_name`` with a shortcut for names that are already normal."""
-    if name.isascii() and name.islower() and not name.endswith(".") and name.strip() == name:
-        return name
+    """``normalize_name`` with a shortcut for ASCII names (nearly all on the wire)."""
+    if name.isascii():
+        low = name.lower()
+        if low and low[-1] != "." and len(low.strip()) == len(low):
+            return low
     return normalize_name(name)
 
 
@@ -127,6 +129,21 @@ class NameIndexBuilder:
             key = (*old, rule)
         table[name] = self._interned.setdefault(key, key)
 
+    def add_many(self, names: Iterable[str], rule: Rule, *, exact: bool) -> int:
+        """``add`` for a whole list file: one dict operation per new name."""
+        table = self._exact if exact else self._suffix
+        single: tuple[Rule, ...] = (rule,)
+        single = self._interned.setdefault(single, single)
+        setdefault = table.setdefault
+        n = 0
+        for name in names:
+            n += 1
+            old = setdefault(name, single)
+            if old is not single and rule not in old:
+                merged = (*old, rule)
+                table[name] = self._interned.setdefault(merged, merged)
+        return n
+
     def build(self) -> NameIndex:
         interned = self._interned
         exact = self._exact
@@ -171,10 +188,11 @@ class GlobMatcher:
     """SNI glob patterns, checked with one combined regex first so that the
     common case (no glob matches) costs a single ``fullmatch``."""
 
-    __slots__ = ("_any", "_globs")
+    __slots__ = ("_any", "_globs", "_interned")
 
     def __init__(self, globs: Iterable[tuple[str, Rule]]):
         items = list(globs)
+        self._interned: dict[tuple[Rule, ...], tuple[Rule, ...]] = {}
         self._globs = [(re.compile(glob_to_regex(p)), 2 * p.count(".") + 2, r) for p, r in items]
         self._any = re.compile("|".join(f"(?:{glob_to_regex(p)})" for p, _ in items)) if items else None
 
@@ -193,7 +211,9 @@ class GlobMatcher:
                     best, rules = labels, [rule]
                 elif labels == best:
                     rules.append(rule)
-        return best, tuple(rules)
+        found = tuple(rules)
+        # Interned, so that callers may cache verdicts by the tuple's identity.
+        return best, self._interned.setdefault(found, found)
 
 
 class NetworkMatcher:
