@@ -33,20 +33,20 @@ import html
 import ipaddress
 import json
 import logging
+import os
 import signal
 import string
+import sys
 import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from struct import error as struct_error  # mitmproxy's DNS codec raises it on short data
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mitmproxy import connection, ctx, dns, exceptions, http, tls
 from mitmproxy.net.dns import types as dns_types
 
-from egress_filter.eventlog import EventLog
-from egress_filter.holder import PolicyHolder
 from policies import (
     Action,
     Decision,
@@ -60,6 +60,28 @@ from policies import (
     build_event,
     new_event_id,
 )
+
+
+def _import_runtime() -> tuple[Any, Any]:
+    """``mitmdump -s`` puts this file's directory first on sys.path, where
+    this very file, named egress_filter.py, would shadow the ``egress_filter``
+    package: import the package with that directory left out."""
+    here = os.path.realpath(os.path.dirname(__file__))
+    saved = list(sys.path)
+    sys.path[:] = [p for p in sys.path if os.path.realpath(p or ".") != here]
+    try:
+        from egress_filter.eventlog import EventLog
+        from egress_filter.holder import PolicyHolder
+    finally:
+        sys.path[:] = saved
+    return EventLog, PolicyHolder
+
+
+if TYPE_CHECKING:
+    from egress_filter.eventlog import EventLog
+    from egress_filter.holder import PolicyHolder
+else:
+    EventLog, PolicyHolder = _import_runtime()
 
 log = logging.getLogger(__name__)
 
@@ -423,8 +445,10 @@ class EgressFilter:
             self._record(d, verdict.observation, "closed", client, server, extra)
             # mitmproxy checks `client.connected` right after preparing TLS and
             # fails the handshake quietly ("connection closed early") when it
-            # is not: the ClientHello gets no answer and the socket is closed.
-            client.state = connection.ConnectionState.CLOSED
+            # is not, so the ClientHello is never answered.  Dropping only
+            # CAN_READ (not CLOSED) matters: inside a CONNECT tunnel the HTTP/1
+            # layer closes the socket only while the client can still be written to.
+            client.state = connection.ConnectionState.CAN_WRITE
             self.metrics.connections.labels("closed").inc()
             return
         if d.inspect:

@@ -1,0 +1,226 @@
+"""Fixtures for the end-to-end tests: a local HTTPS origin with its own CA, and
+real `egress-filter proxy` (or `mitmdump -s`) processes on free loopback ports,
+each with its own temporary mitmproxy confdir, stopped by PID at teardown."""
+
+from __future__ import annotations
+
+import http.server
+import json
+import os
+import shutil
+import socket
+import ssl
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from .helpers import Pki, make_pki
+
+REPO = Path(__file__).resolve().parents[2]
+ORIGIN_NAMES = ["www.tiktok.com", "apps.apple.com", "allowed.example", "dl.shared-cdn.example", "example.org"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Origin:
+    port: int
+    pki: Pki
+    seen: list[str] = field(default_factory=list)  # "host path" of every request served
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: Any
+
+    def _answer(self) -> None:
+        length = int(self.headers.get("content-length") or 0)
+        if length:
+            self.rfile.read(length)
+        host = (self.headers.get("host") or "").split(":")[0]
+        self.server.seen.append(f"{host} {self.path}")
+        body = f"origin {host}{self.path}\n".encode()
+        self.send_response(200)
+        self.send_header("content-type", "text/plain")
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    do_GET = do_POST = _answer
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+class _TlsServer(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, context: ssl.SSLContext):
+        super().__init__(("127.0.0.1", 0), _Handler)
+        self.context = context
+        self.seen: list[str] = []
+
+    def get_request(self) -> tuple[Any, Any]:
+        sock, addr = self.socket.accept()
+        # The handshake happens in the handler thread, so a client that stalls
+        # (or sends garbage) never holds up the accept loop.
+        return self.context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False), addr
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        pass  # the bad-input tests send garbage on purpose
+
+
+def start_origin(directory: Path) -> tuple[Origin, _TlsServer, threading.Thread]:
+    pki = make_pki(directory, ORIGIN_NAMES)
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(pki.cert, pki.key)
+    server = _TlsServer(context)
+    thread = threading.Thread(target=server.serve_forever, daemon=True, name="test-origin")
+    thread.start()
+    origin = Origin(server.server_address[1], pki)
+    origin.seen = server.seen
+    return origin, server, thread
+
+
+@pytest.fixture(scope="module")
+def origin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Origin]:
+    o, server, thread = start_origin(tmp_path_factory.mktemp("origin"))
+    try:
+        yield o
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+
+
+@dataclass
+class Proxy:
+    port: int
+    confdir: Path
+    log: Path
+    stderr: Path
+    process: subprocess.Popen[bytes]
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def ca(self) -> Path:
+        return self.confdir / "mitmproxy-ca-cert.pem"
+
+    def events(self, count: int | None = None, timeout: float = 5.0) -> list[dict[str, Any]]:
+        """The event log; with ``count``, wait until at least that many are written."""
+        deadline = time.monotonic() + timeout
+        while True:
+            lines = self.log.read_text().splitlines() if self.log.exists() else []
+            if count is None or len(lines) >= count or time.monotonic() > deadline:
+                return [json.loads(line) for line in lines]
+            time.sleep(0.05)
+
+
+def require(tool: str) -> str:
+    path = shutil.which(tool)
+    if path is None:
+        pytest.fail(f"{tool} is required for this test (install it with .ci/install-tools)")
+    return path
+
+
+def wait_for_port(port: int, process: subprocess.Popen[bytes], stderr: Path, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(f"the proxy exited with {process.returncode}:\n{stderr.read_text()}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise AssertionError(f"the proxy did not listen on {port} within {timeout}s:\n{stderr.read_text()}")
+
+
+def stop(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(5)
+
+
+@pytest.fixture
+def run_proxy(tmp_path: Path, origin: Origin) -> Iterator[Any]:
+    started: list[subprocess.Popen[bytes]] = []
+
+    def start(*args: str, mitmdump: bool = False) -> Proxy:
+        n = len(started)
+        port = free_port()
+        confdir = tmp_path / f"mitmproxy-conf-{n}"
+        log = tmp_path / f"events-{n}.jsonl"
+        stderr = tmp_path / f"proxy-{n}.stderr"
+        # mitmproxy checks the origin's certificate against the origin's own CA.
+        trust = f"ssl_verify_upstream_trusted_ca={origin.pki.ca_cert}"
+        if mitmdump:
+            cmd = [
+                str(Path(sys.executable).with_name("mitmdump")),
+                "-q",
+                "--listen-host",
+                "127.0.0.1",
+                "-p",
+                str(port),
+                "--set",
+                f"confdir={confdir}",
+                "--set",
+                trust,
+                "-s",
+                str(REPO / "proxy_addons" / "egress_filter.py"),
+                "--set",
+                f"egress_log={log}",
+                *args,
+            ]
+        else:
+            cmd = [
+                sys.executable,
+                "-m",
+                "egress_filter.cli",
+                "proxy",
+                "--listen",
+                f"127.0.0.1:{port}",
+                "--confdir",
+                str(confdir),
+                "--log",
+                str(log),
+                "--set",
+                trust,
+                *args,
+            ]
+        with open(stderr, "wb") as err:
+            process = subprocess.Popen(
+                cmd,
+                stdin=subprocess.DEVNULL,
+                stdout=err,
+                stderr=err,
+                cwd=REPO,
+                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            )
+        started.append(process)
+        wait_for_port(port, process, stderr)
+        return Proxy(port, confdir, log, stderr, process)
+
+    try:
+        yield start
+    finally:
+        for process in started:
+            stop(process)

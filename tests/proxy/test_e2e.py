@@ -1,0 +1,266 @@
+"""End to end: a real proxy process, a local HTTPS origin with its own CA, real
+clients (curl, Python's ssl over raw sockets). Hostnames are routed to the
+origin with curl's --connect-to, so nothing leaves 127.0.0.1."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from .conftest import REPO, Origin, Proxy, require
+from .helpers import (
+    DOWNLOADS,
+    FULL,
+    OTHER_STORE_URL,
+    TIKTOK_STORE_URL,
+    client_hello_body,
+    client_hello_record,
+    write_policy,
+)
+
+pytestmark = pytest.mark.e2e
+
+
+def curl(
+    proxy: Proxy, origin: Origin, url: str, *, ca: Path | None, extra: tuple[str, ...] = ()
+) -> dict[str, Any]:
+    """GET through the proxy with every name routed to the origin; returns
+    curl's exit code, status, CONNECT status, headers and body."""
+    host = url.split("/")[2]
+    cmd = [
+        require("curl"),
+        "-sS",
+        "--max-time",
+        "15",
+        "--proxy",
+        proxy.url,
+        "--connect-to",
+        f"{host}:443:127.0.0.1:{origin.port}",
+        "-D",
+        "-",
+        "-w",
+        "\n%{json}",
+        *extra,
+        url,
+    ]
+    if ca is not None:
+        cmd[1:1] = ["--cacert", str(ca)]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
+    head, _, tail = out.stdout.rpartition("\n")
+    info = json.loads(tail) if tail.startswith("{") else {}
+    return {
+        "rc": out.returncode,
+        "status": info.get("http_code"),
+        "connect": info.get("http_connect"),
+        "text": head,
+        "stderr": out.stderr,
+    }
+
+
+def tls_through(proxy: Proxy, target: tuple[str, int], sni: str, cafile: Path) -> bytes:
+    """CONNECT to ``target``, then a TLS handshake with ``sni``; returns the
+    certificate the client was shown (DER)."""
+    with socket.create_connection(("127.0.0.1", proxy.port), timeout=10) as raw:
+        raw.sendall(
+            f"CONNECT {target[0]}:{target[1]} HTTP/1.1\r\nHost: {target[0]}:{target[1]}\r\n\r\n".encode()
+        )
+        reply = raw.recv(4096)
+        assert reply.startswith(b"HTTP/1.1 200"), reply
+        context = ssl.create_default_context(cafile=str(cafile))
+        with context.wrap_socket(raw, server_hostname=sni) as tls:
+            return tls.getpeercert(binary_form=True) or b""
+
+
+@pytest.fixture
+def policy(tmp_path: Path) -> Path:
+    return write_policy(tmp_path)
+
+
+def test_banned_sni_is_refused_before_any_data(run_proxy: Any, origin: Origin, policy: Path) -> None:
+    proxy = run_proxy("--policy", str(policy), "--at", FULL)
+    before = len(origin.seen)
+    r = curl(proxy, origin, "https://www.tiktok.com/", ca=origin.pki.ca_cert)
+    # The CONNECT to 127.0.0.1 was fine; the SNI was not: closed unanswered (35), not left hanging (28).
+    assert r["rc"] == 35 and r["connect"] == 200
+    assert len(origin.seen) == before
+    [ev] = proxy.events(1)
+    assert ev["egress"]["action"] == "block" and ev["egress"]["response"] == "closed"
+    assert ev["tls"]["client"]["server_name"] == "www.tiktok.com"
+
+
+def test_allowed_host_passes_through_with_the_origins_certificate(
+    run_proxy: Any, origin: Origin, policy: Path
+) -> None:
+    proxy = run_proxy("--policy", str(policy), "--at", FULL)
+    der = tls_through(proxy, ("127.0.0.1", origin.port), "allowed.example", origin.pki.ca_cert)
+    assert hashlib.sha256(der).digest() == origin.pki.fingerprint  # not a mitmproxy certificate
+    r = curl(proxy, origin, "https://allowed.example/hello", ca=origin.pki.ca_cert)
+    assert (r["rc"], r["status"]) == (0, 200) and "origin allowed.example/hello" in r["text"]
+    assert proxy.events() == []
+
+
+STORE_CASES = [
+    ("banned-app-store-url", TIKTOK_STORE_URL, 451),
+    ("other-app-store-url", OTHER_STORE_URL, 200),
+]
+
+
+@pytest.mark.parametrize("url,status", [c[1:] for c in STORE_CASES], ids=[c[0] for c in STORE_CASES])
+def test_downloads_phase_store_urls(
+    run_proxy: Any, origin: Origin, policy: Path, url: str, status: int
+) -> None:
+    proxy = run_proxy("--policy", str(policy), "--at", DOWNLOADS)
+    r = curl(proxy, origin, url, ca=proxy.ca, extra=("-H", "accept: application/json"))
+    assert r["rc"] == 0 and r["status"] == status
+    if status == 451:
+        assert 'rel="blocked-by"' in r["text"]
+        body = json.loads(r["text"].rsplit("\n\n", 1)[1])  # curl's output, newlines normalised
+        assert body["apps"][0]["name"] == "TikTok" and body["phase"] == "downloads"
+        assert body["event_id"] in {e["event"]["id"] for e in proxy.events(1)}
+    else:
+        assert "origin apps.apple.com/us/app/signal" in r["text"]
+        assert proxy.events() == []
+
+
+def test_full_phase_block_page_when_intercepting(run_proxy: Any, origin: Origin, policy: Path) -> None:
+    proxy = run_proxy("--policy", str(policy), "--at", FULL, "--block", "page")
+    before = len(origin.seen)
+    r = curl(proxy, origin, "https://www.tiktok.com/foryou", ca=proxy.ca, extra=("-H", "accept: text/html"))
+    assert (r["rc"], r["status"]) == (0, 451)
+    [ev] = proxy.events(1)
+    assert ev["event"]["id"] in r["text"] and "Executive Order 13942" in r["text"]
+    assert "<html" in r["text"] and len(origin.seen) == before
+
+
+def test_monitor_mode_logs_without_blocking(run_proxy: Any, origin: Origin, policy: Path) -> None:
+    proxy = run_proxy("--policy", str(policy), "--at", FULL, "--mode", "monitor")
+    r = curl(proxy, origin, "https://www.tiktok.com/", ca=origin.pki.ca_cert)
+    assert (r["rc"], r["status"]) == (0, 200) and "origin www.tiktok.com/" in r["text"]
+    [ev] = proxy.events(1)
+    assert (ev["egress"]["action"], ev["egress"]["would"]) == ("log", "block")
+
+
+def test_connect_to_banned_host_gets_451(run_proxy: Any, origin: Origin, policy: Path) -> None:
+    proxy = run_proxy("--policy", str(policy), "--at", FULL)
+    out = subprocess.run(
+        [
+            require("curl"),
+            "-sS",
+            "--max-time",
+            "10",
+            "--proxy",
+            proxy.url,
+            "-w",
+            "%{http_connect}",
+            "-o",
+            "/dev/null",
+            "https://www.tiktok.com/",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert out.returncode != 0 and out.stdout.strip() == "451"
+    [ev] = proxy.events(1)
+    assert ev["egress"]["response"] == "451" and ev["egress"]["value"] == "www.tiktok.com"
+
+
+def test_mitmdump_script_usage(run_proxy: Any, origin: Origin, policy: Path) -> None:
+    proxy = run_proxy("--set", f"egress_policy={policy}", "--set", f"egress_at={FULL}", mitmdump=True)
+    r = curl(proxy, origin, "https://www.tiktok.com/", ca=origin.pki.ca_cert)
+    assert r["rc"] == 35
+    r = curl(proxy, origin, "https://allowed.example/", ca=origin.pki.ca_cert)
+    assert (r["rc"], r["status"]) == (0, 200)
+    assert [e["egress"]["response"] for e in proxy.events(1)] == ["closed"]
+
+
+def test_sighup_reloads_the_policy(run_proxy: Any, origin: Origin, policy: Path) -> None:
+    proxy = run_proxy("--policy", str(policy), "--at", FULL, "--set", "egress_reload_interval=0")
+    assert curl(proxy, origin, "https://www.tiktok.com/", ca=origin.pki.ca_cert)["rc"] == 35
+    policy.write_text(policy.read_text().replace("mode: enforce", "mode: monitor"))
+    proxy.process.send_signal(signal.SIGHUP)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        r = curl(proxy, origin, "https://www.tiktok.com/", ca=origin.pki.ca_cert)
+        if r["rc"] == 0:
+            break
+        time.sleep(0.2)
+    assert (r["rc"], r["status"]) == (0, 200)
+
+
+BAD_INPUT = [
+    ("garbage-after-tls-magic", b"\x16\x03\x01\x00\x40" + bytes(range(64))),
+    ("truncated-clienthello", client_hello_record(client_hello_body("www.example.org"))[:60]),
+    ("oversized-sni", client_hello_record(client_hello_body(raw_sni=b"a" * 63 + (b".a" + b"b" * 62) * 5))),
+    ("not-tls-on-443", b"SSH-2.0-OpenSSH_9.2\r\n"),
+    ("vanishes-mid-handshake", client_hello_record(client_hello_body("www.tiktok.com"))[:20]),
+    ("random-bytes", bytes(range(200, 256)) * 4),
+]
+
+
+def test_bad_input_is_survived(run_proxy: Any, origin: Origin, policy: Path) -> None:
+    proxy = run_proxy("--policy", str(policy), "--at", FULL)
+    for _, payload in BAD_INPUT:
+        with socket.create_connection(("127.0.0.1", proxy.port), timeout=10) as raw:
+            raw.sendall(f"CONNECT 127.0.0.1:{origin.port} HTTP/1.1\r\n\r\n".encode())
+            assert raw.recv(4096).startswith(b"HTTP/1.1 200")
+            raw.sendall(payload)
+            raw.settimeout(1.0)
+            try:
+                raw.recv(4096)
+            except (TimeoutError, ConnectionError):
+                pass
+        # the proxy keeps serving after each one
+        r = curl(proxy, origin, "https://allowed.example/after", ca=origin.pki.ca_cert)
+        assert (r["rc"], r["status"]) == (0, 200)
+    time.sleep(0.5)
+    assert proxy.process.poll() is None
+    log = proxy.stderr.read_text()
+    assert "Traceback" not in log and "Addon error" not in log
+    assert log.count("Cannot parse ClientHello") <= len(BAD_INPUT)  # at most once per bad connection
+    assert proxy.events() == []  # nothing banned was decided
+
+
+BAD_START = [
+    ("bad-policy-file", ["--policy", "{bad}"], "bad.yaml:"),
+    ("bad-block-option", ["--policy", "{good}", "--set", "egress_block=drop"], "egress_block"),
+    ("unknown-set-option", ["--policy", "{good}", "--set", "no_such_option=1"], "no_such_option"),
+]
+
+
+@pytest.mark.parametrize("args,message", [c[1:] for c in BAD_START], ids=[c[0] for c in BAD_START])
+def test_bad_start_exits_1_with_a_message(
+    tmp_path: Path, policy: Path, args: list[str], message: str
+) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("version: 1\napps: [{id: x}]\n")
+    argv = [a.format(bad=bad, good=policy) for a in args]
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "egress_filter.cli",
+            "proxy",
+            "--listen",
+            "127.0.0.1:1",
+            *argv,
+            "--confdir",
+            str(tmp_path / "conf"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO,
+    )
+    assert out.returncode == 1, out.stderr
+    assert message in out.stderr
