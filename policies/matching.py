@@ -82,11 +82,14 @@ class NameIndex:
     exact key: the decision sees them together, and an allow among them wins.
     """
 
-    __slots__ = ("_exact", "_suffix")
+    __slots__ = ("_exact", "_suffix", "_top_level")
 
     def __init__(self, suffix: dict[str, tuple[Rule, ...]], exact: dict[str, tuple[Rule, ...]]):
         self._suffix = suffix
         self._exact = exact
+        # Whether any suffix key is a bare top-level label ("cn"): when none
+        # is, the last probe of every lookup (the TLD) can be skipped.
+        self._top_level = any("." not in key for key in suffix)
 
     def __len__(self) -> int:
         return len(self._suffix) + len(self._exact)
@@ -100,8 +103,9 @@ class NameIndex:
         rules = suffix.get(name)
         if rules is not None:
             return name, 2 * name.count(".") + 2, rules
+        stop = -1 if self._top_level else name.rfind(".")
         start = name.find(".")
-        while start != -1:
+        while start != stop:
             key = name[start + 1 :]
             rules = suffix.get(key)
             if rules is not None:
