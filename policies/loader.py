@@ -151,7 +151,7 @@ class _Walker:
             shown = node.value if len(node.value) < 60 else node.value[:57] + "..."
             self.err(node, field, f"expected {what or kind.__name__}, got {shown!r}")
             return None
-        return val  # type: ignore[return-value]
+        return val
 
     def text(self, node: yaml.Node, field: str) -> str | None:
         val = self.scalar(node, field, str, "a string")
