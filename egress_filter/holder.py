@@ -59,12 +59,15 @@ class PolicyHolder:
         with self._lock:
             # Stamped before reading: a file that changes while it is being
             # loaded then differs on the next tick and is loaded again.
-            before = dict((s[0], s) for s in self._file_stamps())
+            before = {s[0]: s for s in self._file_stamps(self._watched())}
             try:
                 policy = load_policy(self.path)
             except PolicyError as exc:
                 self.last_error = exc
-                self._stamps = tuple(before.values())  # do not retry the same bad file every tick
+                # Wait on what the bad load read (a missing list file too), so
+                # that fixing any of it reloads, and the same bad state does not
+                # retry every tick.
+                self._stamps = self._file_stamps(exc.files) if exc.files else tuple(before.values())
                 log.error("policy reload failed, keeping the last good policy:\n%s", exc)
                 return False
             self.policy = policy
@@ -100,7 +103,7 @@ class PolicyHolder:
         return changed
 
     def changed_on_disk(self) -> bool:
-        return self._file_stamps() != self._stamps
+        return self._file_stamps(self._watched()) != self._stamps
 
     # --- background watching -------------------------------------------------
 
@@ -139,8 +142,12 @@ class PolicyHolder:
     def _make_view(self, policy: Policy) -> PolicyView:
         return policy.view(self.day(policy), self.phase, self.mode)
 
-    def _file_stamps(self) -> tuple[tuple[str, int, int, int], ...]:
-        files = self.policy.files if hasattr(self, "policy") else ((str(self.path),) if self.path else ())
+    def _watched(self) -> tuple[str, ...]:
+        return tuple(stamp[0] for stamp in self._stamps)
+
+    def _file_stamps(self, files: tuple[str, ...] | None = None) -> tuple[tuple[str, int, int, int], ...]:
+        if files is None:
+            files = self.policy.files if hasattr(self, "policy") else ((str(self.path),) if self.path else ())
         out = []
         for f in files:
             try:

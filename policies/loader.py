@@ -76,10 +76,14 @@ class PolicyIssue:
 
 
 class PolicyError(ValueError):
-    """A policy that cannot be used; ``issues`` lists every problem found."""
+    """A policy that cannot be used; ``issues`` lists every problem found.
 
-    def __init__(self, issues: list[PolicyIssue]):
+    ``files`` names every file the load read or tried to read (the YAML, list
+    files, missing ones too), so that a watcher knows what to wait on."""
+
+    def __init__(self, issues: list[PolicyIssue], files: tuple[str, ...] = ()):
         self.issues = issues
+        self.files = files
         super().__init__("\n".join(str(i) for i in issues))
 
 
@@ -92,6 +96,7 @@ class _Walker:
     def __init__(self, file: str):
         self.file = file
         self.issues: list[PolicyIssue] = []
+        self.files: list[str] = [file]
         self._constructor = yaml.constructor.SafeConstructor()
 
     def err(self, node: yaml.Node | None, field: str, message: str, line: int | None = None) -> None:
@@ -276,7 +281,7 @@ def load_policy_text(text: str, file: str = "<policy>", base: Path | None = None
         raise PolicyError([PolicyIssue(file, 1, "(file)", "the policy is empty")])
     policy = _compile(w, root, base or Path.cwd())
     if w.issues or policy is None:
-        raise PolicyError(w.issues or [PolicyIssue(file, 1, "(file)", "invalid policy")])
+        raise PolicyError(w.issues or [PolicyIssue(file, 1, "(file)", "invalid policy")], tuple(w.files))
     return policy
 
 
@@ -316,7 +321,7 @@ def _compile(w: _Walker, root: yaml.Node, base: Path) -> Policy | None:
                 w.text(vnode, f"sources.{knode.value}")
         else:
             w.err(top["sources"], "sources", f"expected a mapping, got {_describe(top['sources'])}")
-    b = _Build(NameIndexBuilder(), [], [], {}, [], {}, {}, {}, [w.file], {})
+    b = _Build(NameIndexBuilder(), [], [], {}, [], {}, {}, {}, w.files, {})
     if "groups" in top and isinstance(top["groups"], yaml.MappingNode):
         for knode, vnode in top["groups"].value:
             g = w.mapping(vnode, f"groups.{knode.value}", GROUP_KEYS)
@@ -683,12 +688,12 @@ def _list(w: _Walker, b: _Build, node: yaml.Node, field: str, base: Path, app: s
     if not rel or not as_ or not _enabled(w, b, group, node, field):
         return
     path = (base / rel) if not os.path.isabs(rel) else Path(rel)
+    b.files.append(str(path))  # a missing file too: its arrival should trigger a reload
     try:
         fh = open(path, encoding="utf-8", errors="replace")
     except OSError as exc:
         w.err(node, field, f"list file '{rel}' cannot be read: {exc.strerror or exc}")
         return
-    b.files.append(str(path))
     exact = as_ == "hosts"
     if allow:
         rule = b.rule(RuleKind.ALLOW, Tier.ALLOW, None, source or f"list:{rel}")
