@@ -231,3 +231,15 @@ def test_a_failing_listener_does_not_stop_the_others(holder: PolicyHolder,
         assert holder.reload()
     assert heard == ["reload"]
     assert any("policy listener failed" in r.getMessage() for r in caplog.records)
+
+
+def test_creating_a_missing_list_file_reloads(holder: PolicyHolder, files: tuple[Path, Path]) -> None:
+    """A policy that failed for a missing list file loads as soon as the file appears."""
+    holder.start(interval=0.05)
+    write(files[0], policy_text("e.example").replace("names.txt", "later.txt"))
+    assert wait_for(lambda: holder.last_error is not None)
+    assert "list file 'later.txt' cannot be read" in str(holder.last_error)
+    assert blocked(holder, "a.example")  # still the last good policy
+    write(files[0].with_name("later.txt"), "late.example\n")
+    assert wait_for(lambda: blocked(holder, "late.example"))
+    assert holder.last_error is None and blocked(holder, "e.example")
