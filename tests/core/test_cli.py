@@ -58,18 +58,27 @@ def test_check_without_a_policy_uses_the_bundled_one(capsys: pytest.CaptureFixtu
 
 
 BAD_CASES = [
-    pytest.param("version: 1\nmode: loud\napps: []\n",
-                 ["{f}:2: mode: 'loud' is not one of: enforce, monitor"], id="bad-mode"),
+    pytest.param(
+        "version: 1\nmode: loud\napps: []\n",
+        ["{f}:2: mode: 'loud' is not one of: enforce, monitor"],
+        id="bad-mode",
+    ),
     pytest.param("version: 1\napps: [\n", ["{f}:3: (yaml): syntax error: "], id="yaml"),
-    pytest.param("version: 1\nexempt_clients: [10.0.0.0/40]\nsources: []\napps: []\n",
-                 ["{f}:2: exempt_clients[0]: '10.0.0.0/40' is not a valid CIDR",
-                  "{f}:3: sources: expected a mapping, got a list"], id="two-problems"),
+    pytest.param(
+        "version: 1\nexempt_clients: [10.0.0.0/40]\nsources: []\napps: []\n",
+        [
+            "{f}:2: exempt_clients[0]: '10.0.0.0/40' is not a valid CIDR",
+            "{f}:3: sources: expected a mapping, got a list",
+        ],
+        id="two-problems",
+    ),
 ]
 
 
 @pytest.mark.parametrize(("text", "want"), BAD_CASES)
-def test_check_reports_problems_and_exits_1(write_policy: WritePolicy, capsys: pytest.CaptureFixture[str],
-                                            text: str, want: list[str]) -> None:
+def test_check_reports_problems_and_exits_1(
+    write_policy: WritePolicy, capsys: pytest.CaptureFixture[str], text: str, want: list[str]
+) -> None:
     path = write_policy(text)
     code, out, err = run(["check", str(path)], capsys)
     assert code == 1 and out == ""
@@ -85,13 +94,19 @@ def test_check_reports_problems_and_exits_1(write_policy: WritePolicy, capsys: p
 def test_check_missing_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code, _, err = run(["check", str(tmp_path / "nope.yaml")], capsys)
     assert code == 1
-    assert err.splitlines()[0] == f"{tmp_path / 'nope.yaml'}:0: (file): cannot read: No such file or directory"
+    assert (
+        err.splitlines()[0] == f"{tmp_path / 'nope.yaml'}:0: (file): cannot read: No such file or directory"
+    )
 
 
 def test_check_through_the_entry_point(write_policy: WritePolicy) -> None:
     path = write_policy("version: 1\napps:\n  - {id: x}\n")
-    proc = subprocess.run([sys.executable, "-m", "egress_filter.cli", "check", str(path)],
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "egress_filter.cli", "check", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 1
     assert proc.stderr.splitlines()[:4] == [
         f"{path}:3: apps[x].name: required key is missing",
@@ -99,44 +114,106 @@ def test_check_through_the_entry_point(write_policy: WritePolicy) -> None:
         f"{path}:3: apps[x].legal_basis: required key is missing",
         f"{path}:3: apps[x].schedule: required key is missing",
     ]
-    ok = subprocess.run([sys.executable, "-m", "egress_filter.cli", "check", str(POLICY_FILE)],
-                        capture_output=True, text=True, timeout=120)
+    ok = subprocess.run(
+        [sys.executable, "-m", "egress_filter.cli", "check", str(POLICY_FILE)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert ok.returncode == 0 and ok.stdout.startswith(f"{POLICY_FILE}: OK")
 
 
 # (argv after `explain`, expected json subset)
 EXPLAIN_CASES = [
-    pytest.param(["www.tiktok.com", "--at", "2020-11-13", *P],
-                 {"action": "block", "apps": ["tiktok"], "phase": "full", "rule": "domain:tiktok.com",
-                  "observation": {"kind": "dns", "value": "www.tiktok.com", "client": None}}, id="dns-full"),
-    pytest.param(["www.tiktok.com", "--at", "2020-10-01", *P],
-                 {"action": "log", "phase": "downloads", "at": "2020-10-01"}, id="dns-downloads"),
-    pytest.param(["www.tiktok.com", "--phase", "none", *P], {"action": "allow", "phase": "none"}, id="phase-none"),
-    pytest.param(["www.tiktok.com", "--phase", "full", "--client", "10.9.1.1", *P],
-                 {"action": "log", "would": "block"}, id="exempt-client"),
-    pytest.param(["www.tiktok.com", "--phase", "full", "--mode", "monitor", *P],
-                 {"action": "log", "would": "block"}, id="monitor"),
-    pytest.param(["apps.apple.com", "--kind", "sni", "--at", "2020-10-01", *P],
-                 {"action": "allow", "inspect": True, "rule": "builtin:store-host",
-                  "observation": {"kind": "sni", "value": "apps.apple.com", "client": None}}, id="sni-store-host"),
-    pytest.param(["https://apps.apple.com/us/app/tiktok/id835599320", "--at", "2020-10-01", *P],
-                 {"action": "block", "apps": ["tiktok"], "rule": "store:apple:835599320",
-                  "observation": {"kind": "http", "value": "https://apps.apple.com/us/app/tiktok/id835599320",
-                                  "client": None}}, id="http-store-url"),
-    pytest.param(["cdn.shared.example/tiktok/app.apk", "--at", "2020-10-01", *P],
-                 {"action": "block", "rule": "download:cdn.shared.example/tiktok/",
-                  "observation": {"kind": "http", "value": "https://cdn.shared.example/tiktok/app.apk",
-                                  "client": None}}, id="http-without-scheme"),
-    pytest.param(["203.0.113.5", "--at", "2020-11-13", *P],
-                 {"action": "block", "rule": "network:203.0.113.0/24",
-                  "observation": {"kind": "ip", "value": "203.0.113.5", "client": None}}, id="ip-guessed"),
-    pytest.param(["www.tiktok.com", "--at", "2020-11-13"], {"action": "block", "apps": ["tiktok"]},
-                 id="bundled-tiktok-full"),
+    pytest.param(
+        ["www.tiktok.com", "--at", "2020-11-13", *P],
+        {
+            "action": "block",
+            "apps": ["tiktok"],
+            "phase": "full",
+            "rule": "domain:tiktok.com",
+            "observation": {"kind": "dns", "value": "www.tiktok.com", "client": None},
+        },
+        id="dns-full",
+    ),
+    pytest.param(
+        ["www.tiktok.com", "--at", "2020-10-01", *P],
+        {"action": "log", "phase": "downloads", "at": "2020-10-01"},
+        id="dns-downloads",
+    ),
+    pytest.param(
+        ["www.tiktok.com", "--phase", "none", *P], {"action": "allow", "phase": "none"}, id="phase-none"
+    ),
+    pytest.param(
+        ["www.tiktok.com", "--phase", "full", "--client", "10.9.1.1", *P],
+        {"action": "log", "would": "block"},
+        id="exempt-client",
+    ),
+    pytest.param(
+        ["www.tiktok.com", "--phase", "full", "--mode", "monitor", *P],
+        {"action": "log", "would": "block"},
+        id="monitor",
+    ),
+    pytest.param(
+        ["apps.apple.com", "--kind", "sni", "--at", "2020-10-01", *P],
+        {
+            "action": "allow",
+            "inspect": True,
+            "rule": "builtin:store-host",
+            "observation": {"kind": "sni", "value": "apps.apple.com", "client": None},
+        },
+        id="sni-store-host",
+    ),
+    pytest.param(
+        ["https://apps.apple.com/us/app/tiktok/id835599320", "--at", "2020-10-01", *P],
+        {
+            "action": "block",
+            "apps": ["tiktok"],
+            "rule": "store:apple:835599320",
+            "observation": {
+                "kind": "http",
+                "value": "https://apps.apple.com/us/app/tiktok/id835599320",
+                "client": None,
+            },
+        },
+        id="http-store-url",
+    ),
+    pytest.param(
+        ["cdn.shared.example/tiktok/app.apk", "--at", "2020-10-01", *P],
+        {
+            "action": "block",
+            "rule": "download:cdn.shared.example/tiktok/",
+            "observation": {
+                "kind": "http",
+                "value": "https://cdn.shared.example/tiktok/app.apk",
+                "client": None,
+            },
+        },
+        id="http-without-scheme",
+    ),
+    pytest.param(
+        ["203.0.113.5", "--at", "2020-11-13", *P],
+        {
+            "action": "block",
+            "rule": "network:203.0.113.0/24",
+            "observation": {"kind": "ip", "value": "203.0.113.5", "client": None},
+        },
+        id="ip-guessed",
+    ),
+    pytest.param(
+        ["www.tiktok.com", "--at", "2020-11-13"],
+        {"action": "block", "apps": ["tiktok"]},
+        id="bundled-tiktok-full",
+    ),
     pytest.param(["www.tiktok.com", "--at", "2020-10-01"], {"action": "log"}, id="bundled-tiktok-downloads"),
-    pytest.param(["weixin.qq.com", "--at", "2020-09-21"], {"action": "block", "apps": ["wechat"]},
-                 id="bundled-wechat"),
-    pytest.param(["example.org", "--at", "2021-03-01"], {"action": "allow", "apps": [], "rule": None,
-                                                         "reason": "no rule matched"}, id="bundled-unrelated"),
+    pytest.param(
+        ["weixin.qq.com", "--at", "2020-09-21"], {"action": "block", "apps": ["wechat"]}, id="bundled-wechat"
+    ),
+    pytest.param(
+        ["example.org", "--at", "2021-03-01"],
+        {"action": "allow", "apps": [], "rule": None, "reason": "no rule matched"},
+        id="bundled-unrelated",
+    ),
 ]
 
 
@@ -150,7 +227,9 @@ def test_explain_json(capsys: pytest.CaptureFixture[str], argv: list[str], want:
 
 
 def test_explain_text(capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, _ = run(["explain", "WWW.TikTok.com.", "--at", "2020-11-13", "--client", "10.9.1.1", *P], capsys)
+    code, out, _ = run(
+        ["explain", "WWW.TikTok.com.", "--at", "2020-11-13", "--client", "10.9.1.1", *P], capsys
+    )
     assert code == 0
     assert out.splitlines() == [
         "LOG  dns WWW.TikTok.com.",
@@ -158,15 +237,19 @@ def test_explain_text(capsys: pytest.CaptureFixture[str]) -> None:
         "  phase:  full",
         "  rule:   domain:tiktok.com",
         "  at:     2020-11-13",
-        "  reason: client 10.9.1.1 is exempt: would be blocked, logged instead; tiktok.com and its subdomains "
-        "belong to TikTok; TikTok is in phase 'full' since 2020-11-12 (Commerce ID 2020-09-18), so this is blocked",
+        "  reason: client 10.9.1.1 is exempt: would be blocked, logged instead; "
+        "tiktok.com and its subdomains belong to TikTok; "
+        "TikTok is in phase 'full' since 2020-11-12 (Commerce ID 2020-09-18), so this is blocked",
     ]
 
 
 USAGE_CASES = [
     pytest.param(["explain", "x.example", "--at", "2020-13-01"], "'2020-13-01' is not a date", id="bad-date"),
-    pytest.param(["explain", "x.example", "--at", "2020-10-01", "--phase", "full"], "not allowed with",
-                 id="at-and-phase"),
+    pytest.param(
+        ["explain", "x.example", "--at", "2020-10-01", "--phase", "full"],
+        "not allowed with",
+        id="at-and-phase",
+    ),
     pytest.param(["explain", "x.example", "--phase", "total"], "invalid choice", id="bad-phase"),
     pytest.param(["explain", "x.example", "--kind", "smtp"], "invalid choice", id="bad-kind"),
     pytest.param([], "required", id="no-command"),
@@ -181,7 +264,9 @@ def test_usage_errors_exit_2(capsys: pytest.CaptureFixture[str], argv: list[str]
     assert message in capsys.readouterr().err
 
 
-def test_explain_with_a_bad_policy_exits_1(write_policy: WritePolicy, capsys: pytest.CaptureFixture[str]) -> None:
+def test_explain_with_a_bad_policy_exits_1(
+    write_policy: WritePolicy, capsys: pytest.CaptureFixture[str]
+) -> None:
     path = write_policy("version: 3\napps: []\n")
     code, out, err = run(["explain", "x.example", "--policy", str(path)], capsys)
     assert (code, out) == (1, "")
@@ -200,20 +285,33 @@ def test_phases_text(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 PHASES_CASES = [
-    pytest.param(["--at", "2020-10-01", *P], {"tiktok": ("downloads", "2020-09-20", False),
-                                              "later": ("none", None, False)}, id="test-policy"),
+    pytest.param(
+        ["--at", "2020-10-01", *P],
+        {"tiktok": ("downloads", "2020-09-20", False), "later": ("none", None, False)},
+        id="test-policy",
+    ),
     pytest.param(["--phase", "full", *P], {"later": ("full", None, True)}, id="override"),
-    pytest.param(["--at", "2020-10-01"], {"tiktok": ("downloads", "2020-09-20", False),
-                                          "wechat": ("full", "2020-09-20", False),
-                                          "alipay": ("none", None, False)}, id="bundled-2020-10-01"),
-    pytest.param(["--at", "2021-02-19"], {"tiktok": ("full", "2020-11-12", False),
-                                          "wps_office": ("full", "2021-02-19", False)}, id="bundled-2021-02-19"),
+    pytest.param(
+        ["--at", "2020-10-01"],
+        {
+            "tiktok": ("downloads", "2020-09-20", False),
+            "wechat": ("full", "2020-09-20", False),
+            "alipay": ("none", None, False),
+        },
+        id="bundled-2020-10-01",
+    ),
+    pytest.param(
+        ["--at", "2021-02-19"],
+        {"tiktok": ("full", "2020-11-12", False), "wps_office": ("full", "2021-02-19", False)},
+        id="bundled-2021-02-19",
+    ),
 ]
 
 
 @pytest.mark.parametrize(("argv", "want"), PHASES_CASES)
-def test_phases_json(capsys: pytest.CaptureFixture[str], argv: list[str],
-                     want: dict[str, tuple[str, str | None, bool]]) -> None:
+def test_phases_json(
+    capsys: pytest.CaptureFixture[str], argv: list[str], want: dict[str, tuple[str, str | None, bool]]
+) -> None:
     code, out, _ = run(["phases", *argv, "--json"], capsys)
     assert code == 0
     got = {a["app"]: (a["phase"], a["since"], a["overridden"]) for a in json.loads(out)["apps"]}

@@ -39,8 +39,14 @@ NAME_CASES = [
     # most specific wins
     case("allow-domain-below-app-domain", "safe.tiktok.com", FULL, A, (), "allow:safe.tiktok.com"),
     case("allow-domain-covers-subdomains", "x.safe.tiktok.com", FULL, A, (), "allow:safe.tiktok.com"),
-    case("app-host-below-allow-domain", "api.shared-cdn.example", FULL, B, ("tiktok",),
-         "host:api.shared-cdn.example"),
+    case(
+        "app-host-below-allow-domain",
+        "api.shared-cdn.example",
+        FULL,
+        B,
+        ("tiktok",),
+        "host:api.shared-cdn.example",
+    ),
     case("allow-host-exact-only", "x.help.wechat.com", FULL, B, ("wechat",), "domain:wechat.com"),
     case("allow-host-itself", "help.wechat.com", FULL, A, (), "allow:help.wechat.com"),
     # allow beats block at equal specificity
@@ -49,14 +55,33 @@ NAME_CASES = [
     case("allow-host-vs-app-domain", "equal.example", FULL, A, (), "allow:equal.example"),
     case("app-domain-below-allow-host", "x.equal.example", FULL, B, ("wechat",), "domain:equal.example"),
     # several apps claim a name: the strictest action, every app named, decisive first
-    case("shared-domain-before", "both.example", BEFORE, A, ("tiktok", "later", "wechat"),
-         "domain:both.example"),
-    case("shared-domain-wechat-full", "both.example", DOWNLOADS, B, ("wechat", "later", "tiktok"),
-         "domain:both.example"),
-    case("shared-host-downloads-vs-none", "api.shared.example", DOWNLOADS, L, ("tiktok", "later"),
-         "host:api.shared.example"),
-    case("shared-host-all-full", "api.shared.example", LATER, B, ("tiktok", "later"),
-         "host:api.shared.example"),
+    case(
+        "shared-domain-before",
+        "both.example",
+        BEFORE,
+        A,
+        ("tiktok", "later", "wechat"),
+        "domain:both.example",
+    ),
+    case(
+        "shared-domain-wechat-full",
+        "both.example",
+        DOWNLOADS,
+        B,
+        ("wechat", "later", "tiktok"),
+        "domain:both.example",
+    ),
+    case(
+        "shared-host-downloads-vs-none",
+        "api.shared.example",
+        DOWNLOADS,
+        L,
+        ("tiktok", "later"),
+        "host:api.shared.example",
+    ),
+    case(
+        "shared-host-all-full", "api.shared.example", LATER, B, ("tiktok", "later"), "host:api.shared.example"
+    ),
     # list files: plain, hosts-file, adblock, upper-case with a comment, `as: hosts`
     case("list-plain", "tiktok-list.example", FULL, B, ("tiktok",), "domain:tiktok-list.example"),
     case("list-plain-subdomain", "a.tiktok-list.example", FULL, B, ("tiktok",), "domain:tiktok-list.example"),
@@ -64,12 +89,20 @@ NAME_CASES = [
     case("list-hosts-line-second", "other-hosts.example", FULL, B, ("tiktok",), "domain:other-hosts.example"),
     case("list-localhost-skipped", "localhost", FULL, A, (), None),
     case("list-adblock", "adblock-style.example", FULL, B, ("tiktok",), "domain:adblock-style.example"),
-    case("list-upper-trailing-dot-comment", "upper-case.example", FULL, B, ("tiktok",),
-         "domain:upper-case.example"),
+    case(
+        "list-upper-trailing-dot-comment",
+        "upper-case.example",
+        FULL,
+        B,
+        ("tiktok",),
+        "domain:upper-case.example",
+    ),
     case("list-as-hosts-exact", "exact-only.example", DOWNLOADS, L, ("tiktok",), "host:exact-only.example"),
     # groups
     case("group-disabled", "maybe-tiktok.example", FULL, A, (), None),
-    case("group-enabled", "confirmed-tiktok.example", FULL, B, ("tiktok",), "domain:confirmed-tiktok.example"),
+    case(
+        "group-enabled", "confirmed-tiktok.example", FULL, B, ("tiktok",), "domain:confirmed-tiktok.example"
+    ),
     # phases over time for ordinary traffic
     case("before-schedule", "www.tiktok.com", BEFORE, A, ("tiktok",), "domain:tiktok.com"),
     case("downloads-phase-logs", "www.tiktok.com", DOWNLOADS, L, ("tiktok",), "domain:tiktok.com"),
@@ -86,8 +119,15 @@ NAME_CASES = [
 
 @pytest.mark.parametrize(("name", "day", "action", "apps", "rule"), NAME_CASES)
 @pytest.mark.parametrize("kind", [Kind.DNS, Kind.SNI], ids=["dns", "sni"])
-def test_decide_name(policy: Policy, kind: Kind, name: str, day: dt.date, action: Action,
-                     apps: tuple[str, ...], rule: str | None) -> None:
+def test_decide_name(
+    policy: Policy,
+    kind: Kind,
+    name: str,
+    day: dt.date,
+    action: Action,
+    apps: tuple[str, ...],
+    rule: str | None,
+) -> None:
     d = policy.view(at=day).decide_name(name, kind)
     assert (d.action, d.apps, d.rule) == (action, apps, rule)
     assert d.enforced is None and d.would is action
@@ -131,43 +171,92 @@ def test_phase_table(policy: Policy, phase: Phase, store: Action, download: Acti
         "apple store page": view.decide_http(TIKTOK_APPLE).action,
         "play store page": view.decide_http(TIKTOK_PLAY).action,
         "play client delivery": view.decide_http(
-            "https://android.clients.google.com/fdfe/delivery?doc=com.zhiliaoapp.musically&ot=1").action,
+            "https://android.clients.google.com/fdfe/delivery?doc=com.zhiliaoapp.musically&ot=1"
+        ).action,
         "own download host (dns)": view.decide_name("dl.tiktok.com", Kind.DNS).action,
         "own download path (http)": view.decide_http("https://cdn.shared.example/tiktok/app.apk").action,
         "other traffic (dns)": view.decide_name("www.tiktok.com", Kind.DNS).action,
         "other traffic (http)": view.decide_http("https://www.tiktok.com/foryou").action,
         "other traffic (ip)": view.decide_ip("203.0.113.9").action,
     }
-    want = {k: (store if "store" in k or "play client" in k else download if "download" in k else other)
-            for k in got}
+    want = {
+        k: (store if "store" in k or "play client" in k else download if "download" in k else other)
+        for k in got
+    }
     assert got == want
     assert all(p.phase is phase and p.overridden for p in view.phases.values())
 
 
 HTTP_CASES = [
     case("apple-listing", TIKTOK_APPLE, DOWNLOADS, B, ("tiktok",), "store:apple:835599320"),
-    case("itunes-listing", "https://itunes.apple.com/us/app/tiktok/id835599320?mt=8", DOWNLOADS, B,
-         ("tiktok",), "store:apple:835599320"),
-    case("itunes-lookup", "https://itunes.apple.com/lookup?id=835599320", DOWNLOADS, B, ("tiktok",),
-         "store:apple:835599320"),
-    case("play-listing", TIKTOK_PLAY, DOWNLOADS, B, ("tiktok",), "store:google_play:com.zhiliaoapp.musically"),
-    case("play-client-details", "https://android.clients.google.com/fdfe/details?doc=com.tencent.mm",
-         DOWNLOADS, B, ("wechat",), "store:google_play:com.tencent.mm"),
+    case(
+        "itunes-listing",
+        "https://itunes.apple.com/us/app/tiktok/id835599320?mt=8",
+        DOWNLOADS,
+        B,
+        ("tiktok",),
+        "store:apple:835599320",
+    ),
+    case(
+        "itunes-lookup",
+        "https://itunes.apple.com/lookup?id=835599320",
+        DOWNLOADS,
+        B,
+        ("tiktok",),
+        "store:apple:835599320",
+    ),
+    case(
+        "play-listing", TIKTOK_PLAY, DOWNLOADS, B, ("tiktok",), "store:google_play:com.zhiliaoapp.musically"
+    ),
+    case(
+        "play-client-details",
+        "https://android.clients.google.com/fdfe/details?doc=com.tencent.mm",
+        DOWNLOADS,
+        B,
+        ("wechat",),
+        "store:google_play:com.tencent.mm",
+    ),
     case("other-apps-apple-listing", "https://apps.apple.com/us/app/maps/id915056765", LATER, A, (), None),
-    case("other-apps-play-listing", "https://play.google.com/store/apps/details?id=com.example.maps", LATER,
-         A, (), None),
+    case(
+        "other-apps-play-listing",
+        "https://play.google.com/store/apps/details?id=com.example.maps",
+        LATER,
+        A,
+        (),
+        None,
+    ),
     case("store-front-page", "https://apps.apple.com/us/charts", LATER, A, (), None),
     case("listing-before-schedule", TIKTOK_APPLE, BEFORE, A, ("tiktok",), "store:apple:835599320"),
-    case("download-path", "https://cdn.shared.example/tiktok/v2/app.apk", DOWNLOADS, B, ("tiktok",),
-         "download:cdn.shared.example/tiktok/"),
+    case(
+        "download-path",
+        "https://cdn.shared.example/tiktok/v2/app.apk",
+        DOWNLOADS,
+        B,
+        ("tiktok",),
+        "download:cdn.shared.example/tiktok/",
+    ),
     case("download-host-other-path", "https://cdn.shared.example/other/app.apk", LATER, A, (), None),
     case("download-path-prefix-is-literal", "https://cdn.shared.example/tiktokx/app.apk", LATER, A, (), None),
-    case("download-glob-host", "https://mirror.apk.example/tt/app.apk", DOWNLOADS, B, ("tiktok",),
-         "download:*.apk.example/tt/"),
+    case(
+        "download-glob-host",
+        "https://mirror.apk.example/tt/app.apk",
+        DOWNLOADS,
+        B,
+        ("tiktok",),
+        "download:*.apk.example/tt/",
+    ),
     case("download-glob-needs-a-label", "https://apk.example/tt/app.apk", LATER, A, (), None),
-    case("wechat-download-path", "http://dldir1.qq.com/weixin/android/weixin.apk", DOWNLOADS, B,
-         ("wechat",), "download:dldir1.qq.com/weixin/"),
-    case("host-rule-applies-to-urls", "https://www.tiktok.com/@user", FULL, B, ("tiktok",), "domain:tiktok.com"),
+    case(
+        "wechat-download-path",
+        "http://dldir1.qq.com/weixin/android/weixin.apk",
+        DOWNLOADS,
+        B,
+        ("wechat",),
+        "download:dldir1.qq.com/weixin/",
+    ),
+    case(
+        "host-rule-applies-to-urls", "https://www.tiktok.com/@user", FULL, B, ("tiktok",), "domain:tiktok.com"
+    ),
     case("allow-list-for-urls", "https://safe.tiktok.com/x", FULL, A, (), "allow:safe.tiktok.com"),
     case("ip-literal-host", "http://203.0.113.5/x", FULL, B, ("tiktok",), "network:203.0.113.0/24"),
     case("ip-literal-host-outside", "http://198.51.100.5/x", FULL, A, (), None),
@@ -176,8 +265,9 @@ HTTP_CASES = [
 
 
 @pytest.mark.parametrize(("url", "day", "action", "apps", "rule"), HTTP_CASES)
-def test_decide_http(policy: Policy, url: str, day: dt.date, action: Action, apps: tuple[str, ...],
-                     rule: str | None) -> None:
+def test_decide_http(
+    policy: Policy, url: str, day: dt.date, action: Action, apps: tuple[str, ...], rule: str | None
+) -> None:
     view = policy.view(at=day)
     d = view.decide_http(url)
     assert (d.action, d.apps, d.rule) == (action, apps, rule)
@@ -223,8 +313,9 @@ STORE_HOST_CASES = [
 
 @pytest.mark.parametrize(("name", "kind", "inspect"), STORE_HOST_CASES)
 @pytest.mark.parametrize("phase", list(Phase), ids=[p.value for p in Phase])
-def test_store_host_alone_is_never_blocked(policy: Policy, name: str, kind: Kind, inspect: bool,
-                                           phase: Phase) -> None:
+def test_store_host_alone_is_never_blocked(
+    policy: Policy, name: str, kind: Kind, inspect: bool, phase: Phase
+) -> None:
     d = policy.view(phase=phase).decide_name(name, kind)
     assert d.action is Action.ALLOW
     # The URL decides, so a TLS proxy must decrypt, but only while some app with
@@ -266,28 +357,72 @@ def test_decide_ip(policy: Policy, address: str, action: Action, rule: str | Non
 
 # (mode, client, observation, action, enforced, reason prefix)
 DOWNGRADE_CASES = [
-    case("enforce-blocks", Mode.ENFORCE, "10.8.0.1", Observation.dns("www.tiktok.com"), B, None, "tiktok.com"),
+    case(
+        "enforce-blocks", Mode.ENFORCE, "10.8.0.1", Observation.dns("www.tiktok.com"), B, None, "tiktok.com"
+    ),
     case("monitor-dns", Mode.MONITOR, None, Observation.dns("www.tiktok.com"), L, B, "monitor mode: "),
     case("monitor-sni", Mode.MONITOR, None, Observation.sni("a.tiktokcdn-us.com"), L, B, "monitor mode: "),
     case("monitor-http-store", Mode.MONITOR, None, Observation.http(TIKTOK_APPLE), L, B, "monitor mode: "),
     case("monitor-ip", Mode.MONITOR, None, Observation.ip("203.0.113.1"), L, B, "monitor mode: "),
     case("monitor-allow-unchanged", Mode.MONITOR, None, Observation.dns("example.org"), A, None, "no rule"),
-    case("exempt-v4", Mode.ENFORCE, "10.9.3.4", Observation.dns("www.tiktok.com"), L, B,
-         "client 10.9.3.4 is exempt: "),
-    case("exempt-v6", Mode.ENFORCE, "2001:db8:9::5", Observation.sni("www.tiktok.com"), L, B,
-         "client 2001:db8:9::5 is exempt: "),
-    case("exempt-http", Mode.ENFORCE, "10.9.0.1", Observation.http(TIKTOK_PLAY, client="10.9.0.1"), L, B,
-         "client 10.9.0.1 is exempt: "),
-    case("not-exempt-v6", Mode.ENFORCE, "2001:db8:8::5", Observation.dns("www.tiktok.com"), B, None,
-         "tiktok.com"),
-    case("garbage-client-not-exempt", Mode.ENFORCE, "not-an-ip", Observation.dns("www.tiktok.com"), B, None,
-         "tiktok.com"),
+    case(
+        "exempt-v4",
+        Mode.ENFORCE,
+        "10.9.3.4",
+        Observation.dns("www.tiktok.com"),
+        L,
+        B,
+        "client 10.9.3.4 is exempt: ",
+    ),
+    case(
+        "exempt-v6",
+        Mode.ENFORCE,
+        "2001:db8:9::5",
+        Observation.sni("www.tiktok.com"),
+        L,
+        B,
+        "client 2001:db8:9::5 is exempt: ",
+    ),
+    case(
+        "exempt-http",
+        Mode.ENFORCE,
+        "10.9.0.1",
+        Observation.http(TIKTOK_PLAY, client="10.9.0.1"),
+        L,
+        B,
+        "client 10.9.0.1 is exempt: ",
+    ),
+    case(
+        "not-exempt-v6",
+        Mode.ENFORCE,
+        "2001:db8:8::5",
+        Observation.dns("www.tiktok.com"),
+        B,
+        None,
+        "tiktok.com",
+    ),
+    case(
+        "garbage-client-not-exempt",
+        Mode.ENFORCE,
+        "not-an-ip",
+        Observation.dns("www.tiktok.com"),
+        B,
+        None,
+        "tiktok.com",
+    ),
 ]
 
 
 @pytest.mark.parametrize(("mode", "client", "obs", "action", "enforced", "reason"), DOWNGRADE_CASES)
-def test_monitor_mode_and_exempt_clients(policy: Policy, mode: Mode, client: str | None, obs: Observation,
-                                         action: Action, enforced: Action | None, reason: str) -> None:
+def test_monitor_mode_and_exempt_clients(
+    policy: Policy,
+    mode: Mode,
+    client: str | None,
+    obs: Observation,
+    action: Action,
+    enforced: Action | None,
+    reason: str,
+) -> None:
     view = policy.view(at=FULL, mode=mode)
     obs = Observation(obs.kind, obs.value, client, obs.host)
     d = view.decide(obs)
@@ -309,9 +444,11 @@ def test_monitor_mode_from_the_policy_file(write_policy: WritePolicy) -> None:
 def test_downgrade_cache_never_returns_another_decisions_verdict(policy: Policy) -> None:
     """Fresh HTTP decisions die young; their recycled ids must not alias a cached downgrade."""
     view = policy.view(at=FULL, mode=Mode.MONITOR)
-    urls = {TIKTOK_APPLE: "store:apple:835599320",
-            "https://apps.apple.com/us/app/wechat/id414478124": "store:apple:414478124",
-            "https://cdn.shared.example/tiktok/a.apk": "download:cdn.shared.example/tiktok/"}
+    urls = {
+        TIKTOK_APPLE: "store:apple:835599320",
+        "https://apps.apple.com/us/app/wechat/id414478124": "store:apple:414478124",
+        "https://cdn.shared.example/tiktok/a.apk": "download:cdn.shared.example/tiktok/",
+    }
     for i in range(3000):
         url = list(urls)[i % 3]
         d = view.decide_http(url)
@@ -324,20 +461,41 @@ def test_downgrade_cache_never_returns_another_decisions_verdict(policy: Policy)
 
 
 REASON_CASES = [
-    case("domain-plural", "www.tiktok.com", FULL,
-         "tiktok.com and its subdomains belong to TikTok; TikTok is in phase 'full' since 2020-11-12 "
-         "(Commerce ID 2020-09-18), so this is blocked"),
-    case("host-singular", "exact-only.example", DOWNLOADS,
-         "the host exact-only.example belongs to TikTok; TikTok is in phase 'downloads' since 2020-09-20 "
-         "(Commerce ID 2020-09-18), so this is logged"),
+    case(
+        "domain-plural",
+        "www.tiktok.com",
+        FULL,
+        "tiktok.com and its subdomains belong to TikTok; TikTok is in phase 'full' since 2020-11-12 "
+        "(Commerce ID 2020-09-18), so this is blocked",
+    ),
+    case(
+        "host-singular",
+        "exact-only.example",
+        DOWNLOADS,
+        "the host exact-only.example belongs to TikTok; TikTok is in phase 'downloads' since 2020-09-20 "
+        "(Commerce ID 2020-09-18), so this is logged",
+    ),
     case("sni-plural", "a.tiktokcdn-us.com", FULL, "names matching *.tiktokcdn-*.com belong to TikTok; "),
-    case("download-singular", "dl.tiktok.com", DOWNLOADS, "the download endpoint dl.tiktok.com belongs to TikTok; "),
-    case("several-apps", "both.example", DOWNLOADS,
-         "both.example and its subdomains belong to WeChat (also claimed by Later App, TikTok); WeChat is in "
-         "phase 'full'"),
-    case("before-schedule", "www.tiktok.com", BEFORE,
-         "tiktok.com and its subdomains belong to TikTok; TikTok is in phase 'none' (before the schedule "
-         "starts), so this is allowed"),
+    case(
+        "download-singular",
+        "dl.tiktok.com",
+        DOWNLOADS,
+        "the download endpoint dl.tiktok.com belongs to TikTok; ",
+    ),
+    case(
+        "several-apps",
+        "both.example",
+        DOWNLOADS,
+        "both.example and its subdomains belong to WeChat (also claimed by Later App, TikTok); WeChat is in "
+        "phase 'full'",
+    ),
+    case(
+        "before-schedule",
+        "www.tiktok.com",
+        BEFORE,
+        "tiktok.com and its subdomains belong to TikTok; TikTok is in phase 'none' (before the schedule "
+        "starts), so this is allowed",
+    ),
     case("allow-list", "x.safe.tiktok.com", FULL, "safe.tiktok.com is on the allow list"),
     case("no-rule", "example.org", FULL, "no rule matched"),
 ]
@@ -351,7 +509,8 @@ def test_reasons_read_as_sentences(policy: Policy, name: str, day: dt.date, reas
 def test_store_and_network_reasons(policy: Policy) -> None:
     view = policy.view(at=FULL)
     assert view.decide_http(TIKTOK_APPLE).reason.startswith(
-        "the app-store listing apple:835599320 belongs to TikTok; ")
+        "the app-store listing apple:835599320 belongs to TikTok; "
+    )
     assert view.decide_ip("203.0.113.1").reason.startswith("the network 203.0.113.0/24 belongs to TikTok; ")
 
 
@@ -371,25 +530,36 @@ def test_fingerprint_changes_exactly_with_phases(policy: Policy, a: dt.date, b: 
 
 PHASES_CASES = [
     case("before", BEFORE, {"tiktok": ("none", None), "wechat": ("none", None), "later": ("none", None)}),
-    case("downloads", DOWNLOADS, {"tiktok": ("downloads", "2020-09-20"), "wechat": ("full", "2020-09-20"),
-                                  "later": ("none", None)}),
-    case("later", LATER, {"tiktok": ("full", "2020-11-12"), "wechat": ("full", "2020-09-20"),
-                          "later": ("full", "2021-02-19")}),
+    case(
+        "downloads",
+        DOWNLOADS,
+        {"tiktok": ("downloads", "2020-09-20"), "wechat": ("full", "2020-09-20"), "later": ("none", None)},
+    ),
+    case(
+        "later",
+        LATER,
+        {"tiktok": ("full", "2020-11-12"), "wechat": ("full", "2020-09-20"), "later": ("full", "2021-02-19")},
+    ),
 ]
 
 
 @pytest.mark.parametrize(("day", "want"), PHASES_CASES)
 def test_phases_at_a_date(policy: Policy, day: dt.date, want: dict[str, tuple[str, str | None]]) -> None:
-    got = {a: (p.phase.value, p.since.isoformat() if p.since else None) for a, p in policy.phases(day).items()}
+    got = {
+        a: (p.phase.value, p.since.isoformat() if p.since else None) for a, p in policy.phases(day).items()
+    }
     assert got == want
     assert policy.phases(day)["later"].source == (
-        "EO 13971 + 45 days" if day >= dt.date(2021, 2, 19) else "before the schedule starts")
+        "EO 13971 + 45 days" if day >= dt.date(2021, 2, 19) else "before the schedule starts"
+    )
 
 
 def test_policy_phase_override(write_policy: WritePolicy) -> None:
     from policies import load_policy
 
-    path = write_policy("version: 1\napps:\n" + MINIMAL_APP + "    phase: downloads\n    domains: [demo.example]\n")
+    path = write_policy(
+        "version: 1\napps:\n" + MINIMAL_APP + "    phase: downloads\n    domains: [demo.example]\n"
+    )
     policy = load_policy(path)
     ph = policy.phases(dt.date(2019, 1, 1))["demo"]
     assert (ph.phase, ph.overridden, ph.source) == (Phase.DOWNLOADS, True, "override (policy phase:)")

@@ -115,10 +115,12 @@ def test_failed_reopen_keeps_writing_to_the_old_file(tmp_path: Path) -> None:
 
 
 def test_stdout_target() -> None:
-    code = ("from egress_filter.eventlog import EventLog\n"
-            "log = EventLog('-')\n"
-            "for i in range(1000): log.emit({'seq': i, 'msg': 'tiktök'})\n"
-            "log.close()\n")
+    code = (
+        "from egress_filter.eventlog import EventLog\n"
+        "log = EventLog('-')\n"
+        "for i in range(1000): log.emit({'seq': i, 'msg': 'tiktök'})\n"
+        "log.close()\n"
+    )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=60, check=True)
     got = [json.loads(line) for line in proc.stdout.decode("utf-8").splitlines()]
     assert [e["seq"] for e in got] == list(range(1000))

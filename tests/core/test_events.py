@@ -22,25 +22,72 @@ def path(ev: dict[str, Any], dotted: str) -> Any:
     return node
 
 
-COMMON = {"event.action", "event.reason", "event.id", "event.kind", "event.category", "event.type",
-          "event.outcome", "event.dataset", "observer.type", "ecs.version", "egress.component",
-          "egress.kind", "egress.value", "egress.action", "egress.would", "egress.apps", "egress.phase",
-          "egress.rule", "egress.schema"}
+COMMON = {
+    "event.action",
+    "event.reason",
+    "event.id",
+    "event.kind",
+    "event.category",
+    "event.type",
+    "event.outcome",
+    "event.dataset",
+    "observer.type",
+    "ecs.version",
+    "egress.component",
+    "egress.kind",
+    "egress.value",
+    "egress.action",
+    "egress.would",
+    "egress.apps",
+    "egress.phase",
+    "egress.rule",
+    "egress.schema",
+}
 
 # (observation, the kind-specific ECS fields and their values)
 KIND_CASES = [
-    pytest.param(Observation.dns("www.tiktok.com", "10.0.0.5"), {
-        "dns.question.name": "www.tiktok.com", "dns.question.type": "A", "dns.response_code": "NXDOMAIN",
-        "network.protocol": "dns", "source.ip": "10.0.0.5", "source.port": 5353,
-        "egress.kind": "dns", "egress.qtype": "A", "egress.response": "NXDOMAIN"}, id="dns"),
-    pytest.param(Observation.sni("www.tiktok.com", "10.0.0.5"), {
-        "tls.client.server_name": "www.tiktok.com", "destination.domain": "www.tiktok.com",
-        "network.protocol": "tls", "source.ip": "10.0.0.5", "egress.kind": "sni"}, id="sni"),
-    pytest.param(Observation.http("https://www.tiktok.com/@a", "www.tiktok.com", "10.0.0.5"), {
-        "url.full": "https://www.tiktok.com/@a", "url.domain": "www.tiktok.com",
-        "destination.domain": "www.tiktok.com", "network.protocol": "http", "egress.kind": "http"}, id="http"),
-    pytest.param(Observation.ip("203.0.113.5", "10.0.0.5"), {
-        "destination.ip": "203.0.113.5", "source.ip": "10.0.0.5", "egress.kind": "ip"}, id="ip"),
+    pytest.param(
+        Observation.dns("www.tiktok.com", "10.0.0.5"),
+        {
+            "dns.question.name": "www.tiktok.com",
+            "dns.question.type": "A",
+            "dns.response_code": "NXDOMAIN",
+            "network.protocol": "dns",
+            "source.ip": "10.0.0.5",
+            "source.port": 5353,
+            "egress.kind": "dns",
+            "egress.qtype": "A",
+            "egress.response": "NXDOMAIN",
+        },
+        id="dns",
+    ),
+    pytest.param(
+        Observation.sni("www.tiktok.com", "10.0.0.5"),
+        {
+            "tls.client.server_name": "www.tiktok.com",
+            "destination.domain": "www.tiktok.com",
+            "network.protocol": "tls",
+            "source.ip": "10.0.0.5",
+            "egress.kind": "sni",
+        },
+        id="sni",
+    ),
+    pytest.param(
+        Observation.http("https://www.tiktok.com/@a", "www.tiktok.com", "10.0.0.5"),
+        {
+            "url.full": "https://www.tiktok.com/@a",
+            "url.domain": "www.tiktok.com",
+            "destination.domain": "www.tiktok.com",
+            "network.protocol": "http",
+            "egress.kind": "http",
+        },
+        id="http",
+    ),
+    pytest.param(
+        Observation.ip("203.0.113.5", "10.0.0.5"),
+        {"destination.ip": "203.0.113.5", "source.ip": "10.0.0.5", "egress.kind": "ip"},
+        id="ip",
+    ),
 ]
 
 KIND_KEYS = {"dns", "tls", "url"}
@@ -48,12 +95,20 @@ KIND_KEYS = {"dns", "tls", "url"}
 
 @pytest.mark.parametrize(("obs", "fields"), KIND_CASES)
 @pytest.mark.parametrize("component", ["dns", "proxy", "replay"])
-def test_event_schema_per_kind(policy: Policy, obs: Observation, fields: dict[str, Any], component: str) -> None:
+def test_event_schema_per_kind(
+    policy: Policy, obs: Observation, fields: dict[str, Any], component: str
+) -> None:
     d = policy.view(at=FULL).decide(obs)
     qtype, response = ("A", "NXDOMAIN") if obs.kind.value == "dns" else (None, None)
-    ev = build_event(d, obs, component, client_port=5353 if obs.kind.value == "dns" else None,
-                     qtype=qtype, response=response,
-                     timestamp=dt.datetime(2020, 11, 13, 12, 0, 0, 123456, tzinfo=dt.UTC))
+    ev = build_event(
+        d,
+        obs,
+        component,
+        client_port=5353 if obs.kind.value == "dns" else None,
+        qtype=qtype,
+        response=response,
+        timestamp=dt.datetime(2020, 11, 13, 12, 0, 0, 123456, tzinfo=dt.UTC),
+    )
     for dotted in COMMON:
         path(ev, dotted)  # present
     for dotted, want in fields.items():
@@ -72,10 +127,22 @@ def test_event_schema_per_kind(policy: Policy, obs: Observation, fields: dict[st
 
 ACTION_CASES = [
     pytest.param(Decision(Action.ALLOW), "allow", "allowed", "success", "allow", id="allow"),
-    pytest.param(Decision(Action.LOG, ("tiktok",), Phase.DOWNLOADS, "domain:tiktok.com", "r"), "log", "info",
-                 "success", "log", id="log"),
-    pytest.param(Decision(Action.LOG, ("tiktok",), Phase.FULL, "domain:tiktok.com", "monitor", Action.BLOCK),
-                 "log", "info", "success", "block", id="monitor-downgrade"),
+    pytest.param(
+        Decision(Action.LOG, ("tiktok",), Phase.DOWNLOADS, "domain:tiktok.com", "r"),
+        "log",
+        "info",
+        "success",
+        "log",
+        id="log",
+    ),
+    pytest.param(
+        Decision(Action.LOG, ("tiktok",), Phase.FULL, "domain:tiktok.com", "monitor", Action.BLOCK),
+        "log",
+        "info",
+        "success",
+        "block",
+        id="monitor-downgrade",
+    ),
     pytest.param(BLOCK, "block", "denied", "failure", "block", id="block"),
 ]
 
@@ -84,7 +151,11 @@ ACTION_CASES = [
 def test_event_action_fields(d: Decision, action: str, etype: str, outcome: str, would: str) -> None:
     ev = build_event(d, Observation.dns("x.example"), "dns")
     assert (ev["event"]["action"], ev["event"]["type"], ev["event"]["outcome"], ev["egress"]["would"]) == (
-        action, [etype], outcome, would)
+        action,
+        [etype],
+        outcome,
+        would,
+    )
     assert ("rule" in ev) is (d.rule is not None)
 
 
@@ -94,8 +165,15 @@ def test_no_client_means_no_source() -> None:
 
 
 def test_server_address_and_extra_fields() -> None:
-    ev = build_event(BLOCK, Observation.sni("www.tiktok.com", "10.0.0.1"), "proxy", server_ip="192.0.2.1",
-                     server_port=443, event_id="abc", extra={"flow": "f1"})
+    ev = build_event(
+        BLOCK,
+        Observation.sni("www.tiktok.com", "10.0.0.1"),
+        "proxy",
+        server_ip="192.0.2.1",
+        server_port=443,
+        event_id="abc",
+        extra={"flow": "f1"},
+    )
     assert ev["destination"] == {"ip": "192.0.2.1", "port": 443, "domain": "www.tiktok.com"}
     assert ev["event"]["id"] == "abc"
     assert ev["egress"]["flow"] == "f1"

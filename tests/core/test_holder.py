@@ -19,7 +19,6 @@ from policies import Action, Phase, PolicyError
 from tests.core.conftest import MINIMAL_APP, POLICY_FILE
 
 
-
 def policy_text(domain: str) -> str:
     return "version: 1\napps:\n" + MINIMAL_APP + f"    domains: [{domain}]\n    lists: [names.txt]\n"
 
@@ -97,16 +96,21 @@ def test_reload_on_sighup(holder: PolicyHolder, files: tuple[Path, Path]) -> Non
 
 BAD_EDITS = [
     pytest.param("version: 1\napps: [\n", "policy.yaml:3: (yaml): syntax error", id="yaml-syntax"),
-    pytest.param(policy_text("a.example") + "    colour: red\n", "apps[demo].colour: unknown key",
-                 id="unknown-key"),
-    pytest.param(policy_text("a.example").replace("names.txt", "gone.txt"),
-                 "list file 'gone.txt' cannot be read", id="missing-list"),
+    pytest.param(
+        policy_text("a.example") + "    colour: red\n", "apps[demo].colour: unknown key", id="unknown-key"
+    ),
+    pytest.param(
+        policy_text("a.example").replace("names.txt", "gone.txt"),
+        "list file 'gone.txt' cannot be read",
+        id="missing-list",
+    ),
 ]
 
 
 @pytest.mark.parametrize(("text", "message"), BAD_EDITS)
-def test_bad_file_keeps_the_last_good_policy(holder: PolicyHolder, files: tuple[Path, Path], text: str,
-                                             message: str, caplog: pytest.LogCaptureFixture) -> None:
+def test_bad_file_keeps_the_last_good_policy(
+    holder: PolicyHolder, files: tuple[Path, Path], text: str, message: str, caplog: pytest.LogCaptureFixture
+) -> None:
     heard: list[str] = []
     holder.subscribe(heard.append)
     good = holder.view
@@ -115,8 +119,9 @@ def test_bad_file_keeps_the_last_good_policy(holder: PolicyHolder, files: tuple[
         assert holder.reload() is False
     assert holder.view is good and blocked(holder, "a.example")
     assert isinstance(holder.last_error, PolicyError) and message in str(holder.last_error)
-    assert any("keeping the last good policy" in r.getMessage() and message in r.getMessage()
-               for r in caplog.records)
+    assert any(
+        "keeping the last good policy" in r.getMessage() and message in r.getMessage() for r in caplog.records
+    )
     assert heard == []
     assert not holder.changed_on_disk()  # the bad file is not retried every tick
     write(files[0], policy_text("d.example"))
@@ -218,8 +223,9 @@ def test_overrides_swap_the_view_and_notify() -> None:
     assert h.view.decide_name("www.tiktok.com").action is Action.BLOCK and heard == ["reload"]
 
 
-def test_a_failing_listener_does_not_stop_the_others(holder: PolicyHolder,
-                                                     caplog: pytest.LogCaptureFixture) -> None:
+def test_a_failing_listener_does_not_stop_the_others(
+    holder: PolicyHolder, caplog: pytest.LogCaptureFixture
+) -> None:
     heard: list[str] = []
 
     def broken(reason: str) -> None:

@@ -15,107 +15,265 @@ HEAD = "version: 1\napps:\n" + MINIMAL_APP
 # (policy text, extra files, expected issues as (line, field, message fragment))
 CASES = [
     pytest.param("version: 1\napps: [\n", {}, [(3, "(yaml)", "syntax error")], id="yaml-unclosed-flow"),
-    pytest.param("version: 1\n  bad: indent\n", {}, [(2, "(yaml)", "mapping values are not allowed")],
-                 id="yaml-bad-indent"),
-    pytest.param("version: 1\napps: []\n---\nversion: 1\n", {}, [(3, "(yaml)", "single document")],
-                 id="yaml-two-documents"),
-    pytest.param(HEAD + "    colour: red\n", {}, [(9, "apps[demo].colour", "unknown key 'colour'")],
-                 id="unknown-app-key"),
-    pytest.param("version: 1\nmodee: monitor\napps: []\n", {}, [(2, "modee", "unknown key 'modee'")],
-                 id="unknown-top-key"),
-    pytest.param(HEAD + "    legal_basis2: x\n", {}, [(9, "apps[demo].legal_basis2", "unknown key")],
-                 id="unknown-key-near-known"),
-    pytest.param(HEAD + "    domains:\n      - {name: a.example, sorce: x}\n", {},
-                 [(10, "apps[demo].domains[0].sorce", "unknown key 'sorce'")], id="unknown-entry-key"),
-    pytest.param("version: 1\nversion: 1\napps: []\n", {}, [(2, "version", "duplicate key")], id="duplicate-key"),
-    pytest.param("version: one\napps: []\n", {}, [(1, "version", "expected an integer, got 'one'")],
-                 id="wrong-type-version"),
-    pytest.param("version: 2\napps: []\n", {}, [(1, "version", "unsupported version 2")], id="unsupported-version"),
-    pytest.param("version: 1\napps: {}\n", {}, [(2, "apps", "expected a list, got a mapping")],
-                 id="wrong-type-apps"),
-    pytest.param(HEAD + "    domains: tiktok.com\n", {}, [(9, "apps[demo].domains", "expected a list, got 'tiktok.com'")],
-                 id="wrong-type-domains"),
-    pytest.param(HEAD + "    domains: [[a.example]]\n", {}, [(9, "apps[demo].domains[0]", "expected a mapping, got a list")],
-                 id="wrong-type-entry"),
-    pytest.param("version: 1\nmode: block\napps: []\n", {}, [(2, "mode", "'block' is not one of: enforce, monitor")],
-                 id="wrong-mode"),
-    pytest.param(HEAD.replace("phase: full", "phase: total"), {},
-                 [(8, "apps[demo].schedule[0].phase", "'total' is not one of: none, downloads, full")],
-                 id="wrong-phase"),
-    pytest.param("version: 1\nsettings:\n  dns:\n    cache_size: lots\napps: []\n", {},
-                 [(4, "settings.dns.cache_size", "expected an integer, got 'lots'")], id="wrong-type-setting"),
-    pytest.param("version: 1\nsettings:\n  dns:\n    block_response: drop\napps: []\n", {},
-                 [(4, "settings.dns.block_response", "must be nxdomain, null or refused")], id="bad-setting-choice"),
-    pytest.param(HEAD.replace("2020-01-01", "2020-02-30"), {},
-                 [(8, "apps[demo].schedule[0].from", "'2020-02-30' is not a valid date")], id="invalid-date"),
-    pytest.param(HEAD.replace("2020-01-01", "next tuesday"), {},
-                 [(8, "apps[demo].schedule[0].from", "'next tuesday' is not a valid date")], id="not-a-date"),
-    pytest.param(HEAD.replace("legal_basis: {order: EO 1, citation: 1 FR 1}",
-                              "legal_basis: {order: EO 1, citation: 1 FR 1, signed: 2020-13-01}"), {},
-                 [(6, "apps[demo].legal_basis.signed", "'2020-13-01' is not a valid date")], id="invalid-signed-date"),
-    pytest.param("version: 1\nexempt_clients: [10.0.0.0/33]\napps: []\n", {},
-                 [(2, "exempt_clients[0]", "'10.0.0.0/33' is not a valid CIDR")], id="invalid-cidr-prefix"),
-    pytest.param(HEAD + "    networks:\n      - 10.0.0.300/24\n", {},
-                 [(10, "apps[demo].networks[0]", "'10.0.0.300/24' is not a valid CIDR")], id="invalid-cidr-address"),
-    pytest.param(HEAD + "    networks:\n      - {cidr: nonsense, source: x}\n", {},
-                 [(10, "apps[demo].networks[0].cidr", "'nonsense' is not a valid CIDR")], id="invalid-cidr-entry"),
-    pytest.param(HEAD + "    sni: ['**.example.com']\n", {},
-                 [(9, "apps[demo].sni[0]", "invalid SNI pattern '**.example.com': '**' is not allowed")],
-                 id="invalid-glob-double-star"),
-    pytest.param(HEAD + "    sni:\n      - example.*\n", {},
-                 [(10, "apps[demo].sni[0]", "the top-level label must be literal")], id="invalid-glob-tld"),
-    pytest.param(HEAD + "    sni: ['a?.example.com']\n", {},
-                 [(9, "apps[demo].sni[0]", "only '*' is a wildcard")], id="invalid-glob-char"),
-    pytest.param(HEAD + MINIMAL_APP, {},
-                 [(9, "apps[1].id", "duplicate app id 'demo' (first defined at line 3)")], id="duplicate-app-id"),
-    pytest.param(HEAD + "    lists: [missing.txt]\n", {},
-                 [(9, "apps[demo].lists[0]", "list file 'missing.txt' cannot be read: No such file or directory")],
-                 id="missing-list-file"),
-    pytest.param(HEAD + "    lists:\n      - {path: lists/gone.txt, as: hosts}\n", {},
-                 [(10, "apps[demo].lists[0]", "list file 'lists/gone.txt' cannot be read")],
-                 id="missing-list-file-mapping"),
-    pytest.param(HEAD + "    domains: ['bad name.example']\n", {},
-                 [(9, "apps[demo].domains[0]", "'bad name.example' is not a valid domain name")], id="bad-domain"),
-    pytest.param(HEAD + "    domains: ['*.example.com']\n", {},
-                 [(9, "apps[demo].domains[0]", "'*.example.com' is not a valid domain name")], id="glob-in-domains"),
-    pytest.param(HEAD + "    domains: [apple.com]\n", {},
-                 [(9, "apps[demo].domains[0]", "'apple.com' would block the app-store host apps.apple.com, "
-                   "itunes.apple.com for every app")], id="domain-covers-store-host"),
-    pytest.param(HEAD + "    hosts: [play.google.com]\n", {},
-                 [(9, "apps[demo].hosts[0]", "would block the app-store host play.google.com")],
-                 id="host-is-store-host"),
-    pytest.param(HEAD + "    sni: ['*.google.com']\n", {},
-                 [(9, "apps[demo].sni[0]", "would match the app-store host play.google.com")],
-                 id="glob-matches-store-host"),
-    pytest.param(HEAD + "    downloads:\n      - {host: apps.apple.com}\n", {},
-                 [(10, "apps[demo].downloads[0].host", "would block the app-store host apps.apple.com")],
-                 id="download-host-is-store-host"),
-    pytest.param(HEAD + "    downloads:\n      - {host: dl.example, path: weixin/}\n", {},
-                 [(10, "apps[demo].downloads[0].path", "'weixin/' must start with '/'")], id="download-path"),
-    pytest.param(HEAD + "    store:\n      apple: [tiktok]\n", {},
-                 [(10, "apps[demo].store.apple[0]", "an Apple App Store id is a positive number, got 'tiktok'")],
-                 id="bad-apple-id"),
-    pytest.param(HEAD + "    store:\n      google_play: [{id: musically, source: x}]\n", {},
-                 [(10, "apps[demo].store.google_play[0].id", "'musically' is not a Google Play package name")],
-                 id="bad-play-id"),
-    pytest.param(HEAD + "    domains:\n      - {name: a.example, group: nope}\n", {},
-                 [(10, "apps[demo].domains[0].group", "unknown group 'nope'")], id="unknown-group"),
-    pytest.param(HEAD.replace("    owner: Demo Ltd.\n", ""), {},
-                 [(3, "apps[demo].owner", "required key is missing")], id="missing-required"),
-    pytest.param(HEAD.replace("id: demo", "id: Demo-App"), {},
-                 [(3, "apps[0].id", "'Demo-App' must be lower-case letters, digits and '_'")], id="bad-app-id"),
-    pytest.param("version: 1\ntimezone: Mars/Olympus\napps: []\n", {},
-                 [(2, "timezone", "unknown time zone 'Mars/Olympus'")], id="bad-timezone"),
-    pytest.param("- just\n- a list\n", {}, [(1, "(top level)", "expected a mapping, got a list")],
-                 id="top-level-list"),
-    pytest.param(HEAD + "    schedule:\n", {}, [(9, "apps[demo].schedule", "duplicate key")],
-                 id="duplicate-schedule"),
+    pytest.param(
+        "version: 1\n  bad: indent\n",
+        {},
+        [(2, "(yaml)", "mapping values are not allowed")],
+        id="yaml-bad-indent",
+    ),
+    pytest.param(
+        "version: 1\napps: []\n---\nversion: 1\n",
+        {},
+        [(3, "(yaml)", "single document")],
+        id="yaml-two-documents",
+    ),
+    pytest.param(
+        HEAD + "    colour: red\n",
+        {},
+        [(9, "apps[demo].colour", "unknown key 'colour'")],
+        id="unknown-app-key",
+    ),
+    pytest.param(
+        "version: 1\nmodee: monitor\napps: []\n",
+        {},
+        [(2, "modee", "unknown key 'modee'")],
+        id="unknown-top-key",
+    ),
+    pytest.param(
+        HEAD + "    legal_basis2: x\n",
+        {},
+        [(9, "apps[demo].legal_basis2", "unknown key")],
+        id="unknown-key-near-known",
+    ),
+    pytest.param(
+        HEAD + "    domains:\n      - {name: a.example, sorce: x}\n",
+        {},
+        [(10, "apps[demo].domains[0].sorce", "unknown key 'sorce'")],
+        id="unknown-entry-key",
+    ),
+    pytest.param(
+        "version: 1\nversion: 1\napps: []\n", {}, [(2, "version", "duplicate key")], id="duplicate-key"
+    ),
+    pytest.param(
+        "version: one\napps: []\n",
+        {},
+        [(1, "version", "expected an integer, got 'one'")],
+        id="wrong-type-version",
+    ),
+    pytest.param(
+        "version: 2\napps: []\n", {}, [(1, "version", "unsupported version 2")], id="unsupported-version"
+    ),
+    pytest.param(
+        "version: 1\napps: {}\n", {}, [(2, "apps", "expected a list, got a mapping")], id="wrong-type-apps"
+    ),
+    pytest.param(
+        HEAD + "    domains: tiktok.com\n",
+        {},
+        [(9, "apps[demo].domains", "expected a list, got 'tiktok.com'")],
+        id="wrong-type-domains",
+    ),
+    pytest.param(
+        HEAD + "    domains: [[a.example]]\n",
+        {},
+        [(9, "apps[demo].domains[0]", "expected a mapping, got a list")],
+        id="wrong-type-entry",
+    ),
+    pytest.param(
+        "version: 1\nmode: block\napps: []\n",
+        {},
+        [(2, "mode", "'block' is not one of: enforce, monitor")],
+        id="wrong-mode",
+    ),
+    pytest.param(
+        HEAD.replace("phase: full", "phase: total"),
+        {},
+        [(8, "apps[demo].schedule[0].phase", "'total' is not one of: none, downloads, full")],
+        id="wrong-phase",
+    ),
+    pytest.param(
+        "version: 1\nsettings:\n  dns:\n    cache_size: lots\napps: []\n",
+        {},
+        [(4, "settings.dns.cache_size", "expected an integer, got 'lots'")],
+        id="wrong-type-setting",
+    ),
+    pytest.param(
+        "version: 1\nsettings:\n  dns:\n    block_response: drop\napps: []\n",
+        {},
+        [(4, "settings.dns.block_response", "must be nxdomain, null or refused")],
+        id="bad-setting-choice",
+    ),
+    pytest.param(
+        HEAD.replace("2020-01-01", "2020-02-30"),
+        {},
+        [(8, "apps[demo].schedule[0].from", "'2020-02-30' is not a valid date")],
+        id="invalid-date",
+    ),
+    pytest.param(
+        HEAD.replace("2020-01-01", "next tuesday"),
+        {},
+        [(8, "apps[demo].schedule[0].from", "'next tuesday' is not a valid date")],
+        id="not-a-date",
+    ),
+    pytest.param(
+        HEAD.replace(
+            "legal_basis: {order: EO 1, citation: 1 FR 1}",
+            "legal_basis: {order: EO 1, citation: 1 FR 1, signed: 2020-13-01}",
+        ),
+        {},
+        [(6, "apps[demo].legal_basis.signed", "'2020-13-01' is not a valid date")],
+        id="invalid-signed-date",
+    ),
+    pytest.param(
+        "version: 1\nexempt_clients: [10.0.0.0/33]\napps: []\n",
+        {},
+        [(2, "exempt_clients[0]", "'10.0.0.0/33' is not a valid CIDR")],
+        id="invalid-cidr-prefix",
+    ),
+    pytest.param(
+        HEAD + "    networks:\n      - 10.0.0.300/24\n",
+        {},
+        [(10, "apps[demo].networks[0]", "'10.0.0.300/24' is not a valid CIDR")],
+        id="invalid-cidr-address",
+    ),
+    pytest.param(
+        HEAD + "    networks:\n      - {cidr: nonsense, source: x}\n",
+        {},
+        [(10, "apps[demo].networks[0].cidr", "'nonsense' is not a valid CIDR")],
+        id="invalid-cidr-entry",
+    ),
+    pytest.param(
+        HEAD + "    sni: ['**.example.com']\n",
+        {},
+        [(9, "apps[demo].sni[0]", "invalid SNI pattern '**.example.com': '**' is not allowed")],
+        id="invalid-glob-double-star",
+    ),
+    pytest.param(
+        HEAD + "    sni:\n      - example.*\n",
+        {},
+        [(10, "apps[demo].sni[0]", "the top-level label must be literal")],
+        id="invalid-glob-tld",
+    ),
+    pytest.param(
+        HEAD + "    sni: ['a?.example.com']\n",
+        {},
+        [(9, "apps[demo].sni[0]", "only '*' is a wildcard")],
+        id="invalid-glob-char",
+    ),
+    pytest.param(
+        HEAD + MINIMAL_APP,
+        {},
+        [(9, "apps[1].id", "duplicate app id 'demo' (first defined at line 3)")],
+        id="duplicate-app-id",
+    ),
+    pytest.param(
+        HEAD + "    lists: [missing.txt]\n",
+        {},
+        [(9, "apps[demo].lists[0]", "list file 'missing.txt' cannot be read: No such file or directory")],
+        id="missing-list-file",
+    ),
+    pytest.param(
+        HEAD + "    lists:\n      - {path: lists/gone.txt, as: hosts}\n",
+        {},
+        [(10, "apps[demo].lists[0]", "list file 'lists/gone.txt' cannot be read")],
+        id="missing-list-file-mapping",
+    ),
+    pytest.param(
+        HEAD + "    domains: ['bad name.example']\n",
+        {},
+        [(9, "apps[demo].domains[0]", "'bad name.example' is not a valid domain name")],
+        id="bad-domain",
+    ),
+    pytest.param(
+        HEAD + "    domains: ['*.example.com']\n",
+        {},
+        [(9, "apps[demo].domains[0]", "'*.example.com' is not a valid domain name")],
+        id="glob-in-domains",
+    ),
+    pytest.param(
+        HEAD + "    domains: [apple.com]\n",
+        {},
+        [
+            (
+                9,
+                "apps[demo].domains[0]",
+                "'apple.com' would block the app-store host apps.apple.com, itunes.apple.com for every app",
+            )
+        ],
+        id="domain-covers-store-host",
+    ),
+    pytest.param(
+        HEAD + "    hosts: [play.google.com]\n",
+        {},
+        [(9, "apps[demo].hosts[0]", "would block the app-store host play.google.com")],
+        id="host-is-store-host",
+    ),
+    pytest.param(
+        HEAD + "    sni: ['*.google.com']\n",
+        {},
+        [(9, "apps[demo].sni[0]", "would match the app-store host play.google.com")],
+        id="glob-matches-store-host",
+    ),
+    pytest.param(
+        HEAD + "    downloads:\n      - {host: apps.apple.com}\n",
+        {},
+        [(10, "apps[demo].downloads[0].host", "would block the app-store host apps.apple.com")],
+        id="download-host-is-store-host",
+    ),
+    pytest.param(
+        HEAD + "    downloads:\n      - {host: dl.example, path: weixin/}\n",
+        {},
+        [(10, "apps[demo].downloads[0].path", "'weixin/' must start with '/'")],
+        id="download-path",
+    ),
+    pytest.param(
+        HEAD + "    store:\n      apple: [tiktok]\n",
+        {},
+        [(10, "apps[demo].store.apple[0]", "an Apple App Store id is a positive number, got 'tiktok'")],
+        id="bad-apple-id",
+    ),
+    pytest.param(
+        HEAD + "    store:\n      google_play: [{id: musically, source: x}]\n",
+        {},
+        [(10, "apps[demo].store.google_play[0].id", "'musically' is not a Google Play package name")],
+        id="bad-play-id",
+    ),
+    pytest.param(
+        HEAD + "    domains:\n      - {name: a.example, group: nope}\n",
+        {},
+        [(10, "apps[demo].domains[0].group", "unknown group 'nope'")],
+        id="unknown-group",
+    ),
+    pytest.param(
+        HEAD.replace("    owner: Demo Ltd.\n", ""),
+        {},
+        [(3, "apps[demo].owner", "required key is missing")],
+        id="missing-required",
+    ),
+    pytest.param(
+        HEAD.replace("id: demo", "id: Demo-App"),
+        {},
+        [(3, "apps[0].id", "'Demo-App' must be lower-case letters, digits and '_'")],
+        id="bad-app-id",
+    ),
+    pytest.param(
+        "version: 1\ntimezone: Mars/Olympus\napps: []\n",
+        {},
+        [(2, "timezone", "unknown time zone 'Mars/Olympus'")],
+        id="bad-timezone",
+    ),
+    pytest.param(
+        "- just\n- a list\n", {}, [(1, "(top level)", "expected a mapping, got a list")], id="top-level-list"
+    ),
+    pytest.param(
+        HEAD + "    schedule:\n", {}, [(9, "apps[demo].schedule", "duplicate key")], id="duplicate-schedule"
+    ),
 ]
 
 
 @pytest.mark.parametrize(("text", "files", "want"), CASES)
-def test_bad_policy_is_reported_with_file_line_field(write_policy: WritePolicy, text: str,
-                                                     files: dict[str, str], want: list[tuple[int, str, str]]) -> None:
+def test_bad_policy_is_reported_with_file_line_field(
+    write_policy: WritePolicy, text: str, files: dict[str, str], want: list[tuple[int, str, str]]
+) -> None:
     path = write_policy(text, files)
     with pytest.raises(PolicyError) as info:
         load_policy(path)
@@ -129,15 +287,24 @@ def test_bad_policy_is_reported_with_file_line_field(write_policy: WritePolicy, 
 
 
 LIST_CASES = [
-    pytest.param("ok.example\nnot a name at all\n\n# fine\nbad_\u00ff\u00fe!.example\n", [
-        (2, "'not a name at all' is not a domain name"),
-        (5, "is not a domain name"),
-    ], id="bad-lines"),
-    pytest.param(b"ok.example\n\xff\xfe.example\n# \xff in a comment is fine\n", [
-        (2, "is not a domain name"),
-    ], id="non-utf8-line"),
-    pytest.param("0.0.0.0 fine.example\nfoo bar\n", [(2, "'foo bar' is not a domain name")],
-                 id="not-a-hosts-line"),
+    pytest.param(
+        "ok.example\nnot a name at all\n\n# fine\nbad_\u00ff\u00fe!.example\n",
+        [
+            (2, "'not a name at all' is not a domain name"),
+            (5, "is not a domain name"),
+        ],
+        id="bad-lines",
+    ),
+    pytest.param(
+        b"ok.example\n\xff\xfe.example\n# \xff in a comment is fine\n",
+        [
+            (2, "is not a domain name"),
+        ],
+        id="non-utf8-line",
+    ),
+    pytest.param(
+        "0.0.0.0 fine.example\nfoo bar\n", [(2, "'foo bar' is not a domain name")], id="not-a-hosts-line"
+    ),
     pytest.param("apple.com\n", [(1, "'apple.com' would block the app-store host")], id="store-host-in-list"),
 ]
 
@@ -167,7 +334,9 @@ def test_many_bad_list_lines_are_summarised(write_policy: WritePolicy) -> None:
 FILE_CASES = [
     pytest.param(b"", 1, "(file)", "the policy is empty", id="empty"),
     pytest.param(b"# only a comment\n", 1, "(file)", "the policy is empty", id="only-comments"),
-    pytest.param(b"version: 1\napps: []\nname: caf\xe9\n", 3, "(file)", "not UTF-8 text (byte 0xe9", id="latin-1"),
+    pytest.param(
+        b"version: 1\napps: []\nname: caf\xe9\n", 3, "(file)", "not UTF-8 text (byte 0xe9", id="latin-1"
+    ),
 ]
 
 
@@ -189,8 +358,9 @@ def test_missing_policy_file(tmp_path: Path) -> None:
 
 
 def test_every_problem_is_reported_at_once(write_policy: WritePolicy) -> None:
-    path = write_policy("version: 1\nmode: loud\nexempt_clients: [x]\napps:\n" + MINIMAL_APP
-                        + "    sni: ['**.a.com']\n")
+    path = write_policy(
+        "version: 1\nmode: loud\nexempt_clients: [x]\napps:\n" + MINIMAL_APP + "    sni: ['**.a.com']\n"
+    )
     with pytest.raises(PolicyError) as info:
         load_policy(path)
     assert [i.field for i in info.value.issues] == ["mode", "exempt_clients[0]", "apps[demo].sni[0]"]

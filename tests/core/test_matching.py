@@ -4,12 +4,13 @@ tables of cases plus hypothesis properties."""
 from __future__ import annotations
 
 import string
+from pathlib import Path
 
 import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from policies import normalize_name, recognize_store_url
+from policies import PolicyError, load_policy, normalize_name, recognize_store_url
 from policies.matching import (
     GlobMatcher,
     NameIndexBuilder,
@@ -19,6 +20,7 @@ from policies.matching import (
     validate_glob,
 )
 from policies.model import Rule, RuleKind, Tier
+from tests.core.conftest import MINIMAL_APP
 
 NORMALIZE_CASES = [
     pytest.param("www.tiktok.com", "www.tiktok.com", id="already-normal"),
@@ -45,10 +47,12 @@ def test_normalize_name(raw: str, want: str) -> None:
 
 
 LABEL = st.text(alphabet=string.ascii_lowercase + string.digits + "-", min_size=1, max_size=20).filter(
-    lambda s: not s.startswith("-") and not s.endswith("-"))
+    lambda s: not s.startswith("-") and not s.endswith("-")
+)
 NAME = st.lists(LABEL, min_size=1, max_size=5).map(".".join)
 UNICODE_LABEL = st.text(
-    alphabet=st.characters(whitelist_categories=("Ll", "Lu", "Lo", "Nd")), min_size=1, max_size=12)
+    alphabet=st.characters(whitelist_categories=("Ll", "Lu", "Lo", "Nd")), min_size=1, max_size=12
+)
 UNICODE_NAME = st.lists(UNICODE_LABEL, min_size=1, max_size=4).map(".".join)
 ANY_TEXT = st.text(max_size=60)
 
@@ -60,10 +64,16 @@ def test_normalize_is_idempotent(raw: str) -> None:
     assert fast_normalize(raw) == once
 
 
-@given(st.one_of(NAME, UNICODE_NAME), st.sampled_from(["", " ", "\t", "\n "]),
-       st.sampled_from(["", " ", "\r\n"]), st.booleans(), st.booleans())
-def test_normalize_ignores_case_trailing_dot_and_whitespace(name: str, lead: str, trail: str, upper: bool,
-                                                           dot: bool) -> None:
+@given(
+    st.one_of(NAME, UNICODE_NAME),
+    st.sampled_from(["", " ", "\t", "\n "]),
+    st.sampled_from(["", " ", "\r\n"]),
+    st.booleans(),
+    st.booleans(),
+)
+def test_normalize_ignores_case_trailing_dot_and_whitespace(
+    name: str, lead: str, trail: str, upper: bool, dot: bool
+) -> None:
     # Unicode case pairs that do not round-trip (dotless ı → I → i) are
     # different names, in IDNA as in DNS.
     assume(name.upper().lower() == name.lower())
@@ -174,43 +184,110 @@ def test_glob_star_label_matches_exactly_one_label(name: str) -> None:
 
 
 STORE_URL_CASES = [
-    pytest.param("apps.apple.com", "https://apps.apple.com/us/app/tiktok/id835599320", None,
-                 ("apple", "835599320"), id="apple-listing"),
-    pytest.param("apps.apple.com", "https://apps.apple.com/gb/app/tiktok-videos/id835599320?l=es", None,
-                 ("apple", "835599320"), id="apple-listing-query"),
-    pytest.param("apps.apple.com", "https://apps.apple.com/app/id835599320", None,
-                 ("apple", "835599320"), id="apple-short"),
-    pytest.param("itunes.apple.com", "https://itunes.apple.com/us/app/tiktok/id835599320?mt=8", None,
-                 ("apple", "835599320"), id="itunes-listing"),
-    pytest.param("itunes.apple.com", "https://itunes.apple.com/lookup?id=835599320&country=us", None,
-                 ("apple", "835599320"), id="itunes-lookup"),
-    pytest.param("itunes.apple.com", "https://itunes.apple.com/lookup?id=835599320,414478124", None,
-                 ("apple", "835599320"), id="itunes-lookup-several"),
-    pytest.param("itunes.apple.com", "https://itunes.apple.com/lookup?id=abc", None, None,
-                 id="itunes-lookup-not-numeric"),
+    pytest.param(
+        "apps.apple.com",
+        "https://apps.apple.com/us/app/tiktok/id835599320",
+        None,
+        ("apple", "835599320"),
+        id="apple-listing",
+    ),
+    pytest.param(
+        "apps.apple.com",
+        "https://apps.apple.com/gb/app/tiktok-videos/id835599320?l=es",
+        None,
+        ("apple", "835599320"),
+        id="apple-listing-query",
+    ),
+    pytest.param(
+        "apps.apple.com",
+        "https://apps.apple.com/app/id835599320",
+        None,
+        ("apple", "835599320"),
+        id="apple-short",
+    ),
+    pytest.param(
+        "itunes.apple.com",
+        "https://itunes.apple.com/us/app/tiktok/id835599320?mt=8",
+        None,
+        ("apple", "835599320"),
+        id="itunes-listing",
+    ),
+    pytest.param(
+        "itunes.apple.com",
+        "https://itunes.apple.com/lookup?id=835599320&country=us",
+        None,
+        ("apple", "835599320"),
+        id="itunes-lookup",
+    ),
+    pytest.param(
+        "itunes.apple.com",
+        "https://itunes.apple.com/lookup?id=835599320,414478124",
+        None,
+        ("apple", "835599320"),
+        id="itunes-lookup-several",
+    ),
+    pytest.param(
+        "itunes.apple.com",
+        "https://itunes.apple.com/lookup?id=abc",
+        None,
+        None,
+        id="itunes-lookup-not-numeric",
+    ),
     pytest.param("apps.apple.com", "https://apps.apple.com/us/charts/iphone", None, None, id="apple-charts"),
-    pytest.param("apps.apple.com", "https://apps.apple.com/us/app/x/id12", None, None, id="apple-id-too-short"),
-    pytest.param("play.google.com",
-                 "https://play.google.com/store/apps/details?id=com.zhiliaoapp.musically&hl=en_US", None,
-                 ("google_play", "com.zhiliaoapp.musically"), id="play-listing"),
-    pytest.param("play.google.com", "https://play.google.com/store/search?q=tiktok", None, None,
-                 id="play-search"),
-    pytest.param("play.google.com", "https://play.google.com/store/apps/details", None, None,
-                 id="play-no-id"),
-    pytest.param("android.clients.google.com",
-                 "https://android.clients.google.com/fdfe/details?doc=com.tencent.mm", None,
-                 ("google_play", "com.tencent.mm"), id="fdfe-details"),
-    pytest.param("android.clients.google.com",
-                 "https://android.clients.google.com/fdfe/delivery?doc=com.tencent.mm&ot=1&vc=1", None,
-                 ("google_play", "com.tencent.mm"), id="fdfe-delivery"),
-    pytest.param("android.clients.google.com", "https://android.clients.google.com/fdfe/purchase",
-                 b"ot=1&doc=com.tencent.mm&vc=1", ("google_play", "com.tencent.mm"), id="fdfe-purchase-body"),
-    pytest.param("android.clients.google.com", "https://android.clients.google.com/fdfe/toc", None, None,
-                 id="fdfe-other-endpoint"),
-    pytest.param("android.clients.google.com", "https://android.clients.google.com/fdfe/purchase", None, None,
-                 id="fdfe-purchase-no-body"),
-    pytest.param("example.com", "https://example.com/us/app/tiktok/id835599320", None, None,
-                 id="not-a-store-host"),
+    pytest.param(
+        "apps.apple.com", "https://apps.apple.com/us/app/x/id12", None, None, id="apple-id-too-short"
+    ),
+    pytest.param(
+        "play.google.com",
+        "https://play.google.com/store/apps/details?id=com.zhiliaoapp.musically&hl=en_US",
+        None,
+        ("google_play", "com.zhiliaoapp.musically"),
+        id="play-listing",
+    ),
+    pytest.param(
+        "play.google.com", "https://play.google.com/store/search?q=tiktok", None, None, id="play-search"
+    ),
+    pytest.param(
+        "play.google.com", "https://play.google.com/store/apps/details", None, None, id="play-no-id"
+    ),
+    pytest.param(
+        "android.clients.google.com",
+        "https://android.clients.google.com/fdfe/details?doc=com.tencent.mm",
+        None,
+        ("google_play", "com.tencent.mm"),
+        id="fdfe-details",
+    ),
+    pytest.param(
+        "android.clients.google.com",
+        "https://android.clients.google.com/fdfe/delivery?doc=com.tencent.mm&ot=1&vc=1",
+        None,
+        ("google_play", "com.tencent.mm"),
+        id="fdfe-delivery",
+    ),
+    pytest.param(
+        "android.clients.google.com",
+        "https://android.clients.google.com/fdfe/purchase",
+        b"ot=1&doc=com.tencent.mm&vc=1",
+        ("google_play", "com.tencent.mm"),
+        id="fdfe-purchase-body",
+    ),
+    pytest.param(
+        "android.clients.google.com",
+        "https://android.clients.google.com/fdfe/toc",
+        None,
+        None,
+        id="fdfe-other-endpoint",
+    ),
+    pytest.param(
+        "android.clients.google.com",
+        "https://android.clients.google.com/fdfe/purchase",
+        None,
+        None,
+        id="fdfe-purchase-no-body",
+    ),
+    pytest.param(
+        "example.com", "https://example.com/us/app/tiktok/id835599320", None, None, id="not-a-store-host"
+    ),
 ]
 
 
@@ -218,3 +295,50 @@ STORE_URL_CASES = [
 def test_recognize_store_url(host: str, url: str, body: bytes | None, want: tuple[str, str] | None) -> None:
     ref = recognize_store_url(host, url, body)
     assert (None if ref is None else (ref.store, ref.app_id)) == want
+
+
+SMALL_LABEL = st.sampled_from(["a", "b", "cn", "com", "x-1", "tiktok"])
+SMALL_NAME = st.lists(SMALL_LABEL, min_size=1, max_size=4).map(".".join)
+
+
+def _reference(name: str, suffix: set[str], exact: set[str]) -> tuple[str, bool] | None:
+    """Most specific match by brute force: (key, exact?)."""
+    if name in exact:
+        return name, True
+    labels = name.split(".")
+    for i in range(len(labels)):
+        key = ".".join(labels[i:])
+        if key in suffix:
+            return key, False
+    return None
+
+
+@settings(max_examples=400)
+@given(st.sets(SMALL_NAME, max_size=8), st.sets(SMALL_NAME, max_size=4), SMALL_NAME)
+def test_name_index_agrees_with_brute_force(suffix: set[str], exact: set[str], query: str) -> None:
+    """Including indexes with bare top-level keys ('cn'), where the lookup may
+    not skip the last label."""
+    b = NameIndexBuilder()
+    for name in suffix:
+        b.add(name, Rule(RuleKind.DOMAIN, Tier.TRAFFIC, "app"), exact=False)
+    for name in exact:
+        b.add(name, Rule(RuleKind.HOST, Tier.TRAFFIC, "app"), exact=True)
+    found = b.build().lookup(query)
+    want = _reference(query, suffix, exact)
+    assert (None if found is None else (found[0], found[1] % 2 == 1)) == want
+
+
+def test_list_file_line_endings_and_numbers(tmp_path: Path) -> None:
+    """CRLF lines load; a bad line is numbered as an editor counts (\\n only)."""
+    base = tmp_path
+    (base / "crlf.txt").write_bytes(b"one.example\r\ntwo.example\r\nthree\xc2\x85.example\r\nbad line\r\n")
+    (base / "p.yaml").write_text("version: 1\napps:\n" + MINIMAL_APP + "    lists: [crlf.txt]\n")
+    with pytest.raises(PolicyError) as info:
+        load_policy(base / "p.yaml")
+    assert [(i.line, i.message) for i in info.value.issues] == [
+        (3, "'three\\x85.example' is not a domain name"),
+        (4, "'bad line' is not a domain name"),
+    ]
+    (base / "crlf.txt").write_bytes(b"one.example\r\ntwo.example\r\n")
+    view = load_policy(base / "p.yaml").view()
+    assert view.decide_name("x.two.example").blocked

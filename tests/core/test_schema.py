@@ -45,7 +45,8 @@ def test_schema_ships_as_package_data() -> None:
     shipped = resources.files("policies").joinpath("schema.json")
     assert shipped.is_file()
     assert json.loads(shipped.read_text(encoding="utf-8"))["$schema"] == (
-        "https://json-schema.org/draft/2020-12/schema")
+        "https://json-schema.org/draft/2020-12/schema"
+    )
 
 
 @pytest.mark.parametrize("path", [BUNDLED, POLICY_FILE], ids=["bundled", "test-policy"])
@@ -96,7 +97,9 @@ REJECT_CASES = [
 
 
 @pytest.mark.parametrize(("path", "value", "where"), REJECT_CASES)
-def test_schema_rejects(validator: jsonschema.Draft202012Validator, path: str, value: Any, where: str) -> None:
+def test_schema_rejects(
+    validator: jsonschema.Draft202012Validator, path: str, value: Any, where: str
+) -> None:
     doc = _policy()
     _set(doc, path, value)
     found = errors(validator, doc)
@@ -124,12 +127,19 @@ KEY_TABLES = [
     pytest.param(("$defs", "app", "properties", "schedule", "items"), loader.SCHEDULE_KEYS, id="schedule"),
     pytest.param(("properties", "allow"), loader.ALLOW_KEYS, id="allow"),
     pytest.param(("properties", "groups", "additionalProperties"), loader.GROUP_KEYS, id="group"),
-    pytest.param(("$defs", "app", "properties", "store", "properties", "apple", "items"),
-                 loader.STORE_ENTRY_KEYS, id="store-entry"),
-    pytest.param(("$defs", "dns_settings"), {f.name: False for f in dataclasses.fields(DnsSettings)},
-                 id="dns-settings"),
-    pytest.param(("$defs", "proxy_settings"), {f.name: False for f in dataclasses.fields(ProxySettings)},
-                 id="proxy-settings"),
+    pytest.param(
+        ("$defs", "app", "properties", "store", "properties", "apple", "items"),
+        loader.STORE_ENTRY_KEYS,
+        id="store-entry",
+    ),
+    pytest.param(
+        ("$defs", "dns_settings"), {f.name: False for f in dataclasses.fields(DnsSettings)}, id="dns-settings"
+    ),
+    pytest.param(
+        ("$defs", "proxy_settings"),
+        {f.name: False for f in dataclasses.fields(ProxySettings)},
+        id="proxy-settings",
+    ),
 ]
 
 
