@@ -188,7 +188,8 @@ class _Walker:
         try:
             return ipaddress.ip_network(val.strip(), strict=False)
         except ValueError as exc:
-            self.err(node, field, f"'{val}' is not a valid CIDR ({exc})")
+            detail = "" if val.strip() in str(exc) else f" ({exc})"
+            self.err(node, field, f"'{val}' is not a valid CIDR{detail}")
             return None
 
     def sources(self, node: yaml.Node, field: str) -> str | None:
@@ -281,7 +282,8 @@ def load_policy_text(text: str, file: str = "<policy>", base: Path | None = None
         raise PolicyError([PolicyIssue(file, 1, "(file)", "the policy is empty")])
     policy = _compile(w, root, base or Path.cwd())
     if w.issues or policy is None:
-        raise PolicyError(w.issues or [PolicyIssue(file, 1, "(file)", "invalid policy")], tuple(w.files))
+        issues = sorted(w.issues, key=lambda i: (i.file != file, i.file, i.line))  # stable: keeps field order
+        raise PolicyError(issues or [PolicyIssue(file, 1, "(file)", "invalid policy")], tuple(w.files))
     return policy
 
 
