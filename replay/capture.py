@@ -38,6 +38,7 @@ MAX_STRAYS = 4  # mid-stream segments tolerated before the start of a stream sho
 MAX_FRAGMENTS = 1_024
 MAX_QUIC_DATAGRAMS = 8
 MAX_RECORD = 1 << 24  # a record claiming more is corrupt, not a packet
+CHUNK = 1 << 20
 
 PCAPNG_MAGIC = b"\x0a\x0d\x0d\x0a"
 PCAP_MAGICS = {struct.pack("<I", m) for m in dpcap.MAGIC_TO_PKT_HDR} | {
@@ -165,7 +166,9 @@ class Decoder:
                 self.first_malformed = number
 
     def _packet(self, buf: bytes, link: int) -> None:
-        if link == LINK_ETHERNET:
+        if link == LINK_ETHERNET and buf[12:14] == b"\x08\x00":  # the common case, untagged IPv4
+            off = 14
+        elif link == LINK_ETHERNET:
             off = 12
             etype = buf[12] << 8 | buf[13]
             while etype in VLAN_TYPES:
@@ -518,24 +521,40 @@ def _pcap(dec: Decoder, head: bytes, fh: BinaryIO, progress: Progress | None) ->
     hlen = pkt_hdr.__hdr_len__
     read = fh.read
     out = dec.out
+    packet = dec.packet
     number = 0
+    # Records are sliced out of 1 MiB reads: two read() calls per packet cost more than the packet.
+    buf = b""
+    pos = 0
+    eof = False
     while True:
-        rec = read(hlen)
-        if not rec:
+        if len(buf) - pos < hlen and not eof:
+            more = read(CHUNK)
+            eof = not more
+            buf = buf[pos:] + more
+            pos = 0
+        if pos == len(buf):
             return
         number += 1
-        if len(rec) < hlen:
-            yield Damage(dec.file, number, f"file ends inside the record header ({len(rec)} of {hlen} bytes)")
+        if len(buf) - pos < hlen:
+            yield Damage(dec.file, number, f"file ends inside the record header ({len(buf) - pos} of {hlen} bytes)")
             return
-        sec, frac, caplen = unpack(rec)[:3]
+        sec, frac, caplen = unpack(buf, pos)[:3]
         if caplen > MAX_RECORD:
             yield Damage(dec.file, number, f"corrupt record header (captured length {caplen}); stopped here")
             return
-        data = read(caplen)
-        if len(data) < caplen:
-            yield Damage(dec.file, number, f"file ends inside the packet ({len(data)} of {caplen} bytes)")
+        end = pos + hlen + caplen
+        while end > len(buf) and not eof:
+            more = read(max(CHUNK, end - len(buf)))
+            eof = not more
+            buf = buf[pos:] + more
+            end -= pos
+            pos = 0
+        if end > len(buf):
+            yield Damage(dec.file, number, f"file ends inside the packet ({len(buf) - pos - hlen} of {caplen} bytes)")
             return
-        dec.packet(sec + frac / divisor, data, link, number)
+        packet(sec + frac / divisor, buf[pos + hlen:end], link, number)
+        pos = end
         if out:
             yield from out
             out.clear()
