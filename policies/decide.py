@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
+import posixpath
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 from zoneinfo import ZoneInfo
 
 from .matching import (
@@ -43,6 +45,7 @@ from .model import (
 )
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+_SLASHES = re.compile(r"/{2,}")
 _CACHE_MAX = 200_000  # distinct matched keys per view; cleared, not evicted, past this
 # Enum members bound once: on Python 3.11 ``Action.BLOCK`` costs a class
 # attribute lookup (~70 ns), which the hot path pays per call otherwise.
@@ -186,7 +189,7 @@ class PolicyView:
         the proxy's target; without it the URL's authority is used."""
         parts = urlsplit(url)
         name = fast_normalize(_host_only(host) if host else (parts.hostname or ""))
-        path = parts.path or "/"
+        path = _canonical_path(parts.path)
         if _looks_like_ip(name):
             best = self._ip(name)
         else:
@@ -346,6 +349,19 @@ def _host_only(host: str) -> str:
     if host.count(":") == 1:
         return host.split(":", 1)[0]
     return host
+
+
+def _canonical_path(path: str) -> str:
+    """The path a server will serve, so that ``//tiktok/``, ``/a/../tiktok/``
+    or ``/%74iktok/`` cannot slip past a download rule for ``/tiktok/``."""
+    if not path:
+        return "/"
+    if "%" not in path and "//" not in path and "/." not in path:
+        return path
+    clean = posixpath.normpath("/" + _SLASHES.sub("/", unquote(path)).lstrip("/"))
+    if path.endswith("/") and clean != "/":
+        clean += "/"
+    return clean
 
 
 def _looks_like_ip(name: str) -> bool:

@@ -278,8 +278,8 @@ class StoreRef:
 def recognize_store_url(host: str, url: str, body: bytes | None = None) -> StoreRef | None:
     """Find the app a store URL is about, or None for any other URL.
 
-    Apple: ``apps.apple.com/<cc>/app/<slug>/id<N>``, ``itunes.apple.com/...id<N>``
-    and ``itunes.apple.com/lookup?id=<N>``.  Google Play:
+    Apple: ``apps.apple.com/<cc>/app/<slug>/id<N>``, ``itunes.apple.com/...id<N>``,
+    ``itunes.apple.com/lookup?id=<N>`` (any numeric ``id=`` on an Apple store host).  Google Play:
     ``play.google.com/store/apps/details?id=<pkg>`` and the Play client's
     ``android.clients.google.com/fdfe/details|delivery|purchase?doc=<pkg>``
     (``doc`` may also sit in a form body).
@@ -293,7 +293,9 @@ def recognize_store_url(host: str, url: str, body: bytes | None = None) -> Store
         m = _APPLE_ID.search(path)
         if m:
             return StoreRef("apple", m.group(1))
-        if path.rstrip("/").endswith("/lookup") and query.get("id"):
+        # lookup?id=N, the old WebObjects viewSoftware?id=N, and the like: an
+        # id that is no app's harms nothing, the store index decides.
+        if query.get("id"):
             first = query["id"][0].split(",")[0]
             if first.isdigit():
                 return StoreRef("apple", first)
