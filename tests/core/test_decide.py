@@ -573,3 +573,21 @@ def test_policy_timezone_sets_the_day(write_policy: WritePolicy) -> None:
     policy = load_policy(path)
     # 2020-09-19 20:00 UTC is already 2020-09-20 in Auckland
     assert policy.today(dt.datetime(2020, 9, 19, 20, 0, tzinfo=dt.UTC)) == dt.date(2020, 9, 20)
+
+
+PATH_EVASION_CASES = [
+    case("double-slash", "https://cdn.shared.example//tiktok/app.apk", B),
+    case("dot-dot", "https://cdn.shared.example/other/../tiktok/app.apk", B),
+    case("dot-segment", "https://cdn.shared.example/./tiktok/./app.apk", B),
+    case("percent-encoded", "https://cdn.shared.example/%74iktok/app.apk", B),
+    case("encoded-slash", "https://cdn.shared.example/tiktok%2Fapp.apk", B),
+    case("prefix-dir-itself", "https://cdn.shared.example/tiktok/", B),
+    case("dot-dot-out-of-prefix", "https://cdn.shared.example/tiktok/../other/app.apk", A),
+    case("no-path", "https://cdn.shared.example", A),
+    case("query-is-not-path", "https://cdn.shared.example/x?f=/tiktok/app.apk", A),
+]
+
+
+@pytest.mark.parametrize(("url", "action"), PATH_EVASION_CASES)
+def test_download_paths_are_matched_on_the_canonical_path(policy: Policy, url: str, action: Action) -> None:
+    assert policy.view(at=FULL).decide_http(url).action is action

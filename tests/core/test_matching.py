@@ -185,6 +185,13 @@ def test_glob_star_label_matches_exactly_one_label(name: str) -> None:
 
 STORE_URL_CASES = [
     pytest.param(
+        "itunes.apple.com",
+        "https://itunes.apple.com/WebObjects/MZStore.woa/wa/viewSoftware?id=835599320&mt=8",
+        None,
+        ("apple", "835599320"),
+        id="itunes-webobjects",
+    ),
+    pytest.param(
         "apps.apple.com",
         "https://apps.apple.com/us/app/tiktok/id835599320",
         None,
