@@ -25,11 +25,10 @@ from policies import Action, Decision, DnsSettings, Kind, Observation, PolicyVie
 
 from .cache import AnswerCache
 from .metrics import NullMetrics
-from .responses import EDE_BLOCKED, BlockResponse, block_answer, build_answer, qtype_name
+from .responses import BlockResponse, block_parts, qtype_name, template_qtype
 from .upstream import Forwarder, UpstreamError
 from .wire import (
     CLASSIC_UDP,
-    NXDOMAIN,
     RCODE_NAMES,
     REFUSED,
     SERVFAIL,
@@ -40,6 +39,7 @@ from .wire import (
     parse_query,
     rcode_reply,
     splice,
+    splice_parts,
     truncated_reply,
 )
 
@@ -47,7 +47,8 @@ CANARY = "use-application-dns.net"
 CANARY_DECISION = Decision(
     Action.BLOCK, rule="builtin:doh-canary",
     reason="use-application-dns.net answers NXDOMAIN so browsers keep DNS on this filter, not DoH")
-TEMPLATE_LIMIT = 50_000
+TEMPLATE_LIMIT = 10_000
+MEMO_LIMIT = 200_000
 NXDOMAIN_ONLY = BlockResponse.NXDOMAIN
 
 
@@ -106,8 +107,10 @@ class Resolver:
         self.canary = settings.canary
         self.log_all = settings.log_all
         self.cache = AnswerCache(settings.cache_size)
-        self.templates: dict[Any, tuple[bytes, str]] = {}
+        self.templates: dict[Any, tuple[bytes, bytes, str]] = {}
         self.inflight: set[asyncio.Task[None]] = set()
+        self._memo: dict[str, Decision] = {}
+        self._memo_view: PolicyView | None = None
         self.closing = False
         self.loop: asyncio.AbstractEventLoop | None = None
 
@@ -123,6 +126,7 @@ class Resolver:
     def flush(self, reason: str) -> None:
         self.cache.clear()
         self.templates.clear()
+        self._memo = {}
         self.metrics.flushed(reason)
         self.metrics.cache_size(0)
 
@@ -154,7 +158,7 @@ class Resolver:
             self._log(CANARY_DECISION, q, client, port, response)
             return
         view = self.holder.view
-        d = view.decide_name(q.name, Kind.DNS, client)
+        d = self._decide(view, q.name, client)
         if d.action is Action.BLOCK:
             out, response = self._blocked(data, q, d, self.block)
             sink.send(self._fit(out, q, data, udp), addr)
@@ -219,6 +223,22 @@ class Resolver:
 
     # --- pieces ------------------------------------------------------------------
 
+    def _decide(self, view: PolicyView, name: str, client: str) -> Decision:
+        """The view's verdict, memoised per name for this view.  Only a block
+        can depend on the client (exempt networks), so only a block asks again."""
+        if view is not self._memo_view:
+            self._memo = {}
+            self._memo_view = view
+        d = self._memo.get(name)
+        if d is None:
+            d = view.decide_name(name, Kind.DNS, None)
+            if len(self._memo) >= MEMO_LIMIT:
+                self._memo.clear()
+            self._memo[name] = d
+        if d.action is Action.BLOCK and view.policy.exempt:
+            return view.decide_name(name, Kind.DNS, client)
+        return d
+
     def _judge_chain(self, view: PolicyView, cnames: tuple[str, ...], client: str
                      ) -> tuple[Decision, str] | None:
         """The strictest verdict on the CNAME targets, and the target it is about."""
@@ -243,25 +263,22 @@ class Resolver:
 
     def _blocked(self, data: bytes, q: Query, d: Decision, kind: BlockResponse,
                  via: str | None = None) -> tuple[bytearray, str]:
-        key = (q.key, d, kind, via)
+        # The EXTRA-TEXT names apps and phase, not the rule, so one template
+        # serves every name of a 1,000,000-name list (the rule is in the event).
+        key = (d.apps, d.phase, kind, template_qtype(q, kind), q.qclass, q.edns, via, d is CANARY_DECISION)
         hit = self.templates.get(key)
         if hit is None:
             if len(self.templates) >= TEMPLATE_LIMIT:
                 self.templates.clear()
-            hit = self.templates[key] = self._build_block(data, q, d, kind, via)
-        template, response = hit
-        return splice(template, data, q.qend), response
-
-    def _build_block(self, data: bytes, q: Query, d: Decision, kind: BlockResponse,
-                     via: str | None) -> tuple[bytes, str]:
-        if d is CANARY_DECISION:
-            return build_answer(data, q, NXDOMAIN, [], (EDE_BLOCKED, "egress-filter: DoH canary")), "NXDOMAIN"
-        return block_answer(data, q, kind, self._ede_text(d, via))
+            text = "egress-filter: DoH canary" if d is CANARY_DECISION else self._ede_text(d, via)
+            hit = self.templates[key] = block_parts(q, kind, text)
+        head, tail, response = hit
+        return splice_parts(head, tail, data, q.qend), response
 
     def _ede_text(self, d: Decision, via: str | None) -> str:
         apps = self.holder.view.policy.apps
         names = ", ".join(f"{apps[a].name} ({a})" if a in apps else a for a in d.apps) or "-"
-        text = f"egress-filter: blocked app {names}, phase {d.phase.value}, rule {d.rule or '-'}"
+        text = f"egress-filter: blocked app {names}, phase {d.phase.value}"
         return text + (f", via CNAME {via}" if via else "")
 
     def _fit(self, out: bytes | bytearray, q: Query, query: bytes, udp: bool) -> bytes | bytearray:

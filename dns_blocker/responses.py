@@ -1,9 +1,10 @@
 """The answers this resolver writes itself, built once with dnslib, served as bytes.
 
-A block answer depends on the question, the block response kind, whether the
-asker sent EDNS0, and the decision (the EXTRA-TEXT names its app and phase).
-``Templates`` builds each such answer once with dnslib and keeps the bytes;
-the hot path then only ``splice``s in the asker's ID and question.
+A block answer depends on the block response kind, the qtype (null answers
+only), whether the asker sent EDNS0, and the decision (the EXTRA-TEXT names
+its app and phase) -- not on the name.  So each is built once with dnslib
+around a stand-in question and kept as a header and a tail; the hot path
+puts the asker's ID and question between them (``wire.splice_parts``).
 """
 
 from __future__ import annotations
@@ -27,47 +28,51 @@ class BlockResponse(StrEnum):
     REFUSED = "refused"
 
 
-def _labels(query: bytes, q: Query) -> DNSLabel:
-    out = []
-    pos = 12
-    while query[pos]:
-        n = query[pos]
-        out.append(bytes(query[pos + 1 : pos + 1 + n]))
-        pos += 1 + n
-    return DNSLabel(out)
+# The stand-in question the templates are built around: "x." IN, 7 bytes.
+_STAND_IN = DNSLabel("x")
+_STAND_IN_LEN = 7
 
 
-def build_answer(query: bytes, q: Query, rcode: int, answers: list[RR], ede: tuple[int, str] | None) -> bytes:
-    """A full answer to ``q``; ``ede`` = (info code, EXTRA-TEXT) goes in the OPT
-    record, which is present only if the asker sent one (RFC 6891 §7)."""
-    rec = DNSRecord(DNSHeader(id=0, qr=1, ra=1, rcode=rcode),
-                    q=DNSQuestion(_labels(query, q), q.qtype, q.qclass))
-    for rr in answers:
-        rec.add_answer(rr)
-    if q.edns:
+def answer_parts(qtype: int, qclass: int, edns: bool, rcode: int, rdata: A | AAAA | None,
+                 ede: tuple[int, str] | None) -> tuple[bytes, bytes]:
+    """An answer built with dnslib around a stand-in question, cut into the
+    header and the tail after the question.  The answer record's name is a
+    pointer to offset 12, so ``splice_parts`` can put any question between.
+    The OPT record (carrying the EDE) is there only if the asker sent one
+    (RFC 6891 §7)."""
+    rec = DNSRecord(DNSHeader(id=0, qr=1, ra=1, rcode=rcode), q=DNSQuestion(_STAND_IN, qtype, qclass))
+    if rdata is not None:
+        rec.add_answer(RR(_STAND_IN, qtype, qclass, BLOCK_TTL, rdata))
+    if edns:
         opts = []
         if ede is not None:
             code, text = ede
             opts.append(EDNSOption(EDE_OPTION, code.to_bytes(2, "big") + text.encode("utf-8")[:400]))
         rec.add_ar(EDNS0(udp_len=EDNS_UDP, opts=opts))
-    return bytes(rec.pack())
+    wire = bytes(rec.pack())
+    head, tail = wire[:12], wire[12 + _STAND_IN_LEN :]
+    if rdata is not None and tail[:2] != b"\xc0\x0c":
+        raise AssertionError("dnslib did not compress the answer name to the question")
+    return head, tail
 
 
-def block_answer(query: bytes, q: Query, kind: BlockResponse, text: str) -> tuple[bytes, str]:
-    """The block answer for ``q`` and the response name that events carry."""
+def block_parts(q: Query, kind: BlockResponse, text: str) -> tuple[bytes, bytes, str]:
+    """The block answer's header and tail for ``q``, and the response name events carry."""
     ede = (EDE_BLOCKED, text)
     if kind is BlockResponse.REFUSED:
-        return build_answer(query, q, REFUSED, [], ede), "REFUSED"
+        return *answer_parts(q.qtype, q.qclass, q.edns, REFUSED, None, ede), "REFUSED"
     if kind is BlockResponse.NXDOMAIN:
-        return build_answer(query, q, NXDOMAIN, [], ede), "NXDOMAIN"
-    name = _labels(query, q)
+        return *answer_parts(q.qtype, q.qclass, q.edns, NXDOMAIN, None, ede), "NXDOMAIN"
     if q.qtype == T_A:
-        rrs = [RR(name, QTYPE.A, q.qclass, BLOCK_TTL, A("0.0.0.0"))]
-        return build_answer(query, q, NOERROR, rrs, ede), "0.0.0.0"
+        return *answer_parts(q.qtype, q.qclass, q.edns, NOERROR, A("0.0.0.0"), ede), "0.0.0.0"
     if q.qtype == T_AAAA:
-        rrs = [RR(name, QTYPE.AAAA, q.qclass, BLOCK_TTL, AAAA("::"))]
-        return build_answer(query, q, NOERROR, rrs, ede), "::"
-    return build_answer(query, q, NOERROR, [], ede), "NODATA"
+        return *answer_parts(q.qtype, q.qclass, q.edns, NOERROR, AAAA("::"), ede), "::"
+    return *answer_parts(q.qtype, q.qclass, q.edns, NOERROR, None, ede), "NODATA"
+
+
+def template_qtype(q: Query, kind: BlockResponse) -> int:
+    """The part of the qtype a block template depends on (only null answers differ by type)."""
+    return q.qtype if kind is BlockResponse.NULL and q.qtype in (T_A, T_AAAA) else 0
 
 
 def qtype_name(qtype: int) -> str:

@@ -177,7 +177,8 @@ async def serve(settings: DnsSettings, holder: Any, events: Any, metrics: NullMe
         loop.add_signal_handler(signal.SIGHUP, on_hup)
     holder.start(reload_interval)
     say(f"egress-filter dns: ready (upstreams {', '.join(settings.upstreams)}; "
-        f"block response {settings.block_response}; mode {holder.view.mode.value})")
+        f"block response {settings.block_response}; mode {holder.view.mode.value}; "
+        f"loop {type(loop).__module__.split('.')[0]})")
     try:
         await stop.wait()
     finally:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
+from typing import NamedTuple
 
 # RCODEs
 NOERROR, FORMERR, SERVFAIL, NXDOMAIN, NOTIMP, REFUSED = 0, 1, 2, 3, 4, 5
@@ -46,12 +47,13 @@ class Malformed(ValueError):
         super().__init__(RCODE_NAMES.get(rcode, str(rcode)))
 
 
-@dataclass(frozen=True, slots=True)
-class Query:
+class Query(NamedTuple):
     """What the hot path needs from a query; everything else stays in the bytes.
 
     ``key`` is the question lower-cased plus one byte of EDNS/DO/CD flags: the
     cache key, and the bytes ``splice`` writes back (``qend`` marks their end).
+    A NamedTuple rather than a frozen dataclass: it is built once per packet,
+    and a tuple is several times cheaper to build.
     """
 
     name: str
@@ -61,17 +63,6 @@ class Query:
     edns: bool
     udp_size: int
     key: bytes
-
-
-def _name_text(data: bytes, start: int, end: int) -> str:
-    """Uncompressed name bytes → dotted text. Labels are sliced, not decoded one by one."""
-    labels = []
-    pos = start
-    while pos < end - 1:
-        n = data[pos]
-        labels.append(data[pos + 1 : pos + 1 + n])
-        pos += 1 + n
-    return b".".join(labels).decode("latin-1").lower()
 
 
 def parse_query(data: bytes) -> Query | None:
@@ -94,6 +85,7 @@ def parse_query(data: bytes) -> Query | None:
     if qd != 1:
         raise Malformed()
     pos = 12
+    dots = []
     while True:
         if pos >= n:
             raise Malformed()
@@ -103,9 +95,11 @@ def parse_query(data: bytes) -> Query | None:
             break
         if ln > 63:  # a pointer (or a reserved label type) cannot start a query's only name
             raise Malformed()
+        dots.append(pos)
         pos += 1 + ln
         if pos - 12 > MAX_NAME:
             raise Malformed()
+    name_end = pos
     qend = pos + 4
     if qend > n:
         raise Malformed()
@@ -132,7 +126,11 @@ def parse_query(data: bytes) -> Query | None:
                     edns = True
                     udp_size = max(CLASSIC_UDP, min(rclass, 65_535))
                     do_bit = (ttl >> 15) & 1
-    name = _name_text(data, 12, qend - 4)
+    # The name's text: its bytes with every length byte but the first made a dot.
+    text = bytearray(data[13 : name_end - 1])
+    for d in dots[1:]:
+        text[d - 13] = 0x2E
+    name = text.lower().decode("latin-1")
     cd = (data[3] >> 4) & 1
     key = data[12:qend].lower() + bytes((edns | (do_bit << 1) | (cd << 2),))
     return Query(name, qtype, qclass, qend, edns, udp_size, key)
@@ -298,8 +296,16 @@ def truncated_reply(answer: bytes | bytearray, q: Query, query: bytes) -> bytes:
             + (BARE_OPT if q.edns else b""))
 
 
-def rewrite_id(data: bytes | bytearray, new_id: bytes) -> bytes:
-    return bytes(new_id) + bytes(data[2:])
+def splice_parts(head: bytes, tail: bytes, query: bytes, qend: int) -> bytearray:
+    """An answer made of a stored header, the asker's question, and a stored
+    tail whose names point at offset 12 (so any question fits between)."""
+    out = bytearray(head)
+    out[0:2] = query[0:2]
+    out[2] = (out[2] & 0xFE) | (query[2] & 0x01)
+    out[3] = (out[3] & 0xEF) | (query[3] & 0x10)
+    out += query[12:qend]
+    out += tail
+    return out
 
 
 def question_matches(answer: bytes, query: bytes, qend: int) -> bool:

@@ -1,0 +1,421 @@
+"""DNS benchmark: egress-filter dns against dnsmasq and unbound, in one run.
+
+    python -m bench.dns_bench [--quick] [--seconds 3] [--skip-1m]
+
+All three servers get the same 100,000-domain blocklist (dnsmasq
+``address=/d/``, unbound ``local-zone: d always_nxdomain``, ours a policy
+list in phase ``full``) and the same upstream: a dnsmasq on loopback that
+answers every name under ``allowed.example`` itself (authoritative-style,
+``address=/allowed.example/192.0.2.1``).  dnsperf sends 20% blocked names
+and 80% allowed names:
+
+- cache-warm: the allowed names are 1,000 names asked before the run;
+- cache-cold: every allowed name is new (a fresh prefix per dnsperf run), so
+  each one is forwarded.
+
+For each server and mode it finds the highest rate with under 1% loss
+(closed-loop probe, then open-loop ``-Q`` steps down from it), measures p50
+and p99 latency at half of *our* peak rate (same offered load for all), and
+reads each server's peak RSS (VmHWM).  Then each server is started with a
+1,000,000-domain list for its RSS and start-up time.  The server runs on CPU
+1, dnsperf and the upstream on CPU 0 (``taskset``).  Every run is bounded
+(``-l`` seconds, a fixed number of steps); everything binds 127.0.0.1 only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+TOOLS = ("dnsperf", "dnsmasq", "unbound", "taskset")
+SERVER_CPU = "1"
+CLIENT_CPU = "0"
+WARM_ALLOWED = 1000
+
+
+def free_port() -> int:
+    """A port free for both UDP and TCP on 127.0.0.1."""
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
+            u.bind(("127.0.0.1", 0))
+            port = int(u.getsockname()[1])
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as t:
+                try:
+                    t.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+                return port
+
+
+def wait_dns(port: int, timeout: float) -> None:
+    """Until the server answers a query on UDP."""
+    query = bytes.fromhex("abcd01000001000000000000") + b"\x05probe\x07allowed\x07example\x00\x00\x01\x00\x01"
+    deadline = time.monotonic() + timeout
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.settimeout(0.2)
+        while time.monotonic() < deadline:
+            try:
+                s.sendto(query, ("127.0.0.1", port))
+                s.recv(4096)
+                return
+            except OSError:
+                time.sleep(0.1)
+    raise RuntimeError(f"no DNS answer on port {port} after {timeout}s")
+
+
+def rss_mb(pid: int) -> tuple[float, float]:
+    """(VmRSS, VmHWM) in MB, over the process and its children."""
+    total = [0.0, 0.0]
+    pids = [pid]
+    try:
+        pids += [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        pass
+    for p in pids:
+        try:
+            status = Path(f"/proc/{p}/status").read_text()
+        except OSError:
+            continue
+        for i, key in enumerate(("VmRSS", "VmHWM")):
+            m = re.search(rf"^{key}:\s+(\d+) kB", status, re.M)
+            if m:
+                total[i] += int(m.group(1)) / 1024
+    return total[0], total[1]
+
+
+@dataclass
+class Server:
+    name: str
+    argv: list[str]
+    port: int
+    proc: subprocess.Popen[bytes] | None = None
+    startup: float = 0.0
+
+    def start(self, timeout: float = 120.0) -> None:
+        started = time.monotonic()
+        self.proc = subprocess.Popen(["taskset", "-c", SERVER_CPU, *self.argv], stdin=subprocess.DEVNULL,
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        try:
+            wait_dns(self.port, timeout)
+        except RuntimeError:
+            self.stop()
+            raise
+        self.startup = time.monotonic() - started
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def rss(self) -> tuple[float, float]:
+        assert self.proc is not None
+        return rss_mb(self.proc.pid)
+
+
+@dataclass
+class Run:
+    sent: int
+    completed: int
+    qps: float
+    loss: float
+    latencies: list[float] = field(default_factory=list)
+
+
+def dnsperf(port: int, datafile: Path, seconds: float, rate: float | None = None, outstanding: int = 200,
+            verbose: bool = False) -> Run:
+    cmd = ["taskset", "-c", CLIENT_CPU, "dnsperf", "-s", "127.0.0.1", "-p", str(port), "-d", str(datafile),
+           "-l", str(seconds), "-n", "1", "-t", "1", "-q", str(outstanding)]
+    if rate:
+        cmd += ["-Q", str(int(rate))]
+    if verbose:
+        cmd.append("-v")
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 30).stdout
+    sent = int(re.search(r"Queries sent:\s+(\d+)", out).group(1))  # type: ignore[union-attr]
+    completed = int(re.search(r"Queries completed:\s+(\d+)", out).group(1))  # type: ignore[union-attr]
+    qps = float(re.search(r"Queries per second:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    lat = [float(x) for x in re.findall(r"^> \S+ \S+ \S+ ([\d.]+)$", out, re.M)] if verbose else []
+    return Run(sent, completed, qps, (sent - completed) / sent if sent else 1.0, lat)
+
+
+class Workload:
+    """Query files: 20% names from the blocklist, 80% allowed names."""
+
+    def __init__(self, workdir: Path, blocked: list[str], seed: int = 1):
+        self.workdir = workdir
+        self.blocked = blocked
+        self.rng = random.Random(seed)
+        self.counter = 0
+        self.warm_names = [f"w{i}.allowed.example" for i in range(WARM_ALLOWED)]
+
+    def file(self, n: int, cold: bool) -> Path:
+        self.counter += 1
+        prefix = f"c{self.counter}x"
+        rng = self.rng
+        lines = []
+        for i in range(n):
+            if i % 5 == 0:
+                lines.append(f"{rng.choice(self.blocked)} A")
+            elif cold:
+                lines.append(f"{prefix}{i}.allowed.example A")
+            else:
+                lines.append(f"{rng.choice(self.warm_names)} A")
+        path = self.workdir / f"q{self.counter}.txt"
+        path.write_text("\n".join(lines) + "\n")
+        return path
+
+    def warmup_file(self) -> Path:
+        path = self.workdir / "warmup.txt"
+        path.write_text("".join(f"{n} A\n" for n in self.warm_names))
+        return path
+
+
+def find_peak(server: Server, work: Workload, cold: bool, seconds: float, log: Callable[[str], None]
+              ) -> tuple[float, float, Run]:
+    """Highest offered rate with <1% loss: a closed-loop probe, then open-loop steps down."""
+    probe = dnsperf(server.port, work.file(200_000 if cold else 400_000, cold), seconds)
+    log(f"    probe: {probe.qps:,.0f} qps closed-loop, loss {probe.loss:.2%}")
+    rate = probe.qps
+    best: tuple[float, float, Run] | None = None
+    for _ in range(6):
+        n = int(rate * seconds * 1.2) + 1000
+        run = dnsperf(server.port, work.file(n, cold), seconds, rate=rate, outstanding=5000)
+        log(f"    -Q {rate:,.0f}: {run.qps:,.0f} qps, loss {run.loss:.2%}")
+        if run.loss < 0.01:
+            best = (rate, run.qps, run)
+            break
+        rate *= 0.85
+    if best is None:
+        return 0.0, 0.0, probe
+    return best
+
+
+def latency_at(server: Server, work: Workload, cold: bool, rate: float,
+               seconds: float) -> tuple[float, float, float]:
+    run = dnsperf(server.port, work.file(int(rate * seconds * 1.2) + 1000, cold), seconds, rate=rate,
+                  outstanding=5000, verbose=True)
+    if not run.latencies:
+        return float("nan"), float("nan"), run.loss
+    lat = sorted(run.latencies)
+    p50 = statistics.median(lat) * 1000
+    p99 = lat[min(len(lat) - 1, int(len(lat) * 0.99))] * 1000
+    return p50, p99, run.loss
+
+
+# --- configurations -----------------------------------------------------------
+
+def write_blocklist(workdir: Path, n: int) -> tuple[Path, list[str]]:
+    names = [f"blk{i:07d}.example" for i in range(n)]
+    path = workdir / f"blocklist-{n}.txt"
+    path.write_text("\n".join(names) + "\n")
+    return path, names
+
+
+def upstream_server(workdir: Path) -> Server:
+    port = free_port()
+    conf = workdir / "upstream.conf"
+    conf.write_text(f"port={port}\nlisten-address=127.0.0.1\nbind-interfaces\nno-resolv\nno-hosts\n"
+                    f"address=/allowed.example/192.0.2.1\nlocal-ttl=3600\ncache-size=0\npid-file=\n")
+    return Server("upstream", ["dnsmasq", "-k", "-C", str(conf), "-u", "root"], port)
+
+
+def dnsmasq_server(workdir: Path, names: list[str], upstream: int, tag: str) -> Server:
+    port = free_port()
+    conf = workdir / f"dnsmasq-{tag}.conf"
+    with conf.open("w") as f:
+        f.write(f"port={port}\nlisten-address=127.0.0.1\nbind-interfaces\nno-resolv\nno-hosts\n"
+                f"server=127.0.0.1#{upstream}\ncache-size=10000\npid-file=\n")
+        for n in names:
+            f.write(f"address=/{n}/\n")
+    return Server("dnsmasq", ["dnsmasq", "-k", "-C", str(conf), "-u", "root"], port)
+
+
+def unbound_server(workdir: Path, names: list[str], upstream: int, tag: str) -> Server:
+    port = free_port()
+    conf = workdir / f"unbound-{tag}.conf"
+    with conf.open("w") as f:
+        f.write(f"""server:
+  interface: 127.0.0.1
+  port: {port}
+  do-daemonize: no
+  use-syslog: no
+  logfile: ""
+  verbosity: 0
+  username: ""
+  chroot: ""
+  directory: "{workdir}"
+  pidfile: ""
+  num-threads: 1
+  do-not-query-localhost: no
+  access-control: 127.0.0.0/8 allow
+  module-config: "iterator"
+  so-reuseport: no
+  msg-cache-size: 64m
+  rrset-cache-size: 128m
+""")
+        for n in names:
+            f.write(f'  local-zone: "{n}." always_nxdomain\n')
+        f.write(f'forward-zone:\n  name: "."\n  forward-addr: 127.0.0.1@{upstream}\n')
+    return Server("unbound", ["unbound", "-d", "-c", str(conf)], port)
+
+
+def ours_server(workdir: Path, blocklist: Path, upstream: int, tag: str, workers: int = 1) -> Server:
+    port = free_port()
+    policy = workdir / f"policy-{tag}.yaml"
+    policy.write_text(f"""version: 1
+apps:
+  - id: benchapp
+    name: Bench App
+    owner: Nobody
+    legal_basis: {{order: "bench", citation: "bench"}}
+    schedule:
+      - {{from: 2020-01-01, phase: full, source: bench}}
+    lists:
+      - {{path: {blocklist}, as: domains}}
+sources:
+  bench: "benchmark blocklist"
+""")
+    argv = [sys.executable, "-m", "egress_filter.cli", "dns", "--policy", str(policy), "--listen",
+            f"127.0.0.1:{port}", "--upstream", f"127.0.0.1:{upstream}", "--cache-size", "100000",
+            "--workers", str(workers), "--reload-interval", "3600"]
+    return Server("egress-filter" if workers == 1 else f"egress-filter x{workers}", argv, port)
+
+
+# --- the run ------------------------------------------------------------------
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--seconds", type=float, default=3.0, help="length of each dnsperf run")
+    ap.add_argument("--skip-1m", action="store_true", help="skip the 1,000,000-domain RSS runs")
+    ap.add_argument("--workers", type=int, default=2, help="also measure ours with N SO_REUSEPORT workers")
+    ap.add_argument("--json", metavar="FILE", help="write the figures as JSON too")
+    args = ap.parse_args(argv)
+    missing = [t for t in TOOLS if shutil.which(t) is None]
+    if missing:
+        print(f"missing tools: {', '.join(missing)} (Debian: apt-get install dnsperf dnsmasq unbound)",
+              file=sys.stderr)
+        return 1
+    load = os.getloadavg()
+    print(f"# DNS benchmark, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
+          f"{os.cpu_count()} CPUs, load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
+    workdir = Path(tempfile.mkdtemp(prefix="egress-dns-bench-"))
+    results: dict[str, dict[str, dict[str, float]]] = {}
+    upstream = upstream_server(workdir)
+    try:
+        start_on_client_cpu(upstream)
+        blockfile, names = write_blocklist(workdir, 100_000)
+        work = Workload(workdir, names)
+        makers: list[Callable[[], Server]] = [
+            lambda: ours_server(workdir, blockfile, upstream.port, "100k"),
+            lambda: dnsmasq_server(workdir, names, upstream.port, "100k"),
+            lambda: unbound_server(workdir, names, upstream.port, "100k"),
+        ]
+        if args.workers > 1:
+            makers.insert(1, lambda: ours_server(workdir, blockfile, upstream.port, "100k-w", args.workers))
+        for make in makers:
+            server = make()
+            print(f"\n## {server.name}", flush=True)
+            server.start()
+            try:
+                figures: dict[str, dict[str, float]] = {}
+                dnsperf(server.port, work.warmup_file(), 10)
+                for mode in ("warm", "cold"):
+                    print(f"  {mode}:", flush=True)
+                    rate, qps, _ = find_peak(server, work, mode == "cold", args.seconds,
+                                             lambda s: print(s, flush=True))
+                    figures[mode] = {"peak_rate": rate, "peak_qps": qps}
+                _, hwm = server.rss()
+                figures["rss_mb"] = {"hwm": hwm}
+                results[server.name] = figures
+            finally:
+                server.stop()
+        # Latency at half of our peak, the same offered load for every server.
+        ours = results["egress-filter"]
+        for make in makers:
+            server = make()
+            server.start()
+            try:
+                dnsperf(server.port, work.warmup_file(), 10)
+                for mode in ("warm", "cold"):
+                    half = ours[mode]["peak_qps"] / 2
+                    p50, p99, loss = latency_at(server, work, mode == "cold", half, args.seconds)
+                    results[server.name][mode].update({"half_rate": half, "p50_ms": p50, "p99_ms": p99,
+                                                       "half_loss": loss})
+            finally:
+                server.stop()
+        if not args.skip_1m:
+            big, big_names = write_blocklist(workdir, 1_000_000)
+            for make in (lambda: ours_server(workdir, big, upstream.port, "1m"),
+                         lambda: dnsmasq_server(workdir, big_names, upstream.port, "1m"),
+                         lambda: unbound_server(workdir, big_names, upstream.port, "1m")):
+                server = make()
+                server.start(timeout=300)
+                try:
+                    dnsperf(server.port, work.warmup_file(), 10)
+                    run = dnsperf(server.port, work.file(20_000, False), 2, rate=5000, outstanding=2000)
+                    _, hwm = server.rss()
+                    results[server.name]["1m"] = {"rss_mb": hwm, "startup_s": server.startup,
+                                                  "loss_at_5k": run.loss}
+                finally:
+                    server.stop()
+    finally:
+        upstream.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+    report(results)
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2))
+    return 0
+
+
+def start_on_client_cpu(upstream: Server) -> None:
+    """The upstream runs beside dnsperf on the client CPU, not beside the server."""
+    upstream.proc = subprocess.Popen(["taskset", "-c", CLIENT_CPU, *upstream.argv], stdin=subprocess.DEVNULL,
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_dns(upstream.port, 20)
+
+
+def report(results: dict[str, dict[str, dict[str, float]]]) -> None:
+    ours = results.get("egress-filter", {})
+    print("\n| server | warm peak QPS (<1% loss) | cold peak QPS | warm p50/p99 ms @ half our peak "
+          "| cold p50/p99 ms @ half our peak | RSS MB (100k) | RSS MB (1M) | start s (1M) |")
+    print("|---|---|---|---|---|---|---|---|")
+    for name, r in results.items():
+        w, c = r.get("warm", {}), r.get("cold", {})
+        big = r.get("1m", {})
+        print(f"| {name} | {w.get('peak_qps', 0):,.0f} | {c.get('peak_qps', 0):,.0f} "
+              f"| {w.get('p50_ms', float('nan')):.2f} / {w.get('p99_ms', float('nan')):.2f} "
+              f"| {c.get('p50_ms', float('nan')):.2f} / {c.get('p99_ms', float('nan')):.2f} "
+              f"| {r.get('rss_mb', {}).get('hwm', 0):.0f} | {big.get('rss_mb', float('nan')):.0f} "
+              f"| {big.get('startup_s', float('nan')):.1f} |")
+    print()
+    for peer in ("dnsmasq", "unbound"):
+        if peer in results and ours:
+            for mode in ("warm", "cold"):
+                mine, theirs = ours[mode]["peak_qps"], results[peer][mode]["peak_qps"]
+                ratio = mine / theirs if theirs else float("inf")
+                print(f"ours / {peer}, cache-{mode} peak QPS: {ratio:.2f}")
+            if "1m" in results[peer] and "1m" in ours:
+                print(f"ours / {peer}, RSS with 1M domains: "
+                      f"{ours['1m']['rss_mb'] / results[peer]['1m']['rss_mb']:.2f}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
