@@ -18,28 +18,10 @@ import yaml
 from policies import BUNDLED, Action, Kind, Phase, Policy, PolicyView, load_policy
 
 D = dt.date
-APPS = (
-    "tiktok",
-    "wechat",
-    "wechat_pay",
-    "alipay",
-    "camscanner",
-    "qq_wallet",
-    "shareit",
-    "tencent_qq",
-    "vmate",
-    "wps_office",
-)
-EO13971_APPS = (
-    "wechat_pay",
-    "alipay",
-    "camscanner",
-    "qq_wallet",
-    "shareit",
-    "tencent_qq",
-    "vmate",
-    "wps_office",
-)
+APPS = ("tiktok", "wechat", "wechat_pay", "alipay", "camscanner", "qq_wallet", "shareit",
+        "tencent_qq", "vmate", "wps_office")
+EO13971_APPS = ("wechat_pay", "alipay", "camscanner", "qq_wallet", "shareit", "tencent_qq",
+                "vmate", "wps_office")
 EO13971_START = D(2021, 2, 19)
 DAY = dt.timedelta(days=1)
 ALL_ON = D(2021, 3, 1)  # every app in `full`
@@ -63,14 +45,14 @@ def view(policy: Policy, at: dt.date | None = None, phase: Phase | None = None) 
 
 # --- loading and schedules -------------------------------------------------------------------
 
-
 def test_bundled_policy_loads_with_the_ten_apps(bundled: Policy) -> None:
     assert bundled.source == str(BUNDLED)
     assert tuple(bundled.apps) == APPS
     assert bundled.mode.value == "enforce"
     assert bundled.exempt == ()
     # the list files are part of the policy (reload watches them)
-    assert {Path(f).name for f in bundled.files} >= {"bundled.yaml", "bytedance.txt", "douyin.txt"}
+    assert {Path(f).name for f in bundled.files} >= {
+        "bundled.yaml", "bytedance.txt", "douyin.txt"}
 
 
 SCHEDULE_CASES = [
@@ -92,12 +74,10 @@ SCHEDULE_CASES = [
 ]
 
 
-@pytest.mark.parametrize(
-    ("app", "day", "phase", "since", "cite"), SCHEDULE_CASES, ids=[f"{c[0]}-{c[1]}" for c in SCHEDULE_CASES]
-)
-def test_schedules_follow_the_orders(
-    bundled: Policy, app: str, day: dt.date, phase: Phase, since: dt.date | None, cite: str | None
-) -> None:
+@pytest.mark.parametrize(("app", "day", "phase", "since", "cite"), SCHEDULE_CASES,
+                         ids=[f"{c[0]}-{c[1]}" for c in SCHEDULE_CASES])
+def test_schedules_follow_the_orders(bundled: Policy, app: str, day: dt.date, phase: Phase,
+                                     since: dt.date | None, cite: str | None) -> None:
     got = bundled.phases(day)[app]
     assert (got.phase, got.since) == (phase, since)
     if cite is None:
@@ -120,7 +100,8 @@ LEGAL_CASES = [
 ] + [(app, "13971", "86 FR 1249", D(2021, 1, 5)) for app in EO13971_APPS]
 
 
-@pytest.mark.parametrize(("app", "order", "citation", "signed"), LEGAL_CASES, ids=[c[0] for c in LEGAL_CASES])
+@pytest.mark.parametrize(("app", "order", "citation", "signed"), LEGAL_CASES,
+                         ids=[c[0] for c in LEGAL_CASES])
 def test_legal_basis(bundled: Policy, app: str, order: str, citation: str, signed: dt.date) -> None:
     legal = bundled.apps[app].legal_basis
     assert order in legal.order
@@ -137,49 +118,19 @@ NAME_CASES = [
     ("tiktok-full", "www.tiktok.com", Kind.DNS, D(2020, 11, 13), Action.BLOCK, ("tiktok",)),
     ("tiktok-downloads-logged", "www.tiktok.com", Kind.DNS, D(2020, 10, 1), Action.LOG, ("tiktok",)),
     ("tiktok-before", "www.tiktok.com", Kind.DNS, D(2020, 9, 1), Action.ALLOW, ("tiktok",)),
-    (
-        "tiktok-sni",
-        "api16-normal-c-useast1a.tiktokv.com",
-        Kind.SNI,
-        D(2020, 11, 13),
-        Action.BLOCK,
-        ("tiktok",),
-    ),
-    (
-        "tiktok-cdn-glob",
-        "v16-webapp-prime.tiktokcdn-sg.com",
-        Kind.SNI,
-        D(2020, 11, 13),
-        Action.BLOCK,
-        ("tiktok",),
-    ),
-    (
-        "tiktok-ibyteimg-glob",
-        "p16-tiktok-va.ibyteimg.com",
-        Kind.SNI,
-        D(2020, 11, 13),
-        Action.BLOCK,
-        ("tiktok",),
-    ),
-    (
-        "tiktok-akamai-alias",
-        "v16-tiktokcdn-com.akamaized.net",
-        Kind.SNI,
-        D(2020, 11, 13),
-        Action.BLOCK,
-        ("tiktok",),
-    ),
+    ("tiktok-sni", "api16-normal-c-useast1a.tiktokv.com", Kind.SNI, D(2020, 11, 13), Action.BLOCK,
+     ("tiktok",)),
+    ("tiktok-cdn-glob", "v16-webapp-prime.tiktokcdn-sg.com", Kind.SNI, D(2020, 11, 13), Action.BLOCK,
+     ("tiktok",)),
+    ("tiktok-ibyteimg-glob", "p16-tiktok-va.ibyteimg.com", Kind.SNI, D(2020, 11, 13), Action.BLOCK,
+     ("tiktok",)),
+    ("tiktok-akamai-alias", "v16-tiktokcdn-com.akamaized.net", Kind.SNI, D(2020, 11, 13), Action.BLOCK,
+     ("tiktok",)),
     ("tiktok-cname-alias", "tiktokv.com.edgesuite.net", Kind.DNS, D(2020, 11, 13), Action.BLOCK, ("tiktok",)),
     ("bytedance-list", "www.toutiao.com", Kind.DNS, D(2020, 11, 13), Action.BLOCK, ("tiktok",)),
     ("douyin-list", "www.iesdouyin.com", Kind.DNS, D(2020, 11, 13), Action.BLOCK, ("tiktok",)),
-    (
-        "tiktok-appsflyer-host",
-        "roovza.launches.appsflyersdk.com",
-        Kind.SNI,
-        D(2020, 11, 13),
-        Action.BLOCK,
-        ("tiktok",),
-    ),
+    ("tiktok-appsflyer-host", "roovza.launches.appsflyersdk.com", Kind.SNI, D(2020, 11, 13), Action.BLOCK,
+     ("tiktok",)),
     ("wechat", "weixin.qq.com", Kind.DNS, D(2020, 9, 21), Action.BLOCK, ("wechat",)),
     ("wechat-sni", "long.weixin.qq.com", Kind.SNI, D(2020, 9, 21), Action.BLOCK, ("wechat",)),
     ("wechat-before", "weixin.qq.com", Kind.DNS, D(2020, 9, 19), Action.ALLOW, ("wechat",)),
@@ -190,14 +141,8 @@ NAME_CASES = [
     ("qq-full", "im.qq.com", Kind.DNS, EO13971_START, Action.BLOCK, ("tencent_qq",)),
     ("qq-wallet-under-qq", "qpay.qq.com", Kind.DNS, EO13971_START, Action.BLOCK, ("qq_wallet",)),
     ("tenpay-shared", "www.tenpay.com", Kind.DNS, EO13971_START, Action.BLOCK, ("wechat_pay", "qq_wallet")),
-    (
-        "wechat-pay-under-weixin",
-        "pay.weixin.qq.com",
-        Kind.DNS,
-        D(2020, 9, 21),
-        Action.BLOCK,
-        ("wechat", "wechat_pay"),
-    ),
+    ("wechat-pay-under-weixin", "pay.weixin.qq.com", Kind.DNS, D(2020, 9, 21), Action.BLOCK,
+     ("wechat", "wechat_pay")),
     ("wechat-pay", "wechatpay.cn", Kind.DNS, EO13971_START, Action.BLOCK, ("wechat_pay",)),
     ("wechat-pay-before", "wechatpay.cn", Kind.DNS, EO13971_START - DAY, Action.ALLOW, ("wechat_pay",)),
     ("alipay", "mobilegw.alipay.com", Kind.SNI, EO13971_START, Action.BLOCK, ("alipay",)),
@@ -221,12 +166,10 @@ NAME_CASES = [
 ]
 
 
-@pytest.mark.parametrize(
-    ("name", "kind", "day", "action", "apps"), [c[1:] for c in NAME_CASES], ids=[c[0] for c in NAME_CASES]
-)
-def test_names(
-    bundled: Policy, name: str, kind: Kind, day: dt.date, action: Action, apps: tuple[str, ...]
-) -> None:
+@pytest.mark.parametrize(("name", "kind", "day", "action", "apps"), [c[1:] for c in NAME_CASES],
+                         ids=[c[0] for c in NAME_CASES])
+def test_names(bundled: Policy, name: str, kind: Kind, day: dt.date, action: Action,
+               apps: tuple[str, ...]) -> None:
     d = view(bundled, day).decide_name(name, kind)
     assert d.action is action, d.reason
     assert set(d.apps) == set(apps)
@@ -234,34 +177,13 @@ def test_names(
 
 # Shared clouds and CDNs: never blocked, whatever the date or phase.
 SHARED = [
-    "something.myqcloud.com",
-    "cos.ap-guangzhou.myqcloud.com",
-    "x.qcloud.com",
-    "x.tencent-cloud.net",
-    "x.tencentcloudapi.com",
-    "x.cdn.dnsv1.com",
-    "x.volces.com",
-    "console.volcengine.com",
-    "www.volcengine.com",
-    "x.volccdn.com",
-    "x.byteplus.com",
-    "x.bytepluses.com",
-    "www.volcanicengine.com",
-    "x.vcloudapi.com",
-    "x.ksyun.com",
-    "x.ks-cdn.com",
-    "x.ksyuncdn.com",
-    "x.kcdnvip.com",
-    "x.akamaiedge.net",
-    "x.edgesuite.net",
-    "x.edgekey.net",
-    "x.akamaized.net",
-    "d1.cloudfront.net",
-    "global.fastly.net",
-    "x.map.fastly.net",
-    "app.appsflyersdk.com",
-    "x.alicdn.com",
-    "x.aliyuncs.com",
+    "something.myqcloud.com", "cos.ap-guangzhou.myqcloud.com", "x.qcloud.com", "x.tencent-cloud.net",
+    "x.tencentcloudapi.com", "x.cdn.dnsv1.com",
+    "x.volces.com", "console.volcengine.com", "www.volcengine.com", "x.volccdn.com", "x.byteplus.com",
+    "x.bytepluses.com", "www.volcanicengine.com", "x.vcloudapi.com",
+    "x.ksyun.com", "x.ks-cdn.com", "x.ksyuncdn.com", "x.kcdnvip.com",
+    "x.akamaiedge.net", "x.edgesuite.net", "x.edgekey.net", "x.akamaized.net", "d1.cloudfront.net",
+    "global.fastly.net", "x.map.fastly.net", "app.appsflyersdk.com", "x.alicdn.com", "x.aliyuncs.com",
 ]
 SHARED_VIEWS = [(None, Phase.FULL), (ALL_ON, None), (D(2020, 11, 13), None)]
 
@@ -277,7 +199,6 @@ def test_shared_clouds_are_never_blocked(bundled: Policy, name: str, kind: Kind)
 
 # --- app stores ------------------------------------------------------------------------------
 
-
 def _apple(n: int) -> str:
     return f"https://apps.apple.com/us/app/some-app/id{n}"
 
@@ -290,28 +211,21 @@ def _fdfe(pkg: str) -> str:
     return f"https://android.clients.google.com/fdfe/delivery?doc={pkg}&ot=1&vc=100"
 
 
-FIRST_DAY = {"tiktok": D(2020, 9, 20), "wechat": D(2020, 9, 20), **{a: EO13971_START for a in EO13971_APPS}}
+FIRST_DAY = {"tiktok": D(2020, 9, 20), "wechat": D(2020, 9, 20),
+             **{a: EO13971_START for a in EO13971_APPS}}
 STORE_URLS = [
-    ("tiktok", _apple(835599320)),
-    ("tiktok", _play("com.zhiliaoapp.musically")),
+    ("tiktok", _apple(835599320)), ("tiktok", _play("com.zhiliaoapp.musically")),
     ("tiktok", _fdfe("com.zhiliaoapp.musically.go")),
-    ("wechat", _apple(414478124)),
-    ("wechat", _play("com.tencent.mm")),
+    ("wechat", _apple(414478124)), ("wechat", _play("com.tencent.mm")),
     # WeChat Pay ships inside WeChat: its listing is WeChat's, blocked on WeChat's date
     ("wechat_pay", "https://itunes.apple.com/lookup?id=414478124"),
-    ("alipay", _apple(333206289)),
-    ("alipay", _play("com.eg.android.AlipayGphone")),
-    ("camscanner", _apple(388627783)),
-    ("camscanner", _play("com.intsig.camscanner")),
+    ("alipay", _apple(333206289)), ("alipay", _play("com.eg.android.AlipayGphone")),
+    ("camscanner", _apple(388627783)), ("camscanner", _play("com.intsig.camscanner")),
     ("qq_wallet", _play("com.tencent.mobileqq")),
-    ("shareit", _apple(725215120)),
-    ("shareit", _fdfe("com.lenovo.anyshare.gps")),
-    ("tencent_qq", _apple(444934666)),
-    ("tencent_qq", _play("com.tencent.mobileqq")),
-    ("vmate", _play("com.uc.vmate")),
-    ("vmate", _play("com.uc.vmlite")),
-    ("wps_office", _apple(1491101673)),
-    ("wps_office", _play("cn.wps.moffice_eng")),
+    ("shareit", _apple(725215120)), ("shareit", _fdfe("com.lenovo.anyshare.gps")),
+    ("tencent_qq", _apple(444934666)), ("tencent_qq", _play("com.tencent.mobileqq")),
+    ("vmate", _play("com.uc.vmate")), ("vmate", _play("com.uc.vmlite")),
+    ("wps_office", _apple(1491101673)), ("wps_office", _play("cn.wps.moffice_eng")),
 ]
 
 
@@ -338,9 +252,8 @@ OTHER_STORE_URLS = [
 ]
 
 
-@pytest.mark.parametrize(
-    ("url", "day"), [c[1:] for c in OTHER_STORE_URLS], ids=[c[0] for c in OTHER_STORE_URLS]
-)
+@pytest.mark.parametrize(("url", "day"), [c[1:] for c in OTHER_STORE_URLS],
+                         ids=[c[0] for c in OTHER_STORE_URLS])
 def test_other_store_pages_are_allowed(bundled: Policy, url: str, day: dt.date) -> None:
     d = view(bundled, day).decide_http(url)
     assert d.action is Action.ALLOW, d.reason
@@ -377,9 +290,8 @@ DOWNLOADS = [
 ]
 
 
-@pytest.mark.parametrize(
-    ("app", "url"), DOWNLOADS, ids=[f"{a}-{u.split('/')[2]}-{i}" for i, (a, u) in enumerate(DOWNLOADS)]
-)
+@pytest.mark.parametrize(("app", "url"), DOWNLOADS, ids=[f"{a}-{u.split('/')[2]}-{i}"
+                                                          for i, (a, u) in enumerate(DOWNLOADS)])
 def test_download_endpoint_blocked_from_its_phase(bundled: Policy, app: str, url: str) -> None:
     first = FIRST_DAY[app]
     assert view(bundled, first - DAY).decide_http(url).action is Action.ALLOW
@@ -390,23 +302,17 @@ def test_download_endpoint_blocked_from_its_phase(bundled: Policy, app: str, url
 
 SHARED_DOWNLOAD_HOSTS = [
     # (id, url, day, action): a shared download host blocks only the app's own paths
-    (
-        "dldir1-qq-path-while-wechat-on",
-        "https://dldir1.qq.com/qqfile/qq/QQ9.1.6.exe",
-        D(2020, 9, 21),
-        Action.ALLOW,
-    ),
+    ("dldir1-qq-path-while-wechat-on", "https://dldir1.qq.com/qqfile/qq/QQ9.1.6.exe", D(2020, 9, 21),
+     Action.ALLOW),
     ("dldir1-wechat-path", "https://dldir1.qq.com/weixin/mac/mac-release.xml", D(2020, 9, 21), Action.BLOCK),
     ("webcdn-other-app", "https://webcdn.m.qq.com/spcmgr/download/QQMusic.exe", D(2020, 9, 21), Action.ALLOW),
 ]
 
 
-@pytest.mark.parametrize(
-    ("url", "day", "action"),
-    [c[1:] for c in SHARED_DOWNLOAD_HOSTS],
-    ids=[c[0] for c in SHARED_DOWNLOAD_HOSTS],
-)
-def test_shared_download_hosts_judge_by_path(bundled: Policy, url: str, day: dt.date, action: Action) -> None:
+@pytest.mark.parametrize(("url", "day", "action"), [c[1:] for c in SHARED_DOWNLOAD_HOSTS],
+                         ids=[c[0] for c in SHARED_DOWNLOAD_HOSTS])
+def test_shared_download_hosts_judge_by_path(bundled: Policy, url: str, day: dt.date,
+                                             action: Action) -> None:
     assert view(bundled, day).decide_http(url).action is action
 
 
@@ -416,7 +322,6 @@ def test_shared_download_host_sni_asks_for_inspection(bundled: Policy) -> None:
 
 
 # --- provenance ------------------------------------------------------------------------------
-
 
 def _entries(raw: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
     for app in raw["apps"]:
@@ -440,25 +345,15 @@ def test_every_entry_cites_a_declared_source(raw: dict[str, Any]) -> None:
         unknown = [k for k in keys if k not in declared]
         assert not unknown, f"{where}: source keys {unknown} are not declared under sources:"
     used = {k for _, e in entries for k in (e["source"] if isinstance(e["source"], list) else [e["source"]])}
-    assert set(declared) - used <= {
-        "eo13942",
-        "eo13943",
-        "eo13971",
-        "eo14034",
-        "commerce:tiktok",
-        "commerce:wechat",
-    }, "declared but unused source keys"
+    assert set(declared) - used <= {"eo13942", "eo13943", "eo13971", "eo14034", "commerce:tiktok",
+                                    "commerce:wechat"}, "declared but unused source keys"
 
 
 def test_every_citation_names_repository_and_commit_or_url(raw: dict[str, Any]) -> None:
     for key, citation in raw["sources"].items():
         assert isinstance(citation, str)
         if key.startswith(("v2fly:", "adguard:", "bm7:", "blp:", "brew:", "winget:")) or key in (
-            "chinaapps",
-            "dragonapps",
-            "mobileagent",
-            "lzwjava",
-        ):
+                "chinaapps", "dragonapps", "mobileagent", "lzwjava"):
             assert citation.startswith("github.com/") and " @ " in citation, key
         elif key == "trendmicro":
             assert citation.startswith("https://"), key
@@ -482,34 +377,24 @@ def test_every_schedule_entry_cites_its_source(raw: dict[str, Any]) -> None:
 
 def test_opt_in_groups_are_off(raw: dict[str, Any]) -> None:
     assert {g: v["enabled"] for g, v in raw["groups"].items()} == {
-        "parent_company": False,
-        "ads_tracking": False,
-    }
+        "parent_company": False, "ads_tracking": False}
 
 
-@pytest.mark.parametrize(
-    "name", ["bytedance.txt", "bytedance-ads.txt", "douyin.txt", "tencent.txt", "tencent-ads.txt"]
-)
+@pytest.mark.parametrize("name", ["bytedance.txt", "bytedance-ads.txt", "douyin.txt", "tencent.txt",
+                                  "tencent-ads.txt"])
 def test_list_file_headers_cite_their_source(name: str) -> None:
     text = (BUNDLED.parent / "lists" / name).read_text(encoding="utf-8")
     header = [ln for ln in text.splitlines() if ln.startswith("#")]
-    assert any(
-        ln.startswith("# Source: github.com/v2fly/domain-list-community") and " last changed in " in ln
-        for ln in header
-    ), name
+    assert any(ln.startswith("# Source: github.com/v2fly/domain-list-community") and " last changed in " in ln
+               for ln in header), name
 
 
 # --- the CLI ---------------------------------------------------------------------------------
 
-
 def test_cli_check_accepts_the_bundled_policy() -> None:
     proc = subprocess.run(
         [sys.executable, "-m", "egress_filter.cli", "check", str(BUNDLED)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+        capture_output=True, text=True, timeout=120, check=False)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "apps (10)" in proc.stdout
     for app in APPS:
@@ -518,7 +403,6 @@ def test_cli_check_accepts_the_bundled_policy() -> None:
 
 # --- the opt-in groups, switched on ----------------------------------------------------------
 
-
 @pytest.fixture(scope="module")
 def strict(tmp_path_factory: pytest.TempPathFactory) -> Policy:
     """The bundled policy with both opt-in groups on (their list files are only read then)."""
@@ -526,9 +410,8 @@ def strict(tmp_path_factory: pytest.TempPathFactory) -> Policy:
     shutil.copytree(BUNDLED.parent / "lists", target / "lists")
     text = BUNDLED.read_text(encoding="utf-8")
     assert text.count("    enabled: false\n") == 2
-    (target / "bundled.yaml").write_text(
-        text.replace("    enabled: false\n", "    enabled: true\n"), encoding="utf-8"
-    )
+    (target / "bundled.yaml").write_text(text.replace("    enabled: false\n", "    enabled: true\n"),
+                                         encoding="utf-8")
     return load_policy(target / "bundled.yaml")
 
 
