@@ -38,10 +38,26 @@ import dpkt
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "bench" / "out" / "replay"
 TARGET_RATIO = 3.0
-BANNED = ("www.tiktok.com", "v16-webapp.tiktok.com", "api16-normal-c-useast1a.tiktokv.com", "web.wechat.com",
-          "dldir1.qq.com", "www.camscanner.com", "api.alipay.com", "www.wps.com")
-ALLOWED = ("www.example.com", "cdn.jsdelivr.net", "www.wikipedia.org", "github.com", "fonts.gstatic.com",
-           "api.weather.example", "mail.example.org", "static.cloudflareinsights.com")
+BANNED = (
+    "www.tiktok.com",
+    "v16-webapp.tiktok.com",
+    "api16-normal-c-useast1a.tiktokv.com",
+    "web.wechat.com",
+    "dldir1.qq.com",
+    "www.camscanner.com",
+    "api.alipay.com",
+    "www.wps.com",
+)
+ALLOWED = (
+    "www.example.com",
+    "cdn.jsdelivr.net",
+    "www.wikipedia.org",
+    "github.com",
+    "fonts.gstatic.com",
+    "api.weather.example",
+    "mail.example.org",
+    "static.cloudflareinsights.com",
+)
 
 
 def _names(rng: random.Random) -> str:
@@ -59,7 +75,9 @@ class Writer:
         self.n = 0
 
     def _ip(self, proto: int, src: bytes, dst: bytes, l4: bytes) -> None:
-        ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(l4), self.n & 0xFFFF, 0x4000, 64, proto, 0, src, dst)
+        ip = struct.pack(
+            "!BBHHHBBH4s4s", 0x45, 0, 20 + len(l4), self.n & 0xFFFF, 0x4000, 64, proto, 0, src, dst
+        )
         self.frame(b"\x02\x00\x00\x00\x00\x01\x02\x00\x00\x00\x00\x02\x08\x00" + ip + l4)
 
     def frame(self, data: bytes) -> None:
@@ -67,9 +85,15 @@ class Writer:
         self.n += 1
         self.w.writepkt(data, ts=self.t)
 
-    def tcp(self, src: bytes, dst: bytes, sport: int, dport: int, seq: int, flags: int, data: bytes = b"") -> None:
-        self._ip(6, src, dst, struct.pack("!HHIIBBHHH", sport, dport, seq & 0xFFFFFFFF, 1, 0x50, flags, 65535, 0, 0)
-                 + data)
+    def tcp(
+        self, src: bytes, dst: bytes, sport: int, dport: int, seq: int, flags: int, data: bytes = b""
+    ) -> None:
+        self._ip(
+            6,
+            src,
+            dst,
+            struct.pack("!HHIIBBHHH", sport, dport, seq & 0xFFFFFFFF, 1, 0x50, flags, 65535, 0, 0) + data,
+        )
 
     def udp(self, src: bytes, dst: bytes, sport: int, dport: int, data: bytes) -> None:
         self._ip(17, src, dst, struct.pack("!HHHH", sport, dport, 8 + len(data), 0) + data)
@@ -99,7 +123,7 @@ def generate(path: Path, packets: int, seed: int = 5) -> None:
             w.tcp(server, client, 443, cport, sisn, 0x12)
             w.tcp(client, server, cport, 443, isn + 1, 0x10)
             for off in range(0, len(hello), 1400):
-                w.tcp(client, server, cport, 443, isn + 1 + off, 0x18, hello[off:off + 1400])
+                w.tcp(client, server, cport, 443, isn + 1 + off, 0x18, hello[off : off + 1400])
             w.tcp(server, client, 443, cport, sisn + 1, 0x18, b"\x16\x03\x03\x00\x7a\x02" + bytes(1394))
             for i in range(rng.randrange(10, 40)):
                 w.tcp(server, client, 443, cport, sisn + 1401 + i * 1400, 0x10, b"\x17\x03\x03" + bytes(1397))
@@ -118,13 +142,22 @@ def generate(path: Path, packets: int, seed: int = 5) -> None:
             w.udp(resolver, client, 53, cport, a.pack())
         elif roll < 0.85:  # HTTP/1.1 request and response
             isn, sisn = rng.randrange(1 << 32), rng.randrange(1 << 32)
-            req = f"GET /p/{rng.randrange(1000)} HTTP/1.1\r\nHost: {_names(rng)}\r\nUser-Agent: bench\r\n\r\n".encode()
+            host = _names(rng)
+            path = f"/p/{rng.randrange(1000)}"
+            req = f"GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: bench\r\n\r\n".encode()
             w.tcp(client, server, cport, 80, isn, 0x02)
             w.tcp(server, client, 80, cport, sisn, 0x12)
             w.tcp(client, server, cport, 80, isn + 1, 0x10)
             w.tcp(client, server, cport, 80, isn + 1, 0x18, req)
-            w.tcp(server, client, 80, cport, sisn + 1, 0x18, b"HTTP/1.1 200 OK\r\nContent-Length: 2000\r\n\r\n"
-                  + bytes(1300))
+            w.tcp(
+                server,
+                client,
+                80,
+                cport,
+                sisn + 1,
+                0x18,
+                b"HTTP/1.1 200 OK\r\nContent-Length: 2000\r\n\r\n" + bytes(1300),
+            )
             w.tcp(server, client, 80, cport, sisn + 1342, 0x18, bytes(700))
             w.tcp(client, server, cport, 80, isn + 1 + len(req), 0x11)
         elif roll < 0.9:  # QUIC: Initial datagrams, then short-header packets both ways
@@ -179,10 +212,35 @@ def main() -> int:
         tenth(pcap, small)
     with pcap.open("rb") as f:
         n = sum(1 for _ in dpkt.pcap.Reader(f))
-    tshark_cmd = [tshark, "-n", "-r", str(pcap), "-T", "fields", "-o", "tcp.reassemble_out_of_order:TRUE",
-                  "-e", "dns.qry.name", "-e", "tls.handshake.extensions_server_name", "-e", "http.host"]
-    replay_cmd = [sys.executable, "-m", "egress_filter.cli", "replay", "--no-progress", "--at", "2020-11-13",
-                  "--format", "jsonl", "--output", os.devnull]
+    tshark_cmd = [
+        tshark,
+        "-n",
+        "-r",
+        str(pcap),
+        "-T",
+        "fields",
+        "-o",
+        "tcp.reassemble_out_of_order:TRUE",
+        "-e",
+        "dns.qry.name",
+        "-e",
+        "tls.handshake.extensions_server_name",
+        "-e",
+        "http.host",
+    ]
+    replay_cmd = [
+        sys.executable,
+        "-m",
+        "egress_filter.cli",
+        "replay",
+        "--no-progress",
+        "--at",
+        "2020-11-13",
+        "--format",
+        "jsonl",
+        "--output",
+        os.devnull,
+    ]
     ours, theirs, rss = [], [], []
     for _ in range(args.runs):
         wall, _ = timed(tshark_cmd)
@@ -200,25 +258,33 @@ def main() -> int:
         f"replay:  {t_ours:6.2f} s  {pps_ours:>10,.0f} packets/s  (median of {args.runs}; peak RSS "
         f"{max(rss) / 1024:.0f} MB, {rss_small / 1024:.0f} MB on a tenth of the capture)",
         f"tshark:  {t_theirs:6.2f} s  {pps_theirs:>10,.0f} packets/s  (median of {args.runs})",
-        f"ratio:   {ratio:.2f}x tshark (target >= {TARGET_RATIO:.0f}x: {'met' if ratio >= TARGET_RATIO else 'NOT met'})",
+        f"ratio:   {ratio:.2f}x tshark (target >= {TARGET_RATIO:.0f}x: "
+        f"{'met' if ratio >= TARGET_RATIO else 'NOT met'})",
         f"load average at the end: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} on {os.cpu_count()} cores",
     ]
     print("\n".join(lines))
     if args.markdown:
-        when = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+        when = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
         md = [
-            "## Capture replay vs tshark", "",
+            "## Capture replay vs tshark",
+            "",
             f"`python -m bench.replay_bench --packets {args.packets} --runs {args.runs}` ({when}). "
             "Both tools read the same synthetic Ethernet pcap (TLS with some two-segment post-quantum "
             "ClientHellos, DNS with CNAME chains, HTTP/1.1, QUIC v1 Initials, noise) in the same run: tshark "
-            "extracts `dns.qry.name`, `tls.handshake.extensions_server_name` and `http.host`; replay extracts "
-            "the same names and also judges each with the bundled policy, writing JSON-lines events.", "",
-            "| tool | time (median) | packets/s | peak RSS |", "|---|---|---|---|",
+            "extracts `dns.qry.name`, `tls.handshake.extensions_server_name` and `http.host`; "
+            "replay extracts "
+            "the same names and also judges each with the bundled policy, writing JSON-lines events.",
+            "",
+            "| tool | time (median) | packets/s | peak RSS |",
+            "|---|---|---|---|",
             f"| egress-filter replay | {t_ours:.2f} s | {pps_ours:,.0f} | {max(rss) / 1024:.0f} MB |",
-            f"| tshark {_tshark_version(tshark)} | {t_theirs:.2f} s | {pps_theirs:,.0f} | — |", "",
-            f"Ratio: **{ratio:.2f}×** tshark (target ≥ {TARGET_RATIO:.0f}×). Replay's peak RSS on a tenth of the "
+            f"| tshark {_tshark_version(tshark)} | {t_theirs:.2f} s | {pps_theirs:,.0f} | — |",
+            "",
+            f"Ratio: **{ratio:.2f}×** tshark (target ≥ {TARGET_RATIO:.0f}×). "
+            "Replay's peak RSS on a tenth of the "
             f"capture: {rss_small / 1024:.0f} MB (memory does not grow with the input). "
-            f"Load average at the end: {load[0]:.2f} on {os.cpu_count()} cores, shared with other work.", "",
+            f"Load average at the end: {load[0]:.2f} on {os.cpu_count()} cores, shared with other work.",
+            "",
         ]
         Path(args.markdown).write_text("\n".join(md))
     return 0

@@ -42,13 +42,24 @@ CHUNK = 1 << 20
 
 PCAPNG_MAGIC = b"\x0a\x0d\x0d\x0a"
 PCAP_MAGICS = {struct.pack("<I", m) for m in dpcap.MAGIC_TO_PKT_HDR} | {
-    struct.pack(">I", m) for m in dpcap.MAGIC_TO_PKT_HDR}
+    struct.pack(">I", m) for m in dpcap.MAGIC_TO_PKT_HDR
+}
 
 # Link types (https://www.tcpdump.org/linktypes.html) by how their IP offset is found.
 LINK_NULL, LINK_ETHERNET, LINK_RAW_A, LINK_RAW_B, LINK_RAW, LINK_LOOP = 0, 1, 12, 14, 101, 108
 LINK_SLL, LINK_IPV4, LINK_IPV6, LINK_SLL2 = 113, 228, 229, 276
-SUPPORTED_LINKS = {LINK_NULL, LINK_ETHERNET, LINK_RAW_A, LINK_RAW_B, LINK_RAW, LINK_LOOP, LINK_SLL,
-                   LINK_IPV4, LINK_IPV6, LINK_SLL2}
+SUPPORTED_LINKS = {
+    LINK_NULL,
+    LINK_ETHERNET,
+    LINK_RAW_A,
+    LINK_RAW_B,
+    LINK_RAW,
+    LINK_LOOP,
+    LINK_SLL,
+    LINK_IPV4,
+    LINK_IPV6,
+    LINK_SLL2,
+}
 VLAN_TYPES = (0x8100, 0x88A8, 0x9100)
 IPV6_EXT = (0, 43, 60, 51)  # hop-by-hop, routing, destination options, AH
 
@@ -198,29 +209,34 @@ class Decoder:
             total = buf[off + 2] << 8 | buf[off + 3]
             end = off + total if total else len(buf)  # 0 with TCP segmentation offload
             proto = buf[off + 9]
-            src = buf[off + 12:off + 16]
-            dst = buf[off + 16:off + 20]
+            src = buf[off + 12 : off + 16]
+            dst = buf[off + 16 : off + 20]
             l4 = off + ihl
             frag = (buf[off + 6] << 8 | buf[off + 7]) & 0x3FFF
             if frag:
-                whole = self._fragment((src, dst, buf[off + 4:off + 6], proto), (frag & 0x1FFF) * 8,
-                                       bool(frag & 0x2000), buf[l4:end])
+                whole = self._fragment(
+                    (src, dst, buf[off + 4 : off + 6], proto),
+                    (frag & 0x1FFF) * 8,
+                    bool(frag & 0x2000),
+                    buf[l4:end],
+                )
                 if whole is None:
                     return
                 buf, l4, end = whole, 0, len(whole)
         elif version == 6:
             end = off + 40 + (buf[off + 4] << 8 | buf[off + 5])
             proto = buf[off + 6]
-            src = buf[off + 8:off + 24]
-            dst = buf[off + 24:off + 40]
+            src = buf[off + 8 : off + 24]
+            dst = buf[off + 24 : off + 40]
             l4 = off + 40
             while proto in IPV6_EXT:
                 proto, l4 = buf[l4], l4 + ((buf[l4 + 1] + 2) * 4 if proto == 51 else (buf[l4 + 1] + 1) * 8)
             if proto == 44:
                 fo = buf[l4 + 2] << 8 | buf[l4 + 3]
                 proto = buf[l4]
-                whole = self._fragment((src, dst, buf[l4 + 4:l4 + 8], proto), fo & 0xFFF8, bool(fo & 1),
-                                       buf[l4 + 8:end])
+                whole = self._fragment(
+                    (src, dst, buf[l4 + 4 : l4 + 8], proto), fo & 0xFFF8, bool(fo & 1), buf[l4 + 8 : end]
+                )
                 if whole is None:
                     return
                 buf, l4, end = whole, 0, len(whole)
@@ -232,12 +248,13 @@ class Decoder:
             sport = buf[l4] << 8 | buf[l4 + 1]
             dport = buf[l4 + 2] << 8 | buf[l4 + 3]
             if sport in self.dns_ports or dport in self.dns_ports:
-                self._dns(buf[l4 + 8:end], src, dst, sport, dport, "dns/udp")
+                self._dns(buf[l4 + 8 : end], src, dst, sport, dport, "dns/udp")
             elif buf[l4 + 8] & 0xC0 == 0xC0:
-                self._quic(buf[l4 + 8:end], src, dst, buf[l4:l4 + 4], sport, dport)
+                self._quic(buf[l4 + 8 : end], src, dst, buf[l4 : l4 + 4], sport, dport)
 
-    def _fragment(self, key: tuple[bytes, bytes, bytes, int], offset: int, more: bool,
-                  data: bytes) -> bytes | None:
+    def _fragment(
+        self, key: tuple[bytes, bytes, bytes, int], offset: int, more: bool, data: bytes
+    ) -> bytes | None:
         """Collect one IP fragment; the whole payload once every piece is in."""
         pieces = self.fragments.get(key)
         if pieces is None:
@@ -257,7 +274,7 @@ class Decoder:
         for start in sorted(pieces):
             if start > len(out):
                 return None  # a hole: wait for the missing piece
-            out += pieces[start][len(out) - start:]
+            out += pieces[start][len(out) - start :]
         if len(out) < total:
             return None
         del self.fragments[key]
@@ -267,14 +284,14 @@ class Decoder:
     # --- TCP ----------------------------------------------------------------
 
     def _tcp(self, buf: bytes, l4: int, end: int, src: bytes, dst: bytes) -> None:
-        ports = buf[l4:l4 + 4]
+        ports = buf[l4 : l4 + 4]
         key = src + dst + ports
         flags = buf[l4 + 13]
         streams = self.streams
         st = streams.get(key)
         if flags & 0x02:  # SYN or SYN-ACK: a new direction, its first byte is ISN + 1
             streams.pop(key, None)
-            self._remember(key, Stream((int.from_bytes(buf[l4 + 4:l4 + 8], "big") + 1) & MASK))
+            self._remember(key, Stream((int.from_bytes(buf[l4 + 4 : l4 + 8], "big") + 1) & MASK))
             return
         if st is DONE:
             if flags & 0x05:  # FIN / RST: forget the direction
@@ -295,7 +312,9 @@ class Decoder:
             st = Stream(None)
             self._remember(key, st)
         assert isinstance(st, Stream)
-        if not st.feed(int.from_bytes(buf[l4 + 4:l4 + 8], "big"), data, _starts_any if dns else _starts_tls_or_http):
+        if not st.feed(
+            int.from_bytes(buf[l4 + 4 : l4 + 8], "big"), data, _starts_any if dns else _starts_tls_or_http
+        ):
             if st.strays > MAX_STRAYS and st.next is None:
                 streams[key] = DONE
             return
@@ -343,8 +362,8 @@ class Decoder:
                     return True
                 if len(buf) < n + 2:
                     return False
-                self._dns(bytes(buf[2:n + 2]), src, dst, sport, dport, "dns/tcp")
-                del buf[:n + 2]
+                self._dns(bytes(buf[2 : n + 2]), src, dst, sport, dport, "dns/tcp")
+                del buf[: n + 2]
             return False
         return self._http(st, src, dst, sport, dport)
 
@@ -362,7 +381,7 @@ class Decoder:
                 if line_end < 0:
                     return len(buf) > 1024
                 if st.body:  # the CRLF after a chunk's data
-                    del buf[:line_end + 2]
+                    del buf[: line_end + 2]
                     st.body = False
                     continue
                 size_text = bytes(buf[:line_end]).split(b";")[0].strip()
@@ -372,14 +391,14 @@ class Decoder:
                     return True
                 if size == 0:
                     trailer_end = buf.find(b"\r\n\r\n", line_end)
-                    if trailer_end < 0 and bytes(buf[line_end:line_end + 4]) != b"\r\n\r\n":
+                    if trailer_end < 0 and bytes(buf[line_end : line_end + 4]) != b"\r\n\r\n":
                         if len(buf) > 16_384:
                             return True
                         return False
-                    del buf[:(trailer_end if trailer_end >= 0 else line_end) + 4]
+                    del buf[: (trailer_end if trailer_end >= 0 else line_end) + 4]
                     st.chunked = False
                     continue
-                del buf[:line_end + 2]
+                del buf[: line_end + 2]
                 st.skip = size
                 st.body = True
                 continue
@@ -391,14 +410,27 @@ class Decoder:
             if head_end < 0:
                 return len(buf) > 16_384
             head = bytes(buf[:head_end])
-            del buf[:head_end + 4]
+            del buf[: head_end + 4]
             req = wire.http_request_head(head)
             if req is None:
                 return True
             server = _ip(dst)
             url, host = wire.http_url(req, server, dport)
-            self.out.append(Sighting(self.ts, Kind.HTTP, url, _ip(src), server, sport, dport, host, "http",
-                                     file=self.file, packet=self.number))
+            self.out.append(
+                Sighting(
+                    self.ts,
+                    Kind.HTTP,
+                    url,
+                    _ip(src),
+                    server,
+                    sport,
+                    dport,
+                    host,
+                    "http",
+                    file=self.file,
+                    packet=self.number,
+                )
+            )
             length = wire.http_body_length(head)
             if length is None:
                 st.chunked = True
@@ -408,11 +440,37 @@ class Decoder:
     def _hello(self, hello: wire.Hello, src: bytes, dst: bytes, sport: int, dport: int, via: str) -> None:
         client, server = _ip(src), _ip(dst)
         if hello.sni:
-            self.out.append(Sighting(self.ts, Kind.SNI, hello.sni, client, server, sport, dport, via=via,
-                                     file=self.file, packet=self.number, ech=hello.ech))
+            self.out.append(
+                Sighting(
+                    self.ts,
+                    Kind.SNI,
+                    hello.sni,
+                    client,
+                    server,
+                    sport,
+                    dport,
+                    via=via,
+                    file=self.file,
+                    packet=self.number,
+                    ech=hello.ech,
+                )
+            )
         else:  # no name on the wire: the server address is all a filter has
-            self.out.append(Sighting(self.ts, Kind.IP, server, client, server, sport, dport, via=via,
-                                     file=self.file, packet=self.number, ech=hello.ech))
+            self.out.append(
+                Sighting(
+                    self.ts,
+                    Kind.IP,
+                    server,
+                    client,
+                    server,
+                    sport,
+                    dport,
+                    via=via,
+                    file=self.file,
+                    packet=self.number,
+                    ech=hello.ech,
+                )
+            )
 
     # --- UDP: DNS and QUIC --------------------------------------------------
 
@@ -441,13 +499,39 @@ class Decoder:
                 if len(seen) >= MAX_STREAMS:
                     del seen[next(iter(seen))]
                 seen[key] = None
-            self.out.append(Sighting(self.ts, Kind.DNS, name, client, server, cport, sport_, via=via,
-                                     qtype=qtype, file=self.file, packet=self.number))
+            self.out.append(
+                Sighting(
+                    self.ts,
+                    Kind.DNS,
+                    name,
+                    client,
+                    server,
+                    cport,
+                    sport_,
+                    via=via,
+                    qtype=qtype,
+                    file=self.file,
+                    packet=self.number,
+                )
+            )
         for owner, target in msg.cnames:
             if target:
-                self.out.append(Sighting(self.ts, Kind.DNS, target, client, server, cport, sport_,
-                                         via="cname", qtype="CNAME", file=self.file, packet=self.number,
-                                         cname_of=owner))
+                self.out.append(
+                    Sighting(
+                        self.ts,
+                        Kind.DNS,
+                        target,
+                        client,
+                        server,
+                        cport,
+                        sport_,
+                        via="cname",
+                        qtype="CNAME",
+                        file=self.file,
+                        packet=self.number,
+                        cname_of=owner,
+                    )
+                )
 
     def _quic(self, payload: bytes, src: bytes, dst: bytes, ports: bytes, sport: int, dport: int) -> None:
         if not wire.quic_initial_kind(payload):
@@ -480,19 +564,32 @@ class Decoder:
     def damage_notes(self) -> list[Damage]:
         notes = []
         if self.malformed:
-            notes.append(Damage(self.file, self.first_malformed,
-                                f"{self.malformed} malformed packet(s) skipped (the first shown)",
-                                stopped=False))
+            notes.append(
+                Damage(
+                    self.file,
+                    self.first_malformed,
+                    f"{self.malformed} malformed packet(s) skipped (the first shown)",
+                    stopped=False,
+                )
+            )
         for link in sorted(self.unsupported_links):
-            notes.append(Damage(self.file, 0, f"link type {link} is not supported; its packets were skipped",
-                                stopped=False))
+            notes.append(
+                Damage(
+                    self.file,
+                    0,
+                    f"link type {link} is not supported; its packets were skipped",
+                    stopped=False,
+                )
+            )
         return notes
 
 
 # --- file formats -----------------------------------------------------------
 
-def read_capture(name: str, fh: BinaryIO, progress: Progress | None = None,
-                 dns_ports: frozenset[int] = frozenset({53})) -> Iterator[Sighting | Damage]:
+
+def read_capture(
+    name: str, fh: BinaryIO, progress: Progress | None = None, dns_ports: frozenset[int] = frozenset({53})
+) -> Iterator[Sighting | Damage]:
     """Every sighting in a pcap or pcapng file, in packet order."""
     head = fh.read(4)
     dec = Decoder(name, dns_ports)
@@ -537,7 +634,9 @@ def _pcap(dec: Decoder, head: bytes, fh: BinaryIO, progress: Progress | None) ->
             return
         number += 1
         if len(buf) - pos < hlen:
-            yield Damage(dec.file, number, f"file ends inside the record header ({len(buf) - pos} of {hlen} bytes)")
+            yield Damage(
+                dec.file, number, f"file ends inside the record header ({len(buf) - pos} of {hlen} bytes)"
+            )
             return
         sec, frac, caplen = unpack(buf, pos)[:3]
         if caplen > MAX_RECORD:
@@ -551,9 +650,11 @@ def _pcap(dec: Decoder, head: bytes, fh: BinaryIO, progress: Progress | None) ->
             end -= pos
             pos = 0
         if end > len(buf):
-            yield Damage(dec.file, number, f"file ends inside the packet ({len(buf) - pos - hlen} of {caplen} bytes)")
+            yield Damage(
+                dec.file, number, f"file ends inside the packet ({len(buf) - pos - hlen} of {caplen} bytes)"
+            )
             return
-        packet(sec + frac / divisor, buf[pos + hlen:end], link, number)
+        packet(sec + frac / divisor, buf[pos + hlen : end], link, number)
         pos = end
         if out:
             yield from out
@@ -562,7 +663,9 @@ def _pcap(dec: Decoder, head: bytes, fh: BinaryIO, progress: Progress | None) ->
             progress()
 
 
-def _pcapng(dec: Decoder, head: bytes, fh: BinaryIO, progress: Progress | None) -> Iterator[Sighting | Damage]:
+def _pcapng(
+    dec: Decoder, head: bytes, fh: BinaryIO, progress: Progress | None
+) -> Iterator[Sighting | Damage]:
     read = fh.read
     out = dec.out
     le = True
@@ -593,7 +696,9 @@ def _pcapng(dec: Decoder, head: bytes, fh: BinaryIO, progress: Progress | None) 
             interfaces = []
         btype, blen = struct.unpack("<II" if le else ">II", top[:8])
         if blen < 12 or blen % 4 or blen > MAX_RECORD:
-            yield Damage(dec.file, number + 1, f"corrupt block header (type {btype:#x}, length {blen}); stopped here")
+            yield Damage(
+                dec.file, number + 1, f"corrupt block header (type {btype:#x}, length {blen}); stopped here"
+            )
             return
         body = read(blen - len(top))
         if len(body) < blen - len(top):
@@ -611,7 +716,7 @@ def _pcapng(dec: Decoder, head: bytes, fh: BinaryIO, progress: Progress | None) 
                 if not interfaces:
                     raise ValueError("simple packet block before any interface")
                 caplen = struct.unpack("<I" if le else ">I", block[8:12])[0]
-                dec.packet(0.0, block[12:12 + min(caplen, blen - 16)], interfaces[0][0], number)
+                dec.packet(0.0, block[12 : 12 + min(caplen, blen - 16)], interfaces[0][0], number)
             elif btype == dpcapng.PCAPNG_BT_PB:
                 number += 1
                 pb = (dpcapng.PacketBlockLE if le else dpcapng.PacketBlock)(block)

@@ -22,23 +22,43 @@ def register(subparsers: Any) -> None:
     from egress_filter.cli import add_policy_args
 
     p = subparsers.add_parser(
-        "replay", help="judge pcap/pcapng captures, .mitm flow files, Zeek and Suricata logs",
+        "replay",
+        help="judge pcap/pcapng captures, .mitm flow files, Zeek and Suricata logs",
         description="Judge captures and sensor logs with the policy, as the DNS filter and the proxy would. "
-                    "Exit codes: 0 done, 1 policy error, 2 usage error, 3 --fail-on matched, "
-                    "4 an input was unreadable or damaged.")
-    p.add_argument("inputs", nargs="+", metavar="INPUT",
-                   help="pcap, pcapng, mitmproxy flow file, Zeek dns/ssl/http log (TSV or JSON), "
-                        "Suricata EVE JSON; gzip is fine")
+        "Exit codes: 0 done, 1 policy error, 2 usage error, 3 --fail-on matched, "
+        "4 an input was unreadable or damaged.",
+    )
+    p.add_argument(
+        "inputs",
+        nargs="+",
+        metavar="INPUT",
+        help="pcap, pcapng, mitmproxy flow file, Zeek dns/ssl/http log (TSV or JSON), "
+        "Suricata EVE JSON; gzip is fine",
+    )
     add_policy_args(p)
-    p.add_argument("--format", choices=("table", "json", "jsonl", "html"), default="table",
-                   help="table (default), json, jsonl (the shared event schema) or a self-contained html report")
+    p.add_argument(
+        "--format",
+        choices=("table", "json", "jsonl", "html"),
+        default="table",
+        help="table (default), json, jsonl (the shared event schema) or a self-contained html report",
+    )
     p.add_argument("--output", "-o", metavar="FILE", help="write here instead of stdout")
-    p.add_argument("--fail-on", choices=("block", "log"),
-                   help="exit 3 if any verdict is 'block' (or 'log' or stricter)")
-    p.add_argument("--only", choices=("block", "log"),
-                   help="list only verdicts at or above this action (the summary still counts all)")
-    p.add_argument("--dns-port", type=int, action="append", default=[], metavar="PORT",
-                   help="also read DNS on this UDP/TCP port in captures (53 always; repeatable)")
+    p.add_argument(
+        "--fail-on", choices=("block", "log"), help="exit 3 if any verdict is 'block' (or 'log' or stricter)"
+    )
+    p.add_argument(
+        "--only",
+        choices=("block", "log"),
+        help="list only verdicts at or above this action (the summary still counts all)",
+    )
+    p.add_argument(
+        "--dns-port",
+        type=int,
+        action="append",
+        default=[],
+        metavar="PORT",
+        help="also read DNS on this UDP/TCP port in captures (53 always; repeatable)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar on a terminal")
     p.set_defaults(func=run)
 
@@ -52,8 +72,7 @@ def run(args: argparse.Namespace) -> int:
 
     policy = load_or_exit(args.policy)
     view = policy.view(args.at, Phase(args.phase) if args.phase else None)
-    rep = Replay(args.inputs, view, progress=not args.no_progress,
-                 dns_ports=frozenset({53, *args.dns_port}))
+    rep = Replay(args.inputs, view, progress=not args.no_progress, dns_ports=frozenset({53, *args.dns_port}))
     summary = Summary()
     threshold = Action(args.fail_on).severity if args.fail_on else None
     hit = False
@@ -82,17 +101,30 @@ def run(args: argparse.Namespace) -> int:
             report.write_jsonl(verdicts(), out, summary)
         elif args.format == "json":
             report.write_json(verdicts(), out, summary)
-            report.finish_json({
-                "at": view.at.isoformat(), "inputs": [{"path": p, "format": f} for p, f in rep.inputs],
-                "summary": report.summary_dict(summary, policy, view),
-                "warnings": [{"file": d.file, "packet": d.packet, "message": d.message, "stopped": d.stopped}
-                             for d in rep.damage]}, out)
+            report.finish_json(
+                {
+                    "at": view.at.isoformat(),
+                    "inputs": [{"path": p, "format": f} for p, f in rep.inputs],
+                    "summary": report.summary_dict(summary, policy, view),
+                    "warnings": [
+                        {"file": d.file, "packet": d.packet, "message": d.message, "stopped": d.stopped}
+                        for d in rep.damage
+                    ],
+                },
+                out,
+            )
         else:
             rows: list[Any] = []
             for _ in report.collect_rows(verdicts(), summary, rows):
                 pass
-            report.write_html(report.summary_dict(summary, policy, view), summary, rows, rep.damage,
-                              {"at": view.at.isoformat(), "inputs": rep.inputs}, out)
+            report.write_html(
+                report.summary_dict(summary, policy, view),
+                summary,
+                rows,
+                rep.damage,
+                {"at": view.at.isoformat(), "inputs": rep.inputs},
+                out,
+            )
     finally:
         if out is not sys.stdout:
             out.close()

@@ -41,6 +41,7 @@ def _text(reader: Callable[[str, IO[str], Callable[[], None] | None], Iterator[S
     def read(name: str, fh: BinaryIO, progress: Callable[[], None] | None) -> Iterator[Sighting | Damage]:
         text = io.TextIOWrapper(fh, encoding="utf-8", errors="replace", newline=None)
         yield from reader(name, text, progress)
+
     return read
 
 
@@ -158,6 +159,7 @@ def _size(path: str) -> int:
 
 
 # --- summary ---------------------------------------------------------------
+
 
 @dataclass
 class AppCount:

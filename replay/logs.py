@@ -69,6 +69,7 @@ def _present(value: Any) -> bool:
 
 # --- Zeek -----------------------------------------------------------------
 
+
 def zeek_kind(row: Row, path: str | None) -> str | None:
     if path in ("dns", "ssl", "http"):
         return path
@@ -90,8 +91,19 @@ def zeek_sightings(row: Row, kind: str, file: str, number: int) -> Iterator[Sigh
         query = row.get("query")
         if _present(query):
             qtype = row.get("qtype_name") if _present(row.get("qtype_name")) else None
-            yield Sighting(ts, Kind.DNS, str(query).rstrip("."), client, server, cport, sport, via="zeek-dns",
-                           qtype=qtype, file=file, packet=number)
+            yield Sighting(
+                ts,
+                Kind.DNS,
+                str(query).rstrip("."),
+                client,
+                server,
+                cport,
+                sport,
+                via="zeek-dns",
+                qtype=qtype,
+                file=file,
+                packet=number,
+            )
         answers = row.get("answers")
         if isinstance(answers, str):
             answers = [] if not _present(answers) else answers.split(",")
@@ -100,23 +112,57 @@ def zeek_sightings(row: Row, kind: str, file: str, number: int) -> Iterator[Sigh
             # Zeek lists CNAME targets and addresses together; the names are the chain.
             answer = str(answer).rstrip(".")
             if answer and not _is_ip(answer) and answer != owner and " " not in answer:
-                yield Sighting(ts, Kind.DNS, answer, client, server, cport, sport, via="cname", qtype="CNAME",
-                               file=file, packet=number, cname_of=owner)
+                yield Sighting(
+                    ts,
+                    Kind.DNS,
+                    answer,
+                    client,
+                    server,
+                    cport,
+                    sport,
+                    via="cname",
+                    qtype="CNAME",
+                    file=file,
+                    packet=number,
+                    cname_of=owner,
+                )
     elif kind == "ssl":
         name = row.get("server_name")
         if _present(name):
-            yield Sighting(ts, Kind.SNI, str(name), client, server, cport, sport, via="zeek-ssl",
-                           file=file, packet=number)
+            yield Sighting(
+                ts,
+                Kind.SNI,
+                str(name),
+                client,
+                server,
+                cport,
+                sport,
+                via="zeek-ssl",
+                file=file,
+                packet=number,
+            )
         elif server:
-            yield Sighting(ts, Kind.IP, server, client, server, cport, sport, via="zeek-ssl",
-                           file=file, packet=number)
+            yield Sighting(
+                ts, Kind.IP, server, client, server, cport, sport, via="zeek-ssl", file=file, packet=number
+            )
     elif kind == "http":
         host = str(row["host"]) if _present(row.get("host")) else server
         uri = str(row.get("uri")) if _present(row.get("uri")) else "/"
         if host:
             url = uri if "://" in uri else f"http://{host}{uri if uri.startswith('/') else '/' + uri}"
-            yield Sighting(ts, Kind.HTTP, url, client, server, cport, sport, host=host, via="zeek-http",
-                           file=file, packet=number)
+            yield Sighting(
+                ts,
+                Kind.HTTP,
+                url,
+                client,
+                server,
+                cport,
+                sport,
+                host=host,
+                via="zeek-http",
+                file=file,
+                packet=number,
+            )
 
 
 def read_zeek_tsv(name: str, fh: IO[str], progress: Progress | None = None) -> Iterator[Sighting | Damage]:
@@ -162,11 +208,16 @@ def read_zeek_tsv(name: str, fh: IO[str], progress: Progress | None = None) -> I
         if progress is not None and not number & 0xFFF:
             progress()
     if bad:
-        yield Damage(name, first_bad, f"{bad} line(s) not understood as Zeek dns/ssl/http records (first: line {first_bad})",
-                     stopped=False)
+        yield Damage(
+            name,
+            first_bad,
+            f"{bad} line(s) not understood as Zeek dns/ssl/http records (first: line {first_bad})",
+            stopped=False,
+        )
 
 
 # --- Suricata EVE ----------------------------------------------------------
+
 
 def _eve_dns(row: Row, base: dict[str, Any]) -> Iterator[Sighting]:
     dns = row.get("dns") or {}
@@ -176,19 +227,36 @@ def _eve_dns(row: Row, base: dict[str, Any]) -> Iterator[Sighting]:
     queries: Iterable[Row] = (dns.get("queries") or [dns]) if request else []
     for q in queries:
         if _present(q.get("rrname")):
-            yield Sighting(kind=Kind.DNS, value=str(q["rrname"]).rstrip("."), via="suricata-dns",
-                           qtype=q.get("rrtype"), **base)
+            yield Sighting(
+                kind=Kind.DNS,
+                value=str(q["rrname"]).rstrip("."),
+                via="suricata-dns",
+                qtype=q.get("rrtype"),
+                **base,
+            )
     answers: list[Row] = list(dns.get("answers") or [])
     if dns.get("type") == "answer" and "rrtype" in dns:
         answers.append(dns)
     for a in answers:
         if a.get("rrtype") == "CNAME" and _present(a.get("rdata")):
-            yield Sighting(kind=Kind.DNS, value=str(a["rdata"]).rstrip("."), via="cname", qtype="CNAME",
-                           cname_of=str(a.get("rrname", "")).rstrip(".") or None, **base)
+            yield Sighting(
+                kind=Kind.DNS,
+                value=str(a["rdata"]).rstrip("."),
+                via="cname",
+                qtype="CNAME",
+                cname_of=str(a.get("rrname", "")).rstrip(".") or None,
+                **base,
+            )
     grouped = dns.get("grouped") or {}
     for target in grouped.get("CNAME", ()):
-        yield Sighting(kind=Kind.DNS, value=str(target).rstrip("."), via="cname", qtype="CNAME",
-                       cname_of=str(dns.get("rrname", "")).rstrip(".") or None, **base)
+        yield Sighting(
+            kind=Kind.DNS,
+            value=str(target).rstrip("."),
+            via="cname",
+            qtype="CNAME",
+            cname_of=str(dns.get("rrname", "")).rstrip(".") or None,
+            **base,
+        )
 
 
 def eve_sightings(row: Row, file: str, number: int) -> Iterator[Sighting]:
@@ -201,8 +269,15 @@ def eve_sightings(row: Row, file: str, number: int) -> Iterator[Sighting]:
     dns = row.get("dns") or {}
     swap = etype == "dns" and dns.get("type") in ("answer", "response")
     client, server, cport, sport = (b, a, bp, ap) if swap else (a, b, ap, bp)
-    base: dict[str, Any] = {"time": _time(row.get("timestamp")), "client": client, "server": server,
-                            "client_port": cport, "server_port": sport, "file": file, "packet": number}
+    base: dict[str, Any] = {
+        "time": _time(row.get("timestamp")),
+        "client": client,
+        "server": server,
+        "client_port": cport,
+        "server_port": sport,
+        "file": file,
+        "packet": number,
+    }
     if etype == "dns":
         yield from _eve_dns(row, base)
     elif etype == "tls":
@@ -244,5 +319,6 @@ def read_json_lines(name: str, fh: IO[str], progress: Progress | None = None) ->
         if progress is not None and not number & 0xFFF:
             progress()
     if bad:
-        yield Damage(name, first_bad, f"{bad} line(s) not understood (first: line {first_bad})",
-                     stopped=False)
+        yield Damage(
+            name, first_bad, f"{bad} line(s) not understood (first: line {first_bad})", stopped=False
+        )

@@ -39,10 +39,22 @@ def endpoint(ip: str | None, port: int | None) -> str:
 def row(v: Verdict) -> dict[str, Any]:
     s, d = v.sighting, v.decision
     out: dict[str, Any] = {
-        "time": iso(s.time), "client": s.client, "client_port": s.client_port, "server": s.server,
-        "server_port": s.server_port, "kind": s.kind.value, "name": s.value, "via": s.via,
-        "action": d.action.value, "would": d.would.value, "apps": list(d.apps), "phase": d.phase.value,
-        "rule": d.rule, "reason": d.reason, "file": s.file, "packet": s.packet,
+        "time": iso(s.time),
+        "client": s.client,
+        "client_port": s.client_port,
+        "server": s.server,
+        "server_port": s.server_port,
+        "kind": s.kind.value,
+        "name": s.value,
+        "via": s.via,
+        "action": d.action.value,
+        "would": d.would.value,
+        "apps": list(d.apps),
+        "phase": d.phase.value,
+        "rule": d.rule,
+        "reason": d.reason,
+        "file": s.file,
+        "packet": s.packet,
     }
     if s.qtype:
         out["qtype"] = s.qtype
@@ -68,21 +80,36 @@ def event(v: Verdict) -> dict[str, Any]:
         extra["ech"] = True
     if s.cname_of:
         extra["cname_of"] = s.cname_of
-    return build_event(v.decision, s.observation(), "replay", event_id=event_id(s), timestamp=s.time,
-                       client_port=s.client_port, server_ip=s.server, server_port=s.server_port,
-                       qtype=s.qtype, extra=extra)
+    return build_event(
+        v.decision,
+        s.observation(),
+        "replay",
+        event_id=event_id(s),
+        timestamp=s.time,
+        client_port=s.client_port,
+        server_ip=s.server,
+        server_port=s.server_port,
+        qtype=s.qtype,
+        extra=extra,
+    )
 
 
 def summary_dict(summary: Summary, policy: Policy, view: PolicyView) -> dict[str, Any]:
     apps = []
     for app_id, c in sorted(summary.apps.items(), key=lambda kv: (-kv[1].blocked, -kv[1].logged, kv[0])):
         app = policy.apps.get(app_id)
-        apps.append({
-            "app": app_id, "name": app.name if app else app_id,
-            "phase": view.phases[app_id].phase.value if app_id in view.phases else None,
-            "observations": c.observations, "blocked": c.blocked, "logged": c.logged,
-            "first": iso(c.first) if c.first else None, "last": iso(c.last) if c.last else None,
-        })
+        apps.append(
+            {
+                "app": app_id,
+                "name": app.name if app else app_id,
+                "phase": view.phases[app_id].phase.value if app_id in view.phases else None,
+                "observations": c.observations,
+                "blocked": c.blocked,
+                "logged": c.logged,
+                "first": iso(c.first) if c.first else None,
+                "last": iso(c.last) if c.last else None,
+            }
+        )
     return {
         "observations": summary.total,
         "actions": {a.value: n for a, n in summary.actions.items()},
@@ -100,28 +127,38 @@ def _name(v: Verdict, width: int = 60) -> str:
 
 
 def write_table(verdicts: Iterable[Verdict], out: IO[str], summary: Summary) -> None:
-    out.write(f"{'TIME':<24} {'CLIENT':<22} {'SERVER':<22} {'KIND':<4} {'ACTION':<6} {'APPS':<12} "
-              f"{'PHASE':<9} {'NAME / URL':<60} RULE\n")
+    out.write(
+        f"{'TIME':<24} {'CLIENT':<22} {'SERVER':<22} {'KIND':<4} {'ACTION':<6} {'APPS':<12} "
+        f"{'PHASE':<9} {'NAME / URL':<60} RULE\n"
+    )
     for v in verdicts:
         summary.add(v)
         s, d = v.sighting, v.decision
-        out.write(f"{iso(s.time):<24} {endpoint(s.client, s.client_port):<22} "
-                  f"{endpoint(s.server, s.server_port):<22} {s.kind.value:<4} {d.action.value:<6} "
-                  f"{','.join(d.apps) or '-':<12} {d.phase.value:<9} {_name(v):<60} {d.rule or '-'}\n")
+        out.write(
+            f"{iso(s.time):<24} {endpoint(s.client, s.client_port):<22} "
+            f"{endpoint(s.server, s.server_port):<22} {s.kind.value:<4} {d.action.value:<6} "
+            f"{','.join(d.apps) or '-':<12} {d.phase.value:<9} {_name(v):<60} {d.rule or '-'}\n"
+        )
 
 
 def write_summary_table(info: dict[str, Any], damage: Sequence[Damage], out: IO[str]) -> None:
     acts = info["actions"]
-    out.write(f"\n{info['observations']} observations: {acts['block']} block, {acts['log']} log, "
-              f"{acts['allow']} allow")
+    out.write(
+        f"\n{info['observations']} observations: {acts['block']} block, {acts['log']} log, "
+        f"{acts['allow']} allow"
+    )
     if info["ech"]:
         out.write(f"; {info['ech']} ClientHello(s) with ECH (outer SNI judged)")
     out.write("\n")
     if info["apps"]:
-        out.write(f"\n{'APP':<14} {'NAME':<16} {'PHASE':<9} {'OBSERVATIONS':>12} {'BLOCKED':>8} {'LOGGED':>8}\n")
+        out.write(
+            f"\n{'APP':<14} {'NAME':<16} {'PHASE':<9} {'OBSERVATIONS':>12} {'BLOCKED':>8} {'LOGGED':>8}\n"
+        )
         for a in info["apps"]:
-            out.write(f"{a['app']:<14} {a['name'][:16]:<16} {a['phase'] or '-':<9} {a['observations']:>12} "
-                      f"{a['blocked']:>8} {a['logged']:>8}\n")
+            out.write(
+                f"{a['app']:<14} {a['name'][:16]:<16} {a['phase'] or '-':<9} {a['observations']:>12} "
+                f"{a['blocked']:>8} {a['logged']:>8}\n"
+            )
     for d in damage:
         out.write(f"warning: {d}\n")
 
@@ -151,8 +188,18 @@ def finish_json(meta: dict[str, Any], out: IO[str]) -> None:
 
 # --- HTML -------------------------------------------------------------------
 
-COLORS = ("#d62728", "#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
-          "#bcbd22", "#17becf")
+COLORS = (
+    "#d62728",
+    "#1f77b4",
+    "#ff7f0e",
+    "#2ca02c",
+    "#9467bd",
+    "#8c564b",
+    "#e377c2",
+    "#7f7f7f",
+    "#bcbd22",
+    "#17becf",
+)
 
 
 def collect_rows(verdicts: Iterable[Verdict], summary: Summary, keep: list[Verdict]) -> Iterable[Verdict]:
@@ -181,15 +228,18 @@ def chart_svg(summary: Summary, width: int = 900, height: int = 260) -> str:
     left, bottom, top = 50, 40, 10
     plot_w, plot_h = width - left - 10, height - bottom - top
     bw = plot_w / nslots
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
-             f'viewBox="0 0 {width} {height}" role="img" aria-label="blocked and logged traffic per app over time">',
-             '<defs><pattern id="hatch" width="4" height="4" patternUnits="userSpaceOnUse" '
-             'patternTransform="rotate(45)"><rect width="2" height="4" fill="white" fill-opacity="0.6"/>'
-             '</pattern></defs>',
-             f'<line x1="{left}" y1="{top + plot_h}" x2="{left + plot_w}" y2="{top + plot_h}" stroke="#444"/>',
-             f'<line x1="{left}" y1="{top}" x2="{left}" y2="{top + plot_h}" stroke="#444"/>',
-             f'<text x="{left - 6}" y="{top + 4}" text-anchor="end" font-size="11">{peak}</text>',
-             f'<text x="{left - 6}" y="{top + plot_h}" text-anchor="end" font-size="11">0</text>']
+    parts = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+        f'viewBox="0 0 {width} {height}" role="img" '
+        'aria-label="blocked and logged traffic per app over time">',
+        '<defs><pattern id="hatch" width="4" height="4" patternUnits="userSpaceOnUse" '
+        'patternTransform="rotate(45)"><rect width="2" height="4" fill="white" fill-opacity="0.6"/>'
+        "</pattern></defs>",
+        f'<line x1="{left}" y1="{top + plot_h}" x2="{left + plot_w}" y2="{top + plot_h}" stroke="#444"/>',
+        f'<line x1="{left}" y1="{top}" x2="{left}" y2="{top + plot_h}" stroke="#444"/>',
+        f'<text x="{left - 6}" y="{top + 4}" text-anchor="end" font-size="11">{peak}</text>',
+        f'<text x="{left - 6}" y="{top + plot_h}" text-anchor="end" font-size="11">0</text>',
+    ]
     for slot, counts in sorted(bars.items()):
         y = float(top + plot_h)
         x = left + slot * bw
@@ -202,66 +252,94 @@ def chart_svg(summary: Summary, width: int = 900, height: int = 260) -> str:
                 y -= h
                 start = iso((lo + slot * step) * summary.width)
                 label = html.escape(f"{app} {action.value}: {n} from {start}")
-                parts.append(f'<rect x="{x + 1:.1f}" y="{y:.1f}" width="{max(1.0, bw - 2):.1f}" height="{h:.1f}" '
-                             f'fill="{color[app]}"><title>{label}</title></rect>')
+                parts.append(
+                    f'<rect x="{x + 1:.1f}" y="{y:.1f}" width="{max(1.0, bw - 2):.1f}" height="{h:.1f}" '
+                    f'fill="{color[app]}"><title>{label}</title></rect>'
+                )
                 if action is Action.LOG:
-                    parts.append(f'<rect x="{x + 1:.1f}" y="{y:.1f}" width="{max(1.0, bw - 2):.1f}" '
-                                 f'height="{h:.1f}" fill="url(#hatch)"/>')
+                    parts.append(
+                        f'<rect x="{x + 1:.1f}" y="{y:.1f}" width="{max(1.0, bw - 2):.1f}" '
+                        f'height="{h:.1f}" fill="url(#hatch)"/>'
+                    )
     t0, t1 = lo * summary.width, (hi + 1) * summary.width
     parts.append(f'<text x="{left}" y="{height - 22}" font-size="11">{html.escape(iso(t0))}</text>')
-    parts.append(f'<text x="{left + plot_w}" y="{height - 22}" font-size="11" text-anchor="end">'
-                 f'{html.escape(iso(t1))}</text>')
+    parts.append(
+        f'<text x="{left + plot_w}" y="{height - 22}" font-size="11" text-anchor="end">'
+        f"{html.escape(iso(t1))}</text>"
+    )
     lx = left
     for app in apps:
-        parts.append(f'<rect x="{lx}" y="{height - 12}" width="10" height="10" fill="{color[app]}"/>'
-                     f'<text x="{lx + 14}" y="{height - 3}" font-size="11">{html.escape(app)}</text>')
+        parts.append(
+            f'<rect x="{lx}" y="{height - 12}" width="10" height="10" fill="{color[app]}"/>'
+            f'<text x="{lx + 14}" y="{height - 3}" font-size="11">{html.escape(app)}</text>'
+        )
         lx += 24 + 7 * len(app)
-    parts.append(f'<text x="{width - 10}" y="{height - 3}" font-size="11" text-anchor="end">'
-                 'solid: blocked · hatched: logged</text></svg>')
+    parts.append(
+        f'<text x="{width - 10}" y="{height - 3}" font-size="11" text-anchor="end">'
+        "solid: blocked · hatched: logged</text></svg>"
+    )
     return "".join(parts)
 
 
-def write_html(info: dict[str, Any], summary: Summary, rows: Sequence[Verdict], damage: Sequence[Damage],
-               meta: dict[str, Any], out: IO[str]) -> None:
+def write_html(
+    info: dict[str, Any],
+    summary: Summary,
+    rows: Sequence[Verdict],
+    damage: Sequence[Damage],
+    meta: dict[str, Any],
+    out: IO[str],
+) -> None:
     e = html.escape
     acts = info["actions"]
-    out.write("<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-              "<title>egress-filter replay report</title><style>"
-              "body{font:14px system-ui,sans-serif;margin:2em;color:#222}"
-              "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:3px 8px;"
-              "text-align:left;font-size:13px}th{background:#f3f3f3}.block{color:#b00;font-weight:600}"
-              ".log{color:#a60}.warn{color:#b00}.num{text-align:right}code{font-size:12px}"
-              "</style></head><body>\n")
+    out.write(
+        '<!doctype html>\n<html lang="en"><head><meta charset="utf-8">'
+        "<title>egress-filter replay report</title><style>"
+        "body{font:14px system-ui,sans-serif;margin:2em;color:#222}"
+        "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:3px 8px;"
+        "text-align:left;font-size:13px}th{background:#f3f3f3}.block{color:#b00;font-weight:600}"
+        ".log{color:#a60}.warn{color:#b00}.num{text-align:right}code{font-size:12px}"
+        "</style></head><body>\n"
+    )
     out.write("<h1>egress-filter replay report</h1>\n")
-    out.write(f"<p>Policy read at <b>{e(str(meta['at']))}</b>; inputs: "
-              f"{', '.join('<code>' + e(p) + '</code> (' + e(f) + ')' for p, f in meta['inputs']) or 'none'}.<br>"
-              f"{info['observations']} observations from {e(str(info['first']))} to {e(str(info['last']))}: "
-              f"<span class=\"block\">{acts['block']} block</span>, "
-              f"<span class=\"log\">{acts['log']} log</span>, {acts['allow']} allow.</p>\n")
+    out.write(
+        f"<p>Policy read at <b>{e(str(meta['at']))}</b>; inputs: "
+        f"{', '.join('<code>' + e(p) + '</code> (' + e(f) + ')' for p, f in meta['inputs']) or 'none'}.<br>"
+        f"{info['observations']} observations from {e(str(info['first']))} to {e(str(info['last']))}: "
+        f'<span class="block">{acts["block"]} block</span>, '
+        f'<span class="log">{acts["log"]} log</span>, {acts["allow"]} allow.</p>\n'
+    )
     for dmg in damage:
         out.write(f'<p class="warn">warning: {e(str(dmg))}</p>\n')
     out.write("<h2>Blocked and logged traffic per app over time</h2>\n")
     out.write(chart_svg(summary) + "\n")
-    out.write("<h2>Per app</h2>\n<table><tr><th>app</th><th>name</th><th>phase</th><th>observations</th>"
-              "<th>blocked</th><th>logged</th><th>first</th><th>last</th></tr>\n")
+    out.write(
+        "<h2>Per app</h2>\n<table><tr><th>app</th><th>name</th><th>phase</th><th>observations</th>"
+        "<th>blocked</th><th>logged</th><th>first</th><th>last</th></tr>\n"
+    )
     for a in info["apps"]:
-        out.write(f"<tr><td>{e(a['app'])}</td><td>{e(a['name'])}</td><td>{e(str(a['phase']))}</td>"
-                  f"<td class=\"num\">{a['observations']}</td><td class=\"num\">{a['blocked']}</td>"
-                  f"<td class=\"num\">{a['logged']}</td><td>{e(str(a['first']))}</td>"
-                  f"<td>{e(str(a['last']))}</td></tr>\n")
+        out.write(
+            f"<tr><td>{e(a['app'])}</td><td>{e(a['name'])}</td><td>{e(str(a['phase']))}</td>"
+            f'<td class="num">{a["observations"]}</td><td class="num">{a["blocked"]}</td>'
+            f'<td class="num">{a["logged"]}</td><td>{e(str(a["first"]))}</td>'
+            f"<td>{e(str(a['last']))}</td></tr>\n"
+        )
     out.write("</table>\n")
     shown = len(rows)
     total = acts["block"] + acts["log"]
     more = f" (first {shown} of {total})" if total > shown else ""
-    out.write(f"<h2>Blocked and logged observations{more}</h2>\n<table><tr><th>time</th><th>client</th>"
-              "<th>server</th><th>kind</th><th>name / URL</th><th>action</th><th>apps</th><th>phase</th>"
-              "<th>rule</th><th>where</th></tr>\n")
+    out.write(
+        f"<h2>Blocked and logged observations{more}</h2>\n<table><tr><th>time</th><th>client</th>"
+        "<th>server</th><th>kind</th><th>name / URL</th><th>action</th><th>apps</th><th>phase</th>"
+        "<th>rule</th><th>where</th></tr>\n"
+    )
     for v in rows:
         s, d = v.sighting, v.decision
-        out.write(f"<tr><td>{e(iso(s.time))}</td><td>{e(endpoint(s.client, s.client_port))}</td>"
-                  f"<td>{e(endpoint(s.server, s.server_port))}</td><td>{e(s.kind.value)}</td>"
-                  f"<td>{e(_name(v, 200))}</td><td class=\"{d.action.value}\">{d.action.value}</td>"
-                  f"<td>{e(', '.join(d.apps))}</td><td>{e(d.phase.value)}</td>"
-                  f"<td><code>{e(d.rule or '-')}</code></td>"
-                  f"<td>{e(s.file)}#{s.packet}</td></tr>\n")
+        out.write(
+            f"<tr><td>{e(iso(s.time))}</td><td>{e(endpoint(s.client, s.client_port))}</td>"
+            f"<td>{e(endpoint(s.server, s.server_port))}</td><td>{e(s.kind.value)}</td>"
+            f'<td>{e(_name(v, 200))}</td><td class="{d.action.value}">{d.action.value}</td>'
+            f"<td>{e(', '.join(d.apps))}</td><td>{e(d.phase.value)}</td>"
+            f"<td><code>{e(d.rule or '-')}</code></td>"
+            f"<td>{e(s.file)}#{s.packet}</td></tr>\n"
+        )
     out.write("</table>\n</body></html>\n")

@@ -14,8 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import dnslib
-from aioquic.buffer import Buffer, BufferReadError
-from aioquic.quic.crypto import CryptoError, CryptoPair
+from aioquic.buffer import Buffer, BufferReadError  # type: ignore[attr-defined]
+from aioquic.quic.crypto import CryptoError, CryptoPair  # type: ignore[attr-defined]
 from aioquic.quic.packet import QuicPacketType, QuicProtocolVersion, pull_quic_header
 from mitmproxy.proxy.layers.tls import parse_client_hello
 from mitmproxy.tls import ClientHello
@@ -24,8 +24,17 @@ ECH_EXTENSION = 0xFE0D
 QUIC_V1 = b"\x00\x00\x00\x01"
 QUIC_V2 = b"\x6b\x33\x43\xcf"
 QUIC_VERSIONS = (QuicProtocolVersion.VERSION_1, QuicProtocolVersion.VERSION_2)
-HTTP_METHODS = (b"GET ", b"POST ", b"HEAD ", b"PUT ", b"DELETE ", b"OPTIONS ", b"PATCH ", b"CONNECT ",
-                b"TRACE ")
+HTTP_METHODS = (
+    b"GET ",
+    b"POST ",
+    b"HEAD ",
+    b"PUT ",
+    b"DELETE ",
+    b"OPTIONS ",
+    b"PATCH ",
+    b"CONNECT ",
+    b"TRACE ",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,6 +128,7 @@ def quic_client_hello(datagrams: list[bytes]) -> Hello | None:
     Raises ``ValueError`` when the packets do not decrypt as a client's Initial.
     """
     crypto: dict[int, bytes] = {}
+    initials = 0
     try:
         for datagram in datagrams:
             buf = Buffer(data=datagram)
@@ -135,14 +145,17 @@ def quic_client_hello(datagrams: list[bytes]) -> Hello | None:
                 pair.setup_initial(header.destination_cid, is_client=False, version=header.version)
                 _, payload, _ = pair.decrypt_packet(datagram[start:end], buf.tell() - start, 0)
                 buf.seek(end)
+                initials += 1
                 _crypto_frames(payload, crypto)
     except (BufferReadError, CryptoError, AssertionError, IndexError) as exc:
         raise ValueError(f"not a client's QUIC Initial: {exc!r}") from exc
+    if not initials:
+        raise ValueError("no QUIC v1/v2 Initial packet")
     stream = b""
     for offset in sorted(crypto):
         if offset > len(stream):
             break
-        stream += crypto[offset][len(stream) - offset:]
+        stream += crypto[offset][len(stream) - offset :]
     if len(stream) < 4:
         return None
     if stream[0] != 1:
@@ -151,7 +164,7 @@ def quic_client_hello(datagrams: list[bytes]) -> Hello | None:
     if len(stream) < 4 + length:
         return None
     try:
-        return _hello(ClientHello(stream[4:4 + length]))
+        return _hello(ClientHello(stream[4 : 4 + length]))
     except Exception as exc:  # the Kaitai parser raises its own errors on garbage
         raise ValueError(f"malformed ClientHello: {exc}") from exc
 
@@ -207,7 +220,7 @@ def _wire_name(data: bytes, pos: int) -> tuple[str | None, int]:
             continue
         if n > 63:
             raise ValueError("bad label type")
-        label = data[pos + 1:pos + 1 + n]
+        label = data[pos + 1 : pos + 1 + n]
         if len(label) < n:
             raise IndexError("label past the end")
         labels.append(label)
@@ -255,8 +268,9 @@ def _dns_dnslib(data: bytes) -> DnsMessage | None:
     except Exception:  # dnslib raises DNSError, BufferError, UnicodeError...
         return None
     questions = tuple((_name(q.qname), _qtype(q.qtype)) for q in rec.questions)
-    cnames = tuple((_name(rr.rname), _name(rr.rdata.label)) for rr in rec.rr
-                   if rr.rtype == dnslib.QTYPE.CNAME)
+    cnames = tuple(
+        (_name(rr.rname), _name(rr.rdata.label)) for rr in rec.rr if rr.rtype == dnslib.QTYPE.CNAME
+    )
     return DnsMessage(bool(rec.header.qr), rec.header.id, questions, cnames)
 
 

@@ -24,7 +24,9 @@ def view(policy: Policy) -> PolicyView:
     return policy.view(DOWNLOADS_DAY)
 
 
-def replay_all(view: PolicyView, *paths: Path, dns_ports: frozenset[int] = frozenset({53})) -> tuple[list[Verdict], Replay]:
+def replay_all(
+    view: PolicyView, *paths: Path, dns_ports: frozenset[int] = frozenset({53})
+) -> tuple[list[Verdict], Replay]:
     rep = Replay([str(p) for p in paths], view, progress=False, dns_ports=dns_ports)
     return list(rep), rep
 

@@ -10,6 +10,7 @@ aioquic's client, so they are encrypted exactly as RFC 9001 / RFC 9369 say.
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import ssl
 import struct
@@ -21,6 +22,10 @@ import dpkt
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import QuicConnection
 from aioquic.quic.packet import QuicProtocolVersion
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 from scapy.layers.dns import DNS, DNSQR, DNSRR
 from scapy.layers.inet import IP, TCP, UDP, fragment
 from scapy.layers.inet6 import IPv6, IPv6ExtHdrFragment
@@ -35,6 +40,7 @@ LINK_ETHERNET, LINK_NULL, LINK_RAW, LINK_LOOP, LINK_SLL, LINK_SLL2 = 1, 0, 101, 
 
 
 # --- ClientHellos -----------------------------------------------------------
+
 
 def openssl_client_hello(sni: str) -> bytes:
     """The first flight OpenSSL sends for ``sni``: one TLS record."""
@@ -74,27 +80,68 @@ def client_hello(sni: str | None, *, ech: bool = False, mlkem: bool = False) -> 
     if ech:
         # outer ECH: type 0, HPKE suite, config id, enc, payload
         exts += _ext(0xFE0D, b"\x00\x00\x01\x00\x01\x2a" + _vec(os.urandom(32), 2) + _vec(os.urandom(200), 2))
-    body = (b"\x03\x03" + os.urandom(32) + _vec(os.urandom(32), 1) + _vec(b"\x13\x01\x13\x02", 2)
-            + b"\x01\x00" + _vec(exts, 2))
+    body = (
+        b"\x03\x03"
+        + os.urandom(32)
+        + _vec(os.urandom(32), 1)
+        + _vec(b"\x13\x01\x13\x02", 2)
+        + b"\x01\x00"
+        + _vec(exts, 2)
+    )
     handshake = b"\x01" + _vec(body, 3)
     return b"\x16\x03\x01" + _vec(handshake, 2)
 
 
 # --- QUIC -------------------------------------------------------------------
 
-def quic_initials(sni: str, *, version: int = QuicProtocolVersion.VERSION_1, big: bool = False) -> list[bytes]:
+
+def quic_initials(
+    sni: str, *, version: int = QuicProtocolVersion.VERSION_1, big: bool = False
+) -> list[bytes]:
     """A real client's first datagrams (its Initial packets), from aioquic.
     ``big`` inflates the ClientHello (many ALPN ids) so CRYPTO spans several Initials."""
     alpn = [f"h3-example-protocol-{i:03d}" for i in range(80)] if big else ["h3"]
-    config = QuicConfiguration(is_client=True, server_name=sni, alpn_protocols=alpn,
-                               supported_versions=[version])
+    config = QuicConfiguration(
+        is_client=True, server_name=sni, alpn_protocols=alpn, supported_versions=[version]
+    )
     conn = QuicConnection(configuration=config)
     now = time.time()
     conn.connect(("192.0.2.1", 443), now=now)
     return [data for data, _ in conn.datagrams_to_send(now=now)]
 
 
+def quic_server_flight(client_initial: bytes) -> list[bytes]:
+    """A real server's answer (Initial + Handshake under server keys) to a client's first datagram."""
+    from aioquic.buffer import Buffer
+    from aioquic.quic.packet import pull_quic_header
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    odcid = pull_quic_header(Buffer(data=client_initial), host_cid_length=8).destination_cid
+    server = QuicConnection(
+        configuration=QuicConfiguration(is_client=False, certificate=self_signed(key), private_key=key),
+        original_destination_connection_id=odcid,
+    )
+    server.receive_datagram(client_initial, ("192.0.2.9", 50000), now=0.0)
+    return [data for data, _ in server.datagrams_to_send(now=0.0)]
+
+
+def self_signed(key: ec.EllipticCurvePrivateKey, name: str = "replay-test") -> x509.Certificate:
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = dt.datetime.now(dt.UTC)
+    return (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(days=1))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .sign(key, hashes.SHA256())
+    )
+
+
 # --- frames -----------------------------------------------------------------
+
 
 def dns_query(name: str, qid: int = 7, qtype: str = "A") -> DNS:
     return DNS(id=qid, rd=1, qd=DNSQR(qname=name, qtype=qtype))
@@ -111,21 +158,34 @@ def dns_answer(name: str, chain: Sequence[str], qid: int = 7, address: str = "19
     return DNS(id=qid, qr=1, rd=1, ra=1, qd=DNSQR(qname=name), an=rrs)
 
 
-def tcp_segments(payload: bytes, size: int, *, sport: int = 40000, dport: int = 443, isn: int = 1000,
-                 src: str = CLIENT, dst: str = SERVER, syn: bool = True) -> list[Packet]:
+def tcp_segments(
+    payload: bytes,
+    size: int,
+    *,
+    sport: int = 40000,
+    dport: int = 443,
+    isn: int = 1000,
+    src: str = CLIENT,
+    dst: str = SERVER,
+    syn: bool = True,
+) -> list[Packet]:
     """The client's SYN (optional) then ``payload`` cut into ``size``-byte segments."""
     ip = IPv6(src=src, dst=dst) if ":" in src else IP(src=src, dst=dst)
     out: list[Packet] = []
     if syn:
         out.append(ip / TCP(sport=sport, dport=dport, flags="S", seq=isn))
     for off in range(0, len(payload), size):
-        out.append(ip / TCP(sport=sport, dport=dport, flags="PA", seq=(isn + 1 + off) & 0xFFFFFFFF, ack=1)
-                   / Raw(payload[off:off + size]))
+        out.append(
+            ip
+            / TCP(sport=sport, dport=dport, flags="PA", seq=(isn + 1 + off) & 0xFFFFFFFF, ack=1)
+            / Raw(payload[off : off + size])
+        )
     return out
 
 
-def udp(payload: bytes | Packet, *, sport: int = 5555, dport: int = 53, src: str = CLIENT,
-        dst: str = RESOLVER) -> Packet:
+def udp(
+    payload: bytes | Packet, *, sport: int = 5555, dport: int = 53, src: str = CLIENT, dst: str = RESOLVER
+) -> Packet:
     ip = IPv6(src=src, dst=dst) if ":" in src else IP(src=src, dst=dst)
     return ip / UDP(sport=sport, dport=dport) / payload
 
@@ -137,6 +197,7 @@ def fragments4(pkt: Packet, size: int) -> list[Packet]:
 def fragments6(pkt: Packet, size: int) -> list[Packet]:
     """IPv6 fragments of an IPv6/UDP packet (scapy's fragment6 needs the ext header in place)."""
     from scapy.layers.inet6 import fragment6
+
     with_hdr = pkt.copy()
     with_hdr = IPv6(src=pkt[IPv6].src, dst=pkt[IPv6].dst) / IPv6ExtHdrFragment(id=0x1234) / pkt[IPv6].payload
     return list(fragment6(with_hdr, size))
@@ -178,8 +239,10 @@ _ = Loopback  # scapy's loopback layer guesses the byte order; the explicit head
 
 # --- files ------------------------------------------------------------------
 
-def write_pcap(path: Path, frames: Sequence[bytes], linktype: int = LINK_ETHERNET, *, nano: bool = False,
-               t0: float = T0) -> Path:
+
+def write_pcap(
+    path: Path, frames: Sequence[bytes], linktype: int = LINK_ETHERNET, *, nano: bool = False, t0: float = T0
+) -> Path:
     with path.open("wb") as f:
         w = dpkt.pcap.Writer(f, linktype=linktype, nano=nano, snaplen=262144)
         for i, frame in enumerate(frames):
@@ -195,9 +258,18 @@ def write_pcapng(path: Path, interfaces: Sequence[tuple[int, Sequence[bytes]]], 
         f.write(bytes(pcapng.SectionHeaderBlockLE()))
         for linktype, _frames in interfaces:
             f.write(bytes(pcapng.InterfaceDescriptionBlockLE(linktype=linktype, snaplen=262144)))
-        rows = [(i, iface, frame) for iface, (_, frames) in enumerate(interfaces) for i, frame in enumerate(frames)]
+        rows = [
+            (i, iface, frame)
+            for iface, (_, frames) in enumerate(interfaces)
+            for i, frame in enumerate(frames)
+        ]
         for n, (_i, iface, frame) in enumerate(sorted(rows, key=lambda r: (r[0], r[1]))):
             us = int((t0 + n * 0.01) * 1e6)
-            f.write(bytes(pcapng.EnhancedPacketBlockLE(iface_id=iface, ts_high=us >> 32, ts_low=us & 0xFFFFFFFF,
-                                                        pkt_data=frame)))
+            f.write(
+                bytes(
+                    pcapng.EnhancedPacketBlockLE(
+                        iface_id=iface, ts_high=us >> 32, ts_low=us & 0xFFFFFFFF, pkt_data=frame
+                    )
+                )
+            )
     return path

@@ -33,17 +33,34 @@ VERDICTS = [
     ("dns-udp-cname-chain", "www.tiktok.com.edge.example", Action.ALLOW, (), None),
     ("ipv6", "web.wechat.com", Action.BLOCK, ("wechat",), "domain:wechat.com"),
     ("tls-without-sni", "203.0.113.9", Action.LOG, ("tiktok",), "network:203.0.113.0/24"),
-    ("http-keepalive-body-and-chunked", "http://cdn.shared.example/tiktok/app.apk", Action.BLOCK, ("tiktok",),
-     "download:cdn.shared.example/tiktok/"),
-    ("http-keepalive-body-and-chunked", "http://play.google.com/store/apps/details?id=com.zhiliaoapp.musically",
-     Action.BLOCK, ("tiktok",), "store:google_play:com.zhiliaoapp.musically"),
+    (
+        "http-keepalive-body-and-chunked",
+        "http://cdn.shared.example/tiktok/app.apk",
+        Action.BLOCK,
+        ("tiktok",),
+        "download:cdn.shared.example/tiktok/",
+    ),
+    (
+        "http-keepalive-body-and-chunked",
+        "http://play.google.com/store/apps/details?id=com.zhiliaoapp.musically",
+        Action.BLOCK,
+        ("tiktok",),
+        "store:google_play:com.zhiliaoapp.musically",
+    ),
     ("quic-v2", "www.wechat.com", Action.BLOCK, ("wechat",), "domain:wechat.com"),
 ]
 
 
 @pytest.mark.parametrize("case_id,name,action,apps,rule", VERDICTS, ids=[f"{v[0]}:{v[1]}" for v in VERDICTS])
-def test_verdicts(case_id: str, name: str, action: Action, apps: tuple[str, ...], rule: str | None,
-                  view: PolicyView, tmp_path: Path) -> None:
+def test_verdicts(
+    case_id: str,
+    name: str,
+    action: Action,
+    apps: tuple[str, ...],
+    rule: str | None,
+    view: PolicyView,
+    tmp_path: Path,
+) -> None:
     case = next(c for c in CASES if c.id == case_id)
     verdicts, _ = replay_all(view, case.build(tmp_path))
     (v,) = [v for v in verdicts if v.sighting.value == name]
@@ -59,6 +76,10 @@ def test_ech_is_flagged(view: PolicyView, tmp_path: Path) -> None:
 def test_sightings_carry_endpoints(view: PolicyView, tmp_path: Path) -> None:
     case = next(c for c in CASES if c.id == "dns-over-tcp")
     query, cname = replay_all(view, case.build(tmp_path))[0]
-    assert (query.sighting.client, query.sighting.server, query.sighting.client_port,
-            query.sighting.server_port) == ("10.0.0.5", "10.0.0.53", 41000, 53)
+    assert (
+        query.sighting.client,
+        query.sighting.server,
+        query.sighting.client_port,
+        query.sighting.server_port,
+    ) == ("10.0.0.5", "10.0.0.53", 41000, 53)
     assert cname.sighting.cname_of == "api.tiktokv.com" and cname.sighting.client == "10.0.0.5"

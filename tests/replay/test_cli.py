@@ -41,7 +41,12 @@ EXIT_CASES = [
     ("fail-on-block-hit", "http-keepalive-body-and-chunked", ["--at", "2020-11-10", "--fail-on", "block"], 3),
     ("fail-on-block-only-logs", "dns-udp-cname-chain", ["--at", "2020-11-10", "--fail-on", "block"], 0),
     ("fail-on-log-hit", "dns-udp-cname-chain", ["--at", "2020-11-10", "--fail-on", "log"], 3),
-    ("fail-on-before-schedule", "http-keepalive-body-and-chunked", ["--at", "2020-01-01", "--fail-on", "log"], 0),
+    (
+        "fail-on-before-schedule",
+        "http-keepalive-body-and-chunked",
+        ["--at", "2020-01-01", "--fail-on", "log"],
+        0,
+    ),
     ("phase-override", "dns-udp-cname-chain", ["--phase", "full", "--fail-on", "block"], 3),
     ("damaged-input", "truncated-pcap", ["--at", "2020-11-10"], 4),
     ("damaged-but-gate-hit", "truncated-pcap", ["--at", "2020-11-10", "--fail-on", "log"], 3),
@@ -50,8 +55,9 @@ EXIT_CASES = [
 
 
 @pytest.mark.parametrize("case_id,extra,code", [x[1:] for x in EXIT_CASES], ids=[x[0] for x in EXIT_CASES])
-def test_exit_codes(case_id: str, extra: list[str], code: int, capsys: pytest.CaptureFixture[str],
-                    tmp_path: Path) -> None:
+def test_exit_codes(
+    case_id: str, extra: list[str], code: int, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
     got, out, err = _run(capsys, str(_case(tmp_path, case_id)), *extra)
     assert got == code
     assert "Traceback" not in out + err
@@ -62,8 +68,11 @@ def test_table(http_pcap: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert code == 0
     lines = out.splitlines()
     assert lines[0].split()[:6] == ["TIME", "CLIENT", "SERVER", "KIND", "ACTION", "APPS"]
-    assert re.search(r"10\.0\.0\.5:40000 +198\.51\.100\.7:80 +http block +tiktok +downloads +"
-                     r"http://cdn\.shared\.example/tiktok/app\.apk +download:cdn\.shared\.example/tiktok/", out)
+    assert re.search(
+        r"10\.0\.0\.5:40000 +198\.51\.100\.7:80 +http block +tiktok +downloads +"
+        r"http://cdn\.shared\.example/tiktok/app\.apk +download:cdn\.shared\.example/tiktok/",
+        out,
+    )
     assert "3 observations: 2 block, 1 log, 0 allow" in out
     assert re.search(r"^tiktok +TikTok +downloads +3 +2 +1$", out, re.M)
 
@@ -73,16 +82,33 @@ def test_json(http_pcap: Path, capsys: pytest.CaptureFixture[str]) -> None:
     doc = json.loads(out)
     assert code == 0 and doc["at"] == "2020-11-10"
     assert [v["name"] for v in doc["verdicts"]] == [
-        "http://api.tiktok.com/upload", "http://cdn.shared.example/tiktok/app.apk",
-        "http://play.google.com/store/apps/details?id=com.zhiliaoapp.musically"]
+        "http://api.tiktok.com/upload",
+        "http://cdn.shared.example/tiktok/app.apk",
+        "http://play.google.com/store/apps/details?id=com.zhiliaoapp.musically",
+    ]
     first = doc["verdicts"][0]
     assert {k: first[k] for k in ("client", "server", "kind", "action", "apps", "phase", "rule")} == {
-        "client": "10.0.0.5", "server": "198.51.100.7", "kind": "http", "action": "log", "apps": ["tiktok"],
-        "phase": "downloads", "rule": "domain:tiktok.com"}
+        "client": "10.0.0.5",
+        "server": "198.51.100.7",
+        "kind": "http",
+        "action": "log",
+        "apps": ["tiktok"],
+        "phase": "downloads",
+        "rule": "domain:tiktok.com",
+    }
     assert first["time"] == "2020-11-10T09:20:00.010Z"  # the segment that completes the request head
-    assert doc["summary"]["apps"] == [{"app": "tiktok", "name": "TikTok", "phase": "downloads", "observations": 3,
-                                       "blocked": 2, "logged": 1, "first": first["time"],
-                                       "last": doc["verdicts"][-1]["time"]}]
+    assert doc["summary"]["apps"] == [
+        {
+            "app": "tiktok",
+            "name": "TikTok",
+            "phase": "downloads",
+            "observations": 3,
+            "blocked": 2,
+            "logged": 1,
+            "first": first["time"],
+            "last": doc["verdicts"][-1]["time"],
+        }
+    ]
     assert doc["inputs"] == [{"path": str(http_pcap), "format": "capture"}] and doc["warnings"] == []
 
 
@@ -101,10 +127,15 @@ def test_jsonl_events_in_shared_schema(http_pcap: Path, capsys: pytest.CaptureFi
 
 
 def test_html_is_self_contained(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    inputs = [_case(tmp_path / n, n) for n in ("http-keepalive-body-and-chunked", "ipv6", "quic-v2")
-              if (tmp_path / n).mkdir() is None]
+    inputs = [
+        _case(tmp_path / n, n)
+        for n in ("http-keepalive-body-and-chunked", "ipv6", "quic-v2")
+        if (tmp_path / n).mkdir() is None
+    ]
     report = tmp_path / "report.html"
-    code, out, err = _run(capsys, *map(str, inputs), "--at", "2020-11-10", "--format", "html", "-o", str(report))
+    code, out, err = _run(
+        capsys, *map(str, inputs), "--at", "2020-11-10", "--format", "html", "-o", str(report)
+    )
     text = report.read_text()
     assert code == 0 and out == "" and err == ""
     assert text.startswith("<!doctype html>") and "<svg" in text and "</html>" in text
@@ -120,12 +151,18 @@ def test_warning_names_file_and_packet(tmp_path: Path, capsys: pytest.CaptureFix
     assert f"warning: {path} at packet 4: file ends inside the packet" in err
 
 
-@pytest.mark.parametrize("content,message", [
-    (b"", "not a pcap, pcapng"),
-    (b"hello, world\n", "not a pcap, pcapng"),
-    (b"\x1f\x8b\x08\x00garbage", "unreadable gzip data"),
-], ids=["empty", "text", "bad-gzip"])
-def test_unreadable_inputs(content: bytes, message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize(
+    "content,message",
+    [
+        (b"", "not a pcap, pcapng"),
+        (b"hello, world\n", "not a pcap, pcapng"),
+        (b"\x1f\x8b\x08\x00garbage", "unreadable gzip data"),
+    ],
+    ids=["empty", "text", "bad-gzip"],
+)
+def test_unreadable_inputs(
+    content: bytes, message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     path = tmp_path / "input"
     path.write_bytes(content)
     code, out, _ = _run(capsys, str(path))
@@ -151,21 +188,39 @@ def test_policy_error_exits_1(tmp_path: Path, capsys: pytest.CaptureFixture[str]
 def test_only_filters_rows_not_summary(http_pcap: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = _run(capsys, str(http_pcap), "--at", "2020-11-10", "--only", "block", "--format", "json")
     doc = json.loads(out)
+    assert code == 0
     assert [v["action"] for v in doc["verdicts"]] == ["block", "block"]
     assert doc["summary"]["observations"] == 3
 
 
 def test_progress_bar_on_a_terminal(tmp_path: Path) -> None:
     """A real pseudo-terminal on stderr: the bar shows for a large capture and is erased at the end."""
-    frames = c.link(c.tcp_segments(c.client_hello("www.tiktok.com"), 1400)
-                    + [c.udp(c.dns_query(f"n{i}.example")) for i in range(200)], c.LINK_ETHERNET)
+    frames = c.link(
+        c.tcp_segments(c.client_hello("www.tiktok.com"), 1400)
+        + [c.udp(c.dns_query(f"n{i}.example")) for i in range(200)],
+        c.LINK_ETHERNET,
+    )
     pcap = c.write_pcap(tmp_path / "big.pcap", frames * 600)  # ~10 MB
     assert pcap.stat().st_size > 8 << 20
     master, slave = pty.openpty()
     try:
-        proc = subprocess.Popen([sys.executable, "-m", "egress_filter.cli", "replay", "--policy", str(POLICY),
-                                 "--format", "jsonl", "-o", os.devnull, str(pcap)],
-                                stdout=subprocess.DEVNULL, stderr=slave)
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "egress_filter.cli",
+                "replay",
+                "--policy",
+                str(POLICY),
+                "--format",
+                "jsonl",
+                "-o",
+                os.devnull,
+                str(pcap),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=slave,
+        )
         os.close(slave)
         seen = b""
         while True:

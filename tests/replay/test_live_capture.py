@@ -7,7 +7,6 @@ tshark reads the same file for the cross-check.  Both tools are required.
 
 from __future__ import annotations
 
-import datetime as dt
 import http.client
 import http.server
 import signal
@@ -21,28 +20,26 @@ from pathlib import Path
 
 import dnslib
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from policies import Action, PolicyView
 
+from . import craft as c
 from .conftest import need, replay_all
 from .tshark import replay_names, tshark_names
 
 
 def _self_signed(directory: Path) -> tuple[Path, Path]:
     key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "replay-test")])
-    now = dt.datetime.now(dt.timezone.utc)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-            .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(days=1))
-            .not_valid_after(now + dt.timedelta(days=1)).sign(key, hashes.SHA256()))
+    cert = c.self_signed(key)
     cert_path, key_path = directory / "cert.pem", directory / "key.pem"
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
     return cert_path, key_path
 
 
@@ -57,10 +54,15 @@ class Servers:
         self.dns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.dns.bind(("127.0.0.1", 0))
         self.http = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-        self.ports = {"tls": self.tls.getsockname()[1], "dns": self.dns.getsockname()[1],
-                      "http": self.http.server_address[1]}
-        self.threads = [threading.Thread(target=t, daemon=True)
-                        for t in (self._serve_tls, self._serve_dns, self.http.serve_forever)]
+        self.ports = {
+            "tls": self.tls.getsockname()[1],
+            "dns": self.dns.getsockname()[1],
+            "http": self.http.server_address[1],
+        }
+        self.threads = [
+            threading.Thread(target=t, daemon=True)
+            for t in (self._serve_tls, self._serve_dns, self.http.serve_forever)
+        ]
         for t in self.threads:
             t.start()
 
@@ -97,11 +99,11 @@ class Servers:
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
-    def do_GET(self) -> None:  # noqa: N802 — the stdlib's name
+    def do_GET(self) -> None:
         self.send_response(204)
         self.end_headers()
 
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+    def log_message(self, format: str, *args: object) -> None:
         pass
 
 
@@ -118,8 +120,11 @@ def _start_tcpdump(path: Path, ports: list[int]) -> subprocess.Popen[bytes]:
     tcpdump = need("tcpdump")
     expr = "ip host 127.0.0.1 and (" + " or ".join(f"port {p}" for p in ports) + ")"
     # --immediate-mode: without it packets wait in the ring buffer and are lost at SIGINT.
-    proc = subprocess.Popen([tcpdump, "-i", "lo", "--immediate-mode", "-U", "-n", "-s", "0", "-w", str(path), expr],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [tcpdump, "-i", "lo", "--immediate-mode", "-U", "-n", "-s", "0", "-w", str(path), expr],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     assert proc.stderr is not None
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:  # tcpdump says "listening on lo" once the filter is live
@@ -151,7 +156,9 @@ def _talk(ports: dict[str, int]) -> None:
     query = dnslib.DNSRecord.question("www.wechat.com")
     query.send("127.0.0.1", ports["dns"], timeout=5)
     conn = http.client.HTTPConnection("127.0.0.1", ports["http"], timeout=5)
-    conn.request("GET", "/store/apps/details?id=com.zhiliaoapp.musically", headers={"Host": "play.google.com"})
+    conn.request(
+        "GET", "/store/apps/details?id=com.zhiliaoapp.musically", headers={"Host": "play.google.com"}
+    )
     conn.getresponse().read()
     conn.close()
 
@@ -177,12 +184,19 @@ def test_recorded_capture(servers: Servers, view: PolicyView, tmp_path: Path) ->
     }
     assert got[("sni", "www.tiktok.com", "tls")].decision.action is Action.LOG  # TikTok in 'downloads'
     assert got[("dns", "www.wechat.com", "dns/udp")].decision.action is Action.BLOCK
-    assert got[("http", "http://play.google.com/store/apps/details?id=com.zhiliaoapp.musically",
-                "http")].decision.action is Action.BLOCK
+    assert (
+        got[
+            ("http", "http://play.google.com/store/apps/details?id=com.zhiliaoapp.musically", "http")
+        ].decision.action
+        is Action.BLOCK
+    )
     sni = got[("sni", "www.tiktok.com", "tls")].sighting
     assert (sni.client, sni.server, sni.server_port) == ("127.0.0.1", "127.0.0.1", ports["tls"])
 
     tshark = need("tshark")
-    theirs = tshark_names(tshark, path, (f"udp.port=={ports['dns']},dns", f"tcp.port=={ports['tls']},tls",
-                                         f"tcp.port=={ports['http']},http"))
+    theirs = tshark_names(
+        tshark,
+        path,
+        (f"udp.port=={ports['dns']},dns", f"tcp.port=={ports['tls']},tls", f"tcp.port=={ports['http']},http"),
+    )
     assert replay_names(verdicts) == theirs

@@ -13,7 +13,7 @@ from policies import PolicyView
 
 from .cases import CASES, Case
 from .conftest import need, replay_all
-from .tshark import tshark_names, replay_names
+from .tshark import replay_names, tshark_names
 
 # Cases whose files are damaged on purpose: tshark and replay both stop, but
 # where exactly a dissector gives up on a junk packet is not a shared contract.

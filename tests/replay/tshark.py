@@ -15,8 +15,22 @@ def tshark_names(tshark: str, path: Path, decode_as: tuple[str, ...] = ()) -> di
 
     Out-of-order reassembly is off by default in tshark; replay always does it.
     """
-    cmd = [tshark, "-n", "-r", str(path), "-T", "fields", "-E", "occurrence=a", "-E", "aggregator=\x1f",
-           "-E", "separator=\t", "-o", "tcp.reassemble_out_of_order:TRUE"]
+    cmd = [
+        tshark,
+        "-n",
+        "-r",
+        str(path),
+        "-T",
+        "fields",
+        "-E",
+        "occurrence=a",
+        "-E",
+        "aggregator=\x1f",
+        "-E",
+        "separator=\t",
+        "-o",
+        "tcp.reassemble_out_of_order:TRUE",
+    ]
     for rule in decode_as:
         cmd += ["-d", rule]
     for f in FIELDS:

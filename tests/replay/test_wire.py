@@ -1,0 +1,106 @@
+"""The application-layer readers: the sliced DNS reader agrees with dnslib,
+QUIC and TLS readers refuse what is not a client's first flight."""
+
+from __future__ import annotations
+
+import os
+
+import dnslib
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from replay import wire
+
+from . import craft as c
+
+
+def _response(name: str, chain: list[str]) -> bytes:
+    return bytes(c.dns_answer(name, chain))
+
+
+DNS_CASES = [
+    ("query", bytes(c.dns_query("www.tiktok.com"))),
+    ("aaaa-query", bytes(c.dns_query("web.wechat.com", qtype="AAAA"))),
+    ("cname-chain-compressed", _response("www.tiktok.com", ["a.tiktokcdn.example", "b.edge.example"])),
+    (
+        "label-with-dot-needs-escape",
+        dnslib.DNSRecord.question("x.y").pack().replace(b"\x01x\x01y", b"\x03x.y"),
+    ),
+    ("label-with-space", dnslib.DNSRecord.question("ab.example").pack().replace(b"\x02ab", b"\x02a ")),
+    ("punycode", bytes(c.dns_query("xn--e1afmkfd.example"))),
+    ("pointer-loop", b"\x00\x01\x00\x00\x00\x01\x00\x00\x00\x00\x00\x00\xc0\x0c\x00\x01\x00\x01"),
+    ("truncated-question", bytes(c.dns_query("www.tiktok.com"))[:20]),
+    ("truncated-answer", _response("www.tiktok.com", ["a.example"])[:-10]),
+    ("header-only", b"\x00\x01\x81\x80" + b"\x00" * 8),
+    ("too-short", b"\x00\x01"),
+]
+
+
+@pytest.mark.parametrize("data", [x[1] for x in DNS_CASES], ids=[x[0] for x in DNS_CASES])
+def test_dns_fast_path_agrees_with_dnslib(data: bytes) -> None:
+    assert wire.dns_message(data) == (wire._dns_dnslib(data) if len(data) >= 12 else None)
+
+
+LABEL = st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789-_", min_size=1, max_size=20)
+NAME = st.lists(LABEL, min_size=1, max_size=5).map(".".join)
+
+
+@settings(max_examples=200, deadline=None)
+@given(name=NAME, chain=st.lists(NAME, max_size=4), cut=st.integers(min_value=0, max_value=40))
+def test_dns_fast_path_agrees_with_dnslib_on_generated(name: str, chain: list[str], cut: int) -> None:
+    data = _response(name, chain)
+    for msg in (data, data[: len(data) - cut]):
+        assert wire.dns_message(msg) == (wire._dns_dnslib(msg) if len(msg) >= 12 else None)
+
+
+def test_dns_response_reads_chain() -> None:
+    msg = wire.dns_message(_response("www.tiktok.com", ["a.example", "b.example"]))
+    assert msg is not None and msg.response
+    assert msg.questions == (("www.tiktok.com", "A"),)
+    assert msg.cnames == (("www.tiktok.com", "a.example"), ("a.example", "b.example"))
+
+
+QUIC_BAD = [
+    ("server-initial", c.quic_server_flight(c.quic_initials("www.tiktok.com")[0])[0]),
+    ("random-long-header", b"\xc0\x00\x00\x00\x01\x08" + os.urandom(8) + b"\x00\x00" + os.urandom(1180)),
+    ("version-negotiation", b"\xc0\x00\x00\x00\x00\x08" + os.urandom(8) + b"\x00"),
+]
+
+
+@pytest.mark.parametrize("data", [x[1] for x in QUIC_BAD], ids=[x[0] for x in QUIC_BAD])
+def test_quic_refuses_non_initials(data: bytes) -> None:
+    with pytest.raises(ValueError):
+        wire.quic_client_hello([data])
+
+
+def test_quic_tampered_initial_is_refused() -> None:
+    d = bytearray(c.quic_initials("www.tiktok.com")[0])
+    d[100] ^= 0xFF  # inside the AEAD-protected payload (the datagram is padded after the packet)
+    with pytest.raises(ValueError):
+        wire.quic_client_hello([bytes(d)])
+
+
+@pytest.mark.parametrize(
+    "data,expected",
+    [
+        (c.client_hello("www.tiktok.com"), wire.Hello("www.tiktok.com", False)),
+        (c.client_hello("www.tiktok.com")[:100], None),
+    ],
+    ids=["whole", "partial"],
+)
+def test_tls_client_hello(data: bytes, expected: wire.Hello | None) -> None:
+    assert wire.tls_client_hello(data) == expected
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"\x16\x03\x03\x00\x30\x02" + bytes(47),  # ServerHello
+        b"\x16\x03\x01\x00\x10\x01\x00\x00\x0c" + b"\xff" * 12,  # ClientHello of garbage
+    ],
+    ids=["server-hello", "garbage-hello"],
+)
+def test_tls_refuses(data: bytes) -> None:
+    with pytest.raises(ValueError):
+        wire.tls_client_hello(data)
