@@ -135,14 +135,20 @@ def _child_decide(policy: str, queries: str, rounds: int) -> dict[str, Any]:
     decide = view.decide_name
     dns = Kind.DNS
     blocked = sum(1 for n in names if decide(n, dns).blocked)  # also warms the decision cache
-    rates = []
+    # Rates per CPU-second of this thread (what one core delivers while it
+    # runs us) and per wall-clock second (what we got on a shared machine).
+    cpu_rates, wall_rates = [], []
     for _ in range(rounds):
-        t0 = time.perf_counter()
+        w0, c0 = time.perf_counter(), time.thread_time()
         for n in names:
             decide(n, dns, None)
-        rates.append(len(names) / (time.perf_counter() - t0))
-    rates.sort()
-    return {"decisions_per_s": rates[len(rates) // 2], "best_per_s": rates[-1], "rounds": rounds,
+        c1, w1 = time.thread_time(), time.perf_counter()
+        cpu_rates.append(len(names) / (c1 - c0))
+        wall_rates.append(len(names) / (w1 - w0))
+    cpu_rates.sort()
+    wall_rates.sort()
+    return {"decisions_per_s": cpu_rates[len(cpu_rates) // 2], "best_per_s": cpu_rates[-1],
+            "wall_per_s": wall_rates[len(wall_rates) // 2], "rounds": rounds,
             "queries": len(names), "blocked_share": blocked / len(names)}
 
 
@@ -159,10 +165,18 @@ def _run_child(fn: str, *args: str) -> dict[str, Any]:
 
 
 def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
+    """A loopback port free for both UDP and TCP (dnsmasq binds both)."""
+    for _ in range(50):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
+            u.bind(("127.0.0.1", 0))
+            port: int = u.getsockname()[1]
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as t:
+                try:
+                    t.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
         return port
+    raise RuntimeError("no free loopback port for both UDP and TCP")
 
 
 def _query(name: str, port: int, timeout: float = 0.2) -> int | None:
@@ -208,6 +222,22 @@ def _dnsperf(port: int, seconds: int) -> float:
 
 
 def run_dnsmasq(probe: str, seconds: int = 5, limit_s: float = 120.0) -> dict[str, Any]:
+    """Start dnsmasq on a free port (retrying if another process takes the
+    port between our check and its bind), measure it, stop it by PID."""
+    for attempt in range(3):
+        try:
+            return _run_dnsmasq_once(probe, seconds, limit_s)
+        except _PortTaken:
+            if attempt == 2:
+                raise
+    raise AssertionError("unreachable")
+
+
+class _PortTaken(RuntimeError):
+    pass
+
+
+def _run_dnsmasq_once(probe: str, seconds: int, limit_s: float) -> dict[str, Any]:
     exe = shutil.which("dnsmasq") or "/usr/sbin/dnsmasq"
     if not Path(exe).exists():
         raise RuntimeError("dnsmasq is not installed (bash .ci/install-tools)")
@@ -221,7 +251,9 @@ def run_dnsmasq(probe: str, seconds: int = 5, limit_s: float = 120.0) -> dict[st
         rcode = None
         while time.perf_counter() - t0 < limit_s:
             if proc.poll() is not None:
-                raise RuntimeError(f"dnsmasq exited: {proc.stderr.read().decode() if proc.stderr else ''}")
+                err = proc.stderr.read().decode() if proc.stderr else ""
+                kind = _PortTaken if "Address already in use" in err else RuntimeError
+                raise kind(f"dnsmasq exited: {err}")
             rcode = _query(probe, port)
             if rcode is not None:
                 break
@@ -264,7 +296,7 @@ def report(data: dict[str, Any], ours_load: dict[str, Any], ours_dec: dict[str, 
          f"{peer['rss_mb']:.0f} (peak {peer['peak_rss_mb']:.0f})",
          ratio(ours_load["peak_rss_mb"], peer["peak_rss_mb"]),
          f"< {TARGET_RSS_MB:.0f} MB: {ok(ours_load['peak_rss_mb'] < TARGET_RSS_MB)}"),
-        ("decisions/s, one core, 20% banned", f"{ours_dec['decisions_per_s']:,.0f}",
+        ("decisions per CPU-second, one core, 20% banned", f"{ours_dec['decisions_per_s']:,.0f}",
          f"{peer['qps']:,.0f} answered queries/s (dnsperf)", ratio(ours_dec["decisions_per_s"], peer["qps"]),
          f">= {TARGET_DPS:,}: {ok(ours_dec['decisions_per_s'] >= TARGET_DPS)}"),
     ]
@@ -284,7 +316,9 @@ def report(data: dict[str, Any], ours_load: dict[str, Any], ours_dec: dict[str, 
         "Our RSS includes the interpreter and imports "
         f"({ours_load['baseline_rss_mb']:.0f} MB before loading); "
         f"decisions/s is the median of {ours_dec['rounds']} rounds (best {ours_dec['best_per_s']:,.0f}/s) "
-        "through `PolicyView.decide_name`, the DNS hot path. dnsmasq's figure is a whole DNS server "
+        "through `PolicyView.decide_name`, the DNS hot path, per CPU-second of the pinned thread "
+        f"(per wall-clock second on this shared machine: {ours_dec['wall_per_s']:,.0f}/s). "
+        "dnsmasq's figure is a whole DNS server "
         f"(dnsperf over loopback, {peer['seconds']} s, 20 queries in flight, no upstream: unlisted names "
         "are refused), so that ratio says how far the decision is from being the bottleneck, not "
         "that the two do the same work. Our load figure excludes interpreter start-up; "
