@@ -8,7 +8,7 @@ with the shared policy, the way the live adapters would have.
 This package never imports ``dns_blocker`` or ``proxy_addons``.
 """
 
-from .engine import Replay, Summary, judge
+from .engine import Replay, Summary
 from .model import Damage, Sighting, Verdict
 
-__all__ = ["Damage", "Replay", "Sighting", "Summary", "Verdict", "judge"]
+__all__ = ["Damage", "Replay", "Sighting", "Summary", "Verdict"]

@@ -439,38 +439,12 @@ class Decoder:
 
     def _hello(self, hello: wire.Hello, src: bytes, dst: bytes, sport: int, dport: int, via: str) -> None:
         client, server = _ip(src), _ip(dst)
-        if hello.sni:
-            self.out.append(
-                Sighting(
-                    self.ts,
-                    Kind.SNI,
-                    hello.sni,
-                    client,
-                    server,
-                    sport,
-                    dport,
-                    via=via,
-                    file=self.file,
-                    packet=self.number,
-                    ech=hello.ech,
-                )
-            )
-        else:  # no name on the wire: the server address is all a filter has
-            self.out.append(
-                Sighting(
-                    self.ts,
-                    Kind.IP,
-                    server,
-                    client,
-                    server,
-                    sport,
-                    dport,
-                    via=via,
-                    file=self.file,
-                    packet=self.number,
-                    ech=hello.ech,
-                )
-            )
+        # No name on the wire: the server address is all a filter has.
+        kind, value = (Kind.SNI, hello.sni) if hello.sni else (Kind.IP, server)
+        self.out.append(
+            Sighting(self.ts, kind, value, client, server, sport, dport, via=via, file=self.file,
+                     packet=self.number, ech=hello.ech)
+        )
 
     # --- UDP: DNS and QUIC --------------------------------------------------
 

@@ -3,8 +3,8 @@
 ``replay(paths, view)`` opens each input, picks its reader by content (pcap,
 pcapng, mitmproxy flows, Zeek TSV, JSON lines from Zeek or Suricata; any of
 them gzip-compressed), and yields one ``Verdict`` per sighting, judged by the
-same ``PolicyView`` calls the live adapters make: ``decide_name`` for DNS
-names and SNIs, ``decide_http`` for requests, ``decide_ip`` for nameless TLS.
+same ``PolicyView.decide`` the live adapters use (``decide_name`` for DNS
+names and SNIs, ``decide_http`` for requests, ``decide_ip`` for nameless TLS).
 Damage (truncated files, bad records) is collected in ``Replay.damage``; a
 reader stops at the damage and everything before it has been yielded.
 ``Summary`` folds verdicts into bounded per-app counters and a time series.
@@ -21,20 +21,11 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import IO, BinaryIO
 
-from policies import Action, Decision, Kind, PolicyView
+from policies import Action, PolicyView
 
 from .model import Damage, Sighting, Verdict
 
 Reader = Callable[[str, BinaryIO, Callable[[], None] | None], Iterator[Sighting | Damage]]
-
-
-def judge(view: PolicyView, s: Sighting) -> Decision:
-    kind = s.kind
-    if kind is Kind.DNS or kind is Kind.SNI:
-        return view.decide_name(s.value, kind, s.client)
-    if kind is Kind.HTTP:
-        return view.decide_http(s.value, s.host, s.client)
-    return view.decide_ip(s.value, s.client)
 
 
 def _text(reader: Callable[[str, IO[str], Callable[[], None] | None], Iterator[Sighting | Damage]]) -> Reader:
@@ -111,7 +102,7 @@ class Replay:
                     if isinstance(item, Damage):
                         self.damage.append(item)
                     else:
-                        yield Verdict(item, judge(view, item))
+                        yield Verdict(item, view.decide(item.observation()))
                 if bar:
                     bar.file_done(sizes[path])
         finally:
