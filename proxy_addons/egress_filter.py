@@ -86,6 +86,7 @@ else:
 log = logging.getLogger(__name__)
 
 BLOCK_STYLES = ("reset", "page")
+QUIC_STYLES = ("fallback", "passthrough")
 ECH_EXTENSION = 0xFE0D  # encrypted_client_hello (draft-ietf-tls-esni)
 DEFAULT_BLOCKED_BY = "urn:egress-filter:proxy"
 MAX_INSPECTED_BODY = 64 * 1024  # store-client form bodies are small; never buffer uploads to judge them
@@ -248,6 +249,11 @@ class EgressFilter:
         loader.add_option("egress_log_ech", bool, True,
                           "Log a ClientHello that carries ECH, with its outer SNI "
                           "(also off when settings.proxy.log_ech is false).")
+        loader.add_option("egress_quic", str, "fallback",
+                          "QUIC the policy lets through: 'fallback' refuses it so clients retry over "
+                          "TCP (mitmproxy 11 cannot pass QUIC through untouched); 'passthrough' sets "
+                          "ignore_connection (for a mitmproxy with that fixed). Banned QUIC is refused "
+                          "either way.", choices=QUIC_STYLES)
         loader.add_option("egress_blocked_by", str, DEFAULT_BLOCKED_BY,
                           "URI for the 451 page's Link: <...>; rel=\"blocked-by\" header (RFC 7725): "
                           "who implements the block, e.g. your network team's page.")
@@ -317,6 +323,8 @@ class EgressFilter:
         if block not in BLOCK_STYLES:
             where = "egress_block" if opts.egress_block else "settings.proxy.block"
             raise _options_error(f"{where}: '{block}' is not one of {', '.join(BLOCK_STYLES)}")
+        if opts.egress_quic not in QUIC_STYLES:
+            raise _options_error(f"egress_quic: '{opts.egress_quic}' is not one of {', '.join(QUIC_STYLES)}")
         metrics = opts.egress_metrics or s.metrics
         if metrics:
             _, sep, port = metrics.rpartition(":")
@@ -443,23 +451,34 @@ class EgressFilter:
                 self.metrics.connections.labels("page").inc()
                 return
             self._record(d, verdict.observation, "closed", client, server, extra)
-            # mitmproxy checks `client.connected` right after preparing TLS and
-            # fails the handshake quietly ("connection closed early") when it
-            # is not, so the ClientHello is never answered.  Dropping only
-            # CAN_READ (not CLOSED) matters: inside a CONNECT tunnel the HTTP/1
-            # layer closes the socket only while the client can still be written to.
-            client.state = connection.ConnectionState.CAN_WRITE
-            self.metrics.connections.labels("closed").inc()
+            self._refuse(client, "closed")
             return
         if d.inspect:
             if d.action is Action.LOG:
                 self._record(d, verdict.observation, "intercepted", client, server, extra)
             self.metrics.connections.labels("intercepted").inc()
             return
+        if transport == "quic" and ctx.options.egress_quic == "fallback":
+            # mitmproxy 11 cannot pass QUIC through (ignore_connection stalls
+            # the connection, mitmproxy#8338): refuse it so the client falls
+            # back to TCP, where passthrough works and the SNI is judged again.
+            if d.action is Action.LOG:
+                self._record(d, verdict.observation, "quic-refused", client, server, extra)
+            self._refuse(client, "quic_fallback")
+            return
         if d.action is Action.LOG:
             self._record(d, verdict.observation, "passthrough", client, server, extra)
         data.ignore_connection = True
         self.metrics.connections.labels("passthrough").inc()
+
+    def _refuse(self, client: connection.Client, outcome: str) -> None:
+        # mitmproxy checks `client.connected` right after preparing TLS and
+        # fails the handshake quietly ("connection closed early") when it is
+        # not, so the ClientHello is never answered.  Dropping only CAN_READ
+        # (not CLOSED) matters: inside a CONNECT tunnel the HTTP/1 layer closes
+        # the socket only while the client can still be written to.
+        client.state = connection.ConnectionState.CAN_WRITE
+        self.metrics.connections.labels(outcome).inc()
 
     def tls_failed_client(self, data: tls.TlsData) -> None:
         # mitmproxy has already logged the failure once; counting it is enough.

@@ -201,7 +201,32 @@ HELLO_CASES = [
         "closed",
         ("block", "closed", "sni"),
     ),
-    ("quic-unrelated-passes", FULL, {}, {"sni": "example.org", "udp": True}, "passthrough", None),
+    # mitmproxy 11 cannot pass QUIC through (mitmproxy#8338): allowed QUIC falls back to TCP
+    ("quic-unrelated-falls-back", FULL, {}, {"sni": "example.org", "udp": True}, "closed", None),
+    (
+        "quic-logged-falls-back",
+        DOWNLOADS,
+        {},
+        {"sni": "www.tiktok.com", "udp": True},
+        "closed",
+        ("log", "quic-refused", "sni"),
+    ),
+    (
+        "quic-passthrough-option",
+        FULL,
+        {"egress_quic": "passthrough"},
+        {"sni": "example.org", "udp": True},
+        "passthrough",
+        None,
+    ),
+    (
+        "quic-store-host-intercepted",
+        DOWNLOADS,
+        {},
+        {"sni": "apps.apple.com", "udp": True},
+        "intercepted",
+        None,
+    ),
     (
         "exempt-client-logged",
         FULL,
@@ -570,6 +595,7 @@ OPTION_ERRORS = [
     ("at-and-phase", {"egress_at": FULL, "egress_phase": "full"}, "exclude each other"),
     ("missing-policy", {"egress_policy": "/nonexistent/policy.yaml"}, "cannot read"),
     ("negative-interval", {"egress_reload_interval": -1}, "egress_reload_interval"),
+    ("bad-quic", {"egress_quic": "drop"}, "egress_quic"),
 ]
 
 
