@@ -131,6 +131,8 @@ class PolicyView:
             host for host, rules in policy.download_paths.items()
             if any(self._phase.get(r.app or "") is not Phase.NONE for r in rules)
         )
+        self._inspect_globs = any(self._phase.get(r.app or "") is not Phase.NONE
+                                  for r in policy.download_path_globs.rules())
         self._lookup = policy.names.lookup
         self._glob = policy.globs.lookup if len(policy.globs) else None
         self._exact_cache: dict[str, Decision] = {}
@@ -178,7 +180,7 @@ class PolicyView:
             # sake; its URL decides, so a TLS adapter must decrypt to see it.
             if self.store_interest and name in STORE_HOSTS:
                 return self._store_inspect if d.rule is None else replace(d, inspect=True)
-            if name in self._inspect_hosts:
+            if name in self._inspect_hosts or (self._inspect_globs and self._path_glob_enforced(name)):
                 return self._path_inspect if d.rule is None else replace(d, inspect=True)
         return d
 
@@ -256,6 +258,11 @@ class PolicyView:
                 self._cache.clear()
             d = self._cache[cache_key] = self._judge(rules, key)
         return d
+
+    def _path_glob_enforced(self, name: str) -> bool:
+        """Whether a ``*.host`` download rule with a path covers ``name`` for an enforced app."""
+        hit = self.policy.download_path_globs.lookup(name)
+        return hit is not None and any(self._phase.get(r.app or "") is not Phase.NONE for r in hit[1])
 
     def _ip(self, address: str) -> Decision:
         hit = self.policy.networks.lookup(address)

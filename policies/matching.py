@@ -203,6 +203,9 @@ class GlobMatcher:
     def __len__(self) -> int:
         return len(self._globs)
 
+    def rules(self) -> tuple[Rule, ...]:
+        return tuple(rule for _, _, rule in self._globs)
+
     def lookup(self, name: str) -> tuple[int, tuple[Rule, ...]] | None:
         """Most specific matching glob(s): (specificity, rules) or None."""
         if self._any is None or self._any.fullmatch(name) is None:
