@@ -591,3 +591,21 @@ PATH_EVASION_CASES = [
 @pytest.mark.parametrize(("url", "action"), PATH_EVASION_CASES)
 def test_download_paths_are_matched_on_the_canonical_path(policy: Policy, url: str, action: Action) -> None:
     assert policy.view(at=FULL).decide_http(url).action is action
+
+
+GLOB_DOWNLOAD_HOST_CASES = [
+    case("before", "mirror.apk.example", BEFORE, False),
+    case("downloads", "mirror.apk.example", DOWNLOADS, True),
+    case("full", "a.apk.example", FULL, True),
+    case("glob-needs-a-label", "apk.example", FULL, False),
+]
+
+
+@pytest.mark.parametrize(("name", "day", "inspect"), GLOB_DOWNLOAD_HOST_CASES)
+def test_wildcard_download_host_sni_asks_for_inspection(
+    policy: Policy, name: str, day: dt.date, inspect: bool
+) -> None:
+    """A '*.host' download rule with a path can only be applied to decrypted
+    traffic, so its hosts' SNIs ask for inspection while the app is enforced."""
+    d = policy.view(at=day).decide_name(name, Kind.SNI)
+    assert (d.action, d.inspect) == (Action.ALLOW, inspect)
