@@ -442,8 +442,19 @@ class Decoder:
         # No name on the wire: the server address is all a filter has.
         kind, value = (Kind.SNI, hello.sni) if hello.sni else (Kind.IP, server)
         self.out.append(
-            Sighting(self.ts, kind, value, client, server, sport, dport, via=via, file=self.file,
-                     packet=self.number, ech=hello.ech)
+            Sighting(
+                self.ts,
+                kind,
+                value,
+                client,
+                server,
+                sport,
+                dport,
+                via=via,
+                file=self.file,
+                packet=self.number,
+                ech=hello.ech,
+            )
         )
 
     # --- UDP: DNS and QUIC --------------------------------------------------

@@ -43,19 +43,36 @@ def read_flows(name: str, fh: BinaryIO, progress: Progress | None = None) -> Ite
             number += 1
             client, cport = _addr(f.client_conn.peername)
             server, sport = _addr(f.server_conn.peername or f.server_conn.address)
-            at = functools.partial(Sighting, client=client, server=server, client_port=cport,
-                                   server_port=sport, file=name, packet=number)
+            at = functools.partial(
+                Sighting,
+                client=client,
+                server=server,
+                client_port=cport,
+                server_port=sport,
+                file=name,
+                packet=number,
+            )
             ts = f.client_conn.timestamp_start or f.timestamp_created
             if f.client_conn.sni:
                 yield at(ts, Kind.SNI, f.client_conn.sni, via="mitm-tls")
             if isinstance(f, http.HTTPFlow):
                 req = f.request
-                yield at(req.timestamp_start or ts, Kind.HTTP, req.pretty_url, host=req.pretty_host,
-                         via="mitm-http")
+                yield at(
+                    req.timestamp_start or ts,
+                    Kind.HTTP,
+                    req.pretty_url,
+                    host=req.pretty_host,
+                    via="mitm-http",
+                )
             elif isinstance(f, dns.DNSFlow):
                 for q in f.request.questions:
-                    yield at(f.request.timestamp or ts, Kind.DNS, q.name.rstrip("."), via="mitm-dns",
-                             qtype=dns_types.to_str(q.type))
+                    yield at(
+                        f.request.timestamp or ts,
+                        Kind.DNS,
+                        q.name.rstrip("."),
+                        via="mitm-dns",
+                        qtype=dns_types.to_str(q.type),
+                    )
             if progress is not None and not number & 0xFF:
                 progress()
     except exceptions.FlowReadException as exc:

@@ -17,7 +17,6 @@ import dnslib
 from aioquic.buffer import Buffer, BufferReadError  # type: ignore[attr-defined]
 from aioquic.quic.crypto import CryptoError, CryptoPair  # type: ignore[attr-defined]
 from aioquic.quic.packet import QuicPacketType, QuicProtocolVersion, pull_quic_header
-from mitmproxy.proxy.layers.tls import parse_client_hello
 from mitmproxy.tls import ClientHello
 
 ECH_EXTENSION = 0xFE0D
@@ -60,25 +59,44 @@ class HttpRequest:
     host: str | None
 
 
-def _hello(ch: ClientHello) -> Hello:
-    ech = any(t == ECH_EXTENSION for t, _ in ch.extensions)
-    return Hello(ch.sni, ech)
-
-
 def tls_client_hello(data: bytes) -> Hello | None:
     """The ClientHello at the start of a TLS stream; ``None`` while incomplete.
+
+    Handshake records are unwrapped as mitmproxy's ``get_client_hello`` does
+    (a ClientHello may span several records); the message itself goes to
+    mitmproxy's ``ClientHello``.  (``mitmproxy.proxy.layers.tls`` would pull
+    in every proxy layer: a tenth of a second at start-up.)
 
     Raises ``ValueError`` when the bytes are not a ClientHello.
     """
     if len(data) >= 6 and data[5] != 1:
         raise ValueError("first handshake message is not a ClientHello")
+    handshake = b""
+    off = 0
+    while len(data) >= off + 5:
+        if data[off] != 0x16 or data[off + 1] != 0x03:
+            raise ValueError("expected a TLS handshake record")
+        size = data[off + 3] << 8 | data[off + 4]
+        if size == 0:
+            raise ValueError("empty TLS record")
+        if len(data) < off + 5 + size:
+            return None
+        handshake += data[off + 5 : off + 5 + size]
+        off += 5 + size
+        if len(handshake) >= 4:
+            end = (handshake[1] << 16 | handshake[2] << 8 | handshake[3]) + 4
+            if len(handshake) >= end:
+                return _parse_hello(handshake[4:end])
+    return None
+
+
+def _parse_hello(body: bytes) -> Hello:
     try:
-        ch = parse_client_hello(data)
-    except ValueError:
-        raise
+        ch = ClientHello(body)
     except Exception as exc:  # the Kaitai parser raises its own errors on garbage
-        raise ValueError(f"malformed ClientHello: {exc}") from exc
-    return None if ch is None else _hello(ch)
+        raise ValueError(f"malformed ClientHello: {exc!r}") from exc
+    ech = any(t == ECH_EXTENSION for t, _ in ch.extensions)
+    return Hello(ch.sni, ech)
 
 
 def quic_initial_kind(payload: bytes) -> bool:
@@ -163,10 +181,7 @@ def quic_client_hello(datagrams: list[bytes]) -> Hello | None:
     length = int.from_bytes(stream[1:4], "big")
     if len(stream) < 4 + length:
         return None
-    try:
-        return _hello(ClientHello(stream[4 : 4 + length]))
-    except Exception as exc:  # the Kaitai parser raises its own errors on garbage
-        raise ValueError(f"malformed ClientHello: {exc}") from exc
+    return _parse_hello(stream[4 : 4 + length])
 
 
 def _name(label: dnslib.DNSLabel) -> str:

@@ -81,13 +81,22 @@ def test_quic_tampered_initial_is_refused() -> None:
         wire.quic_client_hello([bytes(d)])
 
 
+def _two_records(record: bytes) -> bytes:
+    """The same handshake message cut into two TLS records."""
+    body = record[5:]
+    half = len(body) // 2
+    return b"".join(b"\x16\x03\x01" + len(p).to_bytes(2, "big") + p for p in (body[:half], body[half:]))
+
+
 @pytest.mark.parametrize(
     "data,expected",
     [
         (c.client_hello("www.tiktok.com"), wire.Hello("www.tiktok.com", False)),
         (c.client_hello("www.tiktok.com")[:100], None),
+        (_two_records(c.client_hello("www.tiktok.com", mlkem=True)), wire.Hello("www.tiktok.com", False)),
+        (_two_records(c.client_hello("www.tiktok.com"))[:-5], None),
     ],
-    ids=["whole", "partial"],
+    ids=["whole", "partial", "over-two-records", "second-record-partial"],
 )
 def test_tls_client_hello(data: bytes, expected: wire.Hello | None) -> None:
     assert wire.tls_client_hello(data) == expected
