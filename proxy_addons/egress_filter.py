@@ -443,15 +443,15 @@ class EgressFilter:
         elif extra is not None:
             extra["transport"] = transport
         if d.blocked:
-            # Never talk TLS to a banned origin, whatever connection_strategy says.
-            data.establish_server_tls_first = False
             if self.settings.block == "page":
+                # Never talk TLS to a banned origin, whatever connection_strategy says.
+                data.establish_server_tls_first = False
                 event_id = self._record(d, verdict.observation, "451", client, server, extra)
                 self._page_blocks[client.id] = Verdict(d, verdict.observation, event_id)
                 self.metrics.connections.labels("page").inc()
                 return
             self._record(d, verdict.observation, "closed", client, server, extra)
-            self._refuse(client, "closed")
+            self._refuse(data, "closed")
             return
         if d.inspect:
             if d.action is Action.LOG:
@@ -464,20 +464,21 @@ class EgressFilter:
             # back to TCP, where passthrough works and the SNI is judged again.
             if d.action is Action.LOG:
                 self._record(d, verdict.observation, "quic-refused", client, server, extra)
-            self._refuse(client, "quic_fallback")
+            self._refuse(data, "quic_fallback")
             return
         if d.action is Action.LOG:
             self._record(d, verdict.observation, "passthrough", client, server, extra)
         data.ignore_connection = True
         self.metrics.connections.labels("passthrough").inc()
 
-    def _refuse(self, client: connection.Client, outcome: str) -> None:
+    def _refuse(self, data: tls.ClientHelloData, outcome: str) -> None:
+        data.establish_server_tls_first = False  # no handshake with an origin we will not use
         # mitmproxy checks `client.connected` right after preparing TLS and
         # fails the handshake quietly ("connection closed early") when it is
         # not, so the ClientHello is never answered.  Dropping only CAN_READ
         # (not CLOSED) matters: inside a CONNECT tunnel the HTTP/1 layer closes
         # the socket only while the client can still be written to.
-        client.state = connection.ConnectionState.CAN_WRITE
+        data.context.client.state = connection.ConnectionState.CAN_WRITE
         self.metrics.connections.labels(outcome).inc()
 
     def tls_failed_client(self, data: tls.TlsData) -> None:

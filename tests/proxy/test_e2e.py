@@ -264,3 +264,66 @@ def test_bad_start_exits_1_with_a_message(
     )
     assert out.returncode == 1, out.stderr
     assert message in out.stderr
+
+
+def quic_handshake(port: int, sni: str, timeout: float = 3.0) -> str:
+    """A real QUIC client (aioquic): 'connected', or why not."""
+    import asyncio
+
+    from aioquic.asyncio import connect
+    from aioquic.quic.configuration import QuicConfiguration
+
+    config = QuicConfiguration(
+        is_client=True, alpn_protocols=["h3"], server_name=sni, verify_mode=ssl.CERT_NONE
+    )
+
+    async def attempt() -> str:
+        async with connect("127.0.0.1", port, configuration=config, wait_connected=True):
+            return "connected"
+
+    try:
+        return asyncio.run(asyncio.wait_for(attempt(), timeout))
+    except TimeoutError:
+        return "timeout"
+    except ConnectionError as exc:
+        return f"error {exc!r}"
+
+
+def free_udp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+QUIC_CASES = [
+    ("banned-sni-refused", "www.tiktok.com", ("block", "closed")),
+    ("allowed-sni-falls-back-to-tcp", "example.org", None),
+]
+
+
+@pytest.mark.parametrize("sni,event", [c[1:] for c in QUIC_CASES], ids=[c[0] for c in QUIC_CASES])
+def test_quic_clienthello_is_judged(
+    run_proxy: Any, origin: Origin, policy: Path, sni: str, event: tuple[str, str] | None
+) -> None:
+    """mitmproxy sees QUIC in reverse, transparent, WireGuard and local modes;
+    reverse mode needs no privileges, so it stands in for them here."""
+    udp = free_udp_port()
+    proxy = run_proxy(
+        "--policy",
+        str(policy),
+        "--at",
+        FULL,
+        "--proxy-mode",
+        "regular",
+        "--proxy-mode",
+        f"reverse:quic://127.0.0.1:{origin.port}@127.0.0.1:{udp}",
+    )
+    assert quic_handshake(udp, sni) != "connected"
+    if event is None:
+        time.sleep(0.5)
+        assert proxy.events() == []
+    else:
+        [ev] = proxy.events(1)
+        assert (ev["egress"]["action"], ev["egress"]["response"]) == event
+        assert ev["egress"]["transport"] == "quic" and ev["tls"]["client"]["server_name"] == sni
+    assert "Traceback" not in proxy.stderr.read_text()
