@@ -81,6 +81,22 @@ def tls_through(proxy: Proxy, target: tuple[str, int], sni: str, cafile: Path) -
             return tls.getpeercert(binary_form=True) or b""
 
 
+def read_response(sock: ssl.SSLSocket) -> bytes:
+    """One HTTP/1.1 response with a content-length, read whole."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(4096)
+        assert chunk, data
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = next(
+        int(line.split(b":")[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")
+    )
+    while len(body) < length:
+        body += sock.recv(4096)
+    return head + b"\r\n\r\n" + body
+
+
 @pytest.fixture
 def policy(tmp_path: Path) -> Path:
     return write_policy(tmp_path)
@@ -110,17 +126,20 @@ def test_allowed_host_passes_through_with_the_origins_certificate(
 
 
 STORE_CASES = [
-    ("banned-app-store-url", TIKTOK_STORE_URL, 451),
-    ("other-app-store-url", OTHER_STORE_URL, 200),
+    ("banned-app-store-url", TIKTOK_STORE_URL, 451, "--http1.1"),
+    ("other-app-store-url", OTHER_STORE_URL, 200, "--http1.1"),
+    ("banned-app-store-url-http2", TIKTOK_STORE_URL, 451, "--http2"),
+    ("other-app-store-url-http2", OTHER_STORE_URL, 200, "--http2"),
 ]
 
 
-@pytest.mark.parametrize("url,status", [c[1:] for c in STORE_CASES], ids=[c[0] for c in STORE_CASES])
+@pytest.mark.parametrize("url,status,http", [c[1:] for c in STORE_CASES], ids=[c[0] for c in STORE_CASES])
 def test_downloads_phase_store_urls(
-    run_proxy: Any, origin: Origin, policy: Path, url: str, status: int
+    run_proxy: Any, origin: Origin, policy: Path, url: str, status: int, http: str
 ) -> None:
     proxy = run_proxy("--policy", str(policy), "--at", DOWNLOADS)
-    r = curl(proxy, origin, url, ca=proxy.ca, extra=("-H", "accept: application/json"))
+    # A client offering HTTP/2 is served too (mitmproxy mirrors the origin's ALPN: HTTP/1.1 here).
+    r = curl(proxy, origin, url, ca=proxy.ca, extra=("-H", "accept: application/json", http))
     assert r["rc"] == 0 and r["status"] == status
     if status == 451:
         assert 'rel="blocked-by"' in r["text"]
@@ -184,18 +203,31 @@ def test_mitmdump_script_usage(run_proxy: Any, origin: Origin, policy: Path) -> 
     assert [e["egress"]["response"] for e in proxy.events(1)] == ["closed"]
 
 
-def test_sighup_reloads_the_policy(run_proxy: Any, origin: Origin, policy: Path) -> None:
+def test_sighup_reloads_the_policy_without_dropping_connections(
+    run_proxy: Any, origin: Origin, policy: Path
+) -> None:
     proxy = run_proxy("--policy", str(policy), "--at", FULL, "--set", "egress_reload_interval=0")
     assert curl(proxy, origin, "https://www.tiktok.com/", ca=origin.pki.ca_cert)["rc"] == 35
-    policy.write_text(policy.read_text().replace("mode: enforce", "mode: monitor"))
-    proxy.process.send_signal(signal.SIGHUP)
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        r = curl(proxy, origin, "https://www.tiktok.com/", ca=origin.pki.ca_cert)
-        if r["rc"] == 0:
-            break
-        time.sleep(0.2)
-    assert (r["rc"], r["status"]) == (0, 200)
+    # a keep-alive connection passed through before the reload...
+    raw = socket.create_connection(("127.0.0.1", proxy.port), timeout=10)
+    raw.sendall(f"CONNECT 127.0.0.1:{origin.port} HTTP/1.1\r\n\r\n".encode())
+    assert raw.recv(4096).startswith(b"HTTP/1.1 200")
+    context = ssl.create_default_context(cafile=str(origin.pki.ca_cert))
+    with context.wrap_socket(raw, server_hostname="allowed.example") as kept:
+        request = b"GET /kept HTTP/1.1\r\nHost: allowed.example\r\n\r\n"
+        kept.sendall(request)
+        assert read_response(kept).startswith(b"HTTP/1.1 200")
+        policy.write_text(policy.read_text().replace("mode: enforce", "mode: monitor"))
+        proxy.process.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            r = curl(proxy, origin, "https://www.tiktok.com/", ca=origin.pki.ca_cert)
+            if r["rc"] == 0:
+                break
+            time.sleep(0.2)
+        assert (r["rc"], r["status"]) == (0, 200)  # the new (monitor) policy is in force
+        kept.sendall(request)  # ...is still served after it
+        assert read_response(kept).endswith(b"origin allowed.example/kept\n")
 
 
 BAD_INPUT = [
