@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
+import signal
 import subprocess
 import sys
+import tempfile
 from typing import Any
 
 PROG = "egress-filter dns"
@@ -64,7 +67,7 @@ def cmd_dns(args: argparse.Namespace) -> int:
     from policies import Mode, Phase, PolicyError
 
     from .config import ConfigError, merge, parse_hostport, read_config_file
-    from .metrics import NullMetrics, PromMetrics
+    from .metrics import MULTIPROC_ENV, NullMetrics, PromMetrics
     from .server import bind_pair, fmt, serve
 
     logging.basicConfig(level=logging.INFO, format=f"{PROG}: %(message)s", stream=sys.stderr)
@@ -95,7 +98,14 @@ def cmd_dns(args: argparse.Namespace) -> int:
         return 1
 
     metrics: NullMetrics = NullMetrics()
-    if settings.metrics and not args.reuseport:
+    multiproc: str | None = None
+    if settings.metrics and settings.workers > 1 and not args.reuseport:
+        multiproc = tempfile.mkdtemp(prefix="egress-dns-metrics-")
+        os.environ[MULTIPROC_ENV] = multiproc  # before prometheus_client is imported, here and in workers
+    if settings.metrics and args.reuseport:
+        if os.environ.get(MULTIPROC_ENV):
+            metrics = PromMetrics()  # counted here, served by the first process
+    elif settings.metrics:
         prom = PromMetrics()
         host, port = parse_hostport(settings.metrics, 9153)
         try:
@@ -110,7 +120,12 @@ def cmd_dns(args: argparse.Namespace) -> int:
     workers = _start_workers(args, settings.workers, settings.log, [s[0].getsockname()[:2] for s in sockets])
     events = EventLog(_worker_log(settings.log, 0) if workers else settings.log)
     try:
-        code = _run(serve(settings, holder, events, metrics, sockets, args.reload_interval))
+        def hup_workers() -> None:
+            for w in workers:
+                w.send_signal(signal.SIGHUP)
+
+        code = _run(serve(settings, holder, events, metrics, sockets, args.reload_interval,
+                          forward_hup=hup_workers))
     finally:
         events.close()
         for w in workers:
@@ -122,6 +137,8 @@ def cmd_dns(args: argparse.Namespace) -> int:
             except subprocess.TimeoutExpired:
                 w.kill()
                 w.wait()
+        if multiproc:
+            shutil.rmtree(multiproc, ignore_errors=True)
     return code
 
 
@@ -153,7 +170,7 @@ def _start_workers(args: argparse.Namespace, n: int, log: str | None,
     from .server import fmt
 
     argv = [a for a in sys.argv[1:]]
-    base = _strip(argv, {"--listen", "--workers", "--metrics", "--log"})
+    base = _strip(argv, {"--listen", "--workers", "--log"})
     procs = []
     for i in range(1, n):
         cmd = [sys.executable, "-m", "egress_filter.cli", *base, "--workers", "1", "--reuseport"]

@@ -7,7 +7,10 @@ kept, so the hot path pays one ``inc()`` per query.
 
 from __future__ import annotations
 
+import os
 from typing import Any
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 
 class NullMetrics:
@@ -50,7 +53,8 @@ class PromMetrics(NullMetrics):
         self._upstream_errors = Counter("egress_dns_upstream_errors", "Upstream failures",
                                         ["upstream", "reason"], registry=r)
         self._flushes = Counter("egress_dns_cache_flushes", "Cache flushes, by cause", ["reason"], registry=r)
-        self._size = Gauge("egress_dns_cache_entries", "Entries in the answer cache", registry=r)
+        self._size = Gauge("egress_dns_cache_entries", "Entries in the answer cache", registry=r,
+                           multiprocess_mode="livesum")
         self._children: dict[Any, Any] = {}
         self._hit = self._cache.labels("hit")
         self._miss = self._cache.labels("miss")
@@ -85,8 +89,18 @@ class PromMetrics(NullMetrics):
         self._size.set(n)
 
     def serve(self, host: str, port: int) -> int:
-        """Start the HTTP endpoint on a daemon thread; returns the bound port."""
-        from prometheus_client import start_http_server
+        """Start the HTTP endpoint on a daemon thread; returns the bound port.
 
-        server, _thread = start_http_server(port, addr=host, registry=self.registry)
+        With workers, ``PROMETHEUS_MULTIPROC_DIR`` is set before any process
+        imports prometheus_client; every process then writes its values
+        there and this endpoint sums them."""
+        from prometheus_client import CollectorRegistry, start_http_server
+
+        registry = self.registry
+        if os.environ.get(MULTIPROC_ENV):
+            from prometheus_client.multiprocess import MultiProcessCollector
+
+            registry = CollectorRegistry()
+            MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        server, _thread = start_http_server(port, addr=host, registry=registry)
         return int(server.server_port)

@@ -140,7 +140,7 @@ def fmt(host: str, port: int) -> str:
 async def serve(settings: DnsSettings, holder: Any, events: Any, metrics: NullMetrics,
                 sockets: list[tuple[socket.socket, socket.socket]] | None = None,
                 reload_interval: float = 1.0, announce: Callable[[str], None] | None = None,
-                stop: asyncio.Event | None = None) -> int:
+                stop: asyncio.Event | None = None, forward_hup: Callable[[], None] | None = None) -> int:
     """Run until SIGTERM/SIGINT (or ``stop`` is set); returns the exit code (0 after a clean drain)."""
     say = announce or (lambda line: print(line, file=sys.stderr, flush=True))
     loop = asyncio.get_running_loop()
@@ -172,6 +172,8 @@ async def serve(settings: DnsSettings, holder: Any, events: Any, metrics: NullMe
         reopen = getattr(events, "reopen", None)
         if reopen is not None:
             reopen()
+        if forward_hup is not None:
+            forward_hup()  # e.g. to the worker processes
 
     if in_main:
         loop.add_signal_handler(signal.SIGHUP, on_hup)

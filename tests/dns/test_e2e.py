@@ -511,3 +511,29 @@ def test_bad_policy_exits_1(tmp_path: Path) -> None:
                           "--upstream", "127.0.0.1:5"], capture_output=True, text=True, timeout=30)
     assert out.returncode == 1
     assert f"{bad}:" in out.stderr
+
+
+def test_workers_share_the_port(resolver: Start, authority: Authority,
+                                write_policy: Callable[..., Path]) -> None:
+    r = resolver("--policy", str(write_policy()), "--at", TEST_DAY, "--upstream", authority.address,
+                 "--workers", "2", "--metrics", "127.0.0.1:0")
+    deadline = time.monotonic() + 10
+    while r.stderr().count("ready") < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert r.stderr().count("ready") == 2, "the second worker started"
+    n = 200
+    for i in range(n):  # each query from a new source port, so SO_REUSEPORT spreads them
+        assert rcode(r.ask(f"w{i}.tiktok.test")) == "NXDOMAIN"
+    worker_log = r.log_path.with_name(r.log_path.stem + ".w1.jsonl")
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        counts = [len(p.read_text().splitlines()) if p.exists() else 0 for p in (r.log_path, worker_log)]
+        if sum(counts) == n:
+            break
+        time.sleep(0.1)
+    assert sum(counts) == n and min(counts) > 0, f"both workers answered: {counts}"
+    assert r.metrics_url
+    text = httpx.get(r.metrics_url, timeout=5).text
+    assert f'egress_dns_decisions_total{{action="block",app="tiktok"}} {float(n)}' in text, \
+        "the metrics endpoint sums every worker"
+    assert r.stop() == 0
