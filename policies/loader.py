@@ -55,6 +55,7 @@ _APP_ID = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 _PLAY_PKG = re.compile(r"^[A-Za-z][A-Za-z0-9_]*(\.[A-Za-z0-9_]+)+$")
 _LIST_NAME = re.compile(r"^(?:[a-z0-9_-]{1,63}\.)*[a-z0-9_-]{1,63}$")
 _MAX_LIST_ISSUES = 20
+_MERGE_TAG = "tag:yaml.org,2002:merge"
 # A store host, or a domain above one, would block the store for every app;
 # store traffic is judged per app, by URL (see matching.recognize_store_url).
 _STORE_HOSTS = STORE_HOSTS
@@ -117,23 +118,48 @@ class _Walker:
         if not isinstance(node, yaml.MappingNode):
             self.err(node, field or "(top level)", f"expected a mapping, got {_describe(node)}")
             return None
+        pairs, merged = self._merge(node, field)
         out: dict[str, yaml.Node] = {}
-        for knode, vnode in node.value:
+        from_merge: set[str] = set()
+        for i, (knode, vnode) in enumerate(pairs):
             key = knode.value if isinstance(knode, yaml.ScalarNode) else None
             name = f"{field}.{key}" if field else str(key)
-            if key is None:
-                self.err(knode, field or "(top level)", "keys must be plain strings")
+            if not key:
+                self.err(knode, field or "(top level)", "keys must be plain, non-empty strings")
             elif key in out:
-                self.err(knode, name, "duplicate key")
+                if i < merged:
+                    continue  # merged in twice: the first mapping merged wins, as in YAML
+                if key in from_merge:
+                    out[key] = vnode  # a key written out overrides a merged one
+                    from_merge.discard(key)
+                else:
+                    self.err(knode, name, "duplicate key")
+            elif not field and key.startswith("x-"):
+                continue  # top-level extension keys hold anchors for merge keys and aliases
             elif key not in allowed:
                 close = ", ".join(sorted(allowed))
                 self.err(knode, name, f"unknown key '{key}' (allowed: {close})")
             else:
                 out[key] = vnode
+                if i < merged:
+                    from_merge.add(key)
         for key, required in allowed.items():
             if required and key not in out:
                 self.err(node, f"{field}.{key}" if field else key, "required key is missing")
         return out
+
+    def _merge(self, node: yaml.MappingNode, field: str) -> tuple[list[tuple[yaml.Node, yaml.Node]], int]:
+        """Apply YAML merge keys (``<<: *defaults``): the pairs, merged ones
+        first, and how many were merged in."""
+        if not any(k.tag == _MERGE_TAG for k, _ in node.value):
+            return node.value, 0
+        explicit = sum(1 for k, _ in node.value if k.tag != _MERGE_TAG)
+        try:
+            self._constructor.flatten_mapping(node)
+        except yaml.YAMLError as exc:
+            self.err(node, field or "(top level)", f"bad merge key: {getattr(exc, 'problem', None) or exc}")
+            return [(k, v) for k, v in node.value if k.tag != _MERGE_TAG], 0
+        return node.value, len(node.value) - explicit
 
     def seq(self, node: yaml.Node, field: str) -> list[tuple[str, yaml.Node]]:
         if isinstance(node, yaml.ScalarNode) and node.tag.endswith(":null"):
