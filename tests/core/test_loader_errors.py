@@ -370,3 +370,59 @@ def test_load_policy_text_names_the_given_file() -> None:
     with pytest.raises(PolicyError) as info:
         load_policy_text("version: 1\napps: [\n", "inline.yaml")
     assert str(info.value).startswith("inline.yaml:3: (yaml): syntax error")
+
+
+MERGE_POLICY = """\
+version: 1
+x-eo13971: &eo13971
+  legal_basis: {order: EO 13971, citation: 86 FR 1249}
+  schedule:
+    - {from: 2021-02-19, phase: full, source: EO 13971 + 45 days}
+apps:
+  - <<: *eo13971
+    id: alipay
+    name: Alipay
+    owner: Ant Group
+    domains: [alipay.example]
+  - <<: *eo13971
+    id: qq_wallet
+    name: QQ Wallet
+    owner: Tencent
+    schedule:
+      - {from: 2021-03-01, phase: downloads, source: override}
+"""
+
+
+def test_yaml_merge_keys_and_extension_anchors() -> None:
+    import datetime as dt
+
+    from policies import Phase
+
+    policy = load_policy_text(MERGE_POLICY, "merge.yaml")
+    assert policy.apps["alipay"].legal_basis.order == "EO 13971"
+    phases = policy.phases(dt.date(2021, 3, 2))
+    assert phases["alipay"].phase is Phase.FULL  # merged schedule
+    assert phases["qq_wallet"].phase is Phase.DOWNLOADS  # a key written out overrides the merged one
+    assert policy.view(at=dt.date(2021, 3, 2)).decide_name("x.alipay.example").blocked
+
+
+MERGE_ERROR_CASES = [
+    pytest.param(
+        "version: 1\n<<: 5\napps: []\n",
+        (1, "(top level)", "bad merge key: expected a mapping"),
+        id="merge-a-scalar",
+    ),
+    pytest.param(
+        "version: 1\nx-a: &a {colour: red}\napps:\n  - <<: *a\n    id: q\n",
+        (2, "apps[q].colour", "unknown key 'colour'"),
+        id="merged-unknown-key-at-its-definition",
+    ),
+]
+
+
+@pytest.mark.parametrize(("text", "want"), MERGE_ERROR_CASES)
+def test_merge_key_errors(text: str, want: tuple[int, str, str]) -> None:
+    with pytest.raises(PolicyError) as info:
+        load_policy_text(text, "m.yaml")
+    first = info.value.issues[0]
+    assert (first.line, first.field) == want[:2] and want[2] in first.message

@@ -153,3 +153,9 @@ def test_schema_lists_exactly_the_loaders_keys(path: tuple[str, ...], keys: dict
     if "oneOf" in node:
         node = next(alt for alt in node["oneOf"] if alt.get("type") == "object")
     assert set(node.get("required", [])) == {k for k, required in keys.items() if required}
+
+
+def test_schema_accepts_extension_keys_and_merges(validator: jsonschema.Draft202012Validator) -> None:
+    from tests.core.test_loader_errors import MERGE_POLICY
+
+    assert errors(validator, as_json(yaml.safe_load(MERGE_POLICY))) == []
