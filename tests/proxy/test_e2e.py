@@ -17,9 +17,10 @@ from typing import Any
 
 import pytest
 
-from .conftest import REPO, Origin, Proxy, require
+from .conftest import REPO, Origin, Proxy, free_port, require
 from .helpers import (
     DOWNLOADS,
+    ECH_EXT,
     FULL,
     OTHER_STORE_URL,
     TIKTOK_STORE_URL,
@@ -169,7 +170,23 @@ def test_monitor_mode_logs_without_blocking(run_proxy: Any, origin: Origin, poli
     assert (ev["egress"]["action"], ev["egress"]["would"]) == ("log", "block")
 
 
-def test_connect_to_banned_host_gets_451(run_proxy: Any, origin: Origin, policy: Path) -> None:
+CONNECT_CASES = [
+    ("banned-host", "https://www.tiktok.com/", "www.tiktok.com", "domain:tiktok.com"),
+    (
+        "doh-resolver",
+        "https://dns.google/dns-query?dns=AAABAAABAAAAAAAAA3d3dwdleGFtcGxlA2NvbQAAAQAB",
+        "dns.google",
+        "builtin:doh",
+    ),
+    ("doh-resolver-ip", "https://1.1.1.1/dns-query", "1.1.1.1", "builtin:doh"),
+]
+
+
+@pytest.mark.parametrize("url,value,rule", [c[1:] for c in CONNECT_CASES], ids=[c[0] for c in CONNECT_CASES])
+def test_connect_to_banned_host_gets_451(
+    run_proxy: Any, policy: Path, url: str, value: str, rule: str
+) -> None:
+    """Nothing here resolves or reaches the internet: the CONNECT is answered before any of that."""
     proxy = run_proxy("--policy", str(policy), "--at", FULL)
     out = subprocess.run(
         [
@@ -183,7 +200,7 @@ def test_connect_to_banned_host_gets_451(run_proxy: Any, origin: Origin, policy:
             "%{http_connect}",
             "-o",
             "/dev/null",
-            "https://www.tiktok.com/",
+            url,
         ],
         capture_output=True,
         text=True,
@@ -191,7 +208,23 @@ def test_connect_to_banned_host_gets_451(run_proxy: Any, origin: Origin, policy:
     )
     assert out.returncode != 0 and out.stdout.strip() == "451"
     [ev] = proxy.events(1)
-    assert ev["egress"]["response"] == "451" and ev["egress"]["value"] == "www.tiktok.com"
+    assert (ev["egress"]["response"], ev["egress"]["value"], ev["rule"]["name"]) == ("451", value, rule)
+
+
+def test_ech_clienthello_is_logged_with_its_outer_sni(run_proxy: Any, origin: Origin, policy: Path) -> None:
+    proxy = run_proxy("--policy", str(policy), "--at", FULL)
+    hello = client_hello_record(client_hello_body("public.example", extensions=(ECH_EXT,)))
+    with socket.create_connection(("127.0.0.1", proxy.port), timeout=10) as raw:
+        raw.sendall(f"CONNECT 127.0.0.1:{origin.port} HTTP/1.1\r\n\r\n".encode())
+        assert raw.recv(4096).startswith(b"HTTP/1.1 200")
+        raw.sendall(hello)
+        [ev] = proxy.events(1)
+    assert (ev["egress"]["action"], ev["egress"]["ech"], ev["egress"]["outer_sni"]) == (
+        "log",
+        True,
+        "public.example",
+    )
+    assert ev["rule"]["name"] == "builtin:ech" and ev["egress"]["response"] == "passthrough"
 
 
 def test_mitmdump_script_usage(run_proxy: Any, origin: Origin, policy: Path) -> None:
@@ -241,7 +274,8 @@ BAD_INPUT = [
 
 
 def test_bad_input_is_survived(run_proxy: Any, origin: Origin, policy: Path) -> None:
-    proxy = run_proxy("--policy", str(policy), "--at", FULL)
+    metrics = free_port()
+    proxy = run_proxy("--policy", str(policy), "--at", FULL, "--metrics", f"127.0.0.1:{metrics}")
     for _, payload in BAD_INPUT:
         with socket.create_connection(("127.0.0.1", proxy.port), timeout=10) as raw:
             raw.sendall(f"CONNECT 127.0.0.1:{origin.port} HTTP/1.1\r\n\r\n".encode())
@@ -261,6 +295,18 @@ def test_bad_input_is_survived(run_proxy: Any, origin: Origin, policy: Path) -> 
     assert "Traceback" not in log and "Addon error" not in log
     assert log.count("Cannot parse ClientHello") <= len(BAD_INPUT)  # at most once per bad connection
     assert proxy.events() == []  # nothing banned was decided
+    scraped = subprocess.run(
+        [require("curl"), "-sS", f"http://127.0.0.1:{metrics}/metrics"],
+        capture_output=True,
+        text=True,
+        timeout=10,
+    ).stdout
+    failures = next(
+        float(line.split()[1])
+        for line in scraped.splitlines()
+        if line.startswith("egress_proxy_client_tls_failures_total")
+    )
+    assert failures >= 2  # the garbage and the truncated ClientHello were seen as failed handshakes
 
 
 BAD_START = [
