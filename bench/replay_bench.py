@@ -274,13 +274,14 @@ def main() -> int:
         md = [
             "## Capture replay vs tshark",
             "",
-            f"`python -m bench.replay_bench --packets {args.packets} --runs {args.runs}` ({when}; medians of "
-            f"{args.runs} alternating runs). Both tools read the same synthetic Ethernet pcap of {n:,} packets "
-            "(TLS connections with server flights and bulk data, some ClientHellos post-quantum sized over two "
-            "segments; DNS with CNAME chains; HTTP/1.1; QUIC v1 Initials and short-header traffic; ARP/ICMP) "
-            "in the same run. tshark extracts `dns.qry.name`, `tls.handshake.extensions_server_name` and "
-            "`http.host`; replay extracts the same names, judges each with the bundled policy and writes every "
-            "verdict (start-up, about 0.5 s of imports and policy loading, included).",
+            f"`python -m bench.replay_bench --packets {args.packets} --runs {args.runs}` ({when}; "
+            f"medians of {args.runs} alternating runs). Both tools read the same synthetic Ethernet pcap "
+            f"of {n:,} packets (TLS connections with server flights and bulk data, some ClientHellos "
+            "post-quantum sized over two segments; DNS with CNAME chains; HTTP/1.1; QUIC v1 Initials and "
+            "short-header traffic; ARP/ICMP) in the same run. tshark extracts `dns.qry.name`, "
+            "`tls.handshake.extensions_server_name` and `http.host`; replay extracts the same names, judges "
+            "each with the bundled policy and writes every verdict (start-up, about 0.5 s of imports and "
+            "policy loading, included).",
             "",
             "| tool | time | packets/s | vs tshark | peak RSS |",
             "|---|---|---|---|---|",
@@ -291,7 +292,8 @@ def main() -> int:
                 f"{max(rss) / 1024:.0f} MB |"
             )
         md += [
-            f"| `tshark -T fields` ({_tshark_version(tshark)}) | {t_theirs:.2f} s | {pps_theirs:,.0f} | 1× | — |",
+            f"| `tshark -T fields` ({_tshark_version(tshark)}) | {t_theirs:.2f} s | {pps_theirs:,.0f} "
+            "| 1× | — |",
             "",
             f"Target ≥ {TARGET_RATIO:.0f}× tshark: "
             + ", ".join(

@@ -113,3 +113,101 @@ def test_tls_client_hello(data: bytes, expected: wire.Hello | None) -> None:
 def test_tls_refuses(data: bytes) -> None:
     with pytest.raises(ValueError):
         wire.tls_client_hello(data)
+
+
+# --- the sliced ClientHello reader against mitmproxy's ----------------------
+
+
+def _ext(kind: int, body: bytes) -> bytes:
+    return kind.to_bytes(2, "big") + len(body).to_bytes(2, "big") + body
+
+
+HOSTS = st.one_of(
+    NAME,
+    NAME,
+    NAME,
+    st.sampled_from(
+        [
+            "www.tiktok.com",
+            "a..b",
+            "-x.example",
+            "x" * 70 + ".example",
+            "10.0.0.1",
+            "bücher.example",
+            "trailing.dot.",
+            "",
+        ]
+    ),
+)
+SNI_BODY = st.builds(
+    lambda names, extra: (
+        (lambda lst: len(lst).to_bytes(2, "big") + lst)(
+            b"".join(t.to_bytes(1, "big") + len(h).to_bytes(2, "big") + h for t, h in names)
+        )
+        + extra
+    ),
+    st.lists(
+        st.tuples(st.sampled_from([0, 0, 0, 1]), HOSTS.map(lambda h: h.encode("utf-8"))),
+        min_size=1,
+        max_size=2,
+    )
+    | st.lists(st.tuples(st.just(0), HOSTS.map(str.encode)), max_size=3),
+    st.sampled_from([b"", b"", b"", b"", b"\x00"]),
+)
+ALPN_BODY = st.lists(st.binary(min_size=1, max_size=8), max_size=3).map(
+    lambda ps: (lambda lst: len(lst).to_bytes(2, "big") + lst)(b"".join(bytes([len(p)]) + p for p in ps))
+)
+EXTENSION = st.one_of(
+    SNI_BODY.map(lambda b: _ext(0, b)),
+    ALPN_BODY.map(lambda b: _ext(16, b)),
+    st.binary(max_size=40).map(lambda b: _ext(0xFE0D, b)),
+    st.tuples(st.integers(17, 0xFFFF), st.binary(max_size=20)).map(lambda t: _ext(*t)),
+)
+
+
+@st.composite
+def hello_bodies(draw: st.DrawFn) -> bytes:
+    """Mostly well-formed ClientHello bodies; a third cut short, a fifth with one byte flipped."""
+    exts = b"".join(draw(st.lists(EXTENSION, max_size=6)))
+    sid = bytes(draw(st.sampled_from([0, 32])))
+    suites = bytes(draw(st.sampled_from([2, 8, 8, 8, 7])))  # 7: an odd length, read as the grammar does
+    body = (
+        b"\x03\x03"
+        + bytes(32)
+        + bytes([len(sid)])
+        + sid
+        + len(suites).to_bytes(2, "big")
+        + suites
+        + b"\x01\x00"
+    )
+    if draw(st.integers(0, 9)):
+        body += len(exts).to_bytes(2, "big") + exts
+    if draw(st.integers(0, 3)) == 0:
+        body = body[: draw(st.integers(0, len(body)))]
+    if body and draw(st.integers(0, 5)) == 0:
+        flip = draw(st.integers(0, len(body) - 1))
+        body = body[:flip] + bytes([body[flip] ^ draw(st.integers(1, 255))]) + body[flip + 1 :]
+    return body
+
+
+def _reading(fn: object, body: bytes) -> object:
+    try:
+        return fn(body)  # type: ignore[operator]
+    except ValueError:
+        return ValueError
+
+
+@settings(max_examples=2000, deadline=None)
+@given(body=hello_bodies())
+def test_sliced_client_hello_reads_like_mitmproxy(body: bytes) -> None:
+    assert _reading(wire._parse_hello, body) == _reading(wire.mitmproxy_hello, body)
+
+
+@pytest.mark.parametrize("sni", ["www.tiktok.com", "public.example", None], ids=["sni", "ech", "none"])
+def test_sliced_client_hello_on_real_shapes(sni: str | None) -> None:
+    for record in (
+        c.client_hello(sni, ech=sni == "public.example", mlkem=True),
+        c.openssl_client_hello(sni or "x.example"),
+    ):
+        body = record[9:]
+        assert wire._parse_hello(body) == wire.mitmproxy_hello(body)
