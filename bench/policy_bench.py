@@ -32,7 +32,8 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-OUT = ROOT / "bench" / "out" / "policy"
+DEFAULT_OUT = ROOT / "bench" / "out" / "policy"
+OUT = DEFAULT_OUT  # set from --out in main
 LIST_FILES = 4
 TLDS = ("com", "net", "org", "cn", "io", "co", "info", "xyz", "top", "app", "tv", "me")
 GLOBS = ("*.tiktokcdn-*.com", "p16-*.akamaized.net", "*.ibytedtos-*.com", "v*-*.tiktokcdn.com")
@@ -153,8 +154,8 @@ def _child_decide(policy: str, queries: str, rounds: int) -> dict[str, Any]:
 
 
 def _run_child(fn: str, *args: str) -> dict[str, Any]:
-    proc = subprocess.run([sys.executable, "-m", "bench.policy_bench", "--child", fn, *args],
-                          cwd=ROOT, capture_output=True, text=True, timeout=600, check=False)
+    cmd = [sys.executable, "-m", "bench.policy_bench", "--out", str(OUT), "--child", fn, *args]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600, check=False)
     if proc.returncode != 0:
         raise RuntimeError(f"child {fn} failed:\n{proc.stderr}")
     result: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -334,8 +335,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--queries", type=int, default=200_000)
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--markdown", metavar="FILE", help="also write the results section here")
+    ap.add_argument("--out", metavar="DIR", default=str(DEFAULT_OUT), help="where the generated data goes")
+    ap.add_argument("--dnsperf-seconds", type=int, default=5, metavar="N",
+                    help="how long dnsperf drives dnsmasq (1-60)")
     ap.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    global OUT
+    OUT = Path(args.out)
     if args.child:
         fn, *rest = args.child
         if fn == "generate":
@@ -359,7 +365,7 @@ def main(argv: list[str] | None = None) -> int:
     ours_load = _run_child("load", str(data["policy"]))
     ours_load["process_s"] = time.perf_counter() - t0  # interpreter start + imports + load
     ours_dec = _run_child("decide", str(data["policy"]), str(OUT / "queries.txt"), str(args.rounds))
-    peer = run_dnsmasq(data["probe"])
+    peer = run_dnsmasq(data["probe"], seconds=max(1, min(args.dnsperf_seconds, 60)))
     text = report(data, ours_load, ours_dec, peer, load_avg)
     print(text)
     if args.markdown:
