@@ -88,6 +88,8 @@ log = logging.getLogger(__name__)
 BLOCK_STYLES = ("reset", "page")
 QUIC_STYLES = ("fallback", "passthrough")
 ECH_EXTENSION = 0xFE0D  # encrypted_client_hello (draft-ietf-tls-esni)
+# quic_transport_parameters (RFC 9001, and the drafts' codepoint): QUIC, not DTLS, on UDP
+QUIC_TRANSPORT_PARAMETERS = frozenset({0x39, 0xFFA5})
 DEFAULT_BLOCKED_BY = "urn:egress-filter:proxy"
 MAX_INSPECTED_BODY = 64 * 1024  # store-client form bodies are small; never buffer uploads to judge them
 
@@ -429,19 +431,19 @@ class EgressFilter:
         else:
             verdict = Verdict(Decision(Action.ALLOW), Observation.sni("", peer))
         d = verdict.decision
+        udp = client.transport_protocol == "udp"
+        kinds = {t for t, _ in hello.extensions} if self.settings.log_ech or udp else set()
+        transport = ("quic" if kinds & QUIC_TRANSPORT_PARAMETERS else "dtls") if udp else "tls"
         extra: dict[str, Any] | None = None
-        if self.settings.log_ech and any(t == ECH_EXTENSION for t, _ in hello.extensions):
+        if ECH_EXTENSION in kinds and self.settings.log_ech:
             self.metrics.bypass.labels("ech_seen").inc()
             extra = {"ech": True, "outer_sni": sni}
             if d.action is Action.ALLOW:
                 d = Decision(Action.LOG, d.apps, d.phase, "builtin:ech",
                              f"the ClientHello carries Encrypted ClientHello; the outer SNI is {sni or '-'} "
                              "and the inner name is hidden", inspect=d.inspect)
-        transport = "quic" if client.transport_protocol == "udp" else "tls"
-        if extra is None and transport == "quic":
-            extra = {"transport": "quic"}
-        elif extra is not None:
-            extra["transport"] = transport
+        if udp or extra is not None:
+            extra = {**(extra or {}), "transport": transport}
         if d.blocked:
             if self.settings.block == "page":
                 # Never talk TLS to a banned origin, whatever connection_strategy says.

@@ -96,6 +96,7 @@ def client_hello_record(body: bytes) -> bytes:
     return b"\x16\x03\x01" + _u16(len(handshake)) + handshake
 
 
+QUIC_EXT = (0x39, b"\x04\x04\x80\x10\x00\x00")  # quic_transport_parameters: initial_max_data
 ECH_EXT = (0xFE0D, b"\x00\x00\x01\x00\x01\x2a\x00\x20" + bytes(32) + _u16(16) + bytes(16))
 
 

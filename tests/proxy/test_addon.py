@@ -25,6 +25,7 @@ from .helpers import (
     ECH_EXT,
     FULL,
     OTHER_STORE_URL,
+    QUIC_EXT,
     TIKTOK_STORE_URL,
     client_hello_body,
     write_policy,
@@ -197,17 +198,24 @@ HELLO_CASES = [
         "quic-banned-closed",
         FULL,
         {},
-        {"sni": "www.tiktok.com", "udp": True},
+        {"sni": "www.tiktok.com", "udp": True, "extensions": (QUIC_EXT,)},
         "closed",
         ("block", "closed", "sni"),
     ),
     # mitmproxy 11 cannot pass QUIC through (mitmproxy#8338): allowed QUIC falls back to TCP
-    ("quic-unrelated-falls-back", FULL, {}, {"sni": "example.org", "udp": True}, "closed", None),
+    (
+        "quic-unrelated-falls-back",
+        FULL,
+        {},
+        {"sni": "example.org", "udp": True, "extensions": (QUIC_EXT,)},
+        "closed",
+        None,
+    ),
     (
         "quic-logged-falls-back",
         DOWNLOADS,
         {},
-        {"sni": "www.tiktok.com", "udp": True},
+        {"sni": "www.tiktok.com", "udp": True, "extensions": (QUIC_EXT,)},
         "closed",
         ("log", "quic-refused", "sni"),
     ),
@@ -215,15 +223,17 @@ HELLO_CASES = [
         "quic-passthrough-option",
         FULL,
         {"egress_quic": "passthrough"},
-        {"sni": "example.org", "udp": True},
+        {"sni": "example.org", "udp": True, "extensions": (QUIC_EXT,)},
         "passthrough",
         None,
     ),
+    # DTLS (UDP without QUIC transport parameters) passes through: mitmproxy relays it fine
+    ("dtls-unrelated-passes-through", FULL, {}, {"sni": "example.org", "udp": True}, "passthrough", None),
     (
         "quic-store-host-intercepted",
         DOWNLOADS,
         {},
-        {"sni": "apps.apple.com", "udp": True},
+        {"sni": "apps.apple.com", "udp": True, "extensions": (QUIC_EXT,)},
         "intercepted",
         None,
     ),
@@ -270,7 +280,7 @@ def test_tls_clienthello(
     ev = events[0]
     assert (ev["egress"]["action"], ev["egress"]["response"], ev["egress"]["kind"]) == event
     assert ev["egress"]["component"] == "proxy"
-    if kwargs.get("extensions"):
+    if ECH_EXT in kwargs.get("extensions", ()):
         assert ev["egress"]["ech"] is True and ev["egress"]["outer_sni"] == kwargs["sni"]
     if kwargs.get("udp"):
         assert ev["egress"]["transport"] == "quic"
