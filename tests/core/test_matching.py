@@ -349,3 +349,27 @@ def test_list_file_line_endings_and_numbers(tmp_path: Path) -> None:
     (base / "crlf.txt").write_bytes(b"one.example\r\ntwo.example\r\n")
     view = load_policy(base / "p.yaml").view()
     assert view.decide_name("x.two.example").blocked
+
+
+GLOB_LABEL = st.sampled_from(["*", "a*", "*b", "a", "b", "a*b", "cdn-*"])
+GLOB = st.tuples(st.lists(GLOB_LABEL, min_size=1, max_size=3), st.sampled_from(["com", "net"])).map(
+    lambda t: ".".join([*t[0], t[1]])
+)
+QUERY = st.tuples(
+    st.lists(st.sampled_from(["a", "b", "ab", "axb", "cdn-1", "cdn-", "x"]), min_size=1, max_size=4),
+    st.sampled_from(["com", "net"]),
+).map(lambda t: ".".join([*t[0], t[1]]))
+
+
+@settings(max_examples=300)
+@given(st.lists(GLOB, min_size=1, max_size=5, unique=True), QUERY)
+def test_glob_matcher_agrees_with_each_pattern(patterns: list[str], name: str) -> None:
+    import re
+
+    rules = {p: Rule(RuleKind.SNI, Tier.TRAFFIC, "app", pattern=p) for p in patterns}
+    got = GlobMatcher(list(rules.items())).lookup(name)
+    want = [rules[p] for p in patterns if re.fullmatch(glob_to_regex(p), name)]
+    if not want:
+        assert got is None
+    else:
+        assert got is not None and got[1] == tuple(want) and got[0] == 2 * name.count(".") + 2
