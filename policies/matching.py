@@ -189,41 +189,38 @@ def validate_glob(pattern: str) -> str | None:
 
 
 class GlobMatcher:
-    """SNI glob patterns.  ``*`` never crosses a dot, so a glob matches only
-    names with as many labels as itself: globs are grouped by label count,
-    and each group is checked with one combined regex first, so that the
-    common case (no glob matches) costs a ``count`` and a dict probe, or a
-    single ``fullmatch``.  All globs that match a name are equally specific."""
+    """SNI glob patterns, checked with one combined regex first so that the
+    common case (no glob matches) costs a single ``fullmatch``."""
 
-    __slots__ = ("_groups", "_interned", "_rules")
+    __slots__ = ("_any", "_globs", "_interned")
 
     def __init__(self, globs: Iterable[tuple[str, Rule]]):
-        grouped: dict[int, list[tuple[str, Rule]]] = {}
-        for pattern, rule in globs:
-            grouped.setdefault(pattern.count("."), []).append((pattern, rule))
-        self._groups = {
-            dots: (re.compile("|".join(f"(?:{glob_to_regex(p)})" for p, _ in members)),
-                   tuple((re.compile(glob_to_regex(p)), r) for p, r in members))
-            for dots, members in grouped.items()
-        }
-        self._rules = tuple(r for members in grouped.values() for _, r in members)
+        items = list(globs)
         self._interned: dict[tuple[Rule, ...], tuple[Rule, ...]] = {}
+        self._globs = [(re.compile(glob_to_regex(p)), 2 * p.count(".") + 2, r) for p, r in items]
+        self._any = re.compile("|".join(f"(?:{glob_to_regex(p)})" for p, _ in items)) if items else None
 
     def __len__(self) -> int:
-        return len(self._rules)
+        return len(self._globs)
 
     def rules(self) -> tuple[Rule, ...]:
-        return self._rules
+        return tuple(rule for _, _, rule in self._globs)
 
     def lookup(self, name: str) -> tuple[int, tuple[Rule, ...]] | None:
-        """Matching glob(s): (specificity, rules) or None."""
-        dots = name.count(".")
-        group = self._groups.get(dots)
-        if group is None or group[0].fullmatch(name) is None:
+        """Most specific matching glob(s): (specificity, rules) or None."""
+        if self._any is None or self._any.fullmatch(name) is None:
             return None
-        found = tuple(rule for rx, rule in group[1] if rx.fullmatch(name))
+        best = 0
+        rules: list[Rule] = []
+        for rx, labels, rule in self._globs:
+            if rx.fullmatch(name):
+                if labels > best:
+                    best, rules = labels, [rule]
+                elif labels == best:
+                    rules.append(rule)
+        found = tuple(rules)
         # Interned, so that callers may cache verdicts by the tuple's identity.
-        return 2 * dots + 2, self._interned.setdefault(found, found)
+        return best, self._interned.setdefault(found, found)
 
 
 class NetworkMatcher:
