@@ -532,8 +532,10 @@ class Decoder:
             got = self.quic[key] = []
         assert isinstance(got, list)
         got.append(payload)
+        from . import quic  # first QUIC Initial: import aioquic now
+
         try:
-            hello = wire.quic_client_hello(got)
+            hello = quic.client_hello(got)
         except ValueError:
             # A server's Initial (other keys) or garbage; a new connection on
             # the same ports starts over.

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from replay import wire
+from replay import quic, wire
 
 from . import craft as c
 
@@ -71,14 +71,14 @@ QUIC_BAD = [
 @pytest.mark.parametrize("data", [x[1] for x in QUIC_BAD], ids=[x[0] for x in QUIC_BAD])
 def test_quic_refuses_non_initials(data: bytes) -> None:
     with pytest.raises(ValueError):
-        wire.quic_client_hello([data])
+        quic.client_hello([data])
 
 
 def test_quic_tampered_initial_is_refused() -> None:
     d = bytearray(c.quic_initials("www.tiktok.com")[0])
     d[100] ^= 0xFF  # inside the AEAD-protected payload (the datagram is padded after the packet)
     with pytest.raises(ValueError):
-        wire.quic_client_hello([bytes(d)])
+        quic.client_hello([bytes(d)])
 
 
 def _two_records(record: bytes) -> bytes:
@@ -200,7 +200,7 @@ def _reading(fn: object, body: bytes) -> object:
 @settings(max_examples=2000, deadline=None)
 @given(body=hello_bodies())
 def test_sliced_client_hello_reads_like_mitmproxy(body: bytes) -> None:
-    assert _reading(wire._parse_hello, body) == _reading(wire.mitmproxy_hello, body)
+    assert _reading(wire.parse_hello, body) == _reading(wire.mitmproxy_hello, body)
 
 
 @pytest.mark.parametrize("sni", ["www.tiktok.com", "public.example", None], ids=["sni", "ech", "none"])
@@ -210,4 +210,4 @@ def test_sliced_client_hello_on_real_shapes(sni: str | None) -> None:
         c.openssl_client_hello(sni or "x.example"),
     ):
         body = record[9:]
-        assert wire._parse_hello(body) == wire.mitmproxy_hello(body)
+        assert wire.parse_hello(body) == wire.mitmproxy_hello(body)
