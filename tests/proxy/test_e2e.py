@@ -11,6 +11,7 @@ import socket
 import ssl
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -405,3 +406,86 @@ def test_quic_clienthello_is_judged(
         assert (ev["egress"]["action"], ev["egress"]["response"]) == event
         assert ev["egress"]["transport"] == "quic" and ev["tls"]["client"]["server_name"] == sni
     assert "Traceback" not in proxy.stderr.read_text()
+
+
+class EchUpstream:
+    """A loopback DNS server that answers every HTTPS query with a record carrying
+    ``alpn=h2`` and an ECH config, as a resolver of an ECH-enabled site would."""
+
+    def __init__(self) -> None:
+        from mitmproxy import dns as mdns
+        from mitmproxy.net.dns import https_records
+
+        self._mdns = mdns
+        self._record = https_records.pack(
+            https_records.HTTPSRecord(1, "", {1: b"\x02h2", 5: b"\x00\x08" + b"ECHCONFG"})
+        )
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.settimeout(0.2)
+        self.port = int(self.sock.getsockname()[1])
+        self._stop = False
+        self._thread = threading.Thread(target=self._serve, daemon=True, name="test-dns-upstream")
+        self._thread.start()
+
+    def _serve(self) -> None:
+        mdns = self._mdns
+        while not self._stop:
+            try:
+                data, peer = self.sock.recvfrom(4096)
+            except TimeoutError:
+                continue
+            query = mdns.Message.unpack(data)
+            answer = mdns.ResourceRecord(
+                query.questions[0].name, mdns.types.HTTPS, mdns.classes.IN, 60, self._record
+            )
+            self.sock.sendto(query.succeed([answer]).packed, peer)
+
+    def close(self) -> None:
+        self._stop = True
+        self._thread.join(5)
+        self.sock.close()
+
+
+ECH_DNS_CASES = [
+    ("stripped", [], False),
+    ("kept-when-switched-off", ["--set", "egress_strip_ech=false"], True),
+]
+
+
+@pytest.mark.parametrize("args,ech_kept", [c[1:] for c in ECH_DNS_CASES], ids=[c[0] for c in ECH_DNS_CASES])
+def test_ech_stripped_from_https_records_in_dns_mode(
+    run_proxy: Any, policy: Path, args: list[str], ech_kept: bool
+) -> None:
+    import dns.message
+    import dns.query
+    import dns.rdatatype
+
+    upstream = EchUpstream()
+    try:
+        port = free_udp_port()
+        # mitmproxy's own strip_ech is off, so what is stripped here is the addon's doing
+        run_proxy(
+            "--policy",
+            str(policy),
+            "--at",
+            FULL,
+            "--proxy-mode",
+            "regular",
+            "--proxy-mode",
+            f"reverse:dns://127.0.0.1:{upstream.port}@127.0.0.1:{port}",
+            "--set",
+            "strip_ech=false",
+            *args,
+        )
+        reply = dns.query.udp(
+            dns.message.make_query("ech.example.org", "HTTPS"), "127.0.0.1", port=port, timeout=5
+        )
+        [rrset] = reply.answer
+        [rdata] = list(rrset)
+        assert rdata.rdtype == dns.rdatatype.HTTPS
+        keys = {int(k) for k in rdata.params}
+        assert 1 in keys  # alpn survives either way
+        assert (5 in keys) is ech_kept
+    finally:
+        upstream.close()
