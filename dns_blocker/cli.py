@@ -60,6 +60,7 @@ CLI_KEYS = ("listen", "upstreams", "block_response", "log", "log_all", "metrics"
 
 
 def cmd_dns(args: argparse.Namespace) -> int:
+    import gc
     import logging
 
     from egress_filter.eventlog import EventLog
@@ -88,6 +89,11 @@ def cmd_dns(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"{PROG}: {exc}", file=sys.stderr)
         return 1
+
+    # The policy's indexes are millions of long-lived objects; freezing them
+    # keeps the collector from walking them all in the middle of answering.
+    gc.collect()
+    gc.freeze()
 
     reuse = settings.workers > 1 or args.reuseport
     try:

@@ -48,7 +48,7 @@ CANARY_DECISION = Decision(
     Action.BLOCK, rule="builtin:doh-canary",
     reason="use-application-dns.net answers NXDOMAIN so browsers keep DNS on this filter, not DoH")
 TEMPLATE_LIMIT = 10_000
-MEMO_LIMIT = 200_000
+MEMO_LIMIT = 50_000
 NXDOMAIN_ONLY = BlockResponse.NXDOMAIN
 
 

@@ -27,6 +27,7 @@ from .metrics import NullMetrics
 from .resolver import EventSink, Resolver
 from .upstream import Forwarder
 
+UDP_RCVBUF = 4 << 20
 TCP_IDLE = 10.0  # seconds a TCP connection may sit with nothing to say (RFC 7766 §6.2.3)
 
 
@@ -110,6 +111,8 @@ def bind(host: str, port: int, kind: socket.SocketKind, reuseport: bool) -> sock
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         if family == socket.AF_INET6:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        if kind is socket.SOCK_DGRAM:
+            rcvbuf(sock)
         sock.bind((host, port))
         sock.setblocking(False)
         if kind is socket.SOCK_STREAM:
@@ -118,6 +121,15 @@ def bind(host: str, port: int, kind: socket.SocketKind, reuseport: bool) -> sock
         sock.close()
         raise
     return sock
+
+
+def rcvbuf(sock: socket.socket, size: int = UDP_RCVBUF) -> None:
+    """A deep receive queue absorbs bursts while the loop is busy or descheduled
+    (the kernel caps it at net.core.rmem_max)."""
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
+    except OSError:
+        pass
 
 
 def bind_pair(host: str, port: int, reuseport: bool) -> tuple[socket.socket, socket.socket]:

@@ -25,6 +25,7 @@ from .wire import FORMERR, NOTIMP, REFUSED, SERVFAIL, Answer, Malformed, Query, 
 
 BACKOFF = 5.0
 SOCKETS_PER_UPSTREAM = 4
+RCVBUF = 1 << 20
 _BAD_RCODES = frozenset({SERVFAIL, REFUSED, NOTIMP, FORMERR})
 
 
@@ -135,8 +136,15 @@ class Forwarder:
         family = socket.AF_INET6 if ":" in up.host else socket.AF_INET
         chans = []
         for _ in range(SOCKETS_PER_UPSTREAM):
-            _, proto = await loop.create_datagram_endpoint(_Channel, remote_addr=(up.host, up.port),
-                                                           family=family)
+            sock = socket.socket(family, socket.SOCK_DGRAM)
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF)
+                sock.setblocking(False)
+                sock.connect((up.host, up.port))
+            except OSError:
+                sock.close()
+                raise
+            _, proto = await loop.create_datagram_endpoint(_Channel, sock=sock)
             chans.append(proto)
         self._channels[up] = chans
         return chans
