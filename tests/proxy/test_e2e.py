@@ -489,3 +489,47 @@ def test_ech_stripped_from_https_records_in_dns_mode(
         assert (5 in keys) is ech_kept
     finally:
         upstream.close()
+
+
+def test_reloads_under_load_drop_no_request(run_proxy: Any, origin: Origin, policy: Path) -> None:
+    proxy = run_proxy("--policy", str(policy), "--at", FULL, "--set", "egress_reload_interval=0")
+    context = ssl.create_default_context(cafile=str(origin.pki.ca_cert))
+    failures: list[str] = []
+    served = [0]
+    stop = threading.Event()
+
+    def client() -> None:
+        while not stop.is_set() and served[0] < 2000:
+            try:
+                raw = socket.create_connection(("127.0.0.1", proxy.port), timeout=10)
+                raw.sendall(f"CONNECT 127.0.0.1:{origin.port} HTTP/1.1\r\n\r\n".encode())
+                assert raw.recv(4096).startswith(b"HTTP/1.1 200")
+                with context.wrap_socket(raw, server_hostname="allowed.example") as tls:
+                    for _ in range(5):
+                        tls.sendall(b"GET /busy HTTP/1.1\r\nHost: allowed.example\r\n\r\n")
+                        assert read_response(tls).startswith(b"HTTP/1.1 200")
+                        served[0] += 1
+            except (OSError, AssertionError) as exc:
+                failures.append(repr(exc))
+
+    workers = [threading.Thread(target=client, daemon=True) for _ in range(4)]
+    for w in workers:
+        w.start()
+    try:
+        for n in range(6):
+            time.sleep(0.3)
+            mode = "monitor" if n % 2 == 0 else "enforce"
+            policy.write_text(
+                policy.read_text()
+                .replace("mode: enforce", f"mode: {mode}")
+                .replace("mode: monitor", f"mode: {mode}")
+            )
+            proxy.process.send_signal(signal.SIGHUP)
+        time.sleep(0.3)
+    finally:
+        stop.set()
+        for w in workers:
+            w.join(15)
+    assert failures == [] and served[0] > 20
+    assert proxy.process.poll() is None
+    assert proxy.stderr.read_text().count("policy reloaded") >= 3  # the reloads really happened meanwhile
