@@ -287,7 +287,7 @@ class EgressFilter:
     def _moment(opts: Any) -> tuple[dt.date | None, Phase | None, Mode | None]:
         if opts.egress_at and opts.egress_phase:
             raise _options_error("egress_at and egress_phase exclude each other: "
-                                          "a forced phase ignores the schedules' dates")
+                                 "a forced phase ignores the schedules' dates")
         at = phase = mode = None
         if opts.egress_at:
             try:
@@ -425,9 +425,10 @@ class EgressFilter:
         server = context.server.address
         if sni and not _is_ip(sni):
             verdict = self._judge_name(view, sni, Kind.SNI, peer)
-        elif sni or server:
-            host, port = (sni, 443) if sni else (str(server[0]), server[1])  # type: ignore[index]
-            verdict = self._judge_destination(view, host, port, peer)
+        elif sni:
+            verdict = self._judge_destination(view, sni, 443, peer)
+        elif server:
+            verdict = self._judge_destination(view, str(server[0]), server[1], peer)
         else:
             verdict = Verdict(Decision(Action.ALLOW), Observation.sni("", peer))
         d = verdict.decision
