@@ -205,6 +205,7 @@ class Resolver:
                 self._log(d, q, client, port, "SERVFAIL")
             return
         self.cache.put(q.key, answer, info.ttl_slots, info.cnames, info.lifetime)
+        self.metrics.cache_size(len(self.cache))
         if info.cnames:
             chained = self._judge_chain(self.holder.view, info.cnames, client)
             if chained is not None and chained[0].action is Action.BLOCK:
