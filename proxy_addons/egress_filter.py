@@ -28,6 +28,7 @@ or run ``egress-filter proxy``.
 
 # No `from __future__ import annotations`: mitmdump -s loads this file without
 # putting it in sys.modules, and dataclasses cannot resolve string annotations then.
+import asyncio
 import datetime as dt
 import html
 import ipaddress
@@ -219,6 +220,7 @@ class EgressFilter:
         # Client connections refused with the block page: client id → verdict,
         # so every request on that connection gets the same page and event id.
         self._page_blocks: dict[str, Verdict] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     # --- options --------------------------------------------------------------
 
@@ -357,16 +359,32 @@ class EgressFilter:
         # Runs on the holder's watcher thread: only thread-safe work here
         # (counters and logging); hooks pick the new view up on their next read.
         self.metrics.reloads.labels(reason).inc()
-        if self.holder is not None:
-            self._describe(self.holder.view)
+        if self.holder is None:
+            return
+        self._describe(self.holder.view)
+        if reason == "reload":
+            # The new file's settings.proxy (block style, log, metrics...) are
+            # applied on the event loop, where the hooks read them.
+            if self._loop is not None:
+                self._loop.call_soon_threadsafe(self._reapply_settings)
+            else:
+                self._reapply_settings()
+
+    def _reapply_settings(self) -> None:
+        if self.holder is None:
+            return
+        try:
+            self._apply_settings(ctx.options, self.holder.policy)
+        except exceptions.OptionsError as exc:
+            log.error("egress-filter: the reloaded policy's settings are not usable, keeping the previous "
+                      "ones: %s", exc)
 
     # --- lifecycle ------------------------------------------------------------
 
     def running(self) -> None:
         try:
-            import asyncio
-
-            asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self._sighup)
+            self._loop = asyncio.get_running_loop()
+            self._loop.add_signal_handler(signal.SIGHUP, self._sighup)
         except (RuntimeError, NotImplementedError, ValueError, AttributeError):
             log.debug("egress-filter: no SIGHUP reload on this platform/thread")
 

@@ -644,6 +644,19 @@ def test_reload_picks_up_a_new_policy_and_keeps_the_last_good(harness: Any, tmp_
     assert outcome(h.hello("www.tiktok.com")) == "passthrough"  # still the last good (monitor) policy
 
 
+def test_reloaded_settings_apply_and_bad_ones_keep_the_previous(harness: Any, tmp_path: Path) -> None:
+    h = harness(egress_at=FULL)
+    policy = tmp_path / "policy.yaml"
+    good = policy.read_text()
+    policy.write_text(good + "settings:\n  proxy:\n    block: page\n")
+    assert h.addon.holder is not None and h.addon.holder.reload()
+    assert h.addon.settings.block == "page" and outcome(h.hello("www.tiktok.com")) == "intercepted"
+    policy.write_text(good + "settings:\n  proxy:\n    metrics: 'not an address'\n")
+    assert h.addon.holder.reload()  # a valid policy file...
+    assert h.addon.settings.block == "page"  # ...but its settings fail: the last good ones (page) stay
+    assert h.addon.settings.metrics is None
+
+
 def test_file_change_is_reloaded_by_the_watcher(harness: Any, tmp_path: Path) -> None:
     h = harness(egress_at=FULL, egress_reload_interval=1)
     policy = tmp_path / "policy.yaml"
