@@ -164,9 +164,10 @@ def write_summary_table(info: dict[str, Any], damage: Sequence[Damage], out: IO[
 
 
 def write_jsonl(verdicts: Iterable[Verdict], out: IO[str], summary: Summary) -> None:
+    encode = json.JSONEncoder(separators=(",", ":"), check_circular=False).encode
     for v in verdicts:
         summary.add(v)
-        out.write(json.dumps(event(v), separators=(",", ":")) + "\n")
+        out.write(encode(event(v)) + "\n")
 
 
 def write_json(verdicts: Iterable[Verdict], out: IO[str], summary: Summary) -> None:
@@ -261,11 +262,26 @@ def chart_svg(summary: Summary, width: int = 900, height: int = 260) -> str:
                         f'<rect x="{x + 1:.1f}" y="{y:.1f}" width="{max(1.0, bw - 2):.1f}" '
                         f'height="{h:.1f}" fill="url(#hatch)"/>'
                     )
-    t0, t1 = lo * summary.width, (hi + 1) * summary.width
-    parts.append(f'<text x="{left}" y="{height - 22}" font-size="11">{html.escape(iso(t0))}</text>')
+    t0, t1 = lo * summary.width, (nslots * step + lo) * summary.width
+    for i in range(5):  # five time ticks; the first and last carry the date
+        frac = i / 4
+        when = dt.datetime.fromtimestamp(t0 + (t1 - t0) * frac, dt.UTC)
+        label = when.strftime("%Y-%m-%d %H:%M:%S" if i in (0, 4) else "%H:%M:%S")
+        x = left + plot_w * frac
+        anchor = "start" if i == 0 else "end" if i == 4 else "middle"
+        parts.append(
+            f'<line x1="{x:.1f}" y1="{top + plot_h}" x2="{x:.1f}" y2="{top + plot_h + 4}" stroke="#444"/>'
+            f'<text x="{x:.1f}" y="{height - 22}" font-size="11" text-anchor="{anchor}">{label}</text>'
+        )
     parts.append(
-        f'<text x="{left + plot_w}" y="{height - 22}" font-size="11" text-anchor="end">'
-        f"{html.escape(iso(t1))}</text>"
+        f'<line x1="{left}" y1="{top + plot_h / 2:.1f}" x2="{left + plot_w}" y2="{top + plot_h / 2:.1f}" '
+        f'stroke="#ddd"/><text x="{left - 6}" y="{top + plot_h / 2 + 4:.1f}" text-anchor="end" '
+        f'font-size="11">{peak / 2:g}</text>'
+    )
+    bucket = step * summary.width
+    parts.append(
+        f'<text x="{left + plot_w}" y="{top + 10}" font-size="11" text-anchor="end" fill="#666">'
+        f"one bar = {bucket:g} s</text>"
     )
     lx = left
     for app in apps:
