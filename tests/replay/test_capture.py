@@ -5,9 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from policies import Action, PolicyView
 
+from . import craft as c
 from .cases import CASES, Case
 from .conftest import replay_all
 
@@ -83,3 +86,38 @@ def test_sightings_carry_endpoints(view: PolicyView, tmp_path: Path) -> None:
         query.sighting.server_port,
     ) == ("10.0.0.5", "10.0.0.53", 41000, 53)
     assert cname.sighting.cname_of == "api.tiktokv.com" and cname.sighting.client == "10.0.0.5"
+
+
+LINKS = [c.LINK_ETHERNET, c.LINK_SLL, c.LINK_SLL2, c.LINK_RAW, c.LINK_NULL, c.LINK_LOOP]
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    link=st.sampled_from(LINKS),
+    frames=st.lists(st.binary(max_size=200), min_size=1, max_size=8),
+    mutate=st.integers(0, 2000),
+)
+def test_random_frames_never_raise(
+    link: int, frames: list[bytes], mutate: int, view: PolicyView, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """Random bytes, and real frames with one byte changed, cost a packet at most."""
+    real = c.link(
+        [*c.tcp_segments(c.client_hello("www.tiktok.com"), 300), c.udp(c.dns_query("a.example"))], link
+    )
+    victim = bytearray(real[mutate % len(real)])
+    victim[mutate % len(victim)] ^= 0xA5
+    path = c.write_pcap(tmp_path_factory.mktemp("fuzz") / "f.pcap", [*frames, bytes(victim), *real], link)
+    verdicts, rep = replay_all(view, path)
+    assert all(not d.stopped for d in rep.damage)
+    assert ("dns", "a.example") in {(v.sighting.kind.value, v.sighting.value) for v in verdicts}
+
+
+def test_every_truncation_point_keeps_earlier_verdicts(view: PolicyView, tmp_path: Path) -> None:
+    path = next(x for x in CASES if x.id == "pcapng-three-interfaces").build(tmp_path)
+    data = path.read_bytes()
+    full = [v.sighting.value for v in replay_all(view, path)[0]]
+    cut = tmp_path / "cut.pcapng"
+    for size in range(0, len(data), 7):
+        cut.write_bytes(data[:size])
+        got = [v.sighting.value for v in replay_all(view, cut)[0]]
+        assert got == full[: len(got)]
