@@ -211,3 +211,27 @@ def test_sliced_client_hello_on_real_shapes(sni: str | None) -> None:
     ):
         body = record[9:]
         assert wire.parse_hello(body) == wire.mitmproxy_hello(body)
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    first=st.integers(0xC0, 0xFF),
+    version=st.sampled_from([b"\x00\x00\x00\x01", b"\x6b\x33\x43\xcf"]),
+    rest=st.binary(max_size=120),
+    edits=st.lists(st.tuples(st.integers(0, 80), st.integers(0, 255)), max_size=3),
+)
+def test_quic_garbage_is_a_value_error(
+    first: int, version: bytes, rest: bytes, edits: list[tuple[int, int]]
+) -> None:
+    """Random long-header datagrams, and real Initials with header bytes changed: ValueError or a reading."""
+    real = bytearray(_REAL_INITIAL)
+    for pos, value in edits:
+        real[pos] = value
+    for datagram in (bytes([first]) + version + rest, bytes(real)):
+        try:
+            quic.client_hello([datagram])
+        except ValueError:
+            pass
+
+
+_REAL_INITIAL = c.quic_initials("www.tiktok.com")[0]
