@@ -107,7 +107,7 @@ def run(args: argparse.Namespace) -> int:
                     "inputs": [{"path": p, "format": f} for p, f in rep.inputs],
                     "summary": report.summary_dict(summary, policy, view),
                     "warnings": [
-                        {"file": d.file, "packet": d.packet, "message": d.message, "stopped": d.stopped}
+                        {"file": d.file, d.unit: d.packet, "message": d.message, "stopped": d.stopped}
                         for d in rep.damage
                     ],
                 },

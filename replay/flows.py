@@ -76,4 +76,4 @@ def read_flows(name: str, fh: BinaryIO, progress: Progress | None = None) -> Ite
             if progress is not None and not number & 0xFF:
                 progress()
     except exceptions.FlowReadException as exc:
-        yield Damage(name, number + 1, f"unreadable flow ({exc}); stopped here")
+        yield Damage(name, number + 1, f"unreadable flow ({exc}); stopped here", unit="flow")

@@ -177,7 +177,10 @@ def read_zeek_tsv(name: str, fh: IO[str], progress: Progress | None = None) -> I
         if line.startswith("#"):
             key, _, value = line[1:].partition(sep if not line.startswith("#separator") else " ")
             if key == "separator":
-                sep = value.strip().encode().decode("unicode_escape")
+                try:
+                    sep = value.strip().encode().decode("unicode_escape") or "\t"
+                except UnicodeError:
+                    bad, first_bad = bad + 1, first_bad or number
             elif key == "fields":
                 fields = value.split(sep)
             elif key == "path":
@@ -213,6 +216,7 @@ def read_zeek_tsv(name: str, fh: IO[str], progress: Progress | None = None) -> I
             first_bad,
             f"{bad} line(s) not understood as Zeek dns/ssl/http records (first: line {first_bad})",
             stopped=False,
+            unit="line",
         )
 
 
@@ -314,11 +318,15 @@ def read_json_lines(name: str, fh: IO[str], progress: Progress | None = None) ->
                 if kind is None:
                     raise ValueError("neither EVE nor a Zeek dns/ssl/http record")
                 yield from zeek_sightings(row, kind, name, number)
-        except (ValueError, TypeError, KeyError, AttributeError):
+        except (ValueError, TypeError, KeyError, AttributeError, RecursionError):
             bad, first_bad = bad + 1, first_bad or number
         if progress is not None and not number & 0xFFF:
             progress()
     if bad:
         yield Damage(
-            name, first_bad, f"{bad} line(s) not understood (first: line {first_bad})", stopped=False
+            name,
+            first_bad,
+            f"{bad} line(s) not understood (first: line {first_bad})",
+            stopped=False,
+            unit="line",
         )

@@ -59,10 +59,11 @@ class Damage:
     """A reader stopped early (``stopped``) or skipped some input: where, and why."""
 
     file: str
-    packet: int
+    packet: int  # 1-based number of the packet, line or flow (``unit``); 0: the file as a whole
     message: str
     stopped: bool = True
+    unit: str = "packet"
 
     def __str__(self) -> str:
-        where = f" at packet {self.packet}" if self.packet else ""
+        where = f" at {self.unit} {self.packet}" if self.packet else ""
         return f"{self.file}{where}: {self.message}"

@@ -381,9 +381,7 @@ def test_log(
     got = [(v.sighting.kind.value, v.sighting.value, v.sighting.via, v.decision.action) for v in verdicts]
     assert got == expected
     if name == "eve.json":
-        assert [str(d) for d in rep.damage] == [
-            f"{path} at packet 8: 1 line(s) not understood (first: line 8)"
-        ]
+        assert [str(d) for d in rep.damage] == [f"{path} at line 8: 1 line(s) not understood (first: line 8)"]
     else:
         assert rep.damage == []
 
@@ -428,4 +426,28 @@ def test_mitm_flow_file_cut_short(view: PolicyView, tmp_path: Path) -> None:
         "https://www.tiktok.com/api/feed",
         "http://cdn.shared.example/tiktok/app.apk",
     ]
-    assert len(rep.damage) == 1 and "flows.mitm at packet" in str(rep.damage[0]) and rep.damage[0].stopped
+    assert len(rep.damage) == 1 and "flows.mitm at flow" in str(rep.damage[0]) and rep.damage[0].stopped
+
+
+BAD_LOGS = [
+    (
+        "bad-separator",
+        "#separator \\x\n#fields\tts\tquery\n1\tx.example\n",
+        "line 1: 2 line(s) not understood",
+    ),
+    ("deep-json", "{" * 100_000 + "\n", "line 1: 1 line(s) not understood"),
+    ("zeek-wrong-column-count", ZEEK_DNS.replace("\tF\n", "\n", 1), "line 9: 1 line(s) not understood"),
+    (
+        "eve-no-timestamp-and-not-an-object",
+        '{"event_type": "dns"}\n[1, 2]\n',
+        "line 1: 2 line(s) not understood",
+    ),
+]
+
+
+@pytest.mark.parametrize("text,warning", [x[1:] for x in BAD_LOGS], ids=[x[0] for x in BAD_LOGS])
+def test_bad_log_lines_warn_and_continue(text: str, warning: str, view: PolicyView, tmp_path: Path) -> None:
+    path = tmp_path / "bad.log"
+    path.write_text(text)
+    _, rep = replay_all(view, path)
+    assert len(rep.damage) == 1 and warning in str(rep.damage[0]) and not rep.damage[0].stopped
