@@ -72,7 +72,14 @@ def run(args: argparse.Namespace) -> int:
 
     policy = load_or_exit(args.policy)
     view = policy.view(args.at, Phase(args.phase) if args.phase else None)
-    rep = Replay(args.inputs, view, progress=not args.no_progress, dns_ports=frozenset({53, *args.dns_port}))
+    # Without --at/--phase each observation is judged on the day it was seen.
+    rep = Replay(
+        args.inputs,
+        view,
+        progress=not args.no_progress,
+        dns_ports=frozenset({53, *args.dns_port}),
+        by_date=args.at is None and args.phase is None,
+    )
     summary = Summary()
     threshold = Action(args.fail_on).severity if args.fail_on else None
     hit = False
@@ -96,16 +103,19 @@ def run(args: argparse.Namespace) -> int:
     try:
         if args.format == "table":
             report.write_table(verdicts(), out, summary)
-            report.write_summary_table(report.summary_dict(summary, policy, view), rep.damage, out)
+            report.write_summary_table(
+                report.summary_dict(summary, policy, rep.last_view or view), rep.damage, out
+            )
         elif args.format == "jsonl":
             report.write_jsonl(verdicts(), out, summary)
         elif args.format == "json":
             report.write_json(verdicts(), out, summary)
             report.finish_json(
                 {
-                    "at": view.at.isoformat(),
+                    "at": None if rep.by_date else view.at.isoformat(),
+                    "dates": sorted(d.isoformat() for d in rep.dates),
                     "inputs": [{"path": p, "format": f} for p, f in rep.inputs],
-                    "summary": report.summary_dict(summary, policy, view),
+                    "summary": report.summary_dict(summary, policy, rep.last_view or view),
                     "warnings": [
                         {"file": d.file, d.unit: d.packet, "message": d.message, "stopped": d.stopped}
                         for d in rep.damage
@@ -117,12 +127,18 @@ def run(args: argparse.Namespace) -> int:
             rows: list[Any] = []
             for _ in report.collect_rows(verdicts(), summary, rows):
                 pass
+            days = sorted(d.isoformat() for d in rep.dates)
+            at = (
+                f"the day of each observation ({days[0]} to {days[-1]})"
+                if rep.by_date and days
+                else view.at.isoformat()
+            )
             report.write_html(
-                report.summary_dict(summary, policy, view),
+                report.summary_dict(summary, policy, rep.last_view or view),
                 summary,
                 rows,
                 rep.damage,
-                {"at": view.at.isoformat(), "inputs": rep.inputs},
+                {"at": at, "inputs": rep.inputs},
                 out,
             )
     finally:

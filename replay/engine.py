@@ -12,6 +12,7 @@ reader stops at the damage and everything before it has been yielded.
 
 from __future__ import annotations
 
+import datetime as dt
 import functools
 import gzip
 import io
@@ -82,32 +83,71 @@ class ProgressBar:
 
 @dataclass
 class Replay:
-    """One run over several inputs; iterate it for verdicts."""
+    """One run over several inputs; iterate it for verdicts.
+
+    ``by_date``: judge each sighting with the policy as it stood on the day it
+    was seen (in the policy's time zone), so a capture spanning a schedule
+    change gets each side's phases; ``view`` then only lends its phase
+    override and mode.  Otherwise every sighting is judged with ``view``.
+    """
 
     paths: Iterable[str]
     view: PolicyView
     progress: bool = True
     dns_ports: frozenset[int] = frozenset({53})
+    by_date: bool = False
     damage: list[Damage] = field(default_factory=list)
     inputs: list[tuple[str, str]] = field(default_factory=list)  # (path, format)
+    dates: set[dt.date] = field(default_factory=set)  # the days sightings were judged at
+    last_view: PolicyView | None = None  # the view of the latest sighting
 
     def __iter__(self) -> Iterator[Verdict]:
         paths = list(self.paths)
         sizes = {p: _size(p) for p in paths}
         bar = ProgressBar(sum(sizes.values())) if self.progress else None
-        view = self.view
+        view_at = self._dated() if self.by_date else None
+        view = self.last_view = self.view
+        latest = float("-inf")
         try:
             for path in paths:
                 for item in self._read(path, bar):
                     if isinstance(item, Damage):
                         self.damage.append(item)
-                    else:
-                        yield Verdict(item, view.decide(item.observation()))
+                        continue
+                    if view_at is not None:
+                        view = view_at(item.time)
+                        if item.time >= latest:
+                            latest, self.last_view = item.time, view
+                    yield Verdict(item, view.decide(item.observation()))
                 if bar:
                     bar.file_done(sizes[path])
         finally:
             if bar:
                 bar.close()
+        if view_at is None:
+            self.dates = {self.view.at}
+
+    def _dated(self) -> Callable[[float], PolicyView]:
+        template = self.view
+        policy = template.policy
+        by_day: dict[dt.date, PolicyView] = {}
+        by_slot: dict[int, PolicyView] = {}  # 15-minute slots: every UTC offset in use is a multiple
+
+        def view_at(t: float) -> PolicyView:
+            slot = int(t // 900)
+            v = by_slot.get(slot)
+            if v is None:
+                day = policy.today(dt.datetime.fromtimestamp(t, dt.UTC)) if t > 0 else template.at
+                v = by_day.get(day)
+                if v is None:
+                    v = by_day[day] = policy.view(day, template.phase_override, template.mode)
+                    self.dates.add(day)
+                if len(by_slot) > 100_000:
+                    by_slot.clear()
+                by_slot[slot] = v
+            return v
+
+        return view_at
 
     def _read(self, path: str, bar: ProgressBar | None) -> Iterator[Sighting | Damage]:
         try:

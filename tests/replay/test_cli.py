@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import pty
@@ -11,6 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import dpkt
 import pytest
 
 from egress_filter.cli import main
@@ -238,3 +240,41 @@ def test_progress_bar_on_a_terminal(tmp_path: Path) -> None:
     finally:
         os.close(master)
     assert b"replay [" in seen and b"100%" in seen
+
+
+SCHEDULE_CHANGE = dt.datetime(2020, 11, 12, tzinfo=dt.UTC).timestamp()  # TikTok: downloads → full
+
+
+@pytest.mark.parametrize(
+    "extra,actions,at,dates",
+    [
+        ([], ["log", "block"], None, ["2020-11-11", "2020-11-12"]),
+        (["--at", "2020-11-10"], ["log", "log"], "2020-11-10", ["2020-11-10"]),
+        (["--phase", "full"], ["block", "block"], "today", None),
+    ],
+    ids=["each-on-its-own-day", "fixed-date", "forced-phase"],
+)
+def test_observations_judged_on_their_day(
+    extra: list[str],
+    actions: list[str],
+    at: str | None,
+    dates: list[str] | None,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    query = c.link([c.udp(c.dns_query("www.tiktok.com"))], c.LINK_ETHERNET)
+    path = tmp_path / "midnight.pcap"
+    with path.open("wb") as f:
+        w = dpkt.pcap.Writer(f)
+        w.writepkt(query[0], ts=SCHEDULE_CHANGE - 1)
+        w.writepkt(query[0], ts=SCHEDULE_CHANGE + 1)
+    code, out, _ = _run(capsys, str(path), "--format", "json", *extra)
+    doc = json.loads(out)
+    assert [v["action"] for v in doc["verdicts"]] == actions
+    if at == "today":
+        assert doc["at"] == dt.date.today().isoformat()
+    else:
+        assert doc["at"] == at
+    if dates is not None:
+        assert doc["dates"] == dates
+    assert code == 0
