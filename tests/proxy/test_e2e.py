@@ -314,6 +314,7 @@ BAD_START = [
     ("bad-policy-file", ["--policy", "{bad}"], "bad.yaml:"),
     ("bad-block-option", ["--policy", "{good}", "--set", "egress_block=drop"], "egress_block"),
     ("unknown-set-option", ["--policy", "{good}", "--set", "no_such_option=1"], "no_such_option"),
+    ("port-in-use", ["--policy", "{good}", "--listen", "127.0.0.1:{busy}"], "{busy}"),
 ]
 
 
@@ -323,26 +324,30 @@ def test_bad_start_exits_1_with_a_message(
 ) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text("version: 1\napps: [{id: x}]\n")
-    argv = [a.format(bad=bad, good=policy) for a in args]
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "egress_filter.cli",
-            "proxy",
-            "--listen",
-            "127.0.0.1:1",
-            *argv,
-            "--confdir",
-            str(tmp_path / "conf"),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=REPO,
-    )
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        argv = [a.format(bad=bad, good=policy, busy=port) for a in args]
+        out = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "egress_filter.cli",
+                "proxy",
+                "--listen",
+                f"127.0.0.1:{port}",
+                *argv,
+                "--confdir",
+                str(tmp_path / "conf"),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=REPO,
+        )
     assert out.returncode == 1, out.stderr
-    assert message in out.stderr
+    assert message.format(busy=port) in out.stderr
 
 
 def quic_handshake(port: int, sni: str, timeout: float = 3.0) -> str:
