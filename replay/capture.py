@@ -710,22 +710,17 @@ def _pcapng(
             return
         block = top + body
         try:
-            if btype == dpcapng.PCAPNG_BT_EPB:
+            if btype in PACKET_BLOCKS:
                 number += 1
-                epb = (dpcapng.EnhancedPacketBlockLE if le else dpcapng.EnhancedPacketBlock)(block)
-                link, div, tsoff = interfaces[epb.iface_id]
-                dec.packet(tsoff + ((epb.ts_high << 32) | epb.ts_low) / div, epb.pkt_data, link, number)
+                pkt = PACKET_BLOCKS[btype][le](block)
+                link, div, tsoff = interfaces[pkt.iface_id]
+                dec.packet(tsoff + ((pkt.ts_high << 32) | pkt.ts_low) / div, pkt.pkt_data, link, number)
             elif btype == dpcapng.PCAPNG_BT_SPB:
                 number += 1
                 if not interfaces:
                     raise ValueError("simple packet block before any interface")
                 caplen = struct.unpack("<I" if le else ">I", block[8:12])[0]
                 dec.packet(0.0, block[12 : 12 + min(caplen, blen - 16)], interfaces[0][0], number)
-            elif btype == dpcapng.PCAPNG_BT_PB:
-                number += 1
-                pb = (dpcapng.PacketBlockLE if le else dpcapng.PacketBlock)(block)
-                link, div, tsoff = interfaces[pb.iface_id]
-                dec.packet(tsoff + ((pb.ts_high << 32) | pb.ts_low) / div, pb.pkt_data, link, number)
             elif btype == dpcapng.PCAPNG_BT_IDB:
                 interfaces.append(_interface(block, le))
         except (dpkt.UnpackError, IndexError, ValueError, struct.error) as exc:
@@ -736,6 +731,13 @@ def _pcapng(
             out.clear()
         if progress is not None and not number & 0xFFF:
             progress()
+
+
+# Enhanced and (obsolete) packet blocks carry the same fields; [big-endian, little-endian] classes.
+PACKET_BLOCKS = {
+    dpcapng.PCAPNG_BT_EPB: (dpcapng.EnhancedPacketBlock, dpcapng.EnhancedPacketBlockLE),
+    dpcapng.PCAPNG_BT_PB: (dpcapng.PacketBlock, dpcapng.PacketBlockLE),
+}
 
 
 def _interface(block: bytes, le: bool) -> tuple[int, float, int]:

@@ -67,6 +67,12 @@ def _present(value: Any) -> bool:
     return value not in (None, "", "-", "(empty)")
 
 
+def _bad_lines(name: str, bad: int, first: int, what: str = "") -> Damage:
+    return Damage(
+        name, first, f"{bad} line(s) not understood{what} (first: line {first})", stopped=False, unit="line"
+    )
+
+
 # --- Zeek -----------------------------------------------------------------
 
 
@@ -211,13 +217,7 @@ def read_zeek_tsv(name: str, fh: IO[str], progress: Progress | None = None) -> I
         if progress is not None and not number & 0xFFF:
             progress()
     if bad:
-        yield Damage(
-            name,
-            first_bad,
-            f"{bad} line(s) not understood as Zeek dns/ssl/http records (first: line {first_bad})",
-            stopped=False,
-            unit="line",
-        )
+        yield _bad_lines(name, bad, first_bad, " as Zeek dns/ssl/http records")
 
 
 # --- Suricata EVE ----------------------------------------------------------
@@ -323,10 +323,4 @@ def read_json_lines(name: str, fh: IO[str], progress: Progress | None = None) ->
         if progress is not None and not number & 0xFFF:
             progress()
     if bad:
-        yield Damage(
-            name,
-            first_bad,
-            f"{bad} line(s) not understood (first: line {first_bad})",
-            stopped=False,
-            unit="line",
-        )
+        yield _bad_lines(name, bad, first_bad)

@@ -168,6 +168,17 @@ def _pcapng_multi(tmp: Path) -> Path:
     )
 
 
+def _pcapng_blocks(block: str) -> Builder:
+    def build(tmp: Path) -> Path:
+        frames = c.link(
+            _dns_pair("www.tiktok.com", []) + c.tcp_segments(c.client_hello("www.wechat.com"), 300),
+            c.LINK_ETHERNET,
+        )
+        return c.write_pcapng(tmp / f"{block}.pcapng", [(c.LINK_ETHERNET, frames)], block=block)
+
+    return build
+
+
 def _pcapng_truncated(tmp: Path) -> Path:
     path = _pcapng_multi(tmp)
     data = path.read_bytes()
@@ -309,6 +320,8 @@ CASES = [
         _pcap("quic2big.pcap", _quic(V2, True, "v19.tiktokv.com")),
         [("sni", "v19.tiktokv.com", "quic")],
     ),
+    Case("pcapng-obsolete-packet-blocks", _pcapng_blocks("pb"), [DNS_Q[0], ("sni", "www.wechat.com", "tls")]),
+    Case("pcapng-simple-packet-blocks", _pcapng_blocks("spb"), [DNS_Q[0], ("sni", "www.wechat.com", "tls")]),
     Case(
         "pcapng-three-interfaces",
         _pcapng_multi,

@@ -250,8 +250,14 @@ def write_pcap(
     return path
 
 
-def write_pcapng(path: Path, interfaces: Sequence[tuple[int, Sequence[bytes]]], t0: float = T0) -> Path:
-    """One section, one interface per (link type, frames); packets interleaved across interfaces."""
+def write_pcapng(
+    path: Path, interfaces: Sequence[tuple[int, Sequence[bytes]]], t0: float = T0, block: str = "epb"
+) -> Path:
+    """One section, one interface per (link type, frames); packets interleaved across interfaces.
+
+    ``block``: enhanced packet blocks (``epb``), the obsolete packet blocks (``pb``), or simple
+    packet blocks (``spb``, no interface id or time: one interface only).
+    """
     from dpkt import pcapng
 
     with path.open("wb") as f:
@@ -265,11 +271,11 @@ def write_pcapng(path: Path, interfaces: Sequence[tuple[int, Sequence[bytes]]], 
         ]
         for n, (_i, iface, frame) in enumerate(sorted(rows, key=lambda r: (r[0], r[1]))):
             us = int((t0 + n * 0.01) * 1e6)
-            f.write(
-                bytes(
-                    pcapng.EnhancedPacketBlockLE(
-                        iface_id=iface, ts_high=us >> 32, ts_low=us & 0xFFFFFFFF, pkt_data=frame
-                    )
-                )
-            )
+            if block == "spb":
+                padded = frame + bytes(-len(frame) % 4)
+                size = 16 + len(padded)
+                f.write(struct.pack("<III", 3, size, len(frame)) + padded + struct.pack("<I", size))
+                continue
+            cls = pcapng.EnhancedPacketBlockLE if block == "epb" else pcapng.PacketBlockLE
+            f.write(bytes(cls(iface_id=iface, ts_high=us >> 32, ts_low=us & 0xFFFFFFFF, pkt_data=frame)))
     return path
