@@ -1,5 +1,5 @@
 """Record a real capture on loopback while the test's own clients talk to the
-test's own servers (TLS with SNI, DNS over UDP, HTTP), then replay it.
+test's own servers (TLS with SNI, QUIC with SNI, DNS over UDP, HTTP), then replay it.
 
 tcpdump records (filtered on the servers' ports), started and stopped by PID;
 tshark reads the same file for the cross-check.  Both tools are required.
@@ -7,6 +7,7 @@ tshark reads the same file for the cross-check.  Both tools are required.
 
 from __future__ import annotations
 
+import asyncio
 import http.client
 import http.server
 import signal
@@ -20,6 +21,8 @@ from pathlib import Path
 
 import dnslib
 import pytest
+from aioquic.asyncio import connect, serve
+from aioquic.quic.configuration import QuicConfiguration
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
@@ -44,10 +47,19 @@ def _self_signed(directory: Path) -> tuple[Path, Path]:
 
 
 class Servers:
-    """A TLS server, a DNS server (answers with a CNAME chain) and an HTTP server on 127.0.0.1."""
+    """A TLS server, a QUIC server (aioquic), a DNS server (answers with a CNAME chain) and an
+    HTTP server, all on 127.0.0.1."""
 
     def __init__(self, tmp: Path) -> None:
         cert, key = _self_signed(tmp)
+        self.loop = asyncio.new_event_loop()
+        self.loop_thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.loop_thread.start()
+        quic_config = QuicConfiguration(is_client=False, alpn_protocols=["h3"])
+        quic_config.load_cert_chain(cert, key)
+        self.quic = asyncio.run_coroutine_threadsafe(
+            serve("127.0.0.1", 0, configuration=quic_config), self.loop
+        ).result(timeout=10)
         self.tls_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         self.tls_ctx.load_cert_chain(cert, key)
         self.tls = socket.create_server(("127.0.0.1", 0))
@@ -55,6 +67,7 @@ class Servers:
         self.dns.bind(("127.0.0.1", 0))
         self.http = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
         self.ports = {
+            "quic": self.quic._transport.get_extra_info("sockname")[1],
             "tls": self.tls.getsockname()[1],
             "dns": self.dns.getsockname()[1],
             "http": self.http.server_address[1],
@@ -92,6 +105,9 @@ class Servers:
             self.dns.sendto(reply.pack(), peer)
 
     def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.quic.close)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.loop_thread.join(timeout=10)
         self.http.shutdown()
         self.http.server_close()
         self.tls.close()
@@ -146,7 +162,16 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
             proc.wait(timeout=10)
 
 
+async def _quic_client(port: int) -> None:
+    config = QuicConfiguration(
+        is_client=True, alpn_protocols=["h3"], server_name="v16.tiktokv.com", verify_mode=ssl.CERT_NONE
+    )
+    async with connect("127.0.0.1", port, configuration=config) as client:
+        await asyncio.wait_for(client.ping(), 5)
+
+
 def _talk(ports: dict[str, int]) -> None:
+    asyncio.run(asyncio.wait_for(_quic_client(ports["quic"]), 10))
     client = ssl.create_default_context()
     client.check_hostname = False
     client.verify_mode = ssl.CERT_NONE
@@ -178,11 +203,13 @@ def test_recorded_capture(servers: Servers, view: PolicyView, tmp_path: Path) ->
     got = {(v.sighting.kind.value, v.sighting.value, v.sighting.via): v for v in verdicts}
     assert set(got) == {
         ("sni", "www.tiktok.com", "tls"),
+        ("sni", "v16.tiktokv.com", "quic"),
         ("dns", "www.wechat.com", "dns/udp"),
         ("dns", "edge.www.wechat.com", "cname"),
         ("http", "http://play.google.com/store/apps/details?id=com.zhiliaoapp.musically", "http"),
     }
     assert got[("sni", "www.tiktok.com", "tls")].decision.action is Action.LOG  # TikTok in 'downloads'
+    assert got[("sni", "v16.tiktokv.com", "quic")].decision.action is Action.LOG
     assert got[("dns", "www.wechat.com", "dns/udp")].decision.action is Action.BLOCK
     assert (
         got[
@@ -197,6 +224,11 @@ def test_recorded_capture(servers: Servers, view: PolicyView, tmp_path: Path) ->
     theirs = tshark_names(
         tshark,
         path,
-        (f"udp.port=={ports['dns']},dns", f"tcp.port=={ports['tls']},tls", f"tcp.port=={ports['http']},http"),
+        (
+            f"udp.port=={ports['dns']},dns",
+            f"udp.port=={ports['quic']},quic",
+            f"tcp.port=={ports['tls']},tls",
+            f"tcp.port=={ports['http']},http",
+        ),
     )
     assert replay_names(verdicts) == theirs
