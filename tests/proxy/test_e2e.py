@@ -462,6 +462,7 @@ ECH_DNS_CASES = [
 def test_ech_stripped_from_https_records_in_dns_mode(
     run_proxy: Any, policy: Path, args: list[str], ech_kept: bool
 ) -> None:
+    import dns.exception
     import dns.message
     import dns.query
     import dns.rdatatype
@@ -483,9 +484,15 @@ def test_ech_stripped_from_https_records_in_dns_mode(
             "strip_ech=false",
             *args,
         )
-        reply = dns.query.udp(
-            dns.message.make_query("ech.example.org", "HTTPS"), "127.0.0.1", port=port, timeout=5
-        )
+        # Like any DNS client, retry: the UDP listener may come up a moment after the TCP one.
+        query = dns.message.make_query("ech.example.org", "HTTPS")
+        for attempt in range(5):
+            try:
+                reply = dns.query.udp(query, "127.0.0.1", port=port, timeout=2)
+                break
+            except dns.exception.Timeout:
+                if attempt == 4:
+                    raise
         [rrset] = reply.answer
         [rdata] = list(rrset)
         assert rdata.rdtype == dns.rdatatype.HTTPS
