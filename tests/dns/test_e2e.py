@@ -537,3 +537,27 @@ def test_workers_share_the_port(resolver: Start, authority: Authority,
     assert f'egress_dns_decisions_total{{action="block",app="tiktok"}} {float(n)}' in text, \
         "the metrics endpoint sums every worker"
     assert r.stop() == 0
+
+
+BUNDLED_CASES = [
+    # (phase, name, rcode, app name in EDE or None when forwarded)
+    ("full", "www.tiktok.com", "NXDOMAIN", "TikTok"),
+    ("full", "weixin.qq.com", "NXDOMAIN", "WeChat"),
+    ("none", "www.tiktok.com", "NXDOMAIN", None),  # forwarded: the test upstream knows no such zone
+]
+
+
+@pytest.mark.parametrize(("phase", "name", "want", "app"), BUNDLED_CASES,
+                         ids=["tiktok-full", "wechat-full", "tiktok-none-forwarded"])
+def test_bundled_policy(resolver: Start, authority: Authority, phase: str, name: str, want: str,
+                        app: str | None) -> None:
+    """What `make run` serves: the bundled policy (no --policy), as the banner's dig shows."""
+    r = resolver("--phase", phase, "--upstream", authority.address)
+    msg = r.ask(name)
+    assert rcode(msg) == want
+    if app is None:
+        assert ede(msg) == [] and authority.count(name) == 1
+    else:
+        [(code, text)] = ede(msg)
+        assert code == 15 and app in text and f"phase {phase}" in text
+        assert authority.count(name) == 0
