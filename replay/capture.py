@@ -601,7 +601,8 @@ def _pcap(dec: Decoder, head: bytes, fh: BinaryIO, progress: Progress | None) ->
     link = hdr.linktype & 0x0FFFFFFF  # the top bits carry FCS information
     nano = magic in (dpcap.TCPDUMP_MAGIC_NANO, dpcap.PMUDPCT_MAGIC_NANO)
     divisor = 1e9 if nano else 1e6
-    unpack = struct.Struct(pkt_hdr.__hdr_fmt__).unpack_from
+    # The first three fields (seconds, fraction, captured length) are all replay needs.
+    unpack = struct.Struct(pkt_hdr.__hdr_fmt__[0] + "III").unpack_from
     hlen = pkt_hdr.__hdr_len__
     read = fh.read
     out = dec.out
@@ -611,56 +612,58 @@ def _pcap(dec: Decoder, head: bytes, fh: BinaryIO, progress: Progress | None) ->
     number = 0
     # Records are sliced out of 1 MiB reads: two read() calls per packet cost more than the packet.
     buf = b""
-    pos = 0
+    size = pos = 0
     eof = False
     while True:
-        if len(buf) - pos < hlen and not eof:
+        if size - pos < hlen and not eof:
             more = read(CHUNK)
             eof = not more
             buf = buf[pos:] + more
-            pos = 0
-        if pos == len(buf):
+            size, pos = len(buf), 0
+        if pos == size:
             return
         number += 1
-        if len(buf) - pos < hlen:
+        if size - pos < hlen:
             yield Damage(
-                dec.file, number, f"file ends inside the record header ({len(buf) - pos} of {hlen} bytes)"
+                dec.file, number, f"file ends inside the record header ({size - pos} of {hlen} bytes)"
             )
             return
-        sec, frac, caplen = unpack(buf, pos)[:3]
+        sec, frac, caplen = unpack(buf, pos)
         if caplen > MAX_RECORD:
             yield Damage(dec.file, number, f"corrupt record header (captured length {caplen}); stopped here")
             return
         end = pos + hlen + caplen
-        while end > len(buf) and not eof:
-            more = read(max(CHUNK, end - len(buf)))
+        while end > size and not eof:
+            more = read(max(CHUNK, end - size))
             eof = not more
             buf = buf[pos:] + more
             end -= pos
-            pos = 0
-        if end > len(buf):
+            size, pos = len(buf), 0
+        if end > size:
             yield Damage(
-                dec.file, number, f"file ends inside the packet ({len(buf) - pos - hlen} of {caplen} bytes)"
+                dec.file, number, f"file ends inside the packet ({size - pos - hlen} of {caplen} bytes)"
             )
             return
         data = buf[pos + hlen : end]
         pos = end
         if progress is not None and not number & 0xFFF:
             progress()
-        # Most packets belong to TCP streams already judged: untagged IPv4, not
-        # a fragment, no SYN/FIN/RST, direction marked DONE.  Skip them here,
-        # before any call (the check is the bulk of the work on a real capture).
+        # Most packets belong to TCP streams already judged: Ethernet, IPv4
+        # without options, not a fragment, no SYN/FIN/RST, and the direction
+        # (addresses + ports, bytes 26-37) marked DONE.  Skip them before any call.
         if (
             ethernet
-            and data[12:14] == b"\x08\x00"
-            and data[23:24] == b"\x06"
+            and caplen >= 54
+            and data[23] == 6
+            and data[14] == 0x45
+            and data[12] == 8
+            and data[13] == 0
             and not data[20] & 0x3F
             and not data[21]
+            and not data[47] & 0x07
+            and streams.get(data[26:38]) is DONE
         ):
-            l4 = 14 + (data[14] & 0x0F) * 4
-            flags = data[l4 + 13 : l4 + 14]
-            if flags and not flags[0] & 0x07 and streams.get(data[26:34] + data[l4 : l4 + 4]) is DONE:
-                continue
+            continue
         packet(sec + frac / divisor, data, link, number)
         if out:
             yield from out
