@@ -88,10 +88,14 @@ def test_sightings_carry_endpoints(view: PolicyView, tmp_path: Path) -> None:
     assert cname.sighting.cname_of == "api.tiktokv.com" and cname.sighting.client == "10.0.0.5"
 
 
+# A shared, loaded machine makes generation slow at times; that is not a failure of the code.
+SLOW_OK = [HealthCheck.too_slow, HealthCheck.data_too_large]
 LINKS = [c.LINK_ETHERNET, c.LINK_SLL, c.LINK_SLL2, c.LINK_RAW, c.LINK_NULL, c.LINK_LOOP]
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, *SLOW_OK]
+)
 @given(
     link=st.sampled_from(LINKS),
     frames=st.lists(st.binary(max_size=200), min_size=1, max_size=8),
