@@ -11,6 +11,8 @@ request (the first on a tunnel includes CONNECT and both handshakes).
 Configurations, each measured ``--rounds`` times in alternation:
 
 - ``mitmproxy``: plain ``mitmdump -q`` (the peer), intercepting everything;
+- ``mitmproxy-empty-script``: the same with ``-s`` of an empty script, which
+  shows what mitmproxy's script loader alone costs per request;
 - ``addon-intercept``: ``mitmdump -q -s proxy_addons/egress_filter.py`` on the
   bundled policy in phase
   ``downloads``, SNI ``apps.apple.com`` (a store host: the addon intercepts
@@ -242,8 +244,8 @@ def hook_cost(per_tunnel: int, count: int = 20_000) -> float:
 # --- proxies ------------------------------------------------------------------------
 
 def start_proxy(kind: str, port: int, confdir: Path, origin_ca: Path, log: Path) -> subprocess.Popen[bytes]:
-    # Both are the same mitmdump binary with the same options, so the
-    # difference between them is exactly the addon.
+    # All are the same mitmdump binary with the same options, so the
+    # differences between them are exactly the script loader and the addon.
     cmd = [str(Path(sys.executable).with_name("mitmdump")), "-q", "--listen-host", "127.0.0.1",
            "-p", str(port), "--set", f"confdir={confdir}",
            "--set", f"ssl_verify_upstream_trusted_ca={origin_ca}"]
@@ -251,6 +253,11 @@ def start_proxy(kind: str, port: int, confdir: Path, origin_ca: Path, log: Path)
         # the event log is on, as in production; nothing here is logged (allowed traffic)
         cmd += ["-s", str(REPO / "proxy_addons" / "egress_filter.py"), "--set", "egress_phase=downloads",
                 "--set", f"egress_log={log}"]
+    elif kind == "empty-script":
+        # what any -s addon costs before it does anything: mitmproxy's script loader
+        empty = confdir.parent / "empty_addon.py"
+        empty.write_text("addons = []\n")
+        cmd += ["-s", str(empty)]
     process = subprocess.Popen([*taskset(1), *cmd], cwd=REPO, stdin=subprocess.DEVNULL,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 30
@@ -279,6 +286,7 @@ def stop(process: subprocess.Popen[bytes]) -> None:
 CONFIGS = {
     # name: (proxy kind, SNI)
     "mitmproxy": ("mitmproxy", "apps.apple.com"),
+    "mitmproxy-empty-script": ("empty-script", "apps.apple.com"),
     "addon-intercept": ("addon", "apps.apple.com"),
     "addon-passthrough": ("addon", "allowed.example"),
 }
@@ -315,17 +323,20 @@ def main(argv: list[str] | None = None) -> int:
         procs: dict[str, subprocess.Popen[bytes]] = {}
         try:
             ports: dict[str, int] = {}
-            for kind in ("mitmproxy", "addon"):
+            for kind in ("mitmproxy", "empty-script", "addon"):
                 ports[kind] = free_port()
                 procs[kind] = start_proxy(kind, ports[kind], root / f"conf-{kind}", origin_ca,
                                           root / "events.jsonl")
             for rnd in range(args.rounds):
-                for name, (kind, sni) in CONFIGS.items():
+                # alternate the order, so a trend in the machine's load favours no one
+                names = list(CONFIGS) if rnd % 2 == 0 else list(reversed(CONFIGS))
+                for name in names:
+                    kind, sni = CONFIGS[name]
                     cafiles = [origin_ca, root / f"conf-{kind}" / "mitmproxy-ca-cert.pem"]
                     r = measure(name, procs[kind].pid, ports[kind], origin_port, sni, cafiles, args.seconds,
                                 args.concurrency, args.requests)
                     results[name].append(r)
-                    print(f"round {rnd + 1}  {name:<18} {r.rps:>8.1f} req/s  p50 {r.p50_ms:>7.2f} ms  "
+                    print(f"round {rnd + 1}  {name:<22} {r.rps:>8.1f} req/s  p50 {r.p50_ms:>7.2f} ms  "
                           f"p99 {r.p99_ms:>7.2f} ms  cpu {r.cpu_us_per_request:>7.1f} us/req  "
                           f"errors {r.errors}", file=sys.stderr, flush=True)
         finally:
@@ -336,7 +347,7 @@ def main(argv: list[str] | None = None) -> int:
     best = {name: max(rs, key=lambda r: r.rps) for name, rs in results.items()}
     cpu = {name: statistics.median(r.cpu_us_per_request for r in rs) for name, rs in results.items()}
     peer, ours, passthrough = best["mitmproxy"], best["addon-intercept"], best["addon-passthrough"]
-    # Each round measures the three back to back, so per-round ratios cancel
+    # Each round measures all back to back, so per-round ratios cancel
     # most of the load other processes put on the machine meanwhile.
     paired = statistics.median(
         a.rps / m.rps for a, m in zip(results["addon-intercept"], results["mitmproxy"], strict=True))
@@ -344,18 +355,22 @@ def main(argv: list[str] | None = None) -> int:
         p.rps / a.rps for p, a in zip(results["addon-passthrough"], results["addon-intercept"], strict=True))
     cost = 1 - paired
     cpu_cost = cpu["addon-intercept"] / cpu["mitmproxy"] - 1
+    cpu_cost_own = cpu["addon-intercept"] / cpu["mitmproxy-empty-script"] - 1
+    loader_cost = cpu["mitmproxy-empty-script"] / cpu["mitmproxy"] - 1
     hook_share = hooks_us / cpu["mitmproxy"]
     print()
-    print(f"{'configuration':<20}{'req/s':>10}{'p50 ms':>10}{'p99 ms':>10}{'cpu us/req':>12}{'errors':>8}")
+    print(f"{'configuration':<24}{'req/s':>10}{'p50 ms':>10}{'p99 ms':>10}{'cpu us/req':>12}{'errors':>8}")
     for name, r in best.items():
-        print(f"{r.config:<20}{r.rps:>10.1f}{r.p50_ms:>10.2f}{r.p99_ms:>10.2f}{cpu[name]:>12.1f}{r.errors:>8}")
+        print(f"{r.config:<24}{r.rps:>10.1f}{r.p50_ms:>10.2f}{r.p99_ms:>10.2f}{cpu[name]:>12.1f}{r.errors:>8}")
     print("(req/s, p50, p99: the best round; cpu: the proxy's own CPU time per request, median of rounds)")
     print()
     verdict = "PASS" if cost < 0.05 else "FAIL"
     print(f"addon cost when both intercept (target < 5%): throughput {cost:+.1%} "
-          f"(median per-round ours/peer {paired:.3f}; best rounds {ours.rps / peer.rps:.3f}) -> {verdict}; "
-          f"proxy CPU per request {cpu_cost:+.1%}; the addon's own hooks {hooks_us:.1f} us/request "
-          f"in-process = {hook_share:.1%} of mitmproxy's {cpu['mitmproxy']:.0f} us")
+          f"(median per-round ours/peer {paired:.3f}; best rounds {ours.rps / peer.rps:.3f}) -> {verdict}")
+    print(f"  proxy CPU per request: {cpu_cost:+.1%} over plain mitmproxy, of which mitmproxy's script "
+          f"loader (an empty -s script) {loader_cost:+.1%} and the addon {cpu_cost_own:+.1%}")
+    print(f"  the addon's own hooks, in-process: {hooks_us:.1f} us/request = {hook_share:.1%} of mitmproxy's "
+          f"{cpu['mitmproxy']:.0f} us")
     less_cpu = cpu["addon-intercept"] / cpu["addon-passthrough"]
     print(f"passthrough / interception (target >= 3x): {paired_pass:.2f}x throughput (median per round; "
           f"best rounds {passthrough.rps / ours.rps:.2f}x), {less_cpu:.2f}x less proxy CPU per request "
@@ -365,7 +380,8 @@ def main(argv: list[str] | None = None) -> int:
         Path(args.json).write_text(json.dumps({
             "best": {n: asdict(r) for n, r in best.items()},
             "rounds": {n: [asdict(r) for r in rs] for n, rs in results.items()},
-            "cost": cost, "cpu_cost": cpu_cost, "cpu_us_per_request": cpu, "hooks_us_per_request": hooks_us,
+            "cost": cost, "cpu_cost": cpu_cost, "cpu_cost_over_empty_script": cpu_cost_own,
+            "script_loader_cost": loader_cost, "cpu_us_per_request": cpu, "hooks_us_per_request": hooks_us,
             "passthrough_speedup": paired_pass, "loadavg": load,
             "args": vars(args)}, indent=2))
     return 0
