@@ -7,7 +7,9 @@
 
 Every step that can answer does so from bytes it already has (pre-built
 block answers, cached upstream answers) with the asker's ID spliced in; only
-a cache miss leaves the hot path, as a task that awaits the upstream.  The
+a cache miss leaves the hot path, as a task that awaits the upstream.  Askers
+of a question already on its way upstream wait for that one answer (so a
+cache flush at a phase change does not send a burst of duplicates upstream).  The
 answer is sent before the event is built and queued, so logging never delays
 it.  The caches hold verdicts of one policy moment, so the policy holder's
 "reload"/"phase" notices clear them (on the loop's thread).
@@ -32,6 +34,7 @@ from .wire import (
     RCODE_NAMES,
     REFUSED,
     SERVFAIL,
+    Answer,
     Malformed,
     Query,
     age_ttls,
@@ -56,6 +59,10 @@ class Sink(Protocol):
     """Where an answer goes: a UDP socket (``addr`` set) or a TCP connection."""
 
     def send(self, data: bytes | bytearray, addr: Any) -> None: ...
+
+
+# One waiting question: (query bytes, question, decision, client, client port, sink, UDP address).
+Asker = tuple[bytes, Query, Decision, str, int, Sink, Any]
 
 
 class ViewSource(Protocol):
@@ -109,6 +116,7 @@ class Resolver:
         self.cache = AnswerCache(settings.cache_size)
         self.templates: dict[Any, tuple[bytes, bytes, str]] = {}
         self.inflight: set[asyncio.Task[None]] = set()
+        self.waiting: dict[bytes, list[Asker]] = {}  # question key -> askers behind the first
         self._memo: dict[str, Decision] = {}
         self._memo_view: PolicyView | None = None
         self.closing = False
@@ -189,23 +197,42 @@ class Resolver:
                 self._log(d, q, client, port, RCODE_NAMES.get(out[3] & 0x0F, "NOERROR"))
             return
         self.metrics.cache(False)
-        task = asyncio.get_running_loop().create_task(self._forward(data, q, d, client, port, sink, addr))
+        asker = (data, q, d, client, port, sink, addr)
+        waiting = self.waiting.get(q.key)
+        if waiting is not None:  # the same question is already on its way upstream
+            waiting.append(asker)
+            return
+        self.waiting[q.key] = []
+        task = asyncio.get_running_loop().create_task(self._forward(asker))
         self.inflight.add(task)
         task.add_done_callback(self.inflight.discard)
 
-    async def _forward(self, data: bytes, q: Query, d: Decision, client: str, port: int,
-                       sink: Sink, addr: Any) -> None:
-        udp = addr is not None
+    async def _forward(self, asker: Asker) -> None:
+        """Ask the upstreams once, then answer everyone who asked the same question meanwhile."""
+        data, q = asker[0], asker[1]
+        result: tuple[bytes, Answer] | None = None
         try:
-            answer, info = await self.forwarder.resolve(data, q)
+            result = await self.forwarder.resolve(data, q)
         except UpstreamError:
+            pass
+        finally:
+            askers = [asker, *self.waiting.pop(q.key, ())]
+        if result is not None:
+            answer, info = result
+            self.cache.put(q.key, answer, info.ttl_slots, info.cnames, info.lifetime)
+            self.metrics.cache_size(len(self.cache))
+        for one in askers:
+            self._answer(result, *one)
+
+    def _answer(self, result: tuple[bytes, Answer] | None, data: bytes, q: Query, d: Decision, client: str,
+                port: int, sink: Sink, addr: Any) -> None:
+        if result is None:
             sink.send(rcode_reply(data, q, SERVFAIL), addr)
             self.metrics.query("servfail")
             if d.action is not Action.ALLOW or self.log_all:
                 self._log(d, q, client, port, "SERVFAIL")
             return
-        self.cache.put(q.key, answer, info.ttl_slots, info.cnames, info.lifetime)
-        self.metrics.cache_size(len(self.cache))
+        answer, info = result
         if info.cnames:
             chained = self._judge_chain(self.holder.view, info.cnames, client)
             if chained is not None and chained[0].action is Action.BLOCK:
@@ -213,9 +240,8 @@ class Resolver:
                 return
             if chained is not None and d.action is Action.ALLOW:
                 d = chained[0]
-        out = bytearray(answer)
-        out[0:2] = data[0:2]
-        sink.send(self._fit(out, q, data, udp), addr)
+        out = splice(answer, data, q.qend)
+        sink.send(self._fit(out, q, data, addr is not None), addr)
         self.metrics.query(d.action.value)
         if d.action is not Action.ALLOW:
             self.metrics.decision(d.apps, d.action.value)

@@ -561,3 +561,21 @@ def test_bundled_policy(resolver: Start, authority: Authority, phase: str, name:
         [(code, text)] = ede(msg)
         assert code == 15 and app in text and f"phase {phase}" in text
         assert authority.count(name) == 0
+
+
+def test_identical_questions_in_flight_go_upstream_once(resolver: Start, authority: Authority,
+                                                        write_policy: Callable[..., Path]) -> None:
+    authority.mode = "slow"
+    authority.slow = 0.5
+    r = resolver("--policy", str(write_policy()), "--upstream", authority.address, "--timeout", "3")
+    answers: list[dns.message.Message] = []
+    names = ["WWW.example.test" if i % 2 else "www.example.test" for i in range(20)]
+    threads = [threading.Thread(target=lambda n=n: answers.append(r.ask(n))) for n in names]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert len(answers) == 20
+    assert all(addresses(a) == ["192.0.2.1"] for a in answers)
+    assert {a.question[0].name.to_text() for a in answers} == {"WWW.example.test.", "www.example.test."}
+    assert authority.count("www.example.test") == 1
