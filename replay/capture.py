@@ -587,6 +587,26 @@ def read_capture(
     yield from dec.damage_notes()
 
 
+def judged(data: bytes, streams: dict[bytes, Stream | _Done]) -> bool:
+    """Whether an Ethernet frame belongs to a TCP direction already judged, so
+    nothing in it can matter: IPv4 without options, not a fragment, no
+    SYN/FIN/RST, and its addresses + ports (bytes 26-37, the key ``Decoder``
+    files directions under) marked DONE.  Most packets of a capture are these;
+    answering before ``Decoder.packet`` is called is what keeps replay fast.
+    """
+    return (
+        len(data) >= 54
+        and data[23] == 6
+        and data[14] == 0x45
+        and data[12] == 8
+        and data[13] == 0
+        and not data[20] & 0x3F
+        and not data[21]
+        and not data[47] & 0x07
+        and streams.get(data[26:38]) is DONE
+    )
+
+
 def _pcap(dec: Decoder, head: bytes, fh: BinaryIO, progress: Progress | None) -> Iterator[Sighting | Damage]:
     rest = fh.read(dpcap.FileHdr.__hdr_len__ - 4)
     raw = head + rest
@@ -648,21 +668,7 @@ def _pcap(dec: Decoder, head: bytes, fh: BinaryIO, progress: Progress | None) ->
         pos = end
         if progress is not None and not number & 0xFFF:
             progress()
-        # Most packets belong to TCP streams already judged: Ethernet, IPv4
-        # without options, not a fragment, no SYN/FIN/RST, and the direction
-        # (addresses + ports, bytes 26-37) marked DONE.  Skip them before any call.
-        if (
-            ethernet
-            and caplen >= 54
-            and data[23] == 6
-            and data[14] == 0x45
-            and data[12] == 8
-            and data[13] == 0
-            and not data[20] & 0x3F
-            and not data[21]
-            and not data[47] & 0x07
-            and streams.get(data[26:38]) is DONE
-        ):
+        if ethernet and judged(data, streams):
             continue
         packet(sec + frac / divisor, data, link, number)
         if out:
@@ -675,6 +681,10 @@ def _pcapng(
 ) -> Iterator[Sighting | Damage]:
     read = fh.read
     out = dec.out
+    streams = dec.streams
+    # The enhanced packet block's fixed fields, sliced here: a dpkt object per packet costs more
+    # than the packet (dpkt's classes still read section, interface and obsolete packet blocks).
+    epb_le, epb_be = struct.Struct("<IIII").unpack_from, struct.Struct(">IIII").unpack_from
     le = True
     # Per interface of the current section: (link type, timestamp divisor, offset).
     interfaces: list[tuple[int, float, int]] = []
@@ -713,7 +723,16 @@ def _pcapng(
             return
         block = top + body
         try:
-            if btype in PACKET_BLOCKS:
+            if btype == dpcapng.PCAPNG_BT_EPB:
+                number += 1
+                iface, ts_high, ts_low, caplen = (epb_le if le else epb_be)(block, 8)
+                if caplen > blen - 32:
+                    raise ValueError(f"captured length {caplen} runs past the block")
+                data = block[28 : 28 + caplen]
+                link, div, tsoff = interfaces[iface]
+                if link != LINK_ETHERNET or not judged(data, streams):
+                    dec.packet(tsoff + ((ts_high << 32) | ts_low) / div, data, link, number)
+            elif btype in PACKET_BLOCKS:
                 number += 1
                 pkt = PACKET_BLOCKS[btype][le](block)
                 link, div, tsoff = interfaces[pkt.iface_id]
@@ -736,11 +755,8 @@ def _pcapng(
             progress()
 
 
-# Enhanced and (obsolete) packet blocks carry the same fields; [big-endian, little-endian] classes.
-PACKET_BLOCKS = {
-    dpcapng.PCAPNG_BT_EPB: (dpcapng.EnhancedPacketBlock, dpcapng.EnhancedPacketBlockLE),
-    dpcapng.PCAPNG_BT_PB: (dpcapng.PacketBlock, dpcapng.PacketBlockLE),
-}
+# Obsolete packet blocks: [big-endian, little-endian] dpkt classes.
+PACKET_BLOCKS = {dpcapng.PCAPNG_BT_PB: (dpcapng.PacketBlock, dpcapng.PacketBlockLE)}
 
 
 def _interface(block: bytes, le: bool) -> tuple[int, float, int]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import dpkt
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -125,3 +126,19 @@ def test_every_truncation_point_keeps_earlier_verdicts(view: PolicyView, tmp_pat
         cut.write_bytes(data[:size])
         got = [v.sighting.value for v in replay_all(view, cut)[0]]
         assert got == full[: len(got)]
+
+
+PCAP_CASES = [x for x in CASES if not x.damage and x.id.split("-")[0] != "pcapng"]
+
+
+@pytest.mark.parametrize("case", PCAP_CASES, ids=[x.id for x in PCAP_CASES])
+def test_pcapng_reads_like_pcap(case: Case, view: PolicyView, tmp_path: Path) -> None:
+    """The same frames as pcapng give the same sightings (times and packet numbers too)."""
+    path = case.build(tmp_path)
+    with path.open("rb") as f:
+        reader = dpkt.pcap.Reader(f)
+        link, frames = reader.datalink(), [buf for _, buf in reader]
+    ng = c.write_pcapng(tmp_path / "same.pcapng", [(link, frames)])
+    as_pcap = [(v.sighting.value, v.sighting.time, v.sighting.packet) for v in replay_all(view, path)[0]]
+    as_pcapng = [(v.sighting.value, v.sighting.time, v.sighting.packet) for v in replay_all(view, ng)[0]]
+    assert as_pcapng == as_pcap and as_pcap
