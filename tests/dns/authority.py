@@ -79,6 +79,10 @@ class Authority:
     def address(self) -> str:
         return f"{self.host}:{self.port}"
 
+    def slow_down(self, seconds: float) -> None:
+        """Answer every question ``seconds`` late."""
+        self.mode, self.slow = "slow", seconds
+
     def count(self, name: str, transport: str | None = None) -> int:
         with self._lock:
             return sum(n for (q, _t, tr), n in self.asked.items()

@@ -468,8 +468,7 @@ def test_settings_precedence(resolver: Start, authority: Authority, write_policy
 
 def test_sigterm_drains_in_flight_queries_and_exits_0(resolver: Start, authority: Authority,
                                                       write_policy: Callable[..., Path]) -> None:
-    authority.mode = "slow"
-    authority.slow = 1.0
+    authority.slow_down(1.0)
     r = resolver("--policy", str(write_policy()), "--upstream", authority.address, "--timeout", "4")
     result: list[dns.message.Message] = []
     t = threading.Thread(target=lambda: result.append(r.ask("www.example.test", timeout=6)))
@@ -565,8 +564,7 @@ def test_bundled_policy(resolver: Start, authority: Authority, phase: str, name:
 
 def test_identical_questions_in_flight_go_upstream_once(resolver: Start, authority: Authority,
                                                         write_policy: Callable[..., Path]) -> None:
-    authority.mode = "slow"
-    authority.slow = 0.5
+    authority.slow_down(0.5)
     r = resolver("--policy", str(write_policy()), "--upstream", authority.address, "--timeout", "3")
     answers: list[dns.message.Message] = []
     names = ["WWW.example.test" if i % 2 else "www.example.test" for i in range(20)]
