@@ -1,13 +1,16 @@
 """pcap / pcapng → sightings, streaming, one packet at a time.
 
-Flow: dpkt's file and block definitions frame the records; ``Decoder.packet``
-slices the link, IP and transport headers (no per-packet objects) and drops
+Flow: dpkt's file and block definitions frame the records; ``judged`` drops
+the packets of TCP directions already decided before any call (most of a
+capture); ``Decoder.packet`` slices the link, IP and transport headers (no
+per-packet objects) and drops
 everything that cannot carry a name; only candidates reach ``wire``: UDP
 port 53 and TCP streams to/from port 53 (DNS), TCP streams that start with a
 TLS handshake record or an HTTP/1.x method, and UDP datagrams that start with
 a QUIC v1/v2 Initial.  TCP streams are reassembled per direction by sequence
 number (out of order, overlapping and retransmitted segments) until the
-ClientHello or request head is complete; IP fragments are reassembled too.
+ClientHello or request head is complete (HTTP keep-alive streams stay open,
+bodies skipped by length or chunk); IP fragments are reassembled too.
 Every table is bounded, so memory stays flat whatever the capture's size.
 
 A damaged file ends the read with a ``Damage`` naming the packet; the

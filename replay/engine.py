@@ -1,12 +1,13 @@
 """Inputs → sightings → decisions → verdicts, streaming.
 
-``replay(paths, view)`` opens each input, picks its reader by content (pcap,
+``Replay(paths, view)`` opens each input, picks its reader by content (pcap,
 pcapng, mitmproxy flows, Zeek TSV, JSON lines from Zeek or Suricata; any of
 them gzip-compressed), and yields one ``Verdict`` per sighting, judged by the
 same ``PolicyView.decide`` the live adapters use (``decide_name`` for DNS
 names and SNIs, ``decide_http`` for requests, ``decide_ip`` for nameless TLS).
-Damage (truncated files, bad records) is collected in ``Replay.damage``; a
-reader stops at the damage and everything before it has been yielded.
+With ``by_date`` each sighting is judged with the policy of the day it was
+seen.  Damage (truncated files, bad records) is collected in ``Replay.damage``;
+a reader stops at the damage and everything before it has been yielded.
 ``Summary`` folds verdicts into bounded per-app counters and a time series.
 """
 
