@@ -232,7 +232,6 @@ def hook_cost(per_tunnel: int, count: int = 20_000) -> float:
             flow.request = http.Request.make("GET", url, b"", http.Headers(accept="*/*"))
             response = http.Response.make(200, BODY, http.Headers(content_type="text/plain"))
             t = time.thread_time()
-            addon.requestheaders(flow)
             addon.request(flow)
             flow.response = response
             addon.response(flow)

@@ -17,7 +17,7 @@ Where each observation is decided:
   ``decision.inspect`` (app-store and shared download hosts) → intercepted so
   the URL can be judged; anything else → passed through untouched, so the
   client sees the origin's own certificate and nothing is decrypted.
-* ``requestheaders`` / ``request``: plain HTTP and intercepted HTTPS, on host
+* ``request``: plain HTTP and intercepted HTTPS, on host
   and URL (store pages, store-client API calls, download paths).
 * ``response`` / ``dns_response``: the bypass controls that edit answers
   (ECH configs stripped from DNS HTTPS records, in DNS mode and in DoH).
@@ -512,22 +512,20 @@ class EgressFilter:
 
     # --- HTTP -------------------------------------------------------------------
 
-    def requestheaders(self, flow: http.HTTPFlow) -> None:
-        if flow.response or flow.error or not flow.live:
-            return
-        verdict = self._page_blocks.get(flow.client_conn.id)
-        if verdict is not None:
-            # Already logged at the ClientHello: same event id, no second event.
-            flow.response = self._block_response(flow.request, verdict, verdict.event_id or "")
-
     def request(self, flow: http.HTTPFlow) -> None:
         if flow.response or flow.error or not flow.live:
             return
         req = flow.request
+        page = self._page_blocks.get(flow.client_conn.id) if self._page_blocks else None
+        if page is not None:
+            # Already logged at the ClientHello: same event id, no second event.
+            flow.response = self._block_response(req, page, page.event_id or "")
+            return
         view = self._view()
         client = flow.client_conn.peername[0]
         host = req.pretty_host
-        url = req.pretty_url
+        # Decisions need host, path and query only; the event gets the exact URL.
+        url = f"{req.scheme}://{host}{req.path}"
         body = None
         if req.method == "POST" and req.raw_content and len(req.raw_content) <= MAX_INSPECTED_BODY:
             body = req.raw_content
@@ -537,7 +535,7 @@ class EgressFilter:
             d = view.enforce(_doh_decision(host), client)
         if d.action is Action.ALLOW:
             return
-        obs = Observation.http(url, host, client)
+        obs = Observation.http(req.pretty_url, host, client)
         if d.blocked:
             event_id = self._record(d, obs, "451", flow.client_conn, flow.server_conn.address)
             flow.response = self._block_response(req, Verdict(d, obs, event_id), event_id)
@@ -546,12 +544,17 @@ class EgressFilter:
 
     @staticmethod
     def _is_doh(req: http.Request, host: str) -> bool:
+        # Cheapest tests first: header lookups cost more than the rest of a decision.
         if host in DOH_HOSTS:
             return True
-        media = (req.headers.get("content-type", "") + " " + req.headers.get("accept", "")).lower()
-        if any(m in media for m in DOH_MEDIA_TYPES):
+        if req.method == "POST":
+            return req.headers.get("content-type", "").split(";")[0].strip() in DOH_MEDIA_TYPES
+        path = req.path
+        if "dns=" not in path:  # an RFC 8484 GET always carries ?dns=
+            return False
+        if path.split("?", 1)[0] in DOH_PATHS:
             return True
-        return req.path.split("?", 1)[0] in DOH_PATHS and ("dns=" in req.path or req.method == "POST")
+        return "application/dns-message" in req.headers.get("accept", "")
 
     def response(self, flow: http.HTTPFlow) -> None:
         """DoH answers that got through (DoH blocking off): strip their ECH configs too."""

@@ -413,6 +413,24 @@ REQUEST_CASES = [
         ("block", "451"),
     ),
     (
+        "doh-get-custom-path",
+        BEFORE,
+        {},
+        "https://doh.example.net/q?dns=AAABAAABAAAAAAAAA3d3dwdleGFtcGxlA2NvbQAAAQAB",
+        {"headers": {"accept": "application/dns-message"}},
+        451,
+        ("block", "451"),
+    ),
+    (
+        "not-doh-json-post",
+        BEFORE,
+        {},
+        "https://api.example.net/dns-query",
+        {"method": "POST", "headers": {"content-type": "application/json"}, "body": b"{}"},
+        None,
+        None,
+    ),
+    (
         "doh-blocking-off",
         BEFORE,
         {"egress_block_doh": False},
@@ -536,7 +554,7 @@ def test_page_mode_serves_page_on_the_blocked_connection(harness: Any) -> None:
     f = tflow.tflow()
     f.client_conn = data.context.client
     f.request = http.Request.make("GET", "https://www.tiktok.com/", b"", {"accept": "application/json"})
-    h.addon.requestheaders(f)
+    h.addon.request(f)
     assert f.response is not None and f.response.status_code == 451
     events = h.events()
     assert len(events) == 1  # the page cites the ClientHello's event, no second event
