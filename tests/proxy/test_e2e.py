@@ -545,3 +545,31 @@ def test_reloads_under_load_drop_no_request(run_proxy: Any, origin: Origin, poli
     assert failures == [] and served[0] > 20
     assert proxy.process.poll() is None
     assert proxy.stderr.read_text().count("policy reloaded") >= 3  # the reloads really happened meanwhile
+
+
+def test_mitmdump_with_a_bad_policy_exits_1(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("version: 1\napps: [{id: x}]\n")
+    out = subprocess.run(
+        [
+            str(Path(sys.executable).with_name("mitmdump")),
+            "-q",
+            "--listen-host",
+            "127.0.0.1",
+            "-p",
+            str(free_port()),
+            "--set",
+            f"confdir={tmp_path / 'conf'}",
+            "-s",
+            str(REPO / "proxy_addons" / "egress_filter.py"),
+            "--set",
+            f"egress_policy={bad}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO,
+    )
+    assert out.returncode == 1
+    text = out.stdout + out.stderr
+    assert "OptionsError: egress_policy:" in text and f"{bad}:2: apps[x].schedule" in text
