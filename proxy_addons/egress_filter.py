@@ -192,16 +192,19 @@ class Metrics:
         self.address: str | None = None
 
     def serve(self, address: str | None) -> None:
+        """Serve on ``address`` (None: stop). The old server stops only once
+        the new one listens, so a bad address changes nothing."""
         if address == self.address:
             return
-        self.stop()
+        server = thread = None
         if address:
             from prometheus_client import start_http_server
 
             host, _, port = address.rpartition(":")
-            self._server, self._thread = start_http_server(int(port), addr=host.strip("[]") or "127.0.0.1",
-                                                           registry=self.registry)
-        self.address = address
+            server, thread = start_http_server(int(port), addr=host.strip("[]") or "127.0.0.1",
+                                               registry=self.registry)
+        self.stop()
+        self._server, self._thread, self.address = server, thread, address
 
     def stop(self) -> None:
         if self._server is not None:
@@ -338,13 +341,13 @@ class EgressFilter:
                         block_doh=opts.egress_block_doh and s.block_doh,
                         strip_ech=opts.egress_strip_ech and s.strip_ech,
                         log_ech=opts.egress_log_ech and s.log_ech)
-        if new.log != self.settings.log or not self.events.enabled:
-            old_log, self.events = self.events, EventLog(new.log)
-            old_log.close()
         try:
             self.metrics.serve(new.metrics)
         except OSError as exc:
             raise _options_error(f"egress_metrics: cannot listen on {new.metrics}: {exc}") from exc
+        if new.log != self.settings.log or not self.events.enabled:
+            old_log, self.events = self.events, EventLog(new.log)
+            old_log.close()
         self.settings = new
 
     def _describe(self, view: PolicyView) -> None:

@@ -698,6 +698,19 @@ def test_metrics_served(harness: Any) -> None:
     assert 'egress_proxy_tls_connections_total{outcome="closed"} 1.0' in text
 
 
+def test_metrics_on_a_busy_port_is_refused_and_the_old_server_stays(harness: Any) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    h = harness(egress_at=FULL, egress_metrics=f"127.0.0.1:{port}")
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        with pytest.raises(exceptions.OptionsError, match="cannot listen"):
+            h.tctx.configure(h.addon, egress_metrics=f"127.0.0.1:{busy.getsockname()[1]}")
+    assert httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).status_code == 200
+
+
 def test_script_exposes_one_addon(tmp_path: Path) -> None:
     """What `mitmdump -s proxy_addons/egress_filter.py --set egress_policy=...` does."""
     with taddons.context() as tctx:
