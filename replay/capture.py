@@ -36,6 +36,7 @@ from .model import Damage, Sighting
 MASK = 0xFFFFFFFF
 MAX_STREAMS = 65_536  # live TCP directions kept; the oldest go first
 MAX_STREAM_BYTES = 65_536  # a ClientHello or request head larger than this is given up
+MAX_HELD = 2_048  # directions holding bytes at once: with the above, at most 128 MiB held
 MAX_PENDING = 64  # out-of-order segments held per direction
 MAX_STRAYS = 4  # mid-stream segments tolerated before the start of a stream shows up
 MAX_FRAGMENTS = 1_024
@@ -157,6 +158,7 @@ class Decoder:
         self.dns_ports = dns_ports
         self.out: list[Sighting] = []
         self.streams: dict[bytes, Stream | _Done] = {}
+        self.live: dict[bytes, None] = {}  # directions holding unparsed bytes, oldest first
         self.quic: dict[bytes, list[bytes] | _Done] = {}
         self.fragments: dict[tuple[bytes, bytes, bytes, int], dict[int, bytes]] = {}
         self.fragment_ends: dict[tuple[bytes, bytes, bytes, int], int] = {}
@@ -294,6 +296,7 @@ class Decoder:
         st = streams.get(key)
         if flags & 0x02:  # SYN or SYN-ACK: a new direction, its first byte is ISN + 1
             streams.pop(key, None)
+            self.live.pop(key, None)
             self._remember(key, Stream((int.from_bytes(buf[l4 + 4 : l4 + 8], "big") + 1) & MASK))
             return
         if st is DONE:
@@ -304,6 +307,7 @@ class Decoder:
         if start >= end:
             if flags & 0x05 and st is not None:
                 del streams[key]
+                self.live.pop(key, None)
             return
         data = buf[start:end]
         sport = ports[0] << 8 | ports[1]
@@ -315,11 +319,14 @@ class Decoder:
             st = Stream(None)
             self._remember(key, st)
         assert isinstance(st, Stream)
-        if not st.feed(
+        grew = st.feed(
             int.from_bytes(buf[l4 + 4 : l4 + 8], "big"), data, _starts_any if dns else _starts_tls_or_http
-        ):
+        )
+        if not self._hold(key, st):
+            return
+        if not grew:
             if st.strays > MAX_STRAYS and st.next is None:
-                streams[key] = DONE
+                self._finish(key)
             return
         if not st.proto:
             if dns:
@@ -329,15 +336,41 @@ class Decoder:
             elif bytes(st.buf[:8]).startswith(wire.HTTP_METHODS):
                 st.proto = HTTP
             else:
-                streams[key] = DONE
+                self._finish(key)
                 return
         try:
-            finished = self._stream(st, src, dst, sport, dport)
-        finally:
-            if len(st.buf) > MAX_STREAM_BYTES:
-                finished = True
+            finished = self._stream(st, src, dst, sport, dport) or len(st.buf) > MAX_STREAM_BYTES
+        except Exception:
+            self._finish(key)  # a stream that broke the parser once is not read again
+            raise
         if finished:
-            streams[key] = DONE
+            self._finish(key)
+        else:
+            self._hold(key, st)
+
+    def _hold(self, key: bytes, st: Stream) -> bool:
+        """Account for the bytes a direction holds; False when it was given up.
+
+        A direction holding more than MAX_STREAM_BYTES is given up; so is the
+        longest-holding one when more than MAX_HELD directions hold bytes: the
+        bound on memory whatever the capture (out-of-order floods included).
+        """
+        held = len(st.buf) + (sum(map(len, st.pending.values())) if st.pending else 0)
+        live = self.live
+        if not held:
+            live.pop(key, None)
+            return True
+        if held > MAX_STREAM_BYTES:
+            self._finish(key)
+            return False
+        live[key] = None
+        if len(live) > MAX_HELD:
+            self._finish(next(iter(live)))
+        return key in live
+
+    def _finish(self, key: bytes) -> None:
+        self.streams[key] = DONE
+        self.live.pop(key, None)
 
     def _remember(self, key: bytes, st: Stream | _Done) -> None:
         streams = self.streams

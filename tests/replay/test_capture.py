@@ -142,3 +142,23 @@ def test_pcapng_reads_like_pcap(case: Case, view: PolicyView, tmp_path: Path) ->
     as_pcap = [(v.sighting.value, v.sighting.time, v.sighting.packet) for v in replay_all(view, path)[0]]
     as_pcapng = [(v.sighting.value, v.sighting.time, v.sighting.packet) for v in replay_all(view, ng)[0]]
     assert as_pcapng == as_pcap and as_pcap
+
+
+def test_held_bytes_stay_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Streams that never fill their gaps are given up, oldest first, so memory stays bounded."""
+    from replay import capture
+
+    monkeypatch.setattr(capture, "MAX_HELD", 8)
+    packets = []
+    for i in range(40):  # a SYN, then only a segment after a gap: bytes that can never be used
+        syn, _first, second = c.tcp_segments(c.client_hello("www.tiktok.com"), 120, sport=20000 + i)[:3]
+        packets += [syn, second]
+    packets += c.tcp_segments(c.client_hello("www.wechat.com"), 100, sport=30000)
+    dec = capture.Decoder("gaps")
+    most = 0
+    for n, frame in enumerate(c.link(packets, c.LINK_ETHERNET), 1):
+        dec.packet(c.T0 + n, frame, c.LINK_ETHERNET, n)
+        most = max(most, len(dec.live))
+    assert most == 8 and len(dec.live) <= 8
+    assert [(s.kind.value, s.value) for s in dec.out] == [("sni", "www.wechat.com")]
+    assert dec.malformed == 0
