@@ -21,14 +21,13 @@ from typing import NamedTuple
 NOERROR, FORMERR, SERVFAIL, NXDOMAIN, NOTIMP, REFUSED = 0, 1, 2, 3, 4, 5
 RCODE_NAMES = {0: "NOERROR", 1: "FORMERR", 2: "SERVFAIL", 3: "NXDOMAIN", 4: "NOTIMP", 5: "REFUSED"}
 
-T_A, T_NS, T_CNAME, T_SOA, T_AAAA, T_OPT = 1, 2, 5, 6, 28, 41
+T_A, T_CNAME, T_SOA, T_AAAA, T_OPT = 1, 5, 6, 28, 41
 
 # Opcodes that exist but that a recursive resolver does not serve: NOTIMP.
 # Unassigned opcodes are garbage: FORMERR.
 _KNOWN_OPCODES = frozenset({1, 2, 4, 5, 6})
 
 _HH = struct.Struct("!HH")
-_H = struct.Struct("!H")
 _I = struct.Struct("!I")
 _COUNTS = struct.Struct("!HHHH")
 _RR = struct.Struct("!HHIH")
@@ -274,8 +273,8 @@ BARE_OPT = b"\x00\x00\x29\x04\xd0\x00\x00\x00\x00\x00\x00"
 
 
 def error_reply(query: bytes, rcode: int) -> bytes:
-    """FORMERR/NOTIMP/REFUSED/SERVFAIL with the header echoed and no records
-    (the question is echoed only when it parsed; callers pass its end)."""
+    """FORMERR/NOTIMP/REFUSED for a query whose body is not trusted: the ID,
+    opcode and RD bit echoed, no question, no records."""
     flags = 0x80 | (query[2] & 0x79)  # QR, opcode and RD echoed
     return query[0:2] + bytes((flags, 0x80 | rcode)) + b"\x00\x00\x00\x00\x00\x00\x00\x00"
 
