@@ -52,6 +52,7 @@ CANARY_DECISION = Decision(
     reason="use-application-dns.net answers NXDOMAIN so browsers keep DNS on this filter, not DoH")
 TEMPLATE_LIMIT = 10_000
 MEMO_LIMIT = 50_000
+MAX_INFLIGHT = 4096  # upstream questions in flight at once (unbound's default is 1024 per thread)
 NXDOMAIN_ONLY = BlockResponse.NXDOMAIN
 
 
@@ -201,6 +202,12 @@ class Resolver:
         waiting = self.waiting.get(q.key)
         if waiting is not None:  # the same question is already on its way upstream
             waiting.append(asker)
+            return
+        if len(self.inflight) >= MAX_INFLIGHT:
+            # Shed load rather than queue without bound when the upstreams are
+            # slower than the clients (a dead upstream under a flood of misses).
+            sink.send(rcode_reply(data, q, SERVFAIL), addr)
+            self.metrics.query("servfail")
             return
         self.waiting[q.key] = []
         task = asyncio.get_running_loop().create_task(self._forward(asker))

@@ -165,3 +165,29 @@ def test_fuzz_then_valid_queries_still_answered(resolver: Start, authority: Auth
     assert rcode(blocked) == "NXDOMAIN" and ede(blocked)[0][0] == 15
     assert addresses(r.ask("img.wechat.test", tcp=True)) == ["192.0.2.66"]
     assert rcode(r.ask("missing.example.test", tcp=True)) == "NXDOMAIN"
+
+
+def test_flood_of_misses_to_a_dead_upstream_is_shed_not_queued(resolver: Start, authority: Authority,
+                                                                write_policy: Callable[..., Path]) -> None:
+    """More misses than MAX_INFLIGHT while the upstream is silent: the excess gets
+    SERVFAIL at once, and the resolver keeps answering blocked names meanwhile."""
+    authority.mode = "silent"
+    r = resolver("--policy", str(write_policy()), "--at", TEST_DAY, "--upstream", authority.address,
+                 "--timeout", "5")
+    sent = 6000
+    servfail_fast = 0
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+        s.connect((r.host, r.port))
+        started = time.monotonic()
+        for i in range(sent):
+            s.send(dns.message.make_query(f"n{i}.example.test", "A").to_wire())
+            if i % 200 == 199:
+                time.sleep(0.01)  # paced, so the kernel does not drop them before the resolver reads
+        while select.select([s], [], [], 0.5)[0] and time.monotonic() - started < 4:
+            if s.recv(65535)[3] & 0x0F == 2:
+                servfail_fast += 1
+    assert servfail_fast >= sent - 4096 - 200, f"only {servfail_fast} shed at once"
+    blocked = r.ask("www.tiktok.test")
+    assert rcode(blocked) == "NXDOMAIN"
+    assert r.proc.poll() is None
