@@ -16,9 +16,11 @@ Where each observation is decided:
   (or, with ``egress_block=page``, intercepted to serve the block page);
   ``decision.inspect`` (app-store and shared download hosts) → intercepted so
   the URL can be judged; anything else → passed through untouched, so the
-  client sees the origin's own certificate and nothing is decrypted.
-* ``request``: plain HTTP and intercepted HTTPS, on host
-  and URL (store pages, store-client API calls, download paths).
+  client sees the origin's own certificate and nothing is decrypted (QUIC
+  that would pass through is refused instead, by default, so the client
+  falls back to TCP: mitmproxy 11 cannot pass QUIC through).
+* ``request``: plain HTTP and intercepted HTTPS, on host and URL (store
+  pages, store-client API calls, download paths, DoH requests).
 * ``response`` / ``dns_response``: the bypass controls that edit answers
   (ECH configs stripped from DNS HTTPS records, in DNS mode and in DoH).
 
