@@ -191,3 +191,32 @@ def test_flood_of_misses_to_a_dead_upstream_is_shed_not_queued(resolver: Start, 
     blocked = r.ask("www.tiktok.test")
     assert rcode(blocked) == "NXDOMAIN"
     assert r.proc.poll() is None
+
+
+TCP_GARBAGE = [
+    ("zero-length-message", b"\x00\x00"),
+    ("length-longer-than-data-then-close", b"\x01\x00" + b"\x12\x34\x01\x00"),
+    ("one-byte-then-close", b"\x00"),
+    ("malformed-message", b"\x00\x05\x12\x34\x01\x00\x00"),
+    ("random-bytes", bytes(random.Random(7).randbytes(3000))),
+    ("header-only-message", b"\x00\x0c" + header(qd=0)),
+]
+
+
+@pytest.mark.parametrize("junk", [j for _, j in TCP_GARBAGE], ids=[i for i, _ in TCP_GARBAGE])
+def test_tcp_garbage_never_hurts_the_server(resolver: Start, authority: Authority,
+                                            write_policy: Callable[..., Path], junk: bytes) -> None:
+    r = resolver("--policy", str(write_policy()), "--at", TEST_DAY, "--upstream", authority.address)
+    for _ in range(3):
+        with socket.create_connection((r.host, r.port), timeout=3) as s:
+            s.sendall(junk)
+            s.shutdown(socket.SHUT_WR)
+            s.settimeout(3)
+            try:
+                while s.recv(65535):
+                    pass
+            except (ConnectionResetError, TimeoutError):
+                pass
+    assert r.proc.poll() is None
+    assert addresses(r.ask("www.example.test", tcp=True)) == ["192.0.2.1"]
+    assert rcode(r.ask("www.tiktok.test", tcp=True)) == "NXDOMAIN"
