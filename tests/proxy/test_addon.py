@@ -13,7 +13,9 @@ from typing import Any
 import httpx
 import pytest
 from mitmproxy import connection, dns, exceptions, http, tls
+from mitmproxy.net.dns import classes as dns_classes
 from mitmproxy.net.dns import https_records
+from mitmproxy.net.dns import types as dns_types
 from mitmproxy.proxy import context
 from mitmproxy.test import taddons, tflow, tutils
 
@@ -78,11 +80,11 @@ def harness(tmp_path: Path) -> Iterator[Any]:
             tmp_path, mode=options.pop("policy_mode", "enforce"), exempt=options.pop("exempt", "")
         )
         addon = EgressFilter()
-        tctx = taddons.context(addon)
+        tctx = taddons.context(addon)  # type: ignore[no-untyped-call]
         log = tmp_path / "events.jsonl"
         opts = {"egress_policy": str(policy), "egress_log": str(log), "egress_reload_interval": 0}
         opts.update(options)
-        tctx.configure(addon, **opts)
+        tctx.configure(addon, **opts)  # type: ignore[no-untyped-call]
         made.append(addon)
         return Harness(tctx, addon, log)
 
@@ -315,7 +317,9 @@ def make_flow(
     http2: bool = False,
 ) -> http.HTTPFlow:
     f = tflow.tflow()
-    f.request = http.Request.make(method, url, body, headers or {})
+    f.request = http.Request.make(
+        method, url, body, http.Headers([(k.encode(), v.encode()) for k, v in (headers or {}).items()])
+    )
     if http2:
         f.request.http_version = "HTTP/2.0"
     return f
@@ -457,11 +461,11 @@ def test_request(
 ) -> None:
     h = harness(egress_at=at, **options)
     f = make_flow(url, **kwargs)
-    before = f.request.get_state()
+    before = f.request.get_state()  # type: ignore[no-untyped-call]
     h.addon.request(f)
     if status is None:
         assert f.response is None
-        assert f.request.get_state() == before  # allowed traffic goes through unchanged
+        assert f.request.get_state() == before  # type: ignore[no-untyped-call]  # allowed: unchanged
     else:
         assert f.response is not None and f.response.status_code == status
     events = h.events()
@@ -553,7 +557,9 @@ def test_page_mode_serves_page_on_the_blocked_connection(harness: Any) -> None:
     data = h.hello("www.tiktok.com")
     f = tflow.tflow()
     f.client_conn = data.context.client
-    f.request = http.Request.make("GET", "https://www.tiktok.com/", b"", {"accept": "application/json"})
+    f.request = http.Request.make(
+        "GET", "https://www.tiktok.com/", b"", http.Headers(accept="application/json")
+    )
     h.addon.request(f)
     assert f.response is not None and f.response.status_code == 451
     events = h.events()
@@ -571,7 +577,7 @@ def https_answer(with_ech: bool) -> dns.ResourceRecord:
     if with_ech:
         params[5] = b"\x00\x45" + bytes(0x45)
     data = https_records.pack(https_records.HTTPSRecord(1, "", params))
-    return dns.ResourceRecord("example.com", dns.types.HTTPS, dns.classes.IN, 300, data)
+    return dns.ResourceRecord("example.com", dns_types.HTTPS, dns_classes.IN, 300, data)
 
 
 ECH_CASES = [
@@ -588,7 +594,7 @@ def test_ech_stripped_from_https_records(
 ) -> None:
     h = harness(egress_at=BEFORE, **options)
     answer = tutils.tdnsresp(
-        questions=[dns.Question("example.com", dns.types.HTTPS, dns.classes.IN)], answers=[https_answer(True)]
+        questions=[dns.Question("example.com", dns_types.HTTPS, dns_classes.IN)], answers=[https_answer(True)]
     )
     if where == "dns":
         f = tflow.tdnsflow(resp=answer)
@@ -713,7 +719,7 @@ def test_metrics_on_a_busy_port_is_refused_and_the_old_server_stays(harness: Any
 
 def test_script_exposes_one_addon(tmp_path: Path) -> None:
     """What `mitmdump -s proxy_addons/egress_filter.py --set egress_policy=...` does."""
-    with taddons.context() as tctx:
+    with taddons.context() as tctx:  # type: ignore[no-untyped-call]
         # --set values for options a script has yet to declare are deferred, as on the command line.
         tctx.options.update_defer(
             egress_policy=str(write_policy(tmp_path)),

@@ -354,7 +354,7 @@ def quic_handshake(port: int, sni: str, timeout: float = 3.0) -> str:
     """A real QUIC client (aioquic): 'connected', or why not."""
     import asyncio
 
-    from aioquic.asyncio import connect
+    from aioquic.asyncio.client import connect
     from aioquic.quic.configuration import QuicConfiguration
 
     config = QuicConfiguration(
