@@ -13,8 +13,8 @@ REFUSED, NOTIMP or FORMERR counts as a failure and the next one is asked.
 from __future__ import annotations
 
 import asyncio
+import os
 import random
-import secrets
 import socket
 import struct
 import time
@@ -91,11 +91,14 @@ class Forwarder:
         self._observe = observe or (lambda up, secs, err: None)
         self._channels: dict[Upstream, list[_Channel]] = {}
         self._down_until: dict[Upstream, float] = {}
+        self._ids: list[int] = []
 
     async def resolve(self, query: bytes, q: Query) -> tuple[bytes, Answer]:
         """The first usable answer from the upstreams, in order of health."""
         now = time.monotonic()
-        order = sorted(self.upstreams, key=lambda u: self._down_until.get(u, 0.0) > now)
+        order = self.upstreams
+        if self._down_until:  # some upstream failed lately: the healthy ones go first
+            order = sorted(order, key=lambda u: self._down_until.get(u, 0.0) > now)
         share = self.timeout / len(order)
         last: Exception | None = None
         for up in order:
@@ -121,6 +124,14 @@ class Forwarder:
             self._observe(up.label, time.monotonic() - started, None)
             return data, info
         raise UpstreamError(f"no upstream answered ({last})")
+
+    def _new_id(self) -> int:
+        """A query ID from the OS's CSPRNG (unguessable, against spoofed answers),
+        drawn 1,024 at a time so that a query does not cost a system call."""
+        if not self._ids:
+            pool = os.urandom(2048)
+            self._ids = [int.from_bytes(pool[i : i + 2], "big") for i in range(0, 2048, 2)]
+        return self._ids.pop()
 
     def _fail(self, up: Upstream, reason: str) -> None:
         self._down_until[up] = time.monotonic() + BACKOFF
@@ -158,9 +169,9 @@ class Forwarder:
 
     async def _udp(self, up: Upstream, query: bytes, q: Query) -> bytes:
         chan = await self._channel(up)
-        qid = secrets.randbits(16)
+        qid = self._new_id()
         while qid in chan.pending:
-            qid = secrets.randbits(16)
+            qid = self._new_id()
         out = qid.to_bytes(2, "big") + query[2:]
         fut: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
         chan.pending[qid] = (fut, out, q.qend)
@@ -174,7 +185,7 @@ class Forwarder:
     async def _tcp(self, up: Upstream, query: bytes, q: Query) -> bytes:
         reader, writer = await asyncio.open_connection(up.host, up.port)
         try:
-            qid = secrets.randbits(16)
+            qid = self._new_id()
             out = qid.to_bytes(2, "big") + query[2:]
             writer.write(struct.pack("!H", len(out)) + out)
             await writer.drain()
