@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: run test lint bench clean
+.PHONY: run test tools lint bench clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "egress-filter needs Python 3.11 or newer")'
@@ -16,15 +16,23 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(BIN)/egress-filter run
 
-test: $(STAMP)
+# The tests drive real peers and capture tools (tshark, tcpdump, dnsmasq, unbound,
+# dnsperf, dig); a missing one fails its tests, so install them first (Debian/Ubuntu).
+tools:
+	bash .ci/install-tools
+
+test: $(STAMP) tools
 	$(BIN)/python -m pytest
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 
-bench: $(STAMP)
-	$(BIN)/python -m bench.run_all
+bench: $(STAMP) tools
+	$(BIN)/python -m bench.policy_bench
+	$(BIN)/python -m bench.dns_bench
+	$(BIN)/python -m bench.proxy_bench
+	$(BIN)/python -m bench.replay_bench
 
 clean:
 	rm -rf $(VENV) build *.egg-info
