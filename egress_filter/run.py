@@ -31,7 +31,8 @@ def register(sub: Any) -> None:
     p.add_argument("--upstream", action="append", metavar="HOST[:PORT]",
                    help="DNS upstream (repeatable; default: the resolver's default)")
     p.add_argument("--mode", choices=["enforce", "monitor"], help="override the policy's mode")
-    p.add_argument("--log", default="-", metavar="FILE|-", help="event log for both servers (default: stdout)")
+    p.add_argument("--log", default="-", metavar="FILE|-",
+                   help="event log for both servers (default: stdout)")
     p.add_argument("--no-proxy", action="store_true", help="start only the DNS resolver")
     p.set_defaults(func=cmd_run)
 

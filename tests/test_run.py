@@ -85,7 +85,7 @@ def test_run_starts_both_servers_and_ctrl_c_stops_them(tmp_path: Path) -> None:
         assert page.json()["apps"][0]["id"] == "tiktok"
 
         proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=30)
+        _out, err = proc.communicate(timeout=30)
     finally:
         if proc.poll() is None:
             proc.kill()
