@@ -4,23 +4,37 @@ Field names follow the Elastic Common Schema where one fits, so events load
 into Elastic, Splunk or Loki unmapped.  Product-specific fields live under
 ``egress``.  This module only builds dicts; writing them is the job of
 ``egress_filter.eventlog`` (I/O stays out of the policy core).
+
+``build_event`` runs once per logged observation (every verdict of a replay),
+so the parts that depend only on the ``Decision`` and the component (enum
+values, event type and outcome, dataset) are worked out once per decision
+object and kept in a small cache; the per-observation fields are filled in
+around them.  Decisions are cached objects in a ``PolicyView``, so the cache
+stays small; it is emptied when it grows past ``_TEMPLATE_LIMIT``.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import math
 import os
 import time
-from typing import Any
+from typing import Any, NamedTuple
 
 from .model import Action, Decision, Kind, Observation
 
 SCHEMA_VERSION = "1"
+ECS_VERSION = "8.11.0"
 COMPONENTS = ("dns", "proxy", "replay")
 
 _TYPE = {Action.BLOCK: "denied", Action.LOG: "info", Action.ALLOW: "allowed"}
 _OUTCOME = {Action.BLOCK: "failure", Action.LOG: "success", Action.ALLOW: "success"}
 _PROTOCOL = {Kind.DNS: "dns", Kind.SNI: "tls", Kind.HTTP: "http"}
+# Enum ``.value`` is a descriptor call; these plain lookups are several times cheaper.
+_KIND_VALUE = {k: k.value for k in Kind}
+_TEMPLATE_LIMIT = 4096
+# Timestamps the fast formatter handles: datetime's own range (years 1970-9999).
+_MAX_EPOCH = 253_402_300_800
 
 
 def new_event_id() -> str:
@@ -30,6 +44,82 @@ def new_event_id() -> str:
     """
     ms = int(time.time() * 1000)
     return f"{ms:012x}{os.urandom(10).hex()}"
+
+
+class _Template(NamedTuple):
+    """What one decision contributes to every event built from it, as strings."""
+
+    decision: Decision  # kept so the id() key cannot be reused while cached
+    type: str
+    action: str
+    outcome: str
+    reason: str
+    dataset: str
+    would: str
+    apps: tuple[str, ...]
+    phase: str
+    rule: str | None
+
+
+# Keyed by (component, id(decision)): hashing the frozen dataclass itself would
+# hash its enums in Python on every event.
+_templates: dict[tuple[str, int], _Template] = {}
+
+
+def _template(decision: Decision, component: str) -> _Template:
+    key = (component, id(decision))
+    t = _templates.get(key)
+    if t is not None and t.decision is decision:
+        return t
+    action = decision.action
+    t = _Template(
+        decision,
+        _TYPE[action],
+        action.value,
+        _OUTCOME[action],
+        decision.reason,
+        f"egress_filter.{component}",
+        decision.would.value,
+        decision.apps,
+        decision.phase.value,
+        decision.rule,
+    )
+    if len(_templates) >= _TEMPLATE_LIMIT:
+        _templates.clear()
+    _templates[key] = t
+    return t
+
+
+# (whole epoch second, its "YYYY-MM-DDTHH:MM:SS" text): events arrive in time
+# order, many per second, so one entry saves most gmtime calls.
+_last_second: tuple[float, str] = (-1.0, "")
+
+
+def _iso_utc(t: float) -> str:
+    """``datetime.fromtimestamp(t, UTC).isoformat(timespec="milliseconds")`` with a
+    ``Z``, without building a datetime: microseconds rounded half-even as
+    datetime does, then truncated to milliseconds as isoformat does."""
+    global _last_second
+    frac, whole = math.modf(t)
+    us = round(frac * 1e6)
+    if us >= 1_000_000:
+        us -= 1_000_000
+        whole += 1.0
+    elif us < 0:
+        us += 1_000_000
+        whole -= 1.0
+    if not 0.0 <= whole < _MAX_EPOCH:
+        return dt.datetime.fromtimestamp(t, dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    last = _last_second
+    if last[0] == whole:
+        prefix = last[1]
+    else:
+        g = time.gmtime(whole)
+        prefix = (
+            f"{g.tm_year:04d}-{g.tm_mon:02d}-{g.tm_mday:02d}T{g.tm_hour:02d}:{g.tm_min:02d}:{g.tm_sec:02d}"
+        )
+        _last_second = (whole, prefix)
+    return f"{prefix}.{us // 1000:03d}Z"
 
 
 def build_event(
@@ -47,75 +137,77 @@ def build_event(
     extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """One event for one decision. ``response`` says what the adapter answered
-    (``NXDOMAIN``, ``451``, ``reset``, ``forwarded``...)."""
+    (``NXDOMAIN``, ``451``, ``reset``, ``forwarded``...).
+
+    Every call returns fresh dicts and lists, so a caller may change its event."""
     if isinstance(timestamp, dt.datetime):
-        when = timestamp.astimezone(dt.UTC)
+        stamp = timestamp.astimezone(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
     else:
-        when = dt.datetime.fromtimestamp(time.time() if timestamp is None else timestamp, dt.UTC)
-    action = decision.action
+        stamp = _iso_utc(time.time() if timestamp is None else timestamp)
+    t = _template(decision, component)
+    kind = observation.kind
+    value = observation.value
+    egress: dict[str, Any] = {
+        "schema": SCHEMA_VERSION,
+        "component": component,
+        "kind": _KIND_VALUE[kind],
+        "value": value,
+        "action": t.action,
+        "would": t.would,
+        "apps": list(t.apps),
+        "phase": t.phase,
+        "rule": t.rule,
+    }
     ev: dict[str, Any] = {
-        "@timestamp": when.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
-        "ecs": {"version": "8.11.0"},
+        "@timestamp": stamp,
+        "ecs": {"version": ECS_VERSION},
         "event": {
             "id": event_id or new_event_id(),
             "kind": "event",
             "category": ["network"],
-            "type": [_TYPE[action]],
-            "action": action.value,
-            "outcome": _OUTCOME[action],
-            "reason": decision.reason,
+            "type": [t.type],
+            "action": t.action,
+            "outcome": t.outcome,
+            "reason": t.reason,
             "module": "egress_filter",
-            "dataset": f"egress_filter.{component}",
+            "dataset": t.dataset,
         },
         "observer": {"product": "egress-filter", "type": component},
-        "egress": {
-            "schema": SCHEMA_VERSION,
-            "component": component,
-            "kind": observation.kind.value,
-            "value": observation.value,
-            "action": action.value,
-            "would": decision.would.value,
-            "apps": list(decision.apps),
-            "phase": decision.phase.value,
-            "rule": decision.rule,
-        },
+        "egress": egress,
     }
-    if decision.rule:
-        ev["rule"] = {"name": decision.rule}
-    if observation.client:
-        ev["source"] = {"ip": observation.client}
-        if client_port is not None:
-            ev["source"]["port"] = client_port
+    if t.rule:
+        ev["rule"] = {"name": t.rule}
+    client = observation.client
+    if client:
+        ev["source"] = {"ip": client} if client_port is None else {"ip": client, "port": client_port}
     dest: dict[str, Any] = {}
     if server_ip:
         dest["ip"] = server_ip
     if server_port is not None:
         dest["port"] = server_port
-    kind = observation.kind
     if kind is Kind.DNS:
-        ev["dns"] = {"question": {"name": observation.value}}
-        if qtype:
-            ev["dns"]["question"]["type"] = qtype
-        if response:
-            ev["dns"]["response_code"] = response
+        question: dict[str, Any] = {"name": value, "type": qtype} if qtype else {"name": value}
+        ev["dns"] = {"question": question, "response_code": response} if response else {"question": question}
     elif kind is Kind.SNI:
-        ev["tls"] = {"client": {"server_name": observation.value}}
-        dest.setdefault("domain", observation.value)
+        ev["tls"] = {"client": {"server_name": value}}
+        dest.setdefault("domain", value)
     elif kind is Kind.HTTP:
-        ev["url"] = {"full": observation.value}
-        if observation.host:
-            ev["url"]["domain"] = observation.host
-            dest.setdefault("domain", observation.host)
+        host = observation.host
+        if host:
+            ev["url"] = {"full": value, "domain": host}
+            dest.setdefault("domain", host)
+        else:
+            ev["url"] = {"full": value}
     elif kind is Kind.IP:
-        dest.setdefault("ip", observation.value)
+        dest.setdefault("ip", value)
     if kind is not Kind.IP:
         ev["network"] = {"protocol": _PROTOCOL[kind]}
     if dest:
         ev["destination"] = dest
     if response:
-        ev["egress"]["response"] = response
+        egress["response"] = response
     if qtype:
-        ev["egress"]["qtype"] = qtype
+        egress["qtype"] = qtype
     if extra:
-        ev["egress"].update(extra)
+        egress.update(extra)
     return ev

@@ -193,3 +193,140 @@ def test_event_ids_are_unique_and_time_ordered() -> None:
     assert all(re.fullmatch(r"[0-9a-f]{32}", i) for i in ids)
     prefixes = [i[:12] for i in ids]
     assert prefixes == sorted(prefixes)
+
+
+def reference_event(
+    decision: Decision,
+    observation: Observation,
+    component: str,
+    *,
+    event_id: str,
+    timestamp: float,
+    client_port: int | None = None,
+    server_ip: str | None = None,
+    server_port: int | None = None,
+    qtype: str | None = None,
+    response: str | None = None,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The event built the plain way, field by field from the schema, as the
+    oracle for ``build_event``'s cached per-decision parts and its timestamp
+    formatting (which skips datetime objects)."""
+    action = decision.action
+    ev: dict[str, Any] = {
+        "@timestamp": dt.datetime.fromtimestamp(timestamp, dt.UTC)
+        .isoformat(timespec="milliseconds")
+        .replace("+00:00", "Z"),
+        "ecs": {"version": "8.11.0"},
+        "event": {
+            "id": event_id,
+            "kind": "event",
+            "category": ["network"],
+            "type": [{"block": "denied", "log": "info", "allow": "allowed"}[action.value]],
+            "action": action.value,
+            "outcome": "failure" if action is Action.BLOCK else "success",
+            "reason": decision.reason,
+            "module": "egress_filter",
+            "dataset": f"egress_filter.{component}",
+        },
+        "observer": {"product": "egress-filter", "type": component},
+        "egress": {
+            "schema": "1",
+            "component": component,
+            "kind": observation.kind.value,
+            "value": observation.value,
+            "action": action.value,
+            "would": decision.would.value,
+            "apps": list(decision.apps),
+            "phase": decision.phase.value,
+            "rule": decision.rule,
+        },
+    }
+    if decision.rule:
+        ev["rule"] = {"name": decision.rule}
+    if observation.client:
+        ev["source"] = {"ip": observation.client}
+        if client_port is not None:
+            ev["source"]["port"] = client_port
+    dest: dict[str, Any] = {}
+    if server_ip:
+        dest["ip"] = server_ip
+    if server_port is not None:
+        dest["port"] = server_port
+    kind = observation.kind.value
+    if kind == "dns":
+        ev["dns"] = {"question": {"name": observation.value}}
+        if qtype:
+            ev["dns"]["question"]["type"] = qtype
+        if response:
+            ev["dns"]["response_code"] = response
+    elif kind == "sni":
+        ev["tls"] = {"client": {"server_name": observation.value}}
+        dest.setdefault("domain", observation.value)
+    elif kind == "http":
+        ev["url"] = {"full": observation.value}
+        if observation.host:
+            ev["url"]["domain"] = observation.host
+            dest.setdefault("domain", observation.host)
+    else:
+        dest.setdefault("ip", observation.value)
+    if kind != "ip":
+        ev["network"] = {"protocol": {"dns": "dns", "sni": "tls", "http": "http"}[kind]}
+    if dest:
+        ev["destination"] = dest
+    if response:
+        ev["egress"]["response"] = response
+    if qtype:
+        ev["egress"]["qtype"] = qtype
+    if extra:
+        ev["egress"].update(extra)
+    return ev
+
+
+SAME_DECISIONS = [p.values[0] for p in ACTION_CASES] + [
+    Decision(Action.BLOCK, ("wechat", "wechat_pay"), Phase.DOWNLOADS, None, 'ünïcode "quoted" reason')
+]
+SAME_OBSERVATIONS = [
+    Observation.dns("www.tiktok.com", "10.0.0.5"),
+    Observation.dns("bücher.example"),
+    Observation.sni("www.tiktok.com", "2001:db8::5"),
+    Observation.http('https://www.tiktok.com/@a?q="x"', "www.tiktok.com", "10.0.0.5"),
+    Observation.http("http://203.0.113.9/x", None, "10.0.0.5"),
+    Observation.ip("203.0.113.5", "10.0.0.5"),
+    Observation.ip("2001:db8::1"),
+]
+# (timestamp, keyword arguments): epoch edges and the half-even microsecond
+# rounding datetime applies before isoformat truncates to milliseconds
+SAME_CONTEXTS = [
+    pytest.param(0.0, {}, id="epoch"),
+    pytest.param(0.5, {"client_port": 5353, "qtype": "A", "response": "NXDOMAIN"}, id="dns-answer"),
+    pytest.param(1605268800.1234567, {"server_ip": "192.0.2.1", "server_port": 443}, id="server"),
+    pytest.param(1605268800.9999996, {"server_port": 0, "client_port": 0}, id="round-up-second"),
+    pytest.param(1605268800.0004995, {"extra": {"via": "tls", "packet": 7, "ech": True}}, id="extra"),
+    pytest.param(1605268859.999, {"response": "451", "extra": {"action": "log"}}, id="extra-overrides"),
+    pytest.param(-1.25, {"qtype": "AAAA"}, id="before-epoch"),
+    pytest.param(4102444800.5, {}, id="year-2100"),
+    pytest.param(1e-7, {"server_ip": ""}, id="tiny"),
+]
+
+
+@pytest.mark.parametrize(("timestamp", "context"), SAME_CONTEXTS)
+@pytest.mark.parametrize("component", ["dns", "proxy", "replay"])
+def test_build_event_is_byte_identical_to_the_plain_construction(
+    timestamp: float, context: dict[str, Any], component: str
+) -> None:
+    for decision in SAME_DECISIONS:
+        for obs in SAME_OBSERVATIONS:
+            for _ in range(2):  # the first call fills the per-decision cache, the second reads it
+                got = build_event(decision, obs, component, event_id="e1", timestamp=timestamp, **context)
+                want = reference_event(
+                    decision, obs, component, event_id="e1", timestamp=timestamp, **context
+                )
+                for ensure_ascii in (True, False):
+                    assert json.dumps(got, ensure_ascii=ensure_ascii) == json.dumps(
+                        want, ensure_ascii=ensure_ascii
+                    ), (decision, obs)
+            got["event"]["category"].append("mutated")
+            got["egress"]["apps"].append("mutated")
+            again = build_event(decision, obs, component, event_id="e1", timestamp=timestamp, **context)
+            assert again == want, "a caller's change to one event must not leak into the next"
