@@ -283,7 +283,7 @@ def reference_event(
     return ev
 
 
-SAME_DECISIONS = [p.values[0] for p in ACTION_CASES] + [
+SAME_DECISIONS: list[Decision] = [d for p in ACTION_CASES if isinstance(d := p.values[0], Decision)] + [
     Decision(Action.BLOCK, ("wechat", "wechat_pay"), Phase.DOWNLOADS, None, 'ünïcode "quoted" reason')
 ]
 SAME_OBSERVATIONS = [
