@@ -95,8 +95,9 @@ def _template(decision: Decision, component: str) -> _Template:
 _last_second: tuple[float, str] = (-1.0, "")
 
 
-def _iso_utc(t: float) -> str:
-    """``datetime.fromtimestamp(t, UTC).isoformat(timespec="milliseconds")`` with a
+def utc_iso(t: float) -> str:
+    """An event's ``@timestamp`` for epoch seconds ``t``:
+    ``datetime.fromtimestamp(t, UTC).isoformat(timespec="milliseconds")`` with a
     ``Z``, without building a datetime: microseconds rounded half-even as
     datetime does, then truncated to milliseconds as isoformat does."""
     global _last_second
@@ -143,7 +144,7 @@ def build_event(
     if isinstance(timestamp, dt.datetime):
         stamp = timestamp.astimezone(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
     else:
-        stamp = _iso_utc(time.time() if timestamp is None else timestamp)
+        stamp = utc_iso(time.time() if timestamp is None else timestamp)
     t = _template(decision, component)
     kind = observation.kind
     value = observation.value
