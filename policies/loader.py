@@ -730,8 +730,10 @@ def _list(w: _Walker, b: _Build, node: yaml.Node, field: str, base: Path, app: s
     store_cover: frozenset[str] = frozenset() if allow else (_STORE_HOSTS if exact else _STORE_COVER)
     problems: list[tuple[int, str, str]] = []  # (line, the line, message)
     with fh:
-        lines = fh.read().split("\n")  # not splitlines(): line numbers as editors count them
-    n = b.names.add_many(_list_names(lines, store_cover, problems), rule, exact=exact)
+        # Streamed, so a 1,000,000-line file is never held whole as text and as
+        # a list of lines (tens of MB of peak RSS).  Universal newlines split on
+        # \n, \r\n and \r alone, as editors count lines.
+        n = b.names.add_many(_list_names(_chomped(fh), store_cover, problems), rule, exact=exact)
     where = str(path)
     for lineno, _line, message in problems[:_MAX_LIST_ISSUES]:
         w.issues.append(PolicyIssue(where, lineno, field, message))
@@ -741,7 +743,12 @@ def _list(w: _Walker, b: _Build, node: yaml.Node, field: str, base: Path, app: s
     b.count("allow" if allow else ("hosts" if exact else "domains"), n)
 
 
-def _list_names(lines: list[str], store_cover: frozenset[str], problems: list[tuple[int, str, str]]
+def _chomped(lines: Iterable[str]) -> Iterator[str]:
+    for line in lines:
+        yield line[:-1] if line.endswith("\n") else line
+
+
+def _list_names(lines: Iterable[str], store_cover: frozenset[str], problems: list[tuple[int, str, str]]
                 ) -> Iterator[str]:
     """The names of a list file's lines; bad lines go to ``problems``.
 
