@@ -2,7 +2,8 @@
 
 UDP datagrams and TCP messages (RFC 7766: length-prefixed, many per
 connection, answered as they complete) both go to ``Resolver.handle`` with a
-sink to answer through.  ``serve`` binds every ``--listen`` address (UDP and
+sink to answer through; a UDP datagram whose bytes after the ID were answered
+before is first looked up in ``Resolver.hot`` and answered from there.  ``serve`` binds every ``--listen`` address (UDP and
 TCP on the same port; port 0 picks one), starts the policy watcher, and
 waits for a signal: SIGHUP reloads the policy on a helper thread and reopens
 the event log; SIGTERM/SIGINT stop taking queries, let the ones in flight
@@ -17,6 +18,7 @@ import signal
 import socket
 import sys
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -40,7 +42,17 @@ class UdpListener(asyncio.DatagramProtocol):
         self.transport = transport  # type: ignore[assignment]
 
     def datagram_received(self, data: bytes, addr: Any) -> None:
-        self.resolver.handle(data, addr[0], addr[1], self, addr)
+        # A query whose bytes were answered before, by this policy, from an
+        # allowed client: send the same answer with this query's ID.
+        r = self.resolver
+        hot = r.hot.get(data[2:])
+        if (hot is not None and hot[0] > time.monotonic() and r.acl.seen.get(addr[0])
+                and r.holder.view is r.hot_view and self.transport is not None):
+            self.transport.sendto(data[:2] + hot[1], addr)
+            if hot[2] is not None:
+                r.tally(hot[2], addr[0], addr[1])
+            return
+        r.handle(data, addr[0], addr[1], self, addr)
 
     def send(self, data: bytes | bytearray, addr: Any) -> None:
         if self.transport is not None:

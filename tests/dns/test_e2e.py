@@ -19,6 +19,7 @@ from pathlib import Path
 
 import dns.flags
 import dns.message
+import dns.query
 import dns.rcode
 import dns.rdatatype
 import httpx
@@ -576,4 +577,52 @@ def test_identical_questions_in_flight_go_upstream_once(resolver: Start, authori
     assert len(answers) == 20
     assert all(addresses(a) == ["192.0.2.1"] for a in answers)
     assert {a.question[0].name.to_text() for a in answers} == {"WWW.example.test.", "www.example.test."}
+    assert authority.count("www.example.test") == 1
+
+
+# The same query bytes again and again (the UDP fast path answers repeats from
+# ready bytes): (flags, [(client, name)], rcodes wanted, event actions wanted).
+REPEAT_CASES = [
+    ([], [("127.0.0.1", "www.tiktok.test")] * 4, ["NXDOMAIN"] * 4, ["block"] * 4),
+    ([], [("127.0.0.1", "www.tiktok.test")] * 2 + [(EXEMPT, "www.tiktok.test")] * 2,
+     ["NXDOMAIN", "NXDOMAIN", "NOERROR", "NOERROR"], ["block", "block", "log", "log"]),
+    (["--acl", "127.0.0.1/32"], [("127.0.0.1", "www.example.test")] * 3 + [(OUTSIDER, "www.example.test")],
+     ["NOERROR", "NOERROR", "NOERROR", "REFUSED"], []),
+    (["--log-all"], [("127.0.0.1", "www.example.test")] * 4, ["NOERROR"] * 4, ["allow"] * 4),
+    ([], [("127.0.0.1", "use-application-dns.net")] * 3, ["NXDOMAIN"] * 3, ["block"] * 3),
+    ([], [("127.0.0.1", "alias.example.test")] * 3 + [(EXEMPT, "alias.example.test")],
+     ["NXDOMAIN", "NXDOMAIN", "NXDOMAIN", "NOERROR"], ["block", "block", "block", "log"]),
+]
+
+
+@pytest.mark.parametrize(("flags", "asks", "want", "actions"), REPEAT_CASES,
+                         ids=["block-each-repeat-logged", "exempt-client-after-blocks", "acl-after-answers",
+                              "log-all-each-cached-repeat", "canary-repeats", "cname-block-then-exempt"])
+def test_repeated_query_bytes(resolver: Start, authority: Authority, write_policy: Callable[..., Path],
+                              flags: list[str], asks: list[tuple[str, str]], want: list[str],
+                              actions: list[str]) -> None:
+    r = resolver("--policy", str(write_policy()), "--at", TEST_DAY, "--upstream", authority.address, *flags)
+    got = []
+    for client, name in asks:
+        q = dns.message.make_query(name, "A", use_edns=0)
+        q.id = 4242  # byte-identical queries, ID included
+        got.append(rcode(dns.query.udp(q, r.host, timeout=4, port=r.port, source=client)))
+    assert got == want
+    events = r.events(len(actions))
+    assert [e["egress"]["action"] for e in events] == actions
+    assert [e["source"]["ip"] for e in events] == [c for c, _ in asks][: len(actions)]
+
+
+def test_repeated_cached_answer_counts_ttl_down(resolver: Start, authority: Authority,
+                                                write_policy: Callable[..., Path]) -> None:
+    r = resolver("--policy", str(write_policy()), "--upstream", authority.address)
+    q = dns.message.make_query("www.example.test", "A")
+    ttls = []
+    for pause in (0, 0, 0, 1.2, 0, 1.2):
+        time.sleep(pause)
+        msg = dns.query.udp(q, r.host, timeout=4, port=r.port)
+        assert msg.id == q.id and addresses(msg) == ["192.0.2.1"]
+        ttls.append(msg.answer[0].ttl)
+    assert ttls[0] == ttls[1] == ttls[2] == 300
+    assert ttls[2] > ttls[3] == ttls[4] > ttls[5]
     assert authority.count("www.example.test") == 1
