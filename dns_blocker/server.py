@@ -3,8 +3,9 @@
 UDP datagrams and TCP messages (RFC 7766: length-prefixed, many per
 connection, answered as they complete) both go to ``Resolver.handle`` with a
 sink to answer through; a UDP datagram whose bytes after the ID were answered
-before is first looked up in ``Resolver.hot`` and answered from there.  ``serve`` binds every ``--listen`` address (UDP and
-TCP on the same port; port 0 picks one), starts the policy watcher, and
+before is first looked up in ``Resolver.hot`` and answered from there.
+``serve`` binds every ``--listen`` address (UDP and TCP on the same port;
+port 0 picks one), starts the policy watcher, and
 waits for a signal: SIGHUP reloads the policy on a helper thread and reopens
 the event log; SIGTERM/SIGINT stop taking queries, let the ones in flight
 finish, flush the event log, and return 0.  With ``workers`` > 1 the sockets
