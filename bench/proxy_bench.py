@@ -272,16 +272,6 @@ def start_proxy(kind: str, port: int, confdir: Path, origin_ca: Path, log: Path)
     raise SystemExit(f"{kind} did not start listening")
 
 
-def stop(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(5)
-
-
 CONFIGS = {
     # name: (proxy kind, SNI)
     "mitmproxy": ("mitmproxy", "apps.apple.com"),
@@ -339,6 +329,8 @@ def main(argv: list[str] | None = None) -> int:
                           f"p99 {r.p99_ms:>7.2f} ms  cpu {r.cpu_us_per_request:>7.1f} us/req  "
                           f"errors {r.errors}", file=sys.stderr, flush=True)
         finally:
+            from tests.proxy.helpers import stop  # importable: make_origin_pki put REPO on sys.path
+
             for p in procs.values():
                 stop(p)
             origin.terminate()

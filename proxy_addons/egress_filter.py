@@ -45,7 +45,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from struct import error as struct_error  # mitmproxy's DNS codec raises it on short data
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from mitmproxy import connection, ctx, dns, exceptions, http, tls
 from mitmproxy.net.dns import types as dns_types
@@ -134,6 +134,17 @@ def _is_ip(text: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+E = TypeVar("E", Phase, Mode)
+
+
+def _enum_option(name: str, value: str, kind: type[E]) -> E:
+    try:
+        return kind(value)
+    except ValueError as exc:
+        raise _options_error(
+            f"{name}: '{value}' is not one of {', '.join(m.value for m in kind)}") from exc
 
 
 def _options_error(message: str) -> exceptions.OptionsError:
@@ -303,19 +314,9 @@ class EgressFilter:
                 raise _options_error(
                     f"egress_at: '{opts.egress_at}' is not a date (YYYY-MM-DD)") from exc
         if opts.egress_phase:
-            try:
-                phase = Phase(opts.egress_phase)
-            except ValueError as exc:
-                raise _options_error(
-                    f"egress_phase: '{opts.egress_phase}' is not one of "
-                    f"{', '.join(p.value for p in Phase)}") from exc
+            phase = _enum_option("egress_phase", opts.egress_phase, Phase)
         if opts.egress_mode:
-            try:
-                mode = Mode(opts.egress_mode)
-            except ValueError as exc:
-                raise _options_error(
-                    f"egress_mode: '{opts.egress_mode}' is not one of "
-                    f"{', '.join(m.value for m in Mode)}") from exc
+            mode = _enum_option("egress_mode", opts.egress_mode, Mode)
         return at, phase, mode
 
     def _swap_holder(self, holder: PolicyHolder, interval: int) -> None:

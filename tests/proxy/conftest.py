@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from .helpers import Pki, make_pki
+from .helpers import Pki, make_pki, stop
 
 REPO = Path(__file__).resolve().parents[2]
 ORIGIN_NAMES = ["www.tiktok.com", "apps.apple.com", "allowed.example", "dl.shared-cdn.example", "example.org"]
@@ -148,16 +148,6 @@ def wait_for_port(port: int, process: subprocess.Popen[bytes], stderr: Path, tim
         except OSError:
             time.sleep(0.1)
     raise AssertionError(f"the proxy did not listen on {port} within {timeout}s:\n{stderr.read_text()}")
-
-
-def stop(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(5)
 
 
 @pytest.fixture

@@ -8,6 +8,7 @@ import datetime as dt
 import ipaddress
 import os
 import struct
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -174,3 +175,14 @@ def make_pki(directory: Path, names: list[str]) -> Pki:
         )
     )
     return pki
+
+
+def stop(process: subprocess.Popen[bytes]) -> None:
+    """Stop a server we started, by PID: politely first, then for sure."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(5)
