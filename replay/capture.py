@@ -14,7 +14,12 @@ bodies skipped by length or chunk); IP fragments are reassembled too.
 Every table is bounded, so memory stays flat whatever the capture's size.
 
 A damaged file ends the read with a ``Damage`` naming the packet; the
-sightings before it have already been yielded.
+sightings before it have already been yielded.  A record or block over
+``Limits.max_record`` is never held: when its framing is consistent (a pcap
+record's original length covers its captured length; a pcapng block's length
+is repeated at its end) it is read past in bounded pieces and skipped with a
+warning, and so is a pcapng block whose contents are corrupt inside intact
+framing; otherwise the read stops there.
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ from dpkt import pcapng as dpcapng
 from policies import Kind
 
 from . import wire
-from .model import Damage, Sighting
+from .model import DEFAULT_LIMITS, Damage, Limits, Sighting, Skips
 
 MASK = 0xFFFFFFFF
 MAX_STREAMS = 65_536  # live TCP directions kept; the oldest go first
@@ -41,7 +46,6 @@ MAX_PENDING = 64  # out-of-order segments held per direction
 MAX_STRAYS = 4  # mid-stream segments tolerated before the start of a stream shows up
 MAX_FRAGMENTS = 1_024
 MAX_QUIC_DATAGRAMS = 8
-MAX_RECORD = 1 << 24  # a record claiming more is corrupt, not a packet
 CHUNK = 1 << 20
 
 PCAPNG_MAGIC = b"\x0a\x0d\x0d\x0a"
@@ -611,16 +615,34 @@ class Decoder:
 
 
 def read_capture(
-    name: str, fh: BinaryIO, progress: Progress | None = None, dns_ports: frozenset[int] = frozenset({53})
+    name: str,
+    fh: BinaryIO,
+    progress: Progress | None = None,
+    dns_ports: frozenset[int] = frozenset({53}),
+    limits: Limits = DEFAULT_LIMITS,
 ) -> Iterator[Sighting | Damage]:
     """Every sighting in a pcap or pcapng file, in packet order."""
     head = fh.read(4)
     dec = Decoder(name, dns_ports)
+    skips = Skips(name)
     if head == PCAPNG_MAGIC:
-        yield from _pcapng(dec, head, fh, progress)
+        yield from _pcapng(dec, head, fh, progress, limits.max_record, skips)
     else:
-        yield from _pcap(dec, head, fh, progress)
+        yield from _pcap(dec, head, fh, progress, limits.max_record, skips)
+    more = skips.summary()
+    if more is not None:
+        yield more
     yield from dec.damage_notes()
+
+
+def _read_past(read: Callable[[int], bytes], count: int) -> int:
+    """Read and drop ``count`` bytes, a bounded piece at a time; how many were missing at the end."""
+    while count > 0:
+        piece = read(min(CHUNK, count))
+        if not piece:
+            break
+        count -= len(piece)
+    return count
 
 
 def judged(data: bytes, streams: dict[bytes, Stream | _Done]) -> bool:
@@ -643,7 +665,9 @@ def judged(data: bytes, streams: dict[bytes, Stream | _Done]) -> bool:
     )
 
 
-def _pcap(dec: Decoder, head: bytes, fh: BinaryIO, progress: Progress | None) -> Iterator[Sighting | Damage]:
+def _pcap(
+    dec: Decoder, head: bytes, fh: BinaryIO, progress: Progress | None, max_record: int, skips: Skips
+) -> Iterator[Sighting | Damage]:
     rest = fh.read(dpcap.FileHdr.__hdr_len__ - 4)
     raw = head + rest
     if len(raw) < dpcap.FileHdr.__hdr_len__:
@@ -659,6 +683,7 @@ def _pcap(dec: Decoder, head: bytes, fh: BinaryIO, progress: Progress | None) ->
     divisor = 1e9 if nano else 1e6
     # The first three fields (seconds, fraction, captured length) are all replay needs.
     unpack = struct.Struct(pkt_hdr.__hdr_fmt__[0] + "III").unpack_from
+    orig_len = struct.Struct(pkt_hdr.__hdr_fmt__[0] + "I").unpack_from  # the field after them
     hlen = pkt_hdr.__hdr_len__
     read = fh.read
     out = dec.out
@@ -685,10 +710,30 @@ def _pcap(dec: Decoder, head: bytes, fh: BinaryIO, progress: Progress | None) ->
             )
             return
         sec, frac, caplen = unpack(buf, pos)
-        if caplen > MAX_RECORD:
-            yield Damage(dec.file, number, f"corrupt record header (captured length {caplen}); stopped here")
-            return
         end = pos + hlen + caplen
+        if caplen > max_record:
+            (wire_len,) = orig_len(buf, pos + 12)
+            if wire_len < caplen:  # more bytes captured than were on the wire: the header is garbage
+                yield Damage(
+                    dec.file,
+                    number,
+                    f"corrupt record header (captured length {caplen}, original length {wire_len}); "
+                    "stopped here",
+                )
+                return
+            missing = _read_past(read, end - size) if end > size else 0
+            if missing:
+                yield Damage(
+                    dec.file, number, f"file ends inside the packet ({caplen - missing} of {caplen} bytes)"
+                )
+                return
+            buf, size, pos = (buf[end:], size - end, 0) if end <= size else (b"", 0, 0)
+            eof = False
+            why = f"record of {caplen} bytes is over the {max_record}-byte limit (--max-record)"
+            note = skips.skip(number, f"{why}; skipped")
+            if note is not None:
+                yield note
+            continue
         while end > size and not eof:
             more = read(max(CHUNK, end - size))
             eof = not more
@@ -712,29 +757,46 @@ def _pcap(dec: Decoder, head: bytes, fh: BinaryIO, progress: Progress | None) ->
             out.clear()
 
 
+BLOCK_NAMES = {
+    dpcapng.PCAPNG_BT_SHB: "section header",
+    dpcapng.PCAPNG_BT_IDB: "interface description",
+    dpcapng.PCAPNG_BT_PB: "packet",
+    dpcapng.PCAPNG_BT_SPB: "simple packet",
+    dpcapng.PCAPNG_BT_EPB: "enhanced packet",
+}
+PACKET_TYPES = (dpcapng.PCAPNG_BT_EPB, dpcapng.PCAPNG_BT_PB, dpcapng.PCAPNG_BT_SPB)
+Interface = tuple[int, float, int]  # link type, timestamp divisor, offset
+
+
+def _block_name(btype: int) -> str:
+    return f"{BLOCK_NAMES[btype]} block" if btype in BLOCK_NAMES else f"block of type {btype:#x}"
+
+
 def _pcapng(
-    dec: Decoder, head: bytes, fh: BinaryIO, progress: Progress | None
+    dec: Decoder, head: bytes, fh: BinaryIO, progress: Progress | None, max_record: int, skips: Skips
 ) -> Iterator[Sighting | Damage]:
+    """Blocks are framed by their total length, written at both ends: a block whose
+    two lengths agree is skipped with a warning when its contents are corrupt (or it
+    is over ``max_record``), and the read goes on; broken framing stops it."""
     read = fh.read
     out = dec.out
     streams = dec.streams
+    file = dec.file
     # The enhanced packet block's fixed fields, sliced here: a dpkt object per packet costs more
     # than the packet (dpkt's classes still read section, interface and obsolete packet blocks).
     epb_le, epb_be = struct.Struct("<IIII").unpack_from, struct.Struct(">IIII").unpack_from
     le = True
-    # Per interface of the current section: (link type, timestamp divisor, offset).
-    interfaces: list[tuple[int, float, int]] = []
+    # Per interface of the current section; None for one whose description block was corrupt,
+    # so that the interfaces after it keep their numbers.
+    interfaces: list[Interface | None] = []
     number = 0
-    first = True
+    offset = 0  # of the current block in the (decompressed) file
+    top = head + read(4)
     while True:
-        top = head if first else read(8)
-        if first:
-            top += read(4)
-            first = False
         if not top:
             return
         if len(top) < 8:
-            yield Damage(dec.file, number + 1, "file ends inside a block header")
+            yield Damage(file, number + 1, f"file ends inside the block header at offset {offset}")
             return
         if top[:4] == PCAPNG_MAGIC:
             bom = read(4)
@@ -743,59 +805,140 @@ def _pcapng(
             elif bom == b"\x1a\x2b\x3c\x4d":
                 le = False
             else:
-                yield Damage(dec.file, number + 1, "corrupt section header (byte-order magic)")
+                why = f"corrupt section header at offset {offset} (byte-order magic)"
+                yield Damage(file, number + 1, f"{why}; stopped here")
                 return
             top += bom
             interfaces = []
         btype, blen = struct.unpack("<II" if le else ">II", top[:8])
-        if blen < 12 or blen % 4 or blen > MAX_RECORD:
+        if blen < 12 or blen % 4:
             yield Damage(
-                dec.file, number + 1, f"corrupt block header (type {btype:#x}, length {blen}); stopped here"
+                file,
+                number + 1,
+                f"corrupt block header at offset {offset} ({_block_name(btype)}, length {blen}); "
+                "stopped here",
             )
             return
+        if blen > max_record:
+            # Never held: read past it, then check the length repeated at its end.
+            missing = _read_past(read, blen - len(top) - 4)
+            tail = read(4) if not missing else b""
+            if len(tail) < 4:
+                yield Damage(
+                    file, number + 1, f"file ends inside the {_block_name(btype)} at offset {offset}"
+                )
+                return
+            if tail != top[4:8]:
+                yield _mismatch(file, number + 1, offset, btype, blen, tail, le)
+                return
+            if btype in PACKET_TYPES:
+                number += 1
+            note = skips.skip(
+                number,
+                f"{_block_name(btype)} at offset {offset} is {blen} bytes, "
+                f"over the {max_record}-byte limit (--max-record); skipped",
+            )
+            if note is not None:
+                yield note
+            offset += blen
+            top = read(8)
+            continue
         body = read(blen - len(top))
         if len(body) < blen - len(top):
-            yield Damage(dec.file, number + 1, "file ends inside a block")
+            yield Damage(
+                file,
+                number + 1,
+                f"file ends inside the {_block_name(btype)} at offset {offset} "
+                f"({len(top) + len(body)} of {blen} bytes)",
+            )
             return
         block = top + body
-        try:
-            if btype == dpcapng.PCAPNG_BT_EPB:
-                number += 1
-                iface, ts_high, ts_low, caplen = (epb_le if le else epb_be)(block, 8)
-                if caplen > blen - 32:
-                    raise ValueError(f"captured length {caplen} runs past the block")
-                data = block[28 : 28 + caplen]
-                link, div, tsoff = interfaces[iface]
-                if link != LINK_ETHERNET or not judged(data, streams):
-                    dec.packet(tsoff + ((ts_high << 32) | ts_low) / div, data, link, number)
-            elif btype in PACKET_BLOCKS:
-                number += 1
-                pkt = PACKET_BLOCKS[btype][le](block)
-                link, div, tsoff = interfaces[pkt.iface_id]
-                dec.packet(tsoff + ((pkt.ts_high << 32) | pkt.ts_low) / div, pkt.pkt_data, link, number)
-            elif btype == dpcapng.PCAPNG_BT_SPB:
-                number += 1
-                if not interfaces:
-                    raise ValueError("simple packet block before any interface")
-                caplen = struct.unpack("<I" if le else ">I", block[8:12])[0]
-                dec.packet(0.0, block[12 : 12 + min(caplen, blen - 16)], interfaces[0][0], number)
-            elif btype == dpcapng.PCAPNG_BT_IDB:
-                interfaces.append(_interface(block, le))
-        except (dpkt.UnpackError, IndexError, ValueError, struct.error) as exc:
-            yield Damage(dec.file, number, f"corrupt block ({type(exc).__name__}: {exc}); stopped here")
+        if block[-4:] != top[4:8]:
+            yield _mismatch(file, number + 1, offset, btype, blen, block[-4:], le)
             return
+        problem = ""
+        if btype == dpcapng.PCAPNG_BT_EPB:
+            number += 1
+            if blen < 32:
+                problem = f"{blen} bytes is too short"
+            else:
+                iface, ts_high, ts_low, caplen = (epb_le if le else epb_be)(block, 8)
+                entry = interfaces[iface] if iface < len(interfaces) else None
+                if caplen > blen - 32:
+                    problem = f"captured length {caplen} runs past the block ({blen} bytes)"
+                elif entry is None:
+                    problem = _no_interface(iface, interfaces)
+                else:
+                    data = block[28 : 28 + caplen]
+                    link, div, tsoff = entry
+                    if link != LINK_ETHERNET or not judged(data, streams):
+                        dec.packet(tsoff + ((ts_high << 32) | ts_low) / div, data, link, number)
+        elif btype == dpcapng.PCAPNG_BT_PB:
+            number += 1
+            try:
+                pkt = PACKET_BLOCKS[btype][le](block)
+            except (dpkt.UnpackError, struct.error, IndexError, ValueError):
+                problem = "its fields do not parse"
+            else:
+                entry = interfaces[pkt.iface_id] if pkt.iface_id < len(interfaces) else None
+                if entry is None:
+                    problem = _no_interface(pkt.iface_id, interfaces)
+                else:
+                    link, div, tsoff = entry
+                    dec.packet(tsoff + ((pkt.ts_high << 32) | pkt.ts_low) / div, pkt.pkt_data, link, number)
+        elif btype == dpcapng.PCAPNG_BT_SPB:
+            number += 1
+            entry = interfaces[0] if interfaces else None
+            if blen < 16:
+                problem = f"{blen} bytes is too short"
+            elif entry is None:
+                problem = _no_interface(0, interfaces)
+            else:
+                caplen = struct.unpack("<I" if le else ">I", block[8:12])[0]
+                dec.packet(0.0, block[12 : 12 + min(caplen, blen - 16)], entry[0], number)
+        elif btype == dpcapng.PCAPNG_BT_IDB:
+            try:
+                interfaces.append(_interface(block, le))
+            except (dpkt.UnpackError, struct.error, IndexError, ValueError):
+                interfaces.append(None)
+                problem = (
+                    f"its fields or options do not parse (interface {len(interfaces) - 1}; "
+                    "its packets are skipped)"
+                )
+        if problem:
+            note = skips.skip(number, f"corrupt {_block_name(btype)} at offset {offset}: {problem}; skipped")
+            if note is not None:
+                yield note
         if out:
             yield from out
             out.clear()
         if progress is not None and not number & 0xFFF:
             progress()
+        offset += blen
+        top = read(8)
+
+
+def _mismatch(file: str, number: int, offset: int, btype: int, blen: int, tail: bytes, le: bool) -> Damage:
+    (trailing,) = struct.unpack("<I" if le else ">I", tail)
+    return Damage(
+        file,
+        number,
+        f"{_block_name(btype)} at offset {offset}: the length at its end ({trailing}) differs from "
+        f"the length at its start ({blen}); stopped here",
+    )
+
+
+def _no_interface(iface: int, interfaces: list[Interface | None]) -> str:
+    if iface < len(interfaces):
+        return f"interface {iface}'s description block was corrupt"
+    return f"interface {iface} is not described in this section ({len(interfaces)} interface(s))"
 
 
 # Obsolete packet blocks: [big-endian, little-endian] dpkt classes.
 PACKET_BLOCKS = {dpcapng.PCAPNG_BT_PB: (dpcapng.PacketBlock, dpcapng.PacketBlockLE)}
 
 
-def _interface(block: bytes, le: bool) -> tuple[int, float, int]:
+def _interface(block: bytes, le: bool) -> Interface:
     idb = (dpcapng.InterfaceDescriptionBlockLE if le else dpcapng.InterfaceDescriptionBlock)(block)
     divisor, offset = 1e6, 0
     for opt in idb.opts:

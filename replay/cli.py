@@ -3,19 +3,48 @@
 Flow: argparse → policy view (``--at``/``--phase``) → ``engine.Replay``
 (streaming verdicts) → one ``report`` writer → exit code.
 
-Exit codes: 0 done; 1 policy error; 2 usage error; 3 ``--fail-on`` matched
-(a verdict at or above that action); 4 an input was unreadable or damaged
-(its verdicts before the damage are still reported).  3 wins over 4.
+Exit codes, one meaning each (``EXIT_*`` below, the table in README.md):
+0 done; 1 the policy has errors; 2 usage error; 3 ``--fail-on`` matched (a
+verdict at or above that action); 4 an input was unreadable or damaged (its
+verdicts before the damage are still reported; records skipped inside an
+intact input only warn); 5 replay could not finish (the output could not be
+written, or an internal error), said in one line.  3 wins over 4.  Nothing
+that an input holds (damage, bombs, running out of memory on it) ends in a
+traceback or in 1.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-from typing import IO, Any
+from collections.abc import Callable, Iterator
+from typing import IO, TYPE_CHECKING, Any
 
+from .model import DEFAULT_LIMITS, Limits, Verdict
+
+if TYPE_CHECKING:
+    from policies import Policy, PolicyView
+
+    from .engine import Replay, Summary
+
+EXIT_USAGE = 2
 EXIT_FAIL_ON = 3
 EXIT_DAMAGED = 4
+EXIT_FAILED = 5
+SIZE_SUFFIXES = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+
+
+def size(text: str) -> int:
+    """A byte count for ``--max-line``/``--max-record``: ``65536``, ``64K``, ``1M``, ``1G``."""
+    t = text.strip().lower().removesuffix("ib").removesuffix("b")
+    unit = t[-1:] if t[-1:] in SIZE_SUFFIXES else ""
+    try:
+        value = int(t[: len(t) - len(unit)]) * SIZE_SUFFIXES[unit]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (e.g. 65536, 64K, 1M)") from None
+    if value < 64:
+        raise argparse.ArgumentTypeError(f"too small: {text!r} (at least 64 bytes)")
+    return value
 
 
 def register(subparsers: Any) -> None:
@@ -26,7 +55,8 @@ def register(subparsers: Any) -> None:
         help="judge pcap/pcapng captures, .mitm flow files, Zeek and Suricata logs",
         description="Judge captures and sensor logs with the policy, as the DNS filter and the proxy would. "
         "Exit codes: 0 done, 1 policy error, 2 usage error, 3 --fail-on matched, "
-        "4 an input was unreadable or damaged.",
+        "4 an input was unreadable or damaged, 5 replay could not finish (output not written, "
+        "internal error).",
     )
     p.add_argument(
         "inputs",
@@ -59,6 +89,21 @@ def register(subparsers: Any) -> None:
         metavar="PORT",
         help="also read DNS on this UDP/TCP port in captures (53 always; repeatable)",
     )
+    p.add_argument(
+        "--max-line",
+        type=size,
+        default=DEFAULT_LIMITS.max_line,
+        metavar="BYTES",
+        help="skip (with a warning) a log line longer than this, newline included (default 1M)",
+    )
+    p.add_argument(
+        "--max-record",
+        type=size,
+        default=DEFAULT_LIMITS.max_record,
+        metavar="BYTES",
+        help="skip (with a warning) a pcap record, pcapng block or mitmproxy flow larger than this "
+        "(default 16M)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar on a terminal")
     p.set_defaults(func=run)
 
@@ -67,7 +112,6 @@ def run(args: argparse.Namespace) -> int:
     from egress_filter.cli import load_or_exit
     from policies import Action, Phase
 
-    from . import report
     from .engine import Replay, Summary
 
     policy = load_or_exit(args.policy)
@@ -79,12 +123,13 @@ def run(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         dns_ports=frozenset({53, *args.dns_port}),
         by_date=args.at is None and args.phase is None,
+        limits=Limits(max_line=args.max_line, max_record=args.max_record),
     )
     summary = Summary()
     threshold = Action(args.fail_on).severity if args.fail_on else None
     hit = False
 
-    def verdicts() -> Any:
+    def verdicts() -> Iterator[Verdict]:
         nonlocal hit
         floor = Action(args.only).severity if args.only else 0
         for v in rep:
@@ -99,53 +144,25 @@ def run(args: argparse.Namespace) -> int:
         out: IO[str] = open(args.output, "w", encoding="utf-8") if args.output else sys.stdout
     except OSError as exc:
         print(f"egress-filter replay: cannot write {args.output}: {exc.strerror}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     try:
-        if args.format == "table":
-            report.write_table(verdicts(), out, summary)
-            report.write_summary_table(
-                report.summary_dict(summary, policy, rep.last_view or view), rep.damage, out
-            )
-        elif args.format == "jsonl":
-            report.write_jsonl(verdicts(), out, summary)
-        elif args.format == "json":
-            report.write_json(verdicts(), out, summary)
-            report.finish_json(
-                {
-                    "at": None if rep.by_date else view.at.isoformat(),
-                    "dates": sorted(d.isoformat() for d in rep.dates),
-                    "inputs": [{"path": p, "format": f} for p, f in rep.inputs],
-                    "summary": report.summary_dict(summary, policy, rep.last_view or view),
-                    "warnings": [
-                        {"file": d.file, d.unit: d.packet, "message": d.message, "stopped": d.stopped}
-                        for d in rep.damage
-                    ],
-                },
-                out,
-            )
-        else:
-            rows: list[Any] = []
-            for _ in report.collect_rows(verdicts(), summary, rows):
-                pass
-            days = sorted(d.isoformat() for d in rep.dates)
-            at = (
-                f"the day of each observation ({days[0]} to {days[-1]})"
-                if rep.by_date and days
-                else view.at.isoformat()
-            )
-            report.write_html(
-                report.summary_dict(summary, policy, rep.last_view or view),
-                summary,
-                rows,
-                rep.damage,
-                {"at": at, "inputs": rep.inputs},
-                out,
-            )
+        _write(args, rep, view, policy, summary, verdicts, out)
+        out.flush()  # inside the try: a full disk shows here, as exit 5
+    except BrokenPipeError:
+        raise  # the reader went away (`| head`): main's quiet exit 0
+    except OSError as exc:
+        where = args.output or "stdout"
+        print(f"egress-filter replay: cannot write {where}: {exc.strerror}", file=sys.stderr)
+        return EXIT_FAILED
+    except Exception as exc:  # one line and its own exit code, not a traceback that reads as 1
+        print(f"egress-filter replay: internal error ({type(exc).__name__}: {exc})", file=sys.stderr)
+        return EXIT_FAILED
     finally:
         if out is not sys.stdout:
-            out.close()
-        else:
-            out.flush()
+            try:
+                out.close()
+            except OSError:
+                pass  # already reported by the flush above
     if args.format != "table" or out is not sys.stdout:
         for d in rep.damage:
             print(f"egress-filter replay: warning: {d}", file=sys.stderr)
@@ -154,3 +171,57 @@ def run(args: argparse.Namespace) -> int:
     if any(d.stopped for d in rep.damage):
         return EXIT_DAMAGED
     return 0
+
+
+def _write(
+    args: argparse.Namespace,
+    rep: Replay,
+    view: PolicyView,
+    policy: Policy,
+    summary: Summary,
+    verdicts: Callable[[], Iterator[Verdict]],
+    out: IO[str],
+) -> None:
+    """The report in ``args.format``, verdicts streamed from ``rep`` as they are judged."""
+    from . import report
+
+    if args.format == "table":
+        report.write_table(verdicts(), out, summary)
+        report.write_summary_table(
+            report.summary_dict(summary, policy, rep.last_view or view), rep.damage, out
+        )
+    elif args.format == "jsonl":
+        report.write_jsonl(verdicts(), out, summary)
+    elif args.format == "json":
+        report.write_json(verdicts(), out, summary)
+        report.finish_json(
+            {
+                "at": None if rep.by_date else view.at.isoformat(),
+                "dates": sorted(d.isoformat() for d in rep.dates),
+                "inputs": [{"path": p, "format": f} for p, f in rep.inputs],
+                "summary": report.summary_dict(summary, policy, rep.last_view or view),
+                "warnings": [
+                    {"file": d.file, d.unit: d.packet, "message": d.message, "stopped": d.stopped}
+                    for d in rep.damage
+                ],
+            },
+            out,
+        )
+    else:
+        rows: list[Any] = []
+        for _ in report.collect_rows(verdicts(), summary, rows):
+            pass
+        days = sorted(d.isoformat() for d in rep.dates)
+        at = (
+            f"the day of each observation ({days[0]} to {days[-1]})"
+            if rep.by_date and days
+            else view.at.isoformat()
+        )
+        report.write_html(
+            report.summary_dict(summary, policy, rep.last_view or view),
+            summary,
+            rows,
+            rep.damage,
+            {"at": at, "inputs": rep.inputs},
+            out,
+        )

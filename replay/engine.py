@@ -7,7 +7,10 @@ same ``PolicyView.decide`` the live adapters use (``decide_name`` for DNS
 names and SNIs, ``decide_http`` for requests, ``decide_ip`` for nameless TLS).
 With ``by_date`` each sighting is judged with the policy of the day it was
 seen.  Damage (truncated files, bad records) is collected in ``Replay.damage``;
-a reader stops at the damage and everything before it has been yielded.
+a reader stops at the damage and everything before it has been yielded.  Each
+reader holds at most ``Limits`` of one record; whatever still escapes a reader
+(a read error, a corrupt gzip stream, running out of memory, a reader bug)
+becomes a ``Damage`` that stops that input, never a traceback.
 ``Summary`` folds verdicts into bounded per-app counters and a time series.
 """
 
@@ -16,39 +19,33 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import gzip
-import io
 import os
 import sys
+import zlib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import IO, BinaryIO
 
 from policies import Action, PolicyView
 
-from .model import Damage, Sighting, Verdict
+from .model import DEFAULT_LIMITS, Damage, Limits, Sighting, Verdict
 
 Reader = Callable[[str, BinaryIO, Callable[[], None] | None], Iterator[Sighting | Damage]]
 
 
-def _text(reader: Callable[[str, IO[str], Callable[[], None] | None], Iterator[Sighting | Damage]]) -> Reader:
-    def read(name: str, fh: BinaryIO, progress: Callable[[], None] | None) -> Iterator[Sighting | Damage]:
-        text = io.TextIOWrapper(fh, encoding="utf-8", errors="replace", newline=None)
-        yield from reader(name, text, progress)
-
-    return read
-
-
-def pick_reader(head: bytes, dns_ports: frozenset[int] = frozenset({53})) -> tuple[str, Reader] | None:
+def pick_reader(
+    head: bytes, dns_ports: frozenset[int] = frozenset({53}), limits: Limits = DEFAULT_LIMITS
+) -> tuple[str, Reader] | None:
     from . import capture, flows, logs
 
     if capture.is_capture(head):
-        return "capture", functools.partial(capture.read_capture, dns_ports=dns_ports)
+        return "capture", functools.partial(capture.read_capture, dns_ports=dns_ports, limits=limits)
     if flows.is_flow_file(head):
-        return "mitmproxy flows", flows.read_flows
+        return "mitmproxy flows", functools.partial(flows.read_flows, limits=limits)
     if logs.is_zeek_tsv(head):
-        return "Zeek log", _text(logs.read_zeek_tsv)
+        return "Zeek log", functools.partial(logs.read_zeek_tsv, limits=limits)
     if logs.is_json_lines(head):
-        return "JSON log", _text(logs.read_json_lines)
+        return "JSON log", functools.partial(logs.read_json_lines, limits=limits)
     return None
 
 
@@ -97,6 +94,7 @@ class Replay:
     progress: bool = True
     dns_ports: frozenset[int] = frozenset({53})
     by_date: bool = False
+    limits: Limits = DEFAULT_LIMITS
     damage: list[Damage] = field(default_factory=list)
     inputs: list[tuple[str, str]] = field(default_factory=list)  # (path, format)
     dates: set[dt.date] = field(default_factory=set)  # the days sightings were judged at
@@ -166,10 +164,10 @@ class Replay:
                 try:
                     head = fh.read(16)
                     fh.seek(0)
-                except (OSError, EOFError) as exc:
+                except (OSError, EOFError, zlib.error) as exc:
                     yield Damage(path, 0, f"unreadable gzip data: {exc}")
                     return
-            picked = pick_reader(head, self.dns_ports)
+            picked = pick_reader(head, self.dns_ports, self.limits)
             if picked is None:
                 yield Damage(path, 0, "not a pcap, pcapng, mitmproxy flow file, Zeek log or Suricata EVE log")
                 return
@@ -179,6 +177,14 @@ class Replay:
                 yield from reader(path, fh, tick)
             except (OSError, EOFError) as exc:  # gzip stream cut short, disk errors
                 yield Damage(path, 0, f"read error: {exc}; stopped here")
+            except zlib.error as exc:
+                yield Damage(path, 0, f"unreadable gzip data: {exc}; stopped here")
+            except MemoryError:
+                # The readers hold at most ``limits`` per record, so this is the machine
+                # running short, not a policy problem: a warning and exit code 4, no traceback.
+                yield Damage(path, 0, "out of memory while reading; stopped here")
+            except Exception as exc:  # a reader bug must not lose the verdicts so far
+                yield Damage(path, 0, f"internal error while reading ({type(exc).__name__}); stopped here")
         finally:
             raw.close()
 

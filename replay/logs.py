@@ -2,25 +2,58 @@
 ``#fields`` header, or JSON lines) and Suricata EVE JSON (``dns``, ``tls``,
 ``http`` events).
 
-Flow: one line at a time → a dict of fields → the same ``Sighting`` a packet
-would give (DNS query and CNAME answers, SNI, HTTP host + URL).  A line that
-does not parse is counted and skipped; the first one is named in a ``Damage``.
+Flow: ``lines`` reads one line at a time, at most ``Limits.max_line`` bytes of
+it (a longer line is read on in bounded pieces, dropped and warned about, so a
+gzip that inflates to one 3 GB line costs no more memory than a short one) →
+a dict of fields → the same ``Sighting`` a packet would give (DNS query and
+CNAME answers, SNI, HTTP host + URL).  A line that does not parse is counted
+and skipped; the first one is named in a ``Damage``.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import ipaddress
 import json
 from collections.abc import Callable, Iterable, Iterator
-from typing import IO, Any
+from typing import Any, BinaryIO
 
 from policies import Kind
 
-from .model import Damage, Sighting
+from .model import DEFAULT_LIMITS, Damage, Limits, Sighting, Skips
 
 Progress = Callable[[], None]
 Row = dict[str, Any]
+DISCARD_CHUNK = 1 << 20  # the piece size an over-long line is read past in
+
+
+def lines(fh: BinaryIO, limits: Limits, skips: Skips) -> Iterator[tuple[int, str] | Damage]:
+    """(line number, text without its line end) for every line of at most
+    ``limits.max_line`` bytes, newline included; a ``Damage`` (via ``skips``)
+    for each longer one, whose bytes are read past and never held.
+
+    Binary ``readline(limit)`` is what bounds memory: iterating a text stream
+    would build the whole line first.
+    """
+    readline = fh.readline
+    limit = limits.max_line
+    number = 0
+    while True:
+        raw = readline(limit)
+        if not raw:
+            return
+        number += 1
+        if len(raw) == limit and raw[-1:] != b"\n":
+            rest = readline(DISCARD_CHUNK)
+            if rest:  # longer than the limit: drop the rest of it, a bounded piece at a time
+                while rest and rest[-1:] != b"\n":
+                    rest = readline(DISCARD_CHUNK)
+                note = skips.skip(number, f"line longer than {limit} bytes (--max-line); skipped")
+                if note is not None:
+                    yield note
+                continue
+        yield number, raw.decode("utf-8", "replace").rstrip("\r\n")
 
 
 def is_zeek_tsv(head: bytes) -> bool:
@@ -65,12 +98,6 @@ def _time(value: Any) -> float:
 
 def _present(value: Any) -> bool:
     return value not in (None, "", "-", "(empty)")
-
-
-def _bad_lines(name: str, bad: int, first: int, what: str = "") -> Damage:
-    return Damage(
-        name, first, f"{bad} line(s) not understood{what} (first: line {first})", stopped=False, unit="line"
-    )
 
 
 # --- Zeek -----------------------------------------------------------------
@@ -171,53 +198,83 @@ def zeek_sightings(row: Row, kind: str, file: str, number: int) -> Iterator[Sigh
             )
 
 
-def read_zeek_tsv(name: str, fh: IO[str], progress: Progress | None = None) -> Iterator[Sighting | Damage]:
-    sep = "\t"
-    fields: list[str] = []
-    path: str | None = None
-    unset, empty = "-", "(empty)"
-    set_sep = ","
-    bad, first_bad = 0, 0
-    for number, line in enumerate(fh, 1):
-        line = line.rstrip("\n")
+def read_zeek_tsv(
+    name: str, fh: BinaryIO, progress: Progress | None = None, limits: Limits = DEFAULT_LIMITS
+) -> Iterator[Sighting | Damage]:
+    yield from _read_lines(name, fh, limits, progress, _ZeekTsv(name).parse, " as Zeek dns/ssl/http records")
+
+
+class _ZeekTsv:
+    """One TSV log's header state (``#separator``, ``#fields``...), applied to each record after it."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.sep = "\t"
+        self.fields: list[str] = []
+        self.path: str | None = None
+        self.unset, self.empty = "-", "(empty)"
+        self.set_sep = ","
+
+    def parse(self, number: int, line: str) -> Iterator[Sighting]:
+        sep = self.sep
         if line.startswith("#"):
             key, _, value = line[1:].partition(sep if not line.startswith("#separator") else " ")
             if key == "separator":
-                try:
-                    sep = value.strip().encode().decode("unicode_escape") or "\t"
-                except UnicodeError:
-                    bad, first_bad = bad + 1, first_bad or number
+                self.sep = value.strip().encode().decode("unicode_escape") or "\t"  # UnicodeError: a bad line
             elif key == "fields":
-                fields = value.split(sep)
+                self.fields = value.split(sep)
             elif key == "path":
-                path = value
+                self.path = value
             elif key == "unset_field":
-                unset = value
+                self.unset = value
             elif key == "empty_field":
-                empty = value
+                self.empty = value
             elif key == "set_separator":
-                set_sep = value
-            continue
+                self.set_sep = value
+            return
         if not line:
-            continue
+            return
         values = line.split(sep)
-        kind = None
-        if len(values) == len(fields):
-            row: Row = {k: (None if v in (unset, empty) else v) for k, v in zip(fields, values, strict=True)}
-            if isinstance(row.get("answers"), str):
-                row["answers"] = row["answers"].split(set_sep)
-            kind = zeek_kind(row, path)
+        if len(values) != len(self.fields):
+            raise ValueError("not as many values as #fields")
+        missing = (self.unset, self.empty)
+        row: Row = {k: (None if v in missing else v) for k, v in zip(self.fields, values, strict=True)}
+        if isinstance(row.get("answers"), str):
+            row["answers"] = row["answers"].split(self.set_sep)
+        kind = zeek_kind(row, self.path)
         if kind is None:
-            bad, first_bad = bad + 1, first_bad or number
+            raise ValueError("not a Zeek dns/ssl/http record")
+        yield from zeek_sightings(row, kind, self.name, number)
+
+
+def _read_lines(
+    name: str,
+    fh: BinaryIO,
+    limits: Limits,
+    progress: Progress | None,
+    parse: Callable[[int, str], Iterator[Sighting]],
+    what: str = "",
+) -> Iterator[Sighting | Damage]:
+    """``parse`` over every line within ``limits``; the lines it raises on are counted as not understood."""
+    bad, first_bad = 0, 0
+    skips = Skips(name, "line")
+    for item in lines(fh, limits, skips):
+        if isinstance(item, Damage):
+            yield item
             continue
+        number, line = item
         try:
-            yield from zeek_sightings(row, kind, name, number)
-        except (ValueError, TypeError):
+            yield from parse(number, line)
+        except (ValueError, TypeError, KeyError, AttributeError, RecursionError):
             bad, first_bad = bad + 1, first_bad or number
         if progress is not None and not number & 0xFFF:
             progress()
+    more = skips.summary()
+    if more is not None:
+        yield more
     if bad:
-        yield _bad_lines(name, bad, first_bad, " as Zeek dns/ssl/http records")
+        why = f"{bad} line(s) not understood{what} (first: line {first_bad})"
+        yield Damage(name, first_bad, why, stopped=False, unit="line")
 
 
 # --- Suricata EVE ----------------------------------------------------------
@@ -300,27 +357,24 @@ def eve_sightings(row: Row, file: str, number: int) -> Iterator[Sighting]:
             yield Sighting(kind=Kind.HTTP, value=url, host=str(host), via="suricata-http", **base)
 
 
-def read_json_lines(name: str, fh: IO[str], progress: Progress | None = None) -> Iterator[Sighting | Damage]:
+def read_json_lines(
+    name: str, fh: BinaryIO, progress: Progress | None = None, limits: Limits = DEFAULT_LIMITS
+) -> Iterator[Sighting | Damage]:
     """Suricata EVE or Zeek JSON logs, one object per line (told apart per line)."""
-    bad, first_bad = 0, 0
-    for number, line in enumerate(fh, 1):
-        line = line.strip()
-        if not line:
-            continue
-        try:
-            row = json.loads(line)
-            if not isinstance(row, dict):
-                raise ValueError("not an object")
-            if "event_type" in row:
-                yield from eve_sightings(row, name, number)
-            else:
-                kind = zeek_kind(row, None)
-                if kind is None:
-                    raise ValueError("neither EVE nor a Zeek dns/ssl/http record")
-                yield from zeek_sightings(row, kind, name, number)
-        except (ValueError, TypeError, KeyError, AttributeError, RecursionError):
-            bad, first_bad = bad + 1, first_bad or number
-        if progress is not None and not number & 0xFFF:
-            progress()
-    if bad:
-        yield _bad_lines(name, bad, first_bad)
+    yield from _read_lines(name, fh, limits, progress, functools.partial(_json_line, name))
+
+
+def _json_line(name: str, number: int, line: str) -> Iterator[Sighting]:
+    line = line.strip()
+    if not line:
+        return
+    row = json.loads(line)
+    if not isinstance(row, dict):
+        raise ValueError("not an object")
+    if "event_type" in row:
+        yield from eve_sightings(row, name, number)
+    else:
+        kind = zeek_kind(row, None)
+        if kind is None:
+            raise ValueError("neither EVE nor a Zeek dns/ssl/http record")
+        yield from zeek_sightings(row, kind, name, number)

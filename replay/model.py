@@ -3,13 +3,16 @@ the policy made of it (``Verdict``).
 
 Readers (captures, flow files, sensor logs) yield sightings; ``engine`` turns
 each into an ``Observation`` for the policy core and pairs it with the
-``Decision``; ``report`` writes verdicts out.  Nothing here does I/O.
+``Decision``; ``report`` writes verdicts out.  ``Limits`` caps what a reader
+holds at once (a log line, a capture record, a flow); ``Skips`` turns the
+records a reader skips into a bounded number of ``Damage`` warnings.  Nothing
+here does I/O.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from policies import Decision, Kind, Observation
 
@@ -67,3 +70,54 @@ class Damage:
     def __str__(self) -> str:
         where = f" at {self.unit} {self.packet}" if self.packet else ""
         return f"{self.file}{where}: {self.message}"
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """The most a reader materialises at once, so memory stays flat whatever the input.
+
+    ``max_line``: bytes of one log line, its newline included (Zeek, Suricata; JSON
+    or TSV).  ``max_record``: bytes of one pcap record, pcapng block or mitmproxy
+    flow.  Anything longer is skipped, read in bounded pieces, with a warning.
+    """
+
+    max_line: int = 1 << 20
+    max_record: int = 1 << 24
+
+
+DEFAULT_LIMITS = Limits()
+MAX_NAMED_SKIPS = 10  # skipped records warned about one by one, per file; the rest are counted
+
+
+@dataclass(slots=True)
+class Skips:
+    """The records one reader skipped: the first ``MAX_NAMED_SKIPS`` each get a
+    ``Damage`` of their own, the others one closing count (a file of a million
+    bad records must not make a million warnings)."""
+
+    file: str
+    unit: str = "packet"
+    named: int = 0
+    more: int = 0
+    first_more: int = 0
+    _limit: int = field(default=MAX_NAMED_SKIPS, repr=False)
+
+    def skip(self, number: int, message: str) -> Damage | None:
+        """A warning for this skipped record, or None once the named ones are used up."""
+        if self.named < self._limit:
+            self.named += 1
+            return Damage(self.file, number, message, stopped=False, unit=self.unit)
+        self.more += 1
+        self.first_more = self.first_more or number
+        return None
+
+    def summary(self) -> Damage | None:
+        if not self.more:
+            return None
+        return Damage(
+            self.file,
+            self.first_more,
+            f"{self.more} more {self.unit}(s) skipped likewise (the first of them shown)",
+            stopped=False,
+            unit=self.unit,
+        )

@@ -357,7 +357,10 @@ CASES = [
             ("sni", "www.wechat.com", "tls"),
             ("http", "http://api.tiktok.com/upload", "http"),
         ],
-        damage=["truncated.pcapng at packet 7: file ends inside a block"],
+        damage=[
+            "truncated.pcapng at packet 7: "
+            "file ends inside the enhanced packet block at offset 904 (114 of 144 bytes)"
+        ],
     ),
     Case("garbage-after-header", _garbage, [], damage=["garbage.pcap at packet 1"]),
 ]
