@@ -831,10 +831,10 @@ def _pcapng(
             if tail != top[4:8]:
                 yield _mismatch(file, number + 1, offset, btype, blen, tail, le)
                 return
-            if btype in PACKET_TYPES:
-                number += 1
+            packet = btype in PACKET_TYPES
+            number += packet
             note = skips.skip(
-                number,
+                number if packet else 0,
                 f"{_block_name(btype)} at offset {offset} is {blen} bytes, "
                 f"over the {max_record}-byte limit (--max-record); skipped",
             )
@@ -906,7 +906,9 @@ def _pcapng(
                     "its packets are skipped)"
                 )
         if problem:
-            note = skips.skip(number, f"corrupt {_block_name(btype)} at offset {offset}: {problem}; skipped")
+            # A packet block is named by its packet number too; other blocks by their offset alone.
+            where = number if btype in PACKET_TYPES else 0
+            note = skips.skip(where, f"corrupt {_block_name(btype)} at offset {offset}: {problem}; skipped")
             if note is not None:
                 yield note
         if out:

@@ -279,3 +279,32 @@ def write_pcapng(
             cls = pcapng.EnhancedPacketBlockLE if block == "epb" else pcapng.PacketBlockLE
             f.write(bytes(cls(iface_id=iface, ts_high=us >> 32, ts_low=us & 0xFFFFFFFF, pkt_data=frame)))
     return path
+
+
+# --- pcapng blocks, one at a time (for files a test damages on purpose) ----------
+
+
+def pcapng_shb() -> bytes:
+    from dpkt import pcapng
+
+    return bytes(pcapng.SectionHeaderBlockLE())
+
+
+def pcapng_idb(linktype: int = LINK_ETHERNET) -> bytes:
+    from dpkt import pcapng
+
+    return bytes(pcapng.InterfaceDescriptionBlockLE(linktype=linktype, snaplen=262144))
+
+
+def pcapng_epb(frame: bytes, iface: int = 0, t: float = T0) -> bytes:
+    from dpkt import pcapng
+
+    us = int(t * 1e6)
+    return bytes(
+        pcapng.EnhancedPacketBlockLE(iface_id=iface, ts_high=us >> 32, ts_low=us & 0xFFFFFFFF, pkt_data=frame)
+    )
+
+
+def dns_frame(name: str, qid: int = 7) -> bytes:
+    """An Ethernet frame carrying one DNS query for ``name``, client → resolver."""
+    return link([udp(dns_query(name, qid))], LINK_ETHERNET)[0]

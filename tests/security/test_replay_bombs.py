@@ -31,7 +31,6 @@ from pathlib import Path
 from typing import IO
 
 import pytest
-from dpkt import pcapng
 from mitmproxy import io as mio
 from mitmproxy.test import tflow, tutils
 
@@ -139,25 +138,13 @@ def zeek_tsv_row(name: str, second: int) -> bytes:
     return f"{1605002400 + second}.0\t{c.CLIENT}\t{40000 + second}\t{c.SERVER}\t443\t{name}\n".encode()
 
 
-def dns_frame(name: str) -> bytes:
-    return c.link([c.udp(c.dns_query(name))], c.LINK_ETHERNET)[0]
-
-
 def pcap_record(data: bytes, second: int, caplen: int | None = None, wire_len: int | None = None) -> bytes:
     n = len(data) if caplen is None else caplen
     return struct.pack("<IIII", int(c.T0) + second, 0, n, n if wire_len is None else wire_len) + data
 
 
 PCAP_HEAD = struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 262144, c.LINK_ETHERNET)
-SHB = bytes(pcapng.SectionHeaderBlockLE())
-IDB = bytes(pcapng.InterfaceDescriptionBlockLE(linktype=c.LINK_ETHERNET, snaplen=262144))
-
-
-def epb(data: bytes, second: int = 0) -> bytes:
-    us = int((c.T0 + second) * 1e6)
-    return bytes(
-        pcapng.EnhancedPacketBlockLE(iface_id=0, ts_high=us >> 32, ts_low=us & 0xFFFFFFFF, pkt_data=data)
-    )
+SHB, IDB, epb, dns_frame = c.pcapng_shb(), c.pcapng_idb(), c.pcapng_epb, c.dns_frame
 
 
 def huge_epb_header(size: int) -> tuple[bytes, int]:
@@ -215,7 +202,7 @@ def pcapng_bomb(g: IO[bytes]) -> None:
     head, blen = huge_epb_header(BOMB)
     g.write(head)
     pad(g, blen - 32, b"\0")
-    g.write(struct.pack("<I", blen) + epb(dns_frame("www.wechat.com"), 2))
+    g.write(struct.pack("<I", blen) + epb(dns_frame("www.wechat.com"), t=c.T0 + 2))
 
 
 def mitm_bomb(g: IO[bytes]) -> None:
