@@ -1,0 +1,202 @@
+"""Hostile policy and list files (issue 8): a FIFO, /dev/zero behind a
+symlink, a socket, a directory, an oversized (sparse) file, an over-long
+line.  Each is refused with an exact ``file:line: field: message``, in well
+under a second; the holder keeps the last good policy, a later good reload
+takes effect, and no thread is left stuck.  Before the fix a FIFO blocked the
+reload in open() while holding the holder's lock, for good."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from egress_filter.holder import PolicyHolder
+from policies import PolicyError, load_policy
+from tests.core.test_holder import blocked, files, holder, policy_text, wait_for, write
+
+__all__ = ["files", "holder"]  # the fixtures, shared with tests/core/test_holder.py
+GiB = 1 << 30
+LIST_LINE = policy_text("a.example").splitlines().index("    lists: [names.txt]") + 1
+FIELD = "apps[demo].lists[0]"
+
+
+def make_fifo(p: Path) -> None:
+    os.mkfifo(p)
+
+
+def make_dev_zero(p: Path) -> None:
+    p.symlink_to("/dev/zero")
+
+
+def make_socket(p: Path) -> None:
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.bind(str(p))
+    s.close()  # the socket file stays
+
+
+def make_directory(p: Path) -> None:
+    p.mkdir()
+
+
+def make_sparse(p: Path) -> None:
+    with open(p, "wb") as fh:
+        fh.truncate(GiB + 1)  # sparse: 1 GiB + 1 byte of holes, no disk used
+
+
+def make_long_line(p: Path) -> None:
+    p.write_text("ok-1.example\nok-2.example\n" + "x" * 5000 + ".example\nok-4.example\n")
+
+
+def refused(what: str) -> str:
+    return f"{{policy}}:{LIST_LINE}: {FIELD}: list file 'names.txt' {what}"
+
+
+CASES = [
+    pytest.param(make_fifo, refused("is a FIFO, not a regular file"), id="fifo"),
+    pytest.param(make_dev_zero, refused("is a character device, not a regular file"), id="dev-zero-symlink"),
+    pytest.param(make_socket, refused("is a socket, not a regular file"), id="socket"),
+    pytest.param(make_directory, refused("is a directory, not a regular file"), id="directory"),
+    pytest.param(make_sparse, refused(f"is {GiB + 1} bytes, over the limit of {GiB} "
+                                      "(settings.max_file_size)"),
+                 id="oversized-sparse"),
+    pytest.param(make_long_line, f"{{names}}:3: {FIELD}: line is longer than 4096 characters",
+                 id="long-line"),
+]
+
+
+def bounded(call: Callable[[], object], timeout: float = 5.0) -> object:
+    """Run ``call`` on a thread; fail (not hang) if it does not return in
+    time; its result, or its exception raised here."""
+    out: list[object] = []
+    failed: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            out.append(call())
+        except BaseException as exc:
+            failed.append(exc)
+
+    th = threading.Thread(target=run, daemon=True)
+    th.start()
+    th.join(timeout)
+    assert not th.is_alive(), f"{call} still blocked after {timeout} s"
+    if failed:
+        raise failed[0]
+    return out[0]
+
+
+def replace_with(names: Path, make: Callable[[Path], None]) -> None:
+    names.unlink()
+    make(names)
+
+
+def restore(names: Path, text: str) -> None:
+    if names.is_dir() and not names.is_symlink():
+        names.rmdir()
+    else:
+        names.unlink()
+    write(names, text)
+
+
+@pytest.mark.parametrize(("make", "message"), CASES)
+def test_hostile_list_file_is_refused_and_the_last_good_policy_kept(
+        holder: PolicyHolder, files: tuple[Path, Path], make: Callable[[Path], None], message: str) -> None:
+    policy, names = files
+    threads = threading.active_count()
+    replace_with(names, make)
+    start = time.monotonic()
+    assert bounded(holder.reload) is False
+    assert time.monotonic() - start < 2.0
+    assert str(holder.last_error) == message.format(policy=policy, names=names)
+    assert blocked(holder, "listed-a.example")  # the last good policy is in force
+    restore(names, "listed-b.example\n")
+    assert bounded(holder.reload) is True
+    assert blocked(holder, "listed-b.example") and not blocked(holder, "listed-a.example")
+    assert threading.active_count() <= threads
+
+
+@pytest.mark.parametrize(("make", "message"), CASES)
+def test_load_policy_refuses_it(files: tuple[Path, Path], make: Callable[[Path], None], message: str) -> None:
+    policy, names = files
+    replace_with(names, make)
+    with pytest.raises(PolicyError) as info:
+        bounded(lambda: load_policy(policy))
+    assert [str(i) for i in info.value.issues] == [message.format(policy=policy, names=names)]
+
+
+POLICY_FILE_CASES = [
+    pytest.param(make_fifo, "is a FIFO, not a regular file", id="fifo"),
+    pytest.param(make_dev_zero, "is a character device, not a regular file", id="dev-zero-symlink"),
+    pytest.param(make_directory, "is a directory, not a regular file", id="directory"),
+    pytest.param(make_sparse, f"is {GiB + 1} bytes, over the limit of {GiB} (settings.max_file_size)",
+                 id="oversized-sparse"),
+]
+
+
+@pytest.mark.parametrize(("make", "message"), POLICY_FILE_CASES)
+def test_hostile_policy_file_is_refused(holder: PolicyHolder, files: tuple[Path, Path],
+                                        make: Callable[[Path], None], message: str) -> None:
+    policy, _names = files
+    replace_with(policy, make)
+    assert bounded(holder.reload) is False
+    assert str(holder.last_error) == f"{policy}:0: (file): {message}"
+    assert blocked(holder, "x.a.example")
+    restore(policy, policy_text("b.example"))
+    assert bounded(holder.reload) is True
+    assert blocked(holder, "x.b.example")
+
+
+def test_lowered_size_cap_from_the_policy(tmp_path: Path) -> None:
+    names = tmp_path / "names.txt"
+    names.write_text("".join(f"n{i}.example\n" for i in range(200)))  # 2,490 bytes
+    size = names.stat().st_size
+    text = policy_text("a.example").replace("version: 1\n", "version: 1\nsettings: {max_file_size: 1000}\n")
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(text)
+    with pytest.raises(PolicyError) as info:
+        load_policy(policy)
+    line = text.splitlines().index("    lists: [names.txt]") + 1
+    assert str(info.value) == (f"{policy}:{line}: {FIELD}: list file 'names.txt' is {size} bytes, "
+                               "over the limit of 1000 (settings.max_file_size)")
+    policy.write_text(text.replace("1000", "3000"))
+    loaded = load_policy(policy)
+    assert loaded.counts["domains"] == 201 and loaded.settings.max_file_size == 3000
+
+
+def test_the_loader_parameter_lowers_the_cap(files: tuple[Path, Path]) -> None:
+    policy = files[0]
+    with pytest.raises(PolicyError) as info:
+        load_policy(policy, max_file_size=50)
+    assert str(info.value) == f"{policy}:0: (file): is {policy.stat().st_size} bytes, over the limit of 50 " \
+                              "(settings.max_file_size)"
+
+
+def test_watcher_survives_a_fifo_and_sighups(holder: PolicyHolder, files: tuple[Path, Path]) -> None:
+    """The red team's sequence: a FIFO list file, SIGHUPs, then the good file
+    back; enforcement follows, and no SIGHUP leaves a thread behind."""
+    names = files[1]
+    previous = signal.getsignal(signal.SIGHUP)
+    threads = threading.active_count()
+    holder.install_sighup()
+    holder.start(interval=0.05)
+    try:
+        replace_with(names, make_fifo)
+        assert wait_for(lambda: holder.last_error is not None, timeout=5)
+        for _ in range(10):
+            os.kill(os.getpid(), signal.SIGHUP)
+            time.sleep(0.02)
+        assert wait_for(lambda: threading.active_count() <= threads + 1, timeout=5)  # + the watcher
+        restore(names, "listed-c.example\n")
+        assert wait_for(lambda: blocked(holder, "listed-c.example"), timeout=5)
+        assert holder.last_error is None
+    finally:
+        holder.stop()
+        signal.signal(signal.SIGHUP, previous)
+    assert threading.active_count() <= threads
