@@ -152,3 +152,24 @@ def test_emit_stays_cheap_while_the_sink_stalls(fifo: tuple[Path, int]) -> None:
     assert per_call < 200e-6, f"{per_call * 1e6:.0f} µs per emit"
     assert log.dropped >= 50_000
     log.close(timeout=0.5)
+
+
+def test_losses_are_prometheus_counters(fifo: tuple[Path, int]) -> None:
+    """The DNS server and the proxy register this collector on their registries."""
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from egress_filter.eventlog import metrics_collector
+
+    path, _reader = fifo
+    log = EventLog(str(path), max_events=10, max_bytes=MiB)
+    registry = CollectorRegistry()
+    registry.register(metrics_collector("egress_test", lambda: log))
+    for i in range(1_000):
+        log.emit({"seq": i, "pad": PAD})
+    log.close(timeout=0.5)
+    text = generate_latest(registry).decode()
+    got = {line.split()[0]: float(line.split()[1]) for line in text.splitlines() if not line.startswith("#")}
+    assert got["egress_test_events_dropped_total"] == log.dropped == 1_000 - log.written
+    assert got["egress_test_events_written_total"] == log.written
+    assert got["egress_test_events_write_errors_total"] == 0
+    assert got["egress_test_events_queued"] == 0

@@ -7,9 +7,12 @@ reload in open() while holding the holder's lock, for good."""
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -18,11 +21,13 @@ from pathlib import Path
 import pytest
 
 from egress_filter.holder import PolicyHolder
-from policies import PolicyError, load_policy
+from policies import PolicyError, load_policy, load_policy_text
+from tests.core.conftest import MINIMAL_APP
 from tests.core.test_holder import blocked, files, holder, policy_text, wait_for, write
 
 __all__ = ["files", "holder"]  # the fixtures, shared with tests/core/test_holder.py
 GiB = 1 << 30
+REPO = Path(__file__).resolve().parents[2]
 LIST_LINE = policy_text("a.example").splitlines().index("    lists: [names.txt]") + 1
 FIELD = "apps[demo].lists[0]"
 
@@ -200,3 +205,123 @@ def test_watcher_survives_a_fifo_and_sighups(holder: PolicyHolder, files: tuple[
         holder.stop()
         signal.signal(signal.SIGHUP, previous)
     assert threading.active_count() <= threads
+
+
+# --- deeply nested YAML: a file:line error, not a RecursionError traceback ----
+
+DEEP = 950
+APP = "apps:\n" + MINIMAL_APP
+DEEP_CASES = [
+    # (the document, the line the 65th collection starts on, its top-level key)
+    pytest.param("version: 1\nx-deep: " + "[" * DEEP + "]" * DEEP + "\n" + APP, 2, "x-deep", id="flow-lists"),
+    pytest.param("version: 1\nx-deep: " + "{a: " * DEEP + "1" + "}" * DEEP + "\n" + APP, 2, "x-deep",
+                 id="flow-mappings"),
+    pytest.param("version: 1\nx-deep:\n" + "".join("  " * i + "a:\n" for i in range(1, DEEP)) + "  " * DEEP
+                 + "b: 1\n" + APP, 66, "x-deep", id="block-mappings"),
+    pytest.param("version: 1\nx-deep:\n  " + "- " * DEEP + "x\n" + APP, 3, "x-deep", id="block-lists"),
+    pytest.param("version: 1\n" + APP + "    notes: " + "[" * DEEP + "]" * DEEP + "\n", 9, "apps",
+                 id="inside-an-app"),
+]
+
+
+def check(path: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "egress_filter.cli", "check", str(path)],
+                          capture_output=True, text=True, timeout=60, cwd=REPO)
+
+
+@pytest.mark.parametrize(("text", "line", "field"), DEEP_CASES)
+def test_deep_nesting_is_a_positioned_error(tmp_path: Path, text: str, line: int, field: str) -> None:
+    path = tmp_path / "policy.yaml"
+    path.write_text(text)
+    proc = check(path)
+    assert proc.returncode == 1 and proc.stdout == ""
+    assert proc.stderr.splitlines() == [
+        f"{path}:{line}: {field}: nesting deeper than 64 levels",
+        "egress-filter: 1 problem in the policy; nothing was changed",
+    ]
+
+
+@pytest.mark.parametrize(("depth", "ok"), [(64, True), (65, False)], ids=["64-levels", "65-levels"])
+def test_nesting_limit_boundary(depth: int, ok: bool) -> None:
+    # The root mapping is the first level; x-deep's lists are the others.
+    text = "version: 1\nx-deep: " + "[" * (depth - 1) + "]" * (depth - 1) + "\n" + APP
+    if ok:
+        assert load_policy_text(text).apps.keys() == {"demo"}
+    else:
+        with pytest.raises(PolicyError) as info:
+            load_policy_text(text)
+        assert str(info.value) == "<policy>:2: x-deep: nesting deeper than 64 levels"
+
+
+# --- gutted policies: warned about, and a reload that unblocks everything refused ----
+
+TODAY_FULL = MINIMAL_APP  # full since 2020-01-01
+FUTURE = MINIMAL_APP.replace("2020-01-01", "2999-01-01")
+DL = MINIMAL_APP.replace("phase: full", "phase: downloads")
+
+
+def doc(app: str | None, rules: str = "    domains: [a.example]\n", top: str = "") -> str:
+    return "version: 1\n" + top + ("apps: []\n" if app is None else "apps:\n" + app + rules)
+
+
+NOTHING = ("the policy blocks nothing on {day} in enforce mode "
+           "(no app is in a phase that blocks one of its rules)")
+NO_APPS = "the policy has no apps, so it blocks nothing"
+GUTTED_CASES = [
+    # (the new file, holder allow_empty, reload accepted, warning)
+    pytest.param(doc(None), False, False, NO_APPS, id="no-apps"),
+    pytest.param(doc(TODAY_FULL, rules=""), False, False, NOTHING, id="app-without-rules"),
+    pytest.param(doc(FUTURE), False, False, NOTHING, id="schedule-not-started"),
+    pytest.param(doc(TODAY_FULL.replace("    schedule:", "    phase: none\n    schedule:")), False, False,
+                 NOTHING, id="phase-none-override"),
+    pytest.param(doc(DL), False, False, NOTHING, id="downloads-phase-traffic-rules-only"),
+    pytest.param(doc(DL, rules="    downloads: [{host: dl.a.example}]\n"), False, True, None,
+                 id="downloads-phase-download-rule"),
+    pytest.param(doc(TODAY_FULL, top="mode: monitor\n"), False, True, None,
+                 id="monitor-mode-logs-not-allows"),
+    pytest.param(doc(None, top="settings: {allow_empty: true}\n"), False, True, NO_APPS,
+                 id="policy-flag-allow-empty"),
+    pytest.param(doc(FUTURE), True, True, NOTHING, id="holder-allow-empty"),
+    pytest.param(doc(TODAY_FULL, rules="    domains: [b.example]\n"), False, True, None, id="still-blocks"),
+]
+
+
+@pytest.mark.parametrize(("text", "allow_empty", "accepted", "warning"), GUTTED_CASES)
+def test_gutted_reload(tmp_path: Path, caplog: pytest.LogCaptureFixture, text: str, allow_empty: bool,
+                       accepted: bool, warning: str | None) -> None:
+    path = tmp_path / "policy.yaml"
+    write(path, doc(TODAY_FULL))
+    h = PolicyHolder(path, at=dt.date(2021, 1, 1), allow_empty=allow_empty)
+    assert blocked(h, "x.a.example")
+    write(path, text)
+    caplog.clear()
+    assert h.reload() is accepted
+    if accepted:
+        assert h.last_error is None
+    else:
+        assert str(h.last_error) == (
+            f"{path}:0: (policy): the new policy blocks nothing on 2021-01-01, where the one in force "
+            "blocks; refused (start with --allow-empty, or set settings.allow_empty: true, to accept it)")
+        assert blocked(h, "x.a.example")  # the last good policy is kept
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    expect = [f"{path}: warning: {warning.format(day='2021-01-01')}"] if warning and accepted else []
+    assert warnings == expect
+
+
+CHECK_CASES = [
+    pytest.param(doc(None), [NO_APPS], id="no-apps"),
+    pytest.param(doc(TODAY_FULL, rules=""), [NOTHING], id="app-without-rules"),
+    pytest.param(doc(FUTURE), [NOTHING], id="schedule-not-started"),
+    pytest.param(doc(TODAY_FULL, rules="", top="mode: monitor\n"), [], id="monitor-mode"),
+    pytest.param(doc(TODAY_FULL), [], id="blocks"),
+]
+
+
+@pytest.mark.parametrize(("text", "warnings"), CHECK_CASES)
+def test_check_warns_about_gutted_policies(tmp_path: Path, text: str, warnings: list[str]) -> None:
+    path = tmp_path / "policy.yaml"
+    path.write_text(text)
+    proc = check(path)
+    day = dt.datetime.now(dt.UTC).date().isoformat()
+    assert proc.returncode == 0 and proc.stdout.startswith(f"{path}: OK\n")
+    assert proc.stderr.splitlines() == [f"{path}: warning: {w.format(day=day)}" for w in warnings]
