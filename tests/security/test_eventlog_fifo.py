@@ -80,3 +80,34 @@ def test_eventlog_open_never_blocks_on_a_fifo(tmp_path: Path, reader_first: bool
     finally:
         if reader is not None:
             os.close(reader)
+
+
+def test_fifo_reader_that_goes_away_and_comes_back(tmp_path: Path) -> None:
+    """A log shipper restarting: the lines in flight when it left are counted
+    as write errors, the writer waits for the next reader, and every line that
+    reader gets is whole."""
+    fifo = tmp_path / "events.fifo"
+    os.mkfifo(fifo)
+    first = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+    log = EventLog(str(fifo))
+    log.emit({"seq": 0})
+    assert read_lines(first, 1, timeout=10) == [{"seq": 0}]
+    os.close(first)  # the reader goes away
+    for i in range(1, 2001):
+        log.emit({"seq": i, "pad": "z" * 100})
+    deadline = time.monotonic() + 10
+    while log.write_errors == 0 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert log.write_errors > 0  # the batch that met EPIPE
+    second = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        got = read_lines(second, 2001 - log.write_errors - 1, timeout=10)
+        log.close(timeout=5)
+        got += read_lines(second, 1, timeout=2)  # the loss warning written at close, if not before
+    finally:
+        os.close(second)
+    events = [e for e in got if "seq" in e]
+    warnings = [e for e in got if "seq" not in e]
+    assert log.written == len(events) + 1 and log.written + log.write_errors == 2001
+    assert [w["egress"]["lost"] for w in warnings] == [log.write_errors]  # type: ignore[index]
+    assert [e["seq"] for e in events] == sorted(e["seq"] for e in events)  # type: ignore[type-var]

@@ -23,7 +23,7 @@ import pytest
 from egress_filter.holder import PolicyHolder
 from policies import PolicyError, load_policy, load_policy_text
 from tests.core.conftest import MINIMAL_APP
-from tests.core.test_holder import blocked, files, holder, policy_text, wait_for, write
+from tests.core.test_holder import Clock, blocked, files, holder, policy_text, wait_for, write
 
 __all__ = ["files", "holder"]  # the fixtures, shared with tests/core/test_holder.py
 GiB = 1 << 30
@@ -325,3 +325,23 @@ def test_check_warns_about_gutted_policies(tmp_path: Path, text: str, warnings: 
     day = dt.datetime.now(dt.UTC).date().isoformat()
     assert proc.returncode == 0 and proc.stdout.startswith(f"{path}: OK\n")
     assert proc.stderr.splitlines() == [f"{path}: warning: {w.format(day=day)}" for w in warnings]
+
+
+def test_midnight_phase_change_still_happens_with_a_fifo_list_file(tmp_path: Path) -> None:
+    """The red team saw phase changes stop once a FIFO held the watcher."""
+    names, policy = tmp_path / "names.txt", tmp_path / "policy.yaml"
+    write(names, "listed-a.example\n")
+    write(policy, "version: 1\napps:\n" + MINIMAL_APP.replace("2020-01-01", "2021-01-02")
+          + "    lists: [names.txt]\n")
+    clock = Clock(dt.datetime(2021, 1, 1, 23, 59, 59, tzinfo=dt.UTC))
+    h = PolicyHolder(policy, clock=clock, allow_empty=True)
+    h.start(interval=0.02)
+    try:
+        replace_with(names, make_fifo)
+        write(policy, policy.read_text())  # a change: the watcher reloads, and fails on the FIFO
+        assert wait_for(lambda: h.last_error is not None, timeout=5)
+        assert not blocked(h, "listed-a.example")  # phase none until midnight
+        clock.now = dt.datetime(2021, 1, 2, 0, 0, 1, tzinfo=dt.UTC)
+        assert wait_for(lambda: blocked(h, "listed-a.example"), timeout=5)  # the last good policy, in full
+    finally:
+        h.stop()
