@@ -186,7 +186,8 @@ class EventLog:
                 return
             self._queued += 1
             self._queued_bytes += size
-        self._queue.put(data)
+            # Under the lock, so that no line can follow close()'s stop mark.
+            self._queue.put(data)
 
     def reopen(self) -> None:
         """Reopen the path (logrotate's ``postrotate``: send SIGHUP, call this)."""
@@ -328,7 +329,8 @@ class EventLog:
             (_write_file if sink.regular else self._write_pipe)(sink.fd, buf)
         except _PartialWrite as exc:
             whole = buf.count(b"\n", 0, exc.done)
-            if sink.regular:
+            if sink.regular and sink.owned:
+                # Not stdout: other processes may be appending to that file.
                 _truncate_back(sink.fd, buf, exc.done)
             cause = exc.__cause__
             if not isinstance(cause, _Late):

@@ -90,11 +90,13 @@ class PolicyHolder:
                 ok = self._reload_once()
                 with self._lock:
                     if not self._again:
+                        self._loading = False  # in the same hold: no request can slip in between
                         return ok
                     self._again = False
-        finally:
+        except BaseException:
             with self._lock:
                 self._loading = False
+            raise
 
     def _reload_once(self) -> bool:
         # Stamped before reading: a file that changes while it is being
