@@ -111,3 +111,33 @@ def test_fifo_reader_that_goes_away_and_comes_back(tmp_path: Path) -> None:
     assert log.written == len(events) + 1 and log.written + log.write_errors == 2001
     assert [w["egress"]["lost"] for w in warnings] == [log.write_errors]  # type: ignore[index]
     assert [e["seq"] for e in events] == sorted(e["seq"] for e in events)  # type: ignore[type-var]
+
+
+def test_dns_metrics_count_the_events_waiting_for_a_reader(tmp_path: Path) -> None:
+    import urllib.request
+
+    fifo = tmp_path / "events.fifo"
+    os.mkfifo(fifo)
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(policy_text(), encoding="utf-8")
+    auth = Authority()
+    try:
+        server = ResolverProcess(["--policy", str(policy), "--at", TEST_DAY, "--upstream", auth.address,
+                                  "--log", str(fifo), "--metrics", "127.0.0.1:0"], tmp_path)
+        try:
+            for i in range(3):
+                assert server.ask(f"w{i}.tiktok.test").rcode() == 3
+            assert server.metrics_url is not None
+            with urllib.request.urlopen(server.metrics_url, timeout=10) as resp:
+                text = resp.read().decode()
+            values = {ln.split()[0]: float(ln.split()[1]) for ln in text.splitlines()
+                      if ln.startswith("egress_dns_events_")}
+            assert values["egress_dns_events_queued"] == 3  # nobody reads the FIFO yet
+            assert values["egress_dns_events_dropped_total"] == 0
+            assert values["egress_dns_events_written_total"] == 0
+        finally:
+            assert server.stop() == 0
+    finally:
+        auth.stop()
+    err = server.stderr().splitlines()
+    assert f"egress-filter: event log {fifo}: 3 of 3 events lost: 3 dropped (the sink did not keep up)" in err
