@@ -17,6 +17,7 @@ from __future__ import annotations
 import datetime as dt
 import io
 import ipaddress
+import itertools
 import os
 import re
 import stat
@@ -107,9 +108,10 @@ class _Unreadable(Exception):
     """A file that must not or cannot be read; the message says why, as the
     rest of a sentence about the file ("is a FIFO, ...", "cannot be read: ...")."""
 
-    def __init__(self, message: str, os_error: str | None = None):
+    def __init__(self, message: str, os_error: str | None = None, too_big: bool = False):
         super().__init__(message)
         self.os_error = os_error  # the system's reason, when the OS refused
+        self.too_big = too_big  # over the size cap (the caller names the setting)
 
 
 _KINDS = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
@@ -143,7 +145,7 @@ def _open_regular(path: Path, max_size: int) -> io.BufferedReader:
         if problem:
             raise _Unreadable(problem)
         if st.st_size > max_size:
-            raise _Unreadable(f"is {st.st_size} bytes, over the limit of {max_size} (settings.max_file_size)")
+            raise _Unreadable(f"is {st.st_size} bytes, over the limit of {max_size}", too_big=True)
         return open(fd, "rb", closefd=True)
     except BaseException:
         os.close(fd)
@@ -379,7 +381,7 @@ def load_policy(path: str | os.PathLike[str] | None = None, *, max_file_size: in
     """Load, validate and compile a policy file (the bundled one by default).
 
     ``max_file_size`` caps the YAML and every list file (default 1 GiB; a
-    policy's ``settings.max_file_size`` lowers it for its list files);
+    policy's ``settings.max_file_size`` replaces it for its own list files);
     ``max_line`` caps a list file's lines, ``max_depth`` the YAML's nesting."""
     p = Path(path) if path is not None else BUNDLED
     cap = DEFAULT_MAX_FILE_SIZE if max_file_size is None else max_file_size
@@ -387,7 +389,7 @@ def load_policy(path: str | os.PathLike[str] | None = None, *, max_file_size: in
         with _open_regular(p, cap) as fh:
             data = fh.read(cap + 1)
         if len(data) > cap:
-            raise _Unreadable(f"is over the limit of {cap} bytes (settings.max_file_size)")
+            raise _Unreadable(f"grew past the limit of {cap} bytes while read", too_big=True)
         text = data.decode("utf-8")
     except _Unreadable as exc:
         message = f"cannot read: {exc.os_error}" if exc.os_error else str(exc)
@@ -870,7 +872,7 @@ def _list(w: _Walker, b: _Build, node: yaml.Node, field: str, base: Path, app: s
     try:
         raw = _open_regular(path, b.caps.file_size)
     except _Unreadable as exc:
-        w.err(node, field, f"list file '{rel}' {exc}")
+        w.err(node, field, f"list file '{rel}' {exc}" + (" (settings.max_file_size)" if exc.too_big else ""))
         return
     exact = as_ == "hosts"
     if allow:
@@ -903,7 +905,7 @@ def _capped_lines(fh: io.TextIOWrapper, caps: _Caps, problems: list[tuple[int, s
     read = fh.readline
     limit = caps.line + 1  # room for the line end
     total = 0
-    for lineno in range(1, 1 << 62):
+    for lineno in itertools.count(1):
         line = read(limit)
         if not line:
             return
