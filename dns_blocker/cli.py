@@ -26,7 +26,7 @@ def register(sub: Any) -> None:
         "dns", help="run the DNS resolver that enforces the policy",
         description="A filtering DNS resolver on the shared policy. Settings: defaults < policy "
                     "settings.dns < --config FILE < these flags.")
-    add_policy_args(p)
+    add_policy_args(p, serving=True)
     p.add_argument("--config", metavar="FILE",
                    help="YAML file with settings.dns keys (overrides the policy's)")
     p.add_argument("--listen", action="append", metavar="HOST:PORT",
@@ -63,7 +63,7 @@ def cmd_dns(args: argparse.Namespace) -> int:
     import gc
     import logging
 
-    from egress_filter.eventlog import EventLog
+    from egress_filter.eventlog import EventLog, metrics_collector
     from egress_filter.holder import PolicyHolder
     from policies import Mode, Phase, PolicyError
 
@@ -74,7 +74,7 @@ def cmd_dns(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format=f"{PROG}: %(message)s", stream=sys.stderr)
     try:
         holder = PolicyHolder(args.policy, at=args.at, phase=Phase(args.phase) if args.phase else None,
-                              mode=Mode(args.mode) if args.mode else None)
+                              mode=Mode(args.mode) if args.mode else None, allow_empty=args.allow_empty)
     except PolicyError as exc:
         for issue in exc.issues:
             print(issue, file=sys.stderr)
@@ -131,7 +131,11 @@ def cmd_dns(args: argparse.Namespace) -> int:
         metrics = prom
 
     workers = _start_workers(args, settings.workers, settings.log, [s[0].getsockname()[:2] for s in sockets])
-    events = EventLog(_worker_log(settings.log, 0) if workers else settings.log)
+    queue = holder.policy.settings.event_queue
+    events = EventLog(_worker_log(settings.log, 0) if workers else settings.log,
+                      max_events=queue.max_events, max_bytes=queue.max_bytes)
+    if isinstance(metrics, PromMetrics):
+        metrics.registry.register(metrics_collector("egress_dns", lambda: events))
     try:
         def hup_workers() -> None:
             for w in workers:

@@ -37,9 +37,14 @@ def parse_date(text: str) -> dt.date:
         raise argparse.ArgumentTypeError(f"'{text}' is not a date (YYYY-MM-DD)") from exc
 
 
-def add_policy_args(p: argparse.ArgumentParser, *, moment: bool = True) -> None:
-    """The flags every policy-reading command shares."""
+def add_policy_args(p: argparse.ArgumentParser, *, moment: bool = True, serving: bool = False) -> None:
+    """The flags every policy-reading command shares; ``serving``: a command
+    that reloads the policy while it runs (dns, proxy, run)."""
     p.add_argument("--policy", metavar="P", help="policy YAML (default: the bundled policy)")
+    if serving:
+        p.add_argument("--allow-empty", action="store_true",
+                       help="accept a reload that would block nothing the policy in force blocks "
+                            "(refused by default; or set settings.allow_empty: true in the new file)")
     if moment:
         g = p.add_mutually_exclusive_group()
         g.add_argument("--at", type=parse_date, metavar="YYYY-MM-DD", help="read the schedules at this date")
@@ -62,6 +67,8 @@ def load_or_exit(path: str | None) -> Policy:
 def cmd_check(args: argparse.Namespace) -> int:
     policy = load_or_exit(args.policy_file or args.policy)
     summary = policy_summary(policy)
+    for warning in summary["warnings"]:
+        print(f"{summary['source']}: warning: {warning}", file=sys.stderr)
     if args.json:
         print(json.dumps(summary, indent=2))
         return 0

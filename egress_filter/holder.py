@@ -5,6 +5,13 @@ read.  A reload or a change of day builds a new view off the hot path and
 swaps the reference; a bad file keeps the last good policy.  Subscribers are
 told after every swap (``"reload"``) and when some app's effective phase
 changes (``"phase"``), so caches can be flushed.
+
+Files are read with no lock held (the loader never blocks on a FIFO, but a
+slow disk must not stall phase changes either); the lock only guards the
+swap.  One reload runs at a time: a reload asked for meanwhile (another
+SIGHUP) runs once more after it, rather than piling up threads.  A reload
+that would block nothing the policy in force blocks (a gutted file) is
+refused unless ``allow_empty`` or the new file's ``settings.allow_empty``.
 """
 
 from __future__ import annotations
@@ -17,7 +24,17 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
-from policies import Mode, Phase, Policy, PolicyError, PolicyView, load_policy
+from policies import (
+    Mode,
+    Phase,
+    Policy,
+    PolicyError,
+    PolicyIssue,
+    PolicyView,
+    blocks_anything,
+    load_policy,
+    policy_warnings,
+)
 
 log = logging.getLogger("egress_filter.policy")
 
@@ -27,12 +44,14 @@ Listener = Callable[[str], None]
 class PolicyHolder:
     def __init__(self, path: str | os.PathLike[str] | None = None, *, at: dt.date | None = None,
                  phase: Phase | None = None, mode: Mode | None = None,
-                 clock: Callable[[], dt.datetime] | None = None):
-        """Load the policy now; a bad first policy raises ``PolicyError``."""
+                 clock: Callable[[], dt.datetime] | None = None, allow_empty: bool = False):
+        """Load the policy now; a bad first policy raises ``PolicyError``.
+        ``allow_empty`` accepts reloads that block nothing (``--allow-empty``)."""
         self.path = Path(path) if path is not None else None
         self.at = at
         self.phase = phase
         self.mode = mode
+        self.allow_empty = allow_empty
         self._clock = clock or (lambda: dt.datetime.now(dt.UTC))
         self._listeners: list[Listener] = []
         self._lock = threading.Lock()
@@ -40,9 +59,12 @@ class PolicyHolder:
         self._thread: threading.Thread | None = None
         self.last_error: PolicyError | None = None
         self.reloads = 0
+        self._loading = False  # a reload is reading files (guarded by _lock)
+        self._again = False  # another reload was asked for meanwhile
         self.policy: Policy = load_policy(self.path)
         self._stamps = self._file_stamps()
         self.view: PolicyView = self._make_view(self.policy)
+        self._warn(self.policy, self.view)
 
     # --- what readers use -----------------------------------------------------
 
@@ -55,29 +77,76 @@ class PolicyHolder:
     # --- changes ----------------------------------------------------------------
 
     def reload(self) -> bool:
-        """Load the file again; on success swap and notify, on failure keep the old policy."""
+        """Load the files again; on success swap and notify, on failure keep
+        the old policy.  False also when a reload already in progress will
+        run once more for this call."""
         with self._lock:
-            # Stamped before reading: a file that changes while it is being
-            # loaded then differs on the next tick and is loaded again.
-            before = {s[0]: s for s in self._file_stamps(self._watched())}
-            try:
-                policy = load_policy(self.path)
-            except PolicyError as exc:
+            if self._loading:
+                self._again = True
+                return False
+            self._loading = True
+        try:
+            while True:
+                ok = self._reload_once()
+                with self._lock:
+                    if not self._again:
+                        self._loading = False  # in the same hold: no request can slip in between
+                        return ok
+                    self._again = False
+        except BaseException:
+            with self._lock:
+                self._loading = False
+            raise
+
+    def _reload_once(self) -> bool:
+        # Stamped before reading: a file that changes while it is being
+        # loaded then differs on the next tick and is loaded again.
+        before = {s[0]: s for s in self._file_stamps(self._watched())}
+        try:
+            policy = load_policy(self.path)
+            view = self._make_view(policy)
+            self._refuse_gutted(policy, view)
+        except PolicyError as exc:
+            with self._lock:
                 self.last_error = exc
                 # Wait on what the bad load read (a missing list file too), so
                 # that fixing any of it reloads, and the same bad state does not
                 # retry every tick.
                 self._stamps = self._file_stamps(exc.files) if exc.files else tuple(before.values())
-                log.error("policy reload failed, keeping the last good policy:\n%s", exc)
-                return False
+            log.error("policy reload failed, keeping the last good policy:\n%s", exc)
+            return False
+        stamps = tuple(before.get(s[0], s) for s in self._file_stamps(policy.files))
+        with self._lock:
             self.policy = policy
-            self._stamps = tuple(before.get(s[0], s) for s in self._file_stamps())
-            self.view = self._make_view(policy)
+            self._stamps = stamps
+            self.view = self._make_view(policy) if self._overrides_changed(view) else view
             self.last_error = None
             self.reloads += 1
         log.info("policy reloaded from %s", policy.source)
+        self._warn(policy, view)
         self._notify("reload")
         return True
+
+    def _overrides_changed(self, view: PolicyView) -> bool:
+        """set_overrides ran while the files were read: the view is stale."""
+        return (view.at, view.phase_override, view.mode) != (self.day(view.policy), self.phase,
+                                                             self.mode or view.policy.mode)
+
+    def _refuse_gutted(self, policy: Policy, view: PolicyView) -> None:
+        """A reload that would turn every block into an allow needs consent."""
+        if self.allow_empty or policy.settings.allow_empty:
+            return
+        old = self.view
+        if blocks_anything(old.policy, old.phases) and not blocks_anything(policy, view.phases):
+            raise PolicyError([PolicyIssue(
+                policy.source or "<policy>", 0, "(policy)",
+                f"the new policy blocks nothing on {view.at}, where the one in force blocks; "
+                "refused (start with --allow-empty, or set settings.allow_empty: true, to accept it)")],
+                policy.files)
+
+    def _warn(self, policy: Policy, view: PolicyView) -> None:
+        for warning in policy_warnings(policy, view.at, self.phase, view.mode):
+            log.warning("%s: warning: %s", policy.source, warning)
 
     def set_overrides(self, *, at: dt.date | None = None, phase: Phase | None = None,
                       mode: Mode | None = None) -> None:
@@ -147,7 +216,7 @@ class PolicyHolder:
 
     def _file_stamps(self, files: tuple[str, ...] | None = None) -> tuple[tuple[str, int, int, int], ...]:
         if files is None:
-            files = self.policy.files if hasattr(self, "policy") else ((str(self.path),) if self.path else ())
+            files = self.policy.files
         out = []
         for f in files:
             try:

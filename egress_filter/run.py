@@ -25,7 +25,7 @@ def register(sub: Any) -> None:
     from egress_filter.cli import add_policy_args
 
     p = sub.add_parser("run", help="start the DNS resolver and the proxy together (what `make run` does)")
-    add_policy_args(p)
+    add_policy_args(p, serving=True)
     p.add_argument("--dns-listen", default=DEFAULT_DNS, metavar="HOST:PORT")
     p.add_argument("--proxy-listen", default=DEFAULT_PROXY, metavar="HOST:PORT")
     p.add_argument("--upstream", action="append", metavar="HOST[:PORT]",
@@ -47,6 +47,8 @@ def _child_args(args: argparse.Namespace) -> list[str]:
         out += ["--phase", args.phase]
     if args.mode:
         out += ["--mode", args.mode]
+    if args.allow_empty:
+        out.append("--allow-empty")
     out += ["--log", args.log]
     return out
 

@@ -11,7 +11,17 @@ Adapters import from here and nothing deeper.
 
 from .decide import Policy, PolicyView, decide
 from .events import SCHEMA_VERSION, build_event, new_event_id
-from .loader import BUNDLED, SCHEMA, PolicyError, PolicyIssue, load_policy, load_policy_text, policy_summary
+from .loader import (
+    BUNDLED,
+    SCHEMA,
+    PolicyError,
+    PolicyIssue,
+    blocks_anything,
+    load_policy,
+    load_policy_text,
+    policy_summary,
+    policy_warnings,
+)
 from .matching import STORE_HOSTS, normalize_name, recognize_store_url
 from .model import (
     ALLOW,
@@ -20,6 +30,7 @@ from .model import (
     AppPhase,
     Decision,
     DnsSettings,
+    EventQueueSettings,
     Kind,
     Mode,
     Observation,
@@ -32,9 +43,38 @@ from .model import (
 )
 
 __all__ = [
-    "ALLOW", "BUNDLED", "SCHEMA", "SCHEMA_VERSION", "STORE_HOSTS", "Action", "App", "AppPhase", "Decision",
-    "DnsSettings", "Kind", "Mode", "Observation", "Phase", "Policy", "PolicyError", "PolicyIssue",
-    "PolicyView", "ProxySettings", "Rule", "RuleKind", "Settings", "Tier", "build_event", "decide",
-    "load_policy", "load_policy_text", "new_event_id", "normalize_name", "policy_summary",
+    "ALLOW",
+    "BUNDLED",
+    "SCHEMA",
+    "SCHEMA_VERSION",
+    "STORE_HOSTS",
+    "Action",
+    "App",
+    "AppPhase",
+    "Decision",
+    "DnsSettings",
+    "EventQueueSettings",
+    "Kind",
+    "Mode",
+    "Observation",
+    "Phase",
+    "Policy",
+    "PolicyError",
+    "PolicyIssue",
+    "PolicyView",
+    "ProxySettings",
+    "Rule",
+    "RuleKind",
+    "Settings",
+    "Tier",
+    "blocks_anything",
+    "build_event",
+    "decide",
+    "load_policy",
+    "load_policy_text",
+    "new_event_id",
+    "normalize_name",
+    "policy_summary",
+    "policy_warnings",
     "recognize_store_url",
 ]

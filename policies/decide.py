@@ -80,6 +80,7 @@ class Policy:
     source: str | None = None
     files: tuple[str, ...] = ()  # the YAML and every list file, for reload-on-change
     counts: Mapping[str, int] = field(default_factory=dict)
+    tiers: Mapping[str, frozenset[Tier]] = field(default_factory=dict)  # each app's rule tiers
 
     def today(self, now: dt.datetime | None = None) -> dt.date:
         """The date the schedules are read at, in the policy's time zone."""

@@ -5,15 +5,23 @@ walker below checks each key against the format (unknown keys are errors),
 converts values, and records every problem as ``file:line: field: message``.
 Only a policy with no problems is compiled into indexes; a bad one raises
 ``PolicyError`` carrying all of them.
+
+Every file (the YAML and each list file) is opened by ``_open_regular``:
+non-blocking, so a FIFO cannot hang the load, and refused unless it is a
+regular file within the size cap; list lines are read with a length cap, and
+YAML nesting is limited while composing, before any recursion gets deep.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import io
 import ipaddress
+import itertools
 import os
 import re
-from collections.abc import Iterable, Iterator
+import stat
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, TypeVar
@@ -34,8 +42,11 @@ from .matching import (
     validate_glob,
 )
 from .model import (
+    DEFAULT_MAX_FILE_SIZE,
     App,
+    AppPhase,
     DnsSettings,
+    EventQueueSettings,
     LegalBasis,
     Mode,
     Phase,
@@ -55,6 +66,8 @@ _APP_ID = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 _PLAY_PKG = re.compile(r"^[A-Za-z][A-Za-z0-9_]*(\.[A-Za-z0-9_]+)+$")
 _LIST_NAME = re.compile(r"^(?:[a-z0-9_-]{1,63}\.)*[a-z0-9_-]{1,63}$")
 _MAX_LIST_ISSUES = 20
+MAX_LIST_LINE = 4096  # characters: a name is at most 253; hosts-file lines with aliases stay far below
+MAX_DEPTH = 64  # YAML collections inside each other; the format itself needs 6
 _MERGE_TAG = "tag:yaml.org,2002:merge"
 # A store host, or a domain above one, would block the store for every app;
 # store traffic is judged per app, by URL (see matching.recognize_store_url).
@@ -89,6 +102,88 @@ class PolicyError(ValueError):
 
 
 T = TypeVar("T")
+
+
+class _Unreadable(Exception):
+    """A file that must not or cannot be read; the message says why, as the
+    rest of a sentence about the file ("is a FIFO, ...", "cannot be read: ...")."""
+
+    def __init__(self, message: str, os_error: str | None = None, too_big: bool = False):
+        super().__init__(message)
+        self.os_error = os_error  # the system's reason, when the OS refused
+        self.too_big = too_big  # over the size cap (the caller names the setting)
+
+
+_KINDS = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+          (stat.S_ISSOCK, "a socket"), (stat.S_ISDIR, "a directory"))
+
+
+def _not_regular(mode: int) -> str | None:
+    for test, kind in _KINDS:
+        if test(mode):
+            return f"is {kind}, not a regular file"
+    return None if stat.S_ISREG(mode) else "is not a regular file"
+
+
+def _open_regular(path: Path, max_size: int) -> io.BufferedReader:
+    """The one way this module opens a file: without blocking (a FIFO would
+    hang ``open`` until a writer came), and only a regular file of at most
+    ``max_size`` bytes (``/dev/zero`` behind a symlink is a character device).
+    Raises ``_Unreadable``."""
+    try:
+        st = os.stat(path)  # a socket cannot be opened at all: say what it is first
+        problem = _not_regular(st.st_mode)
+        if problem:
+            raise _Unreadable(problem)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        raise _Unreadable(f"cannot be read: {reason}", reason) from exc
+    try:
+        st = os.fstat(fd)  # what was opened, should the path have changed since
+        problem = _not_regular(st.st_mode)
+        if problem:
+            raise _Unreadable(problem)
+        if st.st_size > max_size:
+            raise _Unreadable(f"is {st.st_size} bytes, over the limit of {max_size}", too_big=True)
+        return open(fd, "rb", closefd=True)
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+class _TooDeep(yaml.YAMLError):
+    def __init__(self, mark: yaml.Mark, field: str, limit: int):
+        super().__init__(f"nesting deeper than {limit} levels")
+        self.mark, self.field, self.limit = mark, field, limit
+
+
+class _DepthLimitedLoader(yaml.SafeLoader):
+    """A SafeLoader whose composer refuses collections nested deeper than
+    ``max_depth``: composing recurses once per level, so a 950-level document
+    would otherwise end in a RecursionError.  Checked before each collection
+    is composed, so the stack never gets deep."""
+
+    max_depth = MAX_DEPTH
+
+    def __init__(self, stream: str):
+        super().__init__(stream)
+        self._depth = 0
+        self._top = "(yaml)"  # the top-level key being composed, for the error's field
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
+        if self._depth == 1 and isinstance(index, yaml.ScalarNode):
+            self._top = str(index.value)
+        if not self.check_event(yaml.SequenceStartEvent, yaml.MappingStartEvent):
+            return super().compose_node(parent, index)  # type: ignore[no-any-return]
+        if self._depth >= self.max_depth:
+            mark = self.peek_event().start_mark  # type: ignore[no-untyped-call]
+            raise _TooDeep(mark, self._top, self.max_depth)
+        self._depth += 1
+        try:
+            return super().compose_node(parent, index)  # type: ignore[no-any-return]
+        finally:
+            self._depth -= 1
 
 
 class _Walker:
@@ -251,6 +346,8 @@ LEGAL_KEYS = {"order": True, "citation": True, "signed": False, "url": False, "n
 SCHEDULE_KEYS = {"from": True, "phase": True, "source": True}
 ALLOW_KEYS = {"domains": False, "hosts": False, "lists": False}
 GROUP_KEYS = {"enabled": True, "description": False}
+SETTINGS_KEYS = {"dns": False, "proxy": False, "event_queue": False, "allow_empty": False,
+                 "max_file_size": False}
 PHASES = tuple(p.value for p in Phase)
 CONFIDENCE = ("high", "medium", "low")
 
@@ -269,6 +366,7 @@ class _Build:
     groups: dict[str, bool]
     files: list[str]
     rules: dict[Rule, Rule]
+    caps: _Caps
 
     def rule(self, *args: Any, **kw: Any) -> Rule:
         r = Rule(*args, **kw)
@@ -278,24 +376,42 @@ class _Build:
         self.counts[key] = self.counts.get(key, 0) + n
 
 
-def load_policy(path: str | os.PathLike[str] | None = None) -> Policy:
-    """Load, validate and compile a policy file (the bundled one by default)."""
+def load_policy(path: str | os.PathLike[str] | None = None, *, max_file_size: int | None = None,
+                max_line: int = MAX_LIST_LINE, max_depth: int = MAX_DEPTH) -> Policy:
+    """Load, validate and compile a policy file (the bundled one by default).
+
+    ``max_file_size`` caps the YAML and every list file (default 1 GiB; a
+    policy's ``settings.max_file_size`` replaces it for its own list files);
+    ``max_line`` caps a list file's lines, ``max_depth`` the YAML's nesting."""
     p = Path(path) if path is not None else BUNDLED
+    cap = DEFAULT_MAX_FILE_SIZE if max_file_size is None else max_file_size
     try:
-        text = p.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise PolicyError([PolicyIssue(str(p), 0, "(file)", f"cannot read: {exc.strerror or exc}")]) from exc
+        with _open_regular(p, cap) as fh:
+            data = fh.read(cap + 1)
+        if len(data) > cap:
+            raise _Unreadable(f"grew past the limit of {cap} bytes while read", too_big=True)
+        text = data.decode("utf-8")
+    except _Unreadable as exc:
+        message = f"cannot read: {exc.os_error}" if exc.os_error else str(exc)
+        raise PolicyError([PolicyIssue(str(p), 0, "(file)", message)], (str(p),)) from exc
     except UnicodeDecodeError as exc:
         line = exc.object[: exc.start].count(b"\n") + 1
         raise PolicyError([PolicyIssue(str(p), line, "(file)",
                                        f"not UTF-8 text (byte 0x{exc.object[exc.start]:02x} "
                                        f"at offset {exc.start})")]) from exc
-    return load_policy_text(text, str(p), base=p.parent)
+    return load_policy_text(text, str(p), base=p.parent, max_file_size=cap, max_line=max_line,
+                            max_depth=max_depth)
 
 
-def load_policy_text(text: str, file: str = "<policy>", base: Path | None = None) -> Policy:
+def load_policy_text(text: str, file: str = "<policy>", base: Path | None = None, *,
+                     max_file_size: int = DEFAULT_MAX_FILE_SIZE, max_line: int = MAX_LIST_LINE,
+                     max_depth: int = MAX_DEPTH) -> Policy:
+    loader = _DepthLimitedLoader(text)
+    loader.max_depth = max_depth
     try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        root = loader.get_single_node()
+    except _TooDeep as exc:
+        raise PolicyError([PolicyIssue(file, exc.mark.line + 1, exc.field, str(exc))]) from exc
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark else 0
@@ -303,17 +419,27 @@ def load_policy_text(text: str, file: str = "<policy>", base: Path | None = None
         raise PolicyError([PolicyIssue(file, line, "(yaml)", f"syntax error: {msg}")]) from exc
     except yaml.YAMLError as exc:
         raise PolicyError([PolicyIssue(file, 0, "(yaml)", f"syntax error: {exc}")]) from exc
+    finally:
+        loader.dispose()
     w = _Walker(file)
     if root is None:
         raise PolicyError([PolicyIssue(file, 1, "(file)", "the policy is empty")])
-    policy = _compile(w, root, base or Path.cwd())
+    policy = _compile(w, root, base or Path.cwd(), _Caps(max_file_size, max_line))
     if w.issues or policy is None:
         issues = sorted(w.issues, key=lambda i: (i.file != file, i.file, i.line))  # stable: keeps field order
         raise PolicyError(issues or [PolicyIssue(file, 1, "(file)", "invalid policy")], tuple(w.files))
     return policy
 
 
-def _compile(w: _Walker, root: yaml.Node, base: Path) -> Policy | None:
+@dataclass(frozen=True, slots=True)
+class _Caps:
+    """How much of a list file is read: bytes per file, characters per line."""
+
+    file_size: int
+    line: int
+
+
+def _compile(w: _Walker, root: yaml.Node, base: Path, caps: _Caps) -> Policy | None:
     top = w.mapping(root, "", TOP_KEYS)
     if top is None:
         return None
@@ -349,7 +475,7 @@ def _compile(w: _Walker, root: yaml.Node, base: Path) -> Policy | None:
                 w.text(vnode, f"sources.{knode.value}")
         else:
             w.err(top["sources"], "sources", f"expected a mapping, got {_describe(top['sources'])}")
-    b = _Build(NameIndexBuilder(), [], [], {}, [], {}, {}, {}, w.files, {})
+    b = _Build(NameIndexBuilder(), [], [], {}, [], {}, {}, {}, w.files, {}, caps)
     if "groups" in top and isinstance(top["groups"], yaml.MappingNode):
         for knode, vnode in top["groups"].value:
             g = w.mapping(vnode, f"groups.{knode.value}", GROUP_KEYS)
@@ -360,7 +486,7 @@ def _compile(w: _Walker, root: yaml.Node, base: Path) -> Policy | None:
                 w.text(g["description"], f"groups.{knode.value}.description")
     elif "groups" in top:
         w.err(top["groups"], "groups", f"expected a mapping, got {_describe(top['groups'])}")
-    settings = _settings(w, top["settings"]) if "settings" in top else Settings()
+    settings = _settings(w, b, top["settings"]) if "settings" in top else Settings()
     if "allow" in top:
         _allow(w, b, top["allow"], base)
     apps: dict[str, App] = {}
@@ -388,16 +514,42 @@ def _compile(w: _Walker, root: yaml.Node, base: Path) -> Policy | None:
         source=w.file,
         files=tuple(b.files),
         counts=dict(b.counts),
+        tiers=_tiers(b),
     )
 
 
-def _settings(w: _Walker, node: yaml.Node) -> Settings:
-    top = w.mapping(node, "settings", {"dns": False, "proxy": False})
+def _tiers(b: _Build) -> dict[str, frozenset[Tier]]:
+    """Each app's rule tiers (traffic, download): which phases can block it."""
+    out: dict[str, set[Tier]] = {}
+    for rule in b.rules:
+        if rule.app:
+            out.setdefault(rule.app, set()).add(rule.tier)
+    return {app: frozenset(t) for app, t in out.items()}
+
+
+def _settings(w: _Walker, b: _Build, node: yaml.Node) -> Settings:
+    top = w.mapping(node, "settings", SETTINGS_KEYS)
     if top is None:
         return Settings()
     dns = _dataclass_from(w, top.get("dns"), "settings.dns", DnsSettings)
     proxy = _dataclass_from(w, top.get("proxy"), "settings.proxy", ProxySettings)
-    return Settings(dns=dns, proxy=proxy)
+    queue = _dataclass_from(w, top.get("event_queue"), "settings.event_queue", EventQueueSettings)
+    for key in ("max_events", "max_bytes"):
+        if getattr(queue, key) < 1:
+            w.err(top["event_queue"], f"settings.event_queue.{key}", "must be at least 1")
+    allow_empty = False
+    if "allow_empty" in top:
+        allow_empty = bool(w.scalar(top["allow_empty"], "settings.allow_empty", bool, "true or false"))
+    max_file_size = b.caps.file_size
+    if "max_file_size" in top:
+        size = w.scalar(top["max_file_size"], "settings.max_file_size", int, "an integer (bytes)")
+        if size is not None and size < 1:
+            w.err(top["max_file_size"], "settings.max_file_size", "must be at least 1")
+        elif size is not None:
+            max_file_size = size
+            b.caps = _Caps(size, b.caps.line)
+    return Settings(dns=dns, proxy=proxy, event_queue=queue, allow_empty=allow_empty,
+                    max_file_size=max_file_size)
 
 
 def _dataclass_from(w: _Walker, node: yaml.Node | None, field: str, cls: type[T]) -> T:
@@ -718,9 +870,9 @@ def _list(w: _Walker, b: _Build, node: yaml.Node, field: str, base: Path, app: s
     path = (base / rel) if not os.path.isabs(rel) else Path(rel)
     b.files.append(str(path))  # a missing file too: its arrival should trigger a reload
     try:
-        fh = open(path, encoding="utf-8", errors="replace")
-    except OSError as exc:
-        w.err(node, field, f"list file '{rel}' cannot be read: {exc.strerror or exc}")
+        raw = _open_regular(path, b.caps.file_size)
+    except _Unreadable as exc:
+        w.err(node, field, f"list file '{rel}' {exc}" + (" (settings.max_file_size)" if exc.too_big else ""))
         return
     exact = as_ == "hosts"
     if allow:
@@ -729,12 +881,14 @@ def _list(w: _Walker, b: _Build, node: yaml.Node, field: str, base: Path, app: s
         rule = b.rule(RuleKind.HOST if exact else RuleKind.DOMAIN, Tier.TRAFFIC, app, source or f"list:{rel}")
     store_cover: frozenset[str] = frozenset() if allow else (_STORE_HOSTS if exact else _STORE_COVER)
     problems: list[tuple[int, str, str]] = []  # (line, the line, message)
-    with fh:
-        # Streamed, so a 1,000,000-line file is never held whole as text and as
-        # a list of lines (tens of MB of peak RSS).  Universal newlines split on
-        # \n, \r\n and \r alone, as editors count lines.
-        n = b.names.add_many(_list_names(_chomped(fh), store_cover, problems), rule, exact=exact)
+    # Streamed, so a 1,000,000-line file is never held whole as text and as
+    # a list of lines (tens of MB of peak RSS).  Universal newlines split on
+    # \n, \r\n and \r alone, as editors count lines.
+    with io.TextIOWrapper(raw, encoding="utf-8", errors="replace") as fh:
+        lines = _capped_lines(fh, b.caps, problems)
+        n = b.names.add_many(_list_names(lines, store_cover, problems), rule, exact=exact)
     where = str(path)
+    problems.sort(key=lambda p: p[0])  # a cap's problem is found while streaming, after earlier lines'
     for lineno, _line, message in problems[:_MAX_LIST_ISSUES]:
         w.issues.append(PolicyIssue(where, lineno, field, message))
     if len(problems) > _MAX_LIST_ISSUES:
@@ -743,9 +897,28 @@ def _list(w: _Walker, b: _Build, node: yaml.Node, field: str, base: Path, app: s
     b.count("allow" if allow else ("hosts" if exact else "domains"), n)
 
 
-def _chomped(lines: Iterable[str]) -> Iterator[str]:
-    for line in lines:
-        yield line[:-1] if line.endswith("\n") else line
+def _capped_lines(fh: io.TextIOWrapper, caps: _Caps, problems: list[tuple[int, str, str]]) -> Iterator[str]:
+    """A list file's lines without their line ends, each at most ``caps.line``
+    characters and all together at most ``caps.file_size``: a file that breaks
+    a cap (a line with no end, a file still growing) stops with a problem at
+    that line, so memory stays bounded whatever the file holds."""
+    read = fh.readline
+    limit = caps.line + 1  # room for the line end
+    total = 0
+    for lineno in itertools.count(1):
+        line = read(limit)
+        if not line:
+            return
+        total += len(line)
+        body = line[:-1] if line.endswith("\n") else line
+        if len(body) > caps.line:
+            problems.append((lineno, "", f"line is longer than {caps.line} characters"))
+            return
+        if total > caps.file_size:
+            problems.append((lineno, "", f"the file grew past the limit of {caps.file_size} bytes "
+                                         "(settings.max_file_size)"))
+            return
+        yield body
 
 
 def _list_names(lines: Iterable[str], store_cover: frozenset[str], problems: list[tuple[int, str, str]]
@@ -822,7 +995,36 @@ def _is_ip(s: str) -> bool:
         return False
 
 
-def policy_summary(policy: Policy) -> dict[str, Any]:
+def blocks_anything(policy: Policy, phases: Mapping[str, AppPhase]) -> bool:
+    """Whether some rule blocks in these phases (whatever the mode: monitor
+    turns a block into a log, not into an allow).  Traffic rules block in
+    ``full``; download rules and store ids in ``downloads`` and ``full``."""
+    for app in policy.apps.values():
+        phase = phases[app.id].phase if app.id in phases else Phase.NONE
+        if phase is Phase.NONE:
+            continue
+        tiers = policy.tiers.get(app.id, frozenset())
+        if Tier.DOWNLOAD in tiers or app.store.apple or app.store.google_play:
+            return True
+        if phase is Phase.FULL and Tier.TRAFFIC in tiers:
+            return True
+    return False
+
+
+def policy_warnings(policy: Policy, at: dt.date | None = None, phase: Phase | None = None,
+                    mode: Mode | None = None) -> list[str]:
+    """What is legal but likely a mistake (a gutted file): no apps, or
+    nothing blocked on ``at`` in enforce mode."""
+    day = at or policy.today()
+    if not policy.apps:
+        return ["the policy has no apps, so it blocks nothing"]
+    if (mode or policy.mode) is Mode.ENFORCE and not blocks_anything(policy, policy.phases(day, phase)):
+        return [f"the policy blocks nothing on {day} in enforce mode "
+                "(no app is in a phase that blocks one of its rules)"]
+    return []
+
+
+def policy_summary(policy: Policy, at: dt.date | None = None) -> dict[str, Any]:
     """Counts for ``egress-filter check``."""
     return {
         "source": policy.source,
@@ -830,5 +1032,6 @@ def policy_summary(policy: Policy) -> dict[str, Any]:
         "apps": list(policy.apps),
         "rules": {k: v for k, v in sorted(policy.counts.items()) if k != "apps"},
         "exempt_clients": [str(n) for n in policy.exempt],
+        "warnings": policy_warnings(policy, at),
     }
 

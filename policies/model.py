@@ -241,7 +241,26 @@ class ProxySettings:
     log_ech: bool = True
 
 
+DEFAULT_QUEUE_EVENTS = 100_000
+DEFAULT_QUEUE_BYTES = 32 << 20
+DEFAULT_MAX_FILE_SIZE = 1 << 30
+
+
+@dataclass(frozen=True, slots=True)
+class EventQueueSettings:
+    """``settings.event_queue``: what may wait in memory for a slow event-log
+    sink before further events are dropped (and counted)."""
+
+    max_events: int = DEFAULT_QUEUE_EVENTS
+    max_bytes: int = DEFAULT_QUEUE_BYTES
+
+
 @dataclass(frozen=True, slots=True)
 class Settings:
     dns: DnsSettings = field(default_factory=DnsSettings)
     proxy: ProxySettings = field(default_factory=ProxySettings)
+    event_queue: EventQueueSettings = field(default_factory=EventQueueSettings)
+    # Accept a reload that would block nothing the policy in force blocks.
+    allow_empty: bool = False
+    # The largest list file read; bigger ones (or /dev/zero behind a symlink) are errors.
+    max_file_size: int = DEFAULT_MAX_FILE_SIZE

@@ -36,7 +36,7 @@ def register(sub: Any) -> None:
     p.add_argument("--proxy-mode", action="append", metavar="SPEC",
                    help="mitmproxy proxy mode: regular, transparent, wireguard, socks5, local, "
                         "upstream:URL, reverse:URL... (repeatable; default: settings.proxy.mode, regular)")
-    add_policy_args(p)
+    add_policy_args(p, serving=True)
     p.add_argument("--mode", metavar="enforce|monitor",
                    help="enforcement mode (default: the policy's mode); any other value is taken as "
                         "--proxy-mode")
@@ -78,6 +78,7 @@ def build_options(args: argparse.Namespace, settings: Any) -> tuple[dict[str, An
         "egress_block": args.block,
         "egress_log": args.log,
         "egress_metrics": args.metrics,
+        "egress_allow_empty": args.allow_empty,
     }
     if args.confdir:
         opts["confdir"] = args.confdir

@@ -65,7 +65,7 @@ from policies import (
 )
 
 
-def _import_runtime() -> tuple[Any, Any]:
+def _import_runtime() -> tuple[Any, Any, Any]:
     """``mitmdump -s`` puts this file's directory first on sys.path, where
     this very file, named egress_filter.py, would shadow the ``egress_filter``
     package: import the package with that directory left out."""
@@ -73,18 +73,18 @@ def _import_runtime() -> tuple[Any, Any]:
     saved = list(sys.path)
     sys.path[:] = [p for p in sys.path if os.path.realpath(p or ".") != here]
     try:
-        from egress_filter.eventlog import EventLog
+        from egress_filter.eventlog import EventLog, metrics_collector
         from egress_filter.holder import PolicyHolder
     finally:
         sys.path[:] = saved
-    return EventLog, PolicyHolder
+    return EventLog, PolicyHolder, metrics_collector
 
 
 if TYPE_CHECKING:
-    from egress_filter.eventlog import EventLog
+    from egress_filter.eventlog import EventLog, metrics_collector
     from egress_filter.holder import PolicyHolder
 else:
-    EventLog, PolicyHolder = _import_runtime()
+    EventLog, PolicyHolder, metrics_collector = _import_runtime()
 
 log = logging.getLogger(__name__)
 
@@ -232,6 +232,7 @@ class EgressFilter:
         self.holder: PolicyHolder | None = None
         self.events = EventLog(None)
         self.metrics = Metrics()
+        self.metrics.registry.register(metrics_collector("egress_proxy", lambda: self.events))
         self.settings = Effective("reset", "-", None, True, True, True)
         # Client connections refused with the block page: client id → verdict,
         # so every request on that connection gets the same page and event id.
@@ -280,6 +281,8 @@ class EgressFilter:
         loader.add_option("egress_reload_interval", int, 2,
                           "Seconds between checks of the policy files and the date "
                           "(0: reload only on SIGHUP or option change).")
+        loader.add_option("egress_allow_empty", bool, False,
+                          "Accept a reload that would block nothing the policy in force blocks.")
 
     def configure(self, updated: set[str]) -> None:
         opts = ctx.options
@@ -290,7 +293,8 @@ class EgressFilter:
             at, phase, mode = self._moment(opts)
             if self.holder is None or "egress_policy" in updated:
                 try:
-                    holder = PolicyHolder(opts.egress_policy, at=at, phase=phase, mode=mode)
+                    holder = PolicyHolder(opts.egress_policy, at=at, phase=phase, mode=mode,
+                                          allow_empty=opts.egress_allow_empty)
                 except PolicyError as exc:
                     where = opts.egress_policy or "the bundled policy"
                     raise _options_error(f"egress_policy: {where} is not usable:\n{exc}") from exc
@@ -349,7 +353,9 @@ class EgressFilter:
         except OSError as exc:
             raise _options_error(f"egress_metrics: cannot listen on {new.metrics}: {exc}") from exc
         if new.log != self.settings.log or not self.events.enabled:
-            old_log, self.events = self.events, EventLog(new.log)
+            q = policy.settings.event_queue
+            old_log, self.events = self.events, EventLog(new.log, max_events=q.max_events,
+                                                         max_bytes=q.max_bytes)
             old_log.close()
         self.settings = new
 

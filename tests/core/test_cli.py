@@ -318,3 +318,28 @@ def test_phases_json(
     assert {k: got[k] for k in want} == want
     for a in json.loads(out)["apps"]:
         assert a["source"] and a["name"]
+
+
+@pytest.mark.parametrize("command", ["dns", "proxy", "run"])
+def test_serving_commands_take_allow_empty(command: str) -> None:
+    from egress_filter.cli import build_parser
+
+    parser = build_parser()
+    assert parser.parse_args([command, "--allow-empty"]).allow_empty is True
+    assert parser.parse_args([command]).allow_empty is False
+
+
+def test_run_passes_allow_empty_to_both_servers() -> None:
+    from egress_filter.cli import build_parser
+    from egress_filter.run import _child_args
+
+    args = build_parser().parse_args(["run", "--allow-empty"])
+    assert "--allow-empty" in _child_args(args)
+    assert "--allow-empty" not in _child_args(build_parser().parse_args(["run"]))
+
+
+def test_explain_has_no_allow_empty() -> None:
+    from egress_filter.cli import build_parser
+
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["explain", "x.example", "--allow-empty"])

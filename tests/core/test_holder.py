@@ -249,3 +249,17 @@ def test_creating_a_missing_list_file_reloads(holder: PolicyHolder, files: tuple
     write(files[0].with_name("later.txt"), "late.example\n")
     assert wait_for(lambda: blocked(holder, "late.example"))
     assert holder.last_error is None and blocked(holder, "e.example")
+
+
+def test_one_reload_at_a_time(holder: PolicyHolder, files: tuple[Path, Path]) -> None:
+    """Ten reloads asked for at once (a burst of SIGHUPs) load the files at
+    most twice: the one running, and once more for all that came meanwhile."""
+    write(files[1], "".join(f"n{i}.listed.example\n" for i in range(200_000)))  # a load of ~0.3 s
+    threads = [threading.Thread(target=holder.reload) for _ in range(10)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(30)
+    assert not any(th.is_alive() for th in threads)
+    assert 1 <= holder.reloads <= 2
+    assert blocked(holder, "n199999.listed.example")

@@ -15,7 +15,7 @@ import jsonschema
 import pytest
 import yaml
 
-from policies import BUNDLED, SCHEMA, DnsSettings, ProxySettings, loader
+from policies import BUNDLED, SCHEMA, DnsSettings, EventQueueSettings, ProxySettings, loader
 from tests.core.conftest import POLICY_FILE
 
 
@@ -92,6 +92,9 @@ REJECT_CASES = [
     pytest.param("apps/0/downloads/1/path", "tiktok/", "apps/0/downloads/1/path", id="download-path"),
     pytest.param("settings/dns/block_response", "drop", "settings/dns/block_response", id="setting-choice"),
     pytest.param("settings/proxy/block_doh", "yes", "settings/proxy/block_doh", id="setting-type"),
+    pytest.param("settings/max_file_size", 0, "settings/max_file_size", id="max-file-size"),
+    pytest.param("settings/allow_empty", "yes", "settings/allow_empty", id="allow-empty-type"),
+    pytest.param("settings/event_queue/max_bytes", "1M", "settings/event_queue/max_bytes", id="queue-bytes"),
     pytest.param("apps/0/lists/0/as", "urls", "apps/0/lists/0", id="list-as"),
 ]
 
@@ -134,6 +137,11 @@ KEY_TABLES = [
     ),
     pytest.param(
         ("$defs", "dns_settings"), {f.name: False for f in dataclasses.fields(DnsSettings)}, id="dns-settings"
+    ),
+    pytest.param(("properties", "settings"), loader.SETTINGS_KEYS, id="settings"),
+    pytest.param(
+        ("$defs", "event_queue_settings"), {f.name: False for f in dataclasses.fields(EventQueueSettings)},
+        id="event-queue-settings",
     ),
     pytest.param(
         ("$defs", "proxy_settings"),
