@@ -77,7 +77,7 @@ from policies import (
 )
 
 
-def _import_runtime() -> tuple[Any, Any]:
+def _import_runtime() -> tuple[Any, Any, Any]:
     """``mitmdump -s`` puts this file's directory first on sys.path, where
     this very file, named egress_filter.py, would shadow the ``egress_filter``
     package: import the package with that directory left out."""
@@ -87,16 +87,18 @@ def _import_runtime() -> tuple[Any, Any]:
     try:
         from egress_filter.eventlog import EventLog
         from egress_filter.holder import PolicyHolder
+        from proxy_addons.connections import ConnectionGuard
     finally:
         sys.path[:] = saved
-    return EventLog, PolicyHolder
+    return EventLog, PolicyHolder, ConnectionGuard
 
 
 if TYPE_CHECKING:
     from egress_filter.eventlog import EventLog
     from egress_filter.holder import PolicyHolder
+    from proxy_addons.connections import ConnectionGuard
 else:
-    EventLog, PolicyHolder = _import_runtime()
+    EventLog, PolicyHolder, ConnectionGuard = _import_runtime()
 
 log = logging.getLogger(__name__)
 
@@ -284,6 +286,10 @@ class EgressFilter:
         self.holder: PolicyHolder | None = None
         self.events = EventLog(None)
         self.metrics = Metrics()
+        # Sub-addons, which mitmproxy loads and calls after this one (so they
+        # see its verdicts): connection limits, on the same metrics registry.
+        self.guard = ConnectionGuard(self.metrics.registry)
+        self.addons = [self.guard]
         self.settings = Effective("reset", "-", None, True, True, True)
         # Client connections refused with the block page: client id → verdict,
         # so every request on that connection gets the same page and event id.
@@ -329,6 +335,10 @@ class EgressFilter:
         loader.add_option("egress_blocked_by", str, DEFAULT_BLOCKED_BY,
                           "URI for the 451 page's Link: <...>; rel=\"blocked-by\" header (RFC 7725): "
                           "who implements the block, e.g. your network team's page.")
+        loader.add_option("egress_eager_connections", bool, False,
+                          "Keep mitmproxy's connection_strategy=eager, which dials the CONNECT target "
+                          "before the ClientHello is judged. By default the addon sets it to lazy, so "
+                          "nothing is dialled for a connection that is refused or never decided.")
         loader.add_option("egress_reload_interval", int, 2,
                           "Seconds between checks of the policy files and the date "
                           "(0: reload only on SIGHUP or option change).")
@@ -440,12 +450,12 @@ class EgressFilter:
     # --- lifecycle ------------------------------------------------------------
 
     def running(self) -> None:
-        opts: Any = ctx.options  # has_changed and update are untyped in mitmproxy
-        if "connection_strategy" in opts and not opts.has_changed("connection_strategy"):
+        opts: Any = ctx.options  # update is untyped in mitmproxy
+        if opts.connection_strategy != "lazy" and not opts.egress_eager_connections:
             # mitmproxy's default, eager, dials the CONNECT target before the
             # ClientHello is judged: an upstream socket per tunnel, even for
             # one that is refused or never says anything.  Lazy dials only
-            # once the connection is let through (an explicit --set wins).
+            # once the connection is let through.
             opts.update(connection_strategy="lazy")
         try:
             self._loop = asyncio.get_running_loop()
