@@ -31,6 +31,9 @@ path and the strictest verdict wins (block > log > allow); the event names
 the one that decided and lists the others.  A CONNECT is judged on its target
 and its Host header the same way, and a ClientHello on its SNI and on the
 destination when no CONNECT judged that (transparent, SOCKS5, WireGuard...).
+* ``server_connect``: the address about to be dialled, the last word for
+  what no hook above saw (raw TCP over SOCKS5 or transparent mode): a
+  block refuses the connection.
 * ``response`` / ``dns_response``: the bypass controls that edit answers
   (ECH configs stripped from DNS HTTPS records, in DNS mode and in DoH).
 
@@ -60,7 +63,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from mitmproxy import connection, ctx, dns, exceptions, http, tls
 from mitmproxy.net.dns import types as dns_types
-from mitmproxy.proxy import mode_specs
+from mitmproxy.proxy import mode_specs, server_hooks
 
 from policies import (
     Action,
@@ -508,6 +511,27 @@ class EgressFilter:
         event_id = self._record(verdict.decision, verdict.observation, "451", flow.client_conn,
                                 (host, port), self._others(names, verdict))
         flow.response = self._block_response(flow.request, verdict, event_id)
+
+    # --- the dial itself ---------------------------------------------------------
+
+    def server_connect(self, data: server_hooks.ServerConnectionHookData) -> None:
+        """The address mitmproxy is about to dial, judged as a CONNECT target.
+
+        The hooks above judged every name they saw; this catches what none of
+        them sees (raw TCP over SOCKS5 or in transparent mode, to a banned
+        name or network).  Only a block acts: anything else was, or will be,
+        recorded by the protocol's own hook, and one connection gets one event."""
+        server = data.server
+        if server.error or server.address is None:
+            return
+        host, port = str(server.address[0]), int(server.address[1])
+        client = data.client
+        peer = client.peername[0] if client.peername else None
+        verdict = self._judge_destination(self._view(), host, port, peer)
+        if not verdict.decision.blocked:
+            return
+        self._record(verdict.decision, verdict.observation, "refused", client, (host, port))
+        server.error = f"egress-filter: {host} is blocked ({verdict.decision.rule})"
 
     # --- TLS and QUIC ClientHello ----------------------------------------------
 
