@@ -16,6 +16,8 @@ from the proxy.  Only intercepted connections can be judged on both.
 
 from __future__ import annotations
 
+import socket
+import ssl
 import subprocess
 import time
 from collections.abc import Iterator
@@ -209,3 +211,104 @@ def test_every_name_of_a_request_is_judged(
         assert [(e["egress"]["action"], e["rule"]["name"], tuple(e["egress"]["apps"])) for e in new] == [
             case.event
         ]
+
+
+def h1_raw(proxy: Proxy, request: bytes) -> bytes:
+    """One raw request to the proxy (absolute-form): the status line that came back."""
+    with socket.create_connection(("127.0.0.1", proxy.port), timeout=10) as sock:
+        sock.sendall(request)
+        data = b""
+        while b"\r\n" not in data:
+            chunk = sock.recv(4096)
+            if not chunk:
+                break
+            data += chunk
+    return data.split(b"\r\n", 1)[0]
+
+
+def h2_raw(proxy: Proxy, bundle: Path, sni: str, headers: list[tuple[str, str]]) -> int:
+    """CONNECT to ``sni``:443, TLS with ALPN h2, one GET with exactly ``headers``: the status
+    (0: the connection was closed without one)."""
+    import h2.config
+    import h2.connection
+    import h2.events
+
+    raw = socket.create_connection(("127.0.0.1", proxy.port), timeout=10)
+    raw.sendall(f"CONNECT {sni}:443 HTTP/1.1\r\nHost: {sni}:443\r\n\r\n".encode())
+    assert raw.recv(4096).startswith(b"HTTP/1.1 200")
+    context = ssl.create_default_context(cafile=str(bundle))
+    context.set_alpn_protocols(["h2"])
+    with context.wrap_socket(raw, server_hostname=sni) as tls:
+        assert tls.selected_alpn_protocol() == "h2"
+        # no client-side checks: the point is to send what a well-behaved client would not
+        config = h2.config.H2Configuration(client_side=True, validate_outbound_headers=False,
+                                           normalize_outbound_headers=False)
+        conn = h2.connection.H2Connection(config)
+        conn.initiate_connection()
+        conn.send_headers(1, headers, end_stream=True)
+        tls.sendall(conn.data_to_send())
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            data = tls.recv(65536)
+            if not data:
+                return 0
+            for event in conn.receive_data(data):
+                if isinstance(event, h2.events.ResponseReceived):
+                    return int(dict(event.headers)[b":status"])
+            tls.sendall(conn.data_to_send())
+    raise AssertionError("no response within 10 s")
+
+
+RAW_CASES = [
+    # (id, proxy, how, request, status, event): requests curl will not send
+    ("abs-two-separate-host-headers", "full", "h1",
+     b"GET http://allowed.example/{id} HTTP/1.1\r\nHost: allowed.example\r\nHost: www.tiktok.com\r\n\r\n",
+     451, ("block", DOMAIN, TIKTOK)),
+    ("abs-host-userinfo", "full", "h1",
+     b"GET http://allowed.example/{id} HTTP/1.1\r\nHost: allowed.example@www.tiktok.com\r\n\r\n",
+     451, ("block", DOMAIN, TIKTOK)),
+    # mitmproxy's HTTP/2 stack (h2) refuses a Host that disagrees with :authority outright:
+    # the connection is closed with a protocol error before any hook, so no event either.
+    ("h2-authority-allowed-host-banned", "full", "h2",
+     [(":method", "GET"), (":scheme", "https"), (":authority", "apps.apple.com"), (":path", "/{id}"),
+      ("host", "www.tiktok.com")], 0, None),
+    ("h2-authority-banned-host-allowed", "full", "h2",
+     [(":method", "GET"), (":scheme", "https"), (":authority", "www.tiktok.com"), (":path", "/{id}"),
+      ("host", "apps.apple.com")], 0, None),
+    ("h2-download-path-authority-allowed", "downloads", "h2",
+     [(":method", "GET"), (":scheme", "https"), (":authority", "allowed.example"),
+      (":path", "/tiktok/{id}.apk")], 451, ("block", DOWNLOAD, TIKTOK)),
+]
+
+
+@pytest.mark.parametrize("which,how,request_,status,event", [c[1:] for c in RAW_CASES],
+                         ids=[c[0] for c in RAW_CASES])
+def test_requests_curl_will_not_send(
+    proxies: dict[str, tuple[Proxy, Path]],
+    origin: Origin,  # noqa: F811
+    plain_origin: PlainOrigin,  # noqa: F811
+    request: pytest.FixtureRequest,
+    which: str,
+    how: str,
+    request_: bytes | list[tuple[str, str]],
+    status: int,
+    event: tuple[str, str, tuple[str, ...]] | None,
+) -> None:
+    case = request.node.callspec.id
+    proxy, bundle = proxies[which]
+    before = len(proxy.events())
+    if isinstance(request_, bytes):
+        got = h1_raw(proxy, request_.replace(b"{id}", case.encode()))
+        assert got.split(b" ")[1] == str(status).encode(), got
+    else:
+        sni = "apps.apple.com" if which == "full" else "dl.shared-cdn.example"
+        headers = [(k, v.format(id=case)) for k, v in request_]
+        assert h2_raw(proxy, bundle, sni, headers) == status
+    assert not [s for s in origin.seen + plain_origin.seen if case in s]
+    if event is None:
+        time.sleep(0.3)
+    new = proxy.events(before + (event is not None))[before:]
+    assert [(e["egress"]["action"], e["rule"]["name"], tuple(e["egress"]["apps"])) for e in new] == (
+        [event] if event else [])
+    if status == 0:
+        assert "mismatched :authority and Host headers" in proxy.stderr.read_text()
