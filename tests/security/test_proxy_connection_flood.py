@@ -126,6 +126,21 @@ def _truncated_hello(sock: socket.socket, target: int, stop: float) -> None:
     sock.sendall(TRUNCATED_HELLO)
 
 
+def _store_hello_then_silent(sock: socket.socket, target: int, stop: float) -> None:
+    """A whole ClientHello for a host the proxy intercepts, then no Finished: the TLS
+    handshake with the proxy itself is what must complete in time."""
+    import ssl
+
+    _connect_then_silent(sock, target, stop)
+    context = ssl.create_default_context()
+    context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+    outgoing = ssl.MemoryBIO()
+    tls = context.wrap_bio(ssl.MemoryBIO(), outgoing, server_hostname="apps.apple.com")
+    with pytest.raises(ssl.SSLWantReadError):
+        tls.do_handshake()  # writes a real ClientHello; the proxy's answer is never read
+    sock.sendall(outgoing.read())
+
+
 def _slowloris_headers(sock: socket.socket, target: int, stop: float) -> None:
     """One byte every 0.2 s: mitmproxy's idle timer would never fire."""
     request = f"CONNECT 127.0.0.1:{target} HTTP/1.1\r\nX-Padding: {'a' * 200}\r\n\r\n".encode()
@@ -143,6 +158,7 @@ OPENINGS: list[tuple[str, Callable[[socket.socket, int, float], None]]] = [
     ("silent-from-the-start", _silent),
     ("silent-after-connect", _connect_then_silent),
     ("truncated-clienthello-11-bytes", _truncated_hello),
+    ("intercepted-hello-then-silent", _store_hello_then_silent),
     ("slowloris-connect-headers", _slowloris_headers),
 ]
 
@@ -167,19 +183,27 @@ def test_an_undecided_connection_is_closed_at_the_deadline(
     assert curl_ok(proxy, origin, "127.0.0.1") == (0, "200")  # and the proxy still serves
 
 
+DECIDED = [
+    ("passed-through", "allowed.example", "/later", False),
+    ("intercepted", "apps.apple.com", "/us/app/signal-private-messenger/id874139669", True),
+]
+
+
+@pytest.mark.parametrize("sni,path,intercepted", [c[1:] for c in DECIDED], ids=[c[0] for c in DECIDED])
 def test_a_decided_connection_outlives_the_deadline(
-    runner: ProxyRunner, tmp_path: Path, origin: Origin,  # noqa: F811
+    runner: ProxyRunner, tmp_path: Path, origin: Origin, sni: str, path: str, intercepted: bool,  # noqa: F811
 ) -> None:
-    """A tunnel passed through after its ClientHello is the origin's business, not the deadline's."""
+    """Once passed through, or once its TLS with the proxy is done, a connection is no
+    longer the deadline's business: it may idle, then be served."""
     import ssl
 
     proxy, metrics = start(runner, tmp_path, "egress_handshake_timeout=1")
     sock, reply = connect_tunnel(proxy, origin.port)
     assert reply.startswith(b"HTTP/1.1 200")
-    context = ssl.create_default_context(cafile=str(origin.pki.ca_cert))
-    with context.wrap_socket(sock, server_hostname="allowed.example") as tls:
+    context = ssl.create_default_context(cafile=str(proxy.ca if intercepted else origin.pki.ca_cert))
+    with context.wrap_socket(sock, server_hostname=sni) as tls:
         time.sleep(2.0)  # twice the deadline
-        tls.sendall(b"GET /later HTTP/1.1\r\nHost: allowed.example\r\nConnection: close\r\n\r\n")
+        tls.sendall(f"GET {path} HTTP/1.1\r\nHost: {sni}\r\nConnection: close\r\n\r\n".encode())
         assert tls.recv(4096).startswith(b"HTTP/1.1 200")
     assert scrape(metrics).get("egress_proxy_handshake_timeouts_total") == 0.0
 
