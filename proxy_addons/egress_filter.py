@@ -21,21 +21,23 @@ Where each observation is decided:
   falls back to TCP: mitmproxy 11 cannot pass QUIC through).
 * ``request``: plain HTTP and intercepted HTTPS, on host and URL (store
   pages, store-client API calls, download paths, DoH requests).
+* ``server_connect``: the address about to be dialled, the last word for
+  what no hook above saw (raw TCP over SOCKS5 or transparent mode): a
+  block refuses the connection.
+* ``response`` / ``dns_response``: the bypass controls that edit answers
+  (ECH configs stripped from DNS HTTPS records, in DNS mode and in DoH).
 
 A request can name its host several times, and the names can disagree: the
 target mitmproxy connects to (the absolute-form URL, the CONNECT target or
 the transparent destination), every ``Host`` header value, the HTTP/2
 ``:authority`` and, once decrypted, the TLS SNI.  The origin may serve any of
 them (domain fronting), so every distinct name is judged with the request's
-path and the strictest verdict wins (block > log > allow); the event names
-the one that decided and lists the others.  A CONNECT is judged on its target
-and its Host header the same way, and a ClientHello on its SNI and on the
+path and the strictest verdict wins (block > log > allow); the event says
+which decided and lists them all.  A CONNECT is judged on its target and its
+Host header the same way, and a ClientHello on its SNI and on the
 destination when no CONNECT judged that (transparent, SOCKS5, WireGuard...).
-* ``server_connect``: the address about to be dialled, the last word for
-  what no hook above saw (raw TCP over SOCKS5 or transparent mode): a
-  block refuses the connection.
-* ``response`` / ``dns_response``: the bypass controls that edit answers
-  (ECH configs stripped from DNS HTTPS records, in DNS mode and in DoH).
+Connection limits (a deadline for undecided connections, a cap per client
+address) are the ``ConnectionGuard`` sub-addon, in ``connections.py``.
 
 Load it with ``mitmdump -s proxy_addons/egress_filter.py --set egress_policy=P``
 or run ``egress-filter proxy``.
@@ -553,6 +555,7 @@ class EgressFilter:
             verdict = self._judge_destination(view, str(server[0]), server[1], peer)
         else:
             verdict = Verdict(Decision(Action.ALLOW), Observation.sni("", peer))
+        fronted: dict[str, Any] | None = None
         if sni and server and not isinstance(client.proxy_mode, (mode_specs.RegularMode,
                                                                    mode_specs.UpstreamMode)):
             # No CONNECT judged the destination (transparent, SOCKS5, WireGuard,
@@ -561,6 +564,7 @@ class EgressFilter:
             if target.decision.action.severity > verdict.decision.action.severity:
                 verdict = Verdict(replace(target.decision, inspect=verdict.decision.inspect),
                                   target.observation)
+                fronted = {"names": [sni, str(server[0])], "decided_by": str(server[0])}
         d = verdict.decision
         udp = client.transport_protocol == "udp"
         kinds = {t for t, _ in hello.extensions} if self.settings.log_ech or udp else set()
@@ -575,6 +579,8 @@ class EgressFilter:
                              "and the inner name is hidden", inspect=d.inspect)
         if udp or extra is not None:
             extra = {**(extra or {}), "transport": transport}
+        if fronted is not None:
+            extra = {**(extra or {}), **fronted}
         if d.blocked:
             if self.settings.block == "page":
                 # Never talk TLS to a banned origin, whatever connection_strategy says.
@@ -688,7 +694,7 @@ class EgressFilter:
 
     @staticmethod
     def _others(names: list[str], verdict: Verdict) -> dict[str, Any] | None:
-        """The event's record of the names that did not decide, when there were several."""
+        """The event's record of every name judged and the one that decided, when there were several."""
         if len(names) < 2:
             return None
         decided = verdict.observation.host or verdict.observation.value

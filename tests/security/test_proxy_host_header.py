@@ -211,6 +211,9 @@ def test_every_name_of_a_request_is_judged(
         assert [(e["egress"]["action"], e["rule"]["name"], tuple(e["egress"]["apps"])) for e in new] == [
             case.event
         ]
+        egress = new[0]["egress"]
+        if "names" in egress:  # several names were judged: the event says which decided
+            assert len(egress["names"]) >= 2 and egress["decided_by"] in egress["names"]
 
 
 def h1_raw(proxy: Proxy, request: bytes) -> bytes:

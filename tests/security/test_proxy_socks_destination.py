@@ -88,6 +88,9 @@ def test_socks_destination_is_judged(
         new = socks.events()[before:]
     assert [(e["egress"]["action"], e["rule"]["name"], tuple(e["egress"]["apps"])) for e in new] == (
         [event] if event else [])
+    if new and "--connect-to" in args:  # the SNI said allowed.example; the destination decided
+        assert (new[0]["egress"]["names"], new[0]["egress"]["decided_by"]) == (
+            ["allowed.example", "www.tiktok.com"], "www.tiktok.com")
 
 
 def socks_tcp(proxy: Proxy, name: str, port: int, payload: bytes) -> bytes:
