@@ -21,8 +21,23 @@ Where each observation is decided:
   falls back to TCP: mitmproxy 11 cannot pass QUIC through).
 * ``request``: plain HTTP and intercepted HTTPS, on host and URL (store
   pages, store-client API calls, download paths, DoH requests).
+* ``server_connect``: the address about to be dialled, the last word for
+  what no hook above saw (raw TCP over SOCKS5 or transparent mode): a
+  block refuses the connection.
 * ``response`` / ``dns_response``: the bypass controls that edit answers
   (ECH configs stripped from DNS HTTPS records, in DNS mode and in DoH).
+
+A request can name its host several times, and the names can disagree: the
+target mitmproxy connects to (the absolute-form URL, the CONNECT target or
+the transparent destination), every ``Host`` header value, the HTTP/2
+``:authority`` and, once decrypted, the TLS SNI.  The origin may serve any of
+them (domain fronting), so every distinct name is judged with the request's
+path and the strictest verdict wins (block > log > allow); the event says
+which decided and lists them all.  A CONNECT is judged on its target and its
+Host header the same way, and a ClientHello on its SNI and on the
+destination when no CONNECT judged that (transparent, SOCKS5, WireGuard...).
+Connection limits (a deadline for undecided connections, a cap per client
+address) are the ``ConnectionGuard`` sub-addon, in ``connections.py``.
 
 Load it with ``mitmdump -s proxy_addons/egress_filter.py --set egress_policy=P``
 or run ``egress-filter proxy``.
@@ -37,18 +52,20 @@ import ipaddress
 import json
 import logging
 import os
+import re
 import signal
 import string
 import sys
 import threading
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from struct import error as struct_error  # mitmproxy's DNS codec raises it on short data
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from mitmproxy import connection, ctx, dns, exceptions, http, tls
 from mitmproxy.net.dns import types as dns_types
+from mitmproxy.proxy import mode_specs, server_hooks
 
 from policies import (
     Action,
@@ -65,7 +82,7 @@ from policies import (
 )
 
 
-def _import_runtime() -> tuple[Any, Any, Any]:
+def _import_runtime() -> tuple[Any, Any, Any, Any]:
     """``mitmdump -s`` puts this file's directory first on sys.path, where
     this very file, named egress_filter.py, would shadow the ``egress_filter``
     package: import the package with that directory left out."""
@@ -75,16 +92,18 @@ def _import_runtime() -> tuple[Any, Any, Any]:
     try:
         from egress_filter.eventlog import EventLog, metrics_collector
         from egress_filter.holder import PolicyHolder
+        from proxy_addons.connections import ConnectionGuard
     finally:
         sys.path[:] = saved
-    return EventLog, PolicyHolder, metrics_collector
+    return EventLog, PolicyHolder, metrics_collector, ConnectionGuard
 
 
 if TYPE_CHECKING:
     from egress_filter.eventlog import EventLog, metrics_collector
     from egress_filter.holder import PolicyHolder
+    from proxy_addons.connections import ConnectionGuard
 else:
-    EventLog, PolicyHolder, metrics_collector = _import_runtime()
+    EventLog, PolicyHolder, metrics_collector, ConnectionGuard = _import_runtime()
 
 log = logging.getLogger(__name__)
 
@@ -134,6 +153,46 @@ def _is_ip(text: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+# What separates names in one header value: the commas of joined repeated
+# headers, the "@" of userinfo, stray whitespace.  Every piece is judged.
+_NAME_SEPARATORS = re.compile(r"[\s,@]+")
+
+
+def authority_names(value: str) -> list[str]:
+    """The host names an origin could read out of a ``Host`` header, an
+    ``:authority`` or a target, ports and brackets removed (case and
+    trailing dots are left to the policy's own normalisation)."""
+    names = []
+    for piece in _NAME_SEPARATORS.split(value):
+        if not piece:
+            continue
+        if piece.startswith("["):
+            piece = piece[1:].split("]", 1)[0]
+        elif not _is_ip(piece):
+            piece = piece.split(":", 1)[0]  # what an origin that splits at the first colon serves
+        if piece:
+            names.append(piece)
+    return names
+
+
+def _distinct(values: Iterable[str]) -> list[str]:
+    """The names among ``values``, each once (by its normalised form), in order."""
+    seen: dict[str, str] = {}
+    for value in values:
+        for name in authority_names(value):
+            seen.setdefault(name.lower().rstrip("."), name)
+    return list(seen.values())
+
+
+def _strictest(verdicts: list["Verdict"]) -> "Verdict":
+    """Block > log > allow; at equal action the first (the connection target) decides."""
+    best = verdicts[0]
+    for v in verdicts[1:]:
+        if v.decision.action.severity > best.decision.action.severity:
+            best = v
+    return best
 
 
 E = TypeVar("E", Phase, Mode)
@@ -233,6 +292,10 @@ class EgressFilter:
         self.events = EventLog(None)
         self.metrics = Metrics()
         self.metrics.registry.register(metrics_collector("egress_proxy", lambda: self.events))
+        # Sub-addons, which mitmproxy loads and calls after this one (so they
+        # see its verdicts): connection limits, on the same metrics registry.
+        self.guard = ConnectionGuard(self.metrics.registry)
+        self.addons = [self.guard]
         self.settings = Effective("reset", "-", None, True, True, True)
         # Client connections refused with the block page: client id → verdict,
         # so every request on that connection gets the same page and event id.
@@ -278,6 +341,10 @@ class EgressFilter:
         loader.add_option("egress_blocked_by", str, DEFAULT_BLOCKED_BY,
                           "URI for the 451 page's Link: <...>; rel=\"blocked-by\" header (RFC 7725): "
                           "who implements the block, e.g. your network team's page.")
+        loader.add_option("egress_eager_connections", bool, False,
+                          "Keep mitmproxy's connection_strategy=eager, which dials the CONNECT target "
+                          "before the ClientHello is judged. By default the addon sets it to lazy, so "
+                          "nothing is dialled for a connection that is refused or never decided.")
         loader.add_option("egress_reload_interval", int, 2,
                           "Seconds between checks of the policy files and the date "
                           "(0: reload only on SIGHUP or option change).")
@@ -394,6 +461,13 @@ class EgressFilter:
     # --- lifecycle ------------------------------------------------------------
 
     def running(self) -> None:
+        opts: Any = ctx.options  # update is untyped in mitmproxy
+        if opts.connection_strategy != "lazy" and not opts.egress_eager_connections:
+            # mitmproxy's default, eager, dials the CONNECT target before the
+            # ClientHello is judged: an upstream socket per tunnel, even for
+            # one that is refused or never says anything.  Lazy dials only
+            # once the connection is let through.
+            opts.update(connection_strategy="lazy")
         try:
             self._loop = asyncio.get_running_loop()
             self._loop.add_signal_handler(signal.SIGHUP, self._sighup)
@@ -432,14 +506,40 @@ class EgressFilter:
     def http_connect(self, flow: http.HTTPFlow) -> None:
         if flow.response or flow.error or not flow.live:
             return
-        host = flow.request.host
+        req = flow.request
+        host, port = req.host, req.port
         client = flow.client_conn.peername[0]
-        verdict = self._judge_destination(self._view(), host, flow.request.port, client)
+        view = self._view()
+        # The target is where mitmproxy connects; a Host header that names
+        # something else is judged too, so a banned name is never waved through.
+        names = _distinct([host, *req.headers.get_all("host")])
+        verdict = _strictest([self._judge_destination(view, n, port, client) for n in names])
         if not verdict.decision.blocked:
             return  # the ClientHello or the requests inside decide, and log, later
         event_id = self._record(verdict.decision, verdict.observation, "451", flow.client_conn,
-                                (host, flow.request.port))
+                                (host, port), self._others(names, verdict))
         flow.response = self._block_response(flow.request, verdict, event_id)
+
+    # --- the dial itself ---------------------------------------------------------
+
+    def server_connect(self, data: server_hooks.ServerConnectionHookData) -> None:
+        """The address mitmproxy is about to dial, judged as a CONNECT target.
+
+        The hooks above judged every name they saw; this catches what none of
+        them sees (raw TCP over SOCKS5 or in transparent mode, to a banned
+        name or network).  Only a block acts: anything else was, or will be,
+        recorded by the protocol's own hook, and one connection gets one event."""
+        server = data.server
+        if server.error or server.address is None:
+            return
+        host, port = str(server.address[0]), int(server.address[1])
+        client = data.client
+        peer = client.peername[0] if client.peername else None
+        verdict = self._judge_destination(self._view(), host, port, peer)
+        if not verdict.decision.blocked:
+            return
+        self._record(verdict.decision, verdict.observation, "refused", client, (host, port))
+        server.error = f"egress-filter: {host} is blocked ({verdict.decision.rule})"
 
     # --- TLS and QUIC ClientHello ----------------------------------------------
 
@@ -461,6 +561,16 @@ class EgressFilter:
             verdict = self._judge_destination(view, str(server[0]), server[1], peer)
         else:
             verdict = Verdict(Decision(Action.ALLOW), Observation.sni("", peer))
+        fronted: dict[str, Any] | None = None
+        if sni and server and not isinstance(client.proxy_mode, (mode_specs.RegularMode,
+                                                                   mode_specs.UpstreamMode)):
+            # No CONNECT judged the destination (transparent, SOCKS5, WireGuard,
+            # reverse...): an allowed SNI must not carry the client to a banned one.
+            target = self._judge_destination(view, str(server[0]), server[1], peer)
+            if target.decision.action.severity > verdict.decision.action.severity:
+                verdict = Verdict(replace(target.decision, inspect=verdict.decision.inspect),
+                                  target.observation)
+                fronted = {"names": [sni, str(server[0])], "decided_by": str(server[0])}
         d = verdict.decision
         udp = client.transport_protocol == "udp"
         kinds = {t for t, _ in hello.extensions} if self.settings.log_ech or udp else set()
@@ -475,6 +585,8 @@ class EgressFilter:
                              "and the inner name is hidden", inspect=d.inspect)
         if udp or extra is not None:
             extra = {**(extra or {}), "transport": transport}
+        if fronted is not None:
+            extra = {**(extra or {}), **fronted}
         if d.blocked:
             if self.settings.block == "page":
                 # Never talk TLS to a banned origin, whatever connection_strategy says.
@@ -535,30 +647,68 @@ class EgressFilter:
             return
         view = self._view()
         client = flow.client_conn.peername[0]
-        host = req.pretty_host
-        # Decisions need host, path and query only; the event gets the exact URL.
-        url = f"{req.scheme}://{host}{req.path}"
         body = None
         if req.method == "POST" and req.raw_content and len(req.raw_content) <= MAX_INSPECTED_BODY:
             body = req.raw_content
-        d = view.decide_http(url, host, client, body)
-        if d.action is Action.ALLOW and self.settings.block_doh and self._is_doh(req, host):
+        names = self._request_names(flow)
+        verdicts = [self._judge_request(view, req, name, client, body) for name in names]
+        verdict = _strictest(verdicts) if len(verdicts) > 1 else verdicts[0]
+        d, obs = verdict.decision, verdict.observation
+        if d.action is Action.ALLOW and self.settings.block_doh and self._is_doh_shaped(req):
             self.metrics.bypass.labels("doh").inc()
-            d = view.enforce(_doh_decision(host), client)
+            d = view.enforce(_doh_decision(req.host), client)
         if d.action is Action.ALLOW:
             return
-        obs = Observation.http(req.pretty_url, host, client)
+        extra = self._others(names, verdict)
         if d.blocked:
-            event_id = self._record(d, obs, "451", flow.client_conn, flow.server_conn.address)
+            event_id = self._record(d, obs, "451", flow.client_conn, flow.server_conn.address, extra)
             flow.response = self._block_response(req, Verdict(d, obs, event_id), event_id)
         else:
-            self._record(d, obs, "forwarded", flow.client_conn, flow.server_conn.address)
+            self._record(d, obs, "forwarded", flow.client_conn, flow.server_conn.address, extra)
 
     @staticmethod
-    def _is_doh(req: http.Request, host: str) -> bool:
-        # Cheapest tests first: header lookups cost more than the rest of a decision.
-        if host in DOH_HOSTS:
-            return True
+    def _request_names(flow: http.HTTPFlow) -> list[str]:
+        """Every name the request goes by, the connection target first:
+        mitmproxy connects to ``request.host`` (absolute-form URL, CONNECT
+        target or transparent destination), the origin may serve any Host
+        value or ``:authority``, and an intercepted connection's SNI chose
+        the origin's certificate."""
+        req = flow.request
+        values = [req.host]
+        if req.authority:
+            values.append(req.authority)
+        values.extend(req.headers.get_all("host"))
+        sni = flow.client_conn.sni
+        if sni and flow.client_conn.tls:
+            values.append(sni)
+        if len(values) == 1 or all(v == values[0] for v in values):
+            return [req.host]  # the usual case: one name, nothing to reconcile
+        return _distinct(values)
+
+    def _judge_request(self, view: PolicyView, req: http.Request, name: str, client: str,
+                       body: bytes | None) -> Verdict:
+        # Decisions need host, path and query only; the event gets the URL under this name.
+        host = f"[{name}]" if ":" in name else name
+        default = 443 if req.scheme == "https" else 80
+        authority = host if req.port == default else f"{host}:{req.port}"
+        url = f"{req.scheme}://{authority}{req.path}"
+        d = view.decide_http(url, name, client, body)
+        if d.action is Action.ALLOW and self.settings.block_doh and name.lower().rstrip(".") in DOH_HOSTS:
+            self.metrics.bypass.labels("doh").inc()
+            d = view.enforce(_doh_decision(name), client)
+        return Verdict(d, Observation.http(url, name, client))
+
+    @staticmethod
+    def _others(names: list[str], verdict: Verdict) -> dict[str, Any] | None:
+        """The event's record of every name judged and the one that decided, when there were several."""
+        if len(names) < 2:
+            return None
+        decided = verdict.observation.host or verdict.observation.value
+        return {"names": names, "decided_by": decided}
+
+    @staticmethod
+    def _is_doh_shaped(req: http.Request) -> bool:
+        """A DNS-over-HTTPS request by its method, path and media type, whatever its host."""
         if req.method == "POST":
             return req.headers.get("content-type", "").split(";")[0].strip() in DOH_MEDIA_TYPES
         path = req.path

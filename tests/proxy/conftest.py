@@ -63,13 +63,18 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         pass
 
 
-class _TlsServer(http.server.ThreadingHTTPServer):
+class _PlainServer(http.server.ThreadingHTTPServer):
     daemon_threads = True
 
-    def __init__(self, context: ssl.SSLContext):
+    def __init__(self) -> None:
         super().__init__(("127.0.0.1", 0), _Handler)
-        self.context = context
         self.seen: list[str] = []
+
+
+class _TlsServer(_PlainServer):
+    def __init__(self, context: ssl.SSLContext):
+        super().__init__()
+        self.context = context
 
     def get_request(self) -> tuple[Any, Any]:
         sock, addr = self.socket.accept()
@@ -98,6 +103,26 @@ def origin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Origin]:
     o, server, thread = start_origin(tmp_path_factory.mktemp("origin"))
     try:
         yield o
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+
+
+@dataclass(frozen=True)
+class PlainOrigin:
+    port: int
+    seen: list[str]  # "host path" of every request served
+
+
+@pytest.fixture(scope="module")
+def plain_origin() -> Iterator[PlainOrigin]:
+    """The plain-HTTP twin of ``origin``, for absolute-form proxy requests."""
+    server = _PlainServer()
+    thread = threading.Thread(target=server.serve_forever, daemon=True, name="test-plain-origin")
+    thread.start()
+    try:
+        yield PlainOrigin(server.server_address[1], server.seen)
     finally:
         server.shutdown()
         server.server_close()
@@ -150,18 +175,23 @@ def wait_for_port(port: int, process: subprocess.Popen[bytes], stderr: Path, tim
     raise AssertionError(f"the proxy did not listen on {port} within {timeout}s:\n{stderr.read_text()}")
 
 
-@pytest.fixture
-def run_proxy(tmp_path: Path, origin: Origin) -> Iterator[Any]:
-    started: list[subprocess.Popen[bytes]] = []
+class ProxyRunner:
+    """Starts real proxy processes in ``directory``, each on a free port with
+    its own confdir and event log; ``stop_all`` stops them by PID."""
 
-    def start(*args: str, mitmdump: bool = False) -> Proxy:
-        n = len(started)
+    def __init__(self, directory: Path, origin: Origin) -> None:
+        self.directory = directory
+        self.origin = origin
+        self.started: list[subprocess.Popen[bytes]] = []
+
+    def start(self, *args: str, mitmdump: bool = False, env: dict[str, str] | None = None) -> Proxy:
+        n = len(self.started)
         port = free_port()
-        confdir = tmp_path / f"mitmproxy-conf-{n}"
-        log = tmp_path / f"events-{n}.jsonl"
-        stderr = tmp_path / f"proxy-{n}.stderr"
+        confdir = self.directory / f"mitmproxy-conf-{n}"
+        log = self.directory / f"events-{n}.jsonl"
+        stderr = self.directory / f"proxy-{n}.stderr"
         # mitmproxy checks the origin's certificate against the origin's own CA.
-        trust = f"ssl_verify_upstream_trusted_ca={origin.pki.ca_cert}"
+        trust = f"ssl_verify_upstream_trusted_ca={self.origin.pki.ca_cert}"
         if mitmdump:
             cmd = [
                 str(Path(sys.executable).with_name("mitmdump")),
@@ -203,14 +233,21 @@ def run_proxy(tmp_path: Path, origin: Origin) -> Iterator[Any]:
                 stdout=err,
                 stderr=err,
                 cwd=REPO,
-                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
             )
-        started.append(process)
+        self.started.append(process)
         wait_for_port(port, process, stderr)
         return Proxy(port, confdir, log, stderr, process)
 
-    try:
-        yield start
-    finally:
-        for process in started:
+    def stop_all(self) -> None:
+        for process in self.started:
             stop(process)
+
+
+@pytest.fixture
+def run_proxy(tmp_path: Path, origin: Origin) -> Iterator[Any]:
+    runner = ProxyRunner(tmp_path, origin)
+    try:
+        yield runner.start
+    finally:
+        runner.stop_all()

@@ -19,7 +19,7 @@ from mitmproxy.net.dns import types as dns_types
 from mitmproxy.proxy import context
 from mitmproxy.test import taddons, tflow, tutils
 
-from proxy_addons.egress_filter import EgressFilter
+from proxy_addons.egress_filter import EgressFilter, authority_names
 
 from .helpers import (
     BEFORE,
@@ -618,6 +618,29 @@ def test_garbled_doh_answer_passes_unchanged(harness: Any) -> None:
     assert f.response.content == b"\x00\x01garbage"
 
 
+# --- the names a Host header, :authority or target carries -----------------------------
+
+AUTHORITY_CASES = [
+    ("name", "www.tiktok.com", ["www.tiktok.com"]),
+    ("name-port", "www.tiktok.com:8080", ["www.tiktok.com"]),
+    ("case-dot-port-kept-for-the-policy", "WWW.TikTok.com.:443", ["WWW.TikTok.com."]),
+    ("two-ports-first-colon", "www.tiktok.com:80:80", ["www.tiktok.com"]),
+    ("joined-repeated-headers", "allowed.example, www.tiktok.com", ["allowed.example", "www.tiktok.com"]),
+    ("userinfo", "allowed.example@www.tiktok.com", ["allowed.example", "www.tiktok.com"]),
+    ("ipv4-port", "192.0.2.7:80", ["192.0.2.7"]),
+    ("ipv6-bracketed-port", "[2001:db8::1]:443", ["2001:db8::1"]),
+    ("ipv6-bare", "2001:db8::1", ["2001:db8::1"]),
+    ("whitespace", "  www.tiktok.com \t", ["www.tiktok.com"]),
+    ("empty", "", []),
+    ("port-only", ":80", []),
+]
+
+
+@pytest.mark.parametrize("value,names", [c[1:] for c in AUTHORITY_CASES], ids=[c[0] for c in AUTHORITY_CASES])
+def test_authority_names(value: str, names: list[str]) -> None:
+    assert authority_names(value) == names
+
+
 # --- options ----------------------------------------------------------------------------
 
 OPTION_ERRORS = [
@@ -630,6 +653,9 @@ OPTION_ERRORS = [
     ("missing-policy", {"egress_policy": "/nonexistent/policy.yaml"}, "cannot read"),
     ("negative-interval", {"egress_reload_interval": -1}, "egress_reload_interval"),
     ("bad-quic", {"egress_quic": "drop"}, "egress_quic"),
+    ("negative-handshake-timeout", {"egress_handshake_timeout": -1}, "egress_handshake_timeout"),
+    ("negative-connection-cap", {"egress_max_connections_per_client": -5},
+     "egress_max_connections_per_client"),
 ]
 
 

@@ -140,7 +140,7 @@ def test_downloads_phase_store_urls(
     run_proxy: Any, origin: Origin, policy: Path, url: str, status: int, http: str
 ) -> None:
     proxy = run_proxy("--policy", str(policy), "--at", DOWNLOADS)
-    # A client offering HTTP/2 is served too (mitmproxy mirrors the origin's ALPN: HTTP/1.1 here).
+    # A client offering HTTP/2 is served too (lazy connections: HTTP/2 to the client, HTTP/1.1 to the origin).
     r = curl(proxy, origin, url, ca=proxy.ca, extra=("-H", "accept: application/json", http))
     assert r["rc"] == 0 and r["status"] == status
     if status == 451:
