@@ -152,6 +152,20 @@ def _open_regular(path: Path, max_size: int) -> io.BufferedReader:
         raise
 
 
+def _read_capped(fh: io.BufferedReader, cap: int) -> bytes:
+    """At most ``cap + 1`` bytes, read in pieces: ``read(cap + 1)`` would
+    allocate the whole cap (1 GiB by default) up front, whatever the file holds."""
+    parts: list[bytes] = []
+    total = 0
+    while total <= cap:
+        chunk = fh.read(min(1 << 20, cap + 1 - total))
+        if not chunk:
+            break
+        parts.append(chunk)
+        total += len(chunk)
+    return b"".join(parts)
+
+
 class _TooDeep(yaml.YAMLError):
     def __init__(self, mark: yaml.Mark, field: str, limit: int):
         super().__init__(f"nesting deeper than {limit} levels")
@@ -387,7 +401,7 @@ def load_policy(path: str | os.PathLike[str] | None = None, *, max_file_size: in
     cap = DEFAULT_MAX_FILE_SIZE if max_file_size is None else max_file_size
     try:
         with _open_regular(p, cap) as fh:
-            data = fh.read(cap + 1)
+            data = _read_capped(fh, cap)
         if len(data) > cap:
             raise _Unreadable(f"grew past the limit of {cap} bytes while read", too_big=True)
         text = data.decode("utf-8")
