@@ -128,8 +128,7 @@ class Authority:
             records = [RR(query.q.qname, QTYPE.A, rdata=A("192.0.2.66"), ttl=300)]
         if records is None:
             reply.header.rcode = RCODE.NXDOMAIN
-            reply.add_auth(RR("example.test", QTYPE.SOA, ttl=60, rdata=SOA(
-                "ns.example.test", "hostmaster.example.test", (1, 3600, 600, 86400, NEG_TTL))))
+            reply.add_auth(soa(name))
             return bytes(reply.pack())
         if name == "big.example.test" and transport == "udp":
             reply.header.tc = 1
@@ -138,8 +137,7 @@ class Authority:
             if rr.rtype == query.q.qtype or rr.rtype == QTYPE.CNAME:
                 reply.add_answer(rr)
         if not reply.rr:
-            reply.add_auth(RR("example.test", QTYPE.SOA, ttl=60, rdata=SOA(
-                "ns.example.test", "hostmaster.example.test", (1, 3600, 600, 86400, NEG_TTL))))
+            reply.add_auth(soa(name))
         return bytes(reply.pack())
 
     def _serve_udp(self) -> None:
@@ -179,6 +177,13 @@ class Authority:
                         conn.sendall(struct.pack("!H", len(out)) + out)
             except OSError:
                 return
+
+
+def soa(name: str) -> RR:
+    """The SOA of the name's zone (its last two labels), so that it is in bailiwick."""
+    zone = ".".join(name.split(".")[-2:])
+    return RR(zone, QTYPE.SOA, ttl=60, rdata=SOA("ns.example.test", "hostmaster.example.test",
+                                                (1, 3600, 600, 86400, NEG_TTL)))
 
 
 def _read(conn: socket.socket, n: int) -> bytes | None:
