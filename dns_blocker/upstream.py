@@ -64,7 +64,6 @@ from .wire import (
 )
 
 BACKOFF = 5.0
-RCVBUF = 1 << 18
 UPSTREAM_UDP = 1232  # our EDNS UDP size upstream (DNS Flag Day 2020), whatever the client offered
 MAX_SOCKETS = 4096  # as many as the resolver keeps questions in flight (MAX_INFLIGHT)
 FD_RESERVE = 256  # file descriptors left for listeners, TCP clients and reloads
@@ -127,14 +126,16 @@ def clean_query(qid: int, question: bytes, flags: int) -> bytes:
     return head + question + opt
 
 
+# 0x20 on every lower-case letter, 0 elsewhere: which bits of a name may flip.
+_LETTERS = bytes(0x20 if 97 <= b <= 122 else 0 for b in range(256))
+
+
 def mix_case(name: bytes, noise: bytes) -> bytes:
-    """The wire name with each letter's case set by one random bit (0x20); length
-    bytes are at most 63, never letters, so they stay as they are."""
-    out = bytearray(name)
-    for i, b in enumerate(out):
-        if 97 <= b <= 122 and noise[i] & 1:
-            out[i] = b - 32
-    return bytes(out)
+    """The lower-case wire name with each letter's case set by one random bit
+    (0x20); length bytes are at most 63, never letters, so they stay as they
+    are.  Whole-integer arithmetic: a Python loop per byte cost 10 µs a query."""
+    flips = int.from_bytes(name.translate(_LETTERS), "big") & int.from_bytes(noise[: len(name)], "big")
+    return (int.from_bytes(name, "big") ^ flips).to_bytes(len(name), "big")
 
 
 class Forwarder:
@@ -221,10 +222,9 @@ class Forwarder:
         """A UDP socket bound to a random port of the ephemeral range."""
         self._room()
         v6 = ":" in up.host
-        sock = socket.socket(socket.AF_INET6 if v6 else socket.AF_INET, socket.SOCK_DGRAM)
+        family = socket.AF_INET6 if v6 else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_DGRAM | socket.SOCK_NONBLOCK)
         try:
-            sock.setblocking(False)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF)
             # Unconnected sockets hear ICMP errors only with RECVERR.
             if v6:
                 sock.setsockopt(socket.IPPROTO_IPV6, IPV6_RECVERR, 1)
