@@ -8,8 +8,9 @@ UDP and whole over TCP.  ``mode`` makes it misbehave on purpose: ``slow``
 (answers after ``SLOW`` seconds), ``garbage`` (random bytes with the right
 ID), ``silent`` (no answer).  ``stop`` closes the sockets (ICMP unreachable).
 ``delay`` holds every UDP answer back that long without holding the others
-(a slow upstream under load), and ``forge`` is called with each UDP query
-before its answer leaves (a spoofer racing the real answer).  Some names
+(a slow upstream under load), ``forge`` is called with each UDP query
+before its answer leaves (a spoofer racing the real answer), and
+``lower_case`` makes it answer with the question lower-cased.  Some names
 come with records that do not belong (``EXTRA``, ``stuffed.example.test``):
 the scrubber's cases.  It counts what it was asked, so tests can tell a
 cached answer from a forwarded one, and keeps every query with its source
@@ -27,7 +28,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 
-from dnslib import AAAA, CNAME, EDNS0, NS, QTYPE, RCODE, RR, SOA, TXT, A, DNSRecord
+from dnslib import AAAA, CNAME, EDNS0, NS, QTYPE, RCODE, RR, SOA, TXT, A, DNSQuestion, DNSRecord
 
 NEG_TTL = 3
 SLOW = 10.0
@@ -78,6 +79,7 @@ class Authority:
         self.seen: list[tuple[tuple[str, int], bytes]] = []  # (source, query bytes) of each UDP query
         self.delay = 0.0
         self.forge: Forge | None = None
+        self.lower_case = False
         self._later: queue.Queue[tuple[float, bytes, tuple[str, int]]] = queue.Queue()
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -147,6 +149,8 @@ class Authority:
         if mode == "garbage":
             return data[:2] + os.urandom(40)
         reply = query.reply()
+        if self.lower_case:  # a server that does not keep the case of the question (no 0x20)
+            reply.questions = [DNSQuestion(name, query.q.qtype, query.q.qclass)]
         if opt is not None:  # an EDNS0 answer for an EDNS0 question (RFC 6891)
             reply.add_ar(EDNS0(udp_len=1232, flags="do" if (opt.ttl >> 15) & 1 else ""))
         if mode == "servfail":

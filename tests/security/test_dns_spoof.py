@@ -282,6 +282,30 @@ def test_each_check_drops_and_counts(resolver: Start, authority: Authority,
         assert addresses(r.ask("www.example.test", source=OUTSIDER)) == ["192.0.2.1"], "the cache is clean"
 
 
+# 0x20 and upstreams that do not keep case: (keeps case at first, then, rcodes of five questions
+# asked one after the other with a 0.5 s budget, "case" rejections counted).
+CASE_UPSTREAMS = [
+    pytest.param(False, False, ["NXDOMAIN"] * 5, 0.0, id="never-keeps-case-not-penalised"),
+    pytest.param(True, True, ["NXDOMAIN"] * 5, 0.0, id="keeps-case-all-along"),
+    pytest.param(True, False, ["SERVFAIL"] * 3 + ["NXDOMAIN"] * 2, 3.0,
+                 id="stops-keeping-case-held-to-it-three-times-then-not"),
+]
+
+
+@pytest.mark.parametrize(("before", "after", "want", "case_rejects"), CASE_UPSTREAMS)
+def test_upstream_case_keeping_is_learned(resolver: Start, authority: Authority,
+                                          write_policy: Callable[..., Path], before: bool, after: bool,
+                                          want: list[str], case_rejects: float) -> None:
+    r = resolver("--policy", str(write_policy()), "--upstream", authority.address, "--metrics", "127.0.0.1:0",
+                 "--timeout", "0.5")
+    authority.lower_case = not before
+    assert rcode(r.ask("first-question.example.test")) == "NXDOMAIN"
+    authority.lower_case = not after
+    got = [rcode(r.ask(f"question{i}.example.test", timeout=3)) for i in range(5)]
+    assert got == want
+    assert rejected(r).get("case", 0.0) == case_rejects
+
+
 # The scrubber: (name, the answer's records, authority, additional, records counted as scrubbed).
 SCRUB = [
     pytest.param("stuffed.example.test", ["stuffed.example.test. 300 IN A 192.0.2.9"], [], [],
