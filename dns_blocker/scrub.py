@@ -14,8 +14,10 @@ root counts only for a one-label name, so an ``NS .`` slipped into an answer
 cannot claim every name.  With no such record the authority section is
 emptied, and only additional records under a chain name stay (the targets of
 MX or SRV records under the question).  This is the spirit of Unbound's
-scrubber (``scrub_sanitize``: records outside the query's zone and answer
-records off the CNAME chain are removed), with the zone guessed narrowly.
+scrubber (``scrub_normalize`` keeps the answer records on the CNAME chain,
+``scrub_sanitize`` deletes what is outside the zone of the server asked),
+with the zone guessed narrowly: Unbound forwarding ``.`` takes the root as
+that zone and so keeps every name.
 
 A packet that loses records is written again with every name uncompressed
 (the names inside the RDATA of the RFC 1035 types too), since a compression
@@ -170,13 +172,12 @@ def plainly_clean(data: bytes, q: Query) -> bool:
     return pos == n
 
 
-def scrub(data: bytes, q: Query, question: bytes) -> Scrubbed:
-    """``data`` with the records outside the question's chain and zone removed.
-    ``question`` is the question's name in wire form (as in ``Query.key``)."""
+def scrub(data: bytes, q: Query) -> Scrubbed:
+    """``data``, the answer to ``q``, with the records outside the question's chain and zone removed."""
     if len(data) >= 12 and plainly_clean(data, q):
         return Scrubbed(data, (0, 0, 0))
     recs = records(data, q.qend)
-    qname = labels(question)
+    qname = labels(q.key[:-5])  # the key: the question's name in wire form, then type, class, flags
     chain = _chain(recs, qname, q.qclass, data)
     zone = _zone(recs, chain, q.qclass)
     kept: list[Record] = []

@@ -205,7 +205,7 @@ class Forwarder:
         out, self._noise = self._noise[:n], self._noise[n:]
         return out
 
-    def _question(self, up: Upstream, q: Query) -> tuple[int, bytes]:
+    def _question(self, q: Query) -> tuple[int, bytes]:
         """A fresh ID and the question in wire form, its name in mixed case."""
         noise = self._random(len(q.key))
         question = mix_case(q.key[:-5], noise[2:]) + q.key[-5:-1]
@@ -260,7 +260,7 @@ class Forwarder:
             raise
         loop = asyncio.get_running_loop()
         fd = sock.fileno()
-        qid, question = self._question(up, q)
+        qid, question = self._question(q)
         out = clean_query(qid, question, q.key[-1])
         peer = self._peer[up]
         strict = self._keeps_case.get(up, False)
@@ -328,7 +328,7 @@ class Forwarder:
             self._case_strikes[up] = 0
 
     def _scrubbed(self, data: bytes, q: Query) -> bytes:
-        clean, dropped = scrub(data, q, q.key[:-5])
+        clean, dropped = scrub(data, q)
         for section, n in zip(("answer", "authority", "additional"), dropped, strict=True):
             if n:
                 self._reject(f"scrubbed-{section}", n)
@@ -343,7 +343,7 @@ class Forwarder:
             self.open_tcp -= 1
             raise
         try:
-            qid, question = self._question(up, q)
+            qid, question = self._question(q)
             out = clean_query(qid, question, q.key[-1])
             writer.write(struct.pack("!H", len(out)) + out)
             await writer.drain()
