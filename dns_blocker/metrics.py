@@ -26,6 +26,9 @@ class NullMetrics:
     def upstream(self, upstream: str, seconds: float | None, error: str | None) -> None:
         pass
 
+    def rejected(self, reason: str, n: int) -> None:
+        pass
+
     def flushed(self, reason: str) -> None:
         pass
 
@@ -52,6 +55,9 @@ class PromMetrics(NullMetrics):
             buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0))
         self._upstream_errors = Counter("egress_dns_upstream_errors", "Upstream failures",
                                         ["upstream", "reason"], registry=r)
+        self._rejected = Counter("egress_dns_upstream_rejected", "Upstream datagrams dropped (address, port, "
+                                 "id, question, case) and records scrubbed from answers (scrubbed-SECTION)",
+                                 ["reason"], registry=r)
         self._flushes = Counter("egress_dns_cache_flushes", "Cache flushes, by cause", ["reason"], registry=r)
         self._size = Gauge("egress_dns_cache_entries", "Entries in the answer cache", registry=r,
                            multiprocess_mode="livesum")
@@ -81,6 +87,9 @@ class PromMetrics(NullMetrics):
             self._child(self._upstream_errors, upstream, error).inc()
         elif seconds is not None:
             self._child(self._upstream_seconds, upstream).observe(seconds)
+
+    def rejected(self, reason: str, n: int) -> None:
+        self._child(self._rejected, reason).inc(n)
 
     def flushed(self, reason: str) -> None:
         self._child(self._flushes, reason).inc()

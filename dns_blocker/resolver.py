@@ -9,7 +9,11 @@ Every step that can answer does so from bytes it already has (pre-built
 block answers, cached upstream answers) with the asker's ID spliced in; only
 a cache miss leaves the hot path, as a task that awaits the upstream.  Askers
 of a question already on its way upstream wait for that one answer (so a
-cache flush at a phase change does not send a burst of duplicates upstream).  The
+cache flush at a phase change does not send a burst of duplicates upstream):
+questions are the same when their ``Query.key`` is (the lower-cased question
+and the RD, CD, DO and EDNS flags).  What goes upstream is built by the
+forwarder from that key alone, never from the first asker's bytes, so junk
+in one client's packet cannot fail the others' answers.  The
 answer is sent before the event is built and queued, so logging never delays
 it.  The caches hold verdicts of one policy moment, so the policy holder's
 "reload"/"phase" notices clear them (on the loop's thread).
@@ -235,10 +239,10 @@ class Resolver:
 
     async def _forward(self, asker: Asker) -> None:
         """Ask the upstreams once, then answer everyone who asked the same question meanwhile."""
-        data, q = asker[0], asker[1]
+        q = asker[1]
         result: tuple[bytes, Answer] | None = None
         try:
-            result = await self.forwarder.resolve(data, q)
+            result = await self.forwarder.resolve(q)
         except UpstreamError:
             pass
         finally:

@@ -169,7 +169,7 @@ async def serve(settings: DnsSettings, holder: Any, events: Any, metrics: NullMe
     """Run until SIGTERM/SIGINT (or ``stop`` is set); returns the exit code (0 after a clean drain)."""
     say = announce or (lambda line: print(line, file=sys.stderr, flush=True))
     loop = asyncio.get_running_loop()
-    forwarder = Forwarder(upstreams(settings), settings.timeout, metrics.upstream)
+    forwarder = Forwarder(upstreams(settings), settings.timeout, metrics.upstream, metrics.rejected)
     await forwarder.start()
     sink: EventSink = events
     resolver = Resolver(holder, settings, forwarder, sink, metrics)

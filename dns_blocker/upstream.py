@@ -1,36 +1,86 @@
 """Forwarding to the upstream resolvers: UDP first, TCP when truncated, failover.
 
-Each upstream gets a few connected UDP sockets (several source ports); a
-query goes out with a fresh random ID and the answer is matched by ID *and*
-question, so stray or spoofed datagrams are ignored.  Upstreams are tried in
-order within one overall time budget (``timeout``), each getting an equal
-share; one that failed is moved to the back for ``BACKOFF`` seconds and is
-tried again afterwards, so service recovers on its own.  An answer with TC
-set is fetched again over TCP from the same upstream.  An upstream SERVFAIL,
-REFUSED, NOTIMP or FORMERR counts as a failure and the next one is asked.
+    Query ─▶ clean query (fresh ID, 0x20 name, our EDNS) ─▶ fresh socket, random port ─▶ upstream
+                                                                                          │
+    (bytes, Answer) ◀─ scan ◀─ scrub ◀─ only the datagram that matches in every respect ◀─┘
+
+What goes upstream is built from the parsed question (``Query.key``), never
+from the client's bytes: a fresh random ID, the name with the case of its
+letters randomised (0x20), the client's RD, CD and DO bits, and our own OPT
+record (UDP size ``UPSTREAM_UDP``) when the client sent one.  Each UDP query
+gets a socket of its own on a random source port (like Unbound's
+``outgoing-range``), closed when the question is settled, so an off-path
+spoofer must guess the port, the ID and the case of the name together.  A
+datagram is accepted only when its source address and port, its ID and its
+question (type, class and name; the name's case too once the upstream has
+shown that it keeps it, like Unbound's ``use-caps-for-id``) all match;
+anything else is dropped and counted (``reject``).  An upstream that does
+not keep the case is not held to it; one that kept it and then fails the
+case check ``CASE_STRIKES`` times in a row is no longer held to it either.
+Accepted answers are scrubbed (``scrub``) before anything else sees them.
+
+The sockets are unconnected (so wrong-source datagrams reach us and are
+counted) with ``IP_RECVERR`` set (so an ICMP port unreachable still ends the
+wait at once).  At most ``max_sockets`` are open at once; beyond that a
+question fails at once (SERVFAIL) rather than waiting for a socket.
+
+Upstreams are tried in order within one overall time budget (``timeout``):
+each gets an equal share of what is left, so the time a failed upstream did
+not use passes to the next.  One that failed is moved to the back for
+``BACKOFF`` seconds and is tried again afterwards, so service recovers on its
+own.  An answer with TC set is fetched again over TCP from the same upstream.
+An upstream SERVFAIL, REFUSED, NOTIMP or FORMERR counts as a failure and the
+next one is asked.
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
+import ipaddress
 import os
-import random
+import resource
 import socket
 import struct
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
-from .wire import FORMERR, NOTIMP, REFUSED, SERVFAIL, Answer, Malformed, Query, question_matches, scan_answer
+from .scrub import scrub
+from .wire import (
+    FORMERR,
+    KEY_CD,
+    KEY_DO,
+    KEY_EDNS,
+    KEY_RD,
+    NOTIMP,
+    REFUSED,
+    SERVFAIL,
+    Answer,
+    Malformed,
+    Query,
+    scan_answer,
+)
 
 BACKOFF = 5.0
-SOCKETS_PER_UPSTREAM = 4
-RCVBUF = 1 << 20
+UPSTREAM_UDP = 1232  # our EDNS UDP size upstream (DNS Flag Day 2020), whatever the client offered
+MAX_SOCKETS = 4096  # as many as the resolver keeps questions in flight (MAX_INFLIGHT)
+FD_RESERVE = 256  # file descriptors left for listeners, TCP clients and reloads
+CASE_STRIKES = 3
+READS_PER_WAKE = 64
+PORT_TRIES = 8
+PORT_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+IP_RECVERR, IPV6_RECVERR = 11, 25  # linux/in.h, linux/in6.h (not exported by the socket module)
 _BAD_RCODES = frozenset({SERVFAIL, REFUSED, NOTIMP, FORMERR})
 
 
 class UpstreamError(Exception):
     """No upstream gave a usable answer."""
+
+
+class Overloaded(UpstreamError):
+    """Too many upstream sockets open: fail now rather than queue."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,74 +94,96 @@ class Upstream:
 
 
 Observer = Callable[[str, float | None, str | None], None]  # (upstream, seconds | None, error | None)
+Rejecter = Callable[[str, int], None]  # (reason, count): answers and records dropped
 
 
-class _Channel(asyncio.DatagramProtocol):
-    """One connected UDP socket to one upstream, many queries in flight."""
+def port_range() -> tuple[int, int]:
+    """The kernel's ephemeral port range, where our random source ports are drawn."""
+    try:
+        low, high = (int(x) for x in PORT_RANGE.read_text().split())
+    except (OSError, ValueError):
+        return 32768, 60999
+    return (low, high) if 1024 <= low < high <= 65535 else (32768, 60999)
 
-    def __init__(self) -> None:
-        self.transport: asyncio.DatagramTransport | None = None
-        self.pending: dict[int, tuple[asyncio.Future[bytes], bytes, int]] = {}
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+def socket_cap() -> int:
+    """``MAX_SOCKETS``, or fewer when the file limit would not leave ``FD_RESERVE``."""
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    if soft == resource.RLIM_INFINITY:
+        return MAX_SOCKETS
+    return max(16, min(MAX_SOCKETS, soft - FD_RESERVE))
 
-    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
-        if len(data) < 12:
-            return
-        qid = (data[0] << 8) | data[1]
-        waiting = self.pending.get(qid)
-        if waiting is None:
-            return
-        fut, query, qend = waiting
-        if fut.done():
-            return
-        if not data[2] & 0x80 or not question_matches(data, query, qend):
-            fut.set_exception(UpstreamError("answer does not match the question"))
-            return
-        fut.set_result(data)
 
-    def error_received(self, exc: Exception) -> None:
-        # ICMP port unreachable on a connected socket: the upstream is down.
-        for fut, _, _ in list(self.pending.values()):
-            if not fut.done():
-                fut.set_exception(UpstreamError(f"upstream unreachable: {exc}"))
+def clean_query(qid: int, question: bytes, flags: int) -> bytes:
+    """A query of our own: ``question`` (name, type, class) and the flags of ``Query.key``."""
+    edns = flags & KEY_EDNS
+    head = struct.pack("!HBBHHHH", qid, 1 if flags & KEY_RD else 0, 0x10 if flags & KEY_CD else 0,
+                       1, 0, 0, 1 if edns else 0)
+    if not edns:
+        return head + question
+    # OPT: root owner, our UDP size as the class, DO as the only flag, no options.
+    opt = struct.pack("!BHHBBHH", 0, 41, UPSTREAM_UDP, 0, 0, 0x8000 if flags & KEY_DO else 0, 0)
+    return head + question + opt
 
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.error_received(exc or ConnectionError("closed"))
-        self.transport = None
+
+# 0x20 on every lower-case letter, 0 elsewhere: which bits of a name may flip.
+_LETTERS = bytes(0x20 if 97 <= b <= 122 else 0 for b in range(256))
+
+
+def mix_case(name: bytes, noise: bytes) -> bytes:
+    """The lower-case wire name with each letter's case set by one random bit
+    (0x20); length bytes are at most 63, never letters, so they stay as they
+    are.  Whole-integer arithmetic: a Python loop per byte cost 10 µs a query."""
+    flips = int.from_bytes(name.translate(_LETTERS), "big") & int.from_bytes(noise[: len(name)], "big")
+    return (int.from_bytes(name, "big") ^ flips).to_bytes(len(name), "big")
 
 
 class Forwarder:
-    def __init__(self, upstreams: list[Upstream], timeout: float, observe: Observer | None = None):
+    def __init__(self, upstreams: list[Upstream], timeout: float, observe: Observer | None = None,
+                 reject: Rejecter | None = None):
         if not upstreams:
             raise ValueError("at least one upstream is needed")
         self.upstreams = upstreams
         self.timeout = timeout
         self._observe = observe or (lambda up, secs, err: None)
-        self._channels: dict[Upstream, list[_Channel]] = {}
+        self._reject = reject or (lambda reason, n: None)
+        # Datagrams are compared with the address as recvfrom gives it (compressed IPv6).
+        self._peer = {up: (ipaddress.ip_address(up.host).compressed, up.port) for up in upstreams}
         self._down_until: dict[Upstream, float] = {}
-        self._ids: list[int] = []
+        self._keeps_case: dict[Upstream, bool] = {}
+        self._case_strikes: dict[Upstream, int] = {}
+        self._noise = b""
+        self._ports = port_range()
+        self.max_sockets = socket_cap()
+        self.open_sockets: set[socket.socket] = set()  # UDP, closed by ``close`` at shutdown
+        self.open_tcp = 0
 
-    async def resolve(self, query: bytes, q: Query) -> tuple[bytes, Answer]:
+    def _room(self) -> None:
+        if len(self.open_sockets) + self.open_tcp >= self.max_sockets:
+            raise Overloaded(f"{self.max_sockets} upstream sockets open")
+
+    async def resolve(self, q: Query) -> tuple[bytes, Answer]:
         """The first usable answer from the upstreams, in order of health."""
         now = time.monotonic()
         order = self.upstreams
         if self._down_until:  # some upstream failed lately: the healthy ones go first
             order = sorted(order, key=lambda u: self._down_until.get(u, 0.0) > now)
-        share = self.timeout / len(order)
+        deadline = now + self.timeout
         last: Exception | None = None
-        for up in order:
+        for i, up in enumerate(order):
             started = time.monotonic()
+            share = (deadline - started) / (len(order) - i)
             try:
                 async with asyncio.timeout(share):
-                    data = await self._udp(up, query, q)
+                    data = await self._udp(up, q)
                     info = scan_answer(data, q.qend)
                     if info.truncated:
-                        data = await self._tcp(up, query, q)
+                        data = await self._tcp(up, q)
                         info = scan_answer(data, q.qend)
                 if info.rcode in _BAD_RCODES:
                     raise UpstreamError(f"upstream answered rcode {info.rcode}")
+            except Overloaded:
+                raise
             except TimeoutError:
                 last = UpstreamError("timeout")
                 self._fail(up, "timeout")
@@ -125,83 +197,171 @@ class Forwarder:
             return data, info
         raise UpstreamError(f"no upstream answered ({last})")
 
-    def _new_id(self) -> int:
-        """A query ID from the OS's CSPRNG (unguessable, against spoofed answers),
-        drawn 1,024 at a time so that a query does not cost a system call."""
-        if not self._ids:
-            pool = os.urandom(2048)
-            self._ids = [int.from_bytes(pool[i : i + 2], "big") for i in range(0, 2048, 2)]
-        return self._ids.pop()
+    def _random(self, n: int) -> bytes:
+        """``n`` bytes from the OS's CSPRNG, drawn 4 KiB at a time so that a
+        query does not cost a system call."""
+        if len(self._noise) < n:
+            self._noise = os.urandom(max(4096, n))
+        out, self._noise = self._noise[:n], self._noise[n:]
+        return out
+
+    def _question(self, q: Query) -> tuple[int, bytes]:
+        """A fresh ID and the question in wire form, its name in mixed case."""
+        noise = self._random(len(q.key))
+        question = mix_case(q.key[:-5], noise[2:]) + q.key[-5:-1]
+        return int.from_bytes(noise[:2], "big"), question
 
     def _fail(self, up: Upstream, reason: str) -> None:
         self._down_until[up] = time.monotonic() + BACKOFF
         self._observe(up.label, None, reason)
 
     async def start(self) -> None:
-        """Open the sockets before the first query, so no two queries race to."""
-        for up in self.upstreams:
-            await self._open(up)
+        """Nothing to open ahead: every query gets its own socket."""
 
-    async def _open(self, up: Upstream) -> list[_Channel]:
+    def _socket(self, up: Upstream) -> socket.socket:
+        """A UDP socket bound to a random port of the ephemeral range."""
+        self._room()
+        v6 = ":" in up.host
+        family = socket.AF_INET6 if v6 else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_DGRAM | socket.SOCK_NONBLOCK)
+        try:
+            # Unconnected sockets hear ICMP errors only with RECVERR.
+            if v6:
+                sock.setsockopt(socket.IPPROTO_IPV6, IPV6_RECVERR, 1)
+            else:
+                sock.setsockopt(socket.IPPROTO_IP, IP_RECVERR, 1)
+            low, high = self._ports
+            for _ in range(PORT_TRIES):
+                port = low + int.from_bytes(self._random(3), "big") % (high - low + 1)
+                try:
+                    sock.bind(("::" if v6 else "0.0.0.0", port))
+                    break
+                except OSError as exc:
+                    if exc.errno != errno.EADDRINUSE:
+                        raise
+            else:
+                sock.bind(("::" if v6 else "0.0.0.0", 0))  # a crowded range: the kernel's random pick
+        except OSError:
+            sock.close()
+            raise
+        self.open_sockets.add(sock)
+        return sock
+
+    def _close(self, sock: socket.socket) -> None:
+        self.open_sockets.discard(sock)
+        sock.close()
+
+    async def _udp(self, up: Upstream, q: Query) -> bytes:
+        try:
+            sock = self._socket(up)
+        except OSError as exc:
+            if exc.errno in (errno.EMFILE, errno.ENFILE):
+                raise Overloaded(f"no socket for the upstream: {exc}") from exc
+            raise
         loop = asyncio.get_running_loop()
-        family = socket.AF_INET6 if ":" in up.host else socket.AF_INET
-        chans = []
-        for _ in range(SOCKETS_PER_UPSTREAM):
-            sock = socket.socket(family, socket.SOCK_DGRAM)
-            try:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF)
-                sock.setblocking(False)
-                sock.connect((up.host, up.port))
-            except OSError:
-                sock.close()
-                raise
-            _, proto = await loop.create_datagram_endpoint(_Channel, sock=sock)
-            chans.append(proto)
-        self._channels[up] = chans
-        return chans
+        fd = sock.fileno()
+        qid, question = self._question(q)
+        out = clean_query(qid, question, q.key[-1])
+        peer = self._peer[up]
+        strict = self._keeps_case.get(up, False)
+        answer: asyncio.Future[bytes] = loop.create_future()
 
-    async def _channel(self, up: Upstream) -> _Channel:
-        chans = self._channels.get(up) or await self._open(up)
-        chan = random.choice(chans)
-        if chan.transport is None or chan.transport.is_closing():
-            chan = random.choice(await self._open(up))
-        return chan
+        def readable() -> None:
+            # Bounded, so a flood on this port cannot hold the loop.
+            for _ in range(READS_PER_WAKE):
+                if answer.done():
+                    return
+                try:
+                    data, addr = sock.recvfrom(65535)
+                except BlockingIOError:
+                    return
+                except OSError as exc:  # ICMP unreachable and the like (IP_RECVERR)
+                    answer.set_exception(exc)
+                    return
+                reason = self._mismatch(data, addr, peer, out, q.qend, strict)
+                if reason is None:
+                    answer.set_result(data)
+                    return
+                self._reject(reason, 1)
+                if reason == "case":
+                    self._struck(up)
 
-    async def _udp(self, up: Upstream, query: bytes, q: Query) -> bytes:
-        chan = await self._channel(up)
-        qid = self._new_id()
-        while qid in chan.pending:
-            qid = self._new_id()
-        out = qid.to_bytes(2, "big") + query[2:]
-        fut: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
-        chan.pending[qid] = (fut, out, q.qend)
+        loop.add_reader(fd, readable)
         try:
-            assert chan.transport is not None
-            chan.transport.sendto(out)
-            return await fut
+            sock.sendto(out, peer)
+            data = await answer
         finally:
-            chan.pending.pop(qid, None)
+            loop.remove_reader(fd)
+            self._close(sock)
+        self._learn_case(up, data, out, q)
+        return self._scrubbed(data, q)
 
-    async def _tcp(self, up: Upstream, query: bytes, q: Query) -> bytes:
-        reader, writer = await asyncio.open_connection(up.host, up.port)
+    @staticmethod
+    def _mismatch(data: bytes, addr: tuple[str, int], peer: tuple[str, int], sent: bytes, qend: int,
+                  strict: bool) -> str | None:
+        """Why a datagram is not the answer to ``sent``, or None when it is."""
+        if addr[0] != peer[0]:
+            return "address"
+        if addr[1] != peer[1]:
+            return "port"
+        if len(data) < 12 or data[0:2] != sent[0:2]:
+            return "id"
+        # A response (QR), opcode QUERY, one question: ours, byte for byte but for case.
+        if (not data[2] & 0x80 or data[2] & 0x78 or data[4:6] != b"\x00\x01" or len(data) < qend
+                or data[12:qend].lower() != sent[12:qend].lower()):
+            return "question"
+        if strict and data[12:qend] != sent[12:qend]:
+            return "case"
+        return None
+
+    def _learn_case(self, up: Upstream, data: bytes, sent: bytes, q: Query) -> None:
+        """An upstream that echoed a mixed-case name exactly keeps case: hold it to that."""
+        if data[12 : q.qend] == sent[12 : q.qend] and sent[12 : q.qend] != q.key[:-1]:
+            self._keeps_case[up] = True
+            self._case_strikes[up] = 0
+
+    def _struck(self, up: Upstream) -> None:
+        strikes = self._case_strikes.get(up, 0) + 1
+        self._case_strikes[up] = strikes
+        if strikes >= CASE_STRIKES:  # it no longer keeps case (a new server behind the address?)
+            self._keeps_case[up] = False
+            self._case_strikes[up] = 0
+
+    def _scrubbed(self, data: bytes, q: Query) -> bytes:
+        clean, dropped = scrub(data, q)
+        for section, n in zip(("answer", "authority", "additional"), dropped, strict=True):
+            if n:
+                self._reject(f"scrubbed-{section}", n)
+        return clean
+
+    async def _tcp(self, up: Upstream, q: Query) -> bytes:
+        self._room()
+        self.open_tcp += 1
         try:
-            qid = self._new_id()
-            out = qid.to_bytes(2, "big") + query[2:]
+            reader, writer = await asyncio.open_connection(up.host, up.port)
+        except BaseException:
+            self.open_tcp -= 1
+            raise
+        try:
+            qid, question = self._question(q)
+            out = clean_query(qid, question, q.key[-1])
             writer.write(struct.pack("!H", len(out)) + out)
             await writer.drain()
+            peer = self._peer[up]
             while True:  # skip anything that is not our answer
                 (length,) = struct.unpack("!H", await reader.readexactly(2))
                 data = await reader.readexactly(length)
-                if len(data) >= 12 and data[0:2] == out[0:2]:
-                    if not question_matches(data, out, q.qend):
-                        raise UpstreamError("TCP answer does not match the question")
-                    return data
+                reason = self._mismatch(data, peer, peer, out, q.qend, False)
+                if reason is None:
+                    break
+                self._reject(reason, 1)
+                if reason == "question":
+                    raise UpstreamError("TCP answer does not match the question")
         finally:
+            self.open_tcp -= 1
             writer.close()
+        return self._scrubbed(data, q)
 
     def close(self) -> None:
-        for chans in self._channels.values():
-            for chan in chans:
-                if chan.transport is not None:
-                    chan.transport.close()
-        self._channels.clear()
+        for sock in list(self.open_sockets):
+            self._close(sock)

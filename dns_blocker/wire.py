@@ -33,6 +33,8 @@ _COUNTS = struct.Struct("!HHHH")
 _RR = struct.Struct("!HHIH")
 
 MAX_NAME = 255
+# The flags byte that ends ``Query.key``: what changes the upstream's answer.
+KEY_EDNS, KEY_DO, KEY_CD, KEY_RD = 1, 2, 4, 8
 # A reply to a client that sent no OPT record must fit 512 bytes (RFC 1035).
 CLASSIC_UDP = 512
 MAX_TTL = 86_400
@@ -49,7 +51,8 @@ class Malformed(ValueError):
 class Query(NamedTuple):
     """What the hot path needs from a query; everything else stays in the bytes.
 
-    ``key`` is the question lower-cased plus one byte of EDNS/DO/CD flags: the
+    ``key`` is the question lower-cased plus one byte of flags (``KEY_EDNS``,
+    ``KEY_DO``, ``KEY_CD``, ``KEY_RD``): the coalescing and
     cache key, and the bytes ``splice`` writes back (``qend`` marks their end).
     A NamedTuple rather than a frozen dataclass: it is built once per packet,
     and a tuple is several times cheaper to build.
@@ -131,7 +134,8 @@ def parse_query(data: bytes) -> Query | None:
         text[d - 13] = 0x2E
     name = text.lower().decode("latin-1")
     cd = (data[3] >> 4) & 1
-    key = data[12:qend].lower() + bytes((edns | (do_bit << 1) | (cd << 2),))
+    rd = data[2] & 1
+    key = data[12:qend].lower() + bytes((edns | (do_bit << 1) | (cd << 2) | (rd << 3),))
     return Query(name, qtype, qclass, qend, edns, udp_size, key)
 
 
@@ -157,15 +161,15 @@ def skip_name(data: bytes, pos: int) -> int:
         pos += 1 + ln
 
 
-def read_name(data: bytes, pos: int) -> tuple[str, int]:
-    """A possibly compressed name → (lower-case text, offset after it).
+def name_wire(data: bytes, pos: int) -> tuple[bytes, int]:
+    """A possibly compressed name → (its uncompressed wire form, case kept; the
+    offset after it).
 
     Pointers must point strictly backwards, so a compression loop is impossible,
-    and the name may not exceed 255 bytes.
+    and the name may not exceed 255 bytes (its root byte counted).
     """
     n = len(data)
-    labels: list[bytes] = []
-    total = 0
+    out = bytearray()
     end = -1
     limit = pos
     while True:
@@ -182,17 +186,30 @@ def read_name(data: bytes, pos: int) -> tuple[str, int]:
                 raise Malformed()
             limit = pos = target
             continue
-        if ln > 63:
+        if ln > 63 or pos + 1 + ln > n:
+            raise Malformed()
+        out += data[pos : pos + 1 + ln]
+        if len(out) > MAX_NAME:
             raise Malformed()
         if ln == 0:
-            if end < 0:
-                end = pos + 1
-            return b".".join(labels).decode("latin-1").lower(), end
-        total += ln + 1
-        if total > MAX_NAME or pos + 1 + ln > n:
-            raise Malformed()
-        labels.append(data[pos + 1 : pos + 1 + ln])
+            return bytes(out), (pos + 1 if end < 0 else end)
         pos += 1 + ln
+
+
+def wire_labels(wire: bytes) -> list[bytes]:
+    """The labels of an uncompressed wire name, case kept; the root is []."""
+    out = []
+    pos = 0
+    while wire[pos]:
+        out.append(wire[pos + 1 : pos + 1 + wire[pos]])
+        pos += 1 + wire[pos]
+    return out
+
+
+def read_name(data: bytes, pos: int) -> tuple[str, int]:
+    """A possibly compressed name → (lower-case text, offset after it); see ``name_wire``."""
+    wire, end = name_wire(data, pos)
+    return b".".join(wire_labels(wire)).decode("latin-1").lower(), end
 
 
 @dataclass(frozen=True, slots=True)

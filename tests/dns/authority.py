@@ -7,20 +7,28 @@ Built on dnslib; serves UDP and TCP from two threads.  Its zone is fixed
 UDP and whole over TCP.  ``mode`` makes it misbehave on purpose: ``slow``
 (answers after ``SLOW`` seconds), ``garbage`` (random bytes with the right
 ID), ``silent`` (no answer).  ``stop`` closes the sockets (ICMP unreachable).
-It counts what it was asked, so tests can tell a cached answer from a
-forwarded one.
+``delay`` holds every UDP answer back that long without holding the others
+(a slow upstream under load), ``forge`` is called with each UDP query
+before its answer leaves (a spoofer racing the real answer), and
+``lower_case`` makes it answer with the question lower-cased.  Some names
+come with records that do not belong (``EXTRA``, ``stuffed.example.test``):
+the scrubber's cases.  It counts what it was asked, so tests can tell a
+cached answer from a forwarded one, and keeps every query with its source
+(``seen``).
 """
 
 from __future__ import annotations
 
 import os
+import queue
 import socket
 import struct
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 
-from dnslib import AAAA, CNAME, EDNS0, QTYPE, RCODE, RR, SOA, TXT, A, DNSRecord
+from dnslib import AAAA, CNAME, EDNS0, NS, QTYPE, RCODE, RR, SOA, TXT, A, DNSQuestion, DNSRecord
 
 NEG_TTL = 3
 SLOW = 10.0
@@ -41,7 +49,24 @@ RECORDS: dict[str, list[RR]] = {
     "big.example.test": [RR("big.example.test", QTYPE.TXT, rdata=TXT(f"{i}" * 200), ttl=300)
                          for i in range(8)],
 }
+RECORDS["stuffed.example.test"] = [  # an answer that also "answers" questions nobody asked
+    RR("stuffed.example.test", QTYPE.A, rdata=A("192.0.2.9"), ttl=300),
+    RR("www.bank.test", QTYPE.A, rdata=A("10.66.66.66"), ttl=300),
+    RR("stuffed.example.test.bank.test", QTYPE.A, rdata=A("10.66.66.66"), ttl=300)]
+RECORDS["glue.example.test"] = [RR("glue.example.test", QTYPE.A, rdata=A("192.0.2.10"), ttl=300)]
+# name -> (authority records, additional records) added to its answer.
+EXTRA: dict[str, tuple[list[RR], list[RR]]] = {
+    "glue.example.test": (
+        [RR("example.test", QTYPE.NS, rdata=NS("ns1.example.test"), ttl=300),
+         RR("example.test", QTYPE.NS, rdata=NS("ns.bank.test"), ttl=300),
+         RR("test", QTYPE.NS, rdata=NS("ns.bank.test"), ttl=300),
+         RR("www.bank.test", QTYPE.A, rdata=A("10.66.66.66"), ttl=300)],
+        [RR("ns1.example.test", QTYPE.A, rdata=A("192.0.2.53"), ttl=300),
+         RR("ns.bank.test", QTYPE.A, rdata=A("10.66.66.66"), ttl=300),
+         RR("www.bank.test", QTYPE.A, rdata=A("10.66.66.66"), ttl=300)]),
+}
 APP_ZONES = ("tiktok.test", "tiktokcdn.test", "wechat.test")
+Forge = Callable[[tuple[str, int], bytes, bytes | None], None]  # (asker, query, real answer)
 
 
 class Authority:
@@ -51,6 +76,11 @@ class Authority:
         self.slow = SLOW
         self.asked: Counter[tuple[str, str, str]] = Counter()
         self.edns_seen: list[tuple[int, int] | None] = []  # (UDP size, DO bit) per query, None: no OPT
+        self.seen: list[tuple[tuple[str, int], bytes]] = []  # (source, query bytes) of each UDP query
+        self.delay = 0.0
+        self.forge: Forge | None = None
+        self.lower_case = False
+        self._later: queue.Queue[tuple[float, bytes, tuple[str, int]]] = queue.Queue()
         self._lock = threading.Lock()
         self._stop = threading.Event()
         for _ in range(50):  # port 0: find one free for both UDP and TCP
@@ -71,7 +101,8 @@ class Authority:
         self.udp.settimeout(0.2)
         self.tcp.settimeout(0.2)
         self._threads = [threading.Thread(target=self._serve_udp, daemon=True),
-                         threading.Thread(target=self._serve_tcp, daemon=True)]
+                         threading.Thread(target=self._serve_tcp, daemon=True),
+                         threading.Thread(target=self._send_later, daemon=True)]
         for t in self._threads:
             t.start()
 
@@ -118,6 +149,8 @@ class Authority:
         if mode == "garbage":
             return data[:2] + os.urandom(40)
         reply = query.reply()
+        if self.lower_case:  # a server that does not keep the case of the question (no 0x20)
+            reply.questions = [DNSQuestion(name, query.q.qtype, query.q.qclass)]
         if opt is not None:  # an EDNS0 answer for an EDNS0 question (RFC 6891)
             reply.add_ar(EDNS0(udp_len=1232, flags="do" if (opt.ttl >> 15) & 1 else ""))
         if mode == "servfail":
@@ -128,8 +161,7 @@ class Authority:
             records = [RR(query.q.qname, QTYPE.A, rdata=A("192.0.2.66"), ttl=300)]
         if records is None:
             reply.header.rcode = RCODE.NXDOMAIN
-            reply.add_auth(RR("example.test", QTYPE.SOA, ttl=60, rdata=SOA(
-                "ns.example.test", "hostmaster.example.test", (1, 3600, 600, 86400, NEG_TTL))))
+            reply.add_auth(soa(name))
             return bytes(reply.pack())
         if name == "big.example.test" and transport == "udp":
             reply.header.tc = 1
@@ -137,9 +169,13 @@ class Authority:
         for rr in records:
             if rr.rtype == query.q.qtype or rr.rtype == QTYPE.CNAME:
                 reply.add_answer(rr)
+        auth, additional = EXTRA.get(name, ([], []))
+        for rr in auth:
+            reply.add_auth(rr)
+        for rr in additional:
+            reply.add_ar(rr)
         if not reply.rr:
-            reply.add_auth(RR("example.test", QTYPE.SOA, ttl=60, rdata=SOA(
-                "ns.example.test", "hostmaster.example.test", (1, 3600, 600, 86400, NEG_TTL))))
+            reply.add_auth(soa(name))
         return bytes(reply.pack())
 
     def _serve_udp(self) -> None:
@@ -148,12 +184,31 @@ class Authority:
                 data, addr = self.udp.recvfrom(65535)
             except (TimeoutError, OSError):
                 continue
+            with self._lock:
+                self.seen.append((addr, data))
             out = self.answer(data, "udp")
-            if out is not None:
-                try:
-                    self.udp.sendto(out, addr)
-                except OSError:
-                    pass
+            if self.forge is not None:
+                self.forge(addr, data, out)
+            if out is not None and self.delay:
+                self._later.put((time.monotonic() + self.delay, out, addr))
+            elif out is not None:
+                self._send(out, addr)
+
+    def _send(self, out: bytes, addr: tuple[str, int]) -> None:
+        try:
+            self.udp.sendto(out, addr)
+        except OSError:
+            pass
+
+    def _send_later(self) -> None:
+        """Delayed answers, in the order they are due (one delay for all)."""
+        while not self._stop.is_set():
+            try:
+                due, out, addr = self._later.get(timeout=0.2)
+            except queue.Empty:
+                continue
+            time.sleep(max(0.0, due - time.monotonic()))
+            self._send(out, addr)
 
     def _serve_tcp(self) -> None:
         while not self._stop.is_set():
@@ -179,6 +234,13 @@ class Authority:
                         conn.sendall(struct.pack("!H", len(out)) + out)
             except OSError:
                 return
+
+
+def soa(name: str) -> RR:
+    """The SOA of the name's zone (its last two labels), so that it is in bailiwick."""
+    zone = ".".join(name.split(".")[-2:])
+    return RR(zone, QTYPE.SOA, ttl=60, rdata=SOA("ns.example.test", "hostmaster.example.test",
+                                                (1, 3600, 600, 86400, NEG_TTL)))
 
 
 def _read(conn: socket.socket, n: int) -> bytes | None:
