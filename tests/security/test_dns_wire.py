@@ -28,8 +28,14 @@ import pytest
 
 from dns_blocker.resolver import Acl
 from policies import DnsSettings
+from tests.dns import conftest as dns_fixtures
 from tests.dns.authority import Authority
-from tests.dns.conftest import TEST_DAY, ResolverProcess, authority, resolver, write_policy  # noqa: F401
+from tests.dns.conftest import TEST_DAY, ResolverProcess
+
+# The resolver's fixtures, shared with tests/dns (a process per test, stopped by PID).
+authority = dns_fixtures.authority
+resolver = dns_fixtures.resolver
+write_policy = dns_fixtures.write_policy
 
 pytestmark = pytest.mark.e2e
 Start = Callable[..., ResolverProcess]
@@ -63,6 +69,15 @@ def start(resolver: Start, authority: Authority, write_policy: Callable[..., Pat
           *flags: str) -> ResolverProcess:
     return resolver("--policy", str(write_policy()), "--at", TEST_DAY, "--upstream", authority.address,
                     *flags)
+
+
+@pytest.fixture
+def server(resolver: Start, authority: Authority, write_policy: Callable[..., Path]) -> ResolverProcess:
+    """A resolver with the default settings."""
+    return start(resolver, authority, write_policy)
+
+
+OVER_BOTH = pytest.mark.parametrize("tcp", [False, True], ids=["udp", "tcp"])
 
 
 # --- amplification ---------------------------------------------------------------
@@ -142,14 +157,13 @@ NAMES = [
 ]
 
 
-@pytest.mark.parametrize("tcp", [False, True], ids=["udp", "tcp"])
+@OVER_BOTH
 @pytest.mark.parametrize(("length", "want"), NAMES)
-def test_name_length(resolver: Start, authority: Authority, write_policy: Callable[..., Path],
-                     length: int, want: str, tcp: bool) -> None:
+def test_name_length(server: ResolverProcess, authority: Authority, length: int, want: str,
+                     tcp: bool) -> None:
     name = wire_name(length)
     assert len(name) == length
-    r = start(resolver, authority, write_policy)
-    reply = exchange(r, raw_query(name), tcp)
+    reply = exchange(server, raw_query(name), tcp)
     assert reply[:2] == b"\x51\x51" and reply[2] & 0x80
     assert dns.rcode.to_text(reply[3] & 0x0F) == want
     if want == "FORMERR":
@@ -176,13 +190,12 @@ VERSIONS = [
 ]
 
 
-@pytest.mark.parametrize("tcp", [False, True], ids=["udp", "tcp"])
+@OVER_BOTH
 @pytest.mark.parametrize(("version", "want"), VERSIONS)
-def test_edns_version(resolver: Start, authority: Authority, write_policy: Callable[..., Path],
-                      version: int, want: str, tcp: bool) -> None:
-    r = start(resolver, authority, write_policy)
+def test_edns_version(server: ResolverProcess, authority: Authority, version: int, want: str,
+                      tcp: bool) -> None:
     packet = raw_query(WWW, opt=opt_record(version, do=True))
-    reply = exchange(r, packet, tcp)
+    reply = exchange(server, packet, tcp)
     msg = dns.message.from_wire(reply)
     assert msg.id == 0x5151
     assert dns.rcode.to_text(msg.rcode()) == want
@@ -214,7 +227,8 @@ CHAOS = [
     pytest.param(Chaos((), "hostname.bind", "TXT", "REFUSED", None), id="hostname.bind-hidden-by-default"),
     pytest.param(Chaos((), "id.server", "TXT", "REFUSED", None), id="id.server-hidden-by-default"),
     pytest.param(Chaos(SET, "version.bind", "TXT", "NOERROR", "egress-filter"), id="version.bind-set"),
-    pytest.param(Chaos(SET, "VERSION.Server", "TXT", "NOERROR", "egress-filter"), id="version.server-any-case"),
+    pytest.param(Chaos(SET, "VERSION.Server", "TXT", "NOERROR", "egress-filter"),
+                 id="version.server-any-case"),
     pytest.param(Chaos(SET, "hostname.bind", "TXT", "NOERROR", "ns1.test"), id="hostname.bind-set"),
     pytest.param(Chaos(SET, "id.server", "TXT", "NOERROR", "ns1.test"), id="id.server-set"),
     pytest.param(Chaos(SET, "version.bind", "A", "REFUSED", None), id="version.bind-not-txt"),
@@ -223,7 +237,7 @@ CHAOS = [
 ]
 
 
-@pytest.mark.parametrize("tcp", [False, True], ids=["udp", "tcp"])
+@OVER_BOTH
 @pytest.mark.parametrize("case", CHAOS)
 def test_chaos_identity_answered_locally(resolver: Start, authority: Authority,
                                          write_policy: Callable[..., Path], case: Chaos, tcp: bool) -> None:
