@@ -15,12 +15,14 @@ carry SO_REUSEPORT so that several processes share each port.
 from __future__ import annotations
 
 import asyncio
+import resource
 import signal
 import socket
 import sys
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from policies import DnsSettings
@@ -31,7 +33,18 @@ from .resolver import EventSink, Resolver
 from .upstream import Forwarder
 
 UDP_RCVBUF = 4 << 20
-TCP_IDLE = 10.0  # seconds a TCP connection may sit with nothing to say (RFC 7766 §6.2.3)
+# Answers a TCP client may leave unread before its connection stops being
+# read (the high-water mark), and before it is cut off (a hard limit for the
+# answers to queries it had already sent): 64 KiB, and one maximal answer more.
+TCP_WRITE_HIGH = 64 << 10
+TCP_WRITE_LIMIT = TCP_WRITE_HIGH + 65_537
+# The kernel's send buffer of a TCP client connection (autotuning would let it
+# grow to net.ipv4.tcp_wmem's maximum, 4 MiB, for a client that never reads).
+TCP_SNDBUF = 64 << 10
+# File descriptors never given to TCP clients (at least this many, or a
+# quarter of the limit): upstream sockets, policy and list reloads, the log.
+FD_RESERVE = 256
+FD_RAISE_TO = 65_536  # how far the soft RLIMIT_NOFILE is raised towards the hard one
 
 
 class UdpListener(asyncio.DatagramProtocol):
@@ -63,25 +76,135 @@ class UdpListener(asyncio.DatagramProtocol):
         pass  # an ICMP error about some earlier answer: nothing to do
 
 
+@dataclass(frozen=True, slots=True)
+class TcpLimits:
+    """How much TCP the server takes, so that no client can starve the others
+    or the process itself of file descriptors and memory."""
+
+    timeout: float  # idle limit, and the deadline for the whole of one message
+    connections: int  # open at once, overall
+    per_client: int  # open at once from one client address
+    reserve: int  # file descriptors kept free for upstream sockets, reloads and the event log
+
+
+def tcp_limits(settings: DnsSettings) -> TcpLimits:
+    """The overall cap is ``tcp_connections`` lowered, if need be, to the file
+    limit less a reserve, as Unbound sizes ``incoming-num-tcp``: 1,500 stalled
+    connections under a 1,024 limit must not make upstream TCP and reloads fail
+    with EMFILE.  The soft limit is first raised to the hard one."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and (hard == resource.RLIM_INFINITY or soft < hard):
+        want = FD_RAISE_TO if hard == resource.RLIM_INFINITY else min(hard, FD_RAISE_TO)
+        if want > soft:
+            try:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+                soft = want
+            except (OSError, ValueError):
+                pass
+    if soft == resource.RLIM_INFINITY:
+        soft = FD_RAISE_TO
+    reserve = max(soft // 4, min(FD_RESERVE, soft // 2))
+    cap = max(1, min(settings.tcp_connections, soft - reserve))
+    return TcpLimits(settings.tcp_timeout, cap, min(settings.tcp_per_client, cap), reserve)
+
+
+class TcpGate:
+    """The connections open now, oldest first, and how many per client address
+    (one gate per process, shared by every listener).
+
+    Over the per-client cap the newcomer is turned away: that address is the
+    one holding too many.  Over the overall cap the oldest connection is cut
+    instead, so that a flood of stalled connections from many addresses cannot
+    lock out a client that comes to ask one question now; DNS over TCP is
+    short exchanges, and a stalled connection is the oldest.
+    """
+
+    def __init__(self, limits: TcpLimits):
+        self.limits = limits
+        self.conns: dict[TcpConnection, None] = {}  # insertion order: oldest first
+        self.by_client: dict[str, int] = {}
+        self.turned_away = 0
+        self.evicted = 0
+
+    def admit(self, conn: TcpConnection) -> bool:
+        n = self.by_client.get(conn.client, 0)
+        if n >= self.limits.per_client:
+            self.turned_away += 1
+            return False
+        if len(self.conns) >= self.limits.connections:
+            oldest = next(iter(self.conns))
+            self.release(oldest)
+            oldest.cut()
+            self.evicted += 1
+        self.conns[conn] = None
+        self.by_client[conn.client] = n + 1
+        conn.admitted = True
+        return True
+
+    def release(self, conn: TcpConnection) -> None:
+        if not conn.admitted:
+            return
+        conn.admitted = False
+        del self.conns[conn]
+        n = self.by_client[conn.client] - 1
+        if n:
+            self.by_client[conn.client] = n
+        else:
+            del self.by_client[conn.client]
+
+
 class TcpConnection(asyncio.Protocol):
-    def __init__(self, resolver: Resolver):
+    """One RFC 7766 connection: length-prefixed messages in, answers out as they complete.
+
+    One timer bounds the connection's life in each of its states: idle (no
+    bytes of a message yet), in the middle of a message (the deadline runs from
+    its first byte and is not moved by later ones, so one byte a second cannot
+    keep it open), and stalled (answers queued past ``TCP_WRITE_HIGH`` because
+    the client does not read: reading pauses, so it cannot queue more).  When
+    the timer fires the connection is aborted, not closed: a close would wait
+    for queued answers to drain, which a client that never reads never lets
+    happen.
+    """
+
+    def __init__(self, resolver: Resolver, gate: TcpGate):
         self.resolver = resolver
+        self.gate = gate
+        self.timeout = gate.limits.timeout
         self.transport: asyncio.Transport | None = None
         self.buf = bytearray()
         self.client = ""
         self.port = 0
-        self._idle: asyncio.TimerHandle | None = None
+        self.admitted = False
+        self.partial = False  # the deadline of a message begun is running
+        self.stalled = False  # answers are queued past the high-water mark
+        self._timer: asyncio.TimerHandle | None = None
+        self._due = 0.0  # when the timer cuts the connection (loop time)
+        self._loop = asyncio.get_running_loop()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-        peer = transport.get_extra_info("peername") or ("", 0)
+        t: asyncio.Transport = transport  # type: ignore[assignment]
+        peer = t.get_extra_info("peername") or ("", 0)
         self.client, self.port = peer[0], peer[1]
-        self._touch()
+        if not self.gate.admit(self):
+            t.abort()  # over the per-client cap: let go of the descriptor at once
+            return
+        self.transport = t
+        t.set_write_buffer_limits(high=TCP_WRITE_HIGH)
+        sock = t.get_extra_info("socket")
+        if sock is not None:
+            try:  # unread answers then wait in our bounded buffer, not in megabytes of kernel memory
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, TCP_SNDBUF)
+            except OSError:
+                pass
+        self._arm()
 
     def data_received(self, data: bytes) -> None:
+        self.buf += data
+        self._consume()
+
+    def _consume(self) -> None:
         buf = self.buf
-        buf += data
-        while len(buf) >= 2:
+        while len(buf) >= 2 and not self.stalled:
             length = (buf[0] << 8) | buf[1]
             if length == 0:
                 self._close()
@@ -90,28 +213,73 @@ class TcpConnection(asyncio.Protocol):
                 break
             message = bytes(buf[2 : 2 + length])
             del buf[: 2 + length]
+            self.partial = False
             self.resolver.handle(message, self.client, self.port, self, None)
-        self._touch()
+        if self.transport is None or self.stalled:
+            return  # closed meanwhile, or the stall timer runs
+        if not buf:
+            self._arm()  # idle again: the idle limit starts over
+        elif not self.partial:
+            self.partial = True  # a new message has begun: its deadline starts now, once
+            self._arm()
 
     def send(self, data: bytes | bytearray, addr: Any) -> None:
         t = self.transport
-        if t is not None and not t.is_closing():
-            t.write(len(data).to_bytes(2, "big") + bytes(data))
-            self._touch()
+        if t is None or t.is_closing():
+            return
+        if t.get_write_buffer_size() > TCP_WRITE_LIMIT:
+            t.abort()  # answers to queries read before the stall would still pile up
+            return
+        t.write(len(data).to_bytes(2, "big") + bytes(data))
+        if not self.stalled and not self.partial:
+            self._arm()
 
-    def _touch(self) -> None:
-        if self._idle is not None:
-            self._idle.cancel()
-        self._idle = asyncio.get_running_loop().call_later(TCP_IDLE, self._close)
+    def pause_writing(self) -> None:
+        self.stalled = True
+        if self.transport is not None:
+            self.transport.pause_reading()
+        self._arm()
+
+    def resume_writing(self) -> None:
+        self.stalled = False
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.resume_reading()
+            self._consume()  # messages read before the stall
+
+    def _arm(self) -> None:
+        # Only the deadline moves (always later: each is now + timeout); the one
+        # timer is re-set when it fires early.  A cancel and a new timer per
+        # message cost more, and under uvloop the cancelled timers' memory
+        # piled up faster than it was freed under a pipelining flood.
+        self._due = self._loop.time() + self.timeout
+        if self._timer is None:
+            self._timer = self._loop.call_at(self._due, self._check)
+
+    def _check(self) -> None:
+        self._timer = None
+        if self.transport is None:
+            return
+        if self._loop.time() >= self._due:
+            self.cut()
+        else:
+            self._timer = self._loop.call_at(self._due, self._check)
+
+    def cut(self) -> None:
+        """Abort now, dropping whatever is queued (a deadline passed, or evicted)."""
+        if self.transport is not None:
+            self.transport.abort()
 
     def _close(self) -> None:
+        # The timer stays armed: if the queued answers never drain, it aborts.
         if self.transport is not None:
             self.transport.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self._idle is not None:
-            self._idle.cancel()
+        if self._timer is not None:
+            self._timer.cancel()
+        self.gate.release(self)
         self.transport = None
+        self.buf = bytearray()
 
 
 def bind(host: str, port: int, kind: socket.SocketKind, reuseport: bool) -> socket.socket:
@@ -178,12 +346,17 @@ async def serve(settings: DnsSettings, holder: Any, events: Any, metrics: NullMe
         sockets = [bind_pair(*parse_hostport(a, 53), settings.workers > 1) for a in settings.listen]
     udp_transports: list[asyncio.BaseTransport] = []
     tcp_servers: list[asyncio.Server] = []
+    limits = tcp_limits(settings)
+    gate = TcpGate(limits)  # shared by every listener: the caps are per process
     for usock, tsock in sockets:
         udp, _ = await loop.create_datagram_endpoint(lambda: UdpListener(resolver), sock=usock)
         udp_transports.append(udp)
-        tcp_servers.append(await loop.create_server(lambda: TcpConnection(resolver), sock=tsock))
+        tcp_servers.append(await loop.create_server(lambda: TcpConnection(resolver, gate), sock=tsock))
         host, port = usock.getsockname()[:2]
         say(f"egress-filter dns: listening on {fmt(host, port)} (udp, tcp)")
+    say(f"egress-filter dns: tcp: at most {limits.connections} connections, {limits.per_client} per "
+        f"client address, {limits.timeout:g} s per message or idle; {limits.reserve} file descriptors "
+        f"kept for upstreams and reloads")
 
     stop = stop or asyncio.Event()
     in_main = threading.current_thread() is threading.main_thread()
