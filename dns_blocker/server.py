@@ -4,6 +4,11 @@ UDP datagrams and TCP messages (RFC 7766: length-prefixed, many per
 connection, answered as they complete) both go to ``Resolver.handle`` with a
 sink to answer through; a UDP datagram whose bytes after the ID were answered
 before is first looked up in ``Resolver.hot`` and answered from there.
+A UDP listener bound to a wildcard address (0.0.0.0, ::) is read with
+``recvmsg`` instead (``PktinfoTransport``), so that each answer leaves from
+the address its query was sent to; a specific address keeps the loop's own
+transport.  TCP connections are bounded in time, unread answers and number
+(``TcpConnection``, ``TcpGate``, ``tcp_limits``).
 ``serve`` binds every ``--listen`` address (UDP and TCP on the same port;
 port 0 picks one), starts the policy watcher, and
 waits for a signal: SIGHUP reloads the policy on a helper thread and reopens
@@ -15,6 +20,7 @@ carry SO_REUSEPORT so that several processes share each port.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import resource
 import signal
 import socket
@@ -45,6 +51,9 @@ TCP_SNDBUF = 64 << 10
 # quarter of the limit): upstream sockets, policy and list reloads, the log.
 FD_RESERVE = 256
 FD_RAISE_TO = 65_536  # how far the soft RLIMIT_NOFILE is raised towards the hard one
+IP_PKTINFO = getattr(socket, "IP_PKTINFO", 8)  # Linux's value; Python does not export it
+PKTINFO_CMSG = socket.CMSG_SPACE(20)  # room for an in_pktinfo (12 bytes) or an in6_pktinfo (20)
+PKTINFO_BATCH = 64  # datagrams read per wake-up of a wildcard listener
 
 
 class UdpListener(asyncio.DatagramProtocol):
@@ -74,6 +83,94 @@ class UdpListener(asyncio.DatagramProtocol):
 
     def error_received(self, exc: Exception) -> None:
         pass  # an ICMP error about some earlier answer: nothing to do
+
+
+class PktinfoTransport(asyncio.DatagramTransport):
+    """A UDP socket bound to a wildcard address, read with ``recvmsg`` so that
+    each answer leaves from the address its query was sent to.
+
+    Bound to 0.0.0.0 on a host with two addresses, the kernel picks the source
+    of a plain ``sendto`` by route, often the other address, and the client
+    (whose socket is connected to the one it asked) drops the answer.  The
+    destination of each query comes with it (IP_PKTINFO / IPV6_PKTINFO) and is
+    given back as the source of the answer, as dnsmasq and Unbound do.  The
+    listener sees the usual ``(host, port, ...)`` address with the ancillary
+    data to answer with appended, and its ``sendto`` calls come back here.
+    Only wildcard listeners pay for this; a specific address keeps the event
+    loop's own datagram transport.
+    """
+
+    def __init__(self, sock: socket.socket, listener: UdpListener, loop: asyncio.AbstractEventLoop):
+        super().__init__()
+        self.sock = sock
+        self.listener = listener
+        self.loop = loop
+        v6 = sock.family == socket.AF_INET6
+        self.level = socket.IPPROTO_IPV6 if v6 else socket.IPPROTO_IP
+        self.kind = socket.IPV6_PKTINFO if v6 else IP_PKTINFO
+        self.v6 = v6
+        self.replies: dict[bytes, bytes] = {}  # received pktinfo -> the pktinfo to answer with
+        self.closed = False
+        listener.connection_made(self)
+        loop.add_reader(sock.fileno(), self._readable)
+
+    def _readable(self) -> None:
+        recvmsg = self.sock.recvmsg
+        on_datagram = self.listener.datagram_received
+        replies = self.replies
+        for _ in range(PKTINFO_BATCH):  # then let the loop serve others
+            try:
+                data, ancdata, _flags, addr = recvmsg(65_535, PKTINFO_CMSG)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                continue  # an ICMP error about an earlier answer
+            # The only control message asked for is the packet info.
+            raw = ancdata[0][2] if ancdata else b""
+            reply = replies.get(raw)
+            if reply is None:
+                reply = self._reply_info(raw)
+            on_datagram(data, (*addr, reply))
+
+    def _reply_info(self, raw: bytes) -> bytes:
+        if not raw:
+            out = b""
+        elif self.v6:
+            out = raw  # struct in6_pktinfo: the address asked and its interface, as they are
+        else:
+            # struct in_pktinfo {ifindex; spec_dst; addr}: answer from the address
+            # the query was sent to, by whichever interface the route says.
+            out = b"\0\0\0\0" + raw[8:12] + b"\0\0\0\0"
+        if len(self.replies) >= 4096:
+            self.replies.clear()
+        self.replies[raw] = out
+        return out
+
+    def sendto(self, data: Any, addr: Any = None) -> None:
+        info = addr[-1]
+        try:
+            if info:
+                self.sock.sendmsg((data,), ((self.level, self.kind, info),), 0, addr[:-1])
+            else:
+                self.sock.sendto(data, addr[:-1])
+        except OSError:
+            pass  # a full send buffer drops the answer, as a full link would; the client retries
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.loop.remove_reader(self.sock.fileno())
+            self.sock.close()
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def abort(self) -> None:
+        self.close()
+
+
+def is_wildcard(host: str) -> bool:
+    return ipaddress.ip_address(host).is_unspecified
 
 
 @dataclass(frozen=True, slots=True)
@@ -294,6 +391,11 @@ def bind(host: str, port: int, kind: socket.SocketKind, reuseport: bool) -> sock
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
         if kind is socket.SOCK_DGRAM:
             rcvbuf(sock)
+            if is_wildcard(host):  # learn each query's destination, to answer from it
+                if family == socket.AF_INET6:
+                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_RECVPKTINFO, 1)
+                else:
+                    sock.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)
         sock.bind((host, port))
         sock.setblocking(False)
         if kind is socket.SOCK_STREAM:
@@ -349,8 +451,11 @@ async def serve(settings: DnsSettings, holder: Any, events: Any, metrics: NullMe
     limits = tcp_limits(settings)
     gate = TcpGate(limits)  # shared by every listener: the caps are per process
     for usock, tsock in sockets:
-        udp, _ = await loop.create_datagram_endpoint(lambda: UdpListener(resolver), sock=usock)
-        udp_transports.append(udp)
+        if is_wildcard(usock.getsockname()[0]):
+            udp_transports.append(PktinfoTransport(usock, UdpListener(resolver), loop))
+        else:
+            udp, _ = await loop.create_datagram_endpoint(lambda: UdpListener(resolver), sock=usock)
+            udp_transports.append(udp)
         tcp_servers.append(await loop.create_server(lambda: TcpConnection(resolver, gate), sock=tsock))
         host, port = usock.getsockname()[:2]
         say(f"egress-filter dns: listening on {fmt(host, port)} (udp, tcp)")
