@@ -494,5 +494,8 @@ async def serve(settings: DnsSettings, holder: Any, events: Any, metrics: NullMe
             utransport.close()
         forwarder.close()
         holder.stop()
+    if gate.turned_away or gate.evicted:
+        say(f"egress-filter dns: tcp: {gate.turned_away} connections refused over the per-client cap, "
+            f"{gate.evicted} cut over the overall cap")
     say("egress-filter dns: stopped")
     return 0

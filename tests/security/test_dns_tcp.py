@@ -179,6 +179,7 @@ def test_per_client_cap(resolver: Start, authority: Authority, write_policy: Cal
         time.sleep(0.3)  # the server has accepted them all, in order
         got = [ask_on(s) for s in held]
         assert got == [["192.0.2.1"]] * 5 + [None] * 3, "exactly 5 from one address, the first 5"
+        refused = 3
         with connect(r, "127.0.0.9") as other:
             assert ask_on(other) == ["192.0.2.1"], "another address is not affected"
         held[0].close()
@@ -187,10 +188,13 @@ def test_per_client_cap(resolver: Start, authority: Authority, write_policy: Cal
         while again is None and time.monotonic() < deadline:  # the freed slot is taken again
             with connect(r) as s:
                 again = ask_on(s)
+            refused += again is None
         assert again == ["192.0.2.1"]
     finally:
         for s in held:
             s.close()
+    assert r.stop() == 0
+    assert f"tcp: {refused} connections refused over the per-client cap, 0 cut" in r.stderr()
 
 
 def test_overall_cap_cuts_the_oldest(resolver: Start, authority: Authority,
@@ -211,6 +215,8 @@ def test_overall_cap_cuts_the_oldest(resolver: Start, authority: Authority,
     finally:
         for s in held:
             s.close()
+    assert r.stop() == 0
+    assert "tcp: 0 connections refused over the per-client cap, 2 cut over the overall cap" in r.stderr()
 
 
 CAPS = [
