@@ -8,7 +8,8 @@ server runs inside its namespace (``ip netns exec``), bound to the wildcard
 addresses; a client in the other namespace asks each address with a
 ``connect()``ed UDP socket, which only accepts an answer from the address it
 asked, and with an unconnected one, which reports where the answer came from.
-dnsmasq gets the same questions as a reference.  The namespaces go away in a
+dnsmasq gets the same questions as a reference.  Clients on carrier-grade NAT
+and link-local addresses check the default ACL.  The namespaces go away in a
 finalizer, whatever happens.
 """
 
@@ -34,6 +35,8 @@ pytestmark = pytest.mark.e2e  # needs root and iproute2 (network namespaces), as
 SERVER_V4 = ("10.77.0.1", "10.77.0.2")
 SERVER_V6 = ("fd77::1", "fd77::2")
 CLIENT_V4, CLIENT_V6 = "10.77.0.10", "fd77::10"
+# Networks the default ACL leaves out: carrier-grade NAT and IPv4 link-local.
+OUTSIDE = (("100.64.0.1", "100.64.0.10"), ("169.254.77.1", "169.254.77.10"))
 PORT = 5353
 DNSMASQ_PORT = 5354
 
@@ -41,13 +44,15 @@ DNSMASQ_PORT = 5354
 # once over an unconnected one; print what came back and from where.
 CLIENT = r"""
 import json, socket, sys
-host, port = sys.argv[1], int(sys.argv[2])
+host, port, source = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 fam = socket.AF_INET6 if ":" in host else socket.AF_INET
 # www.tiktok.test A, ID 0x4d4d
 q = bytes.fromhex("4d4d01000001000000000000") + b"\x03www\x06tiktok\x04test\x00\x00\x01\x00\x01"
 out = {}
 with socket.socket(fam, socket.SOCK_DGRAM) as s:
     s.settimeout(2)
+    if source:
+        s.bind((source, 0))
     s.connect((host, port))
     s.send(q)
     try:
@@ -57,6 +62,8 @@ with socket.socket(fam, socket.SOCK_DGRAM) as s:
         out["connected"] = None
 with socket.socket(fam, socket.SOCK_DGRAM) as s:
     s.settimeout(2)
+    if source:
+        s.bind((source, 0))
     s.sendto(q, (host, port))
     try:
         r, src = s.recvfrom(4096)
@@ -91,6 +98,9 @@ def net() -> Iterator[Net]:
             ip("-n", srv, "addr", "add", f"{a}/24", "dev", vs)
         for a in SERVER_V6:
             ip("-n", srv, "addr", "add", f"{a}/64", "dev", vs, "nodad")
+        for server_end, client_end in OUTSIDE:
+            ip("-n", srv, "addr", "add", f"{server_end}/24", "dev", vs)
+            ip("-n", cli, "addr", "add", f"{client_end}/24", "dev", vc)
         ip("-n", cli, "addr", "add", f"{CLIENT_V4}/24", "dev", vc)
         ip("-n", cli, "addr", "add", f"{CLIENT_V6}/64", "dev", vc, "nodad")
         for ns, dev in ((srv, vs), (cli, vc)):
@@ -123,8 +133,8 @@ class Server:
         self.err.close()
 
 
-def ask(net: Net, host: str, port: int) -> dict[str, object]:
-    cmd = ["ip", "netns", "exec", net.client_ns, sys.executable, "-c", CLIENT, host, str(port)]
+def ask(net: Net, host: str, port: int, source: str = "") -> dict[str, object]:
+    cmd = ["ip", "netns", "exec", net.client_ns, sys.executable, "-c", CLIENT, host, str(port), source]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=20, check=True)
     result: dict[str, object] = json.loads(done.stdout)
     return result
@@ -178,3 +188,17 @@ def test_specific_address_listener(net: Net, ours: Server) -> None:
 @pytest.mark.parametrize("host", ADDRESSES)
 def test_dnsmasq_does_the_same(net: Net, dnsmasq: Server, host: str) -> None:
     assert ask(net, host, DNSMASQ_PORT) == {"connected": 3, "source": host}
+
+
+ACL = [
+    pytest.param(CLIENT_V4, SERVER_V4[0], 3, id="private-10/8-answered"),
+    pytest.param(CLIENT_V6, SERVER_V6[0], 3, id="ula-answered"),
+    pytest.param(OUTSIDE[0][1], OUTSIDE[0][0], 5, id="cgnat-100.64/10-refused"),
+    pytest.param(OUTSIDE[1][1], OUTSIDE[1][0], 5, id="link-local-169.254/16-refused"),
+]
+
+
+@pytest.mark.parametrize(("source", "host", "want"), ACL)
+def test_default_acl_over_the_wire(net: Net, ours: Server, source: str, host: str, want: int) -> None:
+    """The default ACL, from real client addresses: CGNAT and link-local get REFUSED."""
+    assert ask(net, host, PORT, source) == {"connected": want, "source": host}
