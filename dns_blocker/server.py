@@ -44,6 +44,12 @@ UDP_RCVBUF = 4 << 20
 # answers to queries it had already sent): 64 KiB, and one maximal answer more.
 TCP_WRITE_HIGH = 64 << 10
 TCP_WRITE_LIMIT = TCP_WRITE_HIGH + 65_537
+# Questions of one connection read and not yet answered (most wait on an
+# upstream): past this, the connection is not read until half are answered.
+# A message that gets no answer at all (a response sent as a query) counts
+# for good, so a client that sends those stops being read and is cut.
+TCP_MAX_UNANSWERED = 256
+TCP_DRAIN_POLL = 0.05  # seconds between looks at a stalled connection's buffer
 # The kernel's send buffer of a TCP client connection (autotuning would let it
 # grow to net.ipv4.tcp_wmem's maximum, 4 MiB, for a client that never reads).
 TCP_SNDBUF = 64 << 10
@@ -274,8 +280,11 @@ class TcpConnection(asyncio.Protocol):
         self.admitted = False
         self.partial = False  # the deadline of a message begun is running
         self.stalled = False  # answers are queued past the high-water mark
+        self.unanswered = 0  # messages handed to the resolver and not answered yet
+        self.held = False  # reading paused until some of those are answered
         self._timer: asyncio.TimerHandle | None = None
         self._due = 0.0  # when the timer cuts the connection (loop time)
+        self._poll: asyncio.TimerHandle | None = None  # while stalled: the next look at the buffer
         self._loop = asyncio.get_running_loop()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -302,6 +311,14 @@ class TcpConnection(asyncio.Protocol):
     def _consume(self) -> None:
         buf = self.buf
         while len(buf) >= 2 and not self.stalled:
+            if self.unanswered >= TCP_MAX_UNANSWERED:
+                # Questions waiting on the upstreams hold their bytes (and, behind
+                # a question in flight, a place in its queue): read no more until
+                # some are answered.
+                if not self.held and self.transport is not None:
+                    self.held = True
+                    self.transport.pause_reading()
+                return
             length = (buf[0] << 8) | buf[1]
             if length == 0:
                 self._close()
@@ -311,6 +328,7 @@ class TcpConnection(asyncio.Protocol):
             message = bytes(buf[2 : 2 + length])
             del buf[: 2 + length]
             self.partial = False
+            self.unanswered += 1
             self.resolver.handle(message, self.client, self.port, self, None)
         if self.transport is None or self.stalled:
             return  # closed meanwhile, or the stall timer runs
@@ -328,18 +346,48 @@ class TcpConnection(asyncio.Protocol):
             t.abort()  # answers to queries read before the stall would still pile up
             return
         t.write(len(data).to_bytes(2, "big") + bytes(data))
-        if not self.stalled and not self.partial:
+        if self.unanswered:
+            self.unanswered -= 1
+        # Checked here, after every answer, rather than left to the transport's
+        # pause_writing: uvloop calls that only when it next flushes, after a
+        # whole read (256 KiB of queries) has been answered into the buffer.
+        if t.get_write_buffer_size() > TCP_WRITE_HIGH:
+            self.pause_writing()
+            return
+        if self.held and self.unanswered <= TCP_MAX_UNANSWERED // 2:
+            self.held = False
+            if not self.stalled:
+                t.resume_reading()
+                self._consume()
+        elif not self.stalled and not self.partial:
             self._arm()
 
     def pause_writing(self) -> None:
+        """Too many answers unread: stop reading, start the stall deadline, and
+        look again shortly (the transport may drain without telling us)."""
+        if self.stalled or self.transport is None:
+            return
         self.stalled = True
-        if self.transport is not None:
-            self.transport.pause_reading()
+        self.transport.pause_reading()
         self._arm()
+        if self._poll is None:
+            self._poll = self._loop.call_later(TCP_DRAIN_POLL, self._drained)
+
+    def _drained(self) -> None:
+        self._poll = None
+        t = self.transport
+        if t is None or not self.stalled:
+            return
+        if t.get_write_buffer_size() > TCP_WRITE_HIGH // 2:
+            self._poll = self._loop.call_later(TCP_DRAIN_POLL, self._drained)
+        else:
+            self.resume_writing()
 
     def resume_writing(self) -> None:
+        if not self.stalled:
+            return
         self.stalled = False
-        if self.transport is not None and not self.transport.is_closing():
+        if self.transport is not None and not self.transport.is_closing() and not self.held:
             self.transport.resume_reading()
             self._consume()  # messages read before the stall
 
@@ -372,8 +420,9 @@ class TcpConnection(asyncio.Protocol):
             self.transport.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
+        for timer in (self._timer, self._poll):
+            if timer is not None:
+                timer.cancel()
         self.gate.release(self)
         self.transport = None
         self.buf = bytearray()

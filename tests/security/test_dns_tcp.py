@@ -291,6 +291,38 @@ def test_pipelining_non_reader_is_cut_and_memory_stays_flat(
     assert addresses(r.ask("www.example.test", tcp=True)) == ["192.0.2.1"]
 
 
+PIPELINED_MISSES = 600
+UNANSWERED_CAP = 256  # server.TCP_MAX_UNANSWERED
+
+
+def test_pipelined_misses_are_read_256_at_a_time(resolver: Start, authority: Authority,
+                                                 write_policy: Callable[..., Path]) -> None:
+    """Questions waiting on a silent upstream: the connection is not read past
+    256 unanswered ones (each holds memory and a place upstream), and reading
+    resumes as answers go out, so every question is answered in the end."""
+    authority.mode = "silent"
+    r = start(resolver, authority, write_policy, "--timeout", "0.5")
+    stream = b"".join(framed(f"m{i}.example.test", qid=i) for i in range(PIPELINED_MISSES))
+    rcodes: dict[int, int] = {}
+    with connect(r) as s:
+        s.sendall(stream)
+        time.sleep(0.3)  # well inside the upstream timeout: nothing answered yet
+        assert len({name for name, _t, _tr in authority.asked}) == UNANSWERED_CAP
+        buf = b""
+        deadline = time.monotonic() + 20
+        while len(rcodes) < PIPELINED_MISSES and time.monotonic() < deadline:
+            chunk = s.recv(65535)
+            assert chunk, f"closed after {len(rcodes)} answers"
+            buf += chunk
+            while len(buf) >= 2 and len(buf) >= 2 + struct.unpack_from("!H", buf)[0]:
+                n = struct.unpack_from("!H", buf)[0]
+                msg = buf[2 : 2 + n]
+                rcodes[struct.unpack_from("!H", msg)[0]] = msg[3] & 0x0F
+                buf = buf[2 + n :]
+    assert rcodes == {i: 2 for i in range(PIPELINED_MISSES)}, "every question answered, SERVFAIL"
+    assert len({name for name, _t, _tr in authority.asked}) == PIPELINED_MISSES
+
+
 # --- all of it at once, at a 1,024 file limit ---------------------------------------
 
 def closed_count(socks: list[socket.socket]) -> int:
