@@ -132,10 +132,10 @@ class ResolverProcess:
     def port(self) -> int:
         return self.addresses[0][1]
 
-    def rss_kib(self) -> int:
-        """The process's resident set (VmRSS) from /proc, in KiB."""
+    def rss_kib(self, field: str = "VmRSS") -> int:
+        """The process's resident set (VmRSS; VmHWM for its peak) from /proc, in KiB."""
         status = Path(f"/proc/{self.proc.pid}/status").read_text()
-        return int(re.search(r"^VmRSS:\s+(\d+) kB", status, re.M).group(1))  # type: ignore[union-attr]
+        return int(re.search(rf"^{field}:\s+(\d+) kB", status, re.M).group(1))  # type: ignore[union-attr]
 
     def stderr(self) -> str:
         return self.stderr_path.read_text(encoding="utf-8", errors="replace")

@@ -288,6 +288,8 @@ def test_pipelining_non_reader_is_cut_and_memory_stays_flat(
     assert None not in cut_after, f"never cut: {cut_after}"
     assert max(c for c in cut_after if c is not None) < 3 + 2.0
     assert peak - base < RSS_GROWTH_KIB, f"RSS grew {(peak - base) >> 10} MiB"
+    hwm = r.rss_kib("VmHWM")  # the true peak, between our samples too
+    assert hwm - base < RSS_GROWTH_KIB, f"peak RSS {(hwm - base) >> 10} MiB over the start"
     assert addresses(r.ask("www.example.test", tcp=True)) == ["192.0.2.1"]
 
 
