@@ -266,7 +266,9 @@ class TcpConnection(asyncio.Protocol):
     the client does not read: reading pauses, so it cannot queue more).  When
     the timer fires the connection is aborted, not closed: a close would wait
     for queued answers to drain, which a client that never reads never lets
-    happen.
+    happen.  Apart from the timer, reading is also held while
+    ``TCP_MAX_UNANSWERED`` questions wait for their answers, so pipelined cache
+    misses cannot pile up behind a slow upstream.
     """
 
     def __init__(self, resolver: Resolver, gate: TcpGate):
