@@ -49,6 +49,20 @@ def register(sub: Any) -> None:
     p.add_argument("--timeout", type=float, metavar="SECONDS",
                    help="budget for all upstreams together before SERVFAIL (default 2.0)")
     p.add_argument("--workers", type=int, metavar="N", help="processes sharing the ports (SO_REUSEPORT)")
+    p.add_argument("--max-udp-size", type=int, metavar="BYTES",
+                   help="largest UDP answer; bigger ones go out truncated (TC) (default 1232)")
+    p.add_argument("--tcp-timeout", type=float, metavar="SECONDS",
+                   help="a TCP connection closes when idle this long, or when one message takes "
+                        "longer to arrive (default 10)")
+    p.add_argument("--tcp-connections", type=int, metavar="N",
+                   help="TCP connections at once (default 1024, lowered to leave file descriptors "
+                        "for upstreams and reloads)")
+    p.add_argument("--tcp-per-client", type=int, metavar="N",
+                   help="TCP connections at once from one client address (default 16)")
+    p.add_argument("--server-identity", metavar="TEXT",
+                   help="answer to CH TXT hostname.bind/id.server (default: REFUSED)")
+    p.add_argument("--server-version", metavar="TEXT",
+                   help="answer to CH TXT version.bind/version.server (default: REFUSED)")
     p.add_argument("--reload-interval", type=float, default=1.0, metavar="SECONDS",
                    help="how often to check the policy files and the date")
     p.add_argument("--reuseport", action="store_true", help=argparse.SUPPRESS)  # set on worker processes
@@ -56,7 +70,8 @@ def register(sub: Any) -> None:
 
 
 CLI_KEYS = ("listen", "upstreams", "block_response", "log", "log_all", "metrics", "canary", "acl",
-            "cache_size", "timeout", "workers")
+            "cache_size", "timeout", "workers", "max_udp_size", "tcp_timeout", "tcp_connections",
+            "tcp_per_client", "server_identity", "server_version")
 
 
 def cmd_dns(args: argparse.Namespace) -> int:

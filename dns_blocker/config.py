@@ -130,6 +130,18 @@ def check(s: DnsSettings) -> None:
         raise ConfigError("timeout: must be more than 0 seconds")
     if not 1 <= s.workers <= 64:
         raise ConfigError("workers: must be between 1 and 64")
+    if not 512 <= s.max_udp_size <= 65_535:
+        raise ConfigError("max_udp_size: must be between 512 and 65535 bytes")
+    if not s.tcp_timeout > 0:
+        raise ConfigError("tcp_timeout: must be more than 0 seconds")
+    if s.tcp_connections < 1:
+        raise ConfigError("tcp_connections: must be 1 or more")
+    if s.tcp_per_client < 1:
+        raise ConfigError("tcp_per_client: must be 1 or more")
+    for key in ("server_identity", "server_version"):
+        value = getattr(s, key)
+        if value is not None and len(value.encode("utf-8")) > 255:
+            raise ConfigError(f"{key}: at most 255 bytes (one TXT string)")
 
 
 def upstreams(s: DnsSettings) -> list[Upstream]:

@@ -43,6 +43,7 @@ from .metrics import NullMetrics
 from .responses import BlockResponse, block_parts, qtype_name, template_qtype
 from .upstream import Forwarder, UpstreamError
 from .wire import (
+    C_CH,
     CLASSIC_UDP,
     RCODE_NAMES,
     REFUSED,
@@ -51,6 +52,8 @@ from .wire import (
     Malformed,
     Query,
     age_ttls,
+    chaos_answers,
+    chaos_reply,
     error_reply,
     parse_query,
     rcode_reply,
@@ -135,6 +138,8 @@ class Resolver:
         self.acl = Acl(settings.acl)
         self.block = BlockResponse(settings.block_response)
         self.canary = settings.canary
+        self.max_udp = settings.max_udp_size
+        self.chaos = chaos_answers(settings.server_identity, settings.server_version)
         self.log_all = settings.log_all
         self.cache = AnswerCache(settings.cache_size)
         self.templates: dict[Any, tuple[bytes, bytes, str]] = {}
@@ -180,13 +185,17 @@ class Resolver:
         try:
             q = parse_query(data)
         except Malformed as exc:
-            sink.send(error_reply(data, exc.rcode), addr)
+            sink.send(exc.reply(data), addr)
             self.metrics.query(RCODE_NAMES[exc.rcode].lower())
             return
         if q is None:
             self.metrics.query("dropped")
             return
         udp = addr is not None
+        if q.qclass == C_CH:  # the server's own identity: answered here, never forwarded
+            sink.send(self._fit(chaos_reply(data, q, self.chaos.get((q.name, q.qtype))), q, data, udp), addr)
+            self.metrics.query("chaos")
+            return
         if self.canary and q.name == CANARY:
             out, response = self._blocked(data, q, CANARY_DECISION, NXDOMAIN_ONLY)
             self._reply(CANARY_HIT, self._fit(out, q, data, udp), FOREVER, CANARY_DECISION, q, response,
@@ -379,8 +388,11 @@ class Resolver:
         return text + (f", via CNAME {via}" if via else "")
 
     def _fit(self, out: bytes | bytearray, q: Query, query: bytes, udp: bool) -> bytes | bytearray:
-        """A UDP answer larger than the asker accepts goes out truncated (TC)."""
-        if udp and len(out) > (q.udp_size if q.edns else CLASSIC_UDP):
+        """A UDP answer larger than the asker accepts, or than ``max_udp_size``
+        whatever it offers (so a 52-byte query cannot fetch a 64 KB answer at a
+        spoofed address), goes out truncated (TC)."""
+        n = len(out)
+        if udp and n > CLASSIC_UDP and n > (min(q.udp_size, self.max_udp) if q.edns else CLASSIC_UDP):
             return truncated_reply(out, q, query)
         return out
 

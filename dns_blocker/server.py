@@ -4,6 +4,11 @@ UDP datagrams and TCP messages (RFC 7766: length-prefixed, many per
 connection, answered as they complete) both go to ``Resolver.handle`` with a
 sink to answer through; a UDP datagram whose bytes after the ID were answered
 before is first looked up in ``Resolver.hot`` and answered from there.
+A UDP listener bound to a wildcard address (0.0.0.0, ::) is read with
+``recvmsg`` instead (``PktinfoTransport``), so that each answer leaves from
+the address its query was sent to; a specific address keeps the loop's own
+transport.  TCP connections are bounded in time, unread answers and number
+(``TcpConnection``, ``TcpGate``, ``tcp_limits``).
 ``serve`` binds every ``--listen`` address (UDP and TCP on the same port;
 port 0 picks one), starts the policy watcher, and
 waits for a signal: SIGHUP reloads the policy on a helper thread and reopens
@@ -15,12 +20,15 @@ carry SO_REUSEPORT so that several processes share each port.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
+import resource
 import signal
 import socket
 import sys
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from policies import DnsSettings
@@ -31,7 +39,27 @@ from .resolver import EventSink, Resolver
 from .upstream import Forwarder
 
 UDP_RCVBUF = 4 << 20
-TCP_IDLE = 10.0  # seconds a TCP connection may sit with nothing to say (RFC 7766 §6.2.3)
+# Answers a TCP client may leave unread before its connection stops being
+# read (the high-water mark), and before it is cut off (a hard limit for the
+# answers to queries it had already sent): 64 KiB, and one maximal answer more.
+TCP_WRITE_HIGH = 64 << 10
+TCP_WRITE_LIMIT = TCP_WRITE_HIGH + 65_537
+# Questions of one connection read and not yet answered (most wait on an
+# upstream): past this, the connection is not read until half are answered.
+# A message that gets no answer at all (a response sent as a query) counts
+# for good, so a client that sends those stops being read and is cut.
+TCP_MAX_UNANSWERED = 256
+TCP_DRAIN_POLL = 0.05  # seconds between looks at a stalled connection's buffer
+# The kernel's send buffer of a TCP client connection (autotuning would let it
+# grow to net.ipv4.tcp_wmem's maximum, 4 MiB, for a client that never reads).
+TCP_SNDBUF = 64 << 10
+# File descriptors never given to TCP clients (at least this many, or a
+# quarter of the limit): upstream sockets, policy and list reloads, the log.
+FD_RESERVE = 256
+FD_RAISE_TO = 65_536  # how far the soft RLIMIT_NOFILE is raised towards the hard one
+IP_PKTINFO = getattr(socket, "IP_PKTINFO", 8)  # Linux's value; Python does not export it
+PKTINFO_CMSG = socket.CMSG_SPACE(20)  # room for an in_pktinfo (12 bytes) or an in6_pktinfo (20)
+PKTINFO_BATCH = 64  # datagrams read per wake-up of a wildcard listener
 
 
 class UdpListener(asyncio.DatagramProtocol):
@@ -63,25 +91,236 @@ class UdpListener(asyncio.DatagramProtocol):
         pass  # an ICMP error about some earlier answer: nothing to do
 
 
+class PktinfoTransport(asyncio.DatagramTransport):
+    """A UDP socket bound to a wildcard address, read with ``recvmsg`` so that
+    each answer leaves from the address its query was sent to.
+
+    Bound to 0.0.0.0 on a host with two addresses, the kernel picks the source
+    of a plain ``sendto`` by route, often the other address, and the client
+    (whose socket is connected to the one it asked) drops the answer.  The
+    destination of each query comes with it (IP_PKTINFO / IPV6_PKTINFO) and is
+    given back as the source of the answer, as dnsmasq and Unbound do.  The
+    listener sees the usual ``(host, port, ...)`` address with the ancillary
+    data to answer with appended, and its ``sendto`` calls come back here.
+    Only wildcard listeners pay for this; a specific address keeps the event
+    loop's own datagram transport.
+    """
+
+    def __init__(self, sock: socket.socket, listener: UdpListener, loop: asyncio.AbstractEventLoop):
+        super().__init__()
+        self.sock = sock
+        self.listener = listener
+        self.loop = loop
+        v6 = sock.family == socket.AF_INET6
+        self.level = socket.IPPROTO_IPV6 if v6 else socket.IPPROTO_IP
+        self.kind = socket.IPV6_PKTINFO if v6 else IP_PKTINFO
+        self.v6 = v6
+        self.replies: dict[bytes, bytes] = {}  # received pktinfo -> the pktinfo to answer with
+        self.closed = False
+        listener.connection_made(self)
+        loop.add_reader(sock.fileno(), self._readable)
+
+    def _readable(self) -> None:
+        recvmsg = self.sock.recvmsg
+        on_datagram = self.listener.datagram_received
+        replies = self.replies
+        for _ in range(PKTINFO_BATCH):  # then let the loop serve others
+            try:
+                data, ancdata, _flags, addr = recvmsg(65_535, PKTINFO_CMSG)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                continue  # an ICMP error about an earlier answer
+            # The only control message asked for is the packet info.
+            raw = ancdata[0][2] if ancdata else b""
+            reply = replies.get(raw)
+            if reply is None:
+                reply = self._reply_info(raw)
+            on_datagram(data, (*addr, reply))
+
+    def _reply_info(self, raw: bytes) -> bytes:
+        if not raw:
+            out = b""
+        elif self.v6:
+            out = raw  # struct in6_pktinfo: the address asked and its interface, as they are
+        else:
+            # struct in_pktinfo {ifindex; spec_dst; addr}: answer from the address
+            # the query was sent to, by whichever interface the route says.
+            out = b"\0\0\0\0" + raw[8:12] + b"\0\0\0\0"
+        if len(self.replies) >= 4096:
+            self.replies.clear()
+        self.replies[raw] = out
+        return out
+
+    def sendto(self, data: Any, addr: Any = None) -> None:
+        info = addr[-1]
+        try:
+            if info:
+                self.sock.sendmsg((data,), ((self.level, self.kind, info),), 0, addr[:-1])
+            else:
+                self.sock.sendto(data, addr[:-1])
+        except OSError:
+            pass  # a full send buffer drops the answer, as a full link would; the client retries
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.loop.remove_reader(self.sock.fileno())
+            self.sock.close()
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def abort(self) -> None:
+        self.close()
+
+
+def is_wildcard(host: str) -> bool:
+    return ipaddress.ip_address(host).is_unspecified
+
+
+@dataclass(frozen=True, slots=True)
+class TcpLimits:
+    """How much TCP the server takes, so that no client can starve the others
+    or the process itself of file descriptors and memory."""
+
+    timeout: float  # idle limit, and the deadline for the whole of one message
+    connections: int  # open at once, overall
+    per_client: int  # open at once from one client address
+    reserve: int  # file descriptors kept free for upstream sockets, reloads and the event log
+
+
+def tcp_limits(settings: DnsSettings) -> TcpLimits:
+    """The overall cap is ``tcp_connections`` lowered, if need be, to the file
+    limit less a reserve, as Unbound sizes ``incoming-num-tcp``: 1,500 stalled
+    connections under a 1,024 limit must not make upstream TCP and reloads fail
+    with EMFILE.  The soft limit is first raised to the hard one."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and (hard == resource.RLIM_INFINITY or soft < hard):
+        want = FD_RAISE_TO if hard == resource.RLIM_INFINITY else min(hard, FD_RAISE_TO)
+        if want > soft:
+            try:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+                soft = want
+            except (OSError, ValueError):
+                pass
+    if soft == resource.RLIM_INFINITY:
+        soft = FD_RAISE_TO
+    reserve = max(soft // 4, min(FD_RESERVE, soft // 2))
+    cap = max(1, min(settings.tcp_connections, soft - reserve))
+    return TcpLimits(settings.tcp_timeout, cap, min(settings.tcp_per_client, cap), reserve)
+
+
+class TcpGate:
+    """The connections open now, oldest first, and how many per client address
+    (one gate per process, shared by every listener).
+
+    Over the per-client cap the newcomer is turned away: that address is the
+    one holding too many.  Over the overall cap the oldest connection is cut
+    instead, so that a flood of stalled connections from many addresses cannot
+    lock out a client that comes to ask one question now; DNS over TCP is
+    short exchanges, and a stalled connection is the oldest.
+    """
+
+    def __init__(self, limits: TcpLimits):
+        self.limits = limits
+        self.conns: dict[TcpConnection, None] = {}  # insertion order: oldest first
+        self.by_client: dict[str, int] = {}
+        self.turned_away = 0
+        self.evicted = 0
+
+    def admit(self, conn: TcpConnection) -> bool:
+        n = self.by_client.get(conn.client, 0)
+        if n >= self.limits.per_client:
+            self.turned_away += 1
+            return False
+        if len(self.conns) >= self.limits.connections:
+            oldest = next(iter(self.conns))
+            self.release(oldest)
+            oldest.cut()
+            self.evicted += 1
+        self.conns[conn] = None
+        self.by_client[conn.client] = n + 1
+        conn.admitted = True
+        return True
+
+    def release(self, conn: TcpConnection) -> None:
+        if not conn.admitted:
+            return
+        conn.admitted = False
+        del self.conns[conn]
+        n = self.by_client[conn.client] - 1
+        if n:
+            self.by_client[conn.client] = n
+        else:
+            del self.by_client[conn.client]
+
+
 class TcpConnection(asyncio.Protocol):
-    def __init__(self, resolver: Resolver):
+    """One RFC 7766 connection: length-prefixed messages in, answers out as they complete.
+
+    One timer bounds the connection's life in each of its states: idle (no
+    bytes of a message yet), in the middle of a message (the deadline runs from
+    its first byte and is not moved by later ones, so one byte a second cannot
+    keep it open), and stalled (answers queued past ``TCP_WRITE_HIGH`` because
+    the client does not read: reading pauses, so it cannot queue more).  When
+    the timer fires the connection is aborted, not closed: a close would wait
+    for queued answers to drain, which a client that never reads never lets
+    happen.  Apart from the timer, reading is also held while
+    ``TCP_MAX_UNANSWERED`` questions wait for their answers, so pipelined cache
+    misses cannot pile up behind a slow upstream.
+    """
+
+    def __init__(self, resolver: Resolver, gate: TcpGate):
         self.resolver = resolver
+        self.gate = gate
+        self.timeout = gate.limits.timeout
         self.transport: asyncio.Transport | None = None
         self.buf = bytearray()
         self.client = ""
         self.port = 0
-        self._idle: asyncio.TimerHandle | None = None
+        self.admitted = False
+        self.partial = False  # the deadline of a message begun is running
+        self.stalled = False  # answers are queued past the high-water mark
+        self.unanswered = 0  # messages handed to the resolver and not answered yet
+        self.held = False  # reading paused until some of those are answered
+        self._timer: asyncio.TimerHandle | None = None
+        self._due = 0.0  # when the timer cuts the connection (loop time)
+        self._poll: asyncio.TimerHandle | None = None  # while stalled: the next look at the buffer
+        self._loop = asyncio.get_running_loop()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-        peer = transport.get_extra_info("peername") or ("", 0)
+        t: asyncio.Transport = transport  # type: ignore[assignment]
+        peer = t.get_extra_info("peername") or ("", 0)
         self.client, self.port = peer[0], peer[1]
-        self._touch()
+        if not self.gate.admit(self):
+            t.abort()  # over the per-client cap: let go of the descriptor at once
+            return
+        self.transport = t
+        t.set_write_buffer_limits(high=TCP_WRITE_HIGH)
+        sock = t.get_extra_info("socket")
+        if sock is not None:
+            try:  # unread answers then wait in our bounded buffer, not in megabytes of kernel memory
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, TCP_SNDBUF)
+            except OSError:
+                pass
+        self._arm()
 
     def data_received(self, data: bytes) -> None:
+        self.buf += data
+        self._consume()
+
+    def _consume(self) -> None:
         buf = self.buf
-        buf += data
-        while len(buf) >= 2:
+        while len(buf) >= 2 and not self.stalled:
+            if self.unanswered >= TCP_MAX_UNANSWERED:
+                # Questions waiting on the upstreams hold their bytes (and, behind
+                # a question in flight, a place in its queue): read no more until
+                # some are answered.
+                if not self.held and self.transport is not None:
+                    self.held = True
+                    self.transport.pause_reading()
+                return
             length = (buf[0] << 8) | buf[1]
             if length == 0:
                 self._close()
@@ -90,28 +329,105 @@ class TcpConnection(asyncio.Protocol):
                 break
             message = bytes(buf[2 : 2 + length])
             del buf[: 2 + length]
+            self.partial = False
+            self.unanswered += 1
             self.resolver.handle(message, self.client, self.port, self, None)
-        self._touch()
+        if self.transport is None or self.stalled:
+            return  # closed meanwhile, or the stall timer runs
+        if not buf:
+            self._arm()  # idle again: the idle limit starts over
+        elif not self.partial:
+            self.partial = True  # a new message has begun: its deadline starts now, once
+            self._arm()
 
     def send(self, data: bytes | bytearray, addr: Any) -> None:
         t = self.transport
-        if t is not None and not t.is_closing():
-            t.write(len(data).to_bytes(2, "big") + bytes(data))
-            self._touch()
+        if t is None or t.is_closing():
+            return
+        if t.get_write_buffer_size() > TCP_WRITE_LIMIT:
+            t.abort()  # answers to queries read before the stall would still pile up
+            return
+        t.write(len(data).to_bytes(2, "big") + bytes(data))
+        if self.unanswered:
+            self.unanswered -= 1
+        # Checked here, after every answer, rather than left to the transport's
+        # pause_writing: uvloop calls that only when it next flushes, after a
+        # whole read (256 KiB of queries) has been answered into the buffer.
+        if t.get_write_buffer_size() > TCP_WRITE_HIGH:
+            self.pause_writing()
+            return
+        if self.held and self.unanswered <= TCP_MAX_UNANSWERED // 2:
+            self.held = False
+            if not self.stalled:
+                t.resume_reading()
+                self._consume()
+        elif not self.stalled and not self.partial:
+            self._arm()
 
-    def _touch(self) -> None:
-        if self._idle is not None:
-            self._idle.cancel()
-        self._idle = asyncio.get_running_loop().call_later(TCP_IDLE, self._close)
+    def pause_writing(self) -> None:
+        """Too many answers unread: stop reading, start the stall deadline, and
+        look again shortly (the transport may drain without telling us)."""
+        if self.stalled or self.transport is None:
+            return
+        self.stalled = True
+        self.transport.pause_reading()
+        self._arm()
+        if self._poll is None:
+            self._poll = self._loop.call_later(TCP_DRAIN_POLL, self._drained)
+
+    def _drained(self) -> None:
+        self._poll = None
+        t = self.transport
+        if t is None or not self.stalled:
+            return
+        if t.get_write_buffer_size() > TCP_WRITE_HIGH // 2:
+            self._poll = self._loop.call_later(TCP_DRAIN_POLL, self._drained)
+        else:
+            self.resume_writing()
+
+    def resume_writing(self) -> None:
+        if not self.stalled:
+            return
+        self.stalled = False
+        if self.transport is not None and not self.transport.is_closing() and not self.held:
+            self.transport.resume_reading()
+            self._consume()  # messages read before the stall
+
+    def _arm(self) -> None:
+        # Only the deadline moves (always later: each is now + timeout); the one
+        # timer is re-set when it fires early.  A cancel and a new timer per
+        # message cost more, and under uvloop the cancelled timers' memory
+        # piled up faster than it was freed under a pipelining flood.
+        self._due = self._loop.time() + self.timeout
+        if self._timer is None:
+            self._timer = self._loop.call_at(self._due, self._check)
+
+    def _check(self) -> None:
+        self._timer = None
+        if self.transport is None:
+            return
+        if self._loop.time() >= self._due:
+            self.cut()
+        else:
+            self._timer = self._loop.call_at(self._due, self._check)
+
+    def cut(self) -> None:
+        """Abort now, dropping whatever is queued (a deadline passed, or evicted)."""
+        if self.transport is not None:
+            self.transport.abort()
 
     def _close(self) -> None:
+        # The timer stays armed: if the queued answers never drain, it aborts.
         if self.transport is not None:
             self.transport.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self._idle is not None:
-            self._idle.cancel()
+        for timer in (self._timer, self._poll):
+            if timer is not None:
+                timer.cancel()
+        self.gate.release(self)
         self.transport = None
+        self.buf = bytearray()
 
 
 def bind(host: str, port: int, kind: socket.SocketKind, reuseport: bool) -> socket.socket:
@@ -126,6 +442,11 @@ def bind(host: str, port: int, kind: socket.SocketKind, reuseport: bool) -> sock
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
         if kind is socket.SOCK_DGRAM:
             rcvbuf(sock)
+            if is_wildcard(host):  # learn each query's destination, to answer from it
+                if family == socket.AF_INET6:
+                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_RECVPKTINFO, 1)
+                else:
+                    sock.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)
         sock.bind((host, port))
         sock.setblocking(False)
         if kind is socket.SOCK_STREAM:
@@ -178,12 +499,20 @@ async def serve(settings: DnsSettings, holder: Any, events: Any, metrics: NullMe
         sockets = [bind_pair(*parse_hostport(a, 53), settings.workers > 1) for a in settings.listen]
     udp_transports: list[asyncio.BaseTransport] = []
     tcp_servers: list[asyncio.Server] = []
+    limits = tcp_limits(settings)
+    gate = TcpGate(limits)  # shared by every listener: the caps are per process
     for usock, tsock in sockets:
-        udp, _ = await loop.create_datagram_endpoint(lambda: UdpListener(resolver), sock=usock)
-        udp_transports.append(udp)
-        tcp_servers.append(await loop.create_server(lambda: TcpConnection(resolver), sock=tsock))
+        if is_wildcard(usock.getsockname()[0]):
+            udp_transports.append(PktinfoTransport(usock, UdpListener(resolver), loop))
+        else:
+            udp, _ = await loop.create_datagram_endpoint(lambda: UdpListener(resolver), sock=usock)
+            udp_transports.append(udp)
+        tcp_servers.append(await loop.create_server(lambda: TcpConnection(resolver, gate), sock=tsock))
         host, port = usock.getsockname()[:2]
         say(f"egress-filter dns: listening on {fmt(host, port)} (udp, tcp)")
+    say(f"egress-filter dns: tcp: at most {limits.connections} connections, {limits.per_client} per "
+        f"client address, {limits.timeout:g} s per message or idle; {limits.reserve} file descriptors "
+        f"kept for upstreams and reloads")
 
     stop = stop or asyncio.Event()
     in_main = threading.current_thread() is threading.main_thread()
@@ -216,5 +545,8 @@ async def serve(settings: DnsSettings, holder: Any, events: Any, metrics: NullMe
             utransport.close()
         forwarder.close()
         holder.stop()
+    if gate.turned_away or gate.evicted:
+        say(f"egress-filter dns: tcp: {gate.turned_away} connections refused over the per-client cap, "
+            f"{gate.evicted} cut over the overall cap")
     say("egress-filter dns: stopped")
     return 0

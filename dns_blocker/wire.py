@@ -19,9 +19,12 @@ from typing import NamedTuple
 
 # RCODEs
 NOERROR, FORMERR, SERVFAIL, NXDOMAIN, NOTIMP, REFUSED = 0, 1, 2, 3, 4, 5
-RCODE_NAMES = {0: "NOERROR", 1: "FORMERR", 2: "SERVFAIL", 3: "NXDOMAIN", 4: "NOTIMP", 5: "REFUSED"}
+BADVERS = 16  # an extended RCODE: its upper 8 bits travel in the OPT record (RFC 6891 §6.1.3)
+RCODE_NAMES = {0: "NOERROR", 1: "FORMERR", 2: "SERVFAIL", 3: "NXDOMAIN", 4: "NOTIMP", 5: "REFUSED",
+               16: "BADVERS"}
 
-T_A, T_CNAME, T_SOA, T_AAAA, T_OPT = 1, 5, 6, 28, 41
+T_A, T_CNAME, T_SOA, T_TXT, T_AAAA, T_OPT = 1, 5, 6, 16, 28, 41
+C_CH = 3  # the CHAOS class: where servers are asked who and what they are
 
 # Opcodes that exist but that a recursive resolver does not serve: NOTIMP.
 # Unassigned opcodes are garbage: FORMERR.
@@ -32,7 +35,7 @@ _I = struct.Struct("!I")
 _COUNTS = struct.Struct("!HHHH")
 _RR = struct.Struct("!HHIH")
 
-MAX_NAME = 255
+MAX_NAME = 255  # wire bytes of a name, its root label included (RFC 1035 §2.3.4)
 # The flags byte that ends ``Query.key``: what changes the upstream's answer.
 KEY_EDNS, KEY_DO, KEY_CD, KEY_RD = 1, 2, 4, 8
 # A reply to a client that sent no OPT record must fit 512 bytes (RFC 1035).
@@ -46,6 +49,23 @@ class Malformed(ValueError):
     def __init__(self, rcode: int = FORMERR):
         self.rcode = rcode
         super().__init__(RCODE_NAMES.get(rcode, str(rcode)))
+
+    def reply(self, query: bytes) -> bytes:
+        """The answer to send: the header alone, since the body is not trusted."""
+        return error_reply(query, self.rcode)
+
+
+class BadVersion(Malformed):
+    """A well-formed query with an EDNS version we do not speak (> 0): BADVERS,
+    with the question echoed and an OPT record of version 0 (RFC 6891 §6.1.3)."""
+
+    def __init__(self, qend: int):
+        self.qend = qend
+        super().__init__(BADVERS)
+
+    def reply(self, query: bytes) -> bytes:
+        head = query[0:2] + bytes((0x80 | (query[2] & 0x01), 0x80 | (query[3] & 0x10)))
+        return head + _COUNTS.pack(1, 0, 0, 1) + query[12 : self.qend] + BADVERS_OPT
 
 
 class Query(NamedTuple):
@@ -99,7 +119,7 @@ def parse_query(data: bytes) -> Query | None:
             raise Malformed()
         dots.append(pos)
         pos += 1 + ln
-        if pos - 12 > MAX_NAME:
+        if pos - 12 >= MAX_NAME:  # the labels so far plus the root byte still to come
             raise Malformed()
     name_end = pos
     qend = pos + 4
@@ -108,7 +128,7 @@ def parse_query(data: bytes) -> Query | None:
     qtype, qclass = _HH.unpack_from(data, pos)
     edns = False
     udp_size = CLASSIC_UDP
-    do_bit = 0
+    do_bit = version = 0
     if an or ns or ar:
         pos = qend
         for section, count in ((1, an), (2, ns), (3, ar)):
@@ -126,8 +146,11 @@ def parse_query(data: bytes) -> Query | None:
                     if section != 3 or edns:  # one OPT, in the additional section (RFC 6891)
                         raise Malformed()
                     edns = True
-                    udp_size = max(CLASSIC_UDP, min(rclass, 65_535))
+                    udp_size = max(CLASSIC_UDP, rclass)
                     do_bit = (ttl >> 15) & 1
+                    version = (ttl >> 16) & 0xFF
+        if version:
+            raise BadVersion(qend)
     # The name's text: its bytes with every length byte but the first made a dot.
     text = bytearray(data[13 : name_end - 1])
     for d in dots[1:]:
@@ -156,7 +179,7 @@ def skip_name(data: bytes, pos: int) -> int:
         if ln > 63:
             raise Malformed()
         total += ln + 1
-        if total > MAX_NAME:
+        if total >= MAX_NAME:  # with the root byte still to come
             raise Malformed()
         pos += 1 + ln
 
@@ -287,6 +310,8 @@ def age_ttls(out: bytearray, slots: tuple[tuple[int, int], ...], age: int) -> No
 
 # One OPT record with no options: UDP size 1232 (the DNS flag day 2020 value).
 BARE_OPT = b"\x00\x00\x29\x04\xd0\x00\x00\x00\x00\x00\x00"
+# The same with extended RCODE 1 (BADVERS = 1 << 4 | header RCODE 0) and version 0.
+BADVERS_OPT = b"\x00\x00\x29\x04\xd0\x01\x00\x00\x00\x00\x00"
 
 
 def error_reply(query: bytes, rcode: int) -> bytes:
@@ -329,3 +354,30 @@ def question_matches(answer: bytes, query: bytes, qend: int) -> bool:
     garbage or a spoofing attempt."""
     return (len(answer) >= qend and answer[4:6] == b"\x00\x01"
             and answer[12:qend].lower() == query[12:qend].lower())
+
+
+# The CH TXT names that ask a server who it is and what it runs (RFC 4892).
+IDENTITY_NAMES = ("hostname.bind", "id.server")
+VERSION_NAMES = ("version.bind", "version.server")
+
+
+def chaos_answers(identity: str | None, version: str | None) -> dict[tuple[str, int], bytes]:
+    """(name, TXT) → the TXT rdata to answer with; a name left out is REFUSED,
+    like Unbound's ``hide-identity``/``hide-version``."""
+    out: dict[tuple[str, int], bytes] = {}
+    for names, text in ((IDENTITY_NAMES, identity), (VERSION_NAMES, version)):
+        if text is not None:
+            raw = text.encode("utf-8")[:255]
+            for name in names:
+                out[(name, T_TXT)] = bytes((len(raw),)) + raw
+    return out
+
+
+def chaos_reply(query: bytes, q: Query, txt: bytes | None) -> bytes:
+    """The authoritative CH TXT answer with ``txt`` as its rdata, or REFUSED when there is none."""
+    if txt is None:
+        return rcode_reply(query, q, REFUSED)
+    head = query[0:2] + bytes((0x84 | (query[2] & 0x01), 0x80 | (query[3] & 0x10)))  # QR AA RA; RD CD echoed
+    record = b"\xc0\x0c" + _RR.pack(T_TXT, C_CH, 0, len(txt)) + txt
+    return (head + _COUNTS.pack(1, 1, 0, 1 if q.edns else 0) + query[12 : q.qend] + record
+            + (BARE_OPT if q.edns else b""))

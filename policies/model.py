@@ -219,12 +219,20 @@ class DnsSettings:
     log_all: bool = False
     metrics: str | None = None
     canary: bool = True
+    # Loopback and RFC 1918/4193 private ranges.  Not carrier-grade NAT space
+    # (100.64.0.0/10: other customers of the same ISP) nor IPv4 link-local
+    # (169.254.0.0/16): those must be listed explicitly.
     acl: tuple[str, ...] = ("127.0.0.0/8", "::1/128", "10.0.0.0/8", "172.16.0.0/12",
-                            "192.168.0.0/16", "100.64.0.0/10", "169.254.0.0/16",
-                            "fc00::/7", "fe80::/10")
+                            "192.168.0.0/16", "fc00::/7", "fe80::/10")
     cache_size: int = 100_000
     timeout: float = 2.0
     workers: int = 1
+    max_udp_size: int = 1232  # largest UDP answer, whatever the client offers (DNS Flag Day 2020)
+    tcp_timeout: float = 10.0  # idle limit, and the whole-message deadline, of a TCP connection
+    tcp_connections: int = 1024  # TCP connections at once (lowered to fit RLIMIT_NOFILE less a reserve)
+    tcp_per_client: int = 16  # TCP connections at once from one client address
+    server_identity: str | None = None  # CH TXT hostname.bind / id.server; None: REFUSED
+    server_version: str | None = None  # CH TXT version.bind / version.server; None: REFUSED
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,7 +2,8 @@
 
 ``authority`` is tests.dns.authority.Authority on a free loopback port.
 ``resolver(...)`` starts ``python -m egress_filter.cli dns`` with the given
-flags on ``127.0.0.1:0`` (the process prints the port it got), always with
+flags (and optionally a lowered file limit, ``nofile=``) on ``127.0.0.1:0``
+(the process prints the port it got), always with
 ``--upstream`` pointing at a test authority (never the internet), and stops
 it by PID at teardown.  ``write_policy`` writes a small policy whose
 schedules put TikTok in ``full`` and WeChat in ``downloads`` on TEST_DAY.
@@ -13,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import resource
 import signal
 import socket
 import subprocess
@@ -92,7 +94,7 @@ def authority() -> Iterator[Authority]:
 
 
 class ResolverProcess:
-    def __init__(self, args: list[str], workdir: Path):
+    def __init__(self, args: list[str], workdir: Path, nofile: int | None = None):
         self.workdir = workdir
         self.stderr_path = workdir / f"resolver-{time.monotonic_ns()}.err"
         self.log_path = workdir / f"events-{time.monotonic_ns()}.jsonl"
@@ -103,7 +105,8 @@ class ResolverProcess:
             cmd += ["--listen", "127.0.0.1:0"]
         self._err = open(self.stderr_path, "w")
         self.proc = subprocess.Popen(cmd, cwd=REPO, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                     stderr=self._err)
+                                     stderr=self._err, preexec_fn=None if nofile is None else
+                                     lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile)))
         self.addresses: list[tuple[str, int]] = []
         self.metrics_url: str | None = None
         deadline = time.monotonic() + 20
@@ -128,6 +131,11 @@ class ResolverProcess:
     @property
     def port(self) -> int:
         return self.addresses[0][1]
+
+    def rss_kib(self, field: str = "VmRSS") -> int:
+        """The process's resident set (VmRSS; VmHWM for its peak) from /proc, in KiB."""
+        status = Path(f"/proc/{self.proc.pid}/status").read_text()
+        return int(re.search(rf"^{field}:\s+(\d+) kB", status, re.M).group(1))  # type: ignore[union-attr]
 
     def stderr(self) -> str:
         return self.stderr_path.read_text(encoding="utf-8", errors="replace")
@@ -172,9 +180,10 @@ class ResolverProcess:
 def resolver(tmp_path: Path) -> Iterator[Callable[..., ResolverProcess]]:
     started: list[ResolverProcess] = []
 
-    def start(*args: str) -> ResolverProcess:
+    def start(*args: str, nofile: int | None = None) -> ResolverProcess:
+        """``nofile``: the process's RLIMIT_NOFILE (soft and hard), set before exec."""
         assert "--upstream" in args, "tests must name a loopback upstream"
-        proc = ResolverProcess(list(args), tmp_path)
+        proc = ResolverProcess(list(args), tmp_path, nofile)
         started.append(proc)
         return proc
 

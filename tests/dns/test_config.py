@@ -73,3 +73,30 @@ def test_precedence(policy: dict[str, object], config: dict[str, object], cli: d
                     block: str, ups: tuple[str, ...]) -> None:
     s = merge(DnsSettings(**policy), config, cli)  # type: ignore[arg-type]
     assert (s.block_response, s.upstreams) == (block, ups)
+
+
+BAD_VALUES = [
+    pytest.param({"max_udp_size": 511}, "max_udp_size: must be between 512 and 65535 bytes",
+                 id="udp-too-small"),
+    pytest.param({"max_udp_size": 65_536}, "max_udp_size: must be between 512 and 65535 bytes",
+                 id="udp-too-big"),
+    pytest.param({"tcp_timeout": 0.0}, "tcp_timeout: must be more than 0 seconds", id="tcp-timeout-0"),
+    pytest.param({"tcp_connections": 0}, "tcp_connections: must be 1 or more", id="tcp-connections-0"),
+    pytest.param({"tcp_per_client": 0}, "tcp_per_client: must be 1 or more", id="tcp-per-client-0"),
+    pytest.param({"server_version": "v" * 256}, r"server_version: at most 255 bytes \(one TXT string\)",
+                 id="version-too-long"),
+]
+
+
+@pytest.mark.parametrize(("values", "message"), BAD_VALUES)
+def test_bad_values(values: dict[str, object], message: str) -> None:
+    with pytest.raises(ConfigError, match=f"^{message}$"):
+        merge(DnsSettings(), values, {})
+
+
+def test_transport_settings_layer_like_the_others(tmp_path: Path) -> None:
+    path = tmp_path / "dns.yaml"
+    path.write_text("tcp_per_client: 4\nmax_udp_size: 4096\nserver_identity: ns1\n", encoding="utf-8")
+    s = merge(DnsSettings(tcp_per_client=2, tcp_timeout=5.0), read_config_file(str(path)),
+              {"tcp_per_client": 8, "server_identity": None})
+    assert (s.tcp_per_client, s.max_udp_size, s.tcp_timeout, s.server_identity) == (8, 4096, 5.0, "ns1")
