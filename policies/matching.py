@@ -24,25 +24,46 @@ _IDNA_DOTS = str.maketrans({"\u3002": ".", "\uff0e": ".", "\uff61": "."})
 
 
 def normalize_name(name: str) -> str:
-    """Lower-case, strip whitespace and the trailing dot, IDNA-encode.
+    """Lower-case, strip white space and the trailing dot, IDNA-encode.
 
     Lenient by design: a name that is not valid IDNA is still lower-cased and
     matched, because traffic is judged as it is, not as it should be.  The
-    ideographic full stops IDNA treats as dots are dots here too, so that
-    ``normalize_name`` is idempotent.
+    ideographic full stops IDNA treats as dots are dots here too.  The result
+    normalises to itself: IDNA can drop characters (U+00AD) and bare white
+    space or a dot, and trimming can make a label encodable, so the steps
+    repeat until nothing changes (at most a few rounds: each one shortens the
+    name or makes it ASCII).
     """
-    name = name.strip().lower()
+    for _ in range(8):
+        out = _normalize_once(name)
+        if out == name:
+            break
+        name = out
+    return name
+
+
+def _normalize_once(name: str) -> str:
+    name = _trim(name.lower())
     if not name.isascii():
-        out = []
+        labels = []
         for label in name.translate(_IDNA_DOTS).split("."):
             if not label.isascii():
                 try:
                     label = label.encode("idna").decode("ascii")
                 except UnicodeError:
                     pass
-            out.append(label)
-        name = ".".join(out)
-    return name.rstrip(".")
+            labels.append(label)
+        name = _trim(".".join(labels))
+    return name
+
+
+def _trim(name: str) -> str:
+    """White space at both ends, and trailing dots among it ("a. ." is "a")."""
+    name = name.strip()
+    end = len(name)
+    while end and (name[end - 1] == "." or name[end - 1].isspace()):
+        end -= 1
+    return name[:end]
 
 
 def fast_normalize(name: str) -> str:

@@ -117,6 +117,7 @@ def test_label_boundary_matching(domain: str, below: list[str], junk: str, other
 
 @given(NAME, NAME)
 def test_most_specific_suffix_wins(parent: str, child_label: str) -> None:
+    assume(child_label != "x")  # else "x." + parent is the child itself
     child = f"{child_label}.{parent}"
     b = NameIndexBuilder()
     b.add(parent, Rule(RuleKind.DOMAIN, Tier.TRAFFIC, "a"), exact=False)
