@@ -609,8 +609,8 @@ class EgressFilter:
             self.metrics.connections.labels("intercepted").inc()
             return
         if transport == "quic" and ctx.options.egress_quic == "fallback":
-            # This mitmproxy cannot pass QUIC through (ignore_connection stalls
-            # the connection, mitmproxy#8338): refuse it so the client falls
+            # The default where mitmproxy cannot pass QUIC through (ignore_connection
+            # stalls the connection, mitmproxy#8338): refuse it so the client falls
             # back to TCP, where passthrough works and the SNI is judged again.
             if d.action is Action.LOG:
                 self._record(d, verdict.observation, "quic-refused", client, server, extra)

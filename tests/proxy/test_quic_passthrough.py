@@ -77,26 +77,40 @@ def test_quic_origin_answers_directly(quic_origin: QuicOrigin, origin: Origin) -
     assert quic_origin.handshakes[before:] == ["h3"]
 
 
-def test_allowed_quic_passthrough(run_proxy: Any, quic_origin: QuicOrigin, origin: Origin,
-                                  tmp_path: Path) -> None:
+QUIC_OPTIONS = [
+    # (id, extra proxy args): the option set by hand, and the default the seam chose
+    ("passthrough-option", ("--set", "egress_quic=passthrough")),
+    ("default", ()),
+]
+
+
+@pytest.mark.parametrize("args", [c[1] for c in QUIC_OPTIONS], ids=[c[0] for c in QUIC_OPTIONS])
+def test_allowed_quic(run_proxy: Any, quic_origin: QuicOrigin, origin: Origin, tmp_path: Path,
+                      args: tuple[str, ...]) -> None:
     policy = write_policy(tmp_path)
     udp = free_udp_port()
     proxy = run_proxy(
         "--policy", str(policy), "--at", FULL,
         "--proxy-mode", "regular",
         "--proxy-mode", f"reverse:quic://127.0.0.1:{quic_origin.port}@127.0.0.1:{udp}",
-        "--set", "egress_quic=passthrough",
+        *args,
     )
     before = len(quic_origin.handshakes)
     got = quic_handshake(udp, "example.org", 4.0, origin.pki.ca_cert)
     time.sleep(0.3)  # let a relayed handshake be counted on the origin's thread
     stderr = proxy.stderr.read_text()
     if compat.QUIC_PASSTHROUGH:
+        # Relayed untouched: the origin's own certificate, the origin's handshake.
         assert got == "connected", stderr
         assert quic_origin.handshakes[before:] == ["h3"]
         assert "Traceback" not in stderr
-    else:
+    elif args:
         # mitmproxy#8338: the ClientHello is never relayed, so nothing reaches the origin.
         assert (got, quic_origin.handshakes[before:]) == ("timeout", []), stderr
         assert "Unexpected event type at UDPLayer.start" in stderr
+    else:
+        # The default here is fallback: refused unanswered (the client retries over TCP),
+        # without ever reaching mitmproxy's broken relay.
+        assert (got, quic_origin.handshakes[before:]) == ("timeout", []), stderr
+        assert "Unexpected event type" not in stderr and "Traceback" not in stderr
     assert proxy.events() == []  # an allowed connection is not logged
