@@ -1,6 +1,10 @@
 # `make run` and `make test` each build .venv on first use (Python 3.11+ and make are all they need).
+# `make test` runs the suite twice (.ci/test-matrix): in .venv, from $(PYTHON), and in
+# $(NEWEST_VENV), built with the newest Python on the machine (pyenv or PATH), if newer.
 PYTHON ?= python3
 VENV ?= .venv
+NEWEST_VENV ?= .venv-newest
+PYTEST_ARGS ?=
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
@@ -10,7 +14,7 @@ $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "egress-filter needs Python 3.11 or newer")'
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+	$(BIN)/python -m pip install --quiet --upgrade --upgrade-strategy eager -e '.[test]'
 	touch $(STAMP)
 
 run: $(STAMP)
@@ -21,8 +25,8 @@ run: $(STAMP)
 tools:
 	bash .ci/install-tools
 
-test: $(STAMP) tools
-	$(BIN)/python -m pytest
+test: tools
+	MAKE="$(MAKE)" PYTHON=$(PYTHON) VENV=$(VENV) NEWEST_VENV=$(NEWEST_VENV) bash .ci/test-matrix $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
@@ -35,4 +39,4 @@ bench: $(STAMP) tools
 	$(BIN)/python -m bench.replay_bench
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) $(NEWEST_VENV) build *.egg-info

@@ -18,7 +18,8 @@ Where each observation is decided:
   the URL can be judged; anything else → passed through untouched, so the
   client sees the origin's own certificate and nothing is decrypted (QUIC
   that would pass through is refused instead, by default, so the client
-  falls back to TCP: mitmproxy 11 cannot pass QUIC through).
+  falls back to TCP: no mitmproxy release yet passes QUIC through, see
+  ``compat.QUIC_PASSTHROUGH``).
 * ``request``: plain HTTP and intercepted HTTPS, on host and URL (store
   pages, store-client API calls, download paths, DoH requests).
 * ``server_connect``: the address about to be dialled, the last word for
@@ -82,7 +83,7 @@ from policies import (
 )
 
 
-def _import_runtime() -> tuple[Any, Any, Any, Any]:
+def _import_runtime() -> tuple[Any, Any, Any, Any, Any]:
     """``mitmdump -s`` puts this file's directory first on sys.path, where
     this very file, named egress_filter.py, would shadow the ``egress_filter``
     package: import the package with that directory left out."""
@@ -92,23 +93,27 @@ def _import_runtime() -> tuple[Any, Any, Any, Any]:
     try:
         from egress_filter.eventlog import EventLog, metrics_collector
         from egress_filter.holder import PolicyHolder
+        from proxy_addons import compat
         from proxy_addons.connections import ConnectionGuard
     finally:
         sys.path[:] = saved
-    return EventLog, PolicyHolder, metrics_collector, ConnectionGuard
+    return EventLog, PolicyHolder, metrics_collector, ConnectionGuard, compat
 
 
 if TYPE_CHECKING:
     from egress_filter.eventlog import EventLog, metrics_collector
     from egress_filter.holder import PolicyHolder
+    from proxy_addons import compat
     from proxy_addons.connections import ConnectionGuard
 else:
-    EventLog, PolicyHolder, metrics_collector, ConnectionGuard = _import_runtime()
+    EventLog, PolicyHolder, metrics_collector, ConnectionGuard, compat = _import_runtime()
 
 log = logging.getLogger(__name__)
 
 BLOCK_STYLES = ("reset", "page")
 QUIC_STYLES = ("fallback", "passthrough")
+# Pass allowed QUIC through wherever this mitmproxy can relay it; refuse it (TCP fallback) elsewhere.
+DEFAULT_QUIC = "passthrough" if compat.QUIC_PASSTHROUGH else "fallback"
 ECH_EXTENSION = 0xFE0D  # encrypted_client_hello (draft-ietf-tls-esni)
 # quic_transport_parameters (RFC 9001, and the drafts' codepoint): QUIC, not DTLS, on UDP
 QUIC_TRANSPORT_PARAMETERS = frozenset({0x39, 0xFFA5})
@@ -333,10 +338,10 @@ class EgressFilter:
         loader.add_option("egress_log_ech", bool, True,
                           "Log a ClientHello that carries ECH, with its outer SNI "
                           "(also off when settings.proxy.log_ech is false).")
-        loader.add_option("egress_quic", str, "fallback",
+        loader.add_option("egress_quic", str, DEFAULT_QUIC,
                           "QUIC the policy lets through: 'fallback' refuses it so clients retry over "
-                          "TCP (mitmproxy 11 cannot pass QUIC through untouched); 'passthrough' sets "
-                          "ignore_connection (for a mitmproxy with that fixed). Banned QUIC is refused "
+                          "TCP; 'passthrough' sets ignore_connection, which relays QUIC only on a "
+                          "mitmproxy with #8338 fixed (the default there). Banned QUIC is refused "
                           "either way.", choices=QUIC_STYLES)
         loader.add_option("egress_blocked_by", str, DEFAULT_BLOCKED_BY,
                           "URI for the 451 page's Link: <...>; rel=\"blocked-by\" header (RFC 7725): "
@@ -604,8 +609,8 @@ class EgressFilter:
             self.metrics.connections.labels("intercepted").inc()
             return
         if transport == "quic" and ctx.options.egress_quic == "fallback":
-            # mitmproxy 11 cannot pass QUIC through (ignore_connection stalls
-            # the connection, mitmproxy#8338): refuse it so the client falls
+            # The default where mitmproxy cannot pass QUIC through (ignore_connection
+            # stalls the connection, mitmproxy#8338): refuse it so the client falls
             # back to TCP, where passthrough works and the SNI is judged again.
             if d.action is Action.LOG:
                 self._record(d, verdict.observation, "quic-refused", client, server, extra)
@@ -725,7 +730,7 @@ class EgressFilter:
         if flow.response.headers.get("content-type", "").split(";")[0].strip() != "application/dns-message":
             return
         try:
-            message = dns.Message.unpack(flow.response.content or b"")
+            message = compat.unpack_dns(flow.response.content or b"")
         except (ValueError, struct_error, IndexError) as exc:
             log.debug("egress-filter: unparsable DoH answer from %s: %s", flow.request.pretty_host, exc)
             return

@@ -19,6 +19,7 @@ from mitmproxy.net.dns import types as dns_types
 from mitmproxy.proxy import context
 from mitmproxy.test import taddons, tflow, tutils
 
+from proxy_addons import compat
 from proxy_addons.egress_filter import EgressFilter, authority_names
 
 from .helpers import (
@@ -204,11 +205,11 @@ HELLO_CASES = [
         "closed",
         ("block", "closed", "sni"),
     ),
-    # mitmproxy 11 cannot pass QUIC through (mitmproxy#8338): allowed QUIC falls back to TCP
+    # Where mitmproxy cannot pass QUIC through (mitmproxy#8338), allowed QUIC falls back to TCP
     (
         "quic-unrelated-falls-back",
         FULL,
-        {},
+        {"egress_quic": "fallback"},
         {"sni": "example.org", "udp": True, "extensions": (QUIC_EXT,)},
         "closed",
         None,
@@ -216,7 +217,7 @@ HELLO_CASES = [
     (
         "quic-logged-falls-back",
         DOWNLOADS,
-        {},
+        {"egress_quic": "fallback"},
         {"sni": "www.tiktok.com", "udp": True, "extensions": (QUIC_EXT,)},
         "closed",
         ("log", "quic-refused", "sni"),
@@ -605,7 +606,7 @@ def test_ech_stripped_from_https_records(
         hf = make_flow("https://doh.example.net/dns-query", method="POST")
         hf.response = http.Response.make(200, answer.packed, {"content-type": "application/dns-message"})
         h.addon.response(hf)
-        out = dns.Message.unpack(hf.response.content or b"").answers[0]
+        out = compat.unpack_dns(hf.response.content or b"").answers[0]
     assert (out.https_ech is None) is stripped
     assert out.https_alpn == (b"h2",)  # the rest of the record survives
 

@@ -18,6 +18,8 @@ from typing import Any
 
 import pytest
 
+from proxy_addons import compat
+
 from .conftest import REPO, Origin, Proxy, free_port, require
 from .helpers import (
     DOWNLOADS,
@@ -350,16 +352,20 @@ def test_bad_start_exits_1_with_a_message(
     assert message.format(busy=port) in out.stderr
 
 
-def quic_handshake(port: int, sni: str, timeout: float = 3.0) -> str:
-    """A real QUIC client (aioquic): 'connected', or why not."""
+def quic_handshake(port: int, sni: str, timeout: float = 3.0, cafile: Path | None = None) -> str:
+    """A real QUIC client (aioquic): 'connected', or why not.  With ``cafile`` it
+    trusts only that CA's certificates, without it any certificate."""
     import asyncio
 
     from aioquic.asyncio.client import connect
     from aioquic.quic.configuration import QuicConfiguration
 
     config = QuicConfiguration(
-        is_client=True, alpn_protocols=["h3"], server_name=sni, verify_mode=ssl.CERT_NONE
+        is_client=True, alpn_protocols=["h3"], server_name=sni,
+        verify_mode=ssl.CERT_NONE if cafile is None else ssl.CERT_REQUIRED,
     )
+    if cafile is not None:
+        config.load_verify_locations(str(cafile))
 
     async def attempt() -> str:
         async with connect("127.0.0.1", port, configuration=config, wait_connected=True):
@@ -440,7 +446,7 @@ class EchUpstream:
                 data, peer = self.sock.recvfrom(4096)
             except TimeoutError:
                 continue
-            query = mdns.Message.unpack(data)
+            query = compat.DNSMessage.unpack(data)
             answer = mdns.ResourceRecord(
                 query.questions[0].name, mdns.types.HTTPS, mdns.classes.IN, 60, self._record
             )
