@@ -11,6 +11,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -251,15 +252,34 @@ def test_creating_a_missing_list_file_reloads(holder: PolicyHolder, files: tuple
     assert holder.last_error is None and blocked(holder, "e.example")
 
 
-def test_one_reload_at_a_time(holder: PolicyHolder, files: tuple[Path, Path]) -> None:
-    """Ten reloads asked for at once (a burst of SIGHUPs) load the files at
-    most twice: the one running, and once more for all that came meanwhile."""
-    write(files[1], "".join(f"n{i}.listed.example\n" for i in range(200_000)))  # a load of ~0.3 s
-    threads = [threading.Thread(target=holder.reload) for _ in range(10)]
+def test_one_reload_at_a_time(holder: PolicyHolder, files: tuple[Path, Path],
+                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ten reloads asked for while one is loading (a burst of SIGHUPs) load
+    the files twice: the one running, and once more for all that came meanwhile.
+    The first load is held until every request is in, so no timing decides it."""
+    import egress_filter.holder as holder_module
+
+    write(files[1], "n199999.listed.example\n")
+    started, release = threading.Event(), threading.Event()
+    real = holder_module.load_policy
+
+    def held(*args: Any, **kwargs: Any) -> Any:
+        if not started.is_set():
+            started.set()
+            assert release.wait(30)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(holder_module, "load_policy", held)
+    first = threading.Thread(target=holder.reload)
+    first.start()
+    assert started.wait(30)
+    threads = [threading.Thread(target=holder.reload) for _ in range(9)]
     for th in threads:
         th.start()
     for th in threads:
-        th.join(30)
-    assert not any(th.is_alive() for th in threads)
-    assert 1 <= holder.reloads <= 2
+        th.join(30)  # each returns at once: the running reload will run again for it
+    release.set()
+    first.join(30)
+    assert not first.is_alive() and not any(th.is_alive() for th in threads)
+    assert holder.reloads == 2
     assert blocked(holder, "n199999.listed.example")
