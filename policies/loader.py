@@ -14,13 +14,14 @@ import ipaddress
 import os
 import re
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 
+from . import legal_loader
 from .decide import Policy
 from .matching import (
     STORE_HOSTS,
@@ -37,6 +38,7 @@ from .model import (
     App,
     DnsSettings,
     LegalBasis,
+    LegalStatus,
     Mode,
     Phase,
     ProxySettings,
@@ -50,7 +52,7 @@ from .model import (
 
 BUNDLED = Path(__file__).with_name("bundled.yaml")
 SCHEMA = Path(__file__).with_name("schema.json")  # JSON Schema of this format, for editors
-SUPPORTED_VERSIONS = (1,)
+SUPPORTED_VERSIONS = (1, 2)
 _APP_ID = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 _PLAY_PKG = re.compile(r"^[A-Za-z][A-Za-z0-9_]*(\.[A-Za-z0-9_]+)+$")
 _LIST_NAME = re.compile(r"^(?:[a-z0-9_-]{1,63}\.)*[a-z0-9_-]{1,63}$")
@@ -237,10 +239,14 @@ def _describe(node: yaml.Node) -> str:
 
 TOP_KEYS = {"version": True, "name": False, "description": False, "mode": False, "timezone": False,
             "exempt_clients": False, "allow": False, "sources": False, "groups": False,
-            "settings": False, "apps": True}
+            "settings": False, "apps": True, "frameworks": False, "clients": False,
+            "legal_status": False}
+V2_ONLY = ("frameworks", "clients", "legal_status")
 APP_KEYS = {"id": True, "name": True, "owner": True, "legal_basis": True, "schedule": True,
             "phase": False, "domains": False, "hosts": False, "sni": False, "downloads": False,
             "store": False, "networks": False, "lists": False, "notes": False}
+# Version 2 keeps schedules and the legal record under frameworks:.
+APP_KEYS_V2 = {k: False if k == "legal_basis" else v for k, v in APP_KEYS.items() if k != "schedule"}
 ENTRY_KEYS = {"name": True, "source": False, "confidence": False, "group": False, "note": False}
 CIDR_ENTRY_KEYS = {"cidr": True, "source": False, "confidence": False, "group": False, "note": False}
 STORE_ENTRY_KEYS = {"id": True, "source": False, "confidence": False, "note": False}
@@ -248,7 +254,7 @@ DOWNLOAD_KEYS = {"host": True, "path": False, "source": False, "confidence": Fal
                  "note": False}
 LIST_KEYS = {"path": True, "as": False, "source": False, "group": False}
 LEGAL_KEYS = {"order": True, "citation": True, "signed": False, "url": False, "note": False}
-SCHEDULE_KEYS = {"from": True, "phase": True, "source": True}
+SCHEDULE_KEYS = legal_loader.SCHEDULE_KEYS
 ALLOW_KEYS = {"domains": False, "hosts": False, "lists": False}
 GROUP_KEYS = {"enabled": True, "description": False}
 PHASES = tuple(p.value for p in Phase)
@@ -269,6 +275,8 @@ class _Build:
     groups: dict[str, bool]
     files: list[str]
     rules: dict[Rule, Rule]
+    version: int = 1
+    schedules: dict[str, tuple[ScheduleEntry, ...]] = field(default_factory=dict)
 
     def rule(self, *args: Any, **kw: Any) -> Rule:
         r = Rule(*args, **kw)
@@ -317,13 +325,19 @@ def _compile(w: _Walker, root: yaml.Node, base: Path) -> Policy | None:
     top = w.mapping(root, "", TOP_KEYS)
     if top is None:
         return None
+    version = 1
     if "version" in top:
-        version = w.scalar(top["version"], "version", int, "an integer")
-        if version is not None and version not in SUPPORTED_VERSIONS:
-            w.err(top["version"], "version", f"unsupported version {version} (supported: 1)")
-    for key in ("name", "description"):
-        if key in top:
-            w.text(top[key], key)
+        v = w.scalar(top["version"], "version", int, "an integer")
+        if v is not None and v not in SUPPORTED_VERSIONS:
+            w.err(top["version"], "version", f"unsupported version {v} (supported: 1, 2)")
+        elif v is not None:
+            version = v
+    for key in V2_ONLY:
+        if key in top and version < 2:
+            w.err(top[key], key, "needs version: 2 (version 1 keeps a schedule: on each app; "
+                                 "egress-filter check --upgrade prints the version-2 form)")
+    if "description" in top:
+        w.text(top["description"], "description")
     mode = Mode.ENFORCE
     if "mode" in top:
         m = w.choice(top["mode"], "mode", tuple(x.value for x in Mode))
@@ -349,7 +363,7 @@ def _compile(w: _Walker, root: yaml.Node, base: Path) -> Policy | None:
                 w.text(vnode, f"sources.{knode.value}")
         else:
             w.err(top["sources"], "sources", f"expected a mapping, got {_describe(top['sources'])}")
-    b = _Build(NameIndexBuilder(), [], [], {}, [], {}, {}, {}, w.files, {})
+    b = _Build(NameIndexBuilder(), [], [], {}, [], {}, {}, {}, w.files, {}, version)
     if "groups" in top and isinstance(top["groups"], yaml.MappingNode):
         for knode, vnode in top["groups"].value:
             g = w.mapping(vnode, f"groups.{knode.value}", GROUP_KEYS)
@@ -370,6 +384,17 @@ def _compile(w: _Walker, root: yaml.Node, base: Path) -> Policy | None:
             app = _app(w, b, node, f, base, seen)
             if app is not None:
                 apps[app.id] = app
+    policy_name = w.text(top["name"], "name") if "name" in top else None
+    if version >= 2:
+        fws = legal_loader.frameworks(w, top["frameworks"], apps) if "frameworks" in top else {}
+    else:
+        fws = {legal_loader.IMPLICIT: legal_loader.implicit_framework(
+            apps, b.schedules, policy_name or "the policy's schedules")}
+    groups, group_nets = legal_loader.clients(w, top.get("clients") if version >= 2 else None, fws, exempt)
+    ls = LegalStatus.AS_ORDERED
+    if "legal_status" in top and version >= 2:
+        lv = w.choice(top["legal_status"], "legal_status", legal_loader.LEGAL_STATUSES)
+        ls = legal_loader.legal_status(lv) if lv else ls
     if w.issues:
         return None
     b.count("apps", len(apps))
@@ -388,6 +413,11 @@ def _compile(w: _Walker, root: yaml.Node, base: Path) -> Policy | None:
         source=w.file,
         files=tuple(b.files),
         counts=dict(b.counts),
+        frameworks=fws,
+        clients=groups,
+        client_networks=NetworkMatcher(group_nets),
+        legal_status=ls,
+        name=policy_name,
     )
 
 
@@ -494,7 +524,7 @@ def _allow(w: _Walker, b: _Build, node: yaml.Node, base: Path) -> None:
 
 def _app(w: _Walker, b: _Build, node: yaml.Node, field: str, base: Path, seen: dict[str, int]) -> App | None:
     field = _app_field(node, field, seen)
-    m = w.mapping(node, field, APP_KEYS)
+    m = w.mapping(node, field, APP_KEYS if b.version < 2 else APP_KEYS_V2)
     if m is None:
         return None
     app_id = None
@@ -520,21 +550,7 @@ def _app(w: _Walker, b: _Build, node: yaml.Node, field: str, base: Path, seen: d
             order, citation = texts.get("order"), texts.get("citation")
             if order and citation:
                 legal = LegalBasis(order, citation, signed, texts.get("url"), texts.get("note"))
-    schedule: list[ScheduleEntry] = []
-    if "schedule" in m:
-        for f, item in w.seq(m["schedule"], f"{field}.schedule"):
-            sm = w.mapping(item, f, SCHEDULE_KEYS)
-            if sm is None or len(sm) < 3:
-                continue
-            start = w.date(sm["from"], f"{f}.from")
-            ph = w.choice(sm["phase"], f"{f}.phase", PHASES)
-            src = w.sources(sm["source"], f"{f}.source")
-            if start and ph and src:
-                schedule.append(ScheduleEntry(start, Phase(ph), src))
-        starts = [e.start for e in schedule]
-        if len(set(starts)) != len(starts):
-            w.err(m["schedule"], f"{field}.schedule", "two entries start on the same date")
-        schedule.sort(key=lambda e: e.start)
+    schedule = legal_loader.schedule_entries(w, m["schedule"], f"{field}.schedule") if "schedule" in m else ()
     override = None
     if "phase" in m:
         ph = w.choice(m["phase"], f"{field}.phase", PHASES)
@@ -594,9 +610,10 @@ def _app(w: _Walker, b: _Build, node: yaml.Node, field: str, base: Path, seen: d
     if "lists" in m:
         for f, item in w.seq(m["lists"], f"{field}.lists"):
             _list(w, b, item, f, base, aid)
-    if not (app_id and name and owner and legal):
+    if not (app_id and name and owner and (legal or b.version >= 2)):
         return None
-    return App(app_id, name, owner, legal, tuple(schedule), store, override)
+    b.schedules[app_id] = schedule
+    return App(app_id, name, owner, legal, store, override)
 
 
 def _app_field(node: yaml.Node, field: str, seen: dict[str, int]) -> str:

@@ -91,7 +91,7 @@ def test_eo13971_starts_45_days_after_the_order(bundled: Policy) -> None:
         legal = bundled.apps[app].legal_basis
         assert legal.signed is not None
         assert legal.signed + dt.timedelta(days=45) == EO13971_START
-        assert "45 days" in bundled.apps[app].schedule[0].source
+        assert "45 days" in bundled.frameworks["policy"].schedules[app][0].source
 
 
 LEGAL_CASES = [

@@ -270,7 +270,7 @@ def test_explain_with_a_bad_policy_exits_1(
     path = write_policy("version: 3\napps: []\n")
     code, out, err = run(["explain", "x.example", "--policy", str(path)], capsys)
     assert (code, out) == (1, "")
-    assert err.splitlines()[0] == f"{path}:1: version: unsupported version 3 (supported: 1)"
+    assert err.splitlines()[0] == f"{path}:1: version: unsupported version 3 (supported: 1, 2)"
 
 
 def test_phases_text(capsys: pytest.CaptureFixture[str]) -> None:
