@@ -43,6 +43,7 @@ from .model import (
     Mode,
     Observation,
     Phase,
+    PolicyRef,
     Rule,
     RuleKind,
     Settings,
@@ -227,14 +228,14 @@ class GroupView:
         self._cache: dict[tuple[str | None, int], Decision] = {}
         self._downgraded: dict[tuple[int, str], tuple[Decision, Decision]] = {}
         self._merged: dict[tuple[Rule, ...], tuple[Rule, ...]] = {}
-        self._allow = ALLOW if group.id == DEFAULT_GROUP else replace(ALLOW, group=group.id)
-        self._store_inspect = Decision(
-            Action.ALLOW, rule="builtin:store-host",
-            reason="app-store host: the URL decides, so it is inspected", inspect=True, group=group.id)
-        self._path_inspect = Decision(
-            Action.ALLOW, rule="builtin:download-host",
-            reason="shared download host: the URL path decides, so it is inspected", inspect=True,
-            group=group.id)
+        self._ref = PolicyRef(policy.name, policy.digest) if policy.digest or policy.name else None
+        self._allow = replace(ALLOW, group=group.id, legal_status=self.legal_status, policy=self._ref)
+        self._store_inspect = replace(
+            self._allow, rule="builtin:store-host",
+            reason="app-store host: the URL decides, so it is inspected", inspect=True)
+        self._path_inspect = replace(
+            self._allow, rule="builtin:download-host",
+            reason="shared download host: the URL path decides, so it is inspected", inspect=True)
 
     @property
     def fingerprint(self) -> tuple[tuple[str, Phase], ...]:
@@ -371,7 +372,7 @@ class GroupView:
         if allows:
             return Decision(Action.ALLOW, rule=allows[0].cite(key),
                             reason=f"{allows[0].pattern or key} is on the allow list", group=self.group.id,
-                            legal_status=self.legal_status)
+                            legal_status=self.legal_status, policy=self._ref)
         best: tuple[Action, Rule] | None = None
         apps: list[str] = []
         for rule in rules:
@@ -410,7 +411,7 @@ class GroupView:
         legal = tuple(st for st in ph.legal if st.framework in ph.frameworks) or ph.legal
         return Decision(action, tuple(apps), ph.phase, rule.cite(key), reason, group=self.group.id,
                         app_names=names, frameworks=ph.frameworks, legal=legal,
-                        legal_status=self.legal_status)
+                        legal_status=self.legal_status, policy=self._ref)
 
     def _enforce(self, d: Decision, client: str | None) -> Decision:
         """Monitor mode, a monitoring group and exempt clients turn a block into a log."""

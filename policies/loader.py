@@ -10,11 +10,13 @@ Only a policy with no problems is compiled into indexes; a bad one raises
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import ipaddress
 import os
+import stat
 import re
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -318,7 +320,33 @@ def load_policy_text(text: str, file: str = "<policy>", base: Path | None = None
     if w.issues or policy is None:
         issues = sorted(w.issues, key=lambda i: (i.file != file, i.file, i.line))  # stable: keeps field order
         raise PolicyError(issues or [PolicyIssue(file, 1, "(file)", "invalid policy")], tuple(w.files))
-    return policy
+    try:
+        digest = policy_digest(text, policy.files[1:])
+    except OSError as exc:
+        raise PolicyError([PolicyIssue(file, 0, "(file)", f"a list file changed while loading: {exc}")],
+                          tuple(w.files)) from exc
+    return replace(policy, digest=digest)
+
+
+def policy_digest(text: str, list_files: Iterable[str]) -> str:
+    """sha256 over the policy text and each list file's bytes, each preceded by
+    its length (8 bytes, big-endian), so no two sets of files share a digest.
+    An auditor recomputes it from the same files: ``egress-filter check`` prints it."""
+    h = hashlib.sha256()
+    data = text.encode("utf-8")
+    h.update(len(data).to_bytes(8, "big"))
+    h.update(data)
+    for name in list_files:
+        # Non-blocking, and only a regular file: the load already read it as one.
+        fd = os.open(name, os.O_RDONLY | os.O_NONBLOCK)
+        with os.fdopen(fd, "rb") as fh:
+            st = os.fstat(fh.fileno())
+            if not stat.S_ISREG(st.st_mode):
+                raise OSError(f"{name} is no longer a regular file")
+            h.update(st.st_size.to_bytes(8, "big"))
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+    return f"sha256:{h.hexdigest()}"
 
 
 def _compile(w: _Walker, root: yaml.Node, base: Path) -> Policy | None:
@@ -847,5 +875,13 @@ def policy_summary(policy: Policy) -> dict[str, Any]:
         "apps": list(policy.apps),
         "rules": {k: v for k, v in sorted(policy.counts.items()) if k != "apps"},
         "exempt_clients": [str(n) for n in policy.exempt],
+        "name": policy.name,
+        "digest": policy.digest,
+        "frameworks": list(policy.frameworks),
+        "groups": {g: {"networks": [str(n) for n in c.networks], "frameworks": list(c.frameworks),
+                       "mode": c.mode.value if c.mode else None,
+                       "legal_status": c.legal_status.value if c.legal_status else None}
+                   for g, c in policy.clients.items()},
+        "legal_status": policy.legal_status.value,
     }
 

@@ -13,6 +13,7 @@ import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import NamedTuple
 
 
 class Action(StrEnum):
@@ -270,6 +271,13 @@ class ClientGroup:
     exempt: bool = False  # the group made from ``exempt_clients``
 
 
+class PolicyRef(NamedTuple):
+    """The policy's ``name`` and digest (sha256 over its file and list files)."""
+
+    name: str | None
+    digest: str | None
+
+
 DEFAULT_GROUP = "default"
 EXEMPT_GROUP = "exempt"
 
@@ -344,6 +352,7 @@ class Decision:
     frameworks: tuple[str, ...] = ()  # the frameworks that produced ``phase``
     legal: tuple[FrameworkState, ...] = ()  # their record on the day
     legal_status: LegalStatus = LegalStatus.AS_ORDERED
+    policy: PolicyRef | None = None  # which policy decided: every event carries it, for audits
 
     @property
     def would(self) -> Action:

@@ -9,6 +9,8 @@ specific group network wins.
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
@@ -225,3 +227,45 @@ def test_version_1_is_one_implicit_framework() -> None:
     d = p.view(D(2021, 1, 1)).decide(Observation.dns("chat.example"))
     assert (d.action, d.frameworks, d.legal[0].title, d.legal[0].citation) == (
         Action.BLOCK, ("policy",), "Order A", "1 FR 1")
+
+
+def test_events_carry_group_frameworks_and_policy_digest(policy: Policy) -> None:
+    from policies import build_event
+
+    obs = Observation.dns("chat.example", "10.1.3.5")
+    d = policy.view(D(2020, 3, 5)).decide(obs)
+    egress = build_event(d, obs, "dns")["egress"]
+    assert egress["group"] == "strict" and egress["frameworks"] == ["rule-b"]
+    assert egress["legal_status"] == "in_force"
+    assert egress["legal"] == [{"id": "rule-b", "status": "in_force", "since": "2020-02-10", "source": "memo 7"}]
+    assert egress["policy"]["name"] == "legal test"
+    assert egress["policy"]["digest"].startswith("sha256:") and len(egress["policy"]["digest"]) == 71
+
+
+DIGEST_CASES = [
+    pytest.param(lambda p, lst: None, True, id="same-files-same-digest"),
+    pytest.param(lambda p, lst: lst.write_text("other.example\n"), False, id="list-file-changed"),
+    pytest.param(lambda p, lst: p.write_text(p.read_text() + "# comment\n"), False, id="policy-file-changed"),
+]
+
+
+@pytest.mark.parametrize(("change", "same"), DIGEST_CASES)
+def test_digest_covers_the_policy_and_its_list_files(tmp_path: Path, change: Callable[[Path, Path], object],
+                                                     same: bool) -> None:
+    import hashlib
+
+    from policies import load_policy
+
+    lst = tmp_path / "names.txt"
+    lst.write_text("chat.example\n")
+    p = tmp_path / "p.yaml"
+    p.write_text(BASE_V2 + "  - {id: more, name: M, owner: O, lists: [names.txt]}\n")
+    first = load_policy(p).digest
+    change(p, lst)
+    assert (load_policy(p).digest == first) is same
+    # An auditor recomputes it: length-prefixed file contents, policy file first.
+    h = hashlib.sha256()
+    for f in (p, lst):
+        data = f.read_bytes()
+        h.update(len(data).to_bytes(8, "big") + data)
+    assert load_policy(p).digest == f"sha256:{h.hexdigest()}"
