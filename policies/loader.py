@@ -13,8 +13,8 @@ import datetime as dt
 import hashlib
 import ipaddress
 import os
-import stat
 import re
+import stat
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path

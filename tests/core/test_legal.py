@@ -237,7 +237,8 @@ def test_events_carry_group_frameworks_and_policy_digest(policy: Policy) -> None
     egress = build_event(d, obs, "dns")["egress"]
     assert egress["group"] == "strict" and egress["frameworks"] == ["rule-b"]
     assert egress["legal_status"] == "in_force"
-    assert egress["legal"] == [{"id": "rule-b", "status": "in_force", "since": "2020-02-10", "source": "memo 7"}]
+    assert egress["legal"] == [
+        {"id": "rule-b", "status": "in_force", "since": "2020-02-10", "source": "memo 7"}]
     assert egress["policy"]["name"] == "legal test"
     assert egress["policy"]["digest"].startswith("sha256:") and len(egress["policy"]["digest"]) == 71
 
