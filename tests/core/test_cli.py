@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from egress_filter.cli import main
-from policies import BUNDLED
+from policies import BUNDLED, load_policy
 from tests.core.conftest import POLICY_FILE, WritePolicy
 
 P = ["--policy", str(POLICY_FILE)]
@@ -39,6 +39,12 @@ def test_check_prints_a_summary(capsys: pytest.CaptureFixture[str]) -> None:
         "  sni: 2",
         "  store_ids: 4",
         "  exempt clients: 10.9.0.0/16, 2001:db8:9::/48",
+        "  frameworks: policy",
+        "  group default: policy (no networks)",
+        "  group exempt: policy (10.9.0.0/16, 2001:db8:9::/48)",
+        "  legal status: as_ordered",
+        "  name: core test policy",
+        f"  digest: {load_policy(POLICY_FILE).digest}",
     ]
 
 
@@ -237,6 +243,8 @@ def test_explain_text(capsys: pytest.CaptureFixture[str]) -> None:
         "  phase:  full",
         "  rule:   domain:tiktok.com",
         "  at:     2020-11-13",
+        "  group:  exempt (legal status: as ordered)",
+        "  framework: policy schedule: in force since 2020-11-12, Commerce ID 2020-09-18",
         "  reason: client 10.9.1.1 is exempt: would be blocked, logged instead; "
         "tiktok.com and its subdomains belong to TikTok; "
         "TikTok is in phase 'full' since 2020-11-12 (Commerce ID 2020-09-18), so this is blocked",
@@ -277,7 +285,8 @@ def test_phases_text(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = run(["phases", "--at", "2020-10-01", *P], capsys)
     assert code == 0
     assert out.splitlines() == [
-        "Phases at 2020-10-01:",
+        "Phases at 2020-10-01 for group default (legal status: as ordered; "
+        "* marks the frameworks that set the phase):",
         "  TikTok     downloads  since 2020-09-20  Commerce ID 2020-09-18",
         "  WeChat     full       since 2020-09-20  Commerce ID 2020-09-18",
         "  Later App  none       since -           before the schedule starts",
