@@ -191,14 +191,35 @@ NAME_CASES = [
     ("tenpay-shared", "www.tenpay.com", Kind.DNS, EO13971_START, Action.BLOCK, ("wechat_pay", "qq_wallet")),
     ("wechat-pay-under-weixin", "pay.weixin.qq.com", Kind.DNS, D(2020, 9, 21), Action.BLOCK,
      ("wechat", "wechat_pay")),
-    ("wechat-pay", "wechatpay.cn", Kind.DNS, EO13971_START, Action.BLOCK, ("wechat_pay",)),
-    ("wechat-pay-before", "wechatpay.cn", Kind.DNS, EO13971_START - DAY, Action.ALLOW, ("wechat_pay",)),
+    # WeChat Pay's own names are WeChat's too: the WeChat order covered payments through WeChat
+    ("wechat-pay", "wechatpay.cn", Kind.DNS, D(2020, 9, 20), Action.BLOCK, ("wechat", "wechat_pay")),
+    ("wechat-pay-before", "wechatpay.cn", Kind.DNS, D(2020, 9, 19), Action.ALLOW, ("wechat", "wechat_pay")),
+    ("wechat-pay-hk", "www.wechatpay.com.hk", Kind.DNS, EO13971_START, Action.BLOCK, ("wechat_pay",)),
+    ("wechat-pay-hk-before", "www.wechatpay.com.hk", Kind.DNS, EO13971_START - DAY, Action.ALLOW,
+     ("wechat_pay",)),
     ("alipay", "mobilegw.alipay.com", Kind.SNI, EO13971_START, Action.BLOCK, ("alipay",)),
     ("alipay-tld", "render.alipay", Kind.DNS, EO13971_START, Action.BLOCK, ("alipay",)),
     ("camscanner", "www.camscanner.com", Kind.DNS, EO13971_START, Action.BLOCK, ("camscanner",)),
     ("shareit", "api2.wshareit.com", Kind.DNS, EO13971_START, Action.BLOCK, ("shareit",)),
     ("vmate", "campaign.vmate.com", Kind.DNS, EO13971_START, Action.BLOCK, ("vmate",)),
     ("wps", "www.wps.com", Kind.SNI, EO13971_START, Action.BLOCK, ("wps_office",)),
+    # broadened from traffic-classification projects (nDPI, OpenAppID) and TikTok's own docs
+    ("tiktok-open-api", "open.tiktokapis.com", Kind.SNI, D(2020, 11, 13), Action.BLOCK, ("tiktok",)),
+    ("tiktok-byteicdn", "v16m.byteicdn.com", Kind.DNS, D(2020, 11, 13), Action.BLOCK, ("tiktok",)),
+    ("tiktok-footprint-alias", "x.tiktokcdn-us.com.c.footprint.net", Kind.DNS, D(2020, 11, 13), Action.BLOCK,
+     ("tiktok",)),
+    ("tiktok-akamai-host", "p16-va-default.akamaized.net", Kind.SNI, D(2020, 11, 13), Action.BLOCK,
+     ("tiktok",)),
+    ("wechat-media-on-qpic", "mmbiz.qpic.cn", Kind.SNI, D(2020, 9, 21), Action.BLOCK, ("wechat",)),
+    ("wechat-media-on-qq", "szwbwxsns.video.qq.com", Kind.DNS, D(2020, 9, 21), Action.BLOCK, ("wechat",)),
+    ("qpic-other-host-waits-for-qq", "puui.qpic.cn", Kind.DNS, D(2020, 9, 21), Action.ALLOW, ("tencent_qq",)),
+    ("wechat-we-chat", "we.chat", Kind.DNS, D(2020, 9, 21), Action.BLOCK, ("wechat",)),
+    ("qq-wallet-payqqp", "www.payqqp.com", Kind.DNS, EO13971_START, Action.BLOCK, ("qq_wallet",)),
+    ("qq-wallet-pay-qq-com", "pay.qq.com", Kind.DNS, EO13971_START, Action.BLOCK, ("qq_wallet",)),
+    ("qq-short-links", "x.qqurl.com", Kind.DNS, EO13971_START, Action.BLOCK, ("tencent_qq",)),
+    ("qq-games-opt-in", "www.qqgames.com", Kind.DNS, ALL_ON, Action.ALLOW, ()),
+    ("shareit-dalyfeds", "api.dalyfeds.com", Kind.DNS, EO13971_START, Action.BLOCK, ("shareit",)),
+    ("wps-community", "wps-community.org", Kind.DNS, EO13971_START, Action.BLOCK, ("wps_office",)),
     ("unrelated-example", "example.com", Kind.DNS, ALL_ON, Action.ALLOW, ()),
     ("unrelated-google", "www.google.com", Kind.SNI, ALL_ON, Action.ALLOW, ()),
     ("label-boundary-prefix", "nottiktok.com", Kind.DNS, ALL_ON, Action.ALLOW, ()),
@@ -232,6 +253,9 @@ SHARED = [
     "x.ksyun.com", "x.ks-cdn.com", "x.ksyuncdn.com", "x.kcdnvip.com",
     "x.akamaiedge.net", "x.edgesuite.net", "x.edgekey.net", "x.akamaized.net", "d1.cloudfront.net",
     "global.fastly.net", "x.map.fastly.net", "app.appsflyersdk.com", "x.alicdn.com", "x.aliyuncs.com",
+    "x.c.footprint.net", "x.app.link", "x.tlivecdn.com", "x.tlivepush.com", "httpdns.volcengineapi.com",
+    "x.bytefcdn-oversea.com", "x.bytetcdn.com", "x.ttdns2.com", "x.byteigtm.com", "x.worldfcdn.com",
+    "x.wsdvs.com", "x.fengkongcloud.com", "x.faceulv.com",
 ]
 SHARED_VIEWS = [(None, Phase.FULL), (ALL_ON, None), (D(2020, 11, 13), None)]
 
@@ -419,8 +443,8 @@ def test_every_legal_entry_cites_a_declared_source(raw: dict[str, Any]) -> None:
         assert set(keys) <= set(raw["sources"]), f"{where}: {keys}"
 
 
-REPO_NAMED = ("chinaapps", "dragonapps", "mobileagent", "lzwjava", "webullpy")
-REPO_KEYS = ("v2fly:", "adguard:", "bm7:", "blp:", "brew:", "winget:", "disconnect:")
+REPO_NAMED = ("chinaapps", "dragonapps", "mobileagent", "lzwjava", "webullpy", "ndpi", "odp")
+REPO_KEYS = ("v2fly:", "adguard:", "bm7:", "blp:", "brew:", "winget:", "disconnect:", "repcz:")
 LEGAL_KEYS = ("eo1", "commerce:", "court:", "ntgda", "omb:", "far:", "tx:")
 
 
@@ -429,7 +453,7 @@ def test_every_citation_names_repository_and_commit_or_url(raw: dict[str, Any]) 
         assert isinstance(citation, str)
         if key.startswith(REPO_KEYS) or key in REPO_NAMED:
             assert citation.startswith("github.com/") and " @ " in citation, key
-        elif key == "trendmicro":
+        elif key in ("trendmicro", "tiktokdev:api-v2", "gist:cr4zyfl1x"):
             assert citation.startswith("https://"), key
         elif key.startswith("idx:"):
             assert "hit" in citation, key
