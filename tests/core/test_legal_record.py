@@ -105,8 +105,6 @@ STATUS_RECORD = [
                  ("TikTok Inc. v. Trump", "ECF 43", "507 F. Supp. 3d 92"), id="eo13942-ddc-2020-12-07"),
     pytest.param("eo-13942", D(2021, 6, 9), Status.REVOKED, None, ("EO 14034", "86 FR 31423", "2021-12506"),
                  id="eo13942-revoked-2021-06-09"),
-    pytest.param("eo-13942", D(2021, 6, 21), Status.REVOKED, None, ("rescinding", "FR cite not confirmed"),
-                 id="eo13942-identification-rescinded-2021-06-21"),
     pytest.param("eo-13943", D(2020, 8, 6), Status.IN_FORCE, None, ("85 FR 48641",), id="eo13943-signed"),
     pytest.param("eo-13943", D(2020, 9, 19), Status.ENJOINED, None,
                  ("U.S. WeChat Users Alliance v. Trump", "N.D. Cal. 3:20-cv-05910-LB", "ECF 59"),
@@ -115,8 +113,6 @@ STATUS_RECORD = [
                  id="eo13943-stay-denied-2020-10-23"),
     pytest.param("eo-13943", D(2021, 6, 9), Status.REVOKED, None, ("EO 14034", "86 FR 31423"),
                  id="eo13943-revoked-2021-06-09"),
-    pytest.param("eo-13943", D(2021, 6, 21), Status.REVOKED, None, ("rescinding", "FR cite not confirmed"),
-                 id="eo13943-identification-rescinded-2021-06-21"),
     pytest.param("eo-13971", D(2021, 1, 5), Status.IN_FORCE, None, ("86 FR 1249", "sec. 1(a)"),
                  id="eo13971-signed"),
     pytest.param("eo-13971", D(2021, 6, 9), Status.REVOKED, None, ("EO 14034", "86 FR 31423"),
@@ -164,6 +160,22 @@ NOTE_RECORD = [
     pytest.param(TX, "temu", ("secondary reports only",), id="texas-2026-names"),
 ]
 
+STATUS_NOTES = [
+    # (framework, from, strings the status entry's note must contain)
+    pytest.param("eo-13942", D(2021, 6, 9), ("rescinded the identification", "2021-06-21", "not confirmed"),
+                 id="tiktok-rescission"),
+    pytest.param("eo-13943", D(2021, 6, 9), ("rescinded the identification", "withdrawn before publication"),
+                 id="wechat-rescission"),
+    pytest.param("eo-13942", D(2020, 9, 27), ("item 1", "not confirmed", "490 F. Supp. 3d 73"),
+                 id="ddc-scope"),
+    pytest.param("eo-13943", D(2020, 9, 19), ("items 1-6", "488 F. Supp. 3d 912 is not confirmed"),
+                 id="uswua-scope"),
+    pytest.param("eo-13971", D(2021, 1, 5), ("never operative", "No bans have been issued"),
+                 id="eo13971-never"),
+    pytest.param("ntgda", D(2022, 12, 29), ("not confirmed",), id="ntgda-enactment-date"),
+
+]
+
 
 @pytest.mark.parametrize(("fid", "app", "words"), NOTE_RECORD)
 def test_notes_say_what_is_not_confirmed(bundled: Policy, fid: str, app: str | None,
@@ -180,6 +192,15 @@ def test_notes_say_what_is_not_confirmed(bundled: Policy, fid: str, app: str | N
         assert w in text, (w, text)
     if app is None:
         assert bundled.frameworks[fid].note is not None
+
+
+@pytest.mark.parametrize(("fid", "start", "words"), STATUS_NOTES)
+def test_status_notes(bundled: Policy, fid: str, start: dt.date, words: tuple[str, ...]) -> None:
+    [entry] = [e for e in bundled.frameworks[fid].status if e.start == start]
+    assert entry.note is not None
+    note = " ".join(entry.note.split())
+    for w in words:
+        assert w in note, (w, note)
 
 
 # --- the phases each group gets --------------------------------------------------------------
@@ -256,7 +277,7 @@ STATE_TABLE = [
                  id="wechat-uswua"),
     pytest.param("default", D(2021, 6, 9), "wechat_pay", "eo-13971", Status.REVOKED, "86 FR 31423",
                  id="eo13971-revoked"),
-    pytest.param("default", TODAY, "tiktok", "eo-13942", Status.REVOKED, "rescinding", id="tiktok-today"),
+    pytest.param("default", TODAY, "tiktok", "eo-13942", Status.REVOKED, "86 FR 31423", id="tiktok-today"),
     pytest.param("government-devices", TODAY, "capcut", "ntgda", Status.IN_FORCE, "OMB M-23-13",
                  id="capcut-ntgda-today"),
     pytest.param("federal-contractors", TODAY, "lemon8", "far-52.204-27", Status.IN_FORCE, "88 FR 36430",
