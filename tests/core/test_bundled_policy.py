@@ -255,7 +255,8 @@ SHARED = [
     "global.fastly.net", "x.map.fastly.net", "app.appsflyersdk.com", "x.alicdn.com", "x.aliyuncs.com",
     "x.c.footprint.net", "x.app.link", "x.tlivecdn.com", "x.tlivepush.com", "httpdns.volcengineapi.com",
     "x.bytefcdn-oversea.com", "x.bytetcdn.com", "x.ttdns2.com", "x.byteigtm.com", "x.worldfcdn.com",
-    "x.wsdvs.com", "x.fengkongcloud.com", "x.faceulv.com",
+    "x.wsdvs.com", "x.fengkongcloud.com", "x.faceulv.com", "x.ttdns3.com", "x.ttdns4.com", "x.akadns.net",
+    "x.bytedance.akadns.net",
 ]
 SHARED_VIEWS = [(None, Phase.FULL), (ALL_ON, None), (D(2020, 11, 13), None)]
 
@@ -444,7 +445,7 @@ def test_every_legal_entry_cites_a_declared_source(raw: dict[str, Any]) -> None:
 
 
 REPO_NAMED = ("chinaapps", "dragonapps", "mobileagent", "lzwjava", "webullpy", "ndpi", "odp")
-REPO_KEYS = ("v2fly:", "adguard:", "bm7:", "blp:", "brew:", "winget:", "disconnect:", "repcz:")
+REPO_KEYS = ("v2fly:", "adguard:", "bm7:", "blp:", "brew:", "winget:", "disconnect:", "repcz:", "hagezi:")
 LEGAL_KEYS = ("eo1", "commerce:", "court:", "ntgda", "omb:", "far:", "tx:")
 
 
