@@ -66,6 +66,8 @@ def load_or_exit(path: str | None) -> Policy:
 
 def cmd_check(args: argparse.Namespace) -> int:
     policy = load_or_exit(args.policy_file or args.policy)
+    if args.upgrade:
+        return print_upgrade(policy)
     summary = policy_summary(policy)
     for warning in summary["warnings"]:
         print(f"{summary['source']}: warning: {warning}", file=sys.stderr)
@@ -79,6 +81,24 @@ def cmd_check(args: argparse.Namespace) -> int:
         print(f"  {key}: {n}")
     if summary["exempt_clients"]:
         print(f"  exempt clients: {', '.join(summary['exempt_clients'])}")
+    print(f"  frameworks: {', '.join(summary['frameworks'])}")
+    for name, g in summary["groups"].items():
+        nets = ", ".join(g["networks"]) or "no networks"
+        print(f"  group {name}: {', '.join(g['frameworks']) or 'no frameworks'} ({nets})")
+    print(f"  legal status: {summary['legal_status']}")
+    print(f"  name: {summary['name'] or '-'}")
+    print(f"  digest: {summary['digest']}")
+    return 0
+
+
+def print_upgrade(policy: Policy) -> int:
+    """``check --upgrade``: the version-2 form of a version-1 policy, on stdout."""
+    from pathlib import Path
+
+    from policies.upgrade import upgrade_text
+
+    source = policy.source or ""
+    print(upgrade_text(Path(source).read_text(encoding="utf-8")), end="")
     return 0
 
 
@@ -105,15 +125,21 @@ def cmd_explain(args: argparse.Namespace) -> int:
         from urllib.parse import urlsplit
 
         host = urlsplit(value).hostname
+    from .legal_cli import group_of
+
+    group = group_of(policy, args)
     obs = Observation(kind, value, args.client, host)
     view = policy.view(args.at, Phase(args.phase) if args.phase else None,
-                       Mode(args.mode) if args.mode else None)
-    d = view.decide(obs)
+                       Mode(args.mode) if args.mode else None, args.legal_status)
+    d = view.groups[group].decide(obs)
     if args.json:
         out: dict[str, Any] = {
             "observation": {"kind": kind.value, "value": value, "client": args.client},
             "action": d.action.value, "would": d.would.value, "apps": list(d.apps), "phase": d.phase.value,
             "rule": d.rule, "reason": d.reason, "inspect": d.inspect, "at": view.at.isoformat(),
+            "group": d.group, "frameworks": [s.as_dict() for s in d.legal],
+            "legal_status": d.legal_status.value,
+            "policy": {"name": policy.name, "digest": policy.digest},
         }
         print(json.dumps(out, indent=2))
     else:
@@ -122,31 +148,17 @@ def cmd_explain(args: argparse.Namespace) -> int:
         print(f"  phase:  {d.phase.value}")
         print(f"  rule:   {d.rule or '-'}")
         print(f"  at:     {view.at}")
+        print(f"  group:  {d.group} (legal status: {d.legal_status.value.replace('_', ' ')})")
+        for state in d.legal:
+            print(f"  framework: {state.describe()}")
         if d.inspect:
             print("  inspect: yes (a proxy must decrypt to see the URL)")
         print(f"  reason: {d.reason}")
     return 0
 
 
-def cmd_phases(args: argparse.Namespace) -> int:
-    policy = load_or_exit(args.policy)
-    day = args.at or policy.today()
-    phases = policy.phases(day, Phase(args.phase) if args.phase else None)
-    if args.json:
-        print(json.dumps({"at": day.isoformat(), "apps": [
-            {"app": a.app, "name": policy.apps[a.app].name, "phase": a.phase.value,
-             "since": a.since.isoformat() if a.since else None, "source": a.source,
-             "overridden": a.overridden} for a in phases.values()]}, indent=2))
-        return 0
-    print(f"Phases at {day}:")
-    width = max(len(policy.apps[a].name) for a in phases) if phases else 4
-    for a in phases.values():
-        since = a.since.isoformat() if a.since else "-"
-        print(f"  {policy.apps[a.app].name:<{width}}  {a.phase.value:<9}  since {since:<10}  {a.source}")
-    return 0
-
-
-SUBSYSTEMS = ("dns_blocker.cli", "proxy_addons.cli", "replay.cli", "egress_filter.run")
+SUBSYSTEMS = ("egress_filter.legal_cli", "dns_blocker.cli", "proxy_addons.cli", "replay.cli",
+              "egress_filter.run")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -157,21 +169,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("policy_file", nargs="?", metavar="POLICY", help="policy YAML (default: bundled)")
     p.add_argument("--policy", help=argparse.SUPPRESS)
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.add_argument("--upgrade", action="store_true",
+                   help="print the version-2 form of a version-1 policy (frameworks and client groups)")
     p.set_defaults(func=cmd_check)
+
+    from .legal_cli import add_legal_args
 
     p = sub.add_parser("explain", help="decide one name, SNI, URL or IP and say why")
     p.add_argument("target", metavar="NAME_OR_URL")
     add_policy_args(p)
-    p.add_argument("--client", metavar="IP", help="the client address (exempt networks apply)")
+    add_legal_args(p)
     p.add_argument("--kind", choices=[k.value for k in Kind], help="what the target is (guessed by default)")
     p.add_argument("--mode", choices=[m.value for m in Mode], help="override the policy's mode")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_explain)
-
-    p = sub.add_parser("phases", help="each app's phase at a date, since when, and the source")
-    add_policy_args(p)
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(func=cmd_phases)
 
     for name in SUBSYSTEMS:
         try:

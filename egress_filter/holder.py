@@ -137,7 +137,8 @@ class PolicyHolder:
         if self.allow_empty or policy.settings.allow_empty:
             return
         old = self.view
-        if blocks_anything(old.policy, old.phases) and not blocks_anything(policy, view.phases):
+        if (any(blocks_anything(old.policy, g.phases) for g in old.groups.values())
+                and not any(blocks_anything(policy, g.phases) for g in view.groups.values())):
             raise PolicyError([PolicyIssue(
                 policy.source or "<policy>", 0, "(policy)",
                 f"the new policy blocks nothing on {view.at}, where the one in force blocks; "

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field, replace
 from urllib.parse import unquote, urlsplit
 from zoneinfo import ZoneInfo
 
+from .legal import app_phase
 from .matching import (
     STORE_HOSTS,
     GlobMatcher,
@@ -30,14 +31,19 @@ from .matching import (
 )
 from .model import (
     ALLOW,
+    DEFAULT_GROUP,
     Action,
     App,
     AppPhase,
+    ClientGroup,
     Decision,
+    Framework,
     Kind,
+    LegalStatus,
     Mode,
     Observation,
     Phase,
+    PolicyRef,
     Rule,
     RuleKind,
     Settings,
@@ -69,7 +75,7 @@ class Policy:
     apps: Mapping[str, App]
     names: NameIndex
     globs: GlobMatcher
-    networks: NetworkMatcher
+    networks: NetworkMatcher[Rule]
     download_paths: Mapping[str, tuple[Rule, ...]]  # exact host -> path-prefixed download rules
     download_path_globs: GlobMatcher  # '*.host' download rules with a path prefix
     store_index: Mapping[tuple[str, str], tuple[str, ...]]  # (store, id) -> app ids
@@ -81,47 +87,130 @@ class Policy:
     files: tuple[str, ...] = ()  # the YAML and every list file, for reload-on-change
     counts: Mapping[str, int] = field(default_factory=dict)
     tiers: Mapping[str, frozenset[Tier]] = field(default_factory=dict)  # each app's rule tiers
+    frameworks: Mapping[str, Framework] = field(default_factory=dict)
+    # Always holds DEFAULT_GROUP (and EXEMPT_GROUP when exempt_clients is set).
+    clients: Mapping[str, ClientGroup] = field(
+        default_factory=lambda: {DEFAULT_GROUP: ClientGroup(DEFAULT_GROUP, (), ())})
+    client_networks: NetworkMatcher[str] = field(default_factory=lambda: NetworkMatcher(()))
+    legal_status: LegalStatus = LegalStatus.AS_ORDERED
+    name: str | None = None
+    digest: str | None = None  # sha256 over the policy file and its list files
 
     def today(self, now: dt.datetime | None = None) -> dt.date:
         """The date the schedules are read at, in the policy's time zone."""
         now = now or dt.datetime.now(dt.UTC)
         return now.astimezone(ZoneInfo(self.timezone)).date()
 
-    def phases(self, at: dt.date | None = None, phase: Phase | None = None) -> dict[str, AppPhase]:
+    def group_for(self, client: str | None) -> str:
+        """The client's group: its most specific matching network, else ``default``."""
+        if not client or not len(self.client_networks):
+            return DEFAULT_GROUP
+        hit = self.client_networks.lookup(client)
+        return hit[1][0] if hit is not None else DEFAULT_GROUP
+
+    def group_frameworks(self, group: str) -> tuple[Framework, ...]:
+        return tuple(self.frameworks[f] for f in self.clients[group].frameworks)
+
+    def group_legal_status(self, group: str, legal_status: LegalStatus | None = None) -> LegalStatus:
+        """A setting given by the caller (the command line) wins over the group's and the policy's."""
+        return legal_status or self.clients[group].legal_status or self.legal_status
+
+    def phases(self, at: dt.date | None = None, phase: Phase | None = None, group: str = DEFAULT_GROUP,
+               legal_status: LegalStatus | None = None) -> dict[str, AppPhase]:
+        """Each app's phase for ``group`` on ``at``, with the frameworks and their record."""
         day = at or self.today()
+        frameworks = self.group_frameworks(group)
+        ls = self.group_legal_status(group, legal_status)
         out: dict[str, AppPhase] = {}
         for app in self.apps.values():
-            current, entry = app.phase_at(day)
             if phase is not None:
-                out[app.id] = AppPhase(app.id, phase, None, "override (--phase)", True)
+                out[app.id] = app_phase(app.id, frameworks, day, ls, group, phase, "override (--phase)")
             elif app.phase_override is not None:
-                out[app.id] = AppPhase(app.id, current, None, "override (policy phase:)", True)
-            elif entry is None:
-                out[app.id] = AppPhase(app.id, Phase.NONE, None, "before the schedule starts")
+                out[app.id] = app_phase(app.id, frameworks, day, ls, group, app.phase_override,
+                                        "override (policy phase:)")
             else:
-                out[app.id] = AppPhase(app.id, entry.phase, entry.start, entry.source)
+                out[app.id] = app_phase(app.id, frameworks, day, ls, group)
         return out
 
     def view(self, at: dt.date | None = None, phase: Phase | None = None,
-             mode: Mode | None = None) -> PolicyView:
-        return PolicyView(self, at or self.today(), phase, mode or self.mode)
+             mode: Mode | None = None, legal_status: LegalStatus | None = None) -> PolicyView:
+        return PolicyView(self, at or self.today(), phase, mode, legal_status)
 
 
 def decide(policy: Policy, observation: Observation, at: dt.date | None = None,
-           phase: Phase | None = None, mode: Mode | None = None) -> Decision:
+           phase: Phase | None = None, mode: Mode | None = None,
+           legal_status: LegalStatus | None = None) -> Decision:
     """One-shot decision. Adapters should keep a ``PolicyView`` instead."""
-    return policy.view(at, phase, mode).decide(observation)
+    return policy.view(at, phase, mode, legal_status).decide(observation)
 
 
 class PolicyView:
-    """A policy at one moment: app phases fixed, decisions cached."""
+    """A policy at one moment: one ``GroupView`` per client group, chosen by
+    the client's address.  With no group networks every client is in
+    ``default`` and no lookup is made."""
 
-    def __init__(self, policy: Policy, at: dt.date, phase: Phase | None, mode: Mode):
+    def __init__(self, policy: Policy, at: dt.date, phase: Phase | None, mode: Mode | None,
+                 legal_status: LegalStatus | None = None):
         self.policy = policy
         self.at = at
         self.phase_override = phase
-        self.mode = mode
-        self.phases = policy.phases(at, phase)
+        self.groups = {g: GroupView(policy, policy.clients[g], at, phase, mode, legal_status)
+                       for g in policy.clients}
+        self.default = self.groups[DEFAULT_GROUP]
+        self.mode = mode or policy.mode  # as asked; each group may monitor on its own
+        self.legal_status = legal_status
+        self.phases = self.default.phases
+        self.store_interest = any(v.store_interest for v in self.groups.values())
+        self.grouped = len(policy.client_networks) > 0
+        self._client_cache: dict[str, GroupView] = {}
+
+    @property
+    def fingerprint(self) -> tuple[tuple[str, tuple[tuple[str, Phase], ...]], ...]:
+        """Changes exactly when some app's effective phase changes in some group."""
+        return tuple((g, v.fingerprint) for g, v in sorted(self.groups.items()))
+
+    def group(self, client: str | None) -> GroupView:
+        """The view of the client's group (cached per address, bounded)."""
+        if not self.grouped or not client:
+            return self.default
+        v = self._client_cache.get(client)
+        if v is None:
+            if len(self._client_cache) > 65_536:
+                self._client_cache.clear()
+            v = self._client_cache[client] = self.groups[self.policy.group_for(client)]
+        return v
+
+    def decide(self, obs: Observation) -> Decision:
+        return self.group(obs.client).decide(obs)
+
+    def decide_name(self, name: str, kind: Kind = Kind.DNS, client: str | None = None) -> Decision:
+        if not self.grouped or not client:
+            return self.default.decide_name(name, kind, client)
+        return self.group(client).decide_name(name, kind, client)
+
+    def decide_http(self, url: str, host: str | None = None, client: str | None = None,
+                    body: bytes | None = None) -> Decision:
+        return self.group(client).decide_http(url, host, client, body)
+
+    def decide_ip(self, address: str, client: str | None = None) -> Decision:
+        return self.group(client).decide_ip(address, client)
+
+    def enforce(self, d: Decision, client: str | None = None) -> Decision:
+        return self.group(client).enforce(d, client)
+
+
+class GroupView:
+    """A policy at one moment for one client group: app phases fixed, decisions cached."""
+
+    def __init__(self, policy: Policy, group: ClientGroup, at: dt.date, phase: Phase | None,
+                 mode: Mode | None, legal_status: LegalStatus | None = None):
+        self.policy = policy
+        self.group = group
+        self.at = at
+        self.phase_override = phase
+        self.mode = mode or group.mode or policy.mode
+        self.legal_status = policy.group_legal_status(group.id, legal_status)
+        self.phases = policy.phases(at, phase, group.id, legal_status)
         self._phase = {a: p.phase for a, p in self.phases.items()}
         # Store URLs need decrypting only while some app with store ids is enforced.
         self.store_interest = any(
@@ -141,12 +230,13 @@ class PolicyView:
         self._cache: dict[tuple[str | None, int], Decision] = {}
         self._downgraded: dict[tuple[int, str], tuple[Decision, Decision]] = {}
         self._merged: dict[tuple[Rule, ...], tuple[Rule, ...]] = {}
-        self._exempt_cache: dict[str, bool] = {}
-        self._store_inspect = Decision(
-            Action.ALLOW, rule="builtin:store-host",
+        self._ref = PolicyRef(policy.name, policy.digest) if policy.digest or policy.name else None
+        self._allow = replace(ALLOW, group=group.id, legal_status=self.legal_status, policy=self._ref)
+        self._store_inspect = replace(
+            self._allow, rule="builtin:store-host",
             reason="app-store host: the URL decides, so it is inspected", inspect=True)
-        self._path_inspect = Decision(
-            Action.ALLOW, rule="builtin:download-host",
+        self._path_inspect = replace(
+            self._allow, rule="builtin:download-host",
             reason="shared download host: the URL path decides, so it is inspected", inspect=True)
 
     @property
@@ -229,7 +319,7 @@ class PolicyView:
             if globbed is not None:
                 return self._name_and_glob(found, globbed)
         if found is None:
-            return ALLOW
+            return self._allow
         key, specificity, rules = found
         # One rule tuple per (table, key) for the policy's life, so the key
         # alone identifies the verdict; odd specificity means the exact table.
@@ -267,12 +357,12 @@ class PolicyView:
 
     def _ip(self, address: str) -> Decision:
         hit = self.policy.networks.lookup(address)
-        return ALLOW if hit is None else self._judge(hit[1], hit[0])
+        return self._allow if hit is None else self._judge(hit[1], hit[0])
 
     def _store(self, store: str, app_id: str) -> Decision:
         apps = self.policy.store_index.get((store, app_id))
         if not apps:
-            return ALLOW
+            return self._allow
         rules = [Rule(RuleKind.STORE, Tier.DOWNLOAD, a, pattern=f"{store}:{app_id}") for a in apps]
         return self._judge(rules, None)
 
@@ -283,7 +373,8 @@ class PolicyView:
         allows = [r for r in rules if r.tier is Tier.ALLOW]
         if allows:
             return Decision(Action.ALLOW, rule=allows[0].cite(key),
-                            reason=f"{allows[0].pattern or key} is on the allow list")
+                            reason=f"{allows[0].pattern or key} is on the allow list", group=self.group.id,
+                            legal_status=self.legal_status, policy=self._ref)
         best: tuple[Action, Rule] | None = None
         apps: list[str] = []
         for rule in rules:
@@ -309,18 +400,30 @@ class PolicyView:
         }.get(rule.kind, f"{subject} belongs")
         since = f" since {ph.since}" if ph.since else ""
         verb = {Action.BLOCK: "blocked", Action.LOG: "logged", Action.ALLOW: "allowed"}[action]
-        claimed = [self.policy.apps[a].name for a in apps[1:]]
-        others = f" (also claimed by {', '.join(claimed)})" if claimed else ""
+        names = tuple(self.policy.apps[a].name for a in apps)
+        others = f" (also claimed by {', '.join(names[1:])})" if names[1:] else ""
+        by = ""
+        labels = [fw.label for f in ph.frameworks if not (fw := self.policy.frameworks[f]).implicit]
+        if labels:
+            by = f" under {', '.join(labels)}"
+        plain = self.group.id == DEFAULT_GROUP or self.group.exempt
+        group = "" if plain else f" for group {self.group.id}"
         reason = (f"{what} to {app.name}{others}; {app.name} is in phase "
-                  f"'{ph.phase}'{since} ({ph.source}), so this is {verb}")
-        return Decision(action, tuple(apps), ph.phase, rule.cite(key), reason)
+                  f"'{ph.phase}'{since}{by}{group} ({ph.source}), so this is {verb}")
+        legal = tuple(st for st in ph.legal if st.framework in ph.frameworks) or ph.legal
+        return Decision(action, tuple(apps), ph.phase, rule.cite(key), reason, group=self.group.id,
+                        app_names=names, frameworks=ph.frameworks, legal=legal,
+                        legal_status=self.legal_status, policy=self._ref)
 
     def _enforce(self, d: Decision, client: str | None) -> Decision:
-        """Monitor mode and exempt clients turn a block into a log."""
-        if self.mode is _MONITOR:
-            return self._downgrade(d, "monitor mode: would be blocked, logged instead")
-        if client and self.policy.exempt and self._is_exempt(client):
+        """Monitor mode, a monitoring group and exempt clients turn a block into a log."""
+        if self.group.exempt:
             return self._downgrade(d, f"client {client} is exempt: would be blocked, logged instead")
+        if self.mode is _MONITOR:
+            if self.group.mode is _MONITOR:
+                return self._downgrade(d, f"group {self.group.id} is in monitor mode: would be blocked, "
+                                          "logged instead")
+            return self._downgrade(d, "monitor mode: would be blocked, logged instead")
         return d
 
     def _downgrade(self, d: Decision, why: str) -> Decision:
@@ -335,19 +438,6 @@ class PolicyView:
             self._downgraded.clear()
         self._downgraded[key] = (d, out)
         return out
-
-    def _is_exempt(self, client: str) -> bool:
-        hit = self._exempt_cache.get(client)
-        if hit is None:
-            try:
-                ip = ipaddress.ip_address(client.strip("[]"))
-                hit = any(ip in net for net in self.policy.exempt)
-            except ValueError:
-                hit = False
-            if len(self._exempt_cache) > 65_536:
-                self._exempt_cache.clear()
-            self._exempt_cache[client] = hit
-        return hit
 
 
 def _host_only(host: str) -> str:

@@ -59,6 +59,11 @@ class _Template(NamedTuple):
     apps: tuple[str, ...]
     phase: str
     rule: str | None
+    group: str
+    frameworks: tuple[str, ...]
+    legal: tuple[dict[str, Any], ...]  # each framework's record on the day
+    legal_status: str
+    policy: dict[str, str | None] | None
 
 
 # Keyed by (component, id(decision)): hashing the frozen dataclass itself would
@@ -83,6 +88,13 @@ def _template(decision: Decision, component: str) -> _Template:
         decision.apps,
         decision.phase.value,
         decision.rule,
+        decision.group,
+        decision.frameworks,
+        tuple({"id": st.framework, "status": st.status.value,
+               "since": st.since.isoformat() if st.since else None, "source": st.source}
+              for st in decision.legal),
+        decision.legal_status.value,
+        {"name": decision.policy.name, "digest": decision.policy.digest} if decision.policy else None,
     )
     if len(_templates) >= _TEMPLATE_LIMIT:
         _templates.clear()
@@ -158,7 +170,14 @@ def build_event(
         "apps": list(t.apps),
         "phase": t.phase,
         "rule": t.rule,
+        "group": t.group,
     }
+    if t.frameworks:
+        egress["frameworks"] = list(t.frameworks)
+        egress["legal"] = [dict(x) for x in t.legal]
+        egress["legal_status"] = t.legal_status
+    if t.policy is not None:
+        egress["policy"] = dict(t.policy)
     ev: dict[str, Any] = {
         "@timestamp": stamp,
         "ecs": {"version": ECS_VERSION},

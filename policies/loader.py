@@ -15,6 +15,7 @@ YAML nesting is limited while composing, before any recursion gets deep.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import io
 import ipaddress
 import itertools
@@ -22,13 +23,14 @@ import os
 import re
 import stat
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 
+from . import legal_loader
 from .decide import Policy
 from .matching import (
     STORE_HOSTS,
@@ -48,6 +50,7 @@ from .model import (
     DnsSettings,
     EventQueueSettings,
     LegalBasis,
+    LegalStatus,
     Mode,
     Phase,
     ProxySettings,
@@ -61,7 +64,7 @@ from .model import (
 
 BUNDLED = Path(__file__).with_name("bundled.yaml")
 SCHEMA = Path(__file__).with_name("schema.json")  # JSON Schema of this format, for editors
-SUPPORTED_VERSIONS = (1,)
+SUPPORTED_VERSIONS = (1, 2)
 _APP_ID = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 _PLAY_PKG = re.compile(r"^[A-Za-z][A-Za-z0-9_]*(\.[A-Za-z0-9_]+)+$")
 _LIST_NAME = re.compile(r"^(?:[a-z0-9_-]{1,63}\.)*[a-z0-9_-]{1,63}$")
@@ -346,10 +349,14 @@ def _describe(node: yaml.Node) -> str:
 
 TOP_KEYS = {"version": True, "name": False, "description": False, "mode": False, "timezone": False,
             "exempt_clients": False, "allow": False, "sources": False, "groups": False,
-            "settings": False, "apps": True}
+            "settings": False, "apps": True, "frameworks": False, "clients": False,
+            "legal_status": False}
+V2_ONLY = ("frameworks", "clients", "legal_status")
 APP_KEYS = {"id": True, "name": True, "owner": True, "legal_basis": True, "schedule": True,
             "phase": False, "domains": False, "hosts": False, "sni": False, "downloads": False,
             "store": False, "networks": False, "lists": False, "notes": False}
+# Version 2 keeps schedules and the legal record under frameworks:.
+APP_KEYS_V2 = {k: False if k == "legal_basis" else v for k, v in APP_KEYS.items() if k != "schedule"}
 ENTRY_KEYS = {"name": True, "source": False, "confidence": False, "group": False, "note": False}
 CIDR_ENTRY_KEYS = {"cidr": True, "source": False, "confidence": False, "group": False, "note": False}
 STORE_ENTRY_KEYS = {"id": True, "source": False, "confidence": False, "note": False}
@@ -357,7 +364,7 @@ DOWNLOAD_KEYS = {"host": True, "path": False, "source": False, "confidence": Fal
                  "note": False}
 LIST_KEYS = {"path": True, "as": False, "source": False, "group": False}
 LEGAL_KEYS = {"order": True, "citation": True, "signed": False, "url": False, "note": False}
-SCHEDULE_KEYS = {"from": True, "phase": True, "source": True}
+SCHEDULE_KEYS = legal_loader.SCHEDULE_KEYS
 ALLOW_KEYS = {"domains": False, "hosts": False, "lists": False}
 GROUP_KEYS = {"enabled": True, "description": False}
 SETTINGS_KEYS = {"dns": False, "proxy": False, "event_queue": False, "allow_empty": False,
@@ -381,6 +388,8 @@ class _Build:
     files: list[str]
     rules: dict[Rule, Rule]
     caps: _Caps
+    version: int = 1
+    schedules: dict[str, tuple[ScheduleEntry, ...]] = field(default_factory=dict)
 
     def rule(self, *args: Any, **kw: Any) -> Rule:
         r = Rule(*args, **kw)
@@ -442,7 +451,28 @@ def load_policy_text(text: str, file: str = "<policy>", base: Path | None = None
     if w.issues or policy is None:
         issues = sorted(w.issues, key=lambda i: (i.file != file, i.file, i.line))  # stable: keeps field order
         raise PolicyError(issues or [PolicyIssue(file, 1, "(file)", "invalid policy")], tuple(w.files))
-    return policy
+    try:
+        digest = policy_digest(text, policy.files[1:], max_file_size)
+    except _Unreadable as exc:
+        raise PolicyError([PolicyIssue(file, 0, "(file)", f"a list file changed while loading: {exc}")],
+                          tuple(w.files)) from exc
+    return replace(policy, digest=digest)
+
+
+def policy_digest(text: str, list_files: Iterable[str], max_size: int = DEFAULT_MAX_FILE_SIZE) -> str:
+    """sha256 over the policy text and each list file's bytes, each preceded by
+    its length (8 bytes, big-endian), so no two sets of files share a digest.
+    An auditor recomputes it from the same files: ``egress-filter check`` prints it."""
+    h = hashlib.sha256()
+    data = text.encode("utf-8")
+    h.update(len(data).to_bytes(8, "big"))
+    h.update(data)
+    for name in list_files:
+        with _open_regular(Path(name), max_size) as fh:  # as the load itself opened it
+            h.update(os.fstat(fh.fileno()).st_size.to_bytes(8, "big"))
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+    return f"sha256:{h.hexdigest()}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -457,13 +487,19 @@ def _compile(w: _Walker, root: yaml.Node, base: Path, caps: _Caps) -> Policy | N
     top = w.mapping(root, "", TOP_KEYS)
     if top is None:
         return None
+    version = 1
     if "version" in top:
-        version = w.scalar(top["version"], "version", int, "an integer")
-        if version is not None and version not in SUPPORTED_VERSIONS:
-            w.err(top["version"], "version", f"unsupported version {version} (supported: 1)")
-    for key in ("name", "description"):
-        if key in top:
-            w.text(top[key], key)
+        v = w.scalar(top["version"], "version", int, "an integer")
+        if v is not None and v not in SUPPORTED_VERSIONS:
+            w.err(top["version"], "version", f"unsupported version {v} (supported: 1, 2)")
+        elif v is not None:
+            version = v
+    for key in V2_ONLY:
+        if key in top and version < 2:
+            w.err(top[key], key, "needs version: 2 (version 1 keeps a schedule: on each app; "
+                                 "egress-filter check --upgrade prints the version-2 form)")
+    if "description" in top:
+        w.text(top["description"], "description")
     mode = Mode.ENFORCE
     if "mode" in top:
         m = w.choice(top["mode"], "mode", tuple(x.value for x in Mode))
@@ -489,7 +525,7 @@ def _compile(w: _Walker, root: yaml.Node, base: Path, caps: _Caps) -> Policy | N
                 w.text(vnode, f"sources.{knode.value}")
         else:
             w.err(top["sources"], "sources", f"expected a mapping, got {_describe(top['sources'])}")
-    b = _Build(NameIndexBuilder(), [], [], {}, [], {}, {}, {}, w.files, {}, caps)
+    b = _Build(NameIndexBuilder(), [], [], {}, [], {}, {}, {}, w.files, {}, caps, version)
     if "groups" in top and isinstance(top["groups"], yaml.MappingNode):
         for knode, vnode in top["groups"].value:
             g = w.mapping(vnode, f"groups.{knode.value}", GROUP_KEYS)
@@ -510,6 +546,17 @@ def _compile(w: _Walker, root: yaml.Node, base: Path, caps: _Caps) -> Policy | N
             app = _app(w, b, node, f, base, seen)
             if app is not None:
                 apps[app.id] = app
+    policy_name = w.text(top["name"], "name") if "name" in top else None
+    if version >= 2:
+        fws = legal_loader.frameworks(w, top["frameworks"], apps) if "frameworks" in top else {}
+    else:
+        fws = {legal_loader.IMPLICIT: legal_loader.implicit_framework(
+            apps, b.schedules, policy_name or "the policy's schedules")}
+    groups, group_nets = legal_loader.clients(w, top.get("clients") if version >= 2 else None, fws, exempt)
+    ls = LegalStatus.AS_ORDERED
+    if "legal_status" in top and version >= 2:
+        lv = w.choice(top["legal_status"], "legal_status", legal_loader.LEGAL_STATUSES)
+        ls = legal_loader.legal_status(lv) if lv else ls
     if w.issues:
         return None
     b.count("apps", len(apps))
@@ -529,6 +576,11 @@ def _compile(w: _Walker, root: yaml.Node, base: Path, caps: _Caps) -> Policy | N
         files=tuple(b.files),
         counts=dict(b.counts),
         tiers=_tiers(b),
+        frameworks=fws,
+        clients=groups,
+        client_networks=NetworkMatcher(group_nets),
+        legal_status=ls,
+        name=policy_name,
     )
 
 
@@ -660,7 +712,7 @@ def _allow(w: _Walker, b: _Build, node: yaml.Node, base: Path) -> None:
 
 def _app(w: _Walker, b: _Build, node: yaml.Node, field: str, base: Path, seen: dict[str, int]) -> App | None:
     field = _app_field(node, field, seen)
-    m = w.mapping(node, field, APP_KEYS)
+    m = w.mapping(node, field, APP_KEYS if b.version < 2 else APP_KEYS_V2)
     if m is None:
         return None
     app_id = None
@@ -686,21 +738,7 @@ def _app(w: _Walker, b: _Build, node: yaml.Node, field: str, base: Path, seen: d
             order, citation = texts.get("order"), texts.get("citation")
             if order and citation:
                 legal = LegalBasis(order, citation, signed, texts.get("url"), texts.get("note"))
-    schedule: list[ScheduleEntry] = []
-    if "schedule" in m:
-        for f, item in w.seq(m["schedule"], f"{field}.schedule"):
-            sm = w.mapping(item, f, SCHEDULE_KEYS)
-            if sm is None or len(sm) < 3:
-                continue
-            start = w.date(sm["from"], f"{f}.from")
-            ph = w.choice(sm["phase"], f"{f}.phase", PHASES)
-            src = w.sources(sm["source"], f"{f}.source")
-            if start and ph and src:
-                schedule.append(ScheduleEntry(start, Phase(ph), src))
-        starts = [e.start for e in schedule]
-        if len(set(starts)) != len(starts):
-            w.err(m["schedule"], f"{field}.schedule", "two entries start on the same date")
-        schedule.sort(key=lambda e: e.start)
+    schedule = legal_loader.schedule_entries(w, m["schedule"], f"{field}.schedule") if "schedule" in m else ()
     override = None
     if "phase" in m:
         ph = w.choice(m["phase"], f"{field}.phase", PHASES)
@@ -760,9 +798,10 @@ def _app(w: _Walker, b: _Build, node: yaml.Node, field: str, base: Path, seen: d
     if "lists" in m:
         for f, item in w.seq(m["lists"], f"{field}.lists"):
             _list(w, b, item, f, base, aid)
-    if not (app_id and name and owner and legal):
+    if not (app_id and name and owner and (legal or b.version >= 2)):
         return None
-    return App(app_id, name, owner, legal, tuple(schedule), store, override)
+    b.schedules[app_id] = schedule
+    return App(app_id, name, owner, legal, store, override)
 
 
 def _app_field(node: yaml.Node, field: str, seen: dict[str, int]) -> str:
@@ -1032,7 +1071,8 @@ def policy_warnings(policy: Policy, at: dt.date | None = None, phase: Phase | No
     day = at or policy.today()
     if not policy.apps:
         return ["the policy has no apps, so it blocks nothing"]
-    if (mode or policy.mode) is Mode.ENFORCE and not blocks_anything(policy, policy.phases(day, phase)):
+    if (mode or policy.mode) is Mode.ENFORCE and not any(
+            blocks_anything(policy, policy.phases(day, phase, group)) for group in policy.clients):
         return [f"the policy blocks nothing on {day} in enforce mode "
                 "(no app is in a phase that blocks one of its rules)"]
     return []
@@ -1047,5 +1087,13 @@ def policy_summary(policy: Policy, at: dt.date | None = None) -> dict[str, Any]:
         "rules": {k: v for k, v in sorted(policy.counts.items()) if k != "apps"},
         "exempt_clients": [str(n) for n in policy.exempt],
         "warnings": policy_warnings(policy, at),
+        "name": policy.name,
+        "digest": policy.digest,
+        "frameworks": list(policy.frameworks),
+        "groups": {g: {"networks": [str(n) for n in c.networks], "frameworks": list(c.frameworks),
+                       "mode": c.mode.value if c.mode else None,
+                       "legal_status": c.legal_status.value if c.legal_status else None}
+                   for g, c in policy.clients.items()},
+        "legal_status": policy.legal_status.value,
     }
 

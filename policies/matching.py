@@ -13,9 +13,12 @@ import ipaddress
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from typing import Generic, TypeVar
 from urllib.parse import parse_qs, urlsplit
 
 from .model import Rule
+
+V = TypeVar("V")
 
 _LABEL_OK = re.compile(r"^[a-z0-9_*-]{1,63}$")
 
@@ -244,13 +247,14 @@ class GlobMatcher:
         return best, self._interned.setdefault(found, found)
 
 
-class NetworkMatcher:
-    """Longest-prefix match over CIDRs: one dict probe per distinct prefix length."""
+class NetworkMatcher(Generic[V]):
+    """Longest-prefix match over CIDRs: one dict probe per distinct prefix length.
+    Values are app rules for destinations, or client groups for sources."""
 
     __slots__ = ("_tables",)
 
-    def __init__(self, networks: Iterable[tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, Rule]]):
-        tables: dict[tuple[int, int], dict[int, list[Rule]]] = {}
+    def __init__(self, networks: Iterable[tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, V]]):
+        tables: dict[tuple[int, int], dict[int, list[V]]] = {}
         for net, rule in networks:
             key = (net.version, net.prefixlen)
             tables.setdefault(key, {}).setdefault(int(net.network_address), []).append(rule)
@@ -263,7 +267,7 @@ class NetworkMatcher:
     def __len__(self) -> int:
         return sum(len(t) for _, _, t in self._tables)
 
-    def lookup(self, address: str) -> tuple[str, tuple[Rule, ...]] | None:
+    def lookup(self, address: str) -> tuple[str, tuple[V, ...]] | None:
         try:
             ip = ipaddress.ip_address(address.strip().strip("[]"))
         except ValueError:

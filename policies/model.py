@@ -9,8 +9,11 @@ no network library, no mutable state shared between threads.
 from __future__ import annotations
 
 import datetime as dt
+import ipaddress
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import NamedTuple
 
 
 class Action(StrEnum):
@@ -30,6 +33,15 @@ class Phase(StrEnum):
     NONE = "none"
     DOWNLOADS = "downloads"
     FULL = "full"
+
+    @property
+    def rank(self) -> int:
+        """Strictness: a framework's phase includes every phase below it."""
+        return _PHASE_RANK[self]
+
+
+_PHASE_RANK = {Phase.NONE: 0, Phase.DOWNLOADS: 1, Phase.FULL: 2}
+PHASES_DOWN = (Phase.FULL, Phase.DOWNLOADS, Phase.NONE)  # strictest first
 
 
 class Mode(StrEnum):
@@ -115,34 +127,173 @@ class StoreIds:
 
 @dataclass(frozen=True, slots=True)
 class App:
+    """An app and what recognises it.  Its phases come from the frameworks
+    that name it (``legal.py``); ``legal_basis`` is the version-1 record, kept
+    for display where a policy still carries one."""
+
     id: str
     name: str
     owner: str
-    legal_basis: LegalBasis
-    schedule: tuple[ScheduleEntry, ...]
+    legal_basis: LegalBasis | None = None
     store: StoreIds = StoreIds()
     phase_override: Phase | None = None
 
-    def phase_at(self, day: dt.date) -> tuple[Phase, ScheduleEntry | None]:
-        """The phase in force on ``day`` and the schedule entry that set it."""
-        current: ScheduleEntry | None = None
-        for entry in self.schedule:  # sorted by start at load
-            if entry.start <= day:
+
+class Status(StrEnum):
+    """A framework's legal status on a day (its status history)."""
+
+    IN_FORCE = "in_force"
+    ENJOINED = "enjoined"
+    STAYED = "stayed"
+    REVOKED = "revoked"
+    EXPIRED = "expired"
+
+
+class LegalStatus(StrEnum):
+    """Which phases count: as the orders announced them, or only those in force."""
+
+    AS_ORDERED = "as_ordered"
+    IN_FORCE = "in_force"
+
+
+class FrameworkKind(StrEnum):
+    EXECUTIVE_ORDER = "executive_order"
+    STATUTE = "statute"
+    REGULATION = "regulation"
+    CONTRACT_CLAUSE = "contract_clause"
+    AGENCY_GUIDANCE = "agency_guidance"
+    STATE_RULE = "state_rule"
+    COMPANY_RULE = "company_rule"
+
+
+@dataclass(frozen=True, slots=True)
+class StatusEntry:
+    """From ``start``, the framework is ``status``; ``apps``/``phase`` scope it
+    (an injunction of one prohibition leaves the others in force)."""
+
+    start: dt.date
+    status: Status
+    source: str
+    apps: frozenset[str] | None = None
+    phase: Phase | None = None
+    note: str | None = None
+
+    def covers(self, app: str, phase: Phase) -> bool:
+        return (self.apps is None or app in self.apps) and (self.phase is None or self.phase is phase)
+
+
+@dataclass(frozen=True, slots=True)
+class Framework:
+    """A source of obligations: an order, statute, clause, guidance, state or company rule."""
+
+    id: str
+    title: str
+    kind: FrameworkKind
+    citations: tuple[str, ...]
+    schedules: Mapping[str, tuple[ScheduleEntry, ...]]  # app id -> entries sorted by start
+    status: tuple[StatusEntry, ...] = ()  # sorted by start; later entries win on the same day
+    short: str | None = None  # e.g. "EO 13942", for one-line messages
+    url: str | None = None
+    note: str | None = None
+    implicit: bool = False  # the version-1 per-app schedules, as one framework
+    # Version 1 only: each app's own legal basis, (order, citation), shown for that app.
+    app_records: Mapping[str, tuple[str, str]] = field(default_factory=dict)
+
+    def record(self, app: str) -> tuple[str, str]:
+        """(title, citation) to show beside a verdict on ``app``."""
+        return self.app_records.get(app) or (self.title, "; ".join(self.citations))
+
+    @property
+    def label(self) -> str:
+        return self.short or self.id
+
+    def scheduled(self, app: str, day: dt.date) -> ScheduleEntry | None:
+        """The schedule entry in force for ``app`` on ``day``, if the framework names the app."""
+        current = None
+        for entry in self.schedules.get(app, ()):
+            if entry.start > day:
+                break
+            current = entry
+        return current
+
+    def status_on(self, day: dt.date, app: str | None = None,
+                  phase: Phase | None = None) -> StatusEntry | None:
+        """The latest status entry on ``day`` that covers (app, phase); None
+        means no record, which counts as in force.  With ``app`` None only
+        entries scoped to no app count; with ``phase`` None, entries of any phase."""
+        current = None
+        for entry in self.status:
+            if entry.start > day:
+                break
+            app_ok = entry.apps is None or (app is not None and app in entry.apps)
+            if app_ok and (phase is None or entry.phase is None or entry.phase is phase):
                 current = entry
-        if self.phase_override is not None:
-            return self.phase_override, current
-        return (current.phase if current else Phase.NONE), current
+        return current
+
+
+@dataclass(frozen=True, slots=True)
+class FrameworkState:
+    """One framework's say on one app on one day: what it orders, its status,
+    and whether that phase counted under the legal-status setting."""
+
+    framework: str
+    label: str
+    title: str
+    ordered: Phase
+    effective: Phase
+    status: Status
+    since: dt.date | None
+    source: str
+    citation: str
+
+    def describe(self) -> str:
+        """e.g. ``EO 13942: enjoined since 2020-10-30, Marland v. Trump, E.D. Pa. 2:20-cv-04597``."""
+        since = f" since {self.since}" if self.since else ""
+        return f"{self.label}: {self.status.value.replace('_', ' ')}{since}, {self.source}"
+
+    def as_dict(self) -> dict[str, object]:
+        return {"id": self.framework, "label": self.label, "title": self.title, "ordered": self.ordered.value,
+                "effective": self.effective.value, "status": self.status.value,
+                "since": self.since.isoformat() if self.since else None, "source": self.source,
+                "citation": self.citation}
+
+
+@dataclass(frozen=True, slots=True)
+class ClientGroup:
+    """A named group of client networks, the frameworks that bind it, and how."""
+
+    id: str
+    networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
+    frameworks: tuple[str, ...]
+    mode: Mode | None = None  # None: the policy's mode
+    legal_status: LegalStatus | None = None  # None: the policy's setting
+    description: str | None = None
+    exempt: bool = False  # the group made from ``exempt_clients``
+
+
+class PolicyRef(NamedTuple):
+    """The policy's ``name`` and digest (sha256 over its file and list files)."""
+
+    name: str | None
+    digest: str | None
+
+
+DEFAULT_GROUP = "default"
+EXEMPT_GROUP = "exempt"
 
 
 @dataclass(frozen=True, slots=True)
 class AppPhase:
-    """An app's effective phase at a moment, and why."""
+    """An app's effective phase at a moment, for one client group, and why."""
 
     app: str
     phase: Phase
     since: dt.date | None
     source: str
     overridden: bool = False
+    frameworks: tuple[str, ...] = ()  # the frameworks that produce ``phase``
+    legal: tuple[FrameworkState, ...] = ()  # every framework of the group that names the app
+    group: str = DEFAULT_GROUP
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,6 +346,13 @@ class Decision:
     reason: str = "no rule matched"
     enforced: Action | None = None
     inspect: bool = False
+    # What an adapter shows beside the verdict, so none reaches back into the policy.
+    group: str = DEFAULT_GROUP
+    app_names: tuple[str, ...] = ()
+    frameworks: tuple[str, ...] = ()  # the frameworks that produced ``phase``
+    legal: tuple[FrameworkState, ...] = ()  # their record on the day
+    legal_status: LegalStatus = LegalStatus.AS_ORDERED
+    policy: PolicyRef | None = None  # which policy decided: every event carries it, for audits
 
     @property
     def would(self) -> Action:

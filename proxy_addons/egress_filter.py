@@ -783,18 +783,18 @@ class EgressFilter:
 
     def _block_response(self, req: http.Request, verdict: Verdict, event_id: str) -> http.Response:
         d = verdict.decision
-        policy = self._view().policy
-        apps = [policy.apps[a] for a in d.apps if a in policy.apps]
-        first = apps[0] if apps else None
+        # Everything shown comes with the decision: no reaching back into the policy.
+        record = d.legal[0] if d.legal else None
         blocked_by = ctx.options.egress_blocked_by
         facts: dict[str, Any] = {
             "status": 451,
             "error": "Unavailable For Legal Reasons",
             "blocked": verdict.observation.value,
-            "apps": [{"id": a.id, "name": a.name} for a in apps],
-            "order": first.legal_basis.order if first else None,
-            "citation": first.legal_basis.citation if first else None,
-            "order_url": first.legal_basis.url if first else None,
+            "apps": [{"id": a, "name": n} for a, n in zip(d.apps, d.app_names, strict=False)],
+            "order": record.title if record else None,
+            "citation": record.citation if record else None,
+            "frameworks": [s.as_dict() for s in d.legal],
+            "group": d.group,
             "phase": d.phase.value,
             "rule": d.rule,
             "reason": d.reason,
@@ -812,9 +812,9 @@ class EgressFilter:
             body = json.dumps(facts, indent=2).encode()
         else:
             headers["Content-Type"] = "text/html; charset=utf-8"
-            names = ", ".join(a.name for a in apps) or "this service"
-            order = first.legal_basis.order if first else "the network's egress policy"
-            citation = f" ({first.legal_basis.citation})" if first and first.legal_basis.citation else ""
+            names = ", ".join(d.app_names) or "this service"
+            order = record.title if record else "the network's egress policy"
+            citation = f" ({record.citation})" if record and record.citation else ""
             body = _TEMPLATE.safe_substitute({
                 "app": html.escape(names), "order": html.escape(order), "citation": html.escape(citation),
                 "target": html.escape(verdict.observation.value), "phase": html.escape(d.phase.value),

@@ -1,10 +1,15 @@
-"""The bundled policy (policies/bundled.yaml and its list files): it loads, its ten apps
-follow the orders' schedules, it decides the obvious cases, it never blocks a shared
-cloud or CDN, and every entry in it cites a declared source."""
+"""The bundled policy (policies/bundled.yaml and its list files): it loads, the ten apps
+of the orders follow the orders' schedules in the default group, the later apps (the
+ByteDance apps of the No TikTok on Government Devices Act, the Texas list's apps) are
+scheduled only by their own frameworks, it decides the obvious cases, it never blocks a
+shared cloud or CDN, and every entry in it cites a declared source.  The legal record
+itself (dates, statuses, citations) is pinned in test_legal_record.py."""
 
 from __future__ import annotations
 
 import datetime as dt
+import json
+import re
 import shutil
 import subprocess
 import sys
@@ -18,11 +23,15 @@ import yaml
 from policies import BUNDLED, Action, Kind, Phase, Policy, PolicyView, load_policy
 
 D = dt.date
-APPS = ("tiktok", "wechat", "wechat_pay", "alipay", "camscanner", "qq_wallet", "shareit",
-        "tencent_qq", "vmate", "wps_office")
+ORDER_APPS = ("tiktok", "wechat", "wechat_pay", "alipay", "camscanner", "qq_wallet", "shareit",
+              "tencent_qq", "vmate", "wps_office")
+LATER_APPS = ("capcut", "lemon8", "rednote", "deepseek", "webull", "moomoo", "tiger_brokers", "temu",
+              "shein")
+APPS = ORDER_APPS + LATER_APPS
 EO13971_APPS = ("wechat_pay", "alipay", "camscanner", "qq_wallet", "shareit", "tencent_qq",
                 "vmate", "wps_office")
 EO13971_START = D(2021, 2, 19)
+TIKTOK_DOWNLOADS = D(2020, 9, 27)  # announced for 2020-09-20, postponed on 2020-09-19
 DAY = dt.timedelta(days=1)
 ALL_ON = D(2021, 3, 1)  # every app in `full`
 
@@ -45,8 +54,9 @@ def view(policy: Policy, at: dt.date | None = None, phase: Phase | None = None) 
 
 # --- loading and schedules -------------------------------------------------------------------
 
-def test_bundled_policy_loads_with_the_ten_apps(bundled: Policy) -> None:
+def test_bundled_policy_loads_with_its_apps(bundled: Policy) -> None:
     assert bundled.source == str(BUNDLED)
+    assert not any(f.implicit for f in bundled.frameworks.values())  # version 2: no implicit framework
     assert tuple(bundled.apps) == APPS
     assert bundled.mode.value == "enforce"
     assert bundled.exempt == ()
@@ -55,14 +65,16 @@ def test_bundled_policy_loads_with_the_ten_apps(bundled: Policy) -> None:
         "bundled.yaml", "bytedance.txt", "douyin.txt"}
 
 
+# The default group, as ordered: the orders' dates, as the project always enforced them.
 SCHEDULE_CASES = [
-    ("tiktok", D(2020, 9, 19), Phase.NONE, None, None),
-    ("tiktok", D(2020, 9, 20), Phase.DOWNLOADS, D(2020, 9, 20), "85 FR 60061"),
-    ("tiktok", D(2020, 11, 11), Phase.DOWNLOADS, D(2020, 9, 20), "85 FR 60061"),
+    ("tiktok", D(2020, 9, 20), Phase.NONE, None, None),
+    ("tiktok", D(2020, 9, 26), Phase.NONE, None, None),
+    ("tiktok", TIKTOK_DOWNLOADS, Phase.DOWNLOADS, TIKTOK_DOWNLOADS, "85 FR 60061"),
+    ("tiktok", D(2020, 11, 11), Phase.DOWNLOADS, TIKTOK_DOWNLOADS, "85 FR 60061"),
     ("tiktok", D(2020, 11, 12), Phase.FULL, D(2020, 11, 12), "85 FR 60061"),
     ("wechat", D(2020, 9, 19), Phase.NONE, None, None),
-    ("wechat", D(2020, 9, 20), Phase.FULL, D(2020, 9, 20), "85 FR 60062"),
-    ("wechat", D(2022, 1, 1), Phase.FULL, D(2020, 9, 20), "85 FR 60062"),
+    ("wechat", D(2020, 9, 20), Phase.FULL, D(2020, 9, 20), "3:20-cv-05910"),
+    ("wechat", D(2022, 1, 1), Phase.FULL, D(2020, 9, 20), "never published in the FR"),
 ] + [
     (app, day, phase, since, cite)
     for app in EO13971_APPS
@@ -84,16 +96,28 @@ def test_schedules_follow_the_orders(bundled: Policy, app: str, day: dt.date, ph
         assert got.source == "before the schedule starts"
     else:
         assert cite in got.source
+        assert got.frameworks == (ORDER_OF[app],)
+
+
+@pytest.mark.parametrize("app", LATER_APPS)
+def test_no_order_schedules_the_later_apps(bundled: Policy, app: str) -> None:
+    for day in (ALL_ON, D(2026, 12, 2)):
+        got = bundled.phases(day)[app]
+        assert (got.phase, got.frameworks, got.legal) == (Phase.NONE, (), ())
+        assert got.source == "no framework of this group schedules the app"
 
 
 def test_eo13971_starts_45_days_after_the_order(bundled: Policy) -> None:
+    fw = bundled.frameworks["eo-13971"]
+    assert fw.status[0].start == D(2021, 1, 5)
+    assert set(fw.schedules) == set(EO13971_APPS)
     for app in EO13971_APPS:
-        legal = bundled.apps[app].legal_basis
-        assert legal.signed is not None
-        assert legal.signed + dt.timedelta(days=45) == EO13971_START
-        assert "45 days" in bundled.apps[app].schedule[0].source
+        [entry] = fw.schedules[app]
+        assert fw.status[0].start + dt.timedelta(days=45) == entry.start == EO13971_START
+        assert "45 days" in entry.source and "86 FR 1249" in entry.source
 
 
+ORDER_OF = {"tiktok": "eo-13942", "wechat": "eo-13943", **{a: "eo-13971" for a in EO13971_APPS}}
 LEGAL_CASES = [
     ("tiktok", "13942", "85 FR 48637", D(2020, 8, 6)),
     ("wechat", "13943", "85 FR 48641", D(2020, 8, 6)),
@@ -102,13 +126,29 @@ LEGAL_CASES = [
 
 @pytest.mark.parametrize(("app", "order", "citation", "signed"), LEGAL_CASES,
                          ids=[c[0] for c in LEGAL_CASES])
-def test_legal_basis(bundled: Policy, app: str, order: str, citation: str, signed: dt.date) -> None:
-    legal = bundled.apps[app].legal_basis
-    assert order in legal.order
-    assert legal.citation == citation
-    assert legal.signed == signed
+def test_each_app_of_the_orders_has_its_order(bundled: Policy, app: str, order: str, citation: str,
+                                              signed: dt.date) -> None:
+    fw = bundled.frameworks[ORDER_OF[app]]
+    assert order in fw.title and fw.label == f"EO {order}"
+    assert citation in fw.citations[0] and signed.isoformat() in fw.citations[0]
+    assert fw.status[0].start == signed
     # the later history: revoked by EO 14034; the schedule still follows the order
-    assert legal.note is not None and "EO 14034" in legal.note and "86 FR 31423" in legal.note
+    assert fw.status[-1].status.value == "revoked"
+    assert any(e.status.value == "revoked" and "86 FR 31423" in e.source for e in fw.status)
+    assert bundled.apps[app].legal_basis is None  # version 2: the record is the framework's
+
+
+def test_groups(bundled: Policy) -> None:
+    orders = ("eo-13942", "eo-13943", "eo-13971")
+    assert {g: c.frameworks for g, c in bundled.clients.items()} == {
+        "default": orders,
+        "government-devices": ("ntgda", *orders),
+        "federal-contractors": ("far-52.204-27", *orders),
+        "texas-state": ("texas-prohibited-technologies", *orders),
+    }
+    assert all(c.networks == () and c.mode is None and c.legal_status is None
+               for c in bundled.clients.values())
+    assert bundled.legal_status.value == "as_ordered"
 
 
 # --- names -----------------------------------------------------------------------------------
@@ -128,6 +168,14 @@ NAME_CASES = [
      ("tiktok",)),
     ("tiktok-cname-alias", "tiktokv.com.edgesuite.net", Kind.DNS, D(2020, 11, 13), Action.BLOCK, ("tiktok",)),
     ("bytedance-list", "www.toutiao.com", Kind.DNS, D(2020, 11, 13), Action.BLOCK, ("tiktok",)),
+    # CapCut's names are CapCut's, and TikTok's too through lists/bytedance.txt (EO 13942 names
+    # ByteDance): the default group still blocks them on TikTok's date, and names both apps.
+    ("capcut-com", "www.capcut.com", Kind.DNS, D(2020, 11, 13), Action.BLOCK, ("tiktok", "capcut")),
+    ("capcut-cn", "www.capcut.cn", Kind.SNI, D(2020, 11, 13), Action.BLOCK, ("tiktok", "capcut")),
+    ("capcut-api", "passport16-normal-sg.capcutapi.com", Kind.DNS, D(2026, 12, 2), Action.ALLOW, ("capcut",)),
+    ("lemon8-default", "www.lemon8-app.com", Kind.DNS, D(2026, 12, 2), Action.ALLOW, ("lemon8",)),
+    ("rednote-default", "www.xiaohongshu.com", Kind.DNS, D(2026, 12, 2), Action.ALLOW, ("rednote",)),
+    ("temu-default", "www.temu.com", Kind.SNI, D(2026, 12, 2), Action.ALLOW, ("temu",)),
     ("douyin-list", "www.iesdouyin.com", Kind.DNS, D(2020, 11, 13), Action.BLOCK, ("tiktok",)),
     ("tiktok-appsflyer-host", "roovza.launches.appsflyersdk.com", Kind.SNI, D(2020, 11, 13), Action.BLOCK,
      ("tiktok",)),
@@ -143,14 +191,35 @@ NAME_CASES = [
     ("tenpay-shared", "www.tenpay.com", Kind.DNS, EO13971_START, Action.BLOCK, ("wechat_pay", "qq_wallet")),
     ("wechat-pay-under-weixin", "pay.weixin.qq.com", Kind.DNS, D(2020, 9, 21), Action.BLOCK,
      ("wechat", "wechat_pay")),
-    ("wechat-pay", "wechatpay.cn", Kind.DNS, EO13971_START, Action.BLOCK, ("wechat_pay",)),
-    ("wechat-pay-before", "wechatpay.cn", Kind.DNS, EO13971_START - DAY, Action.ALLOW, ("wechat_pay",)),
+    # WeChat Pay's own names are WeChat's too: the WeChat order covered payments through WeChat
+    ("wechat-pay", "wechatpay.cn", Kind.DNS, D(2020, 9, 20), Action.BLOCK, ("wechat", "wechat_pay")),
+    ("wechat-pay-before", "wechatpay.cn", Kind.DNS, D(2020, 9, 19), Action.ALLOW, ("wechat", "wechat_pay")),
+    ("wechat-pay-hk", "www.wechatpay.com.hk", Kind.DNS, EO13971_START, Action.BLOCK, ("wechat_pay",)),
+    ("wechat-pay-hk-before", "www.wechatpay.com.hk", Kind.DNS, EO13971_START - DAY, Action.ALLOW,
+     ("wechat_pay",)),
     ("alipay", "mobilegw.alipay.com", Kind.SNI, EO13971_START, Action.BLOCK, ("alipay",)),
     ("alipay-tld", "render.alipay", Kind.DNS, EO13971_START, Action.BLOCK, ("alipay",)),
     ("camscanner", "www.camscanner.com", Kind.DNS, EO13971_START, Action.BLOCK, ("camscanner",)),
     ("shareit", "api2.wshareit.com", Kind.DNS, EO13971_START, Action.BLOCK, ("shareit",)),
     ("vmate", "campaign.vmate.com", Kind.DNS, EO13971_START, Action.BLOCK, ("vmate",)),
     ("wps", "www.wps.com", Kind.SNI, EO13971_START, Action.BLOCK, ("wps_office",)),
+    # broadened from traffic-classification projects (nDPI, OpenAppID) and TikTok's own docs
+    ("tiktok-open-api", "open.tiktokapis.com", Kind.SNI, D(2020, 11, 13), Action.BLOCK, ("tiktok",)),
+    ("tiktok-byteicdn", "v16m.byteicdn.com", Kind.DNS, D(2020, 11, 13), Action.BLOCK, ("tiktok",)),
+    ("tiktok-footprint-alias", "x.tiktokcdn-us.com.c.footprint.net", Kind.DNS, D(2020, 11, 13), Action.BLOCK,
+     ("tiktok",)),
+    ("tiktok-akamai-host", "p16-va-default.akamaized.net", Kind.SNI, D(2020, 11, 13), Action.BLOCK,
+     ("tiktok",)),
+    ("wechat-media-on-qpic", "mmbiz.qpic.cn", Kind.SNI, D(2020, 9, 21), Action.BLOCK, ("wechat",)),
+    ("wechat-media-on-qq", "szwbwxsns.video.qq.com", Kind.DNS, D(2020, 9, 21), Action.BLOCK, ("wechat",)),
+    ("qpic-other-host-waits-for-qq", "puui.qpic.cn", Kind.DNS, D(2020, 9, 21), Action.ALLOW, ("tencent_qq",)),
+    ("wechat-we-chat", "we.chat", Kind.DNS, D(2020, 9, 21), Action.BLOCK, ("wechat",)),
+    ("qq-wallet-payqqp", "www.payqqp.com", Kind.DNS, EO13971_START, Action.BLOCK, ("qq_wallet",)),
+    ("qq-wallet-pay-qq-com", "pay.qq.com", Kind.DNS, EO13971_START, Action.BLOCK, ("qq_wallet",)),
+    ("qq-short-links", "x.qqurl.com", Kind.DNS, EO13971_START, Action.BLOCK, ("tencent_qq",)),
+    ("qq-games-opt-in", "www.qqgames.com", Kind.DNS, ALL_ON, Action.ALLOW, ()),
+    ("shareit-dalyfeds", "api.dalyfeds.com", Kind.DNS, EO13971_START, Action.BLOCK, ("shareit",)),
+    ("wps-community", "wps-community.org", Kind.DNS, EO13971_START, Action.BLOCK, ("wps_office",)),
     ("unrelated-example", "example.com", Kind.DNS, ALL_ON, Action.ALLOW, ()),
     ("unrelated-google", "www.google.com", Kind.SNI, ALL_ON, Action.ALLOW, ()),
     ("label-boundary-prefix", "nottiktok.com", Kind.DNS, ALL_ON, Action.ALLOW, ()),
@@ -184,6 +253,10 @@ SHARED = [
     "x.ksyun.com", "x.ks-cdn.com", "x.ksyuncdn.com", "x.kcdnvip.com",
     "x.akamaiedge.net", "x.edgesuite.net", "x.edgekey.net", "x.akamaized.net", "d1.cloudfront.net",
     "global.fastly.net", "x.map.fastly.net", "app.appsflyersdk.com", "x.alicdn.com", "x.aliyuncs.com",
+    "x.c.footprint.net", "x.app.link", "x.tlivecdn.com", "x.tlivepush.com", "httpdns.volcengineapi.com",
+    "x.bytefcdn-oversea.com", "x.bytetcdn.com", "x.ttdns2.com", "x.byteigtm.com", "x.worldfcdn.com",
+    "x.wsdvs.com", "x.fengkongcloud.com", "x.faceulv.com", "x.ttdns3.com", "x.ttdns4.com", "x.akadns.net",
+    "x.bytedance.akadns.net",
 ]
 SHARED_VIEWS = [(None, Phase.FULL), (ALL_ON, None), (D(2020, 11, 13), None)]
 
@@ -211,7 +284,7 @@ def _fdfe(pkg: str) -> str:
     return f"https://android.clients.google.com/fdfe/delivery?doc={pkg}&ot=1&vc=100"
 
 
-FIRST_DAY = {"tiktok": D(2020, 9, 20), "wechat": D(2020, 9, 20),
+FIRST_DAY = {"tiktok": TIKTOK_DOWNLOADS, "wechat": D(2020, 9, 20),
              **{a: EO13971_START for a in EO13971_APPS}}
 STORE_URLS = [
     ("tiktok", _apple(835599320)), ("tiktok", _play("com.zhiliaoapp.musically")),
@@ -333,6 +406,18 @@ def _entries(raw: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
                 yield f"{app['id']}.store.{store}[{i}]", entry
 
 
+_CITED = re.compile(r"\[([a-z0-9][^\]\s]*)\]")  # a sources: key cited in a legal source, e.g. [eo14034]
+
+
+def _legal_sources(raw: dict[str, Any]) -> Iterator[tuple[str, str]]:
+    for fid, fw in raw["frameworks"].items():
+        for app, entries in fw.get("schedule", {}).items():
+            for i, e in enumerate(entries):
+                yield f"{fid}.schedule.{app}[{i}]", e["source"]
+        for i, e in enumerate(fw.get("status", [])):
+            yield f"{fid}.status[{i}]", e["source"]
+
+
 def test_every_entry_cites_a_declared_source(raw: dict[str, Any]) -> None:
     declared = raw["sources"]
     entries = list(_entries(raw))
@@ -345,22 +430,38 @@ def test_every_entry_cites_a_declared_source(raw: dict[str, Any]) -> None:
         unknown = [k for k in keys if k not in declared]
         assert not unknown, f"{where}: source keys {unknown} are not declared under sources:"
     used = {k for _, e in entries for k in (e["source"] if isinstance(e["source"], list) else [e["source"]])}
-    assert set(declared) - used <= {"eo13942", "eo13943", "eo13971", "eo14034", "commerce:tiktok",
-                                    "commerce:wechat"}, "declared but unused source keys"
+    # legal sources, notes and other sources cite keys as [key]
+    cited = set(_CITED.findall(json.dumps([raw["frameworks"], declared], default=str)))
+    assert set(declared) - used - cited == set(), "declared but unused source keys"
+
+
+def test_every_legal_entry_cites_a_declared_source(raw: dict[str, Any]) -> None:
+    entries = list(_legal_sources(raw))
+    assert len(entries) > 40
+    for where, source in entries:
+        keys = _CITED.findall(source)
+        assert keys, f"{where}: {source!r} names no [key] of sources:"
+        assert set(keys) <= set(raw["sources"]), f"{where}: {keys}"
+
+
+REPO_NAMED = ("chinaapps", "dragonapps", "mobileagent", "lzwjava", "webullpy", "ndpi", "odp")
+REPO_KEYS = ("v2fly:", "adguard:", "bm7:", "blp:", "brew:", "winget:", "disconnect:", "repcz:", "hagezi:")
+LEGAL_KEYS = ("eo1", "commerce:", "court:", "ntgda", "omb:", "far:", "tx:")
 
 
 def test_every_citation_names_repository_and_commit_or_url(raw: dict[str, Any]) -> None:
     for key, citation in raw["sources"].items():
         assert isinstance(citation, str)
-        if key.startswith(("v2fly:", "adguard:", "bm7:", "blp:", "brew:", "winget:")) or key in (
-                "chinaapps", "dragonapps", "mobileagent", "lzwjava"):
+        if key.startswith(REPO_KEYS) or key in REPO_NAMED:
             assert citation.startswith("github.com/") and " @ " in citation, key
-        elif key == "trendmicro":
+        elif key in ("trendmicro", "tiktokdev:api-v2", "gist:cr4zyfl1x"):
             assert citation.startswith("https://"), key
         elif key.startswith("idx:"):
             assert "hit" in citation, key
         else:
-            assert " FR " in citation, key
+            assert key.startswith(LEGAL_KEYS), key
+            # a Federal Register cite, a docket, a public law or the document's address
+            assert re.search(r" FR |\d:\d\d-cv-\d+|Pub\. L\.|https?://", citation), key
 
 
 def test_no_low_confidence_entries(raw: dict[str, Any]) -> None:
@@ -369,10 +470,19 @@ def test_no_low_confidence_entries(raw: dict[str, Any]) -> None:
             assert entry["confidence"] in ("high", "medium"), where
 
 
-def test_every_schedule_entry_cites_its_source(raw: dict[str, Any]) -> None:
+def test_apps_carry_no_schedule_in_version_2(raw: dict[str, Any]) -> None:
+    assert raw["version"] == 2
     for app in raw["apps"]:
-        for entry in app["schedule"]:
-            assert " FR " in entry["source"] or "EO 13971" in entry["source"], app["id"]
+        assert "schedule" not in app and "legal_basis" not in app, app["id"]
+
+
+def test_no_source_cites_the_wechat_identification_as_published(raw: dict[str, Any]) -> None:
+    """85 FR 60062 is a page of the TikTok identification; the WeChat one was never published."""
+    for where, source in _legal_sources(raw):
+        assert "60062" not in source, where
+    for fw in raw["frameworks"].values():
+        assert not any("60062" in c for c in fw.get("citations", []))
+    assert "60062" not in raw["sources"]["commerce:wechat"]
 
 
 def test_opt_in_groups_are_off(raw: dict[str, Any]) -> None:
@@ -396,7 +506,9 @@ def test_cli_check_accepts_the_bundled_policy() -> None:
         [sys.executable, "-m", "egress_filter.cli", "check", str(BUNDLED)],
         capture_output=True, text=True, timeout=120, check=False)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "apps (10)" in proc.stdout
+    assert f"apps ({len(APPS)})" in proc.stdout
+    assert "group texas-state: texas-prohibited-technologies, eo-13942, eo-13943, eo-13971 (no networks)" \
+        in proc.stdout
     for app in APPS:
         assert app in proc.stdout
 

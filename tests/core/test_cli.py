@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from egress_filter.cli import main
-from policies import BUNDLED
+from policies import BUNDLED, load_policy
 from tests.core.conftest import POLICY_FILE, WritePolicy
 
 P = ["--policy", str(POLICY_FILE)]
@@ -39,6 +39,12 @@ def test_check_prints_a_summary(capsys: pytest.CaptureFixture[str]) -> None:
         "  sni: 2",
         "  store_ids: 4",
         "  exempt clients: 10.9.0.0/16, 2001:db8:9::/48",
+        "  frameworks: policy",
+        "  group default: policy (no networks)",
+        "  group exempt: policy (10.9.0.0/16, 2001:db8:9::/48)",
+        "  legal status: as_ordered",
+        "  name: core test policy",
+        f"  digest: {load_policy(POLICY_FILE).digest}",
     ]
 
 
@@ -54,7 +60,7 @@ def test_check_without_a_policy_uses_the_bundled_one(capsys: pytest.CaptureFixtu
     code, out, _ = run(["check"], capsys)
     assert code == 0
     assert out.splitlines()[0] == f"{BUNDLED}: OK"
-    assert "  apps (10): tiktok, wechat," in out
+    assert f"  apps ({len(load_policy().apps)}): tiktok, wechat," in out
 
 
 BAD_CASES = [
@@ -237,6 +243,8 @@ def test_explain_text(capsys: pytest.CaptureFixture[str]) -> None:
         "  phase:  full",
         "  rule:   domain:tiktok.com",
         "  at:     2020-11-13",
+        "  group:  exempt (legal status: as ordered)",
+        "  framework: policy schedule: in force since 2020-11-12, Commerce ID 2020-09-18",
         "  reason: client 10.9.1.1 is exempt: would be blocked, logged instead; "
         "tiktok.com and its subdomains belong to TikTok; "
         "TikTok is in phase 'full' since 2020-11-12 (Commerce ID 2020-09-18), so this is blocked",
@@ -270,14 +278,15 @@ def test_explain_with_a_bad_policy_exits_1(
     path = write_policy("version: 3\napps: []\n")
     code, out, err = run(["explain", "x.example", "--policy", str(path)], capsys)
     assert (code, out) == (1, "")
-    assert err.splitlines()[0] == f"{path}:1: version: unsupported version 3 (supported: 1)"
+    assert err.splitlines()[0] == f"{path}:1: version: unsupported version 3 (supported: 1, 2)"
 
 
 def test_phases_text(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = run(["phases", "--at", "2020-10-01", *P], capsys)
     assert code == 0
     assert out.splitlines() == [
-        "Phases at 2020-10-01:",
+        "Phases at 2020-10-01 for group default (legal status: as ordered; "
+        "* marks the frameworks that set the phase):",
         "  TikTok     downloads  since 2020-09-20  Commerce ID 2020-09-18",
         "  WeChat     full       since 2020-09-20  Commerce ID 2020-09-18",
         "  Later App  none       since -           before the schedule starts",
@@ -294,7 +303,8 @@ PHASES_CASES = [
     pytest.param(
         ["--at", "2020-10-01"],
         {
-            "tiktok": ("downloads", "2020-09-20", False),
+            # 85 FR 60061: the app-store item was postponed from 2020-09-20 to 2020-09-27
+            "tiktok": ("downloads", "2020-09-27", False),
             "wechat": ("full", "2020-09-20", False),
             "alipay": ("none", None, False),
         },

@@ -240,8 +240,18 @@ def reference_event(
             "apps": list(decision.apps),
             "phase": decision.phase.value,
             "rule": decision.rule,
+            "group": decision.group,
         },
     }
+    if decision.frameworks:
+        ev["egress"]["frameworks"] = list(decision.frameworks)
+        ev["egress"]["legal"] = [
+            {"id": st.framework, "status": st.status.value,
+             "since": st.since.isoformat() if st.since else None, "source": st.source}
+            for st in decision.legal]
+        ev["egress"]["legal_status"] = decision.legal_status.value
+    if decision.policy is not None:
+        ev["egress"]["policy"] = {"name": decision.policy.name, "digest": decision.policy.digest}
     if decision.rule:
         ev["rule"] = {"name": decision.rule}
     if observation.client:

@@ -61,7 +61,7 @@ CASES = [
         id="wrong-type-version",
     ),
     pytest.param(
-        "version: 2\napps: []\n", {}, [(1, "version", "unsupported version 2")], id="unsupported-version"
+        "version: 3\napps: []\n", {}, [(1, "version", "unsupported version 3")], id="unsupported-version"
     ),
     pytest.param(
         "version: 1\napps: {}\n", {}, [(2, "apps", "expected a list, got a mapping")], id="wrong-type-apps"

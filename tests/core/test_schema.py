@@ -15,7 +15,7 @@ import jsonschema
 import pytest
 import yaml
 
-from policies import BUNDLED, SCHEMA, DnsSettings, EventQueueSettings, ProxySettings, loader
+from policies import BUNDLED, SCHEMA, DnsSettings, EventQueueSettings, ProxySettings, legal_loader, loader
 from tests.core.conftest import POLICY_FILE
 
 
@@ -82,7 +82,7 @@ REJECT_CASES = [
     pytest.param("apps/0/store/amazon", ["x"], "apps/0/store", id="unknown-store"),
     pytest.param("settings/dns/port", 53, "settings/dns", id="unknown-dns-setting"),
     pytest.param("groups/experimental/on", True, "groups/experimental", id="unknown-group-key"),
-    pytest.param("version", 2, "version", id="wrong-version"),
+    pytest.param("version", 3, "version", id="wrong-version"),
     pytest.param("mode", "block", "mode", id="wrong-mode"),
     pytest.param("apps/0/domains", "tiktok.com", "apps/0/domains", id="domains-not-a-list"),
     pytest.param("apps/0/schedule/0/phase", "total", "apps/0/schedule/0/phase", id="wrong-phase"),
@@ -121,13 +121,18 @@ def _props(schema: dict[str, Any], *path: str) -> set[str]:
 
 KEY_TABLES = [
     pytest.param((), loader.TOP_KEYS, id="top"),
-    pytest.param(("$defs", "app"), loader.APP_KEYS, id="app"),
+    # Version 1 also requires legal_basis and schedule (the schema's allOf says so).
+    pytest.param(("$defs", "app"), {k: k in ("id", "name", "owner") for k in loader.APP_KEYS}, id="app"),
     pytest.param(("$defs", "name_entry"), loader.ENTRY_KEYS, id="entry"),
     pytest.param(("$defs", "cidr_entry"), loader.CIDR_ENTRY_KEYS, id="cidr-entry"),
     pytest.param(("$defs", "download"), loader.DOWNLOAD_KEYS, id="download"),
     pytest.param(("$defs", "list"), loader.LIST_KEYS, id="list"),
     pytest.param(("$defs", "app", "properties", "legal_basis"), loader.LEGAL_KEYS, id="legal-basis"),
-    pytest.param(("$defs", "app", "properties", "schedule", "items"), loader.SCHEDULE_KEYS, id="schedule"),
+    pytest.param(("$defs", "schedule", "items"), loader.SCHEDULE_KEYS, id="schedule"),
+    pytest.param(("$defs", "framework"), legal_loader.FRAMEWORK_KEYS, id="framework"),
+    pytest.param(("$defs", "framework", "properties", "status", "items"), legal_loader.STATUS_KEYS,
+                 id="framework-status"),
+    pytest.param(("$defs", "client_group"), legal_loader.CLIENT_KEYS, id="client-group"),
     pytest.param(("properties", "allow"), loader.ALLOW_KEYS, id="allow"),
     pytest.param(("properties", "groups", "additionalProperties"), loader.GROUP_KEYS, id="group"),
     pytest.param(

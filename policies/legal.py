@@ -1,0 +1,110 @@
+"""Which phase each app is in, for one client group, on one day, and why.
+
+Frameworks (orders, statutes, clauses, state or company rules) each schedule
+phases per app and keep a status history.  For a group the loader resolved,
+``app_phase`` asks every framework that binds the group what it orders for the
+app on the day, keeps what counts under the group's legal-status setting, and
+takes the strictest:
+
+* ``as_ordered``: a framework's scheduled phase counts whatever its status;
+* ``in_force``: the scheduled phase counts only while the status history says
+  ``in_force`` for that app and phase; an injunction scoped to one phase drops
+  only that phase, so the strictest lower phase still in force counts instead.
+
+Either way each framework's status on the day is reported, with its source.
+Pure: values in, values out.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable
+
+from .model import (
+    PHASES_DOWN,
+    AppPhase,
+    Framework,
+    FrameworkState,
+    LegalStatus,
+    Phase,
+    ScheduleEntry,
+    Status,
+)
+
+
+def framework_state(fw: Framework, app: str, day: dt.date,
+                    legal_status: LegalStatus) -> FrameworkState | None:
+    """What ``fw`` says of ``app`` on ``day``; None when it schedules nothing for the app yet."""
+    entry = fw.scheduled(app, day)
+    if entry is None:
+        return None
+    ordered = entry.phase
+    record = fw.status_on(day, app, ordered)
+    status = record.status if record is not None else Status.IN_FORCE
+    effective = ordered
+    if legal_status is LegalStatus.IN_FORCE:
+        effective = Phase.NONE
+        for candidate in PHASES_DOWN:
+            if candidate.rank > ordered.rank or candidate is Phase.NONE:
+                continue
+            held = fw.status_on(day, app, candidate)
+            if held is None or held.status is Status.IN_FORCE:
+                effective = candidate
+                break
+    if record is not None:
+        since: dt.date | None = record.start
+        source = record.source
+    else:
+        since, source = entry.start, entry.source
+    title, citation = fw.record(app)
+    return FrameworkState(fw.id, fw.label, title, ordered, effective, status, since, source,
+                          citation or entry.source)
+
+
+def app_phase(app: str, frameworks: Iterable[Framework], day: dt.date, legal_status: LegalStatus,
+              group: str, override: Phase | None = None, override_source: str = "") -> AppPhase:
+    """The strictest phase over ``frameworks`` for ``app`` on ``day``."""
+    states: list[FrameworkState] = []
+    entries: dict[str, ScheduleEntry] = {}
+    best = Phase.NONE
+    since: dt.date | None = None
+    source = "no framework of this group schedules the app"
+    for fw in frameworks:
+        if app in fw.schedules:
+            source = "before the schedule starts"
+        state = framework_state(fw, app, day, legal_status)
+        if state is None:
+            continue
+        states.append(state)
+        entry = fw.scheduled(app, day)
+        if entry is not None:
+            entries[fw.id] = entry
+        if state.effective.rank > best.rank:
+            best = state.effective
+    producing = tuple(s.framework for s in states if s.effective is best and best is not Phase.NONE)
+    if producing:
+        first = next(s for s in states if s.framework == producing[0])
+        entry = entries.get(first.framework)
+        if entry is not None and entry.phase is best:
+            since, source = entry.start, entry.source
+        else:  # a lower phase still in force after an injunction of the scheduled one
+            since, source = first.since, first.describe()
+    elif states:
+        source = "; ".join(s.describe() for s in states)
+        since = max((s.since for s in states if s.since), default=None)
+    if override is not None:
+        return AppPhase(app, override, None, override_source, True, producing, tuple(states), group)
+    return AppPhase(app, best, since, source, False, producing, tuple(states), group)
+
+
+def not_in_force(frameworks: Iterable[Framework], day: dt.date) -> list[tuple[Framework, FrameworkState]]:
+    """Frameworks whose status on ``day`` is not ``in_force`` for some app they
+    schedule: what ``dns``/``proxy``/``run`` warn about when enforcing as ordered."""
+    out: list[tuple[Framework, FrameworkState]] = []
+    for fw in frameworks:
+        for app in fw.schedules:
+            state = framework_state(fw, app, day, LegalStatus.AS_ORDERED)
+            if state is not None and state.status is not Status.IN_FORCE:
+                out.append((fw, state))
+                break
+    return out
