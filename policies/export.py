@@ -56,6 +56,7 @@ class Item(NamedTuple):
     allow_list: bool
     parent: Action | None  # what these names fall back to without this entry (None: no rule)
     inside_pass: bool = False  # a block below a name written as an exemption (allow list or hole)
+    word: str = ""  # ``action.value``, bound once (an enum attribute costs a lookup per use)
 
     @property
     def hole(self) -> bool:
@@ -91,8 +92,10 @@ class Aside(NamedTuple):
 class _Judged(NamedTuple):
     action: Action
     rule: Rule | None
-    head: str  # "app=... framework=... rule="
+    head: str  # "app=... framework=... rule=" and, for a plain name rule, "domain:" (the key follows)
+    fixed: bool  # the rule id names a pattern, not the key: ``head`` is the whole note
     allow_list: bool
+    word: str
 
 
 @dataclass(frozen=True)
@@ -136,19 +139,28 @@ class Plan:
         if j is None:
             d = self.view.decide_name(key if exact else f"{_PROBE}.{key}")
             rule = next((r for r in rules if r.cite(key) == d.rule), None)
-            j = self._judged[id(rules)] = _Judged(d.action, rule, _head(self.policy, d),
-                                                  rule is not None and rule.tier is Tier.ALLOW)
+            head = _head(self.policy, d)
+            fixed = rule is not None and (rule.pattern is not None or rule.path is not None)
+            if rule is not None:
+                head += rule.cite() if fixed else f"{rule.kind.value}:"
+            allow_list = rule is not None and rule.tier is Tier.ALLOW
+            j = self._judged[id(rules)] = _Judged(d.action, rule, head, fixed, allow_list, d.action.value)
         return j
 
     def _item(self, key: str, rules: tuple[Rule, ...], exact: bool) -> Item:
-        j = self._judge(key, rules, exact)
-        hit = self._above(key, exact)
-        parent = None if hit is None else self._judge(hit[0], hit[1], False).action
-        rule = j.rule
-        cite = rule.cite(key) if rule is not None else key
-        inside = j.action is _BLOCK and parent is not None and parent is not _BLOCK and hit is not None \
-            and self._passes(hit[0], hit[1])
-        return Item(j.action, j.head + cite, j.allow_list, parent, inside)
+        if exact:
+            above = key
+        else:  # the names below a domains: entry fall back to the entry above its key
+            dot = key.find(".")
+            above = key[dot + 1:] if dot != -1 else ""
+        hit = self.names.covering(above) if above else None
+        j = self._judged.get(id(rules)) or self._judge(key, rules, exact)
+        parent = None
+        if hit is not None:
+            parent = (self._judged.get(id(hit[1])) or self._judge(hit[0], hit[1], False)).action
+        inside = (j.action is _BLOCK and parent is not None and parent is not _BLOCK and hit is not None
+                  and self._passes(hit[0], hit[1]))
+        return Item(j.action, j.head if j.fixed else j.head + key, j.allow_list, parent, inside, j.word)
 
     def _passes(self, key: str, rules: tuple[Rule, ...]) -> bool:
         """Whether a ``domains:`` entry is written as an exemption: on the allow
@@ -170,7 +182,8 @@ class Plan:
         for key, wide_rules, only_rules in self.names.entries():
             wide = item(key, wide_rules, False) if wide_rules is not None else None
             only = item(key, only_rules, True) if only_rules is not None else None
-            if (wide is not None and wide.wanted) or (only is not None and only.wanted):
+            if ((wide is not None and (wide.action is _BLOCK or wide.wanted))
+                    or (only is not None and only.wanted)):
                 yield Entry(key, wide, only)
 
     def asides(self) -> list[Aside]:
@@ -295,16 +308,27 @@ class RpzZone:
                           f"localhost. hostmaster.localhost. {self.serial} 300 60 86400 {self.ttl}")
 
     def records(self) -> Iterator[ZoneRecord]:
-        """SOA, NS, then the policy records, in the policy's order."""
+        """SOA, NS, then the policy records, in the policy's order (names too
+        long for the zone are left out: ``text`` names them)."""
         yield self.soa()
         yield ZoneRecord("@", "NS", "localhost.")
+        for owner, rdata, comment, fits in self._policy_records():
+            if fits:
+                yield ZoneRecord(owner, "CNAME", rdata, comment)
+
+    def _policy_records(self) -> Iterator[tuple[str, str, str, bool]]:
+        """(owner, rdata, comment, fits) per policy record.  RPZ prefers an
+        exact trigger to a wildcard and a longer name to a shorter one:
+        exactly the core's "most specific wins"."""
         limit = 254 - len(self.origin)  # owner + origin within 255 octets
-        for e in self.plan.entries():
-            for owner, side in _rpz_sides(e):
-                if len(owner) > limit:
-                    continue  # text() names it; a server can't carry the name either
-                yield ZoneRecord(owner, "CNAME", "." if side.action is _BLOCK else "rpz-passthru.",
-                                 f"{side.action.value} {side.note}")
+        for name, wide, only in self.plan.entries():
+            side = only or wide
+            assert side is not None
+            fits = len(name) <= limit
+            yield (name, "." if side.action is _BLOCK else "rpz-passthru.", f"{side.word} {side.note}", fits)
+            if wide is not None:
+                yield (f"*.{name}", "." if wide.action is _BLOCK else "rpz-passthru.",
+                       f"{wide.word} {wide.note}", len(name) + 2 <= limit)
 
     def text(self) -> Iterator[str]:
         plan = self.plan
@@ -316,29 +340,17 @@ class RpzZone:
         ), {"url", "store", "sni-glob", "network"})
         yield f"$TTL {self.ttl}"
         yield f"$ORIGIN {self.origin}"
-        limit = 254 - len(self.origin)
-        n = 0
-        for rec in self.records():
-            n += 1
-            tail = f" ; {rec.comment}" if rec.comment else ""
-            yield f"{rec.owner} {rec.rtype} {rec.rdata}{tail}"
-        for e in plan.entries():
-            for owner, side in _rpz_sides(e):
-                if len(owner) > limit:
-                    yield (f"; NOT EXPRESSED (name too long for the zone): {owner} "
-                           f"{side.action.value} {side.note}")
+        soa = self.soa()
+        yield f"{soa.owner} {soa.rtype} {soa.rdata}"
+        yield "@ NS localhost."
+        n = 2
+        for owner, rdata, comment, fits in self._policy_records():
+            if fits:
+                n += 1
+                yield f"{owner} CNAME {rdata} ; {comment}"
+            else:
+                yield f"; NOT EXPRESSED (name too long for the zone): {owner} {comment}"
         yield f"; {n} records"
-
-
-def _rpz_sides(e: Entry) -> Iterator[tuple[str, Item]]:
-    """RPZ prefers an exact trigger to a wildcard and a longer name to a
-    shorter one: exactly the core's "most specific wins"."""
-    if e.only is not None:
-        yield e.name, e.only
-    elif e.wide is not None:
-        yield e.name, e.wide
-    if e.wide is not None:
-        yield f"*.{e.name}", e.wide
 
 
 def rpz_zone(policy: Policy, at: dt.date | None = None, phase: Phase | None = None,

@@ -131,10 +131,16 @@ class NameIndex:
         """The most specific suffix entry at ``name`` or above it, ignoring exact
         entries: what a name's subdomains fall back to without its own entry."""
         suffix = self._suffix
-        for key in suffixes(name):
+        rules = suffix.get(name)
+        if rules is not None:
+            return name, rules
+        start = name.find(".")
+        while start != -1:  # suffixes(), inlined: an export calls this once per entry
+            key = name[start + 1 :]
             rules = suffix.get(key)
             if rules is not None:
                 return key, rules
+            start = name.find(".", start + 1)
         return None
 
 
