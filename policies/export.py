@@ -533,61 +533,66 @@ def _squid(plan: Plan) -> Iterator[str]:
         "without decrypting, all other TLS is spliced; dstdomain denies a banned host over plain",
         "HTTP and in CONNECT; .name is the name and its subdomains, name the name alone",
     ), {"url", "store", "network"})
-    levels: dict[int, tuple[list[str], list[str], list[str]]] = {}  # specificity -> (block, pass, notes)
+    # specificity -> (blocked keys, exempted keys); odd specificity is an exact
+    # name (a hosts: entry), even a name and its subdomains.  Only the index's
+    # own key strings are kept, so 1,000,000 names cost two lists of references;
+    # the per-entry comments are written as the entries are read.
+    levels: dict[int, tuple[list[str], list[str]]] = {}
     for e in plan.entries():
         for side, exact in ((e.wide, False), (e.only, True)):
             if side is None:
                 continue
             spec = 2 * e.name.count(".") + (3 if exact else 2)
             value = e.name if exact else f".{e.name}"
-            block, passed, notes = levels.setdefault(spec, ([], [], []))
             if side.action is _BLOCK:
-                block.append(value)
-                notes.append(f"# block {value} {side.note}")
+                levels.setdefault(spec, ([], []))[0].append(e.name)
+                yield f"# block {value} {side.note}"
             elif side.allow_list or side.hole:
-                passed.append(value)
-                notes.append(f"# {side.action.value} {value} {side.note}")
+                levels.setdefault(spec, ([], []))[1].append(e.name)
+                yield f"# {side.word} {value} {side.note}"
             elif side.action is _LOG:
-                notes.append(f"# log-only (not blocked): {value} {side.note}")
-    globs = [a for a in plan.asides() if a.kind == "sni-glob"]
+                yield f"# log-only (not blocked): {value} {side.note}"
     glob_levels: dict[int, list[Aside]] = {}
-    for a in globs:
-        glob_levels.setdefault(2 * a.subject.count(".") + 2, []).append(a)
-    yield "acl egress_filter_step1 at_step SslBump1"
-    runs: list[tuple[list[str], list[str], list[str]]] = []  # (block, pass, block regexes)
-    for spec in sorted(set(levels) | set(glob_levels), reverse=True):
-        block, passed, notes = levels.get(spec, ([], [], []))
-        yield from notes
-        regexes = []
-        for a in glob_levels.get(spec, []):
-            rx = f"^{glob_to_regex(a.subject)}$"
+    for a in plan.asides():
+        if a.kind == "sni-glob":
+            glob_levels.setdefault(2 * a.subject.count(".") + 2, []).append(a)
             yield f"# sni-glob {a.subject}: {a.action.value} {a.note}"
-            if a.action is _BLOCK:
-                regexes.append(rx)
+    yield "acl egress_filter_step1 at_step SslBump1"
+    # A run: blocks and exemptions that one deny line can hold, exemptions no
+    # less specific than the blocks; (dot, keys) chunks refer to the level lists.
+    runs: list[tuple[list[tuple[str, list[str]]], list[tuple[str, list[str]]], list[str]]] = []
+    for spec in sorted(set(levels) | set(glob_levels), reverse=True):
+        block, passed = levels.get(spec, ([], []))
+        dot = "" if spec & 1 else "."
+        regexes = [f"^{glob_to_regex(a.subject)}$" for a in glob_levels.get(spec, []) if a.action is _BLOCK]
         if not runs or (passed and (runs[-1][0] or runs[-1][2])):
             runs.append(([], [], []))
-        runs[-1][0].extend(block)
-        runs[-1][1].extend(passed)
+        if block:
+            runs[-1][0].append((dot, block))
+        if passed:
+            runs[-1][1].append((dot, passed))
         runs[-1][2].extend(regexes)
-    for i, (block, passed, regexes) in enumerate(runs, 1):
-        for v in block:
-            yield f"acl egress_filter_block_{i} ssl::server_name {v}"
-            yield f"acl egress_filter_block_host_{i} dstdomain -n {v}"
+    for i, (blocks, passes, regexes) in enumerate(runs, 1):
+        for dot, keys in blocks:
+            for k in keys:
+                yield f"acl egress_filter_block_{i} ssl::server_name {dot}{k}"
+                yield f"acl egress_filter_block_host_{i} dstdomain -n {dot}{k}"
         for rx in regexes:
             yield f"acl egress_filter_block_re_{i} ssl::server_name_regex -i {rx}"
             yield f"acl egress_filter_block_host_re_{i} dstdom_regex -n -i {rx}"
-        for v in passed:
-            yield f"acl egress_filter_pass_{i} ssl::server_name {v}"
-            yield f"acl egress_filter_pass_host_{i} dstdomain -n {v}"
+        for dot, keys in passes:
+            for k in keys:
+                yield f"acl egress_filter_pass_{i} ssl::server_name {dot}{k}"
+                yield f"acl egress_filter_pass_host_{i} dstdomain -n {dot}{k}"
     for kind, block_acl, re_acl, pass_acl in (
             ("http_access deny", "egress_filter_block_host", "egress_filter_block_host_re",
              "egress_filter_pass_host"),
             ("ssl_bump terminate", "egress_filter_block", "egress_filter_block_re", "egress_filter_pass")):
         if kind.startswith("ssl_bump"):
             yield "ssl_bump peek egress_filter_step1"
-        for i, (block, _passed, regexes) in enumerate(runs, 1):
+        for i, (blocked, _passed, regexes) in enumerate(runs, 1):
             exempt = "".join(f" !{pass_acl}_{j}" for j in range(1, i + 1) if runs[j - 1][1])
-            if block:
+            if blocked:
                 yield f"{kind} {block_acl}_{i}{exempt}"
             if regexes:
                 yield f"{kind} {re_acl}_{i}{exempt}"

@@ -213,5 +213,14 @@ def test_engine_answers_as_the_core_decides(tmp_path: Path, upstream: CatchAll, 
     finally:
         server.stop()
     assert got == want
-    if engine == "unbound-rpz":  # rpz-log: yes records each rewrite with the zone's name
-        assert "rpz: applied [egress-filter]" in server.log.read_text()
+    # RPZ has no log-only action: a log-only name is passthru, and the engine's log records the hit.
+    log = server.log.read_text()
+    if engine == "unbound-rpz" and day == cases.DOWNLOADS_DAY:  # rpz-log: yes
+        assert "rpz: applied [egress-filter] *.chat.test. rpz-passthru 127.0.0.1@" in log
+        assert " www.chat.test. A IN" in log
+        assert "rpz: applied [egress-filter] dl.chat.test. rpz-nxdomain" in log
+    if engine == "bind9-rpz" and day == cases.DOWNLOADS_DAY:  # response-policy { zone ... log yes; }
+        assert ("rpz QNAME PASSTHRU rewrite www.chat.test/A/IN via www.chat.test.default.rpz.egress-filter"
+                in log)
+        assert ("rpz QNAME NXDOMAIN rewrite dl.chat.test/A/IN via dl.chat.test.default.rpz.egress-filter"
+                in log)
