@@ -55,7 +55,12 @@ class Item(NamedTuple):
     note: str  # "app=<ids> framework=<labels> rule=<rule id>"
     allow_list: bool
     parent: Action | None  # what these names fall back to without this entry (None: no rule)
-    inside_pass: bool = False  # a block below a name written as an exemption (allow list or hole)
+    # How deep this entry sits in alternations of blocks and exemptions (allow
+    # list or hole) above it: 0 a block under no exemption, 1 an exemption,
+    # 2 a block inside an exemption, 3 an exemption inside that... (-1: it is
+    # neither, e.g. a log-only name).  What engines whose exceptions beat any
+    # block (adblock, Suricata's pass) need to know.
+    rank: int = 0
     word: str = ""  # ``action.value``, bound once (an enum attribute costs a lookup per use)
 
     @property
@@ -129,6 +134,7 @@ class Plan:
         self.moment = Moment(self.full.at, group, self.full.legal_status, self.full.mode,
                              self.full.group.exempt, self.full.fingerprint)
         self._judged: dict[int, _Judged] = {}
+        self._ranks: dict[str, int] = {}
 
     # --- verdicts -----------------------------------------------------------
 
@@ -158,18 +164,30 @@ class Plan:
         parent = None
         if hit is not None:
             parent = (self._judged.get(id(hit[1])) or self._judge(hit[0], hit[1], False)).action
-        inside = (j.action is _BLOCK and parent is not None and parent is not _BLOCK and hit is not None
-                  and self._passes(hit[0], hit[1]))
-        return Item(j.action, j.head if j.fixed else j.head + key, j.allow_list, parent, inside, j.word)
+        if hit is None and j.action is _BLOCK:
+            rank = 0  # the common case, without a walk up
+        else:
+            rank = _next_rank(self._class(j, parent), -1 if hit is None else self._suffix_rank(*hit))
+        return Item(j.action, j.head if j.fixed else j.head + key, j.allow_list, parent, rank, j.word)
 
-    def _passes(self, key: str, rules: tuple[Rule, ...]) -> bool:
-        """Whether a ``domains:`` entry is written as an exemption: on the allow
-        list, or not blocking below a name that blocks."""
-        j = self._judge(key, rules, False)
-        if j.allow_list:
-            return True
-        hit = self._above(key, False)
-        return j.action is not _BLOCK and hit is not None and self._judge(*hit, False).action is _BLOCK
+    @staticmethod
+    def _class(j: _Judged, parent: Action | None) -> int:
+        """0: a block; 1: an exemption (the allow list, or not blocking below a block); -1: neither."""
+        if j.action is _BLOCK:
+            return 0
+        return 1 if j.allow_list or parent is _BLOCK else -1
+
+    def _suffix_rank(self, key: str, rules: tuple[Rule, ...]) -> int:
+        """The rank of a ``domains:`` entry, or of the nearest written one above it (-1: none)."""
+        rank = self._ranks.get(key)
+        if rank is None:
+            j = self._judge(key, rules, False)
+            hit = self._above(key, False)
+            parent = None if hit is None else self._judge(*hit, False).action
+            above = -1 if hit is None else self._suffix_rank(*hit)
+            cls = self._class(j, parent)
+            rank = self._ranks[key] = above if cls < 0 else _next_rank(cls, above)
+        return rank
 
     def _above(self, key: str, exact: bool) -> tuple[str, tuple[Rule, ...]] | None:
         """The ``domains:`` entry these names fall back to without this entry's own rules."""
@@ -236,6 +254,15 @@ class Plan:
                       [(a, p.value) for a, p in m.phases])).encode()
         h = int.from_bytes(hashlib.sha256(basis).digest()[:8], "big") % 100_000
         return (m.at - SERIAL_EPOCH).days * 100_000 + h
+
+
+def _next_rank(cls: int, above: int) -> int:
+    """The lowest rank of class ``cls`` (blocks even, exemptions odd) above ``above``."""
+    if cls < 0:
+        return -1
+    if above < 0:
+        return cls
+    return above if above % 2 == cls else above + 1
 
 
 def zone_name(group: str) -> str:
@@ -408,9 +435,11 @@ def _dns_case(e: Entry) -> tuple[Dns, Item]:
 
 
 def _dns_lines(plan: Plan, c: str, block: Callable[[str], list[str]], name_only: Callable[[str], list[str]],
-               exempt: Callable[[str], list[str]], engine: str) -> Iterator[str]:
-    """The entries as lines of one resolver's syntax: ``block``, ``name_only``
-    and ``exempt`` give the lines for a name; ``c`` starts a comment."""
+               exempt: Callable[[str], list[str]], name_only_exempt: Callable[[str], list[str]],
+               engine: str) -> Iterator[str]:
+    """The entries as lines of one resolver's syntax: ``block``, ``name_only``,
+    ``exempt`` and ``name_only_exempt`` give the lines for a name; ``c`` starts
+    a comment."""
     for e in plan.entries():
         case, item = _dns_case(e)
         name, note, what = e.name, item.note, item.action.value
@@ -420,10 +449,10 @@ def _dns_lines(plan: Plan, c: str, block: Callable[[str], list[str]], name_only:
         elif case is Dns.BLOCK_APPROX:
             lines = block(name)
             tail = f"APPROXIMATED: {name} itself is {what} ({note}), blocked here with its subdomains"
-        elif case is Dns.NAME_ONLY or case is Dns.NAME_ONLY_EXEMPT:
+        elif case is Dns.NAME_ONLY:
             lines, tail = name_only(name), f"block (this name only) {note}"
-            if case is Dns.NAME_ONLY_EXEMPT:
-                lines = exempt(name) + lines
+        elif case is Dns.NAME_ONLY_EXEMPT:
+            lines, tail = name_only_exempt(name), f"block (this name only, not below it) {note}"
         elif case is Dns.EXEMPT:
             lines, tail = exempt(name), f"{what} {note}"
         else:
@@ -448,13 +477,19 @@ def _unbound(plan: Plan) -> Iterator[str]:
         "local-data (0.0.0.0 / ::), so names below it resolve; allow is always_transparent",
     ), {"url", "store", "sni-glob", "network"})
     yield "server:"
-    ind = "    "
-    yield from (ind + line for line in _dns_lines(
+
+    def null(n: str) -> list[str]:
+        return [f'local-zone: "{n}." transparent', f'local-data: "{n}. A 0.0.0.0"',
+                f'local-data: "{n}. AAAA ::"']
+
+    # A transparent zone on a name is itself the most specific zone for the
+    # names below it: ``null`` exempts them too, whatever blocks above.
+    yield from ("    " + line for line in _dns_lines(
         plan, "#",
         lambda n: [f'local-zone: "{n}." always_nxdomain'],
-        lambda n: [f'local-zone: "{n}." transparent', f'local-data: "{n}. A 0.0.0.0"',
-                   f'local-data: "{n}. AAAA ::"'],
+        null,
         lambda n: [f'local-zone: "{n}." always_transparent'],
+        null,
         "Unbound"))
 
 
@@ -469,6 +504,7 @@ def _dnsmasq(plan: Plan) -> Iterator[str]:
         lambda n: [f"address=/{n}/"],
         lambda n: [f"host-record={n},0.0.0.0,::"],
         lambda n: [f"server=/{n}/#"],
+        lambda n: [f"server=/{n}/#", f"host-record={n},0.0.0.0,::"],
         "dnsmasq")
 
 
@@ -502,23 +538,28 @@ def _adblock(plan: Plan) -> Iterator[str]:
         yield from _adblock_entry(e)
 
 
+# AdGuard Home's precedence: @@...$important > ...$important > @@... > plain blocks.
+_ADBLOCK_RANK = {0: ("", ""), 1: ("@@", ""), 2: ("", "$important"), 3: ("@@", "$important")}
+
+
 def _adblock_entry(e: Entry) -> Iterator[str]:
     name, wide, only = e.name, e.wide, e.only
     for side, pattern in ((wide, f"||{name}^"), (only, f"|{name}^")):
         if side is None:
             continue
-        if side.action is _BLOCK:
-            nested = side.inside_pass
-            if side is only and wide is not None and (wide.allow_list or wide.hole):
-                nested = True  # @@||name^ on the same name would win otherwise
-            if side is only and side.parent is _BLOCK and wide is None:
-                yield f"! block {name}: covered by the rule above it; {side.note}"
-                continue
-            yield f"{pattern}{'$important' if nested else ''}  ! block {side.note}"
-        elif side.allow_list or side.hole:
-            yield f"@@{pattern}  ! {side.action.value} {side.note}"
-        elif side.action is _LOG:
-            yield f"! log-only (not blocked): {pattern} {side.note}"
+        if side.action is not _BLOCK and not (side.allow_list or side.hole):
+            if side.action is _LOG:
+                yield f"! log-only (not blocked): {pattern} {side.note}"
+            continue
+        if side is only and side.parent is _BLOCK and side.action is _BLOCK and wide is None \
+                and side.rank % 2 == 0:
+            yield f"! block {name}: covered by the rule above it; {side.note}"
+            continue
+        if side.rank > 3:
+            yield (f"! APPROXIMATED: {name} is {side.word} inside four levels of blocks and exemptions; "
+                   "the syntax has four (@@ and $important), so the $important exemption above wins")
+        prefix, suffix = _ADBLOCK_RANK[min(side.rank, 3 if side.rank % 2 else 2)]
+        yield f"{prefix}{pattern}{suffix}  ! {side.word} {side.note}"
 
 
 # --- Squid ------------------------------------------------------------------------
@@ -617,17 +658,19 @@ def _suricata(plan: Plan) -> Iterator[str]:
         for side, exact in ((e.wide, False), (e.only, True)):
             if side is None or not (side.action is not _ALLOW or side.allow_list or side.hole):
                 continue
-            if side.action is _BLOCK and (side.inside_pass or (
-                    exact and e.wide is not None and (e.wide.allow_list or e.wide.hole))):
+            if side.action is _BLOCK and side.rank >= 2:
                 yield (f"# APPROXIMATED: {e.name} is blocked below an exempted name; Suricata's pass "
                        "rules run first, so it is passed")
+            # An exemption passes (a log-only hole too: alert would lose to the drop above it).
+            action = _ALLOW if side.rank > 0 and side.rank % 2 == 1 else side.action
             for proto, buf in (("dns", "dns.query"), ("tls", "tls.sni"), ("http", "http.host")):
                 if exact:
                     match = f'content:"{e.name}"; startswith; endswith;'
                 else:
                     match = f'dotprefix; content:".{e.name}"; endswith;'
                 nocase = "" if proto == "http" else " nocase;"  # http.host is lower-cased already
-                yield _suricata_rule(side.action, proto, f"{buf}; {match}{nocase}", e.name, side.note, used)
+                yield _suricata_rule(action, proto, f"{buf}; {match}{nocase}", e.name, side.note, used,
+                                     verdict=side.word)
     for a in plan.asides():
         if a.kind == "sni-glob":
             rx = glob_to_regex(a.subject).replace("/", "\\/")
@@ -640,14 +683,14 @@ def _suricata(plan: Plan) -> Iterator[str]:
 
 
 def _suricata_rule(action: Action, proto: str, match: str, subject: str, note: str, used: set[int],
-                   dst: str = "any") -> str:
+                   dst: str = "any", verdict: str | None = None) -> str:
     fields = dict(part.split("=", 1) for part in note.split(" ") if "=" in part)
     sid = _sid(f"{proto}|{fields.get('rule', '')}|{subject}", used)
     meta = ", ".join(f"{k} {_meta(v)}" for k, v in (("app", fields.get("app", "-")),
                                                     ("framework", fields.get("framework", "-")),
                                                     ("rule", fields.get("rule", "-")),
-                                                    ("verdict", action.value)))
-    msg = f"egress-filter {action.value} {proto} {subject} app {fields.get('app', '-')}"
+                                                    ("verdict", verdict or action.value)))
+    msg = f"egress-filter {verdict or action.value} {proto} {subject} app {fields.get('app', '-')}"
     body = f"{match} " if match else ""
     return (f"{_SURICATA_ACTION[action]} {proto} any any -> {dst} any (msg:\"{_meta(msg, ' ')}\"; "
             f"{body}metadata: {meta}; sid:{sid}; rev:1;)")
