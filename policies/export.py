@@ -277,10 +277,17 @@ def _head(policy: Policy, d: Decision) -> str:
 
 # --- common header ----------------------------------------------------------
 
-_LIMITS: dict[str, tuple[str, ...]] = {
-    "dns": ("URL-level rules (download paths, app-store ids): a name-level format cannot see a URL",
-            "SNI globs: a DNS name list has no glob within a label",
-            "networks: DNS answers are not filtered by address here"),
+# What each format does with a log-only name (an app's ordinary traffic in the downloads phase).
+_LOG_ONLY = {
+    "rpz": "rpz-passthru (RPZ has no log-only action); the engine's RPZ log records the hit",
+    "bind": "rpz-passthru in the zone; log yes records the hit",
+    "unbound": "not blocked, and NOT LOGGED by local-zone: listed as comments",
+    "dnsmasq": "not blocked, and NOT LOGGED by this format: listed as comments",
+    "hosts": "not blocked, and NOT LOGGED by a hosts file: listed as comments",
+    "adblock": "not blocked, and NOT LOGGED by this format (the engine's query log shows them): comments",
+    "squid": "not blocked (spliced), and NOT LOGGED apart from Squid's access log: listed as comments",
+    "suricata": "alert rules (pass where they sit below a block)",
+    "zeek-intel": "Intel::DOMAIN entries whose meta.desc says log",
 }
 
 
@@ -299,6 +306,7 @@ def _header(plan: Plan, fmt: str, c: str, limits: Iterable[str], unexpressed: se
     yield f"{c} verdicts are egress-filter's own: block is blocked, log and allow are not"
     for line in limits:
         yield f"{c} {line}"
+    yield f"{c} log-only names: {_LOG_ONLY[fmt]}"
     asides = [a for a in plan.asides() if a.kind in unexpressed]
     if asides:
         yield f"{c} NOT EXPRESSED by this format (egress-filter decides these itself):"

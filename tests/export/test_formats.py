@@ -94,6 +94,7 @@ def test_header_names_what_the_format_cannot_express(policy: Policy, fmt: str) -
     comment = {"rpz": ";", "bind": "//", "adblock": "!"}.get(fmt, "#")
     head = text.split("entries this format can only approximate", 1)[0]
     assert head.splitlines()[0] == f"{comment} egress-filter export, format {fmt}"
+    assert f"\n{comment} log-only names: " in head
     for key, line in ASIDES.items():
         assert (f"{comment}   {line}" in head) == (key in UNEXPRESSED[fmt]), (key, head)
     # and what the format can express is not left out of its body
