@@ -78,12 +78,6 @@ class Entry(NamedTuple):
     wide: Item | None  # the name and every subdomain
     only: Item | None  # the name itself; wins over ``wide`` for the name
 
-    @property
-    def name_action(self) -> Action:
-        side = self.only or self.wide
-        assert side is not None
-        return side.action
-
 
 class Aside(NamedTuple):
     """A rule no name-list format can carry: a URL, a glob or a network."""
