@@ -720,7 +720,8 @@ def _zeek(plan: Plan) -> Iterator[str]:
     yield from _header(plan, "zeek-intel", "#", (
         "Zeek Intel framework input (Intel::read_files); Intel::DOMAIN matches the exact name seen",
         "in DNS, HTTP Host and TLS SNI: SUBDOMAINS ARE NOT COVERED, so a domains: entry is listed",
-        "as its own name only; networks are Intel::SUBNET; meta.desc holds the verdict and the rule",
+        "as its own name only; networks are Intel::SUBNET; meta.desc holds the verdict and the rule;",
+        "allow-list entries and exemptions are not indicators and are left out",
     ), {"url", "store", "sni-glob"})
     yield ZEEK_FIELDS
     source = f"egress-filter:{plan.moment.group}"
