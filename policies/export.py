@@ -142,7 +142,7 @@ class Plan:
             head = _head(self.policy, d)
             fixed = rule is not None and (rule.pattern is not None or rule.path is not None)
             if rule is not None:
-                head += rule.cite() if fixed else f"{rule.kind.value}:"
+                head += _text(rule.cite()) if fixed else f"{rule.kind.value}:"
             allow_list = rule is not None and rule.tier is Tier.ALLOW
             j = self._judged[id(rules)] = _Judged(d.action, rule, head, fixed, allow_list, d.action.value)
         return j
@@ -205,12 +205,13 @@ class Plan:
         for host, rules in self.policy.download_paths.items():
             for r in rules:
                 d = full.decide_http(f"https://{host}{r.path or '/'}")
-                out.append(Aside("url", f"{host}{r.path or '/'}", d.action, _head(self.policy, d) + r.cite()))
+                out.append(Aside("url", _text(f"{host}{r.path or '/'}"), d.action,
+                                 _head(self.policy, d) + _text(r.cite())))
         for r in self.policy.download_path_globs.rules():
             host = (r.pattern or "").replace("*", "x")
             d = full.decide_http(f"https://{host}{r.path or '/'}")
-            out.append(Aside("url", f"{r.pattern}{r.path or '/'}", d.action,
-                             _head(self.policy, d) + r.cite()))
+            out.append(Aside("url", _text(f"{r.pattern}{r.path or '/'}"), d.action,
+                             _head(self.policy, d) + _text(r.cite())))
         for (store, app_id) in self.policy.store_index:
             url = (f"https://apps.apple.com/app/id{app_id}" if store == "apple"
                    else f"https://play.google.com/store/apps/details?id={app_id}")
@@ -264,8 +265,17 @@ def zone_name(group: str) -> str:
     return f"{group}.{RPZ_SUFFIX}"
 
 
+def _text(value: str, space: str = "_") -> str:
+    """Free text of the policy (its name, a framework's label, a URL path) made
+    safe for any config line: printable ASCII, no quote, no semicolon, spaces
+    as ``space``, the rest escaped.  A newline in a policy's name must not
+    become a line of someone's resolver config."""
+    return "".join(space if ch == " " else ch if "!" <= ch <= "~" and ch not in "\"'\\;"
+                   else f"\\x{ord(ch):02x}" if ord(ch) < 0x100 else f"\\u{ord(ch):04x}" for ch in value)
+
+
 def _head(policy: Policy, d: Decision) -> str:
-    fws = ",".join(policy.frameworks[f].label.replace(" ", "_") for f in d.frameworks) or "-"
+    fws = ",".join(_text(policy.frameworks[f].label) for f in d.frameworks) or "-"
     return f"app={','.join(d.apps) or '-'} framework={fws} rule="
 
 
@@ -289,7 +299,7 @@ def _header(plan: Plan, fmt: str, c: str, limits: Iterable[str], unexpressed: se
     m = plan.moment
     p = plan.policy
     yield f"{c} egress-filter export, format {fmt}"
-    yield f"{c} policy: {p.name or '-'} ({p.source or '-'}), digest {p.digest or '-'}"
+    yield f"{c} policy: {_text(p.name or '-', ' ')} ({_text(p.source or '-', ' ')}), digest {p.digest or '-'}"
     yield (f"{c} group: {m.group}; date: {m.at}; legal status: {m.legal_status.value.replace('_', ' ')}; "
            f"mode: {m.mode.value}")
     phases = ", ".join(f"{a}={ph.value}" for a, ph in m.phases) or "-"
