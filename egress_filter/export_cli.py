@@ -10,6 +10,7 @@ part at ``--output`` and the zone beside it.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 from collections.abc import Iterable
@@ -36,6 +37,8 @@ def _write(lines: Iterable[str], path: str | None) -> None:
             fh.writelines(f"{line}\n" for line in lines)
         os.replace(tmp, path)
     except OSError as exc:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)  # a full disk must not leave half an export beside the real one
         raise SystemExit(f"egress-filter: cannot write {path}: {exc.strerror or exc}") from exc
 
 
