@@ -582,9 +582,11 @@ def _squid(plan: Plan) -> Iterator[str]:
     excludes the exemptions of the runs before it."""
     yield from _header(plan, "squid", "#", (
         "include this file in squid.conf before your own http_access and ssl_bump rules, on an",
-        "http_port with ssl-bump: step 1 peeks at the TLS client hello, a banned SNI is terminated",
-        "without decrypting, all other TLS is spliced; dstdomain denies a banned host over plain",
-        "HTTP and in CONNECT; .name is the name and its subdomains, name the name alone",
+        "http_port with ssl-bump: a CONNECT to a banned host is terminated at step 1, before any",
+        "TLS; step 1 peeks at the client hello, a banned SNI is terminated without decrypting, all",
+        "other TLS is spliced; http_access denies a banned host over plain HTTP. On a port without",
+        "ssl-bump the ssl_bump lines do not apply: CONNECT is then NOT FILTERED by this file",
+        ".name is the name and its subdomains, name the name alone",
     ), {"url", "store", "network"})
     # specificity -> (blocked keys, exempted keys); odd specificity is an exact
     # name (a hosts: entry), even a name and its subdomains.  Only the index's
@@ -637,11 +639,18 @@ def _squid(plan: Plan) -> Iterator[str]:
             for k in keys:
                 yield f"acl egress_filter_pass_{i} ssl::server_name {dot}{k}"
                 yield f"acl egress_filter_pass_host_{i} dstdomain -n {dot}{k}"
+    # Plain HTTP by its host; CONNECT by its host at step 1 (terminate before
+    # any TLS: an http_access deny of a CONNECT on an ssl-bump port would make
+    # Squid bump the connection to show its error page); TLS by the SNI peeked
+    # at step 1, terminated at step 2.
+    yield "acl egress_filter_connect method CONNECT"
     for kind, block_acl, re_acl, pass_acl in (
-            ("http_access deny", "egress_filter_block_host", "egress_filter_block_host_re",
-             "egress_filter_pass_host"),
+            ("http_access deny !egress_filter_connect", "egress_filter_block_host",
+             "egress_filter_block_host_re", "egress_filter_pass_host"),
+            ("ssl_bump terminate egress_filter_step1", "egress_filter_block_host",
+             "egress_filter_block_host_re", "egress_filter_pass_host"),
             ("ssl_bump terminate", "egress_filter_block", "egress_filter_block_re", "egress_filter_pass")):
-        if kind.startswith("ssl_bump"):
+        if kind == "ssl_bump terminate":
             yield "ssl_bump peek egress_filter_step1"
         for i, (blocked, _passed, regexes) in enumerate(runs, 1):
             exempt = "".join(f" !{pass_acl}_{j}" for j in range(1, i + 1) if runs[j - 1][1])

@@ -141,6 +141,10 @@ def squid_blocks(text: str, name: str, http: bool = False) -> bool:
 
     def member(acl: str) -> bool:
         for kind, value in acls[acl]:
+            if kind in ("method", "at_step"):
+                # The model: plain HTTP is no CONNECT; TLS is a CONNECT to an
+                # address, so step-1 rules (on the CONNECT's host) never match.
+                return False
             if kind.endswith("regex"):
                 if re.search(value, name, re.IGNORECASE):
                     return True

@@ -198,6 +198,25 @@ HTTP_CASES = [
 ]
 
 
+CONNECT_CASES = [
+    # (the name curl asks for, the name the CONNECT carries)
+    pytest.param("www.video.test", "www.video.test", id="banned-name"),
+    pytest.param("allowed.test", "www.video.test", id="banned-name-innocent-sni"),
+]
+
+
+@pytest.mark.parametrize(("sni", "connect"), CONNECT_CASES)
+def test_connect_to_a_banned_name_is_cut_before_tls(squid: tuple[int, int, int, Path, Path], sni: str,
+                                                    connect: str) -> None:
+    """A CONNECT naming a banned host is closed at step 1, before any TLS: no
+    certificate, not even Squid's own for an error page; an innocent SNI
+    inside does not open it."""
+    port, tls_port, _plain, ca, _work = squid
+    r = curl("--proxy", f"http://127.0.0.1:{port}", "--cacert", str(ca),
+             "--connect-to", f"{sni}:{tls_port}:{connect}:{tls_port}", f"https://{sni}:{tls_port}/")
+    assert (r.returncode, r.stdout, r.stderr) == (56, "\n000", "curl: (56) Proxy CONNECT aborted\n")
+
+
 @pytest.mark.parametrize(("host", "status"), HTTP_CASES)
 def test_plain_http_by_host(squid: tuple[int, int, int, Path, Path], host: str, status: int) -> None:
     port, _tls, plain_port, _ca, _work = squid
