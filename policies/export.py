@@ -628,17 +628,15 @@ def _squid(plan: Plan) -> Iterator[str]:
             runs[-1][1].append((dot, passed))
         runs[-1][2].extend(regexes)
     for i, (blocks, passes, regexes) in enumerate(runs, 1):
-        for dot, keys in blocks:
-            for k in keys:
-                yield f"acl egress_filter_block_{i} ssl::server_name {dot}{k}"
-                yield f"acl egress_filter_block_host_{i} dstdomain -n {dot}{k}"
+        for dot, k in _squid_values(blocks):
+            yield f"acl egress_filter_block_{i} ssl::server_name {dot}{k}"
+            yield f"acl egress_filter_block_host_{i} dstdomain -n {dot}{k}"
         for rx in regexes:
             yield f"acl egress_filter_block_re_{i} ssl::server_name_regex -i {rx}"
             yield f"acl egress_filter_block_host_re_{i} dstdom_regex -n -i {rx}"
-        for dot, keys in passes:
-            for k in keys:
-                yield f"acl egress_filter_pass_{i} ssl::server_name {dot}{k}"
-                yield f"acl egress_filter_pass_host_{i} dstdomain -n {dot}{k}"
+        for dot, k in _squid_values(passes):
+            yield f"acl egress_filter_pass_{i} ssl::server_name {dot}{k}"
+            yield f"acl egress_filter_pass_host_{i} dstdomain -n {dot}{k}"
     # Plain HTTP by its host; CONNECT by its host at step 1 (terminate before
     # any TLS: an http_access deny of a CONNECT on an ssl-bump port would make
     # Squid bump the connection to show its error page); TLS by the SNI peeked
@@ -659,6 +657,24 @@ def _squid(plan: Plan) -> Iterator[str]:
             if regexes:
                 yield f"{kind} {re_acl}_{i}{exempt}"
     yield "ssl_bump splice all"
+
+
+def _squid_values(chunks: list[tuple[str, list[str]]]) -> Iterator[tuple[str, str]]:
+    """The (dot, key) values of one ACL, without those another value of the
+    same ACL covers: Squid refuses to start on 'x.a is a subdomain of .a'.
+    Dropping them changes nothing, as both sit behind the same rule line."""
+    wide = {k for dot, keys in chunks if dot for k in keys}
+    for dot, keys in chunks:
+        for k in keys:
+            above = k.partition(".")[2] if dot else k
+            covered = False
+            while above:
+                if above in wide:
+                    covered = True
+                    break
+                above = above.partition(".")[2]
+            if not covered:
+                yield dot, k
 
 
 # --- Suricata -----------------------------------------------------------------------

@@ -44,8 +44,8 @@ apps:
   - id: video
     name: Video
     owner: Video Co
-    domains: [video.test, deep.old.video.test]
-    hosts: [api.videohost.test]
+    domains: [video.test, deep.old.video.test, cdn.video.test]
+    hosts: [api.videohost.test, video.test]
     sni: ["*.videocdn.test"]
     networks: [192.0.2.128/25]
     store: {apple: [12345678]}
@@ -67,6 +67,8 @@ NAMES = [
     ("video.test", B, B),
     ("www.video.test", B, B),
     ("a.b.video.test", B, B),
+    ("cdn.video.test", B, B),
+    ("x.cdn.video.test", B, B),
     ("ok.video.test", N, N),
     ("x.ok.video.test", N, N),
     ("old.video.test", N, N),

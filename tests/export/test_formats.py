@@ -274,7 +274,7 @@ def test_zeek_intel_layout(policy: Policy) -> None:
     assert rows and all(len(r) == 5 and all(r) for r in rows)
     assert {r[1] for r in rows} == {"Intel::DOMAIN", "Intel::SUBNET"}
     assert ["video.test", "Intel::DOMAIN", "egress-filter:default",
-            "block app=video framework=EO_1 rule=domain:video.test", "-"] in rows
+            "block app=video framework=EO_1 rule=host:video.test", "-"] in rows
     assert ["192.0.2.128/25", "Intel::SUBNET", "egress-filter:default",
             "block app=video framework=EO_1 rule=network:192.0.2.128/25", "-"] in rows
     assert "# APPROXIMATED: names below video.test (block) are not matched by Intel::DOMAIN" in data

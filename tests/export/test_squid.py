@@ -102,14 +102,17 @@ def squid() -> Iterator[tuple[int, int, int, Path, Path]]:
     for f in (*origin_cert, *bump_cert):
         os.chmod(f, 0o644)
     tls, plain = Origin(origin_cert), Origin()
-    export = work / "egress-filter.squid"
-    export.write_text("".join(f"{ln}\n" for ln in render(cases.policy(), "squid", at=cases.FULL_DAY)))
-    hosts = work / "hosts"
-    hosts.write_text("".join(f"127.0.0.1 {n}\n" for n in NAMES))
-    port = free_port()
-    conf = work / "squid.conf"
-    conf.write_text(f"""http_port 127.0.0.1:{port} ssl-bump tls-cert={bump_cert[0]} tls-key={bump_cert[1]} \
-generate-host-certificates=off
+    proc: subprocess.Popen[bytes] | None = None
+    try:
+        export = work / "egress-filter.squid"
+        export.write_text("".join(f"{ln}\n" for ln in render(cases.policy(), "squid", at=cases.FULL_DAY)))
+        hosts = work / "hosts"
+        hosts.write_text("".join(f"127.0.0.1 {n}\n" for n in NAMES))
+        port = free_port()
+        conf = work / "squid.conf"
+        # ssl-bump needs a certificate even though nothing is ever decrypted here.
+        bump = f"ssl-bump tls-cert={bump_cert[0]} tls-key={bump_cert[1]} generate-host-certificates=off"
+        conf.write_text(f"""http_port 127.0.0.1:{port} {bump}
 acl localhost src 127.0.0.0/8
 acl SSL_ports port {tls.port}
 acl Safe_ports port {plain.port} {tls.port}
@@ -128,15 +131,14 @@ cache_log {work}/cache.log
 coredump_dir {work}
 shutdown_lifetime 0 seconds
 """)
-    for f in (export, hosts, conf):
-        os.chmod(f, 0o644)
-    parse = subprocess.run(["squid", "-k", "parse", "-f", str(conf)], capture_output=True, text=True,
-                           timeout=60)
-    assert parse.returncode == 0, parse.stdout + parse.stderr
-    log = (work / "squid.out").open("wb")
-    proc = subprocess.Popen(["squid", "-N", "-f", str(conf)], stdout=log, stderr=subprocess.STDOUT,
-                            start_new_session=True)
-    try:
+        for f in (export, hosts, conf):
+            os.chmod(f, 0o644)
+        parse = subprocess.run(["squid", "-k", "parse", "-f", str(conf)], capture_output=True, text=True,
+                               timeout=60)
+        assert parse.returncode == 0 and "ERROR" not in parse.stderr, parse.stdout + parse.stderr
+        log = (work / "squid.out").open("wb")
+        proc = subprocess.Popen(["squid", "-N", "-f", str(conf)], stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
         deadline = time.monotonic() + 30
         while True:
             assert proc.poll() is None, (work / "squid.out").read_text()
@@ -148,13 +150,14 @@ shutdown_lifetime 0 seconds
                 time.sleep(0.2)
         yield port, tls.port, plain.port, origin_cert[0], work
     finally:
-        if proc.poll() is None:
-            os.kill(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            os.kill(proc.pid, signal.SIGKILL)
-            proc.wait(5)
+        if proc is not None:
+            if proc.poll() is None:
+                os.kill(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                os.kill(proc.pid, signal.SIGKILL)
+                proc.wait(5)
         tls.stop()
         plain.stop()
         shutil.rmtree(work, ignore_errors=True)
