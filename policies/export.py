@@ -593,20 +593,22 @@ def _squid(plan: Plan) -> Iterator[str]:
     # own key strings are kept, so 1,000,000 names cost two lists of references;
     # the per-entry comments are written as the entries are read.
     levels: dict[int, tuple[list[str], list[str]]] = {}
-    for e in plan.entries():
-        for side, exact in ((e.wide, False), (e.only, True)):
+    for name, wide, only in plan.entries():
+        spec = 2 * name.count(".") + 2
+        for side, dot in ((wide, "."), (only, "")) if only is not None else ((wide, "."),):
             if side is None:
                 continue
-            spec = 2 * e.name.count(".") + (3 if exact else 2)
-            value = e.name if exact else f".{e.name}"
+            level = levels.get(spec + (dot == ""))
+            if level is None:
+                level = levels[spec + (dot == "")] = ([], [])
             if side.action is _BLOCK:
-                levels.setdefault(spec, ([], []))[0].append(e.name)
-                yield f"# block {value} {side.note}"
+                level[0].append(name)
+                yield f"# block {dot}{name} {side.note}"
             elif side.allow_list or side.hole:
-                levels.setdefault(spec, ([], []))[1].append(e.name)
-                yield f"# {side.word} {value} {side.note}"
+                level[1].append(name)
+                yield f"# {side.word} {dot}{name} {side.note}"
             elif side.action is _LOG:
-                yield f"# log-only (not blocked): {value} {side.note}"
+                yield f"# log-only (not blocked): {dot}{name} {side.note}"
     glob_levels: dict[int, list[Aside]] = {}
     for a in plan.asides():
         if a.kind == "sni-glob":
@@ -628,15 +630,15 @@ def _squid(plan: Plan) -> Iterator[str]:
             runs[-1][1].append((dot, passed))
         runs[-1][2].extend(regexes)
     for i, (blocks, passes, regexes) in enumerate(runs, 1):
-        for dot, k in _squid_values(blocks):
-            yield f"acl egress_filter_block_{i} ssl::server_name {dot}{k}"
-            yield f"acl egress_filter_block_host_{i} dstdomain -n {dot}{k}"
+        for values in _squid_values(blocks):
+            yield f"acl egress_filter_block_{i} ssl::server_name {values}"
+            yield f"acl egress_filter_block_host_{i} dstdomain -n {values}"
         for rx in regexes:
             yield f"acl egress_filter_block_re_{i} ssl::server_name_regex -i {rx}"
             yield f"acl egress_filter_block_host_re_{i} dstdom_regex -n -i {rx}"
-        for dot, k in _squid_values(passes):
-            yield f"acl egress_filter_pass_{i} ssl::server_name {dot}{k}"
-            yield f"acl egress_filter_pass_host_{i} dstdomain -n {dot}{k}"
+        for values in _squid_values(passes):
+            yield f"acl egress_filter_pass_{i} ssl::server_name {values}"
+            yield f"acl egress_filter_pass_host_{i} dstdomain -n {values}"
     # Plain HTTP by its host; CONNECT by its host at step 1 (terminate before
     # any TLS: an http_access deny of a CONNECT on an ssl-bump port would make
     # Squid bump the connection to show its error page); TLS by the SNI peeked
@@ -659,22 +661,28 @@ def _squid(plan: Plan) -> Iterator[str]:
     yield "ssl_bump splice all"
 
 
-def _squid_values(chunks: list[tuple[str, list[str]]]) -> Iterator[tuple[str, str]]:
-    """The (dot, key) values of one ACL, without those another value of the
-    same ACL covers: Squid refuses to start on 'x.a is a subdomain of .a'.
-    Dropping them changes nothing, as both sit behind the same rule line."""
+_SQUID_PER_LINE = 64  # values per acl line: Squid appends repeated acl lines, and reads long ones
+
+
+def _squid_values(chunks: list[tuple[str, list[str]]]) -> Iterator[str]:
+    """The values of one ACL, a line's worth at a time, without those another
+    value of the same ACL covers: Squid refuses to start on 'x.a is a
+    subdomain of .a'.  Dropping them changes nothing, as both sit behind the
+    same rule line."""
     wide = {k for dot, keys in chunks if dot for k in keys}
+    line: list[str] = []
     for dot, keys in chunks:
         for k in keys:
             above = k.partition(".")[2] if dot else k
-            covered = False
-            while above:
-                if above in wide:
-                    covered = True
-                    break
+            while above and above not in wide:
                 above = above.partition(".")[2]
-            if not covered:
-                yield dot, k
+            if not above:
+                line.append(dot + k)
+                if len(line) == _SQUID_PER_LINE:
+                    yield " ".join(line)
+                    line = []
+    if line:
+        yield " ".join(line)
 
 
 # --- Suricata -----------------------------------------------------------------------

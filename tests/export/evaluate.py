@@ -135,7 +135,7 @@ def squid_blocks(text: str, name: str, http: bool = False) -> bool:
     for line in text.splitlines():
         parts = line.split()
         if parts[:1] == ["acl"]:
-            acls.setdefault(parts[1], []).append((parts[2], parts[-1]))
+            acls.setdefault(parts[1], []).extend((parts[2], v) for v in parts[3:] if v not in ("-n", "-i"))
         elif parts[:2] == (["http_access", "deny"] if http else ["ssl_bump", "terminate"]):
             rules.append(parts[2:])
 
