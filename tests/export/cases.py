@@ -45,14 +45,14 @@ apps:
     name: Video
     owner: Video Co
     domains: [video.test, deep.old.video.test, cdn.video.test]
-    hosts: [api.videohost.test, video.test]
+    hosts: [api.videohost.test, video.test, pad.video.test]
     sni: ["*.videocdn.test"]
     networks: [192.0.2.128/25]
     store: {apple: [12345678]}
   - id: legacy
     name: Legacy
     owner: Legacy Co
-    domains: [old.video.test]
+    domains: [old.video.test, pad.video.test]
   - id: chat
     name: Chat
     owner: Chat Co
@@ -73,6 +73,8 @@ NAMES = [
     ("x.ok.video.test", N, N),
     ("old.video.test", N, N),
     ("x.old.video.test", N, N),
+    ("pad.video.test", B, B),  # a host blocked, the domain exempt below a block
+    ("x.pad.video.test", N, N),
     ("deep.old.video.test", B, B),
     ("y.deep.old.video.test", B, B),
     ("api.videohost.test", B, B),

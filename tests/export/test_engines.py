@@ -59,15 +59,18 @@ def free_port() -> int:
 
 
 def ask(port: int, name: str) -> str:
-    """'blocked' (NXDOMAIN, or a null address), or the address answered."""
+    """'blocked' (NXDOMAIN, a null address, or no address at all), or the
+    address answered.  The upstream answers every name with an address, so an
+    empty NOERROR comes from the engine: dnsmasq answers NODATA, not NXDOMAIN,
+    for a blocked name with a host-record below it (the name exists)."""
     q = dns.message.make_query(name, "A")
     r = dns.query.udp(q, "127.0.0.1", port=port, timeout=3)
     if r.rcode() == dns.rcode.NXDOMAIN:
         return "blocked"
+    if r.rcode() != dns.rcode.NOERROR:
+        return f"rcode {dns.rcode.to_text(r.rcode())}"
     addrs = [rd.address for rrset in r.answer for rd in rrset if rrset.rdtype == 1]
-    if addrs == ["0.0.0.0"]:
-        return "blocked"
-    return ",".join(addrs) or f"rcode {dns.rcode.to_text(r.rcode())}, no address"
+    return "blocked" if addrs in ([], ["0.0.0.0"]) else ",".join(addrs)
 
 
 class Engine:
