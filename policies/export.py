@@ -27,13 +27,14 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import ipaddress
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import NamedTuple
 
 from .decide import GroupView, Policy
-from .matching import GlobMatcher, NameIndex, glob_to_regex
+from .matching import GlobMatcher, NameIndex, NetworkMatcher, glob_to_regex
 from .model import DEFAULT_GROUP, Action, Decision, LegalStatus, Mode, Phase, Rule, Tier
 
 FORMATS = ("rpz", "unbound", "bind", "dnsmasq", "hosts", "adblock", "squid", "suricata", "zeek-intel")
@@ -222,15 +223,24 @@ class Plan:
             out.append(Aside("sni-glob", r.pattern or "", d.action, _head(self.policy, d) + r.cite()))
         for cidr, rules in self.policy.networks.entries():
             d = full.decide_ip(cidr.split("/")[0])
+            if d.rule != rules[0].cite():  # a more specific network holds that address
+                d = self._alone(networks=NetworkMatcher([(ipaddress.ip_network(cidr), rules[0])])
+                                ).decide_ip(cidr.split("/")[0])
             out.append(Aside("network", cidr, d.action, _head(self.policy, d) + rules[0].cite()))
         return out
+
+    def _alone(self, globs: GlobMatcher | None = None,
+               networks: NetworkMatcher[Rule] | None = None) -> GroupView:
+        """This moment's view of a policy holding only the given glob or network rules."""
+        alone = replace(self.policy, names=NameIndex({}, {}), globs=globs or GlobMatcher(()),
+                        networks=networks or NetworkMatcher(()))
+        view = alone.view(self.moment.at, self._phase_override, None, self._legal_status)
+        return view.groups[self.moment.group]
 
     def _glob_decision(self, rule: Rule) -> Decision:
         """The glob's own verdict: a policy holding this glob alone, at this moment."""
         pattern = rule.pattern or ""
-        alone = replace(self.policy, names=NameIndex({}, {}), globs=GlobMatcher([(pattern, rule)]))
-        view = alone.view(self.moment.at, self._phase_override, None, self._legal_status)
-        return view.groups[self.moment.group].decide_name(pattern.replace("*", "x"))
+        return self._alone(globs=GlobMatcher([(pattern, rule)])).decide_name(pattern.replace("*", "x"))
 
     # --- the zone's name and serial ----------------------------------------
 

@@ -279,3 +279,21 @@ def test_zeek_intel_layout(policy: Policy) -> None:
             "block app=video framework=EO_1 rule=network:192.0.2.128/25", "-"] in rows
     assert "# APPROXIMATED: names below video.test (block) are not matched by Intel::DOMAIN" in data
     assert all(" " not in r[0] for r in rows)
+
+
+def test_a_network_inside_another_has_its_own_verdict() -> None:
+    """10.0.0.0/8 (app a, blocked) holds 10.0.0.0/16 (app b, phase none): the /8's
+    first address falls in the /16, yet the /8 is reported with its own verdict."""
+    policy = load_policy_text(
+        "version: 2\nframeworks:\n  f: {title: F, kind: company_rule, schedule: "
+        "{a: [{from: 2020-01-01, phase: full, source: s}]}}\nclients:\n  default: {frameworks: [f]}\n"
+        "apps:\n  - {id: a, name: A, owner: O, networks: [10.0.0.0/8]}\n"
+        "  - {id: b, name: B, owner: O, networks: [10.0.0.0/16]}\n", "nets.yaml")
+    text = export_text(policy, "suricata", at=dt.date(2021, 1, 1))
+    assert "#   network 10.0.0.0/8" not in text  # suricata expresses networks
+    rules = [ln for ln in text.splitlines() if ln.startswith(("drop ip", "pass ip", "alert ip"))]
+    assert [r.split(" (")[0] for r in rules] == ["pass ip any any -> 10.0.0.0/16 any",
+                                                 "drop ip any any -> 10.0.0.0/8 any"]
+    head = export_text(policy, "rpz", at=dt.date(2021, 1, 1))
+    assert ";   network 10.0.0.0/8: block app=a framework=f rule=network:10.0.0.0/8" in head
+    assert ";   network 10.0.0.0/16: allow app=b framework=- rule=network:10.0.0.0/16" in head
