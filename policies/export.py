@@ -624,6 +624,9 @@ def _squid(plan: Plan) -> Iterator[str]:
         if a.kind == "sni-glob":
             glob_levels.setdefault(2 * a.subject.count(".") + 2, []).append(a)
             yield f"# sni-glob {a.subject}: {a.action.value} {a.note}"
+            if a.action is not _BLOCK:
+                yield (f"# APPROXIMATED: sni-glob {a.subject} does not block, and exempts nothing here: "
+                       "a broader block still applies to the names it matches")
     yield "acl egress_filter_step1 at_step SslBump1"
     # A run: blocks and exemptions that one deny line can hold, exemptions no
     # less specific than the blocks; (dot, keys) chunks refer to the level lists.
@@ -726,14 +729,27 @@ def _suricata(plan: Plan) -> Iterator[str]:
                 nocase = "" if proto == "http" else " nocase;"  # http.host is lower-cased already
                 yield _suricata_rule(action, proto, f"{buf}; {match}{nocase}", e.name, side.note, used,
                                      verdict=side.word)
-    for a in plan.asides():
+    asides = plan.asides()
+    blocked_nets = [ipaddress.ip_network(a.subject) for a in asides
+                    if a.kind == "network" and a.action is _BLOCK]
+    for a in asides:
         if a.kind == "sni-glob":
+            if a.action is _ALLOW:  # a pass rule would beat every drop it matches, of any specificity
+                yield (f"# APPROXIMATED: sni-glob {a.subject} is allowed ({a.note}); not written, so names "
+                       "it matches follow the other rules")
+                continue
             rx = glob_to_regex(a.subject).replace("/", "\\/")
             for proto, buf in (("dns", "dns.query"), ("tls", "tls.sni"), ("http", "http.host")):
                 flags = "" if proto == "http" else "i"
                 match = f'{buf}; pcre:"/^{rx}$/{flags}";'
                 yield _suricata_rule(a.action, proto, match, a.subject, a.note, used)
         elif a.kind == "network":
+            net = ipaddress.ip_network(a.subject)
+            inside = [b for b in blocked_nets if b != net and b.version == net.version
+                      and int(b.network_address) <= int(net.network_address)
+                      and int(net.broadcast_address) <= int(b.broadcast_address)]
+            if a.action is _ALLOW and not inside:
+                continue  # allowed, and no block around it to exempt it from
             yield _suricata_rule(a.action, "ip", "", a.subject, a.note, used, dst=a.subject)
 
 

@@ -297,3 +297,13 @@ def test_a_network_inside_another_has_its_own_verdict() -> None:
     head = export_text(policy, "rpz", at=dt.date(2021, 1, 1))
     assert ";   network 10.0.0.0/8: block app=a framework=f rule=network:10.0.0.0/8" in head
     assert ";   network 10.0.0.0/16: allow app=b framework=- rule=network:10.0.0.0/16" in head
+
+
+def test_suricata_writes_no_pass_that_would_beat_a_block(policy: Policy) -> None:
+    """Suricata runs pass rules before drops whatever their specificity: an
+    allowed glob or network is not written as pass (a network only where it
+    exempts itself from a blocked one around it, as in the test above)."""
+    text = export_text(policy, "suricata", at=cases.FULL_DAY, phase=Phase.NONE)
+    assert not [ln for ln in text.splitlines() if ln.startswith("pass") and ("pcre" in ln or " ip " in ln)]
+    assert ("# APPROXIMATED: sni-glob *.videocdn.test is allowed (app=video framework=EO_1 "
+            "rule=sni:*.videocdn.test); not written, so names it matches follow the other rules") in text
