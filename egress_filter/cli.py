@@ -158,7 +158,8 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
 
 SUBSYSTEMS = ("egress_filter.legal_cli", "dns_blocker.cli", "proxy_addons.cli", "replay.cli",
-              "egress_filter.run")
+              "egress_filter.run",
+              "egress_filter.export_cli")
 
 
 def build_parser() -> argparse.ArgumentParser:

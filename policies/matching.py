@@ -137,6 +137,33 @@ class NameIndex:
             start = name.find(".", start + 1)
         return None
 
+    def entries(self) -> Iterator[tuple[str, tuple[Rule, ...] | None, tuple[Rule, ...] | None]]:
+        """Every key once, as (key, suffix rules, exact rules), in insertion
+        order: what an export walks.  Either side may be None."""
+        exact = self._exact
+        for key, rules in self._suffix.items():
+            yield key, rules, exact.get(key)
+        suffix = self._suffix
+        for key, rules in exact.items():
+            if key not in suffix:
+                yield key, None, rules
+
+    def covering(self, name: str) -> tuple[str, tuple[Rule, ...]] | None:
+        """The most specific suffix entry at ``name`` or above it, ignoring exact
+        entries: what a name's subdomains fall back to without its own entry."""
+        suffix = self._suffix
+        rules = suffix.get(name)
+        if rules is not None:
+            return name, rules
+        start = name.find(".")
+        while start != -1:  # suffixes(), inlined: an export calls this once per entry
+            key = name[start + 1 :]
+            rules = suffix.get(key)
+            if rules is not None:
+                return key, rules
+            start = name.find(".", start + 1)
+        return None
+
 
 class NameIndexBuilder:
     """Collects (name, rule) pairs; ``build`` interns the rule tuples."""
@@ -266,6 +293,13 @@ class NetworkMatcher(Generic[V]):
 
     def __len__(self) -> int:
         return sum(len(t) for _, _, t in self._tables)
+
+    def entries(self) -> Iterator[tuple[str, tuple[V, ...]]]:
+        """Every (CIDR, values), longest prefix first."""
+        for version, plen, table in self._tables:
+            make = ipaddress.IPv4Address if version == 4 else ipaddress.IPv6Address
+            for net, values in table.items():
+                yield f"{make(net)}/{plen}", values
 
     def lookup(self, address: str) -> tuple[str, tuple[V, ...]] | None:
         try:

@@ -1,0 +1,99 @@
+"""The export tests' policy and the one table of names every engine is held to.
+
+The policy nests on purpose: a blocked domain with an allow-listed domain and
+a phase-``none`` app's domain below it (holes), a blocked domain below that
+hole, an exact host, a download host, and an app in ``downloads`` on one day
+and ``full`` on another.  ``NAMES`` is the table: each name with the verdict
+the core gives on each day (checked against the core first, then against the
+exports and the engines).  Every name here is one every DNS format can express
+exactly; what a format can only approximate is in ``APPROXIMATED``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+
+from policies import Policy, load_policy_text
+
+FULL_DAY = dt.date(2020, 3, 1)  # chat and video in full
+DOWNLOADS_DAY = dt.date(2020, 1, 15)  # chat in downloads, video in full
+
+POLICY = """\
+version: 2
+name: export test
+frameworks:
+  eo:
+    title: Order
+    short: EO 1
+    kind: executive_order
+    citations: ["1 FR 1"]
+    schedule:
+      chat:
+        - {from: 2020-01-01, phase: downloads, source: "1 FR 2"}
+        - {from: 2020-02-01, phase: full, source: "1 FR 3"}
+      video:
+        - {from: 2020-01-01, phase: full, source: "1 FR 4"}
+clients:
+  default: {frameworks: [eo]}
+  lab: {networks: [10.1.0.0/16], frameworks: [eo], mode: monitor}
+allow:
+  domains: [ok.video.test]
+apps:
+  - id: video
+    name: Video
+    owner: Video Co
+    domains: [video.test, deep.old.video.test, cdn.video.test]
+    hosts: [api.videohost.test, video.test, pad.video.test]
+    sni: ["*.videocdn.test"]
+    networks: [192.0.2.128/25]
+    store: {apple: [12345678]}
+  - id: legacy
+    name: Legacy
+    owner: Legacy Co
+    domains: [old.video.test, pad.video.test]
+  - id: chat
+    name: Chat
+    owner: Chat Co
+    domains: [chat.test]
+    downloads: [{host: dl.chat.test}, {host: shared.test, path: /chat/}]
+"""
+
+B, N = True, False  # blocked, not blocked
+
+# (name, blocked on FULL_DAY, blocked on DOWNLOADS_DAY)
+NAMES = [
+    ("video.test", B, B),
+    ("www.video.test", B, B),
+    ("a.b.video.test", B, B),
+    ("cdn.video.test", B, B),
+    ("x.cdn.video.test", B, B),
+    ("ok.video.test", N, N),
+    ("x.ok.video.test", N, N),
+    ("old.video.test", N, N),
+    ("x.old.video.test", N, N),
+    ("pad.video.test", B, B),  # a host blocked, the domain exempt below a block
+    ("x.pad.video.test", N, N),
+    ("deep.old.video.test", B, B),
+    ("y.deep.old.video.test", B, B),
+    ("api.videohost.test", B, B),
+    ("sub.api.videohost.test", N, N),
+    ("videohost.test", N, N),
+    ("notvideo.test", N, N),
+    ("chat.test", B, N),
+    ("www.chat.test", B, N),
+    ("dl.chat.test", B, B),
+    ("shared.test", N, N),
+    ("other.test", N, N),
+]
+
+DAYS = [pytest.param(FULL_DAY, 1, id="full-day"), pytest.param(DOWNLOADS_DAY, 2, id="downloads-day")]
+
+
+def policy() -> Policy:
+    return load_policy_text(POLICY, "export-test.yaml")
+
+
+def expected(day: dt.date, column: int) -> list[tuple[str, bool]]:
+    return [(row[0], bool(row[column])) for row in NAMES]
