@@ -184,9 +184,13 @@ class PolicyView:
         return self.group(obs.client).decide(obs)
 
     def decide_name(self, name: str, kind: Kind = Kind.DNS, client: str | None = None) -> Decision:
-        if not self.grouped or not client:
-            return self.default.decide_name(name, kind, client)
-        return self.group(client).decide_name(name, kind, client)
+        """Hot path: one dict probe picks the client's group (``group`` inlined)."""
+        if client and self.grouped:
+            v = self._client_cache.get(client)
+            if v is None:
+                v = self.group(client)
+            return v.decide_name(name, kind, client)
+        return self.default.decide_name(name, kind, client)
 
     def decide_http(self, url: str, host: str | None = None, client: str | None = None,
                     body: bytes | None = None) -> Decision:
@@ -230,6 +234,8 @@ class GroupView:
         self._cache: dict[tuple[str | None, int], Decision] = {}
         self._downgraded: dict[tuple[int, str], tuple[Decision, Decision]] = {}
         self._merged: dict[tuple[Rule, ...], tuple[Rule, ...]] = {}
+        self._monitor_why = (f"group {group.id} is in monitor mode: would be blocked, logged instead"
+                             if group.mode is _MONITOR else "monitor mode: would be blocked, logged instead")
         self._ref = PolicyRef(policy.name, policy.digest) if policy.digest or policy.name else None
         self._allow = replace(ALLOW, group=group.id, legal_status=self.legal_status, policy=self._ref)
         self._store_inspect = replace(
@@ -420,10 +426,7 @@ class GroupView:
         if self.group.exempt:
             return self._downgrade(d, f"client {client} is exempt: would be blocked, logged instead")
         if self.mode is _MONITOR:
-            if self.group.mode is _MONITOR:
-                return self._downgrade(d, f"group {self.group.id} is in monitor mode: would be blocked, "
-                                          "logged instead")
-            return self._downgrade(d, "monitor mode: would be blocked, logged instead")
+            return self._downgrade(d, self._monitor_why)
         return d
 
     def _downgrade(self, d: Decision, why: str) -> Decision:

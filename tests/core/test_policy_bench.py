@@ -45,6 +45,7 @@ def test_policy_bench_runs_against_dnsmasq(tmp_path: Path) -> None:
         "| process start to ready (s)",
         "| RSS, whole process (MB)",
         "| decisions per CPU-second, one core, 20% banned",
+        "| the same, 3 client groups + 5 frameworks, 1,024 clients",
     ]
     assert "Dnsmasq version" in text and "RCODE 3" in text  # the peer answered the listed probe: NXDOMAIN
     conf = (tmp_path / "data" / "dnsmasq.conf").read_text().splitlines()
