@@ -163,7 +163,7 @@ def _starts_tls_or_http(data: bytes) -> bool:
     return (
         (data[:1] == b"\x16" and data[1:2] == b"\x03")
         or data.startswith(wire.HTTP_METHODS)
-        or (data[:1] == b"\x05" and 0 < data[1:2][0] <= 16 and len(data) >= 2 + data[1])
+        or (data[:1] == b"\x05" and len(data) >= 2 and 0 < data[1] <= 16 and len(data) >= 2 + data[1])
         or (data[:1] == b"\x04" and data[1:2] == b"\x01" and len(data) >= 9)
     )
 

@@ -100,3 +100,19 @@ def _records(path: Path) -> list[tuple[float, bytes]]:
 def _linktype(path: Path) -> int:
     with path.open("rb") as f:
         return int(dpkt.pcap.Reader(f).datalink())
+
+
+def test_one_byte_segment_without_syn_is_not_malformed(view: PolicyView, tmp_path: Path) -> None:
+    """A SOCKS5 greeting's first byte alone, in a stream whose SYN was not captured, is just
+    not (yet) a stream start: no packet is counted as malformed."""
+    from scapy.layers.inet import IP, TCP
+    from scapy.packet import Raw
+
+    ip = IP(src=c.CLIENT, dst=c.SERVER)
+    packets = [
+        ip / TCP(sport=40200, dport=1080, flags="PA", seq=7) / Raw(b"\x05"),
+        c.udp(c.dns_query("a.example")),
+    ]
+    verdicts, rep = replay_all(view, c.write_pcap(tmp_path / "one.pcap", c.link(packets, c.LINK_ETHERNET)))
+    assert [str(d) for d in rep.damage] == []
+    assert [v.sighting.value for v in verdicts] == ["a.example"]
