@@ -912,7 +912,9 @@ def _pcap(
         end = pos + hlen + caplen
         claim = _over_claim(caplen, snaplen)
         if claim:
-            yield Damage(dec.file, number, f"record claims {caplen} bytes, {claim}; stopped here")
+            yield Damage(
+                dec.file, number, f"corrupt record header (it claims {caplen} bytes, {claim}); stopped here"
+            )
             return
         if caplen > max_record:
             (wire_len,) = orig_len(buf, pos + 12)

@@ -146,15 +146,16 @@ OFFSET = len(c.pcapng_shb() + c.pcapng_idb() + c.pcapng_epb(c.dns_frame("www.tik
 CLAIMS = [
     pytest.param(
         PCAP_HEAD + _record(c.dns_frame("www.tiktok.com")) + _record(bytes(70_000)),
-        "at packet 2: record claims 70000 bytes, more than the snap length of 65535; stopped here",
+        "at packet 2: corrupt record header (it claims 70000 bytes, more than the snap length of 65535); "
+        "stopped here",
         id="pcap-over-snaplen",
     ),
     pytest.param(
         PCAP_HEAD.replace(struct.pack("<I", 65535), bytes(4))
         + _record(c.dns_frame("www.tiktok.com"))
         + _record(b"", caplen=(256 << 20) + 1),
-        f"at packet 2: record claims {(256 << 20) + 1} bytes, more than the 256 MiB any capture record "
-        "may hold; stopped here",
+        f"at packet 2: corrupt record header (it claims {(256 << 20) + 1} bytes, more than the 256 MiB any "
+        "capture record may hold); stopped here",
         id="pcap-over-256mib-snaplen-unknown",
     ),
     pytest.param(
@@ -265,3 +266,17 @@ def test_jobs_option_is_checked(capsys: pytest.CaptureFixture[str]) -> None:
         main(["replay", "--policy", str(POLICY), "--jobs", "0", "x.pcap"])
     assert exit_.value.code == 2
     assert "argument --jobs/-j: '0': between 1 and 256 processes" in capsys.readouterr().err
+
+
+def test_bombs_in_parallel_keep_memory_flat_per_process(tmp_path: Path) -> None:
+    """--jobs 2 on two bombs: each worker skips its bomb's line with the warning, the parent
+    reports both in input order, and the largest process of the run stays under the bound."""
+    from tests.security.test_replay_bombs import RSS_BOUND_MB, replay
+
+    first, second = _bomb("zstd", tmp_path), _bomb("gzip", tmp_path)
+    run = replay(tmp_path, "--jobs", "2", str(first), str(second))
+    skipped = "at line 2: line longer than 1048576 bytes (--max-line); skipped"
+    assert run.warnings == [f"{first} {skipped}", f"{second} {skipped}"]
+    pair = [("dns", "www.tiktok.com", "log"), ("sni", "www.wechat.com", "block")]
+    assert (run.code, run.verdicts) == (0, pair + pair)
+    assert run.peak_rss_mb < RSS_BOUND_MB, f"peak RSS {run.peak_rss_mb:.0f} MB"

@@ -357,13 +357,13 @@ LIES = [
     pytest.param(
         _pcap_lies_caplen,
         "pcap",
-        f"at packet 2: record claims 2147483648 bytes, {OVER_CEILING}; stopped here",
+        f"at packet 2: corrupt record header (it claims 2147483648 bytes, {OVER_CEILING}); stopped here",
         id="pcap-caplen-2g-over-its-wire-length",
     ),
     pytest.param(
         _pcap_cut_short,
         "pcap",
-        f"at packet 2: record claims 2147483648 bytes, {OVER_CEILING}; stopped here",
+        f"at packet 2: corrupt record header (it claims 2147483648 bytes, {OVER_CEILING}); stopped here",
         id="pcap-caplen-2g-file-ends",
     ),
     pytest.param(
