@@ -245,7 +245,10 @@ class Decoder:
             if inner is None:
                 return
             etype, payload = inner
-            if etype < 0:
+            if etype == links.AMSDU:
+                for etype, msdu in links.amsdu(payload):
+                    self._net(msdu, 0, etype, 0)
+            elif etype < 0:
                 self._ether(payload, 0, 0)
             else:
                 self._net(payload, 0, etype, 0)

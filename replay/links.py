@@ -56,6 +56,7 @@ PPI_80211_COMMON = 2
 SNAP = b"\xaa\xaa\x03"
 
 Network = tuple[int, bytes]
+AMSDU = -2  # the "ethertype" of an 802.11 A-MSDU body: ``amsdu`` splits it into its MSDUs
 
 
 class Protected(ValueError):
@@ -112,9 +113,28 @@ def ieee80211(buf: bytes, fcs: bool = False) -> Network | None:
     except (dpkt.UnpackError, struct.error) as exc:  # subtypes dpkt does not read (CF-Ack, QoS CF-Poll...)
         raise ValueError(f"802.11 data frame dpkt cannot read: {exc}") from exc
     body = bytes(frame.data)
-    if frame.order and frame.subtype == d11.D_QOS_DATA:
-        body = body[4:]  # the HT Control field, which dpkt does not strip
+    if frame.subtype == d11.D_QOS_DATA:
+        if frame.order:
+            body = body[4:]  # the HT Control field, which dpkt does not strip
+        # dpkt reads the QoS Control field big-endian: its first byte (bit 7: A-MSDU) is the high one.
+        if frame.qos_data.control >> 8 & 0x80:
+            return AMSDU, body
     return snap(body)
+
+
+def amsdu(body: bytes) -> list[Network]:
+    """The MSDUs of an A-MSDU (IEEE 802.11-2020 9.3.2.2.2): each subframe is a destination,
+    a source, a big-endian length, then that many bytes of LLC/SNAP and payload, padded to
+    4 bytes except the last; dpkt does not unpack them."""
+    out = []
+    pos = 0
+    while pos + 14 <= len(body):
+        length = body[pos + 12] << 8 | body[pos + 13]
+        got = snap(body[pos + 14 : pos + 14 + length])
+        if got is not None:
+            out.append(got)
+        pos += (14 + length + 3) & ~3
+    return out
 
 
 def radiotap(buf: bytes) -> Network | None:
@@ -179,7 +199,7 @@ def nflog(buf: bytes) -> Network | None:
 
 def network(link: int, buf: bytes) -> Network | None:
     """``(ethertype, payload)`` of a frame of link type ``link`` (one of ``LINKS``); the
-    ethertype -1 means an Ethernet frame follows."""
+    ethertype -1 means an Ethernet frame follows, ``AMSDU`` an A-MSDU aggregate."""
     if link == LINK_RADIOTAP:
         return radiotap(buf)
     if link == LINK_IEEE802_11:

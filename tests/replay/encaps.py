@@ -109,6 +109,30 @@ def wifi_plain() -> list[bytes]:
     return frames
 
 
+def wifi_amsdu() -> list[bytes]:
+    """QoS data frames with the A-MSDU bit: two aggregates, two and three MSDUs each."""
+
+    def subframe(p: Packet, last: bool) -> bytes:
+        etype = 0x86DD if p.haslayer(IPv6) else 0x0800
+        msdu = bytes(LLC(dsap=0xAA, ssap=0xAA, ctrl=3) / SNAP(OUI=0, code=etype) / p)
+        head = bytes.fromhex("020000000007020000000005") + len(msdu).to_bytes(2, "big")
+        return head + msdu + (b"" if last else bytes(-(14 + len(msdu)) % 4))  # the last is not padded
+
+    frames = []
+    pkts = inner_packets()
+    for group in (pkts[:2], pkts[2:]):
+        hdr = Dot11(
+            type=2,
+            subtype=8,
+            FCfield="to_DS",
+            addr1="02:00:00:00:00:01",
+            addr2="02:00:00:00:00:05",
+            addr3="02:00:00:00:00:01",
+        ) / Dot11QoS(TID=0, A_MSDU_Present=1)
+        frames.append(bytes(hdr) + b"".join(subframe(p, i == len(group) - 1) for i, p in enumerate(group)))
+    return frames
+
+
 def wifi_radiotap() -> list[bytes]:
     frames = []
     for i, p in enumerate(inner_packets()):
@@ -446,6 +470,7 @@ ENCAPS = [
             "without the network's keys (the first shown)"
         ],
     ),
+    Encap("wifi-80211-a-msdu", pcap("amsdu.pcap", wifi_amsdu, LINK_80211), expect("")),
     Encap("wifi-radiotap-fcs", pcap("radiotap.pcap", wifi_radiotap, LINK_RADIOTAP), expect("")),
     Encap("wifi-ppi", pcap("ppi.pcap", wifi_ppi, LINK_PPI), expect("")),
     Encap(
