@@ -30,12 +30,13 @@ from collections.abc import Callable, Iterator
 from typing import BinaryIO
 
 import dpkt
+from dpkt import gre as dgre
 from dpkt import pcap as dpcap
 from dpkt import pcapng as dpcapng
 
 from policies import Kind
 
-from . import wire
+from . import links, wire
 from .model import DEFAULT_LIMITS, Damage, Limits, Sighting, Skips
 
 MASK = 0xFFFFFFFF
@@ -68,7 +69,16 @@ SUPPORTED_LINKS = {
     LINK_IPV6,
     LINK_SLL2,
 }
-VLAN_TYPES = (0x8100, 0x88A8, 0x9100)
+VLAN_TYPES = (0x8100, 0x88A8, 0x9100, 0x9200)
+ETH_MPLS, ETH_MPLS_MC, ETH_PPPOE, ETH_TEB, ETH_PPP = 0x8847, 0x8848, 0x8864, 0x6558, 0x880B
+ERSPAN_II, ERSPAN_III = 0x88BE, 0x22EB  # GRE protocol types (ERSPAN type I shares type II's)
+GRE_CP, GRE_RP, GRE_KP, GRE_SP, GRE_AP = dgre.GRE_CP, dgre.GRE_RP, dgre.GRE_KP, dgre.GRE_SP, dgre.GRE_AP
+VXLAN_PORT, GENEVE_PORT = 4789, 6081
+UDP_TUNNELS = frozenset({VXLAN_PORT, GENEVE_PORT})
+# mDNS and LLMNR ask the local link, not a resolver: their own ``via``, never "dns/udp".
+LOCAL_DNS = {5353: "mdns", 5355: "llmnr"}
+IP_IN_IP = {(4, 4): "ipip", (4, 41): "6in4", (6, 4): "4in6", (6, 41): "ip6ip6"}
+MAX_DEPTH = 4  # encapsulations unwrapped per packet: a GRE-in-GRE-in-... packet stops here
 IPV6_EXT = (0, 43, 60, 51)  # hop-by-hop, routing, destination options, AH
 
 Progress = Callable[[], None]
@@ -83,14 +93,14 @@ class _Done:
 
 
 DONE = _Done()
-TLS, HTTP, DNS = 1, 2, 3
+TLS, HTTP, DNS, SOCKS = 1, 2, 3, 4
 
 
 class Stream:
     """One TCP direction: reassembles bytes from ``next`` on and hands the
     contiguous prefix (``buf``) to the protocol that claimed the stream."""
 
-    __slots__ = ("body", "buf", "chunked", "next", "pending", "proto", "skip", "strays")
+    __slots__ = ("body", "buf", "chunked", "next", "pending", "proto", "skip", "strays", "tunnel")
 
     def __init__(self, next_seq: int | None) -> None:
         self.next = next_seq
@@ -101,6 +111,7 @@ class Stream:
         self.skip = 0  # HTTP body bytes still to pass over
         self.chunked = False
         self.body = False
+        self.tunnel = ""  # the proxy tunnel (SOCKS, HTTP CONNECT) the stream's bytes are now inside
 
     def feed(self, seq: int, data: bytes, starts: Callable[[bytes], bool]) -> bool:
         """Add one segment; True when ``buf`` grew."""
@@ -147,7 +158,30 @@ def _ip(raw: bytes) -> str:
 
 
 def _starts_tls_or_http(data: bytes) -> bool:
-    return (data[:1] == b"\x16" and data[1:2] == b"\x03") or data.startswith(wire.HTTP_METHODS)
+    """Whether a segment can be the first of a stream replay reads: a TLS handshake record,
+    an HTTP/1.x request, or a SOCKS 4 / 5 client's first message."""
+    return (
+        (data[:1] == b"\x16" and data[1:2] == b"\x03")
+        or data.startswith(wire.HTTP_METHODS)
+        or (data[:1] == b"\x05" and len(data) >= 2 and 0 < data[1] <= 16 and len(data) >= 2 + data[1])
+        or (data[:1] == b"\x04" and data[1:2] == b"\x01" and len(data) >= 9)
+    )
+
+
+def _claim(st: Stream, dns: bool) -> bool:
+    """Name the protocol of a stream (or of what a proxy tunnel carries) from its first bytes."""
+    first = st.buf[:1]
+    if dns:
+        st.proto = DNS
+    elif first == b"\x16":
+        st.proto = TLS
+    elif bytes(st.buf[:8]).startswith(wire.HTTP_METHODS):
+        st.proto = HTTP
+    elif (first == b"\x05" or first == b"\x04") and not st.tunnel:
+        st.proto = SOCKS
+    else:
+        return False
+    return True
 
 
 def _starts_any(data: bytes) -> bool:
@@ -170,6 +204,9 @@ class Decoder:
         self.malformed = 0
         self.first_malformed = 0
         self.unsupported_links: set[int] = set()
+        self.protected = 0  # encrypted 802.11 data frames
+        self.first_protected = 0
+        self.tunnel = ""  # the encapsulations of the current packet, outermost first
         self.number = 0
         self.ts = 0.0
 
@@ -180,38 +217,91 @@ class Decoder:
         self.ts = ts
         try:
             self._packet(buf, link)
-        except (IndexError, ValueError, struct.error, UnicodeError):
+        except (IndexError, ValueError, struct.error, UnicodeError, dpkt.Error):
             self.malformed += 1
             if not self.first_malformed:
                 self.first_malformed = number
 
     def _packet(self, buf: bytes, link: int) -> None:
+        self.tunnel = ""
         if link == LINK_ETHERNET and buf[12:14] == b"\x08\x00":  # the common case, untagged IPv4
-            off = 14
+            self._ip(buf, 14, 0)
         elif link == LINK_ETHERNET:
-            off = 12
-            etype = buf[12] << 8 | buf[13]
-            while etype in VLAN_TYPES:
-                off += 4
-                etype = buf[off] << 8 | buf[off + 1]
-            if etype != 0x0800 and etype != 0x86DD:
-                return
-            off += 2
+            self._ether(buf, 0, 0)
         elif link == LINK_SLL or link == LINK_SLL2:
             off, tpos = (16, 14) if link == LINK_SLL else (20, 0)
-            etype = buf[tpos] << 8 | buf[tpos + 1]
-            while etype in VLAN_TYPES:
-                etype = buf[off + 2] << 8 | buf[off + 3]
-                off += 4
-            if etype != 0x0800 and etype != 0x86DD:
-                return
+            self._net(buf, off, buf[tpos] << 8 | buf[tpos + 1], 0)
         elif link == LINK_NULL or link == LINK_LOOP:
-            off = 4
+            self._ip(buf, 4, 0)
         elif link in (LINK_RAW, LINK_RAW_A, LINK_RAW_B, LINK_IPV4, LINK_IPV6):
-            off = 0
+            self._ip(buf, 0, 0)
+        elif link in links.LINKS:
+            try:
+                inner = links.network(link, buf)
+            except links.Protected:
+                self.protected += 1
+                self.first_protected = self.first_protected or self.number
+                return
+            if inner is None:
+                return
+            etype, payload = inner
+            if etype == links.AMSDU:
+                for etype, msdu in links.amsdu(payload):
+                    self._net(msdu, 0, etype, 0)
+            elif etype < 0:
+                self._ether(payload, 0, 0)
+            else:
+                self._net(payload, 0, etype, 0)
         else:
             self.unsupported_links.add(link)
+
+    def _ether(self, buf: bytes, off: int, depth: int) -> None:
+        """An Ethernet frame at ``off``: its VLAN tags (802.1Q, 802.1ad, stacked) and payload."""
+        self._net(buf, off + 14, buf[off + 12] << 8 | buf[off + 13], depth)
+
+    def _net(self, buf: bytes, off: int, etype: int, depth: int) -> None:
+        """The network layer at ``off``, named by ``etype``: IP, or what wraps it on the way."""
+        while etype in VLAN_TYPES:
+            etype = buf[off + 2] << 8 | buf[off + 3]
+            off += 4
+        if etype == 0x0800 or etype == 0x86DD:
+            self._ip(buf, off, depth)
+        elif depth >= MAX_DEPTH:
             return
+        elif etype == ETH_MPLS or etype == ETH_MPLS_MC:
+            self._mpls(buf, off, depth + 1)
+        elif etype == ETH_PPPOE:
+            inner = links.pppoe_session(buf[off:])
+            if inner is not None:
+                self._net(inner[1], 0, inner[0], depth + 1)
+        elif etype == ETH_TEB:
+            self._ether(buf, off, depth + 1)
+        elif etype == ETH_PPP:
+            inner = links.ppp(buf[off:])
+            if inner is not None:
+                self._net(inner[1], 0, inner[0], depth + 1)
+
+    def _note(self, tunnel: str) -> None:
+        self.tunnel = f"{self.tunnel},{tunnel}" if self.tunnel else tunnel
+
+    def _mpls(self, buf: bytes, off: int, depth: int) -> None:
+        """An MPLS label stack (RFC 3032): the labels up to bottom-of-stack, then IPv4 or IPv6 by
+        the version nibble, or an Ethernet pseudowire behind its control word (RFC 4448)."""
+        self._note("mpls")
+        for _ in range(16):
+            bottom = buf[off + 2] & 1
+            off += 4
+            if bottom:
+                break
+        else:
+            return
+        nibble = buf[off] >> 4
+        if nibble == 4 or nibble == 6:
+            self._ip(buf, off, depth)
+        elif nibble == 0:
+            self._ether(buf, off + 4, depth)
+
+    def _ip(self, buf: bytes, off: int, depth: int) -> None:
         version = buf[off] >> 4
         if version == 4:
             ihl = (buf[off] & 0x0F) * 4
@@ -256,10 +346,69 @@ class Decoder:
         elif proto == 17:
             sport = buf[l4] << 8 | buf[l4 + 1]
             dport = buf[l4 + 2] << 8 | buf[l4 + 3]
-            if sport in self.dns_ports or dport in self.dns_ports:
+            if dport in UDP_TUNNELS and depth < MAX_DEPTH:
+                self._udp_tunnel(dport, buf[l4 + 8 : end], depth + 1)
+            elif sport in self.dns_ports or dport in self.dns_ports:
                 self._dns(buf[l4 + 8 : end], src, dst, sport, dport, "dns/udp")
+            elif sport in LOCAL_DNS or dport in LOCAL_DNS:
+                self._dns(buf[l4 + 8 : end], src, dst, sport, dport, LOCAL_DNS.get(dport) or LOCAL_DNS[sport])
             elif buf[l4 + 8] & 0xC0 == 0xC0:
                 self._quic(buf[l4 + 8 : end], src, dst, buf[l4 : l4 + 4], sport, dport)
+            elif wire.plainly_dns(buf[l4 + 8 : end]):
+                self._dns(buf[l4 + 8 : end], src, dst, sport, dport, "dns/udp")
+        elif depth >= MAX_DEPTH:
+            return
+        elif proto == 4 or proto == 41:  # IPv4 / IPv6 inside IP (RFC 2003, 4213, 2473)
+            self._note(IP_IN_IP[version, proto])
+            self._ip(buf[l4:end], 0, depth + 1)
+        elif proto == 47:
+            self._gre(buf[l4:end], depth + 1)
+
+    def _udp_tunnel(self, port: int, data: bytes, depth: int) -> None:
+        if port == VXLAN_PORT:
+            # RFC 7348: flags (the I bit: a valid VNI), 3 reserved, VNI, reserved; then Ethernet.
+            if data[0] & 0x08:
+                self._note("vxlan")
+                self._ether(data, 8, depth)
+            return
+        # GENEVE (RFC 8926): version and options length (in 4-byte words), flags, protocol, VNI.
+        if data[0] >> 6:
+            return
+        self._note("geneve")
+        self._net(data, 8 + (data[0] & 0x3F) * 4, data[2] << 8 | data[3], depth)
+
+    def _gre(self, data: bytes, depth: int) -> None:
+        """GRE (RFC 2784, 2890; version 1 is PPTP's, RFC 2637) and the ERSPAN it carries."""
+        flags = data[0] << 8 | data[1]
+        proto = data[2] << 8 | data[3]
+        version = flags & 7
+        if flags & GRE_RP or version > 1:
+            return
+        off = 4 + 4 * (bool(flags & GRE_CP) + bool(flags & GRE_KP) + bool(flags & GRE_SP))
+        if version == 1 and flags & GRE_AP:
+            off += 4
+        if proto == ERSPAN_II:
+            # Type I has no sequence number and no ERSPAN header; type II has both (8 bytes).
+            if flags & GRE_SP:
+                self._note("gre,erspan-ii")
+                self._ether(data, off + 8, depth)
+            else:
+                self._note("gre,erspan-i")
+                self._ether(data, off, depth)
+            return
+        if proto == ERSPAN_III:
+            # 12 bytes, then an 8-byte platform subheader when the O flag (last bit) is set;
+            # the frame type (FT) says Ethernet (0) or IP (2).
+            frame_type = (data[off + 10] >> 2) & 0x1F
+            inner = off + 12 + (8 if data[off + 11] & 1 else 0)
+            self._note("gre,erspan-iii")
+            if frame_type == 0:
+                self._ether(data, inner, depth)
+            elif frame_type == 2:
+                self._ip(data, inner, depth)
+            return
+        self._note("gre")
+        self._net(data, off, proto, depth)
 
     def _fragment(
         self, key: tuple[bytes, bytes, bytes, int], offset: int, more: bool, data: bytes
@@ -332,16 +481,9 @@ class Decoder:
             if st.strays > MAX_STRAYS and st.next is None:
                 self._finish(key)
             return
-        if not st.proto:
-            if dns:
-                st.proto = DNS
-            elif st.buf[:1] == b"\x16":
-                st.proto = TLS
-            elif bytes(st.buf[:8]).startswith(wire.HTTP_METHODS):
-                st.proto = HTTP
-            else:
-                self._finish(key)
-                return
+        if not st.proto and not _claim(st, dns):
+            self._finish(key)
+            return
         try:
             finished = self._stream(st, src, dst, sport, dport) or len(st.buf) > MAX_STREAM_BYTES
         except Exception:
@@ -392,7 +534,7 @@ class Decoder:
                 return True
             if hello is None:
                 return False
-            self._hello(hello, src, dst, sport, dport, "tls")
+            self._hello(hello, src, dst, sport, dport, "tls", st)
             return True
         if st.proto == DNS:
             buf = st.buf
@@ -405,7 +547,37 @@ class Decoder:
                 self._dns(bytes(buf[2 : n + 2]), src, dst, sport, dport, "dns/tcp")
                 del buf[: n + 2]
             return False
+        if st.proto == SOCKS:
+            return self._socks(st, src, dst, sport, dport)
         return self._http(st, src, dst, sport, dport)
+
+    def _socks(self, st: Stream, src: bytes, dst: bytes, sport: int, dport: int) -> bool:
+        """A SOCKS client's handshake: the destination it asks for is an observation of its own;
+        the bytes after it are the tunnel's, claimed and read like a stream of their own."""
+        try:
+            req = wire.socks_request(bytes(st.buf))
+        except ValueError:
+            return True
+        if req is None:
+            return False
+        if req.host is not None:
+            self._sight(Kind.DNS, req.host, src, dst, sport, dport, req.version, st)
+        else:
+            self._sight(Kind.IP, req.address or "", src, dst, sport, dport, req.version, st)
+        return self._tunnel(st, req.version.removesuffix("a"), req.length, src, dst, sport, dport)
+
+    def _tunnel(
+        self, st: Stream, name: str, start: int, src: bytes, dst: bytes, sport: int, dport: int
+    ) -> bool:
+        """The proxy handshake ends at ``start``: what follows is read as a new stream inside it."""
+        del st.buf[:start]
+        st.proto = 0
+        st.tunnel = name
+        if not st.buf:
+            return False
+        if not _claim(st, False):
+            return True
+        return self._stream(st, src, dst, sport, dport)
 
     def _http(self, st: Stream, src: bytes, dst: bytes, sport: int, dport: int) -> bool:
         buf = st.buf
@@ -454,46 +626,63 @@ class Decoder:
             req = wire.http_request_head(head)
             if req is None:
                 return True
-            server = _ip(dst)
-            url, host = wire.http_url(req, server, dport)
-            self.out.append(
-                Sighting(
-                    self.ts,
-                    Kind.HTTP,
-                    url,
-                    _ip(src),
-                    server,
-                    sport,
-                    dport,
-                    host,
-                    "http",
-                    file=self.file,
-                    packet=self.number,
-                )
-            )
+            url, host = wire.http_url(req, _ip(dst), dport)
+            self._sight(Kind.HTTP, url, src, dst, sport, dport, "http", st, host=host)
+            if req.method == "CONNECT":
+                # The proxy's answer is in the other direction; the client's next bytes are the tunnel's.
+                return self._tunnel(st, "http-connect", 0, src, dst, sport, dport)
             length = wire.http_body_length(head)
             if length is None:
                 st.chunked = True
             else:
                 st.skip = length
 
-    def _hello(self, hello: wire.Hello, src: bytes, dst: bytes, sport: int, dport: int, via: str) -> None:
-        client, server = _ip(src), _ip(dst)
+    def _hello(
+        self,
+        hello: wire.Hello,
+        src: bytes,
+        dst: bytes,
+        sport: int,
+        dport: int,
+        via: str,
+        st: Stream | None = None,
+    ) -> None:
         # No name on the wire: the server address is all a filter has.
-        kind, value = (Kind.SNI, hello.sni) if hello.sni else (Kind.IP, server)
+        kind, value = (Kind.SNI, hello.sni) if hello.sni else (Kind.IP, _ip(dst))
+        self._sight(kind, value, src, dst, sport, dport, via, st, ech=hello.ech)
+
+    def _sight(
+        self,
+        kind: Kind,
+        value: str,
+        src: bytes,
+        dst: bytes,
+        sport: int,
+        dport: int,
+        via: str,
+        st: Stream | None,
+        host: str | None = None,
+        ech: bool = False,
+    ) -> None:
+        """One sighting of the current packet, client → server, with the tunnels it came through."""
+        tunnel = self.tunnel
+        if st is not None and st.tunnel:
+            tunnel = f"{tunnel},{st.tunnel}" if tunnel else st.tunnel
         self.out.append(
             Sighting(
                 self.ts,
                 kind,
                 value,
-                client,
-                server,
+                _ip(src),
+                _ip(dst),
                 sport,
                 dport,
-                via=via,
+                host,
+                via,
                 file=self.file,
                 packet=self.number,
-                ech=hello.ech,
+                ech=ech,
+                tunnel=tunnel,
             )
         )
 
@@ -537,6 +726,7 @@ class Decoder:
                     qtype=qtype,
                     file=self.file,
                     packet=self.number,
+                    tunnel=self.tunnel,
                 )
             )
         for owner, target in msg.cnames:
@@ -555,6 +745,7 @@ class Decoder:
                         file=self.file,
                         packet=self.number,
                         cname_of=owner,
+                        tunnel=self.tunnel,
                     )
                 )
 
@@ -596,6 +787,16 @@ class Decoder:
                     self.file,
                     self.first_malformed,
                     f"{self.malformed} malformed packet(s) skipped (the first shown)",
+                    stopped=False,
+                )
+            )
+        if self.protected:
+            notes.append(
+                Damage(
+                    self.file,
+                    self.first_protected,
+                    f"{self.protected} protected (encrypted) 802.11 frame(s) skipped: "
+                    "their contents cannot be read without the network's keys (the first shown)",
                     stopped=False,
                 )
             )
@@ -679,6 +880,7 @@ def _pcap(
     hdr = (dpcap.LEFileHdr if le else dpcap.FileHdr)(raw)
     pkt_hdr = dpcap.MAGIC_TO_PKT_HDR[magic]
     link = hdr.linktype & 0x0FFFFFFF  # the top bits carry FCS information
+    snaplen = hdr.snaplen
     nano = magic in (dpcap.TCPDUMP_MAGIC_NANO, dpcap.PMUDPCT_MAGIC_NANO)
     divisor = 1e9 if nano else 1e6
     # The first three fields (seconds, fraction, captured length) are all replay needs.
@@ -711,6 +913,12 @@ def _pcap(
             return
         sec, frac, caplen = unpack(buf, pos)
         end = pos + hlen + caplen
+        claim = _over_claim(caplen, snaplen)
+        if claim:
+            yield Damage(
+                dec.file, number, f"corrupt record header (it claims {caplen} bytes, {claim}); stopped here"
+            )
+            return
         if caplen > max_record:
             (wire_len,) = orig_len(buf, pos + 12)
             if wire_len < caplen:  # more bytes captured than were on the wire: the header is garbage
@@ -765,7 +973,20 @@ BLOCK_NAMES = {
     dpcapng.PCAPNG_BT_EPB: "enhanced packet",
 }
 PACKET_TYPES = (dpcapng.PCAPNG_BT_EPB, dpcapng.PCAPNG_BT_PB, dpcapng.PCAPNG_BT_SPB)
-Interface = tuple[int, float, int]  # link type, timestamp divisor, offset
+Interface = tuple[int, float, int, int]  # link type, timestamp divisor, offset, snap length
+MAX_CLAIM = 256 << 20  # no capture record is this long (tshark's own ceiling is 256 KiB)
+
+
+def _over_claim(length: int, snaplen: int) -> str:
+    """Why a record's claimed length cannot be true, or "": more than the 256 MiB ceiling, or
+    more than the snap length the file (or interface) says it captured at (0: unknown).
+    libpcap cuts every record to the snap length, so a longer one is a lying header, and
+    what follows it cannot be trusted: the read stops."""
+    if length > MAX_CLAIM:
+        return f"more than the {MAX_CLAIM >> 20} MiB any capture record may hold"
+    if snaplen and length > snaplen:
+        return f"more than the snap length of {snaplen}"
+    return ""
 
 
 def _block_name(btype: int) -> str:
@@ -819,6 +1040,10 @@ def _pcapng(
                 "stopped here",
             )
             return
+        if blen > MAX_CLAIM:
+            why = f"{_block_name(btype)} at offset {offset} claims {blen} bytes, {_over_claim(blen, 0)}"
+            yield Damage(file, number + 1, f"{why}; stopped here")
+            return
         if blen > max_record:
             # Never held: read past it, then check the length repeated at its end.
             missing = _read_past(read, blen - len(top) - 4)
@@ -868,9 +1093,13 @@ def _pcapng(
                     problem = f"captured length {caplen} runs past the block ({blen} bytes)"
                 elif entry is None:
                     problem = _no_interface(iface, interfaces)
+                elif entry[3] and caplen > entry[3]:
+                    why = f"enhanced packet block at offset {offset} claims {caplen} bytes, "
+                    yield Damage(file, number, f"{why}{_over_claim(caplen, entry[3])}; stopped here")
+                    return
                 else:
                     data = block[28 : 28 + caplen]
-                    link, div, tsoff = entry
+                    link, div, tsoff, _ = entry
                     if link != LINK_ETHERNET or not judged(data, streams):
                         dec.packet(tsoff + ((ts_high << 32) | ts_low) / div, data, link, number)
         elif btype == dpcapng.PCAPNG_BT_PB:
@@ -884,7 +1113,7 @@ def _pcapng(
                 if entry is None:
                     problem = _no_interface(pkt.iface_id, interfaces)
                 else:
-                    link, div, tsoff = entry
+                    link, div, tsoff, _ = entry
                     dec.packet(tsoff + ((pkt.ts_high << 32) | pkt.ts_low) / div, pkt.pkt_data, link, number)
         elif btype == dpcapng.PCAPNG_BT_SPB:
             number += 1
@@ -949,4 +1178,4 @@ def _interface(block: bytes, le: bool) -> Interface:
             divisor = float((2 if value & 0x80 else 10) ** (value & 0x7F))
         elif opt.code == dpcapng.PCAPNG_OPT_IF_TSOFFSET:
             offset = struct.unpack("<q" if le else ">q", opt.data[:8])[0]
-    return idb.linktype, divisor, offset
+    return idb.linktype, divisor, offset, idb.snaplen

@@ -16,6 +16,7 @@ traceback or in 1.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable, Iterator
 from typing import IO, TYPE_CHECKING, Any
@@ -47,6 +48,23 @@ def size(text: str) -> int:
     return value
 
 
+def jobs(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of processes: {text!r}") from None
+    if not 1 <= value <= 256:
+        raise argparse.ArgumentTypeError(f"{text!r}: between 1 and 256 processes")
+    return value
+
+
+def cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
 def register(subparsers: Any) -> None:
     from egress_filter.cli import add_policy_args
 
@@ -63,7 +81,8 @@ def register(subparsers: Any) -> None:
         nargs="+",
         metavar="INPUT",
         help="pcap, pcapng, mitmproxy flow file, Zeek dns/ssl/http log (TSV or JSON), "
-        "Suricata EVE JSON; gzip is fine",
+        "Suricata EVE JSON; compressed with gzip, bzip2, xz or zstd is fine; a directory (read "
+        "recursively) or a shell-style glob ('logs/**/*.gz') names many",
     )
     add_policy_args(p)
     p.add_argument(
@@ -104,6 +123,15 @@ def register(subparsers: Any) -> None:
         help="skip (with a warning) a pcap record, pcapng block or mitmproxy flow larger than this "
         "(default 16M)",
     )
+    p.add_argument(
+        "--jobs",
+        "-j",
+        type=jobs,
+        default=None,
+        metavar="N",
+        help="read inputs in N processes (default: the number of cores); the output is the same "
+        "for any N, in input order",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar on a terminal")
     p.set_defaults(func=run)
 
@@ -112,18 +140,19 @@ def run(args: argparse.Namespace) -> int:
     from egress_filter.cli import load_or_exit
     from policies import Action, Phase
 
-    from .engine import Replay, Summary
+    from .engine import Replay, Summary, expand
 
     policy = load_or_exit(args.policy)
     view = policy.view(args.at, Phase(args.phase) if args.phase else None)
     # Without --at/--phase each observation is judged on the day it was seen.
     rep = Replay(
-        args.inputs,
+        expand(args.inputs),
         view,
         progress=not args.no_progress,
         dns_ports=frozenset({53, *args.dns_port}),
         by_date=args.at is None and args.phase is None,
         limits=Limits(max_line=args.max_line, max_record=args.max_record),
+        jobs=args.jobs or cores(),
     )
     summary = Summary()
     threshold = Action(args.fail_on).severity if args.fail_on else None

@@ -2,7 +2,8 @@
 
 ``Replay(paths, view)`` opens each input, picks its reader by content (pcap,
 pcapng, mitmproxy flows, Zeek TSV, JSON lines from Zeek or Suricata; any of
-them gzip-compressed), and yields one ``Verdict`` per sighting, judged by the
+them compressed with gzip, bzip2, xz or zstd, recognised by their magic bytes),
+and yields one ``Verdict`` per sighting, judged by the
 same ``PolicyView.decide`` the live adapters use (``decide_name`` for DNS
 names and SNIs, ``decide_http`` for requests, ``decide_ip`` for nameless TLS).
 With ``by_date`` each sighting is judged with the policy of the day it was
@@ -11,22 +12,35 @@ a reader stops at the damage and everything before it has been yielded.  Each
 reader holds at most ``Limits`` of one record; whatever still escapes a reader
 (a read error, a corrupt gzip stream, running out of memory, a reader bug)
 becomes a ``Damage`` that stops that input, never a traceback.
+With ``jobs`` > 1 each input is read in a worker process (``read_parallel``),
+which spools its sightings to a file in batches (``marshal``); the parent streams the
+spools back in input order and judges every sighting itself, so the verdicts,
+their order and every output byte are those of ``jobs=1``.  ``expand`` turns
+directories and globs into files.
 ``Summary`` folds verdicts into bounded per-app counters and a time series.
 """
 
 from __future__ import annotations
 
+import bz2
 import datetime as dt
 import functools
+import glob
 import gzip
+import io
+import lzma
+import marshal
 import os
 import sys
+import tempfile
 import zlib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import IO, BinaryIO
+from typing import IO, Any, BinaryIO, cast
 
-from policies import Action, PolicyView
+import zstandard
+
+from policies import Action, Kind, PolicyView
 
 from .model import DEFAULT_LIMITS, Damage, Limits, Sighting, Verdict
 
@@ -95,6 +109,7 @@ class Replay:
     dns_ports: frozenset[int] = frozenset({53})
     by_date: bool = False
     limits: Limits = DEFAULT_LIMITS
+    jobs: int = 1  # worker processes reading inputs; the verdicts and their order do not depend on it
     damage: list[Damage] = field(default_factory=list)
     inputs: list[tuple[str, str]] = field(default_factory=list)  # (path, format)
     dates: set[dt.date] = field(default_factory=set)  # the days sightings were judged at
@@ -107,9 +122,18 @@ class Replay:
         view_at = self._dated() if self.by_date else None
         view = self.last_view = self.view
         latest = float("-inf")
+        if self.jobs > 1 and len(paths) > 1:
+            sources: Iterable[tuple[str, Iterator[Sighting | Damage | str]]] = read_parallel(
+                paths, self.jobs, self.dns_ports, self.limits
+            )
+        else:
+            sources = ((p, read_input(p, self.dns_ports, self.limits, self._tick(bar))) for p in paths)
         try:
-            for path in paths:
-                for item in self._read(path, bar):
+            for path, items in sources:
+                for item in items:
+                    if isinstance(item, str):
+                        self.inputs.append((path, item))
+                        continue
                     if isinstance(item, Damage):
                         self.damage.append(item)
                         continue
@@ -148,45 +172,217 @@ class Replay:
 
         return view_at
 
-    def _read(self, path: str, bar: ProgressBar | None) -> Iterator[Sighting | Damage]:
+    @staticmethod
+    def _tick(bar: ProgressBar | None) -> Callable[[int], None] | None:
+        return bar.update if bar and bar.enabled else None
+
+
+# --- one input: open, decompress, pick the reader ---------------------------------------
+
+
+def _gzip(raw: BinaryIO) -> BinaryIO:
+    return cast(BinaryIO, gzip.GzipFile(fileobj=raw, mode="rb"))
+
+
+def _bzip2(raw: BinaryIO) -> BinaryIO:
+    return cast(BinaryIO, bz2.BZ2File(raw, "rb"))
+
+
+def _xz(raw: BinaryIO) -> BinaryIO:
+    return cast(BinaryIO, lzma.LZMAFile(raw, "rb"))
+
+
+def _zstd(raw: BinaryIO) -> BinaryIO:
+    reader = zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True, closefd=False)
+    return cast(BinaryIO, io.BufferedReader(reader, CHUNK))  # buffered: readline and peek
+
+
+# Compressed formats by their magic bytes (RFC 1952, bzip2, xz, RFC 8878), never by file name.
+COMPRESSIONS: tuple[tuple[bytes, str, Callable[[BinaryIO], BinaryIO]], ...] = (
+    (b"\x1f\x8b", "gzip", _gzip),
+    (b"BZh", "bzip2", _bzip2),
+    (b"\xfd7zXZ\x00", "xz", _xz),
+    (b"\x28\xb5\x2f\xfd", "zstd", _zstd),
+)
+DECOMPRESSION_ERRORS = (zlib.error, lzma.LZMAError, zstandard.ZstdError)
+CHUNK = 1 << 16
+
+
+def read_input(
+    path: str,
+    dns_ports: frozenset[int] = frozenset({53}),
+    limits: Limits = DEFAULT_LIMITS,
+    tick: Callable[[int], None] | None = None,
+) -> Iterator[Sighting | Damage | str]:
+    """Every sighting and damage of one input, in its order; first (once its format is
+    known) the format's name, as a ``str``.  Compression is recognised by content."""
+    try:
+        raw = open(path, "rb")
+    except OSError as exc:
+        yield Damage(path, 0, f"cannot open: {exc.strerror or exc}")
+        return
+    compression = ""
+    try:
+        progress = (lambda: tick(raw.tell())) if tick is not None else None
+        fh: BinaryIO = raw
+        magic = raw.read(6)
+        raw.seek(0)
+        for prefix, name, opener in COMPRESSIONS:
+            if magic.startswith(prefix):
+                compression = name
+                fh = opener(raw)
+                break
         try:
-            raw = open(path, "rb")
-        except OSError as exc:
-            yield Damage(path, 0, f"cannot open: {exc.strerror or exc}")
+            head = fh.peek(16)[:16] if compression else fh.read(16)  # type: ignore[attr-defined]
+            if not compression:
+                fh.seek(0)
+        except (OSError, EOFError, *DECOMPRESSION_ERRORS) as exc:
+            yield Damage(path, 0, f"unreadable {compression or 'file'} data: {exc}")
             return
+        picked = pick_reader(head, dns_ports, limits)
+        if picked is None:
+            what = f"{compression}-compressed data that is " if compression else ""
+            yield Damage(
+                path, 0, f"{what}not a pcap, pcapng, mitmproxy flow file, Zeek log or Suricata EVE log"
+            )
+            return
+        fmt, reader = picked
+        yield f"{fmt} ({compression})" if compression else fmt
         try:
-            tick = (lambda: bar.update(raw.tell())) if bar and bar.enabled else None
-            fh: BinaryIO = raw
-            head = raw.read(16)
-            raw.seek(0)
-            if head[:2] == b"\x1f\x8b":
-                fh = gzip.GzipFile(fileobj=raw, mode="rb")  # type: ignore[assignment]
+            yield from reader(path, fh, progress)
+        except EOFError as exc:  # a compressed stream cut short
+            yield Damage(path, 0, f"{compression} data cut short: {exc}; stopped here")
+        except (OSError, *DECOMPRESSION_ERRORS) as exc:
+            # The decompressors raise OSError for corrupt data (gzip.BadGzipFile, bz2) as well.
+            what = f"unreadable {compression} data" if compression else "read error"
+            yield Damage(path, 0, f"{what}: {exc}; stopped here")
+        except MemoryError:
+            # The readers hold at most ``limits`` per record, so this is the machine
+            # running short, not a policy problem: a warning and exit code 4, no traceback.
+            yield Damage(path, 0, "out of memory while reading; stopped here")
+        except Exception as exc:  # a reader bug must not lose the verdicts so far
+            yield Damage(path, 0, f"internal error while reading ({type(exc).__name__}); stopped here")
+    finally:
+        raw.close()
+
+
+# --- many inputs: directories, globs, processes -------------------------------------------
+
+
+def expand(inputs: Iterable[str]) -> list[str]:
+    """Files named, the files under directories named (recursively, sorted), and the files
+    shell-style globs match (sorted); a name that matches nothing stays, to be reported."""
+    out: list[str] = []
+    for name in inputs:
+        if os.path.isdir(name):
+            found = [os.path.join(root, f) for root, _, files in os.walk(name) for f in files]
+            out += sorted(found, key=_path_key)
+        elif not os.path.exists(name) and glob.has_magic(name):
+            matched = sorted(glob.glob(name, recursive=True), key=_path_key)
+            out += [m for m in matched if not os.path.isdir(m)] or [name]
+        else:
+            out.append(name)
+    return out
+
+
+def _path_key(path: str) -> list[str]:
+    """Sort by directory, then name: ``a/deep/x`` before ``a-b/y`` and before ``b``, as a tree reads."""
+    return path.split(os.sep)
+
+
+BATCH = 4096  # items a worker spools at a time
+
+
+# Spooled items are plain tuples written with ``marshal``: a fifth of pickle's cost for a
+# dataclass, and a spool is only ever read back by the process that asked for it.
+Row = tuple[Any, ...] | str
+
+
+def _row(item: Sighting | Damage | str) -> Row:
+    if isinstance(item, Sighting):
+        return (
+            item.time, item.kind.value, item.value, item.client, item.server, item.client_port,
+            item.server_port, item.host, item.via, item.qtype, item.file, item.packet, item.ech,
+            item.cname_of, item.tunnel,
+        )  # fmt: skip
+    if isinstance(item, Damage):
+        return (None, item.file, item.packet, item.message, item.stopped, item.unit)
+    return item
+
+
+KINDS = {k.value: k for k in Kind}
+
+
+def _item(row: Row) -> Sighting | Damage | str:
+    if isinstance(row, str):
+        return row
+    if row[0] is None:
+        return Damage(*row[1:])
+    return Sighting(row[0], KINDS[row[1]], *row[2:])
+
+
+def _read_to_file(args: tuple[str, frozenset[int], Limits, str]) -> str:
+    """In a worker process: read one input and spool its items, in batches, to a file the
+    parent streams back in order; memory stays that of one batch."""
+    path, dns_ports, limits, spool = args
+    with open(spool, "wb") as out:
+        batch: list[Row] = []
+        for item in read_input(path, dns_ports, limits):
+            batch.append(_row(item))
+            if len(batch) >= BATCH:
+                marshal.dump(batch, out)
+                batch = []
+        marshal.dump(batch, out)
+    return spool
+
+
+def _spooled(spool: str) -> Iterator[Sighting | Damage | str]:
+    try:
+        with open(spool, "rb") as f:
+            while True:
                 try:
-                    head = fh.read(16)
-                    fh.seek(0)
-                except (OSError, EOFError, zlib.error) as exc:
-                    yield Damage(path, 0, f"unreadable gzip data: {exc}")
+                    batch = marshal.load(f)
+                except EOFError:
                     return
-            picked = pick_reader(head, self.dns_ports, self.limits)
-            if picked is None:
-                yield Damage(path, 0, "not a pcap, pcapng, mitmproxy flow file, Zeek log or Suricata EVE log")
-                return
-            fmt, reader = picked
-            self.inputs.append((path, fmt))
+                for row in batch:
+                    yield _item(row)
+    finally:
+        os.unlink(spool)
+
+
+def read_parallel(
+    paths: list[str], jobs: int, dns_ports: frozenset[int], limits: Limits
+) -> Iterator[tuple[str, Iterator[Sighting | Damage | str]]]:
+    """Each input read in one of ``jobs`` worker processes, handed back in input order."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures.process import BrokenProcessPool
+
+    # Imported once here, before the fork, rather than once in every worker: the readers,
+    # their parsers and aioquic (which the first QUIC Initial would import) cost a tenth of
+    # a second or more each time.
+    from . import capture, flows, logs, quic, wire
+
+    _ = (capture, flows, logs, quic, wire)
+    with tempfile.TemporaryDirectory(prefix="egress-replay-") as spool_dir:
+        # fork: the workers start with replay and its readers imported, in milliseconds.
+        context = multiprocessing.get_context("fork" if sys.platform == "linux" else "spawn")
+        with ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
+            futures = [
+                pool.submit(_read_to_file, (p, dns_ports, limits, os.path.join(spool_dir, f"{i}.spool")))
+                for i, p in enumerate(paths)
+            ]
             try:
-                yield from reader(path, fh, tick)
-            except (OSError, EOFError) as exc:  # gzip stream cut short, disk errors
-                yield Damage(path, 0, f"read error: {exc}; stopped here")
-            except zlib.error as exc:
-                yield Damage(path, 0, f"unreadable gzip data: {exc}; stopped here")
-            except MemoryError:
-                # The readers hold at most ``limits`` per record, so this is the machine
-                # running short, not a policy problem: a warning and exit code 4, no traceback.
-                yield Damage(path, 0, "out of memory while reading; stopped here")
-            except Exception as exc:  # a reader bug must not lose the verdicts so far
-                yield Damage(path, 0, f"internal error while reading ({type(exc).__name__}); stopped here")
-        finally:
-            raw.close()
+                for path, future in zip(paths, futures, strict=True):
+                    try:
+                        spool = future.result()
+                    except BrokenProcessPool:
+                        yield path, iter([Damage(path, 0, "the process reading it died; stopped here")])
+                        continue
+                    yield path, _spooled(spool)
+            finally:
+                for future in futures:
+                    future.cancel()
 
 
 def _size(path: str) -> int:

@@ -25,7 +25,10 @@ class Sighting:
     ``http``, ``cname``, ``zeek-ssl``, ``suricata-dns``, ``mitm``...).
     ``packet`` is the 1-based packet (or line, or flow) number in ``file``.
     ``ech``: the ClientHello carried Encrypted Client Hello; ``value`` is then
-    the outer SNI, the only name on the wire.
+    the outer SNI, the only name on the wire.  ``tunnel``: what the packet was
+    wrapped in on the wire, outermost first (``vxlan``, ``gre,erspan-ii``,
+    ``mpls``, ``socks5``, ``http-connect``...); ``client`` and ``server`` are
+    then the inner endpoints.
     """
 
     time: float
@@ -42,6 +45,7 @@ class Sighting:
     packet: int = 0
     ech: bool = False
     cname_of: str | None = None
+    tunnel: str = ""
 
     def observation(self) -> Observation:
         return Observation(self.kind, self.value, self.client, self.host)

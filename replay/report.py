@@ -64,6 +64,8 @@ def row(v: Verdict) -> dict[str, Any]:
         out["ech"] = True
     if s.cname_of:
         out["cname_of"] = s.cname_of
+    if s.tunnel:
+        out["tunnel"] = s.tunnel
     return out
 
 
@@ -85,6 +87,8 @@ def _event(decision: Decision, s: Sighting, eid: str) -> dict[str, Any]:
         extra["ech"] = True
     if s.cname_of:
         extra["cname_of"] = s.cname_of
+    if s.tunnel:
+        extra["tunnel"] = s.tunnel
     return build_event(
         decision,
         s.observation(),
@@ -206,6 +210,7 @@ class EventLines:
             not s.qtype,
             s.ech,
             not s.cname_of,
+            not s.tunnel,
         )
         entry = self._shapes.get(key)
         if entry is None or entry[0] is not d:
@@ -231,6 +236,7 @@ class EventLines:
             esc(s.file),
             s.packet,
             esc(s.cname_of) if s.cname_of else "",
+            esc(s.tunnel) if s.tunnel else "",
         )
 
     @staticmethod
@@ -253,6 +259,7 @@ class EventLines:
             packet=slot(11, s.packet),
             ech=s.ech,
             cname_of=slot(12, s.cname_of),
+            tunnel=slot(13, s.tunnel),
         )
         text = _encode(_event(d, blank, _SLOT.format(1)))
         if not text.startswith(_EPOCH_HEAD):

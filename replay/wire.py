@@ -12,6 +12,7 @@ Initials are in ``quic``, imported on the first QUIC packet.
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass
 
 import dnslib
@@ -332,3 +333,128 @@ def http_url(req: HttpRequest, server: str, port: int) -> tuple[str, str]:
         return target, req.host or target.split("://", 1)[1].split("/", 1)[0]
     scheme = "https" if port == 443 else "http"
     return f"{scheme}://{host}{target if target.startswith('/') else '/' + target}", host
+
+
+@dataclass(frozen=True, slots=True)
+class SocksRequest:
+    """A SOCKS client's CONNECT: ``host`` (a name: SOCKS4a, SOCKS5 ATYP 3) or ``address``."""
+
+    version: str  # "socks4", "socks4a" or "socks5"
+    host: str | None
+    address: str | None
+    port: int
+    length: int  # bytes of the client's handshake, up to where the tunnel's own bytes start
+
+
+def _socks_name(raw: bytes) -> tuple[str | None, str | None]:
+    """(host, address): a name that is an address literal is judged as the address."""
+    text = raw.decode("latin-1")
+    try:
+        return None, str(ipaddress.ip_address(text))
+    except ValueError:
+        return text, None
+
+
+def socks_request(data: bytes) -> SocksRequest | None:
+    """The CONNECT request a SOCKS 4, 4a (RFC-less, the NEC/OpenSSH spec) or 5 (RFC 1928,
+    with RFC 1929 username/password) client sends first; ``None`` while incomplete.
+
+    Only the client's direction is read: the proxy's method choice is inferred from what the
+    client sends next.  Raises ``ValueError`` when the bytes are no SOCKS CONNECT.
+    """
+    if data[:1] == b"\x04":
+        if len(data) < 9:
+            return None
+        if data[1] != 1:
+            raise ValueError("not a SOCKS4 CONNECT")
+        port = data[2] << 8 | data[3]
+        user_end = data.find(b"\x00", 8)
+        if user_end < 0:
+            if len(data) > 8 + 255:
+                raise ValueError("SOCKS4 user id too long")
+            return None
+        ip = data[4:8]
+        if ip[:3] == b"\x00\x00\x00" and ip[3]:  # 0.0.0.x: SOCKS4a, the name follows
+            host_end = data.find(b"\x00", user_end + 1)
+            if host_end < 0:
+                if len(data) > user_end + 256:
+                    raise ValueError("SOCKS4a host name too long")
+                return None
+            host, address = _socks_name(data[user_end + 1 : host_end])
+            return SocksRequest("socks4a", host, address, port, host_end + 1)
+        return SocksRequest("socks4", None, str(ipaddress.IPv4Address(ip)), port, user_end + 1)
+    if data[:1] != b"\x05":
+        raise ValueError("not SOCKS")
+    if len(data) < 2:
+        return None
+    methods = data[2 : 2 + data[1]]
+    pos = 2 + data[1]
+    if len(data) <= pos:
+        return None
+    if data[pos] == 1 and 2 in methods:  # RFC 1929 username/password sub-negotiation
+        if len(data) < pos + 2 or len(data) < pos + 3 + data[pos + 1]:
+            return None
+        plen_at = pos + 2 + data[pos + 1]
+        pos = plen_at + 1 + data[plen_at]
+    if len(data) < pos + 5:
+        return None
+    if data[pos] != 5 or data[pos + 1] != 1 or data[pos + 2] != 0:
+        raise ValueError("not a SOCKS5 CONNECT")
+    atyp = data[pos + 3]
+    if atyp == 1:
+        end = pos + 8
+        host, address = None, str(ipaddress.IPv4Address(data[pos + 4 : pos + 8])) if len(data) >= end else ""
+    elif atyp == 4:
+        end = pos + 20
+        host, address = None, str(ipaddress.IPv6Address(data[pos + 4 : pos + 20])) if len(data) >= end else ""
+    elif atyp == 3:
+        end = pos + 5 + data[pos + 4]
+        host, address = _socks_name(data[pos + 5 : end]) if len(data) >= end else (None, "")
+    else:
+        raise ValueError(f"SOCKS5 address type {atyp}")
+    if len(data) < end + 2:
+        return None
+    return SocksRequest("socks5", host, address, data[end] << 8 | data[end + 1], end + 2)
+
+
+def plainly_dns(data: bytes) -> bool:
+    """Whether a UDP payload on a port that is not a DNS port is plainly a DNS message: one
+    question, at most 64 records, class IN (or an EDNS OPT record), and every name and record
+    ending exactly where the payload does.  Anything less is not read as DNS."""
+    n = len(data)
+    if n < 17 or data[2] & 0x78 or data[4:6] != b"\x00\x01":  # opcode QUERY, QDCOUNT 1
+        return False
+    records = (data[6] << 8 | data[7]) + (data[8] << 8 | data[9]) + (data[10] << 8 | data[11])
+    if records > 64:
+        return False
+    try:
+        pos = _skip_name(data, 12)
+        if data[pos + 2 : pos + 4] != b"\x00\x01":
+            return False
+        pos += 4
+        for _ in range(records):
+            pos = _skip_name(data, pos)
+            rtype = data[pos] << 8 | data[pos + 1]
+            if rtype != 41 and data[pos + 2 : pos + 4] != b"\x00\x01":
+                return False
+            pos += 10 + (data[pos + 8] << 8 | data[pos + 9])
+    except IndexError:
+        return False
+    return pos == n
+
+
+def _skip_name(data: bytes, pos: int) -> int:
+    for _ in range(128):
+        n = data[pos]
+        if n == 0:
+            return pos + 1
+        if n >= 0xC0:
+            if (n & 0x3F) << 8 | data[pos + 1] >= pos:
+                raise IndexError("forward compression pointer")
+            return pos + 2
+        if n > 63:
+            raise IndexError("bad label")
+        pos += 1 + n
+        if pos >= len(data):
+            raise IndexError("label past the end")
+    raise IndexError("too many labels")

@@ -95,6 +95,22 @@ SIGHTINGS = [
     ),
     pytest.param(Sighting(0.0, Kind.IP, "203.0.113.5", "10.0.0.5", "203.0.113.5", 1, 443), id="ip-epoch"),
     pytest.param(Sighting(-1.5, Kind.IP, "2001:db8::9", via="zeek-conn"), id="ip-before-epoch"),
+    pytest.param(
+        Sighting(
+            1605000002.0,
+            Kind.SNI,
+            "www.tiktok.com",
+            "10.0.0.5",
+            "198.51.100.7",
+            40000,
+            443,
+            via="tls",
+            file="mirror.pcap",
+            packet=3,
+            tunnel="vxlan,socks5",
+        ),
+        id="sni-inside-tunnels",
+    ),
 ]
 
 

@@ -7,7 +7,14 @@ from pathlib import Path
 
 from replay import Verdict
 
-FIELDS = ("dns.qry.name", "tls.handshake.extensions_server_name", "http.host")
+FIELDS = (
+    "dns.qry.name",
+    "tls.handshake.extensions_server_name",
+    "http.host",
+    "socks.remote_name",
+    "socks.v4a_dns_name",
+)
+DNS_VIAS = ("dns/udp", "dns/tcp", "mdns", "llmnr")  # tshark shows mDNS and LLMNR questions as dns.qry.name
 
 
 def tshark_names(tshark: str, path: Path, decode_as: tuple[str, ...] = ()) -> dict[str, set[str]]:
@@ -45,12 +52,16 @@ def tshark_names(tshark: str, path: Path, decode_as: tuple[str, ...] = ()) -> di
 
 
 def replay_names(verdicts: list[Verdict]) -> dict[str, set[str]]:
-    """The same three fields from replay's sightings (CNAME targets are answers, not questions)."""
+    """The same fields from replay's sightings (CNAME targets are answers, not questions)."""
     out: dict[str, set[str]] = {f: set() for f in FIELDS}
     for v in verdicts:
         s = v.sighting
-        if s.via in ("dns/udp", "dns/tcp"):
+        if s.via in DNS_VIAS:
             out["dns.qry.name"].add(s.value)
+        elif s.via == "socks5" and s.kind.value == "dns":
+            out["socks.remote_name"].add(s.value)
+        elif s.via == "socks4a" and s.kind.value == "dns":
+            out["socks.v4a_dns_name"].add(s.value)
         elif s.via in ("tls", "quic") and s.kind.value == "sni":
             out["tls.handshake.extensions_server_name"].add(s.value)
         elif s.via == "http" and s.host:

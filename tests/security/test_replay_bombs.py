@@ -149,6 +149,10 @@ def pcap_record(data: bytes, second: int, caplen: int | None = None, wire_len: i
 
 
 PCAP_HEAD = struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 262144, c.LINK_ETHERNET)
+# A capture record may claim at most 256 MiB and at most the file's snap length, else the read
+# stops (issue 11; tests/replay/test_inputs.py): the record bombs stay under both.
+RECORD_BOMB = 200 << 20
+BIG_SNAP_HEAD = struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 1 << 30, c.LINK_ETHERNET)
 SHB, IDB, epb, dns_frame = c.pcapng_shb(), c.pcapng_idb(), c.pcapng_epb, c.dns_frame
 
 
@@ -193,9 +197,9 @@ def zeek_tsv_bomb(g: IO[bytes]) -> None:
 
 
 def pcap_bomb(g: IO[bytes]) -> None:
-    g.write(PCAP_HEAD + pcap_record(dns_frame("www.tiktok.com"), 0))
-    g.write(pcap_record(b"", 1, caplen=BOMB))  # a record really as long as its header says
-    pad(g, BOMB, b"\0")
+    g.write(BIG_SNAP_HEAD + pcap_record(dns_frame("www.tiktok.com"), 0))
+    g.write(pcap_record(b"", 1, caplen=RECORD_BOMB))  # a record really as long as its header says
+    pad(g, RECORD_BOMB, b"\0")
     g.write(pcap_record(dns_frame("www.wechat.com"), 2))
 
 
@@ -204,7 +208,7 @@ PCAPNG_BOMB_OFFSET = len(SHB) + len(IDB) + len(epb(dns_frame("www.tiktok.com")))
 
 def pcapng_bomb(g: IO[bytes]) -> None:
     g.write(SHB + IDB + epb(dns_frame("www.tiktok.com")))
-    head, blen = huge_epb_header(BOMB)
+    head, blen = huge_epb_header(RECORD_BOMB)
     g.write(head)
     pad(g, blen - 32, b"\0")
     g.write(struct.pack("<I", blen) + epb(dns_frame("www.wechat.com"), t=c.T0 + 2))
@@ -249,7 +253,7 @@ BOMBS = [
     pytest.param(
         "bomb.pcap.gz",
         pcap_bomb,
-        lambda p: limit_warning(p, "packet 2", f"record of {BOMB} bytes is", "16777216"),
+        lambda p: limit_warning(p, "packet 2", f"record of {RECORD_BOMB} bytes is", "16777216"),
         DNS_PAIR,
         id="pcap-record",
     ),
@@ -259,7 +263,8 @@ BOMBS = [
         lambda p: limit_warning(
             p,
             "packet 2",
-            f"enhanced packet block at offset {PCAPNG_BOMB_OFFSET} is {huge_epb_header(BOMB)[1]} bytes,",
+            f"enhanced packet block at offset {PCAPNG_BOMB_OFFSET} "
+            f"is {huge_epb_header(RECORD_BOMB)[1]} bytes,",
             "16777216",
         ),
         DNS_PAIR,
@@ -347,23 +352,25 @@ def _flow_prefix_too_long(g: IO[bytes]) -> None:
     g.write(flow_record("www.tiktok.com") + b"1234567890123:x")
 
 
+OVER_CEILING = "more than the 256 MiB any capture record may hold"
 LIES = [
     pytest.param(
         _pcap_lies_caplen,
         "pcap",
-        "at packet 2: corrupt record header (captured length 2147483648, original length 60); stopped here",
+        f"at packet 2: corrupt record header (it claims 2147483648 bytes, {OVER_CEILING}); stopped here",
         id="pcap-caplen-2g-over-its-wire-length",
     ),
     pytest.param(
         _pcap_cut_short,
         "pcap",
-        "at packet 2: file ends inside the packet (100 of 2147483648 bytes)",
+        f"at packet 2: corrupt record header (it claims 2147483648 bytes, {OVER_CEILING}); stopped here",
         id="pcap-caplen-2g-file-ends",
     ),
     pytest.param(
         _pcapng_cut_short,
         "pcapng",
-        f"at packet 2: file ends inside the enhanced packet block at offset {PCAPNG_BOMB_OFFSET}",
+        f"at packet 2: enhanced packet block at offset {PCAPNG_BOMB_OFFSET} claims {(1 << 31) + 32} bytes, "
+        f"{OVER_CEILING}; stopped here",
         id="pcapng-block-2g-file-ends",
     ),
     pytest.param(
