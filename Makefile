@@ -4,11 +4,12 @@
 PYTHON ?= python3
 VENV ?= .venv
 NEWEST_VENV ?= .venv-newest
+SOAK_MINUTES ?= 30
 PYTEST_ARGS ?=
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: run test tools lint bench clean
+.PHONY: run test tools lint bench soak clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "egress-filter needs Python 3.11 or newer")'
@@ -37,6 +38,10 @@ bench: $(STAMP) tools
 	$(BIN)/python -m bench.dns_bench
 	$(BIN)/python -m bench.proxy_bench
 	$(BIN)/python -m bench.replay_bench
+
+# Not part of `bench` or `test`: 30 minutes of ours, then 30 of Unbound (`make soak SOAK_MINUTES=1440`: 24 h each).
+soak: $(STAMP) tools
+	$(BIN)/python -m bench.soak --minutes $(SOAK_MINUTES)
 
 clean:
 	rm -rf $(VENV) $(NEWEST_VENV) build *.egg-info
