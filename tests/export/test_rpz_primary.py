@@ -1,0 +1,334 @@
+"""``egress-filter dns --rpz`` as the primary of real secondaries, on loopback.
+
+Our resolver runs as a subprocess on a free loopback port with the export
+tests' policy (cases.py) on FULL_DAY; Unbound (``rpz:`` with ``primary:``)
+and BIND 9 (a ``type secondary`` zone named in ``response-policy``, with
+TSIG) transfer its zone, answer NXDOMAIN for a blocked name and forward an
+allowed one to the catch-all loopback upstream.  Then the policy is edited
+and our resolver gets SIGHUP: its NOTIFY must bring each engine to the new
+verdict within NOTIFY_DEADLINE.  The access rules are one table, asked with
+dnspython from 127.0.0.1 and 127.0.0.2; each refusal is one event.
+Every process is stopped by PID.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import dns.message
+import dns.query
+import dns.rcode
+import dns.rdatatype
+import dns.tsigkeyring
+import dns.xfr
+import dns.zone
+import pytest
+
+from policies.export import zone_name
+
+from . import cases
+from .test_engines import Engine, ask, free_port, unbound_conf
+from .upstream import UPSTREAM_A, CatchAll
+
+NOTIFY_DEADLINE = 10.0
+ZONE = zone_name("default") + "."
+KEY_NAME = "xfr-key."
+SECRET = base64.b64encode(bytes(range(32))).decode()
+KEY = f"{KEY_NAME}:hmac-sha256:{SECRET}"
+WRONG = base64.b64encode(bytes(range(1, 33))).decode()
+FRESH = "fresh.test"  # allowed at first; the edit adds it to the chat app's domains
+
+
+@pytest.fixture(scope="module")
+def upstream() -> Iterator[CatchAll]:
+    server = CatchAll()
+    yield server
+    server.stop()
+
+
+def write_policy(path: Path, edited: bool) -> Path:
+    text = cases.POLICY
+    if edited:
+        text = text.replace("domains: [chat.test]", f"domains: [chat.test, {FRESH}]")
+        assert FRESH in text
+    path.write_text(text)
+    return path
+
+
+def start_primary(tmp: Path, up: int, *flags: str) -> Engine:
+    port = free_port()
+    policy = write_policy(tmp / "policy.yaml", edited=False)
+    argv = [sys.executable, "-m", "egress_filter.cli", "dns", "--policy", str(policy),
+            "--at", cases.FULL_DAY.isoformat(), "--listen", f"127.0.0.1:{port}",
+            "--upstream", f"127.0.0.1:{up}", "--log", str(tmp / "events.jsonl"), "--rpz",
+            "--reload-interval", "3600", *flags]
+    return Engine(argv, port, tmp / "primary.log")
+
+
+def until(deadline: float, check: object, what: str, log: Path | None = None) -> None:
+    end = time.monotonic() + deadline
+    last = None
+    while time.monotonic() < end:
+        last = check()  # type: ignore[operator]
+        if last is True:
+            return
+        time.sleep(0.2)
+    tail = log.read_text()[-3000:] if log is not None else ""
+    raise AssertionError(f"{what} not within {deadline} s (last: {last})\n{tail}")
+
+
+def events(tmp: Path) -> list[dict[str, object]]:
+    path = tmp / "events.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def transfer_events(tmp: Path) -> list[dict[str, object]]:
+    return [e for e in events(tmp) if str(e["event"]["action"]).startswith("zone-transfer")]  # type: ignore[index]
+
+
+def edit_and_hup(tmp: Path, primary: Engine) -> None:
+    write_policy(tmp / "policy.yaml", edited=True)
+    os.kill(primary.proc.pid, signal.SIGHUP)
+
+
+# --- the access table ---------------------------------------------------------
+
+def xfr(port: int, source: str, key: str | None, rdtype: str = "AXFR", udp: bool = False) -> dns.message.Message:
+    """The first message of the answer to one transfer query."""
+    q = dns.message.make_query(ZONE, rdtype)
+    if key is not None:
+        q.use_tsig(dns.tsigkeyring.from_text({KEY_NAME: ("hmac-sha256", key)}), KEY_NAME)
+    if udp:
+        return dns.query.udp(q, "127.0.0.1", port=port, source=source, timeout=3)
+    return dns.query.tcp(q, "127.0.0.1", port=port, source=source, timeout=3)
+
+
+ACCESS = [
+    # (id, source, key, over udp, rcode, event reason or None when allowed)
+    pytest.param("127.0.0.1", SECRET, False, "NOERROR", None, id="signed-from-allowed"),
+    pytest.param("127.0.0.2", SECRET, False, "REFUSED", "source not in rpz_allow", id="signed-from-elsewhere"),
+    pytest.param("127.0.0.2", None, False, "REFUSED",
+                 "not signed with the TSIG key (and source not in rpz_allow_unsigned)", id="unsigned-from-elsewhere"),
+    pytest.param("127.0.0.3", None, False, "NOERROR", None, id="unsigned-from-allowed-unsigned"),
+    pytest.param("127.0.0.1", SECRET, True, "REFUSED", "zone transfers are served over TCP only", id="over-udp"),
+    pytest.param("127.0.0.1", WRONG, False, "NOTAUTH", "bad TSIG: BadSignature", id="wrong-secret"),
+]
+
+
+@pytest.fixture(scope="module")
+def access_primary(tmp_path_factory: pytest.TempPathFactory, upstream: CatchAll) -> Iterator[tuple[Engine, Path]]:
+    tmp = tmp_path_factory.mktemp("access")
+    primary = start_primary(tmp, upstream.port, "--rpz-allow", "127.0.0.1/32", "--rpz-allow-unsigned",
+                            "127.0.0.3/32", "--tsig-key", KEY)
+    yield primary, tmp
+    primary.stop()
+
+
+@pytest.mark.parametrize(("source", "key", "udp", "rcode", "reason"), ACCESS)
+def test_transfer_access(access_primary: tuple[Engine, Path], source: str, key: str | None, udp: bool,
+                         rcode: str, reason: str | None) -> None:
+    primary, tmp = access_primary
+    before = len(transfer_events(tmp))
+    if rcode == "NOTAUTH":
+        # dnspython refuses the unsigned NOTAUTH answer to a signed query; read the raw reply.
+        q = dns.message.make_query(ZONE, "AXFR")
+        q.use_tsig(dns.tsigkeyring.from_text({KEY_NAME: ("hmac-sha256", key)}), KEY_NAME)
+        import socket
+        with socket.create_connection(("127.0.0.1", primary.port), timeout=3, source_address=(source, 0)) as s:
+            w = q.to_wire()
+            s.sendall(len(w).to_bytes(2, "big") + w)
+            n = int.from_bytes(s.recv(2), "big")
+            raw = s.recv(n)
+        assert raw[3] & 0x0F == dns.rcode.NOTAUTH
+    else:
+        r = xfr(primary.port, source, key, udp=udp)
+        assert dns.rcode.to_text(r.rcode()) == rcode
+        if rcode == "NOERROR":
+            assert r.answer[0].rdtype == dns.rdatatype.SOA
+    until(5, lambda: len(transfer_events(tmp)) == before + 1, "one transfer event", primary.log)
+    ev = transfer_events(tmp)[-1]
+    assert ev["source"]["ip"] == source  # type: ignore[index]
+    if reason is None:
+        assert ev["event"]["action"] == "zone-transfer"  # type: ignore[index]
+    else:
+        assert ev["event"]["action"] == "zone-transfer-refused"  # type: ignore[index]
+        assert ev["event"]["reason"] == reason  # type: ignore[index]
+        assert ev["event"]["outcome"] == "failure"  # type: ignore[index]
+        assert ev["ecs"]["version"]  # type: ignore[index]
+
+
+def test_soa_on_udp_and_full_axfr_is_the_export(access_primary: tuple[Engine, Path]) -> None:
+    """SOA over UDP from anyone the resolver serves; the AXFR holds exactly the export's records."""
+    primary, _ = access_primary
+    r = dns.query.udp(dns.message.make_query(ZONE, "SOA"), "127.0.0.1", port=primary.port, timeout=3)
+    assert r.rcode() == dns.rcode.NOERROR and r.flags & 0x0400  # authoritative
+    keyring = dns.tsigkeyring.from_text({KEY_NAME: ("hmac-sha256", SECRET)})
+    zone = dns.zone.Zone(ZONE)
+    dns.query.inbound_xfr("127.0.0.1", zone, port=primary.port, timeout=5, lifetime=10,
+                          query=_signed_query("AXFR", keyring))
+    from policies.export import rpz_zone
+    want = rpz_zone(cases.policy(), at=cases.FULL_DAY)
+    got = {(n.to_text(), rd.target.to_text()) for n, rdset in
+           ((n, rds) for n, node in zone.nodes.items() for rds in node.rdatasets if rds.rdtype == 5) for rd in rdset}
+    assert got == {(rec.owner, rec.rdata) for rec in want.records() if rec.rtype == "CNAME"}
+    assert zone.get_soa().serial == r.answer[0][0].serial == want.serial
+
+
+def _signed_query(rdtype: str, keyring: object, serial: int | None = None) -> dns.message.Message:
+    q, _ = dns.xfr.make_query(dns.zone.Zone(ZONE), serial=serial, keyring=keyring, keyname=KEY_NAME) \
+        if rdtype == "IXFR" else (dns.message.make_query(ZONE, rdtype), None)
+    if rdtype != "IXFR":
+        q.use_tsig(keyring, KEY_NAME)
+    return q
+
+
+def test_ixfr_after_an_edit_sends_only_the_difference(tmp_path: Path, upstream: CatchAll) -> None:
+    primary = start_primary(tmp_path, upstream.port, "--tsig-key", KEY)
+    try:
+        keyring = dns.tsigkeyring.from_text({KEY_NAME: ("hmac-sha256", SECRET)})
+        soa = dns.query.udp(dns.message.make_query(ZONE, "SOA"), "127.0.0.1", port=primary.port, timeout=3)
+        old = soa.answer[0][0].serial
+        edit_and_hup(tmp_path, primary)
+
+        def new_serial() -> bool:
+            r = dns.query.udp(dns.message.make_query(ZONE, "SOA"), "127.0.0.1", port=primary.port, timeout=3)
+            return bool(r.answer[0][0].serial != old)
+
+        until(10, new_serial, "a new serial", primary.log)
+        q = dns.message.make_query(ZONE, "IXFR")
+        q.authority.append(dns.rrset.from_text(ZONE, 0, "IN", "SOA", f". . {old} 0 0 0 0"))
+        q.use_tsig(keyring, KEY_NAME)
+        answers = list(_all_messages(q, primary.port, keyring))
+        rrs = [(rr.name.to_text(), rd.to_text()) for m in answers for rr in m.answer for rd in rr]
+        types = [rr.rdtype for m in answers for rr in m.answer]
+        # SOA new, SOA old, (nothing removed), SOA new, the two added records, SOA new
+        assert types == [6, 6, 6, 5, 5, 6]
+        assert rrs[3:5] == [(f"{FRESH}.{ZONE}", "."), (f"*.{FRESH}.{ZONE}", ".")]
+    finally:
+        primary.stop()
+
+
+def _all_messages(q: dns.message.Message, port: int, keyring: object) -> Iterator[dns.message.Message]:
+    """Every message of a transfer answer, TSIG of each checked by dnspython."""
+    import socket
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        w = q.to_wire()
+        s.sendall(len(w).to_bytes(2, "big") + w)
+        ctx = None
+        soas = 0
+        first = True
+        for _ in range(100):
+            n = int.from_bytes(_recv(s, 2), "big")
+            m = dns.message.from_wire(_recv(s, n), keyring=keyring, request_mac=q.mac, xfr=True,
+                                      origin=None, tsig_ctx=ctx, multi=not first, one_rr_per_rrset=True)
+            first = False
+            ctx = m.tsig_ctx
+            yield m
+            soas += sum(1 for rr in m.answer if rr.rdtype == 6)
+            if soas >= 4:  # one difference sequence: SOA new, SOA old, SOA new, SOA new
+                return
+
+
+def _recv(s: object, n: int) -> bytes:
+    buf = b""
+    while len(buf) < n:
+        chunk = s.recv(n - len(buf))  # type: ignore[attr-defined]
+        if not chunk:
+            raise AssertionError("connection closed mid-message")
+        buf += chunk
+    return buf
+
+
+# --- the engines ------------------------------------------------------------------
+
+def test_unbound_secondary_follows_notify(tmp_path: Path, upstream: CatchAll) -> None:
+    # Unbound 1.17 (Debian 12) cannot sign transfers: its source is allowed unsigned.
+    uport = free_port()
+    primary = start_primary(tmp_path, upstream.port, "--rpz-allow-unsigned", "127.0.0.1/32",
+                            "--rpz-notify", f"127.0.0.1:{uport}")
+    try:
+        body = f"""rpz:
+    name: "{ZONE}"
+    primary: 127.0.0.1@{primary.port}
+    allow-notify: 127.0.0.1
+    zonefile: "{tmp_path / 'unbound-rpz.zone'}"
+    rpz-log: yes
+server:"""
+        engine = Engine(unbound_conf(tmp_path, uport, upstream.port, body, "respip iterator"), uport,
+                        tmp_path / "unbound.log")
+        try:
+            _follows(tmp_path, primary, engine)
+        finally:
+            engine.stop()
+    finally:
+        primary.stop()
+
+
+def test_bind_secondary_with_tsig_follows_notify(tmp_path: Path, upstream: CatchAll) -> None:
+    bport = free_port()
+    primary = start_primary(tmp_path, upstream.port, "--tsig-key", KEY, "--rpz-notify", f"127.0.0.1:{bport}")
+    try:
+        conf = tmp_path / "named.conf"
+        conf.write_text(f"""key "{KEY_NAME}" {{ algorithm hmac-sha256; secret "{SECRET}"; }};
+options {{
+    directory "{tmp_path}";
+    listen-on port {bport} {{ 127.0.0.1; }};
+    listen-on-v6 {{ none; }};
+    pid-file none;
+    recursion yes;
+    allow-query {{ 127.0.0.0/8; }};
+    forwarders {{ 127.0.0.1 port {upstream.port}; }};
+    forward only;
+    dnssec-validation no;
+    max-cache-ttl 1;
+    max-ncache-ttl 1;
+    response-policy {{ zone "{ZONE.rstrip('.')}" log yes min-update-interval 0; }};
+}};
+controls {{ }};
+zone "{ZONE.rstrip('.')}" {{
+    type secondary;
+    primaries {{ 127.0.0.1 port {primary.port} key "{KEY_NAME}"; }};
+    file "secondary.db";
+    allow-notify {{ 127.0.0.1; }};
+}};
+""")
+        check = subprocess.run(["named-checkconf", str(conf)], capture_output=True, text=True, timeout=30)
+        assert check.returncode == 0, check.stdout + check.stderr
+        engine = Engine(["named", "-g", "-c", str(conf), "-n", "1"], bport, tmp_path / "named.log")
+        try:
+            _follows(tmp_path, primary, engine)
+            # dig, as an operator would check: with the key the zone comes, without it REFUSED.
+            signed = subprocess.run(["dig", "-y", f"hmac-sha256:{KEY_NAME}:{SECRET}", "-p", str(primary.port),
+                                     "@127.0.0.1", ZONE, "AXFR"], capture_output=True, text=True, timeout=20)
+            assert f"*.{FRESH}.{ZONE}" in signed.stdout and "Transfer failed." not in signed.stdout, signed.stdout
+            unsigned = subprocess.run(["dig", "-p", str(primary.port), "@127.0.0.1", ZONE, "AXFR"],
+                                      capture_output=True, text=True, timeout=20)
+            assert "Transfer failed." in unsigned.stdout and FRESH not in unsigned.stdout, unsigned.stdout
+        finally:
+            engine.stop()
+    finally:
+        primary.stop()
+
+
+def _follows(tmp: Path, primary: Engine, engine: Engine) -> None:
+    log = engine.log
+    until(15, lambda: ask(engine.port, "video.test") == "blocked", "the transferred zone blocking video.test", log)
+    assert ask(engine.port, "www.chat.test") == "blocked"
+    assert ask(engine.port, "ok.video.test") == UPSTREAM_A  # allow-listed below a blocked domain
+    assert ask(engine.port, FRESH) == UPSTREAM_A
+    edit_and_hup(tmp, primary)
+    until(NOTIFY_DEADLINE, lambda: ask(engine.port, FRESH) == "blocked",
+          f"{FRESH} blocked after the edit and NOTIFY", log)
+    assert ask(engine.port, f"www.{FRESH}") == "blocked"
+    assert ask(engine.port, "ok.video.test") == UPSTREAM_A
+    assert "no answer to NOTIFY" not in primary.log.read_text()
