@@ -271,7 +271,7 @@ server:"""
         engine = Engine(unbound_conf(tmp_path, uport, upstream.port, body, "respip iterator"), uport,
                         tmp_path / "unbound.log")
         try:
-            _follows(tmp_path, primary, engine)
+            _follows(tmp_path, primary, engine, signed=False)
         finally:
             engine.stop()
     finally:
@@ -310,7 +310,7 @@ zone "{ZONE.rstrip('.')}" {{
         assert check.returncode == 0, check.stdout + check.stderr
         engine = Engine(["named", "-g", "-c", str(conf), "-n", "1"], bport, tmp_path / "named.log")
         try:
-            _follows(tmp_path, primary, engine)
+            _follows(tmp_path, primary, engine, signed=True)
             # dig, as an operator would check: with the key the zone comes, without it REFUSED.
             signed = subprocess.run(["dig", "-y", f"hmac-sha256:{KEY_NAME}:{SECRET}", "-p", str(primary.port),
                                      "@127.0.0.1", ZONE, "AXFR"], capture_output=True, text=True, timeout=20)
@@ -325,7 +325,7 @@ zone "{ZONE.rstrip('.')}" {{
         primary.stop()
 
 
-def _follows(tmp: Path, primary: Engine, engine: Engine) -> None:
+def _follows(tmp: Path, primary: Engine, engine: Engine, signed: bool) -> None:
     log = engine.log
     until(15, lambda: ask(engine.port, "video.test") == "blocked",
           "the transferred zone blocking video.test", log)
@@ -338,3 +338,41 @@ def _follows(tmp: Path, primary: Engine, engine: Engine) -> None:
     assert ask(engine.port, f"www.{FRESH}") == "blocked"
     assert ask(engine.port, "ok.video.test") == UPSTREAM_A
     assert "no answer to NOTIFY" not in primary.log.read_text()
+    transfers = transfer_events(tmp)
+    assert transfers, "no transfer was logged"
+    assert {(e["event"]["action"], e["egress"]["rpz"]["signed"]) for e in transfers} == {  # type: ignore[index]
+        ("zone-transfer", signed)}
+
+
+def test_powerdns_recursor_secondary_with_tsig_follows(tmp_path: Path, upstream: CatchAll) -> None:
+    """PowerDNS Recursor 4.8 (Debian 12) does not act on a NOTIFY for an RPZ:
+    it asks for IXFR deltas every ``refresh`` seconds (here 1), so the edit
+    reaches it by the SOA poll instead."""
+    pport = free_port()
+    primary = start_primary(tmp_path, upstream.port, "--tsig-key", KEY)
+    try:
+        lua = tmp_path / "rpz.lua"
+        lua.write_text(f'rpzPrimary("127.0.0.1:{primary.port}", "{ZONE}", {{refresh=1, '
+                       f'tsigname="{KEY_NAME}", tsigalgo="hmac-sha256", tsigsecret="{SECRET}"}})\n')
+        (tmp_path / "recursor.conf").write_text(f"""local-address=127.0.0.1
+local-port={pport}
+forward-zones-recurse=.=127.0.0.1:{upstream.port}
+lua-config-file={lua}
+socket-dir={tmp_path}
+daemon=no
+write-pid=no
+disable-syslog=yes
+dnssec=off
+dont-query=
+max-cache-ttl=1
+disable-packetcache=yes
+threads=1
+loglevel=6
+""")
+        engine = Engine(["pdns_recursor", f"--config-dir={tmp_path}"], pport, tmp_path / "pdns.log")
+        try:
+            _follows(tmp_path, primary, engine, signed=True)
+        finally:
+            engine.stop()
+    finally:
+        primary.stop()
