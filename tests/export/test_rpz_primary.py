@@ -311,6 +311,8 @@ zone "{ZONE.rstrip('.')}" {{
         engine = Engine(["named", "-g", "-c", str(conf), "-n", "1"], bport, tmp_path / "named.log")
         try:
             _follows(tmp_path, primary, engine, signed=True)
+            # The edit came as an IXFR: SOA, SOA old, SOA new, the 2 added records, SOA.
+            assert "Transfer completed: 1 messages, 6 records" in engine.log.read_text()
             # dig, as an operator would check: with the key the zone comes, without it REFUSED.
             signed = subprocess.run(["dig", "-y", f"hmac-sha256:{KEY_NAME}:{SECRET}", "-p", str(primary.port),
                                      "@127.0.0.1", ZONE, "AXFR"], capture_output=True, text=True, timeout=20)
