@@ -405,7 +405,7 @@ class RpzPrimary:
         kind = "AXFR" if asked.qtype == T_AXFR else "IXFR"
         why = self._why_refused(asked, client, addr is not None)
         if why is None and self.transfers >= self.max_transfers:
-            why = f"{self.max_transfers} transfers already running"
+            why = f"rpz_transfers: {self.max_transfers} already running"
         if why is not None:
             self.refused += 1
             self._refuse(asked, sink, addr)

@@ -65,9 +65,9 @@ def write_policy(path: Path, edited: bool) -> Path:
     return path
 
 
-def start_primary(tmp: Path, up: int, *flags: str) -> Engine:
+def start_primary(tmp: Path, up: int, *flags: str, policy: Path | None = None) -> Engine:
     port = free_port()
-    policy = write_policy(tmp / "policy.yaml", edited=False)
+    policy = policy or write_policy(tmp / "policy.yaml", edited=False)
     argv = [sys.executable, "-m", "egress_filter.cli", "dns", "--policy", str(policy),
             "--at", cases.FULL_DAY.isoformat(), "--listen", f"127.0.0.1:{port}",
             "--upstream", f"127.0.0.1:{up}", "--log", str(tmp / "events.jsonl"), "--rpz",
@@ -251,6 +251,43 @@ def _recv(s: object, n: int) -> bytes:
             raise AssertionError("connection closed mid-message")
         buf += chunk
     return buf
+
+
+def test_transfers_over_the_cap_are_refused(tmp_path: Path, upstream: CatchAll) -> None:
+    """With --rpz-transfers 1, a secondary that asks and never reads holds the one slot
+    (its transfer waits on the connection's buffer: 10,000 names are 1 MB of zone);
+    the next asker gets REFUSED and one event; once the first hangs up the slot is free."""
+    from bench import policy_bench
+
+    saved = policy_bench.OUT
+    policy_bench.OUT = tmp_path / "big"
+    try:
+        policy_bench.generate(10_000, 1)
+    finally:
+        policy_bench.OUT = saved
+    primary = start_primary(tmp_path, upstream.port, "--rpz-transfers", "1", "--rpz-allow-unsigned",
+                            "127.0.0.1/32", policy=tmp_path / "big" / "policy.yaml")
+    try:
+        stalled = socket.socket()
+        stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        stalled.connect(("127.0.0.1", primary.port))
+        w = dns.message.make_query(ZONE, "AXFR").to_wire()
+        stalled.sendall(len(w).to_bytes(2, "big") + w)
+        until(5, lambda: len(transfer_events(tmp_path)) == 1, "the first transfer", primary.log)
+        r = xfr(primary.port, "127.0.0.1", None)
+        assert dns.rcode.to_text(r.rcode()) == "REFUSED"
+        until(5, lambda: len(transfer_events(tmp_path)) == 2, "the refusal's event", primary.log)
+        ev = transfer_events(tmp_path)[-1]
+        assert (ev["event"]["action"], ev["event"]["reason"]) == (  # type: ignore[index]
+            "zone-transfer-refused", "rpz_transfers: 1 already running")
+        stalled.close()
+
+        def free_again() -> bool:
+            return dns.rcode.to_text(xfr(primary.port, "127.0.0.1", None).rcode()) == "NOERROR"
+
+        until(10, free_again, "the slot freed after the stalled secondary hung up", primary.log)
+    finally:
+        primary.stop()
 
 
 # --- the engines ------------------------------------------------------------------
