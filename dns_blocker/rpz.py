@@ -296,6 +296,7 @@ class RpzPrimary:
         self.zones: dict[str, Zone] = {}  # origin -> zone
         self.loop: asyncio.AbstractEventLoop | None = None
         self.tasks: set[asyncio.Task[None]] = set()
+        self.asks: Callable[[str], bool] = lambda client: False  # the resolver's ACL, from ``front``
         self._rebuild_lock = threading.Lock()
         self.rebuild()
 
@@ -349,9 +350,13 @@ class RpzPrimary:
 
     # --- the hook --------------------------------------------------------------------
 
-    def front(self, handle: Callable[[bytes, str, int, Any, Any], None]
+    def front(self, handle: Callable[[bytes, str, int, Any, Any], None], asks: Callable[[str], bool]
               ) -> Callable[[bytes, str, int, Any, Any], None]:
-        """``Resolver.handle`` with our zones' SOA, NS, AXFR and IXFR taken out first."""
+        """``Resolver.handle`` with our zones' SOA, NS, AXFR and IXFR taken out first.
+        ``asks`` is the resolver's ACL: SOA and NS go to its clients and to the
+        transfer sources; anyone else is left to the resolver (which refuses them)."""
+        self.asks = asks
+
         def front(data: bytes, client: str, port: int, sink: Any, addr: Any) -> None:
             if ((SUFFIX_WIRE in data or SUFFIX_WIRE in data.lower())
                     and len(data) >= 12 and not data[2] & 0x80):
@@ -378,7 +383,7 @@ class RpzPrimary:
         if asked.qtype in (T_AXFR, T_IXFR):
             self._transfer_request(zone, asked, client, port, sink, addr)
             return True
-        if asked.qtype not in (T_SOA, T_NS):
+        if asked.qtype not in (T_SOA, T_NS) or not (self.asks(client) or self._source_allowed(client)):
             return False
         v = zone.current
         if asked.qtype == T_SOA:
@@ -420,6 +425,13 @@ class RpzPrimary:
     def _done(self, task: asyncio.Task[None]) -> None:
         self.tasks.discard(task)
         self.transfers -= 1
+
+    def _source_allowed(self, client: str) -> bool:
+        try:
+            ip = ipaddress.ip_address(client.split("%", 1)[0])
+        except ValueError:
+            return False
+        return any(ip in n for n in (*self.allow, *self.allow_unsigned))
 
     def _why_refused(self, asked: Asked, client: str, udp: bool) -> str | None:
         if udp:

@@ -506,7 +506,7 @@ async def serve(settings: DnsSettings, holder: Any, events: Any, metrics: NullMe
         rpz = RpzPrimary(settings, holder, events, say)
         rpz.attach(loop)
         # The one hook: our zones' SOA, NS, AXFR and IXFR are taken out before the resolver.
-        resolver.handle = rpz.front(resolver.handle)  # type: ignore[method-assign,assignment]
+        resolver.handle = rpz.front(resolver.handle, resolver.acl.allows)  # type: ignore[method-assign,assignment]
     if sockets is None:
         sockets = [bind_pair(*parse_hostport(a, 53), settings.workers > 1) for a in settings.listen]
     udp_transports: list[asyncio.BaseTransport] = []

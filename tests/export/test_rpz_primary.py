@@ -136,7 +136,7 @@ def access_primary(tmp_path_factory: pytest.TempPathFactory,
                    upstream: CatchAll) -> Iterator[tuple[Engine, Path]]:
     tmp = tmp_path_factory.mktemp("access")
     primary = start_primary(tmp, upstream.port, "--rpz-allow", "127.0.0.1/32", "--rpz-allow-unsigned",
-                            "127.0.0.3/32", "--tsig-key", KEY)
+                            "127.0.0.3/32", "--tsig-key", KEY, "--acl", "127.0.0.1/32")
     yield primary, tmp
     primary.stop()
 
@@ -172,6 +172,20 @@ def test_transfer_access(access_primary: tuple[Engine, Path], source: str, key: 
         assert ev["event"]["reason"] == reason  # type: ignore[index]
         assert ev["event"]["outcome"] == "failure"  # type: ignore[index]
         assert ev["ecs"]["version"]  # type: ignore[index]
+
+
+@pytest.mark.parametrize(("source", "rcode"), [
+    pytest.param("127.0.0.1", "NOERROR", id="resolver-client"),
+    pytest.param("127.0.0.2", "REFUSED", id="neither-client-nor-transfer-source"),
+    pytest.param("127.0.0.3", "NOERROR", id="transfer-source-only"),
+])
+def test_soa_goes_to_clients_and_transfer_sources(access_primary: tuple[Engine, Path], source: str,
+                                                  rcode: str) -> None:
+    primary, _ = access_primary
+    r = dns.query.udp(dns.message.make_query(ZONE, "SOA"), "127.0.0.1", port=primary.port, source=source,
+                      timeout=3)
+    assert dns.rcode.to_text(r.rcode()) == rcode
+    assert len(r.answer) == (1 if rcode == "NOERROR" else 0)
 
 
 def test_soa_on_udp_and_full_axfr_is_the_export(access_primary: tuple[Engine, Path]) -> None:
