@@ -79,6 +79,18 @@ def name_wire(name: str) -> bytes:
     return b"".join(bytes((len(x),)) + x.encode("ascii") for x in name.split(".")) + b"\0"
 
 
+_LEN = [bytes((i,)) for i in range(256)]
+
+
+def _labels(relative: str) -> bytes:
+    """A relative owner's labels in wire form, without the terminating root
+    label (the origin follows).  Labels longer than 63 octets cannot come
+    from the export (it checks names), and an escape goes through dnspython."""
+    if "\\" in relative:
+        return (dns.name.from_text(relative, dns.name.root).to_wire() or b"\0")[:-1]
+    return b"".join([_LEN[len(x)] + x for x in relative.encode("ascii").split(b".")])
+
+
 def rr_wire(owner: bytes, rtype: int, ttl: int, rdata: bytes) -> bytes:
     return owner + struct.pack("!HHIH", rtype, C_IN, ttl, len(rdata)) + rdata
 
@@ -199,17 +211,25 @@ class Zone:
 def build_version(policy: Any, at: Any, phase: Any, group: str, previous: ZoneVersion | None
                   ) -> ZoneVersion:
     z = rpz_zone(policy, at=at, phase=phase, group=group)
-    origin = z.origin
-    targets: dict[str, bytes] = {}
-    records = []
+    origin = name_wire(z.origin)
+    # Everything after the owner's own labels is one of a few byte strings
+    # (the origin, then type, class, TTL and target): built once, not per record.
+    tails: dict[tuple[str, str], bytes] = {}
+    records: list[bytes] = []
+    append = records.append
     for rec in z.records():
         if rec.rtype == "SOA":
             continue
-        owner = name_wire(origin if rec.owner == "@" else f"{rec.owner}.{origin}")
-        rdata = targets.get(rec.rdata)
-        if rdata is None:
-            rdata = targets[rec.rdata] = name_wire(rec.rdata)
-        records.append(rr_wire(owner, T_NS if rec.rtype == "NS" else T_CNAME, z.ttl, rdata))
+        tail = tails.get((rec.rtype, rec.rdata))
+        if tail is None:
+            rdata = name_wire(rec.rdata)
+            rtype = T_NS if rec.rtype == "NS" else T_CNAME
+            tail = tails[(rec.rtype, rec.rdata)] = origin + struct.pack("!HHIH", rtype, C_IN, z.ttl,
+                                                                          len(rdata)) + rdata
+        if rec.owner == "@":
+            append(tail)
+        else:
+            append(_labels(rec.owner) + tail)
     serial = z.serial
     recs = tuple(records)
     if previous is not None:
