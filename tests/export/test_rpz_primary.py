@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import dns.message
+import dns.opcode
 import dns.query
 import dns.rcode
 import dns.rdatatype
@@ -302,6 +303,69 @@ def test_transfers_over_the_cap_are_refused(tmp_path: Path, upstream: CatchAll) 
         until(10, free_again, "the slot freed after the stalled secondary hung up", primary.log)
     finally:
         primary.stop()
+
+
+def test_phase_change_at_midnight_sends_notify(tmp_path: Path) -> None:
+    """The clock cannot be moved inside another process: the holder runs here on
+    a clock the test sets, and a real UDP socket stands for the secondary.
+    Crossing into a day with no phase change sends nothing; crossing into
+    2020-02-01 (chat: downloads -> full) sends a NOTIFY with the new serial."""
+    import asyncio
+    import datetime as dt
+
+    from dns_blocker.config import merge
+    from dns_blocker.rpz import RpzPrimary
+    from egress_filter.holder import PolicyHolder
+
+    now = [dt.datetime(2020, 1, 30, 12, tzinfo=dt.UTC)]
+    holder = PolicyHolder(write_policy(tmp_path / "policy.yaml", edited=False), clock=lambda: now[0])
+    target = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    target.bind(("127.0.0.1", 0))
+    target.settimeout(0.5)
+    settings = merge(holder.policy.settings.dns, {}, {"rpz": True, "rpz_notify": (
+        f"127.0.0.1:{target.getsockname()[1]}",)})
+
+    class NoEvents:
+        enabled = False
+
+    lines: list[str] = []
+
+    def received(seconds: float) -> list[dns.message.Message]:
+        got = []
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            try:
+                data, addr = target.recvfrom(4096)
+            except TimeoutError:
+                continue
+            m = dns.message.from_wire(data)
+            got.append(m)
+            target.sendto(dns.message.make_response(m).to_wire(), addr)
+        return got
+
+    async def main() -> tuple[int, int, list[dns.message.Message], list[dns.message.Message]]:
+        primary = RpzPrimary(settings, holder, NoEvents(), lines.append)
+        primary.attach(asyncio.get_running_loop())
+        before = primary.zones[ZONE].current.serial
+        now[0] = dt.datetime(2020, 1, 31, 12, tzinfo=dt.UTC)
+        holder.refresh()  # same phases: no notice
+        quiet = await asyncio.to_thread(received, 1.0)
+        now[0] = dt.datetime(2020, 2, 1, 0, 0, 1, tzinfo=dt.UTC)
+        holder.refresh()
+        loud = await asyncio.to_thread(received, 3.0)
+        after = primary.zones[ZONE].current.serial
+        await primary.close()
+        return before, after, quiet, loud
+
+    try:
+        before, after, quiet, loud = asyncio.run(asyncio.wait_for(main(), 30))
+    finally:
+        target.close()
+    assert quiet == []
+    assert after != before
+    notifies = {(m.opcode(), m.question[0].name.to_text(), m.answer[0][0].serial) for m in loud}
+    assert (dns.opcode.NOTIFY, ZONE, after) in notifies
+    assert f"egress-filter dns: rpz: {ZONE} serial {after} (phase)" in lines
 
 
 # --- the engines ------------------------------------------------------------------
