@@ -194,6 +194,8 @@ def test_soa_on_udp_and_full_axfr_is_the_export(access_primary: tuple[Engine, Pa
     primary, _ = access_primary
     r = dns.query.udp(dns.message.make_query(ZONE, "SOA"), "127.0.0.1", port=primary.port, timeout=3)
     assert r.rcode() == dns.rcode.NOERROR and r.flags & 0x0400  # authoritative
+    ns = dns.query.udp(dns.message.make_query(ZONE, "NS"), "127.0.0.1", port=primary.port, timeout=3)
+    assert [(rr.name.to_text(), rd.to_text()) for rr in ns.answer for rd in rr] == [(ZONE, "localhost.")]
     keyring = dns.tsigkeyring.from_text({KEY_NAME: ("hmac-sha256", SECRET)})
     zone = dns.zone.Zone(ZONE)
     dns.query.inbound_xfr("127.0.0.1", zone, port=primary.port, timeout=5, lifetime=10,
