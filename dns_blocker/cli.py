@@ -63,6 +63,18 @@ def register(sub: Any) -> None:
                    help="answer to CH TXT hostname.bind/id.server (default: REFUSED)")
     p.add_argument("--server-version", metavar="TEXT",
                    help="answer to CH TXT version.bind/version.server (default: REFUSED)")
+    p.add_argument("--rpz", action=argparse.BooleanOptionalAction, default=None,
+                   help="serve one Response Policy Zone per client group (<group>.rpz.egress-filter.) "
+                        "over TCP AXFR/IXFR, with SOA and NS on UDP and TCP")
+    p.add_argument("--rpz-notify", action="append", metavar="HOST:PORT",
+                   help="secondary sent a NOTIFY when a zone's serial changes (repeatable)")
+    p.add_argument("--rpz-allow", action="append", metavar="CIDR",
+                   help="sources allowed a TSIG-signed transfer (repeatable; default loopback)")
+    p.add_argument("--rpz-allow-unsigned", action="append", metavar="CIDR",
+                   help="sources allowed a transfer without TSIG (repeatable; default none)")
+    p.add_argument("--rpz-transfers", type=int, metavar="N", help="zone transfers at once (default 4)")
+    p.add_argument("--tsig-key", metavar="NAME:ALG:SECRET|FILE",
+                   help="TSIG key for transfers (hmac-sha256, base64 secret), or a BIND key file")
     p.add_argument("--reload-interval", type=float, default=1.0, metavar="SECONDS",
                    help="how often to check the policy files and the date")
     p.add_argument("--reuseport", action="store_true", help=argparse.SUPPRESS)  # set on worker processes
@@ -71,7 +83,8 @@ def register(sub: Any) -> None:
 
 CLI_KEYS = ("listen", "upstreams", "block_response", "log", "log_all", "metrics", "canary", "acl",
             "cache_size", "timeout", "workers", "max_udp_size", "tcp_timeout", "tcp_connections",
-            "tcp_per_client", "server_identity", "server_version")
+            "tcp_per_client", "server_identity", "server_version", "rpz", "rpz_notify", "rpz_allow",
+            "rpz_allow_unsigned", "rpz_transfers", "tsig_key")
 
 
 def cmd_dns(args: argparse.Namespace) -> int:
@@ -97,7 +110,7 @@ def cmd_dns(args: argparse.Namespace) -> int:
     try:
         from_file = read_config_file(args.config) if args.config else {}
         cli = {k: getattr(args, k) for k in CLI_KEYS}
-        for k in ("listen", "upstreams", "acl"):
+        for k in ("listen", "upstreams", "acl", "rpz_notify", "rpz_allow", "rpz_allow_unsigned"):
             if cli[k] is not None:
                 cli[k] = tuple(cli[k])
         settings = merge(holder.policy.settings.dns, from_file, cli)

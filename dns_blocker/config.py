@@ -138,6 +138,9 @@ def check(s: DnsSettings) -> None:
         raise ConfigError("tcp_connections: must be 1 or more")
     if s.tcp_per_client < 1:
         raise ConfigError("tcp_per_client: must be 1 or more")
+    from .rpz import check_settings  # here: rpz imports this module
+
+    check_settings(s)
     for key in ("server_identity", "server_version"):
         value = getattr(s, key)
         if value is not None and len(value.encode("utf-8")) > 255:

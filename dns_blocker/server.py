@@ -411,6 +411,10 @@ class TcpConnection(asyncio.Protocol):
         else:
             self._timer = self._loop.call_at(self._due, self._check)
 
+    def progress(self) -> None:
+        """A long answer (a zone transfer) moved on: its deadline starts over."""
+        self._arm()
+
     def cut(self) -> None:
         """Abort now, dropping whatever is queued (a deadline passed, or evicted)."""
         if self.transport is not None:
@@ -495,6 +499,14 @@ async def serve(settings: DnsSettings, holder: Any, events: Any, metrics: NullMe
     sink: EventSink = events
     resolver = Resolver(holder, settings, forwarder, sink, metrics)
     resolver.attach(loop)
+    rpz = None
+    if settings.rpz:
+        from .rpz import RpzPrimary
+
+        rpz = RpzPrimary(settings, holder, events, say)
+        rpz.attach(loop)
+        # The one hook: our zones' SOA, NS, AXFR and IXFR are taken out before the resolver.
+        resolver.handle = rpz.front(resolver.handle, resolver.acl.allows)  # type: ignore[method-assign,assignment]
     if sockets is None:
         sockets = [bind_pair(*parse_hostport(a, 53), settings.workers > 1) for a in settings.listen]
     udp_transports: list[asyncio.BaseTransport] = []
@@ -541,6 +553,8 @@ async def serve(settings: DnsSettings, holder: Any, events: Any, metrics: NullMe
         for srv in tcp_servers:
             srv.close()
         await resolver.drain(settings.timeout + 0.5)
+        if rpz is not None:
+            await rpz.close()
         for utransport in udp_transports:
             utransport.close()
         forwarder.close()

@@ -391,6 +391,13 @@ class DnsSettings:
     tcp_per_client: int = 16  # TCP connections at once from one client address
     server_identity: str | None = None  # CH TXT hostname.bind / id.server; None: REFUSED
     server_version: str | None = None  # CH TXT version.bind / version.server; None: REFUSED
+    # RPZ primary (dns_blocker/rpz.py): one zone per client group over AXFR/IXFR.
+    rpz: bool = False
+    rpz_notify: tuple[str, ...] = ()  # HOST:PORT of secondaries sent a NOTIFY when a serial changes
+    rpz_allow: tuple[str, ...] = ("127.0.0.0/8", "::1/128")  # sources allowed a TSIG-signed transfer
+    rpz_allow_unsigned: tuple[str, ...] = ()  # sources allowed a transfer without TSIG
+    rpz_transfers: int = 4  # transfers at once
+    tsig_key: str | None = None  # NAME:ALGORITHM:BASE64SECRET, or a BIND key file
 
 
 @dataclass(frozen=True, slots=True)
