@@ -160,7 +160,7 @@ class Resolver:
         self._memo: dict[GroupView, dict[str, Decision]] = {}  # per group, per name
         self._memo_view: PolicyView | None = None
         self.hot: dict[str, HotTable] = {}  # group id -> its ready answers
-        self.client_hot: dict[str, HotTable] = {}  # client address -> its group's table (read by the UDP path)
+        self.client_hot: dict[str, HotTable] = {}  # client -> its group's table (the UDP path reads it)
         self.hot_view: PolicyView | None = None
         # With no metrics and no event log there is nothing to count or log.
         self._silent = type(self.metrics) is NullMetrics and not events.enabled
