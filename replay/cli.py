@@ -66,6 +66,11 @@ def register(subparsers: Any) -> None:
         "Suricata EVE JSON; gzip is fine",
     )
     add_policy_args(p)
+    from egress_filter.legal_cli import add_legal_args
+
+    add_legal_args(p, group=False)
+    p.add_argument("--group", metavar="G",
+                   help="judge every client as a member of this client group (default: each client's own)")
     p.add_argument(
         "--format",
         choices=("table", "json", "jsonl", "html"),
@@ -115,7 +120,11 @@ def run(args: argparse.Namespace) -> int:
     from .engine import Replay, Summary
 
     policy = load_or_exit(args.policy)
-    view = policy.view(args.at, Phase(args.phase) if args.phase else None)
+    if args.group is not None and args.group not in policy.clients:
+        known = ", ".join(sorted(policy.clients))
+        print(f"egress-filter replay: unknown group '{args.group}' (groups: {known})", file=sys.stderr)
+        return EXIT_USAGE
+    view = policy.view(args.at, Phase(args.phase) if args.phase else None, None, args.legal_status)
     # Without --at/--phase each observation is judged on the day it was seen.
     rep = Replay(
         args.inputs,
@@ -123,6 +132,7 @@ def run(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         dns_ports=frozenset({53, *args.dns_port}),
         by_date=args.at is None and args.phase is None,
+        group=args.group,
         limits=Limits(max_line=args.max_line, max_record=args.max_record),
     )
     summary = Summary()
