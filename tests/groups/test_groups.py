@@ -1,7 +1,8 @@
 """Client groups end to end: the DNS resolver (real loopback sockets, clients
-bound to 127.0.0.2/.3/.4) and replay (a crafted capture with several
-clients) answer the same name per the asker's group, and the start-up
-notice names the frameworks enforced as ordered though not in force.
+bound to 127.0.0.2/.3/.4), the proxy (real mitmproxy, curl --interface) and
+replay (a crafted capture with several clients) answer the same name per the
+asker's group, and the start-up notice names the frameworks enforced as
+ordered though not in force.
 
 The policy: framework ``ban`` puts TikTok in ``full`` from 2020-01-01 and was
 enjoined on 2020-06-01.  Groups: ``default`` (no framework: allowed),
@@ -17,11 +18,14 @@ import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import dns.message
 import pytest
 
 from tests.dns.conftest import REPO, ResolverProcess, addresses, authority, rcode, resolver  # noqa: F401
+from tests.proxy.conftest import Origin, origin, run_proxy  # noqa: F401
+from tests.proxy.test_e2e import curl as proxy_curl
 from tests.replay import craft
 
 POLICY = """\
@@ -148,3 +152,33 @@ def test_replay_unknown_group(tmp_path: Path, policy_file: Path) -> None:
                          cwd=REPO, capture_output=True, text=True, timeout=60)
     assert (out.returncode, out.stderr.strip()) == (
         2, "egress-filter replay: unknown group 'nope' (groups: court, default, lab, strict)")
+
+
+# (client address, curl exit code, CONNECT status, HTTP status, event (group, action) or None)
+PROXY_CLIENTS = [
+    pytest.param("127.0.0.1", 0, 200, 200, None, id="default-allows"),
+    pytest.param("127.0.0.2", 35, 200, 0, ("strict", "block"), id="strict-closes-the-tls"),
+    pytest.param("127.0.0.3", 0, 200, 200, ("lab", "log"), id="lab-monitors"),
+    pytest.param("127.0.0.4", 0, 200, 200, None, id="court-follows-the-injunction"),
+]
+
+
+def test_proxy_decides_per_group(run_proxy: Any, origin: Origin, tmp_path: Path) -> None:  # noqa: F811
+    policy = tmp_path / "proxy-groups.yaml"
+    policy.write_text(POLICY.replace("tiktok.test", "tiktok.com"))
+    proxy = run_proxy("--policy", str(policy), "--at", DAY)
+    rows = [p.values for p in PROXY_CLIENTS]
+    seen = []
+    for _round in range(2):  # interleaved, twice: nothing one group got is reused for another
+        for client, *_ in rows:
+            r = proxy_curl(proxy, origin, "https://www.tiktok.com/", ca=origin.pki.ca_cert,
+                           extra=("--interface", client))
+            seen.append((client, r["rc"], r["connect"], r["status"]))
+    assert seen == [(c, rc, connect, status) for _ in range(2) for c, rc, connect, status, _ev in rows]
+    want = sorted((c, *ev) for _ in range(2) for c, *_x, ev in rows if ev is not None)
+    events = proxy.events(len(want))
+    got = sorted((e["source"]["ip"], e["egress"]["group"], e["egress"]["action"]) for e in events
+                 if e["egress"]["action"] != "allow")
+    assert got == want
+    notices = [x for x in proxy.stderr.read_text().splitlines() if "enforcing as ordered" in x]
+    assert notices == [NOTICE.replace("egress-filter dns:", "egress-filter proxy:")]
