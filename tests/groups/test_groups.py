@@ -14,16 +14,19 @@ injunction counts, allowed).
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import dns.message
+import dns.query
 import pytest
 
-from tests.dns.conftest import REPO, ResolverProcess, addresses, authority, rcode, resolver  # noqa: F401
+from tests.dns.conftest import REPO, ResolverProcess, addresses, authority, free_port, rcode, resolver  # noqa: F401
 from tests.proxy.conftest import Origin, origin, run_proxy  # noqa: F401
 from tests.proxy.test_e2e import curl as proxy_curl
 from tests.replay import craft
@@ -182,3 +185,32 @@ def test_proxy_decides_per_group(run_proxy: Any, origin: Origin, tmp_path: Path)
     assert got == want
     notices = [x for x in proxy.stderr.read_text().splitlines() if "enforcing as ordered" in x]
     assert notices == [NOTICE.replace("egress-filter dns:", "egress-filter proxy:")]
+
+
+@pytest.mark.parametrize(("flags", "lines", "answer"), [
+    pytest.param([], [NOTICE.replace("egress-filter dns:", "egress-filter run:")], ("NXDOMAIN", []),
+                 id="as-ordered-one-notice-from-run"),
+    pytest.param(["--legal-status", "in-force"], [], ("NOERROR", ANSWER), id="in-force-reaches-the-resolver"),
+])
+def test_run_notice_and_legal_status(authority: Any, policy_file: Path, tmp_path: Path,  # noqa: F811
+                                     flags: list[str], lines: list[str],
+                                     answer: tuple[str, list[str]]) -> None:
+    port = free_port()
+    err_path = tmp_path / "run.err"
+    with open(err_path, "w") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "egress_filter.cli", "run", "--no-proxy", "--policy",
+                                 str(policy_file), "--at", DAY, "--dns-listen", f"127.0.0.1:{port}",
+                                 "--upstream", authority.address, "--log", str(tmp_path / "ev.jsonl"),
+                                 *flags],
+                                cwd=REPO, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err)
+    try:
+        deadline = time.monotonic() + 30
+        while "ready" not in err_path.read_text() and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.05)
+        q = dns.message.make_query(NAME, "A")
+        got = _answer(dns.query.udp(q, "127.0.0.1", port=port, source="127.0.0.2", timeout=4))
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(20)
+    assert got == answer
+    assert [x for x in err_path.read_text().splitlines() if "enforcing as ordered" in x] == lines
