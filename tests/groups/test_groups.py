@@ -53,7 +53,7 @@ apps:
   - id: tiktok
     name: TikTok
     owner: ByteDance
-    domains: [tiktok.test]
+    domains: [tiktok.test, tiktokcdn.test]
 """
 DAY = "2021-01-01"
 NAME = "www.tiktok.test"
@@ -80,13 +80,17 @@ def _answer(msg: dns.message.Message) -> tuple[str, list[str]]:
     return rcode(msg), addresses(msg)
 
 
+@pytest.mark.parametrize("name", [
+    pytest.param(NAME, id="the-name"),
+    pytest.param("alias.example.test", id="via-cname"),  # CNAME to edge.tiktokcdn.test: judged per group too
+])
 @pytest.mark.parametrize("order", [
     pytest.param(["127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.1"], id="strict-first"),
     pytest.param(["127.0.0.3", "127.0.0.1", "127.0.0.2", "127.0.0.4"], id="lab-first"),
 ])
 def test_dns_answers_per_group_and_never_across(resolver: Callable[..., ResolverProcess],  # noqa: F811
                                                 authority: object, policy_file: Path,  # noqa: F811
-                                                order: list[str]) -> None:
+                                                order: list[str], name: str) -> None:
     r = resolver("--policy", str(policy_file), "--at", DAY,
                  "--upstream", authority.address)  # type: ignore[attr-defined]
     seen = []
@@ -94,9 +98,9 @@ def test_dns_answers_per_group_and_never_across(resolver: Callable[..., Resolver
     # answers of the fast path), interleaved with the other groups, then over TCP.
     for _round in range(2):
         for client in order:
-            seen.append((client, "udp", _answer(r.ask(NAME, source=client))))
+            seen.append((client, "udp", _answer(r.ask(name, source=client))))
     for client in order:
-        seen.append((client, "tcp", _answer(r.ask(NAME, source=client, tcp=True))))
+        seen.append((client, "tcp", _answer(r.ask(name, source=client, tcp=True))))
     assert seen == [(c, t, EXPECTED[c][1:3]) for c, t, _ in seen]
     logged = [c for c in order for _ in range(3) if EXPECTED[c][3] is not None]
     events = r.events(expect=len(logged))
