@@ -325,10 +325,34 @@ def unbound_server(workdir: Path, names: list[str], upstream: int, tag: str) -> 
     return Server("unbound", ["unbound", "-d", "-c", str(conf)], port)
 
 
-def ours_server(workdir: Path, blocklist: Path, upstream: int, tag: str, workers: int = 1) -> Server:
+# ``--groups``: the same list under one framework, with a second client group
+# that has a network (127.0.0.2/32, not dnsperf's address), so every query
+# pays the group lookup while the verdicts stay those of the plain policy.
+GROUPED_POLICY = """version: 2
+frameworks:
+  bench:
+    title: Benchmark
+    kind: company_rule
+    schedule:
+      benchapp:
+        - {{from: 2020-01-01, phase: full, source: bench}}
+clients:
+  default: {{frameworks: [bench]}}
+  other: {{networks: [127.0.0.2/32], frameworks: [bench], mode: monitor}}
+apps:
+  - id: benchapp
+    name: Bench App
+    owner: Nobody
+    lists:
+      - {{path: {blocklist}, as: domains}}
+"""
+
+
+def ours_server(workdir: Path, blocklist: Path, upstream: int, tag: str, workers: int = 1,
+                groups: bool = False) -> Server:
     port = free_port()
     policy = workdir / f"policy-{tag}.yaml"
-    policy.write_text(f"""version: 1
+    policy.write_text(GROUPED_POLICY.format(blocklist=blocklist) if groups else f"""version: 1
 apps:
   - id: benchapp
     name: Bench App
@@ -360,6 +384,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--latency-runs", type=int, default=3,
                     help="latency runs per server and mode (the median p99 is reported)")
     ap.add_argument("--json", metavar="FILE", help="write the figures as JSON too")
+    ap.add_argument("--groups", type=int, metavar="ROUNDS", default=0,
+                    help="only measure ours cache-warm without and with client groups, ROUNDS times each "
+                         "(alternating), and print the cost of the group lookup")
     args = ap.parse_args(argv)
     missing = [t for t in TOOLS if shutil.which(t) is None]
     if missing:
@@ -377,6 +404,9 @@ def main(argv: list[str] | None = None) -> int:
         start_on_client_cpu(upstream)
         blockfile, names = write_blocklist(workdir, 100_000)
         work = Workload(workdir, names)
+        if args.groups:
+            groups_cost(workdir, blockfile, upstream, work, args.groups, args.seconds)
+            return 0
         makers: list[Callable[[], Server]] = [
             lambda: ours_server(workdir, blockfile, upstream.port, "100k"),
             lambda: dnsmasq_server(workdir, names, upstream.port, "100k"),
@@ -445,6 +475,27 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
     return 0
+
+
+def groups_cost(workdir: Path, blockfile: Path, upstream: Server, work: Workload, rounds: int,
+                seconds: float) -> None:
+    """Cache-warm peak QPS of ours without and with client groups, alternating
+    so that both see the same background load; the medians and their ratio."""
+    peaks: dict[bool, list[float]] = {False: [], True: []}
+    for i in range(rounds):
+        for grouped in (False, True):
+            server = ours_server(workdir, blockfile, upstream.port, f"groups-{grouped}-{i}", groups=grouped)
+            server.start()
+            try:
+                dnsperf(server.port, work.warmup_file(), 10)
+                _, qps, _ = find_peak(server, work, False, seconds, lambda s: None)
+            finally:
+                server.stop()
+            peaks[grouped].append(qps)
+            print(f"  round {i + 1} {'with' if grouped else 'without'} groups: {qps:,.0f} qps", flush=True)
+    plain, grouped_qps = statistics.median(peaks[False]), statistics.median(peaks[True])
+    print(f"cache-warm peak, median of {rounds}: without groups {plain:,.0f} qps, with groups "
+          f"{grouped_qps:,.0f} qps; the group lookup costs {1 - grouped_qps / plain:+.1%}", flush=True)
 
 
 def start_on_client_cpu(upstream: Server) -> None:

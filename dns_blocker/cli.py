@@ -93,6 +93,7 @@ def cmd_dns(args: argparse.Namespace) -> int:
 
     from egress_filter.eventlog import EventLog, metrics_collector
     from egress_filter.holder import PolicyHolder
+    from egress_filter.legal_cli import print_legal_notices
     from policies import Mode, Phase, PolicyError
 
     from .config import ConfigError, merge, parse_hostport, read_config_file
@@ -102,7 +103,8 @@ def cmd_dns(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format=f"{PROG}: %(message)s", stream=sys.stderr)
     try:
         holder = PolicyHolder(args.policy, at=args.at, phase=Phase(args.phase) if args.phase else None,
-                              mode=Mode(args.mode) if args.mode else None, allow_empty=args.allow_empty)
+                              mode=Mode(args.mode) if args.mode else None, allow_empty=args.allow_empty,
+                              legal_status=args.legal_status)
     except PolicyError as exc:
         for issue in exc.issues:
             print(issue, file=sys.stderr)
@@ -117,6 +119,8 @@ def cmd_dns(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"{PROG}: {exc}", file=sys.stderr)
         return 1
+    if not args.reuseport:  # a worker leaves the notices to the process that started it
+        print_legal_notices(PROG, holder.policy, args)
 
     # The policy's indexes are millions of long-lived objects; freezing them
     # keeps the collector from walking them all in the middle of answering.

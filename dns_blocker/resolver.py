@@ -18,13 +18,21 @@ answer is sent before the event is built and queued, so logging never delays
 it.  The caches hold verdicts of one policy moment, so the policy holder's
 "reload"/"phase" notices clear them (on the loop's thread).
 
+Client groups: every verdict depends on the asker's group (its frameworks,
+mode and legal status), so the decisions are memoised per (group, name) and
+CNAME targets are judged with the asker's group.  Without group networks
+every client is in ``default`` and no lookup is made.
+
 A UDP answer that the chain would give again byte for byte (a block, the
-canary, a cache hit) is also kept in ``hot``, keyed by the query's bytes after
-its ID, until its TTLs would tick down by a second.  The UDP listener looks
-there first: a repeated question then costs one dict lookup and one
-concatenation instead of the parse, the decision and the splice.  Answers
-that depend on the asking client (blocks under ``exempt_clients``, CNAME
-verdicts) are never kept there.  ``hot`` is only valid for ``hot_view``.
+canary, a cache hit) is also kept in the asker's group's table of ``hot``,
+keyed by the query's bytes after its ID, until its TTLs would tick down by a
+second.  ``client_hot`` maps each client address the ACL let in to its
+group's table, so the UDP listener looks there first: a repeated question
+then costs two dict lookups and one concatenation instead of the parse, the
+decision and the splice, and an answer is only ever reused within the group
+that got it.  Answers that depend on the asking client itself (the exempt
+group's, whose reason names the client; CNAME verdicts) are never kept
+there.  ``hot`` and ``client_hot`` are only valid for ``hot_view``.
 """
 
 from __future__ import annotations
@@ -37,6 +45,7 @@ from itertools import islice
 from typing import Any, Protocol
 
 from policies import Action, Decision, DnsSettings, Kind, Observation, PolicyView, build_event
+from policies.decide import GroupView
 
 from .cache import AnswerCache
 from .metrics import NullMetrics
@@ -89,6 +98,9 @@ Asker = tuple[bytes, Query, Decision, str, int, Sink, Any]
 Tally = tuple[int, Decision, Query, str]
 # A ready UDP answer: (valid until, answer bytes after the ID, tally or None when there is nothing to do).
 Hot = tuple[float, bytes, "Tally | None"]
+# One group's ready answers, keyed by the query's bytes after its ID.
+HotTable = dict[bytes, Hot]
+CLIENTS_LIMIT = 65_536  # client addresses whose group table is remembered
 
 
 class ViewSource(Protocol):
@@ -145,9 +157,10 @@ class Resolver:
         self.templates: dict[Any, tuple[bytes, bytes, str]] = {}
         self.inflight: set[asyncio.Task[None]] = set()
         self.waiting: dict[bytes, list[Asker]] = {}  # question key -> askers behind the first
-        self._memo: dict[str, Decision] = {}
+        self._memo: dict[GroupView, dict[str, Decision]] = {}  # per group, per name
         self._memo_view: PolicyView | None = None
-        self.hot: dict[bytes, Hot] = {}
+        self.hot: dict[str, HotTable] = {}  # group id -> its ready answers
+        self.client_hot: dict[str, HotTable] = {}  # client -> its group's table (the UDP path reads it)
         self.hot_view: PolicyView | None = None
         # With no metrics and no event log there is nothing to count or log.
         self._silent = type(self.metrics) is NullMetrics and not events.enabled
@@ -166,6 +179,7 @@ class Resolver:
     def flush(self, reason: str) -> None:
         self.cache.clear()
         self.hot.clear()
+        self.client_hot.clear()
         self.templates.clear()
         self._memo = {}
         self.metrics.flushed(reason)
@@ -202,17 +216,18 @@ class Resolver:
                         data, client, port, sink, addr, True)
             return
         view = self.holder.view
-        d = self._decide(view, q.name, client)
+        gv = view.group(client)
+        d = self._decide(view, gv, q.name, client)
         if d.action is Action.BLOCK:
             out, response = self._blocked(data, q, d, self.block)
             self._reply(BLOCKED, self._fit(out, q, data, udp), FOREVER, d, q, response, data, client, port,
-                        sink, addr, not view.policy.exempt)
+                        sink, addr, not gv.group.exempt)
             return
         now = time.monotonic()
         entry = self.cache.get(q.key, now)
         if entry is not None:
             if entry.cnames:
-                chained = self._judge_chain(view, entry.cnames, client)
+                chained = self._judge_chain(gv, entry.cnames, client)
                 if chained is not None and chained[0].action is Action.BLOCK:
                     self.metrics.cache(True)
                     self._send_chain_block(data, q, chained, client, port, sink, addr)
@@ -227,7 +242,7 @@ class Resolver:
             until = min(entry.expires, entry.stored + age + 1)
             response = RCODE_NAMES.get(out[3] & 0x0F, "NOERROR")
             self._reply(CACHED, self._fit(out, q, data, udp), until, d, q, response, data, client, port, sink,
-                        addr, not entry.cnames)
+                        addr, not entry.cnames and not gv.group.exempt)
             return
         self.metrics.cache(False)
         asker = (data, q, d, client, port, sink, addr)
@@ -273,7 +288,7 @@ class Resolver:
             return
         answer, info = result
         if info.cnames:
-            chained = self._judge_chain(self.holder.view, info.cnames, client)
+            chained = self._judge_chain(self.holder.view.group(client), info.cnames, client)
             if chained is not None and chained[0].action is Action.BLOCK:
                 self._send_chain_block(data, q, chained, client, port, sink, addr)
                 return
@@ -292,18 +307,30 @@ class Resolver:
     def _reply(self, kind: int, out: bytes | bytearray, until: float, d: Decision, q: Query, response: str,
                data: bytes, client: str, port: int, sink: Sink, addr: Any, shared: bool) -> None:
         """Send an answer made from stored bytes, count and log it, and keep it
-        in ``hot`` when the same query bytes would get the same bytes back from
-        any client (``shared``)."""
+        in the hot table of the decision's group when the same query bytes
+        would get the same bytes back from any client of that group
+        (``shared``)."""
         sink.send(out, addr)
         tally: Tally | None = None if self._silent else (kind, d, q, response)
         if tally is not None:
             self.tally(tally, client, port)
         if addr is not None and shared:
-            hot = self.hot
             view = self.holder.view
             if view is not self.hot_view:
-                hot.clear()
+                self.hot.clear()
+                self.client_hot.clear()
                 self.hot_view = view
+            hot = self.client_hot.get(client)
+            if hot is None:
+                # The group is the one the decision was made for (the canary's
+                # answer is the same for all, so any group's table will do).
+                group = view.group(client).group.id
+                hot = self.hot.get(group)
+                if hot is None:
+                    hot = self.hot[group] = {}
+                if len(self.client_hot) >= CLIENTS_LIMIT:
+                    self.client_hot.clear()
+                self.client_hot[client] = hot
             elif len(hot) >= HOT_LIMIT:
                 for old in list(islice(hot, HOT_LIMIT // 64)):
                     del hot[old]
@@ -329,28 +356,31 @@ class Resolver:
             elif self.log_all:
                 self._log(d, q, client, port, response)
 
-    def _decide(self, view: PolicyView, name: str, client: str) -> Decision:
-        """The view's verdict, memoised per name for this view.  Only a block
-        can depend on the client (exempt networks), so only a block asks again."""
+    def _decide(self, view: PolicyView, gv: GroupView, name: str, client: str) -> Decision:
+        """The group's verdict, memoised per (group, name) for this view.  Only
+        the exempt group's downgrade names the client, so only it asks again."""
         if view is not self._memo_view:
             self._memo = {}
             self._memo_view = view
-        d = self._memo.get(name)
+        memo = self._memo.get(gv)
+        if memo is None:
+            memo = self._memo[gv] = {}
+        d = memo.get(name)
         if d is None:
-            d = view.decide_name(name, Kind.DNS, None)
-            if len(self._memo) >= MEMO_LIMIT:
-                self._memo.clear()
-            self._memo[name] = d
-        if d.action is Action.BLOCK and view.policy.exempt:
-            return view.decide_name(name, Kind.DNS, client)
+            d = gv.decide_name(name, Kind.DNS, None)
+            if len(memo) >= MEMO_LIMIT:
+                memo.clear()
+            memo[name] = d
+        if gv.group.exempt and d.enforced is not None:
+            return gv.decide_name(name, Kind.DNS, client)
         return d
 
-    def _judge_chain(self, view: PolicyView, cnames: tuple[str, ...], client: str
+    def _judge_chain(self, gv: GroupView, cnames: tuple[str, ...], client: str
                      ) -> tuple[Decision, str] | None:
-        """The strictest verdict on the CNAME targets, and the target it is about."""
+        """The strictest verdict of the asker's group on the CNAME targets, and the target it is about."""
         worst: tuple[Decision, str] | None = None
         for target in cnames:
-            d = view.decide_name(target, Kind.DNS, client)
+            d = gv.decide_name(target, Kind.DNS, client)
             stricter = worst is None or d.action.severity > worst[0].action.severity
             if d.action is not Action.ALLOW and stricter:
                 worst = (d, target)
@@ -407,5 +437,6 @@ class Resolver:
         """Stop taking queries and let the ones in flight finish."""
         self.closing = True
         self.hot.clear()
+        self.client_hot.clear()
         if self.inflight:
             await asyncio.wait(list(self.inflight), timeout=timeout)

@@ -3,7 +3,8 @@
 UDP datagrams and TCP messages (RFC 7766: length-prefixed, many per
 connection, answered as they complete) both go to ``Resolver.handle`` with a
 sink to answer through; a UDP datagram whose bytes after the ID were answered
-before is first looked up in ``Resolver.hot`` and answered from there.
+before is first looked up in ``Resolver.client_hot`` (the asker's group's
+table of ready answers) and answered from there.
 A UDP listener bound to a wildcard address (0.0.0.0, ::) is read with
 ``recvmsg`` instead (``PktinfoTransport``), so that each answer leaves from
 the address its query was sent to; a specific address keeps the loop's own
@@ -71,16 +72,18 @@ class UdpListener(asyncio.DatagramProtocol):
         self.transport = transport  # type: ignore[assignment]
 
     def datagram_received(self, data: bytes, addr: Any) -> None:
-        # A query whose bytes were answered before, by this policy, from an
-        # allowed client: send the same answer with this query's ID.
+        # A query whose bytes were answered before, by this policy, to a
+        # client of the same group (the ACL let it in, or it would have no
+        # table): send the same answer with this query's ID.
         r = self.resolver
-        hot = r.hot.get(data[2:])
-        if (hot is not None and hot[0] > time.monotonic() and r.acl.seen.get(addr[0])
-                and r.holder.view is r.hot_view and self.transport is not None):
-            self.transport.sendto(data[:2] + hot[1], addr)
-            if hot[2] is not None:
-                r.tally(hot[2], addr[0], addr[1])
-            return
+        table = r.client_hot.get(addr[0])
+        if table is not None and r.holder.view is r.hot_view:
+            hot = table.get(data[2:])
+            if hot is not None and hot[0] > time.monotonic() and self.transport is not None:
+                self.transport.sendto(data[:2] + hot[1], addr)
+                if hot[2] is not None:
+                    r.tally(hot[2], addr[0], addr[1])
+                return
         r.handle(data, addr[0], addr[1], self, addr)
 
     def send(self, data: bytes | bytearray, addr: Any) -> None:

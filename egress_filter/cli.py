@@ -42,9 +42,14 @@ def add_policy_args(p: argparse.ArgumentParser, *, moment: bool = True, serving:
     that reloads the policy while it runs (dns, proxy, run)."""
     p.add_argument("--policy", metavar="P", help="policy YAML (default: the bundled policy)")
     if serving:
+        from .legal_cli import add_legal_args  # legal_cli builds on this module
+
         p.add_argument("--allow-empty", action="store_true",
                        help="accept a reload that would block nothing the policy in force blocks "
                             "(refused by default; or set settings.allow_empty: true in the new file)")
+        add_legal_args(p, group=False)
+        # Set by ``run`` on its servers, which then leave the legal notices to it.
+        p.add_argument("--no-legal-notice", action="store_true", help=argparse.SUPPRESS)
     if moment:
         g = p.add_mutually_exclusive_group()
         g.add_argument("--at", type=parse_date, metavar="YYYY-MM-DD", help="read the schedules at this date")

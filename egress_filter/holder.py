@@ -25,6 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from policies import (
+    LegalStatus,
     Mode,
     Phase,
     Policy,
@@ -44,13 +45,16 @@ Listener = Callable[[str], None]
 class PolicyHolder:
     def __init__(self, path: str | os.PathLike[str] | None = None, *, at: dt.date | None = None,
                  phase: Phase | None = None, mode: Mode | None = None,
-                 clock: Callable[[], dt.datetime] | None = None, allow_empty: bool = False):
+                 clock: Callable[[], dt.datetime] | None = None, allow_empty: bool = False,
+                 legal_status: LegalStatus | None = None):
         """Load the policy now; a bad first policy raises ``PolicyError``.
-        ``allow_empty`` accepts reloads that block nothing (``--allow-empty``)."""
+        ``allow_empty`` accepts reloads that block nothing (``--allow-empty``);
+        ``legal_status`` (``--legal-status``) wins over every group's setting."""
         self.path = Path(path) if path is not None else None
         self.at = at
         self.phase = phase
         self.mode = mode
+        self.legal_status = legal_status
         self.allow_empty = allow_empty
         self._clock = clock or (lambda: dt.datetime.now(dt.UTC))
         self._listeners: list[Listener] = []
@@ -129,8 +133,8 @@ class PolicyHolder:
 
     def _overrides_changed(self, view: PolicyView) -> bool:
         """set_overrides ran while the files were read: the view is stale."""
-        return (view.at, view.phase_override, view.mode) != (self.day(view.policy), self.phase,
-                                                             self.mode or view.policy.mode)
+        return ((view.at, view.phase_override, view.mode, view.legal_status)
+                != (self.day(view.policy), self.phase, self.mode or view.policy.mode, self.legal_status))
 
     def _refuse_gutted(self, policy: Policy, view: PolicyView) -> None:
         """A reload that would turn every block into an allow needs consent."""
@@ -150,9 +154,9 @@ class PolicyHolder:
             log.warning("%s: warning: %s", policy.source, warning)
 
     def set_overrides(self, *, at: dt.date | None = None, phase: Phase | None = None,
-                      mode: Mode | None = None) -> None:
+                      mode: Mode | None = None, legal_status: LegalStatus | None = None) -> None:
         with self._lock:
-            self.at, self.phase, self.mode = at, phase, mode
+            self.at, self.phase, self.mode, self.legal_status = at, phase, mode, legal_status
             self.view = self._make_view(self.policy)
         self._notify("reload")
 
@@ -210,7 +214,7 @@ class PolicyHolder:
     # --- internals -------------------------------------------------------------
 
     def _make_view(self, policy: Policy) -> PolicyView:
-        return policy.view(self.day(policy), self.phase, self.mode)
+        return policy.view(self.day(policy), self.phase, self.mode, self.legal_status)
 
     def _watched(self) -> tuple[str, ...]:
         return tuple(stamp[0] for stamp in self._stamps)

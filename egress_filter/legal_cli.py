@@ -12,9 +12,11 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import sys
 from typing import Any, NamedTuple
 
 from policies import LegalStatus, Phase, Policy
+from policies.legal import as_ordered_notices
 from policies.legal_loader import legal_status as parse_legal_status
 
 from .cli import add_policy_args, load_or_exit
@@ -38,6 +40,16 @@ def add_legal_args(p: argparse.ArgumentParser, *, group: bool = True) -> None:
         g = p.add_mutually_exclusive_group()
         g.add_argument("--group", metavar="G", help="read the phases of this client group")
         g.add_argument("--client", metavar="IP", help="read the phases of this client's group")
+
+
+def print_legal_notices(prog: str, policy: Policy, args: argparse.Namespace) -> None:
+    """At start (dns, proxy, run): one line per framework enforced as ordered
+    that is not in force on the day (``policies.legal.as_ordered_notices``)."""
+    if getattr(args, "no_legal_notice", False):
+        return
+    day = args.at or policy.today()
+    for line in as_ordered_notices(policy.as_ordered_frameworks(args.legal_status), day):
+        print(f"{prog}: {line}", file=sys.stderr, flush=True)
 
 
 def group_of(policy: Policy, args: argparse.Namespace) -> str:

@@ -49,6 +49,9 @@ def _child_args(args: argparse.Namespace) -> list[str]:
         out += ["--mode", args.mode]
     if args.allow_empty:
         out.append("--allow-empty")
+    if args.legal_status:
+        out += ["--legal-status", args.legal_status.value]
+    out.append("--no-legal-notice")  # printed once, by run
     out += ["--log", args.log]
     return out
 
@@ -59,8 +62,10 @@ def _port(hostport: str) -> str:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from egress_filter.cli import load_or_exit
+    from egress_filter.legal_cli import print_legal_notices
 
-    load_or_exit(args.policy)  # fail fast, with file:line errors, before starting anything
+    policy = load_or_exit(args.policy)  # fail fast, with file:line errors, before starting anything
+    print_legal_notices("egress-filter run", policy, args)
     me = [sys.executable, "-m", "egress_filter.cli"]
     common = _child_args(args)
     dns_cmd = [*me, "dns", "--listen", args.dns_listen, *common]

@@ -115,6 +115,13 @@ class Policy:
         """A setting given by the caller (the command line) wins over the group's and the policy's."""
         return legal_status or self.clients[group].legal_status or self.legal_status
 
+    def as_ordered_frameworks(self, legal_status: LegalStatus | None = None) -> tuple[Framework, ...]:
+        """The frameworks that bind some group whose setting (``legal_status``
+        from the caller, else the group's, else the policy's) is ``as_ordered``."""
+        ids = {f for g, c in self.clients.items()
+               if self.group_legal_status(g, legal_status) is LegalStatus.AS_ORDERED for f in c.frameworks}
+        return tuple(fw for f, fw in self.frameworks.items() if f in ids)
+
     def phases(self, at: dt.date | None = None, phase: Phase | None = None, group: str = DEFAULT_GROUP,
                legal_status: LegalStatus | None = None) -> dict[str, AppPhase]:
         """Each app's phase for ``group`` on ``at``, with the frameworks and their record."""

@@ -18,6 +18,7 @@ Pure: values in, values out.
 from __future__ import annotations
 
 import datetime as dt
+import re
 from collections.abc import Iterable
 
 from .model import (
@@ -107,4 +108,31 @@ def not_in_force(frameworks: Iterable[Framework], day: dt.date) -> list[tuple[Fr
             if state is not None and state.status is not Status.IN_FORCE:
                 out.append((fw, state))
                 break
+    return out
+
+
+# What ``--legal-status in-force`` would follow, per status that is not in force.
+_FOLLOWS = {Status.ENJOINED: "the courts", Status.STAYED: "the courts", Status.REVOKED: "the revocation",
+            Status.EXPIRED: "the expiry"}
+_VERB = {Status.ENJOINED: "was enjoined on", Status.STAYED: "was stayed on", Status.REVOKED: "was revoked on",
+         Status.EXPIRED: "expired on"}
+_SOURCE_ID = re.compile(r"\s*\[[^\]]*\]$")  # the trailing ``[source-id]`` of a cited source
+
+
+def as_ordered_notices(frameworks: Iterable[Framework], day: dt.date) -> list[str]:
+    """One line per framework enforced as ordered whose status on ``day`` is
+    not ``in_force``, e.g. "EO 13942 was revoked on 2021-06-09 (EO 14034 ...);
+    enforcing as ordered; --legal-status in-force follows the courts and the
+    revocation".  The caller passes only the frameworks of groups whose
+    setting is ``as_ordered``."""
+    out = []
+    for fw, state in not_in_force(frameworks, day):
+        since = f" {state.since}" if state.since else ""
+        source = _SOURCE_ID.sub("", state.source)
+        seen = [st.status for st in fw.status if st.start <= day and st.status is not Status.IN_FORCE]
+        follows = list(dict.fromkeys(_FOLLOWS[st] for st in seen if st in _FOLLOWS))
+        follows = follows or [_FOLLOWS.get(state.status, "its status history")]
+        out.append(f"{fw.label} {_VERB.get(state.status, 'is ' + state.status.value + ' since')}{since}"
+                   f"{f' ({source})' if source else ''}; enforcing as ordered; "
+                   f"--legal-status in-force follows {' and '.join(follows)}")
     return out

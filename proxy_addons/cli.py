@@ -75,6 +75,7 @@ def build_options(args: argparse.Namespace, settings: Any) -> tuple[dict[str, An
         "egress_at": args.at.isoformat() if args.at else None,
         "egress_phase": args.phase,
         "egress_mode": mode,
+        "egress_legal_status": args.legal_status.value if args.legal_status else None,
         "egress_block": args.block,
         "egress_log": args.log,
         "egress_metrics": args.metrics,
@@ -87,6 +88,7 @@ def build_options(args: argparse.Namespace, settings: Any) -> tuple[dict[str, An
 
 def cmd_proxy(args: argparse.Namespace) -> int:
     from egress_filter.cli import load_or_exit
+    from egress_filter.legal_cli import print_legal_notices
 
     policy = load_or_exit(args.policy)
     try:
@@ -94,6 +96,7 @@ def cmd_proxy(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"egress-filter proxy: {exc}", file=sys.stderr)
         return 2
+    print_legal_notices("egress-filter proxy", policy, args)
     import asyncio
 
     try:

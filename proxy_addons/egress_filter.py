@@ -72,6 +72,7 @@ from policies import (
     Action,
     Decision,
     Kind,
+    LegalStatus,
     Mode,
     Observation,
     Phase,
@@ -200,12 +201,12 @@ def _strictest(verdicts: list["Verdict"]) -> "Verdict":
     return best
 
 
-E = TypeVar("E", Phase, Mode)
+E = TypeVar("E", Phase, Mode, LegalStatus)
 
 
 def _enum_option(name: str, value: str, kind: type[E]) -> E:
     try:
-        return kind(value)
+        return kind(value.replace("-", "_") if kind is LegalStatus else value)
     except ValueError as exc:
         raise _options_error(
             f"{name}: '{value}' is not one of {', '.join(m.value for m in kind)}") from exc
@@ -318,6 +319,10 @@ class EgressFilter:
                           "Force every app into this phase: none, downloads or full.")
         loader.add_option("egress_mode", str | None, None,
                           "enforce, or monitor (log what would be blocked). Default: the policy's mode.")
+        loader.add_option("egress_legal_status", str | None, None,
+                          "as_ordered (the frameworks' phases as announced) or in_force (only while "
+                          "their status history says in force), for every client group. Default: each "
+                          "group's setting, else the policy's.")
         loader.add_option("egress_block", str | None, None,
                           "How a blocked TLS connection is refused: 'reset' closes it before any "
                           "application data; 'page' intercepts it and serves the 451 page (clients "
@@ -360,13 +365,15 @@ class EgressFilter:
         opts = ctx.options
         if opts.egress_reload_interval < 0:
             raise _options_error("egress_reload_interval: must be 0 (off) or a number of seconds")
-        moment = {"egress_policy", "egress_at", "egress_phase", "egress_mode"}
+        moment = {"egress_policy", "egress_at", "egress_phase", "egress_mode", "egress_legal_status"}
         if self.holder is None or updated & moment:
             at, phase, mode = self._moment(opts)
+            legal = (_enum_option("egress_legal_status", opts.egress_legal_status, LegalStatus)
+                     if opts.egress_legal_status else None)
             if self.holder is None or "egress_policy" in updated:
                 try:
                     holder = PolicyHolder(opts.egress_policy, at=at, phase=phase, mode=mode,
-                                          allow_empty=opts.egress_allow_empty)
+                                          allow_empty=opts.egress_allow_empty, legal_status=legal)
                 except PolicyError as exc:
                     where = opts.egress_policy or "the bundled policy"
                     raise _options_error(f"egress_policy: {where} is not usable:\n{exc}") from exc
@@ -374,7 +381,8 @@ class EgressFilter:
                 self._swap_holder(holder, opts.egress_reload_interval)
                 self._describe(holder.view)
                 return
-            self.holder.set_overrides(at=at, phase=phase, mode=mode)  # tells _policy_changed
+            # set_overrides tells _policy_changed
+            self.holder.set_overrides(at=at, phase=phase, mode=mode, legal_status=legal)
         self._apply_settings(opts, self.holder.policy)
 
     @staticmethod

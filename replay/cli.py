@@ -85,6 +85,11 @@ def register(subparsers: Any) -> None:
         "recursively) or a shell-style glob ('logs/**/*.gz') names many",
     )
     add_policy_args(p)
+    from egress_filter.legal_cli import add_legal_args
+
+    add_legal_args(p, group=False)
+    p.add_argument("--group", metavar="G",
+                   help="judge every client as a member of this client group (default: each client's own)")
     p.add_argument(
         "--format",
         choices=("table", "json", "jsonl", "html"),
@@ -143,7 +148,11 @@ def run(args: argparse.Namespace) -> int:
     from .engine import Replay, Summary, expand
 
     policy = load_or_exit(args.policy)
-    view = policy.view(args.at, Phase(args.phase) if args.phase else None)
+    if args.group is not None and args.group not in policy.clients:
+        known = ", ".join(sorted(policy.clients))
+        print(f"egress-filter replay: unknown group '{args.group}' (groups: {known})", file=sys.stderr)
+        return EXIT_USAGE
+    view = policy.view(args.at, Phase(args.phase) if args.phase else None, None, args.legal_status)
     # Without --at/--phase each observation is judged on the day it was seen.
     rep = Replay(
         expand(args.inputs),
@@ -151,6 +160,7 @@ def run(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         dns_ports=frozenset({53, *args.dns_port}),
         by_date=args.at is None and args.phase is None,
+        group=args.group,
         limits=Limits(max_line=args.max_line, max_record=args.max_record),
         jobs=args.jobs or cores(),
     )

@@ -114,6 +114,7 @@ class Replay:
     inputs: list[tuple[str, str]] = field(default_factory=list)  # (path, format)
     dates: set[dt.date] = field(default_factory=set)  # the days sightings were judged at
     last_view: PolicyView | None = None  # the view of the latest sighting
+    group: str | None = None  # ``--group``: judge every client as a member of this group
 
     def __iter__(self) -> Iterator[Verdict]:
         paths = list(self.paths)
@@ -141,7 +142,10 @@ class Replay:
                         view = view_at(item.time)
                         if item.time >= latest:
                             latest, self.last_view = item.time, view
-                    yield Verdict(item, view.decide(item.observation()))
+                    obs = item.observation()
+                    # Each client is judged with its own group's view, unless --group forces one.
+                    judge = view.groups[self.group] if self.group is not None else view.group(obs.client)
+                    yield Verdict(item, judge.decide(obs))
                 if bar:
                     bar.file_done(sizes[path])
         finally:
@@ -163,7 +167,8 @@ class Replay:
                 day = policy.today(dt.datetime.fromtimestamp(t, dt.UTC)) if t > 0 else template.at
                 v = by_day.get(day)
                 if v is None:
-                    v = by_day[day] = policy.view(day, template.phase_override, template.mode)
+                    v = by_day[day] = policy.view(day, template.phase_override, template.mode,
+                                                  template.legal_status)
                     self.dates.add(day)
                 if len(by_slot) > 100_000:
                     by_slot.clear()

@@ -137,7 +137,7 @@ def _name(v: Verdict, width: int = 60) -> str:
 
 def write_table(verdicts: Iterable[Verdict], out: IO[str], summary: Summary) -> None:
     out.write(
-        f"{'TIME':<24} {'CLIENT':<22} {'SERVER':<22} {'KIND':<4} {'ACTION':<6} {'APPS':<12} "
+        f"{'TIME':<24} {'CLIENT':<22} {'SERVER':<22} {'KIND':<4} {'ACTION':<6} {'GROUP':<12} {'APPS':<12} "
         f"{'PHASE':<9} {'NAME / URL':<60} RULE\n"
     )
     for v in verdicts:
@@ -145,7 +145,7 @@ def write_table(verdicts: Iterable[Verdict], out: IO[str], summary: Summary) -> 
         s, d = v.sighting, v.decision
         out.write(
             f"{iso(s.time):<24} {endpoint(s.client, s.client_port):<22} "
-            f"{endpoint(s.server, s.server_port):<22} {s.kind.value:<4} {d.action.value:<6} "
+            f"{endpoint(s.server, s.server_port):<22} {s.kind.value:<4} {d.action.value:<6} {d.group:<12} "
             f"{','.join(d.apps) or '-':<12} {d.phase.value:<9} {_name(v):<60} {d.rule or '-'}\n"
         )
 
