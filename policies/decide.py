@@ -210,9 +210,6 @@ class PolicyView:
     def decide_builtin(self, signal: Signal, subject: str, client: str | None = None) -> Decision:
         return self.group(client).decide_builtin(signal, subject, client)
 
-    def enforce(self, d: Decision, client: str | None = None) -> Decision:
-        return self.group(client).enforce(d, client)
-
 
 class GroupView:
     """A policy at one moment for one client group: app phases fixed, decisions cached."""
@@ -342,12 +339,6 @@ class GroupView:
                                   f"{subject or '-'} and the inner name is hidden")
         rule = signal_rule(self.policy.builtins, signal)
         return self._allow if rule is None else self._enforce(self._builtin(rule, subject), client)
-
-    def enforce(self, d: Decision, client: str | None = None) -> Decision:
-        """Apply monitor mode and exempt clients to a verdict an adapter reached
-        by a built-in rule of its own (e.g. the proxy's DNS-over-HTTPS block),
-        so such verdicts are downgraded exactly like policy ones."""
-        return self._enforce(d, client) if d.action is Action.BLOCK else d
 
     # --- internals ----------------------------------------------------------
 
