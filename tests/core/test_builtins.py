@@ -25,8 +25,10 @@ from policies import (
     PolicyError,
     PolicyView,
     Signal,
+    load_policy,
     load_policy_text,
 )
+from policies.builtins import CANARY, DDR_NAME, DOH_HOSTS, PRIVATE_RELAY_HOSTS
 
 POLICY = """\
 version: 2
@@ -180,3 +182,13 @@ def test_policy_names_never_consult_the_builtin_table() -> None:
     group._builtin_names = {}  # a probe would now change nothing; prove the rule path answers
     assert view.decide_name("www.demo.example").apps == ("demo",)
     assert view.decide_name("dns.google").action is Action.ALLOW
+
+
+BUILTIN_NAMES = sorted(DOH_HOSTS | PRIVATE_RELAY_HOSTS | {CANARY, DDR_NAME})
+
+
+@pytest.mark.parametrize("name", BUILTIN_NAMES, ids=BUILTIN_NAMES)
+def test_bundled_policy_leaves_every_builtin_name_to_its_rule(name: str) -> None:
+    """No rule of the bundled policy covers a built-in name and so masks it."""
+    d = load_policy().view().decide_name(name)
+    assert d.action is Action.BLOCK and d.rule is not None and d.rule.startswith("builtin:")
