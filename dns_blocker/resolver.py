@@ -1,9 +1,9 @@
 """The resolver chain: one short, readable path per query.
 
-    bytes ─▶ ACL ─▶ parse question ─▶ canary ─▶ policy decision ─▶ cache ─▶ upstream
-              │           │              │            │ block         │ hit      │ answer
-           REFUSED   FORMERR/drop     NXDOMAIN    block answer     answer    CNAME check,
-                                                                              cache, answer
+    bytes ─▶ ACL ─▶ parse question ─▶ policy decision ─▶ cache ─▶ upstream
+              │           │                 │ block            │ hit      │ answer
+           REFUSED   FORMERR/drop      block answer         answer    CNAME check,
+                                  (builtin:canary: NXDOMAIN)           cache, answer
 
 Every step that can answer does so from bytes it already has (pre-built
 block answers, cached upstream answers) with the asker's ID spliced in; only
@@ -45,7 +45,17 @@ from collections.abc import Callable
 from itertools import islice
 from typing import Any, Protocol
 
-from policies import Action, Decision, DnsSettings, Kind, Observation, PolicyView, build_event
+from policies import (
+    ALLOW,
+    CANARY_RULE,
+    Action,
+    Decision,
+    DnsSettings,
+    Kind,
+    Observation,
+    PolicyView,
+    build_event,
+)
 from policies.decide import GroupView
 
 from .cache import AnswerCache
@@ -72,10 +82,6 @@ from .wire import (
     truncated_reply,
 )
 
-CANARY = "use-application-dns.net"
-CANARY_DECISION = Decision(
-    Action.BLOCK, rule="builtin:doh-canary",
-    reason="use-application-dns.net answers NXDOMAIN so browsers keep DNS on this filter, not DoH")
 TEMPLATE_LIMIT = 10_000
 MEMO_LIMIT = 50_000
 MAX_INFLIGHT = 4096  # upstream questions in flight at once (unbound's default is 1024 per thread)
@@ -216,19 +222,19 @@ class Resolver:
             sink.send(self._fit(chaos_reply(data, q, self.chaos.get((q.name, q.qtype))), q, data, udp), addr)
             self.metrics.query("chaos")
             return
-        if self.canary and q.name == CANARY:
-            out, response = self._blocked(data, q, CANARY_DECISION, NXDOMAIN_ONLY)
-            self._reply(CANARY_HIT, self._fit(out, q, data, udp), FOREVER, CANARY_DECISION, q, response,
-                        data, client, port, sink, addr, True)
-            return
         view = self.holder.view
         gv = view.group(client)
         d = self._decide(view, gv, q.name, client)
         if d.action is Action.BLOCK:
-            out, response = self._blocked(data, q, d, self.block)
-            self._reply(BLOCKED, self._fit(out, q, data, udp), FOREVER, d, q, response, data, client, port,
-                        sink, addr, not gv.group.exempt)
-            return
+            # The core's builtin:canary always answers NXDOMAIN (what the canary
+            # means to browsers); --no-canary switches it off at this resolver only.
+            canary = d.rule == CANARY_RULE
+            if not canary or self.canary:
+                out, response = self._blocked(data, q, d, NXDOMAIN_ONLY if canary else self.block)
+                self._reply(CANARY_HIT if canary else BLOCKED, self._fit(out, q, data, udp), FOREVER, d, q,
+                            response, data, client, port, sink, addr, not gv.group.exempt)
+                return
+            d = ALLOW
         now = time.monotonic()
         entry = self.cache.get(q.key, now)
         if entry is not None:
@@ -407,12 +413,13 @@ class Resolver:
                  via: str | None = None) -> tuple[bytearray, str]:
         # The EXTRA-TEXT names apps and phase, not the rule, so one template
         # serves every name of a 1,000,000-name list (the rule is in the event).
-        key = (d.apps, d.phase, kind, template_qtype(q, kind), q.qclass, q.edns, via, d is CANARY_DECISION)
+        canary = d.rule == CANARY_RULE
+        key = (d.apps, d.phase, kind, template_qtype(q, kind), q.qclass, q.edns, via, canary)
         hit = self.templates.get(key)
         if hit is None:
             if len(self.templates) >= TEMPLATE_LIMIT:
                 self.templates.clear()
-            text = "egress-filter: DoH canary" if d is CANARY_DECISION else self._ede_text(d, via)
+            text = "egress-filter: DoH canary" if canary else self._ede_text(d, via)
             hit = self.templates[key] = block_parts(q, kind, text)
         head, tail, response = hit
         return splice_parts(head, tail, data, q.qend), response

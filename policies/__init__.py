@@ -9,6 +9,16 @@ no mitmproxy, no dnslib.
 Adapters import from here and nothing deeper.
 """
 
+from .builtins import (
+    CANARY_RULE,
+    DDR_RULE,
+    DOH_RULE,
+    ECH_RULE,
+    PRIVATE_RELAY_RULE,
+    Builtins,
+    EchAction,
+    Signal,
+)
 from .decide import Policy, PolicyView, decide
 from .events import SCHEMA_VERSION, build_event, new_event_id
 from .loader import (
@@ -52,17 +62,24 @@ from .model import (
 __all__ = [
     "ALLOW",
     "BUNDLED",
+    "CANARY_RULE",
+    "DDR_RULE",
     "DEFAULT_GROUP",
+    "DOH_RULE",
+    "ECH_RULE",
     "EXEMPT_GROUP",
+    "PRIVATE_RELAY_RULE",
     "SCHEMA",
     "SCHEMA_VERSION",
     "STORE_HOSTS",
     "Action",
     "App",
     "AppPhase",
+    "Builtins",
     "ClientGroup",
     "Decision",
     "DnsSettings",
+    "EchAction",
     "EventQueueSettings",
     "Framework",
     "FrameworkState",
@@ -79,6 +96,7 @@ __all__ = [
     "Rule",
     "RuleKind",
     "Settings",
+    "Signal",
     "Status",
     "Tier",
     "blocks_anything",

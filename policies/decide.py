@@ -19,6 +19,17 @@ from dataclasses import dataclass, field, replace
 from urllib.parse import unquote, urlsplit
 from zoneinfo import ZoneInfo
 
+from .builtins import (
+    DOH_PORTS,
+    ECH_RULE,
+    BuiltinRule,
+    Builtins,
+    EchAction,
+    Signal,
+    address_rules,
+    name_rules,
+    signal_rule,
+)
 from .legal import app_phase
 from .matching import (
     STORE_HOSTS,
@@ -95,6 +106,7 @@ class Policy:
     legal_status: LegalStatus = LegalStatus.AS_ORDERED
     name: str | None = None
     digest: str | None = None  # sha256 over the policy file and its list files
+    builtins: Builtins = field(default_factory=Builtins)
 
     def today(self, now: dt.datetime | None = None) -> dt.date:
         """The date the schedules are read at, in the policy's time zone."""
@@ -203,11 +215,11 @@ class PolicyView:
                     body: bytes | None = None) -> Decision:
         return self.group(client).decide_http(url, host, client, body)
 
-    def decide_ip(self, address: str, client: str | None = None) -> Decision:
-        return self.group(client).decide_ip(address, client)
+    def decide_ip(self, address: str, client: str | None = None, port: int | None = None) -> Decision:
+        return self.group(client).decide_ip(address, client, port)
 
-    def enforce(self, d: Decision, client: str | None = None) -> Decision:
-        return self.group(client).enforce(d, client)
+    def decide_builtin(self, signal: Signal, subject: str, client: str | None = None) -> Decision:
+        return self.group(client).decide_builtin(signal, subject, client)
 
 
 class GroupView:
@@ -251,6 +263,9 @@ class GroupView:
         self._path_inspect = replace(
             self._allow, rule="builtin:download-host",
             reason="shared download host: the URL path decides, so it is inspected", inspect=True)
+        # Built-in bypass names and addresses, consulted only where no policy rule matched.
+        self._builtin_names = {n: self._builtin(r, n) for n, r in name_rules(policy.builtins).items()}
+        self._builtin_addresses = {a: self._builtin(r, a) for a, r in address_rules(policy.builtins).items()}
 
     @property
     def fingerprint(self) -> tuple[tuple[str, Phase], ...]:
@@ -312,16 +327,31 @@ class GroupView:
             best = _stricter(best, self._judge(hits, name))
         return self._enforce(best, client) if best.action is Action.BLOCK else best
 
-    def decide_ip(self, address: str, client: str | None = None) -> Decision:
-        """A connection that carries no name: the app networks decide."""
+    def decide_ip(self, address: str, client: str | None = None, port: int | None = None) -> Decision:
+        """A connection that carries no name: the app networks decide, then the
+        public resolvers' addresses (on the encrypted-DNS ports, or any port
+        when the caller does not know it)."""
         d = self._ip(address)
+        if d is self._allow and self._builtin_addresses and (port is None or port in DOH_PORTS):
+            if ":" in address:
+                try:
+                    address = str(ipaddress.ip_address(address))
+                except ValueError:
+                    return d
+            d = self._builtin_addresses.get(address, d)
         return self._enforce(d, client) if d.action is Action.BLOCK else d
 
-    def enforce(self, d: Decision, client: str | None = None) -> Decision:
-        """Apply monitor mode and exempt clients to a verdict an adapter reached
-        by a built-in rule of its own (e.g. the proxy's DNS-over-HTTPS block),
-        so such verdicts are downgraded exactly like policy ones."""
-        return self._enforce(d, client) if d.action is Action.BLOCK else d
+    def decide_builtin(self, signal: Signal, subject: str, client: str | None = None) -> Decision:
+        """The verdict on what only an adapter can see: a DoH-shaped request
+        (blocked as ``builtin:doh``) or an ECH ClientHello (``builtin:ech``, a log)."""
+        if signal is Signal.ECH:
+            if self.policy.builtins.ech is not EchAction.LOG:
+                return self._allow
+            return replace(self._allow, action=Action.LOG, rule=ECH_RULE,
+                           reason=f"the ClientHello carries Encrypted ClientHello; the outer SNI is "
+                                  f"{subject or '-'} and the inner name is hidden")
+        rule = signal_rule(self.policy.builtins, signal)
+        return self._allow if rule is None else self._enforce(self._builtin(rule, subject), client)
 
     # --- internals ----------------------------------------------------------
 
@@ -332,7 +362,9 @@ class GroupView:
             if globbed is not None:
                 return self._name_and_glob(found, globbed)
         if found is None:
-            return self._allow
+            # No policy rule: only now may a built-in name decide, so names
+            # the policy covers never pay for this probe.
+            return self._builtin_names.get(name, self._allow)
         key, specificity, rules = found
         # One rule tuple per (table, key) for the policy's life, so the key
         # alone identifies the verdict; odd specificity means the exact table.
@@ -427,6 +459,9 @@ class GroupView:
         return Decision(action, tuple(apps), ph.phase, rule.cite(key), reason, group=self.group.id,
                         app_names=names, frameworks=ph.frameworks, legal=legal,
                         legal_status=self.legal_status, policy=self._ref)
+
+    def _builtin(self, rule: BuiltinRule, subject: str) -> Decision:
+        return replace(self._allow, action=Action.BLOCK, rule=rule.rule, reason=rule.reason.format(subject))
 
     def _enforce(self, d: Decision, client: str | None) -> Decision:
         """Monitor mode, a monitoring group and exempt clients turn a block into a log."""

@@ -31,6 +31,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import yaml
 
 from . import legal_loader
+from .builtins import BUILTIN_KEYS, Builtins, EchAction
 from .decide import Policy
 from .matching import (
     STORE_HOSTS,
@@ -350,7 +351,7 @@ def _describe(node: yaml.Node) -> str:
 TOP_KEYS = {"version": True, "name": False, "description": False, "mode": False, "timezone": False,
             "exempt_clients": False, "allow": False, "sources": False, "groups": False,
             "settings": False, "apps": True, "frameworks": False, "clients": False,
-            "legal_status": False}
+            "legal_status": False, "builtins": False}
 V2_ONLY = ("frameworks", "clients", "legal_status")
 APP_KEYS = {"id": True, "name": True, "owner": True, "legal_basis": True, "schedule": True,
             "phase": False, "domains": False, "hosts": False, "sni": False, "downloads": False,
@@ -537,6 +538,7 @@ def _compile(w: _Walker, root: yaml.Node, base: Path, caps: _Caps) -> Policy | N
     elif "groups" in top:
         w.err(top["groups"], "groups", f"expected a mapping, got {_describe(top['groups'])}")
     settings = _settings(w, b, top["settings"]) if "settings" in top else Settings()
+    builtins = _builtins(w, top.get("builtins"), settings)
     if "allow" in top:
         _allow(w, b, top["allow"], base)
     apps: dict[str, App] = {}
@@ -572,6 +574,7 @@ def _compile(w: _Walker, root: yaml.Node, base: Path, caps: _Caps) -> Policy | N
         mode=mode,
         timezone=tz,
         settings=settings,
+        builtins=builtins,
         source=w.file,
         files=tuple(b.files),
         counts=dict(b.counts),
@@ -616,6 +619,30 @@ def _settings(w: _Walker, b: _Build, node: yaml.Node) -> Settings:
             b.caps = _Caps(size, b.caps.line)
     return Settings(dns=dns, proxy=proxy, event_queue=queue, allow_empty=allow_empty,
                     max_file_size=max_file_size)
+
+
+def _builtins(w: _Walker, node: yaml.Node | None, settings: Settings) -> Builtins:
+    """``builtins:``; a switch left out follows the older setting it replaces."""
+    out = Builtins(doh=settings.proxy.block_doh, canary=settings.dns.canary,
+                   ech=EchAction.LOG if settings.proxy.log_ech else EchAction.OFF)
+    if node is None:
+        return out
+    keys = w.mapping(node, "builtins", BUILTIN_KEYS)
+    if keys is None:
+        return out
+    values: dict[str, Any] = {}
+    for key, vnode in keys.items():
+        if key == "ech" and w.value(vnode) is False:
+            values[key] = EchAction.OFF  # an unquoted YAML off is the boolean false
+        elif key == "ech":
+            choice = w.choice(vnode, "builtins.ech", tuple(e.value for e in EchAction))
+            if choice:
+                values[key] = EchAction(choice)
+        else:
+            v = w.scalar(vnode, f"builtins.{key}", bool, "true or false")
+            if v is not None:
+                values[key] = bool(v)
+    return replace(out, **values)
 
 
 def _dataclass_from(w: _Walker, node: yaml.Node | None, field: str, cls: type[T]) -> T:

@@ -69,8 +69,11 @@ from mitmproxy.net.dns import types as dns_types
 from mitmproxy.proxy import mode_specs, server_hooks
 
 from policies import (
+    ALLOW,
+    DOH_RULE,
     Action,
     Decision,
+    EchAction,
     Kind,
     LegalStatus,
     Mode,
@@ -79,6 +82,7 @@ from policies import (
     Policy,
     PolicyError,
     PolicyView,
+    Signal,
     build_event,
     new_event_id,
 )
@@ -121,29 +125,8 @@ QUIC_TRANSPORT_PARAMETERS = frozenset({0x39, 0xFFA5})
 DEFAULT_BLOCKED_BY = "urn:egress-filter:proxy"
 MAX_INSPECTED_BODY = 64 * 1024  # store-client form bodies are small; never buffer uploads to judge them
 
-# Public resolvers' DNS-over-HTTPS endpoints: an app that reaches one of
-# these resolves names past the DNS filter, so the proxy refuses them.
-DOH_HOSTS = frozenset({
-    "dns.google", "dns.google.com", "8888.google", "dns64.dns.google",
-    "cloudflare-dns.com", "mozilla.cloudflare-dns.com", "chrome.cloudflare-dns.com",
-    "1dot1dot1dot1.cloudflare-dns.com", "one.one.one.one", "security.cloudflare-dns.com",
-    "family.cloudflare-dns.com",
-    "dns.quad9.net", "dns9.quad9.net", "dns10.quad9.net", "dns11.quad9.net", "dns12.quad9.net",
-    "doh.opendns.com", "doh.familyshield.opendns.com", "doh.umbrella.com",
-    "dns.adguard.com", "dns.adguard-dns.com", "unfiltered.adguard-dns.com", "family.adguard-dns.com",
-    "doh.cleanbrowsing.org", "dns.nextdns.io", "doh.dns.sb", "dns.twnic.tw",
-    "doh.mullvad.net", "dns.mullvad.net", "doh.libredns.gr", "freedns.controld.com",
-    # Resolvers popular with the apps' own home market.
-    "dns.alidns.com", "doh.pub", "doh.360.cn", "dns.pub",
-})
-# Their anycast addresses, for DoH spoken to a bare IP (no SNI, IP CONNECT).
-DOH_ADDRESSES = frozenset({
-    "8.8.8.8", "8.8.4.4", "2001:4860:4860::8888", "2001:4860:4860::8844",
-    "1.1.1.1", "1.0.0.1", "2606:4700:4700::1111", "2606:4700:4700::1001",
-    "9.9.9.9", "149.112.112.112", "2620:fe::fe", "2620:fe::9",
-    "208.67.222.222", "208.67.220.220", "94.140.14.14", "94.140.15.15",
-    "223.5.5.5", "223.6.6.6", "1.12.12.12", "120.53.53.53",
-})
+# The public resolvers' names and addresses are the core's builtin:doh rule
+# (policies/builtins.py); what a DoH request looks like only the proxy sees.
 DOH_PATHS = ("/dns-query", "/resolve")  # RFC 8484's default path; Google's JSON API
 DOH_MEDIA_TYPES = ("application/dns-message", "application/dns-json")
 
@@ -214,13 +197,6 @@ def _enum_option(name: str, value: str, kind: type[E]) -> E:
 
 def _options_error(message: str) -> exceptions.OptionsError:
     return exceptions.OptionsError(message)  # type: ignore[no-untyped-call]
-
-
-def _doh_decision(what: str) -> Decision:
-    return Decision(
-        Action.BLOCK, rule="builtin:doh",
-        reason=f"{what} is a public DNS-over-HTTPS resolver; it is blocked so that apps "
-               "cannot resolve names past the DNS filter")
 
 
 @dataclass(frozen=True, slots=True)
@@ -336,13 +312,13 @@ class EgressFilter:
                           "settings.proxy.metrics, else off.")
         loader.add_option("egress_block_doh", bool, True,
                           "Block public DNS-over-HTTPS resolvers, so apps cannot bypass the DNS "
-                          "filter (also off when the policy's settings.proxy.block_doh is false).")
+                          "filter (also off when the policy's builtins.doh is false).")
         loader.add_option("egress_strip_ech", bool, True,
                           "Strip ECH configs from DNS HTTPS records (DNS mode and DoH answers), "
                           "so the SNI stays visible (also off when settings.proxy.strip_ech is false).")
         loader.add_option("egress_log_ech", bool, True,
                           "Log a ClientHello that carries ECH, with its outer SNI "
-                          "(also off when settings.proxy.log_ech is false).")
+                          "(also off when the policy's builtins.ech is off).")
         loader.add_option("egress_quic", str, DEFAULT_QUIC,
                           "QUIC the policy lets through: 'fallback' refuses it so clients retry over "
                           "TCP; 'passthrough' sets ignore_connection, which relays QUIC only on a "
@@ -425,9 +401,10 @@ class EgressFilter:
             if not sep or not port.isdigit() or not 0 <= int(port) < 65536:
                 raise _options_error(f"egress_metrics: '{metrics}' is not HOST:PORT")
         new = Effective(block=block, log=opts.egress_log or s.log or "-", metrics=metrics,
-                        block_doh=opts.egress_block_doh and s.block_doh,
+                        # The policy's builtins: decide; these options can only switch off here.
+                        block_doh=opts.egress_block_doh and policy.builtins.doh,
                         strip_ech=opts.egress_strip_ech and s.strip_ech,
-                        log_ech=opts.egress_log_ech and s.log_ech)
+                        log_ech=opts.egress_log_ech and policy.builtins.ech is EchAction.LOG)
         try:
             self.metrics.serve(new.metrics)
         except OSError as exc:
@@ -593,9 +570,9 @@ class EgressFilter:
             self.metrics.bypass.labels("ech_seen").inc()
             extra = {"ech": True, "outer_sni": sni}
             if d.action is Action.ALLOW:
-                d = Decision(Action.LOG, d.apps, d.phase, "builtin:ech",
-                             f"the ClientHello carries Encrypted ClientHello; the outer SNI is {sni or '-'} "
-                             "and the inner name is hidden", inspect=d.inspect)
+                ech = view.decide_builtin(Signal.ECH, sni or "", peer)
+                if ech.action is not Action.ALLOW:
+                    d = replace(ech, apps=d.apps, phase=d.phase, inspect=d.inspect)
         if udp or extra is not None:
             extra = {**(extra or {}), "transport": transport}
         if fronted is not None:
@@ -668,8 +645,7 @@ class EgressFilter:
         verdict = _strictest(verdicts) if len(verdicts) > 1 else verdicts[0]
         d, obs = verdict.decision, verdict.observation
         if d.action is Action.ALLOW and self.settings.block_doh and self._is_doh_shaped(req):
-            self.metrics.bypass.labels("doh").inc()
-            d = view.enforce(_doh_decision(req.host), client)
+            d = self._bypass(view.decide_builtin(Signal.DOH_REQUEST, req.host, client))
         if d.action is Action.ALLOW:
             return
         extra = self._others(names, verdict)
@@ -705,10 +681,7 @@ class EgressFilter:
         default = 443 if req.scheme == "https" else 80
         authority = host if req.port == default else f"{host}:{req.port}"
         url = f"{req.scheme}://{authority}{req.path}"
-        d = view.decide_http(url, name, client, body)
-        if d.action is Action.ALLOW and self.settings.block_doh and name.lower().rstrip(".") in DOH_HOSTS:
-            self.metrics.bypass.labels("doh").inc()
-            d = view.enforce(_doh_decision(name), client)
+        d = self._bypass(view.decide_http(url, name, client, body))
         return Verdict(d, Observation.http(url, name, client))
 
     @staticmethod
@@ -770,21 +743,23 @@ class EgressFilter:
         return self.holder.view
 
     def _judge_name(self, view: PolicyView, name: str, kind: Kind, client: str | None) -> Verdict:
-        d = view.decide_name(name, kind, client)
-        if d.action is Action.ALLOW and self.settings.block_doh and name.lower().rstrip(".") in DOH_HOSTS:
-            self.metrics.bypass.labels("doh").inc()
-            d = view.enforce(_doh_decision(name), client)
+        d = self._bypass(view.decide_name(name, kind, client))
         return Verdict(d, Observation(kind, name, client))
+
+    def _bypass(self, d: Decision) -> Decision:
+        """Count the core's DoH verdicts; ``egress_block_doh`` off lets them through at this proxy."""
+        if d.rule == DOH_RULE:
+            if not self.settings.block_doh:
+                return ALLOW
+            self.metrics.bypass.labels("doh").inc()
+        return d
 
     def _judge_destination(self, view: PolicyView, host: str, port: int, client: str | None) -> Verdict:
         """A CONNECT target or a destination without SNI: a name or an IP literal."""
         if not _is_ip(host):
             return self._judge_name(view, host, Kind.SNI, client)
         address = host.strip("[]")
-        d = view.decide_ip(address, client)
-        if d.action is Action.ALLOW and self.settings.block_doh and port == 443 and address in DOH_ADDRESSES:
-            self.metrics.bypass.labels("doh").inc()
-            d = view.enforce(_doh_decision(address), client)
+        d = self._bypass(view.decide_ip(address, client, port))
         return Verdict(d, Observation.ip(address, client))
 
     # --- the block page -----------------------------------------------------------

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from policies import Action, Decision, Kind, Mode, Observation, Phase, Policy, decide
+from policies import Action, Kind, Mode, Observation, Phase, Policy, Signal, decide
 from tests.core.conftest import BEFORE, DOWNLOADS, FULL, LATER, MINIMAL_APP, WritePolicy
 
 B, L, A = Action.BLOCK, Action.LOG, Action.ALLOW
@@ -455,9 +455,10 @@ def test_downgrade_cache_never_returns_another_decisions_verdict(policy: Policy)
         assert d.rule == urls[url] and d.action is Action.LOG
         if i % 97 == 0:
             gc.collect()
-    # adapters' own blocks go through the same downgrade
-    own = Decision(Action.BLOCK, rule="builtin:doh", reason="DNS over HTTPS")
-    assert view.enforce(own).reason == "monitor mode: would be blocked, logged instead; DNS over HTTPS"
+    # what only an adapter sees is judged by the core and downgraded the same way
+    own = view.decide_builtin(Signal.DOH_REQUEST, "doh.example")
+    assert (own.action, own.enforced, own.rule) == (Action.LOG, Action.BLOCK, "builtin:doh")
+    assert own.reason.startswith("monitor mode: would be blocked, logged instead; doh.example is a public")
 
 
 REASON_CASES = [

@@ -16,6 +16,7 @@ import pytest
 import yaml
 
 from policies import BUNDLED, SCHEMA, DnsSettings, EventQueueSettings, ProxySettings, legal_loader, loader
+from policies.builtins import BUILTIN_KEYS
 from tests.core.conftest import POLICY_FILE
 
 
@@ -96,6 +97,8 @@ REJECT_CASES = [
     pytest.param("settings/allow_empty", "yes", "settings/allow_empty", id="allow-empty-type"),
     pytest.param("settings/event_queue/max_bytes", "1M", "settings/event_queue/max_bytes", id="queue-bytes"),
     pytest.param("apps/0/lists/0/as", "urls", "apps/0/lists/0", id="list-as"),
+    pytest.param("builtins/quic", True, "builtins", id="unknown-builtin"),
+    pytest.param("builtins/ech", "block", "builtins/ech", id="builtin-ech-choice"),
 ]
 
 
@@ -144,6 +147,7 @@ KEY_TABLES = [
         ("$defs", "dns_settings"), {f.name: False for f in dataclasses.fields(DnsSettings)}, id="dns-settings"
     ),
     pytest.param(("properties", "settings"), loader.SETTINGS_KEYS, id="settings"),
+    pytest.param(("properties", "builtins"), BUILTIN_KEYS, id="builtins"),
     pytest.param(
         ("$defs", "event_queue_settings"), {f.name: False for f in dataclasses.fields(EventQueueSettings)},
         id="event-queue-settings",

@@ -164,20 +164,37 @@ def test_allowed_names_not_logged_unless_log_all(resolver: Start, authority: Aut
     assert ev["egress"]["action"] == "allow" and ev["dns"]["response_code"] == "NOERROR"
 
 
-CANARY_CASES = [([], "NXDOMAIN", 0), (["--no-canary"], "NXDOMAIN", 1)]
+CANARY_CASES = [
+    # (policy keyword arguments, flags, upstream asked, logged action, would-be action, client)
+    pytest.param({}, [], 0, "block", "block", "127.0.0.1", id="canary-on"),
+    pytest.param({}, ["--no-canary"], 1, None, None, "127.0.0.1", id="canary-off-flag"),
+    pytest.param({"settings": "builtins: {canary: false}\n"}, [], 1, None, None, "127.0.0.1",
+                 id="canary-off-builtins"),
+    # Monitor mode blocks nothing: the canary is forwarded and logged as a would-be block.
+    pytest.param({"mode": "monitor"}, [], 1, "log", "block", "127.0.0.1", id="canary-monitor-mode"),
+    pytest.param({}, [], 1, "log", "block", EXEMPT, id="canary-exempt-client"),
+]
 
 
-@pytest.mark.parametrize(("flags", "want", "upstream_asked"), CANARY_CASES, ids=["canary-on", "canary-off"])
+@pytest.mark.parametrize(("kw", "flags", "upstream_asked", "action", "enforced", "client"), CANARY_CASES)
 def test_doh_canary(resolver: Start, authority: Authority, write_policy: Callable[..., Path],
-                    flags: list[str], want: str, upstream_asked: int) -> None:
-    r = resolver("--policy", str(write_policy()), "--upstream", authority.address, *flags)
-    msg = r.ask("use-application-dns.net")
-    assert rcode(msg) == want
+                    kw: dict[str, str], flags: list[str], upstream_asked: int, action: str | None,
+                    enforced: str | None, client: str) -> None:
+    r = resolver("--policy", str(write_policy(**kw)), "--upstream", authority.address, *flags)
+    msg = r.ask("use-application-dns.net", source=client)
+    assert rcode(msg) == "NXDOMAIN"
     assert authority.count("use-application-dns.net") == upstream_asked
     if upstream_asked == 0:
         assert ede(msg) and msg.authority == []
     else:
         assert msg.authority, "the upstream's own NXDOMAIN carries its SOA"
+    events = r.events(1 if action else 0, timeout=5.0 if action else 1.0)
+    if action is None:
+        assert events == []
+    else:
+        [ev] = events
+        assert (ev["rule"]["name"], ev["egress"]["action"]) == ("builtin:canary", action)
+        assert ev["egress"]["would"] == enforced
 
 
 ACL_CASES = [
@@ -463,7 +480,9 @@ def test_settings_precedence(resolver: Start, authority: Authority, write_policy
     from_file = resolver("--policy", str(policy), "--at", TEST_DAY, "--upstream", authority.address,
                          "--config", str(config))
     assert addresses(from_file.ask(BLOCKED)) == ["0.0.0.0"]
-    assert ede(from_file.ask("use-application-dns.net"))
+    # The canary is the core's builtin:canary, which settings.dns.canary switched
+    # off for every component; a resolver's config or flag can only switch it off.
+    assert not ede(from_file.ask("use-application-dns.net"))
     from_cli = resolver("--policy", str(policy), "--at", TEST_DAY, "--upstream", authority.address,
                         "--config", str(config), "--block-response", "nxdomain")
     assert rcode(from_cli.ask(BLOCKED)) == "NXDOMAIN"

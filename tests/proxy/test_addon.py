@@ -181,6 +181,17 @@ HELLO_CASES = [
         "passthrough",
         ("log", "passthrough", "sni"),
     ),
+    # The core's built-in rules reach the proxy through the same decisions.
+    ("private-relay-closed", BEFORE, {}, {"sni": "mask.icloud.com"}, "closed", ("block", "closed", "sni")),
+    (
+        "doh-exempt-client-logged",
+        BEFORE,
+        {"exempt": "10.9.0.0/16"},
+        {"sni": "dns.google", "client_ip": "10.9.1.1"},
+        "passthrough",
+        ("log", "passthrough", "sni"),
+    ),
+    ("doh-resolver-ip-web-port", BEFORE, {}, {"sni": None, "server": ("1.1.1.1", 80)}, "passthrough", None),
     (
         "ech-logged-with-outer-sni",
         BEFORE,

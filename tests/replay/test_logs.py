@@ -410,7 +410,7 @@ def test_mitm_flow_file(view: PolicyView, tmp_path: Path) -> None:
         ("http", "https://www.tiktok.com/api/feed", "mitm-http", Action.LOG),
         ("http", "http://cdn.shared.example/tiktok/app.apk", "mitm-http", Action.BLOCK),
         ("http", "http://example.org/", "mitm-http", Action.ALLOW),
-        ("dns", "dns.google", "mitm-dns", Action.ALLOW),
+        ("dns", "dns.google", "mitm-dns", Action.BLOCK),  # builtin:doh, as the proxy and DNS judge it
     ]
     assert rep.damage == [] and rep.inputs == [(str(path), "mitmproxy flows")]
 
