@@ -211,7 +211,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--packets", type=int, default=200_000)
     ap.add_argument("--runs", type=int, default=3)
-    ap.add_argument("--markdown", default="/work/readme-parts/bench-replay.md")
+    ap.add_argument("--markdown", metavar="FILE", help="also write the results section here")
     ap.add_argument("--skip-single", action="store_true", help="only the --jobs measurement")
     args = ap.parse_args()
     tshark = shutil.which("tshark")
