@@ -21,7 +21,7 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import NamedTuple
 
@@ -60,6 +60,8 @@ with socket.socket(fam, socket.SOCK_DGRAM) as s:
         out["connected"] = r[3] & 0x0F if r[:2] == q[:2] else "wrong id"
     except TimeoutError:
         out["connected"] = None
+    except OSError as e:  # ICMP port unreachable: nothing listens (yet)
+        out["connected"] = type(e).__name__
 with socket.socket(fam, socket.SOCK_DGRAM) as s:
     s.settimeout(2)
     if source:
@@ -70,6 +72,8 @@ with socket.socket(fam, socket.SOCK_DGRAM) as s:
         out["source"] = src[0]
     except TimeoutError:
         out["source"] = None
+    except OSError as e:
+        out["source"] = type(e).__name__
 print(json.dumps(out))
 """
 
@@ -115,17 +119,16 @@ def net() -> Iterator[Net]:
 class Server:
     """A process in the server's namespace, stopped by PID."""
 
-    def __init__(self, cmd: list[str], log: Path, ready: str | None):
+    def __init__(self, cmd: list[str], log: Path, ready: Callable[[], bool]):
         self.log = log
         self.err = open(log, "w")
         self.proc = subprocess.Popen(cmd, cwd=REPO, stdin=subprocess.DEVNULL, stdout=self.err,
                                      stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 20
-        while ready is not None and ready not in log.read_text() and time.monotonic() < deadline:
+        deadline = time.monotonic() + 30
+        while not ready():
             assert self.proc.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, f"not ready after 30 s: {log.read_text()}"
             time.sleep(0.05)
-        if ready is None:
-            time.sleep(0.5)  # dnsmasq says nothing when it is ready
         assert self.proc.poll() is None, log.read_text()
 
     def stop(self) -> None:
@@ -133,8 +136,8 @@ class Server:
         self.err.close()
 
 
-def ask(net: Net, host: str, port: int, source: str = "") -> dict[str, object]:
-    cmd = ["ip", "netns", "exec", net.client_ns, sys.executable, "-c", CLIENT, host, str(port), source]
+def ask(net: Net, host: str, port: int, source: str = "", ns: str = "") -> dict[str, object]:
+    cmd = ["ip", "netns", "exec", ns or net.client_ns, sys.executable, "-c", CLIENT, host, str(port), source]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=20, check=True)
     result: dict[str, object] = json.loads(done.stdout)
     return result
@@ -148,7 +151,8 @@ def ours(net: Net, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]
     server = Server(["ip", "netns", "exec", net.server_ns, sys.executable, "-m", "egress_filter.cli", "dns",
                      "--policy", str(policy), "--at", "2021-01-01", "--upstream", "127.0.0.1:9",
                      "--listen", f"0.0.0.0:{PORT}", "--listen", f"[::]:{PORT}",
-                     "--listen", f"{SERVER_V4[1]}:{PORT + 10}"], d / "ours.log", "ready")
+                     "--listen", f"{SERVER_V4[1]}:{PORT + 10}"], d / "ours.log",
+                    lambda: "ready" in (d / "ours.log").read_text())
     try:
         yield server
     finally:
@@ -162,7 +166,10 @@ def dnsmasq(net: Net, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Serv
     d = tmp_path_factory.mktemp("multihomed-dnsmasq")
     server = Server(["ip", "netns", "exec", net.server_ns, "dnsmasq", "--keep-in-foreground", "--no-resolv",
                      "--no-hosts", "--conf-file=/dev/null", f"--port={DNSMASQ_PORT}", "--user=root",
-                     "--pid-file=", "--address=/tiktok.test/", "--log-facility=-"], d / "dnsmasq.log", None)
+                     "--pid-file=", "--address=/tiktok.test/", "--log-facility=-"], d / "dnsmasq.log",
+                    # dnsmasq prints nothing reliable once it listens: ask it, from its own namespace,
+                    # until it answers (a fixed sleep lost this race on a loaded CI machine).
+                    lambda: ask(net, "127.0.0.1", DNSMASQ_PORT, ns=net.server_ns).get("connected") == 3)
     try:
         yield server
     finally:
