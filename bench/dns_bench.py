@@ -1,6 +1,7 @@
 """DNS benchmark: egress-filter dns against dnsmasq and unbound, in one run.
 
     python -m bench.dns_bench [--seconds 3] [--skip-1m] [--workers N] [--latency-runs 3] [--json FILE]
+                              [--no-plain]
 
 All three servers get the same 100,000-domain blocklist (dnsmasq
 ``address=/d/``, unbound ``local-zone: d always_nxdomain``, ours a policy
@@ -349,7 +350,7 @@ apps:
 
 
 def ours_server(workdir: Path, blocklist: Path, upstream: int, tag: str, workers: int = 1,
-                groups: bool = False) -> Server:
+                groups: bool = False, transport: str = "auto") -> Server:
     port = free_port()
     policy = workdir / f"policy-{tag}.yaml"
     policy.write_text(GROUPED_POLICY.format(blocklist=blocklist) if groups else f"""version: 1
@@ -367,9 +368,10 @@ sources:
 """)
     argv = [sys.executable, "-m", "egress_filter.cli", "dns", "--policy", str(policy), "--listen",
             f"127.0.0.1:{port}", "--upstream", f"127.0.0.1:{upstream}", "--cache-size", "100000",
-            "--workers", str(workers), "--reload-interval", "3600"]
+            "--workers", str(workers), "--reload-interval", "3600", "--udp-transport", transport]
     if workers == 1:
-        return Server("egress-filter", argv, port)
+        name = "egress-filter" if transport == "auto" else f"egress-filter {transport} udp"
+        return Server(name, argv, port)
     # Workers are there to use both cores, so they are not pinned (dnsperf shares CPU 0 with them).
     return Server(f"egress-filter x{workers}", argv, port, cpus="0,1")
 
@@ -384,6 +386,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--latency-runs", type=int, default=3,
                     help="latency runs per server and mode (the median p99 is reported)")
     ap.add_argument("--json", metavar="FILE", help="write the figures as JSON too")
+    ap.add_argument("--plain", action=argparse.BooleanOptionalAction, default=True,
+                    help="also measure ours with --udp-transport plain (one system call per datagram)")
     ap.add_argument("--groups", type=int, metavar="ROUNDS", default=0,
                     help="only measure ours cache-warm without and with client groups, ROUNDS times each "
                          "(alternating), and print the cost of the group lookup")
@@ -414,6 +418,9 @@ def main(argv: list[str] | None = None) -> int:
         ]
         if args.workers > 1:
             makers.insert(1, lambda: ours_server(workdir, blockfile, upstream.port, "100k-w", args.workers))
+        if args.plain:  # the one-call-per-datagram path, beside the batched one (issue 13)
+            makers.insert(1, lambda: ours_server(workdir, blockfile, upstream.port, "100k-p",
+                                                 transport="plain"))
         for make in makers:
             server = make()
             print(f"\n## {server.name}", flush=True)
@@ -527,13 +534,16 @@ def report(results: dict[str, dict[str, dict[str, float]]]) -> None:
               f"({ours['warm'].get('half_rate', nan):,.0f} / {ours['cold'].get('half_rate', nan):,.0f} qps), "
               "the same offered load for every server.")
     print()
-    for peer in ("dnsmasq", "unbound"):
+    for peer in ("egress-filter plain udp", "dnsmasq", "unbound"):
         if peer in results and ours:
             for mode in ("warm", "cold"):
                 for key, what in (("peak_qps", "<1% loss"), ("closed_loop_qps", "closed-loop")):
                     mine, theirs = ours[mode][key], results[peer][mode][key]
                     ratio = f"{mine / theirs:.2f}" if theirs else "n/a (peer met <1% loss at no rate)"
                     print(f"ours / {peer}, cache-{mode} QPS ({what}): {ratio}")
+                mine, theirs = ours[mode].get("p99_all_ms", nan), results[peer][mode].get("p99_all_ms", nan)
+                print(f"ours / {peer}, cache-{mode} p99 over all answers at half our peak: "
+                      f"{mine / theirs if theirs else nan:.2f}")
             if "1m" in results[peer] and "1m" in ours:
                 print(f"ours / {peer}, RSS with 1M domains: "
                       f"{ours['1m']['rss_mb'] / results[peer]['1m']['rss_mb']:.2f}")

@@ -49,6 +49,9 @@ def register(sub: Any) -> None:
     p.add_argument("--timeout", type=float, metavar="SECONDS",
                    help="budget for all upstreams together before SERVFAIL (default 2.0)")
     p.add_argument("--workers", type=int, metavar="N", help="processes sharing the ports (SO_REUSEPORT)")
+    p.add_argument("--udp-transport", choices=["auto", "batched", "plain"], default="auto",
+                   help="batched: recvmmsg/sendmmsg, up to 64 datagrams a system call (Linux); plain: one "
+                        "call per datagram; auto (default): batched where the calls exist")
     p.add_argument("--max-udp-size", type=int, metavar="BYTES",
                    help="largest UDP answer; bigger ones go out truncated (TC) (default 1232)")
     p.add_argument("--tcp-timeout", type=float, metavar="SECONDS",
@@ -174,7 +177,7 @@ def cmd_dns(args: argparse.Namespace) -> int:
                 w.send_signal(signal.SIGHUP)
 
         code = _run(serve(settings, holder, events, metrics, sockets, args.reload_interval,
-                          forward_hup=hup_workers))
+                          forward_hup=hup_workers, udp_transport=args.udp_transport))
     finally:
         events.close()
         for w in workers:

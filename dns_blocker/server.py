@@ -34,6 +34,7 @@ from typing import Any
 
 from policies import DnsSettings
 
+from . import batched
 from .config import parse_hostport, upstreams
 from .metrics import NullMetrics
 from .resolver import EventSink, Resolver
@@ -94,7 +95,7 @@ class UdpListener(asyncio.DatagramProtocol):
         pass  # an ICMP error about some earlier answer: nothing to do
 
 
-class PktinfoTransport(asyncio.DatagramTransport):
+class PktinfoTransport(batched.ReaderTransport):
     """A UDP socket bound to a wildcard address, read with ``recvmsg`` so that
     each answer leaves from the address its query was sent to.
 
@@ -142,14 +143,7 @@ class PktinfoTransport(asyncio.DatagramTransport):
             on_datagram(data, (*addr, reply))
 
     def _reply_info(self, raw: bytes) -> bytes:
-        if not raw:
-            out = b""
-        elif self.v6:
-            out = raw  # struct in6_pktinfo: the address asked and its interface, as they are
-        else:
-            # struct in_pktinfo {ifindex; spec_dst; addr}: answer from the address
-            # the query was sent to, by whichever interface the route says.
-            out = b"\0\0\0\0" + raw[8:12] + b"\0\0\0\0"
+        out = batched.reply_pktinfo(raw, self.v6)
         if len(self.replies) >= 4096:
             self.replies.clear()
         self.replies[raw] = out
@@ -164,19 +158,6 @@ class PktinfoTransport(asyncio.DatagramTransport):
                 self.sock.sendto(data, addr[:-1])
         except OSError:
             pass  # a full send buffer drops the answer, as a full link would; the client retries
-
-    def close(self) -> None:
-        if not self.closed:
-            self.closed = True
-            self.loop.remove_reader(self.sock.fileno())
-            self.sock.close()
-
-    def is_closing(self) -> bool:
-        return self.closed
-
-    def abort(self) -> None:
-        self.close()
-
 
 def is_wildcard(host: str) -> bool:
     return ipaddress.ip_address(host).is_unspecified
@@ -493,8 +474,13 @@ def fmt(host: str, port: int) -> str:
 async def serve(settings: DnsSettings, holder: Any, events: Any, metrics: NullMetrics,
                 sockets: list[tuple[socket.socket, socket.socket]] | None = None,
                 reload_interval: float = 1.0, announce: Callable[[str], None] | None = None,
-                stop: asyncio.Event | None = None, forward_hup: Callable[[], None] | None = None) -> int:
-    """Run until SIGTERM/SIGINT (or ``stop`` is set); returns the exit code (0 after a clean drain)."""
+                stop: asyncio.Event | None = None, forward_hup: Callable[[], None] | None = None,
+                udp_transport: str = "auto") -> int:
+    """Run until SIGTERM/SIGINT (or ``stop`` is set); returns the exit code (0 after a clean drain).
+
+    ``udp_transport``: ``batched`` (recvmmsg/sendmmsg, Linux), ``plain`` (the
+    loop's own datagram transport, or recvmsg on a wildcard address), or
+    ``auto``: batched where the calls exist."""
     say = announce or (lambda line: print(line, file=sys.stderr, flush=True))
     loop = asyncio.get_running_loop()
     forwarder = Forwarder(upstreams(settings), settings.timeout, metrics.upstream, metrics.rejected)
@@ -516,15 +502,19 @@ async def serve(settings: DnsSettings, holder: Any, events: Any, metrics: NullMe
     tcp_servers: list[asyncio.Server] = []
     limits = tcp_limits(settings)
     gate = TcpGate(limits)  # shared by every listener: the caps are per process
+    batch = udp_transport == "batched" or (udp_transport == "auto" and batched.available())
     for usock, tsock in sockets:
-        if is_wildcard(usock.getsockname()[0]):
+        if batch:
+            udp_transports.append(batched.BatchedTransport(usock, UdpListener(resolver), loop, metrics,
+                                                           is_wildcard(usock.getsockname()[0])))
+        elif is_wildcard(usock.getsockname()[0]):
             udp_transports.append(PktinfoTransport(usock, UdpListener(resolver), loop))
         else:
             udp, _ = await loop.create_datagram_endpoint(lambda: UdpListener(resolver), sock=usock)
             udp_transports.append(udp)
         tcp_servers.append(await loop.create_server(lambda: TcpConnection(resolver, gate), sock=tsock))
         host, port = usock.getsockname()[:2]
-        say(f"egress-filter dns: listening on {fmt(host, port)} (udp, tcp)")
+        say(f"egress-filter dns: listening on {fmt(host, port)} (udp{' batched' if batch else ''}, tcp)")
     say(f"egress-filter dns: tcp: at most {limits.connections} connections, {limits.per_client} per "
         f"client address, {limits.timeout:g} s per message or idle; {limits.reserve} file descriptors "
         f"kept for upstreams and reloads")
@@ -562,6 +552,11 @@ async def serve(settings: DnsSettings, holder: Any, events: Any, metrics: NullMe
             utransport.close()
         forwarder.close()
         holder.stop()
+    lost = [t for t in udp_transports
+            if isinstance(t, batched.BatchedTransport) and (t.unsent or t.truncated)]
+    if lost:
+        say(f"egress-filter dns: udp: {sum(t.unsent for t in lost)} answers the kernel did not take, "
+            f"{sum(t.truncated for t in lost)} over-long queries dropped")
     if gate.turned_away or gate.evicted:
         say(f"egress-filter dns: tcp: {gate.turned_away} connections refused over the per-client cap, "
             f"{gate.evicted} cut over the overall cap")

@@ -39,6 +39,7 @@ CLIENT_V4, CLIENT_V6 = "10.77.0.10", "fd77::10"
 OUTSIDE = (("100.64.0.1", "100.64.0.10"), ("169.254.77.1", "169.254.77.10"))
 PORT = 5353
 DNSMASQ_PORT = 5354
+PLAIN_PORT = 5373
 
 # Runs in the client's namespace: ask ``host`` once over a connected socket and
 # once over an unconnected one; print what came back and from where.
@@ -143,16 +144,31 @@ def ask(net: Net, host: str, port: int, source: str = "", ns: str = "") -> dict[
     return result
 
 
-@pytest.fixture(scope="module")
-def ours(net: Net, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    d = tmp_path_factory.mktemp("multihomed")
+def start_ours(net: Net, d: Path, port: int, transport: str) -> Server:
     policy = d / "policy.yaml"
     policy.write_text(policy_text(), encoding="utf-8")
-    server = Server(["ip", "netns", "exec", net.server_ns, sys.executable, "-m", "egress_filter.cli", "dns",
-                     "--policy", str(policy), "--at", "2021-01-01", "--upstream", "127.0.0.1:9",
-                     "--listen", f"0.0.0.0:{PORT}", "--listen", f"[::]:{PORT}",
-                     "--listen", f"{SERVER_V4[1]}:{PORT + 10}"], d / "ours.log",
-                    lambda: "ready" in (d / "ours.log").read_text())
+    log = d / f"ours-{transport}.log"
+    return Server(["ip", "netns", "exec", net.server_ns, sys.executable, "-m", "egress_filter.cli", "dns",
+                   "--policy", str(policy), "--at", "2021-01-01", "--upstream", "127.0.0.1:9",
+                   "--udp-transport", transport,
+                   "--listen", f"0.0.0.0:{port}", "--listen", f"[::]:{port}",
+                   "--listen", f"{SERVER_V4[1]}:{port + 10}"], log, lambda: "ready" in log.read_text())
+
+
+@pytest.fixture(scope="module")
+def ours(net: Net, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """The default transport: batched (recvmmsg with packet info) on Linux."""
+    server = start_ours(net, tmp_path_factory.mktemp("multihomed"), PORT, "auto")
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def plain(net: Net, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """One recvmsg per datagram: the path where recvmmsg is missing."""
+    server = start_ours(net, tmp_path_factory.mktemp("multihomed-plain"), PLAIN_PORT, "plain")
     try:
         yield server
     finally:
@@ -185,6 +201,15 @@ def test_answer_comes_from_the_address_asked(net: Net, ours: Server, host: str, 
     for _ in range(repeat):
         got = ask(net, host, PORT)
     assert got == {"connected": 3, "source": host}  # NXDOMAIN: www.tiktok.test is blocked
+
+
+@pytest.mark.parametrize("repeat", [1, 2], ids=["first-ask", "repeat-from-the-ready-answers"])
+@pytest.mark.parametrize("host", ADDRESSES)
+def test_plain_transport_answers_from_the_address_asked(net: Net, plain: Server, host: str, repeat: int
+                                                        ) -> None:
+    for _ in range(repeat):
+        got = ask(net, host, PLAIN_PORT)
+    assert got == {"connected": 3, "source": host}
 
 
 def test_specific_address_listener(net: Net, ours: Server) -> None:

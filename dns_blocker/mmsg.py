@@ -1,0 +1,272 @@
+"""Batched datagrams: ``recvmmsg``/``sendmmsg`` through ctypes over libc.
+
+One system call moves up to ``size`` datagrams, where a plain event loop
+pays a ``recvfrom``, a ``sendto`` and a callback for each.  A measurement on
+one pinned core (issue 13) put the per-datagram calls, not the policy or the
+cache, as the resolver's ceiling: 131k QPS with one call per query against
+154k with 64 per call.
+
+Data flows: ``Batcher.recv`` fills preallocated buffers in one call and
+returns a list of ``Datagram`` (bytes, the sender's address as Python spells
+it, the packet-info control bytes if asked for, and whether the kernel cut
+the datagram short); ``Batcher.send`` takes ``(bytes, address, pktinfo)``
+triples and sends as many as the kernel takes in one call per ``size``.
+Neither blocks: both are called with ``MSG_DONTWAIT`` on a socket the event
+loop watches.  ``load`` says whether the calls exist here (Linux with glibc
+or musl); elsewhere the server keeps the loop's own transport.
+
+Nothing here knows DNS; the transport that uses it is in ``server.py``.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import errno
+import os
+import socket
+import struct
+from typing import NamedTuple
+
+MSG_DONTWAIT = getattr(socket, "MSG_DONTWAIT", 0x40)
+MSG_TRUNC = getattr(socket, "MSG_TRUNC", 0x20)
+SOCKADDR_SIZE = 128  # struct sockaddr_storage
+# Room for one in6_pktinfo (20 bytes) or in_pktinfo (12) with its cmsghdr.
+CONTROL_SIZE = socket.CMSG_SPACE(20)
+# The largest datagram sent: a UDP answer is cut to the client's EDNS size
+# (at most 4096 here) before it gets this far; this is what UDP can carry.
+OUT_SLOT = 65_507
+# Decoded sender addresses kept (clients repeat; a busy resolver sees a few
+# thousand): past this the table starts again, so it cannot grow with a flood
+# of spoofed sources.
+ADDRESS_MEMO = 4096
+
+
+class Iovec(ctypes.Structure):
+    _fields_ = [("iov_base", ctypes.c_void_p), ("iov_len", ctypes.c_size_t)]
+
+
+class Msghdr(ctypes.Structure):
+    _fields_ = [
+        ("msg_name", ctypes.c_void_p),
+        ("msg_namelen", ctypes.c_uint32),
+        ("msg_iov", ctypes.POINTER(Iovec)),
+        ("msg_iovlen", ctypes.c_size_t),
+        ("msg_control", ctypes.c_void_p),
+        ("msg_controllen", ctypes.c_size_t),
+        ("msg_flags", ctypes.c_int),
+    ]
+
+
+class Mmsghdr(ctypes.Structure):
+    _fields_ = [("msg_hdr", Msghdr), ("msg_len", ctypes.c_uint)]
+
+
+class Cmsghdr(ctypes.Structure):
+    _fields_ = [("cmsg_len", ctypes.c_size_t), ("cmsg_level", ctypes.c_int), ("cmsg_type", ctypes.c_int)]
+
+
+CMSG_HEADER = ctypes.sizeof(Cmsghdr)
+
+
+class Datagram(NamedTuple):
+    data: bytes
+    addr: tuple[str, int] | tuple[str, int, int, int]  # as socket.recvfrom gives it
+    pktinfo: bytes  # the IP_PKTINFO / IPV6_PKTINFO payload, b"" if not asked for or absent
+    truncated: bool  # longer than the buffer: ``data`` holds only its first bytes
+
+
+class Libc(NamedTuple):
+    recvmmsg: ctypes._CFuncPtr  # type: ignore[name-defined]
+    sendmmsg: ctypes._CFuncPtr  # type: ignore[name-defined]
+
+
+_libc: Libc | bool | None = False  # False: not looked up yet
+
+
+def load() -> Libc | None:
+    """libc's ``recvmmsg`` and ``sendmmsg``, or None where they are missing."""
+    global _libc
+    if _libc is False:
+        _libc = None
+        if hasattr(socket, "AF_INET6") and os.name == "posix":
+            try:
+                libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+                recv, send = libc.recvmmsg, libc.sendmmsg
+            except (OSError, AttributeError):
+                pass
+            else:
+                recv.argtypes = [ctypes.c_int, ctypes.POINTER(Mmsghdr), ctypes.c_uint, ctypes.c_int,
+                                 ctypes.c_void_p]
+                recv.restype = ctypes.c_int
+                send.argtypes = [ctypes.c_int, ctypes.POINTER(Mmsghdr), ctypes.c_uint, ctypes.c_int]
+                send.restype = ctypes.c_int
+                _libc = Libc(recv, send)
+    return _libc if isinstance(_libc, Libc) else None
+
+
+def decode_address(raw: bytes) -> tuple[str, int] | tuple[str, int, int, int]:
+    """A ``struct sockaddr_in``/``sockaddr_in6``, as Python's socket module spells it."""
+    family = struct.unpack_from("=H", raw)[0]
+    if family == socket.AF_INET:
+        return socket.inet_ntop(socket.AF_INET, raw[4:8]), (raw[2] << 8) | raw[3]
+    if family == socket.AF_INET6:
+        flowinfo, scope = struct.unpack_from("!I", raw, 4)[0], struct.unpack_from("=I", raw, 24)[0]
+        return socket.inet_ntop(socket.AF_INET6, raw[8:24]), (raw[2] << 8) | raw[3], flowinfo, scope
+    raise ValueError(f"address family {family} is not IPv4 or IPv6")
+
+
+def encode_address(addr: tuple[object, ...], family: int) -> bytes:
+    """The ``struct sockaddr`` for ``addr`` (host, port[, flowinfo, scope_id])."""
+    host, port = str(addr[0]), int(addr[1])  # type: ignore[call-overload]
+    if family == socket.AF_INET:
+        return struct.pack("=H", family) + struct.pack("!H", port) + socket.inet_pton(family, host) + bytes(8)
+    flowinfo = int(addr[2]) if len(addr) > 2 else 0  # type: ignore[call-overload]
+    scope = int(addr[3]) if len(addr) > 3 else 0  # type: ignore[call-overload]
+    return (struct.pack("=H", family) + struct.pack("!HI", port, flowinfo)
+            + socket.inet_pton(family, host) + struct.pack("=I", scope))
+
+
+class Batcher:
+    """Preallocated buffers for ``size`` datagrams of up to ``bufsize`` bytes
+    each, on one socket; not thread-safe (one per socket, on its loop)."""
+
+    def __init__(self, sock: socket.socket, size: int = 64, bufsize: int = 4096,
+                 pktinfo: tuple[int, int] | None = None):
+        libc = load()
+        if libc is None:
+            raise OSError(errno.ENOSYS, "recvmmsg/sendmmsg are not available here")
+        self.libc = libc
+        self.sock = sock
+        self.family = sock.family
+        self.size = size
+        self.bufsize = bufsize
+        self.pktinfo = pktinfo  # (level, type) of the control message to ask for and answer with
+        self.buffers = ctypes.create_string_buffer(size * bufsize)
+        self.names = ctypes.create_string_buffer(size * SOCKADDR_SIZE)
+        self.controls = ctypes.create_string_buffer(size * CONTROL_SIZE)
+        self.iov = (Iovec * size)()
+        self.msgs = (Mmsghdr * size)()
+        self.out_iov = (Iovec * size)()
+        self.out_msgs = (Mmsghdr * size)()
+        self.out_buffers = ctypes.create_string_buffer(size * OUT_SLOT)
+        self.out_names = ctypes.create_string_buffer(size * SOCKADDR_SIZE)
+        self.out_controls = ctypes.create_string_buffer(size * CONTROL_SIZE)
+        base, names = ctypes.addressof(self.buffers), ctypes.addressof(self.names)
+        for i in range(size):
+            self.iov[i].iov_base = base + i * bufsize
+            self.iov[i].iov_len = bufsize
+            self.msgs[i].msg_hdr.msg_iov = ctypes.pointer(self.iov[i])
+            self.msgs[i].msg_hdr.msg_iovlen = 1
+            self.msgs[i].msg_hdr.msg_name = names + i * SOCKADDR_SIZE
+            self.out_iov[i].iov_base = ctypes.addressof(self.out_buffers) + i * OUT_SLOT
+            self.out_msgs[i].msg_hdr.msg_iov = ctypes.pointer(self.out_iov[i])
+            self.out_msgs[i].msg_hdr.msg_iovlen = 1
+            self.out_msgs[i].msg_hdr.msg_name = ctypes.addressof(self.out_names) + i * SOCKADDR_SIZE
+        self.addresses: dict[bytes, tuple[str, int] | tuple[str, int, int, int]] = {}
+        self.sockaddrs: dict[tuple[object, ...], bytes] = {}
+        self.address_resets = 0  # times either table was full and started again
+
+    def recv(self) -> list[Datagram]:
+        """Every datagram waiting, up to ``size``; [] when none is (EAGAIN).
+
+        Errors other than EAGAIN/EINTR (an ICMP error queued on the socket by
+        an earlier answer, ECONNREFUSED) are returned as an empty batch after
+        being taken off the socket, as a plain ``recvfrom`` loop skips them."""
+        msgs, size, controls = self.msgs, self.size, ctypes.addressof(self.controls)
+        for i in range(size):
+            h = msgs[i].msg_hdr
+            h.msg_namelen = SOCKADDR_SIZE
+            h.msg_flags = 0
+            if self.pktinfo is not None:
+                h.msg_control = controls + i * CONTROL_SIZE
+                h.msg_controllen = CONTROL_SIZE
+        n: int = self.libc.recvmmsg(self.sock.fileno(), msgs, size, MSG_DONTWAIT, None)
+        if n < 0:
+            err = ctypes.get_errno()
+            if err in (errno.EAGAIN, errno.EWOULDBLOCK, errno.EINTR):
+                return []
+            if err == errno.EBADF:
+                raise OSError(err, os.strerror(err))
+            return []
+        buf, names = self.buffers.raw, self.names.raw
+        ctl = self.controls.raw if self.pktinfo is not None else b""
+        memo, bufsize, out = self.addresses, self.bufsize, []
+        for i in range(n):
+            m = msgs[i]
+            start = i * bufsize
+            raw = names[i * SOCKADDR_SIZE: i * SOCKADDR_SIZE + m.msg_hdr.msg_namelen]
+            addr = memo.get(raw)
+            if addr is None:
+                addr = decode_address(raw)
+                if len(memo) >= ADDRESS_MEMO:
+                    memo.clear()
+                    self.address_resets += 1
+                memo[raw] = addr
+            info = self._control(ctl, i, m.msg_hdr.msg_controllen) if ctl else b""
+            out.append(Datagram(buf[start: start + min(m.msg_len, bufsize)], addr, info,
+                                bool(m.msg_hdr.msg_flags & MSG_TRUNC)))
+        return out
+
+    def _control(self, ctl: bytes, i: int, length: int) -> bytes:
+        """The packet info of datagram ``i`` (the only control message asked for)."""
+        at, end = i * CONTROL_SIZE, i * CONTROL_SIZE + min(length, CONTROL_SIZE)
+        while at + CMSG_HEADER <= end:
+            clen, level, kind = struct.unpack_from("@Nii", ctl, at)
+            if clen < CMSG_HEADER:
+                break
+            if self.pktinfo == (level, kind):
+                return ctl[at + CMSG_HEADER: at + clen]
+            at += socket.CMSG_SPACE(clen - CMSG_HEADER)
+        return b""
+
+    def send(self, batch: list[tuple[bytes | bytearray, tuple[object, ...], bytes]]) -> int:
+        """Send ``(data, address, pktinfo)`` triples; the number the kernel took.
+
+        A full send buffer (EAGAIN) ends the call early, and the caller counts
+        the rest as dropped, as a full link would drop them (the client
+        retries).  A datagram the kernel refuses outright (an address it
+        cannot send to) is skipped, so it cannot hold back the others, and is
+        not counted as sent either."""
+        sent, at, total = 0, 0, len(batch)
+        memmove, slot = ctypes.memmove, OUT_SLOT
+        payloads, names, controls = (ctypes.addressof(self.out_buffers), ctypes.addressof(self.out_names),
+                                     ctypes.addressof(self.out_controls))
+        while at < total:
+            chunk = batch[at: at + self.size]
+            for i, (data, addr, info) in enumerate(chunk):
+                length = min(len(data), slot)
+                memmove(payloads + i * slot, bytes(data) if isinstance(data, bytearray) else data, length)
+                self.out_iov[i].iov_len = length
+                name = self.sockaddrs.get(addr)
+                if name is None:
+                    name = encode_address(addr, self.family)
+                    if len(self.sockaddrs) >= ADDRESS_MEMO:
+                        self.sockaddrs.clear()
+                        self.address_resets += 1
+                    self.sockaddrs[addr] = name
+                memmove(names + i * SOCKADDR_SIZE, name, len(name))
+                h = self.out_msgs[i].msg_hdr
+                h.msg_namelen = len(name)
+                if info and self.pktinfo is not None and len(info) <= 20:
+                    cdata = struct.pack("@Nii", CMSG_HEADER + len(info), *self.pktinfo) + info
+                    memmove(controls + i * CONTROL_SIZE, cdata, len(cdata))
+                    h.msg_control = controls + i * CONTROL_SIZE
+                    h.msg_controllen = socket.CMSG_SPACE(len(info))
+                else:
+                    h.msg_control = None
+                    h.msg_controllen = 0
+            n: int = self.libc.sendmmsg(self.sock.fileno(), self.out_msgs, len(chunk), MSG_DONTWAIT)
+            if n < 0:
+                err = ctypes.get_errno()
+                if err == errno.EBADF:
+                    raise OSError(err, os.strerror(err))
+                if err in (errno.EAGAIN, errno.EWOULDBLOCK, errno.ENOBUFS):
+                    return sent
+                at += 1  # the first of the chunk was refused: skip it, send the rest
+                continue
+            sent += n
+            at += n
+            if n == 0:
+                return sent
+        return sent
