@@ -102,7 +102,38 @@ class BatchedTransport(ReaderTransport):
         loop.add_reader(sock.fileno(), self._readable)
 
     def _readable(self) -> None:
+        """The first datagram of a wake-up is read with one plain call: at low
+        and moderate rates a wake-up finds one or two, and the batch calls'
+        ctypes set-up costs more than they save (measured: a lone query took
+        15 µs batched against 6 µs plain, round trip included).  If another
+        one waits, the rest of the burst is read in batches."""
         on_datagram = self.listener.datagram_received
+        self.pending = []
+        try:
+            try:
+                if self.wildcard:
+                    data, ancdata, flags, addr = self.sock.recvmsg(self.batcher.bufsize, mmsg.CONTROL_SIZE)
+                    info = ancdata[0][2] if ancdata else b""
+                    if not flags & mmsg.MSG_TRUNC:
+                        on_datagram(data, (*addr, self._reply_info(info)))
+                else:
+                    data, addr = self.sock.recvfrom(self.batcher.bufsize + 1)
+                    flags = mmsg.MSG_TRUNC if len(data) > self.batcher.bufsize else 0
+                    if not flags:
+                        on_datagram(data, addr)
+                if flags & mmsg.MSG_TRUNC:
+                    self.truncated += 1
+                    self.counts.query("truncated")
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                if self.sock.fileno() < 0:  # closed under us at shutdown
+                    self.close()
+                    return
+                # otherwise an ICMP error about an earlier answer: go on to the batch
+        finally:
+            out, self.pending = self.pending, None
+            self._send(out)
         for _ in range(BATCHES_PER_TURN):
             try:
                 batch = self.batcher.recv()
@@ -139,7 +170,15 @@ class BatchedTransport(ReaderTransport):
         if not out or self.closed:
             return
         try:
-            sent = self.batcher.send(out)
+            if len(out) == 1:  # one plain call: cheaper than a batch of one
+                data, addr, info = out[0]
+                if info and self.batcher.pktinfo is not None:
+                    self.sock.sendmsg((data,), ((*self.batcher.pktinfo, info),), 0, addr)
+                else:
+                    self.sock.sendto(data, addr)
+                sent = 1
+            else:
+                sent = self.batcher.send(out)
         except OSError:
             sent = 0
         if sent < len(out):

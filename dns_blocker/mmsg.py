@@ -28,8 +28,8 @@ import socket
 import struct
 from typing import NamedTuple
 
-MSG_DONTWAIT = getattr(socket, "MSG_DONTWAIT", 0x40)
-MSG_TRUNC = getattr(socket, "MSG_TRUNC", 0x20)
+MSG_DONTWAIT = int(getattr(socket, "MSG_DONTWAIT", 0x40))  # plain ints: enum arithmetic is slow here
+MSG_TRUNC = int(getattr(socket, "MSG_TRUNC", 0x20))
 SOCKADDR_SIZE = 128  # struct sockaddr_storage
 # Room for one in6_pktinfo (20 bytes) or in_pktinfo (12) with its cmsghdr.
 CONTROL_SIZE = socket.CMSG_SPACE(20)
@@ -67,6 +67,16 @@ class Cmsghdr(ctypes.Structure):
 
 
 CMSG_HEADER = ctypes.sizeof(Cmsghdr)
+# Where the kernel reads and writes each header's fields, so that the hot loops
+# read them with struct from one memoryview rather than through ctypes objects.
+MMSG_SIZE = ctypes.sizeof(Mmsghdr)
+LEN_AT = Mmsghdr.msg_len.offset
+NAMELEN_AT = Msghdr.msg_namelen.offset
+FLAGS_AT = Msghdr.msg_flags.offset
+CONTROL_AT = Msghdr.msg_control.offset
+CONTROLLEN_AT = Msghdr.msg_controllen.offset
+IOV_SIZE = ctypes.sizeof(Iovec)
+IOV_LEN_AT = Iovec.iov_len.offset
 
 
 class Datagram(NamedTuple):
@@ -96,10 +106,11 @@ def load() -> Libc | None:
             except (OSError, AttributeError):
                 pass
             else:
-                recv.argtypes = [ctypes.c_int, ctypes.POINTER(Mmsghdr), ctypes.c_uint, ctypes.c_int,
-                                 ctypes.c_void_p]
+                # The header arrays go as plain addresses: converting a POINTER
+                # argument costs several microseconds a call, more than the call.
+                recv.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_uint, ctypes.c_int, ctypes.c_void_p]
                 recv.restype = ctypes.c_int
-                send.argtypes = [ctypes.c_int, ctypes.POINTER(Mmsghdr), ctypes.c_uint, ctypes.c_int]
+                send.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_uint, ctypes.c_int]
                 send.restype = ctypes.c_int
                 _libc = Libc(recv, send)
     return _libc if isinstance(_libc, Libc) else None
@@ -163,6 +174,19 @@ class Batcher:
             self.out_msgs[i].msg_hdr.msg_iov = ctypes.pointer(self.out_iov[i])
             self.out_msgs[i].msg_hdr.msg_iovlen = 1
             self.out_msgs[i].msg_hdr.msg_name = ctypes.addressof(self.out_names) + i * SOCKADDR_SIZE
+        if pktinfo is not None:
+            for i in range(size):
+                self.msgs[i].msg_hdr.msg_control = ctypes.addressof(self.controls) + i * CONTROL_SIZE
+        self.used = size  # headers the last call may have changed
+        self.msgs_at, self.out_at = ctypes.addressof(self.msgs), ctypes.addressof(self.out_msgs)
+        self.out_addresses = (ctypes.addressof(self.out_buffers), ctypes.addressof(self.out_names),
+                              ctypes.addressof(self.out_controls))
+        self.hdr_view = memoryview(self.msgs).cast("B")
+        self.buf_view = memoryview(self.buffers).cast("B")
+        self.name_view = memoryview(self.names).cast("B")
+        self.control_view = memoryview(self.controls).cast("B")
+        self.out_view = memoryview(self.out_msgs).cast("B")
+        self.out_iov_view = memoryview(self.out_iov).cast("B")
         self.addresses: dict[bytes, tuple[str, int] | tuple[str, int, int, int]] = {}
         self.sockaddrs: dict[tuple[object, ...], bytes] = {}
         self.address_resets = 0  # times either table was full and started again
@@ -172,30 +196,33 @@ class Batcher:
 
         Errors other than EAGAIN/EINTR (an ICMP error queued on the socket by
         an earlier answer, ECONNREFUSED) are returned as an empty batch after
-        being taken off the socket, as a plain ``recvfrom`` loop skips them."""
-        msgs, size, controls = self.msgs, self.size, ctypes.addressof(self.controls)
-        for i in range(size):
-            h = msgs[i].msg_hdr
-            h.msg_namelen = SOCKADDR_SIZE
-            h.msg_flags = 0
+        being taken off the socket, as a plain ``recvfrom`` loop skips them.
+        Only the headers the last call filled are reset, and only the bytes
+        each datagram filled are copied: at a few datagrams per wake-up,
+        copying whole buffers cost more than the calls saved."""
+        hdr, pack = self.hdr_view, struct.pack_into
+        for i in range(self.used):
+            at = i * MMSG_SIZE
+            pack("I", hdr, at + NAMELEN_AT, SOCKADDR_SIZE)
+            pack("i", hdr, at + FLAGS_AT, 0)
             if self.pktinfo is not None:
-                h.msg_control = controls + i * CONTROL_SIZE
-                h.msg_controllen = CONTROL_SIZE
-        n: int = self.libc.recvmmsg(self.sock.fileno(), msgs, size, MSG_DONTWAIT, None)
+                pack("N", hdr, at + CONTROLLEN_AT, CONTROL_SIZE)
+        n: int = self.libc.recvmmsg(self.sock.fileno(), self.msgs_at, self.size, MSG_DONTWAIT, None)
         if n < 0:
+            self.used = 0
             err = ctypes.get_errno()
-            if err in (errno.EAGAIN, errno.EWOULDBLOCK, errno.EINTR):
-                return []
             if err == errno.EBADF:
                 raise OSError(err, os.strerror(err))
-            return []
-        buf, names = self.buffers.raw, self.names.raw
-        ctl = self.controls.raw if self.pktinfo is not None else b""
-        memo, bufsize, out = self.addresses, self.bufsize, []
+            return []  # EAGAIN, EINTR, or a queued ICMP error (taken off the socket)
+        self.used = n
+        unpack, buf, names, memo = struct.unpack_from, self.buf_view, self.name_view, self.addresses
+        bufsize, out = self.bufsize, []
         for i in range(n):
-            m = msgs[i]
-            start = i * bufsize
-            raw = names[i * SOCKADDR_SIZE: i * SOCKADDR_SIZE + m.msg_hdr.msg_namelen]
+            at = i * MMSG_SIZE
+            length = unpack("I", hdr, at + LEN_AT)[0]
+            namelen = unpack("I", hdr, at + NAMELEN_AT)[0]
+            flags = unpack("i", hdr, at + FLAGS_AT)[0]
+            raw = names[i * SOCKADDR_SIZE: i * SOCKADDR_SIZE + namelen].tobytes()
             addr = memo.get(raw)
             if addr is None:
                 addr = decode_address(raw)
@@ -203,20 +230,24 @@ class Batcher:
                     memo.clear()
                     self.address_resets += 1
                 memo[raw] = addr
-            info = self._control(ctl, i, m.msg_hdr.msg_controllen) if ctl else b""
-            out.append(Datagram(buf[start: start + min(m.msg_len, bufsize)], addr, info,
-                                bool(m.msg_hdr.msg_flags & MSG_TRUNC)))
+            info = b""
+            if self.pktinfo is not None:
+                info = self._control(i, unpack("N", hdr, at + CONTROLLEN_AT)[0])
+            start = i * bufsize
+            out.append(Datagram(buf[start: start + min(length, bufsize)].tobytes(), addr, info,
+                                bool(flags & MSG_TRUNC)))
         return out
 
-    def _control(self, ctl: bytes, i: int, length: int) -> bytes:
+    def _control(self, i: int, length: int) -> bytes:
         """The packet info of datagram ``i`` (the only control message asked for)."""
+        ctl = self.control_view
         at, end = i * CONTROL_SIZE, i * CONTROL_SIZE + min(length, CONTROL_SIZE)
         while at + CMSG_HEADER <= end:
             clen, level, kind = struct.unpack_from("@Nii", ctl, at)
             if clen < CMSG_HEADER:
                 break
             if self.pktinfo == (level, kind):
-                return ctl[at + CMSG_HEADER: at + clen]
+                return ctl[at + CMSG_HEADER: at + clen].tobytes()
             at += socket.CMSG_SPACE(clen - CMSG_HEADER)
         return b""
 
@@ -229,15 +260,15 @@ class Batcher:
         cannot send to) is skipped, so it cannot hold back the others, and is
         not counted as sent either."""
         sent, at, total = 0, 0, len(batch)
-        memmove, slot = ctypes.memmove, OUT_SLOT
-        payloads, names, controls = (ctypes.addressof(self.out_buffers), ctypes.addressof(self.out_names),
-                                     ctypes.addressof(self.out_controls))
+        memmove, slot, pack = ctypes.memmove, OUT_SLOT, struct.pack_into
+        hdr, iov = self.out_view, self.out_iov_view
+        payloads, names, controls = self.out_addresses
         while at < total:
             chunk = batch[at: at + self.size]
             for i, (data, addr, info) in enumerate(chunk):
                 length = min(len(data), slot)
                 memmove(payloads + i * slot, bytes(data) if isinstance(data, bytearray) else data, length)
-                self.out_iov[i].iov_len = length
+                pack("N", iov, i * IOV_SIZE + IOV_LEN_AT, length)
                 name = self.sockaddrs.get(addr)
                 if name is None:
                     name = encode_address(addr, self.family)
@@ -246,17 +277,17 @@ class Batcher:
                         self.address_resets += 1
                     self.sockaddrs[addr] = name
                 memmove(names + i * SOCKADDR_SIZE, name, len(name))
-                h = self.out_msgs[i].msg_hdr
-                h.msg_namelen = len(name)
+                off = i * MMSG_SIZE
+                pack("I", hdr, off + NAMELEN_AT, len(name))
                 if info and self.pktinfo is not None and len(info) <= 20:
                     cdata = struct.pack("@Nii", CMSG_HEADER + len(info), *self.pktinfo) + info
                     memmove(controls + i * CONTROL_SIZE, cdata, len(cdata))
-                    h.msg_control = controls + i * CONTROL_SIZE
-                    h.msg_controllen = socket.CMSG_SPACE(len(info))
+                    pack("N", hdr, off + CONTROL_AT, controls + i * CONTROL_SIZE)
+                    pack("N", hdr, off + CONTROLLEN_AT, socket.CMSG_SPACE(len(info)))
                 else:
-                    h.msg_control = None
-                    h.msg_controllen = 0
-            n: int = self.libc.sendmmsg(self.sock.fileno(), self.out_msgs, len(chunk), MSG_DONTWAIT)
+                    pack("N", hdr, off + CONTROL_AT, 0)
+                    pack("N", hdr, off + CONTROLLEN_AT, 0)
+            n: int = self.libc.sendmmsg(self.sock.fileno(), self.out_at, len(chunk), MSG_DONTWAIT)
             if n < 0:
                 err = ctypes.get_errno()
                 if err == errno.EBADF:

@@ -104,7 +104,7 @@ def test_batched_and_plain_answer_the_same_bytes(pair: Pair, query: bytes, sourc
         if got[0] == got[1]:
             break
         time.sleep(0.3)  # a TTL aged in one process and not yet in the other: ask again
-    assert got[0] is not None
+    assert got[0] is not None, f"no batched answer after {tries} tries (plain: {got[1]!r})"
     assert got[0] == got[1], f"after {tries} tries"
 
 
