@@ -96,8 +96,8 @@ def _import_runtime() -> tuple[Any, Any, Any, Any, Any]:
     saved = list(sys.path)
     sys.path[:] = [p for p in sys.path if os.path.realpath(p or ".") != here]
     try:
-        from egress_filter.eventlog import EventLog, metrics_collector
-        from egress_filter.holder import PolicyHolder
+        from runtime.eventlog import EventLog, metrics_collector
+        from runtime.holder import PolicyHolder
         from proxy_addons import compat
         from proxy_addons.connections import ConnectionGuard
     finally:
@@ -106,8 +106,8 @@ def _import_runtime() -> tuple[Any, Any, Any, Any, Any]:
 
 
 if TYPE_CHECKING:
-    from egress_filter.eventlog import EventLog, metrics_collector
-    from egress_filter.holder import PolicyHolder
+    from runtime.eventlog import EventLog, metrics_collector
+    from runtime.holder import PolicyHolder
     from proxy_addons import compat
     from proxy_addons.connections import ConnectionGuard
 else:
