@@ -496,12 +496,26 @@ def test_request(
         assert events[0]["event"]["id"] == f.response.headers["X-Egress-Filter-Event"]  # type: ignore[union-attr]
 
 
-def test_websocket_flow_untouched(harness: Any) -> None:
+WEBSOCKET_CASES = [
+    pytest.param("example.org", None, id="allowed-handshake-untouched"),
+    pytest.param("www.tiktok.com", 451, id="banned-handshake-refused"),
+]
+
+
+@pytest.mark.parametrize("host,status", WEBSOCKET_CASES)
+def test_websocket_handshake(harness: Any, host: str, status: int | None) -> None:
+    """The handshake request, before any answer: judged like any request, upgrade headers and all."""
     h = harness(egress_at=FULL)
     f = tflow.twebsocketflow()
+    f.response = None  # the request hook runs before the origin's 101
+    f.request.host = host
     h.run("request", f)
-    assert f.response is not None and f.response.status_code == 101  # the handshake answer, as it was
-    assert f.websocket is not None and h.events() == []
+    assert f.websocket is not None
+    if status is None:
+        assert f.response is None and h.events() == []
+    else:
+        assert f.response is not None and f.response.status_code == status
+        assert [e["egress"]["response"] for e in h.events()] == ["451"]
 
 
 def test_request_already_answered_is_skipped(harness: Any) -> None:
