@@ -209,7 +209,7 @@ def hook_cost(per_tunnel: int, count: int = 20_000) -> float:
     from mitmproxy.test import taddons, tflow, tutils
 
     from proxy_addons.egress_filter import EgressFilter
-    from tests.proxy.helpers import client_hello_body
+    from tests.proxy.helpers import client_hello_body, run
 
     addon = EgressFilter()
     with taddons.context(addon) as tctx:  # type: ignore[no-untyped-call]
@@ -225,18 +225,18 @@ def hook_cost(per_tunnel: int, count: int = 20_000) -> float:
                                            timestamp_start=0, state=connection.ConnectionState.OPEN)
                 data = tls.ClientHelloData(context.Context(client, tctx.options), hello)
                 t = time.thread_time()
-                addon.http_connect(connect)
-                addon.tls_clienthello(data)
+                run(tctx, addon, "http_connect", connect)
+                run(tctx, addon, "tls_clienthello", data)
                 spent += time.thread_time() - t
             flow = tflow.tflow()
             flow.request = http.Request.make("GET", url, b"", http.Headers(accept="*/*"))
             response = http.Response.make(200, BODY, http.Headers(content_type="text/plain"))
             t = time.thread_time()
-            addon.request(flow)
+            run(tctx, addon, "request", flow)
             flow.response = response
-            addon.response(flow)
+            run(tctx, addon, "response", flow)
             spent += time.thread_time() - t
-        addon.done()
+        run(tctx, addon, "done")
     return 1e6 * spent / count
 
 

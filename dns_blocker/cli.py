@@ -16,12 +16,12 @@ import sys
 import tempfile
 from typing import Any
 
+from runtime.args import add_policy_args, print_legal_notices
+
 PROG = "egress-filter dns"
 
 
 def register(sub: Any) -> None:
-    from egress_filter.cli import add_policy_args
-
     p = sub.add_parser(
         "dns", help="run the DNS resolver that enforces the policy",
         description="A filtering DNS resolver on the shared policy. Settings: defaults < policy "
@@ -94,10 +94,9 @@ def cmd_dns(args: argparse.Namespace) -> int:
     import gc
     import logging
 
-    from egress_filter.eventlog import EventLog, metrics_collector
-    from egress_filter.holder import PolicyHolder
-    from egress_filter.legal_cli import print_legal_notices
     from policies import Mode, Phase, PolicyError
+    from runtime.eventlog import EventLog, metrics_collector
+    from runtime.holder import PolicyHolder
 
     from .config import ConfigError, merge, parse_hostport, read_config_file
     from .metrics import MULTIPROC_ENV, NullMetrics, PromMetrics

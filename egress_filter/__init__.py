@@ -1,6 +1,7 @@
-"""The composition root: the CLI, the policy holder, the event writer and metrics.
+"""The composition root: the ``egress-filter`` command, ``run``, ``export`` and the legal reports.
 
-The adapters (``dns_blocker``, ``proxy_addons``) and ``replay`` use the holder
-and the event writer from here; only ``egress_filter.cli`` imports the adapters,
-and lazily, so the adapters never import each other.
+Only this package imports the adapters (``dns_blocker``, ``proxy_addons``,
+``replay``), to register their subcommands.  What the adapters share with it,
+the policy holder, the event writer and the common flags, is ``runtime``, so
+no adapter imports this package (tests/test_layers.py checks it).
 """

@@ -3,70 +3,32 @@
 Policy errors become exit code 1 and ``file:line: field: message`` lines;
 usage errors exit 2 (argparse).  The servers' subcommands live with their
 packages (``dns_blocker.cli``, ``proxy_addons.cli``, ``replay.cli``); each
-exposes ``register(subparsers)`` and is imported only here.
+exposes ``register(subparsers)`` and is imported only here.  The flags they
+share, and the policy loading that exits 1, are ``runtime.args``.
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime as dt
-import importlib
 import json
 import sys
 from collections.abc import Sequence
 from typing import Any
 
+from dns_blocker import cli as dns_cli
 from policies import (
     Kind,
     Mode,
     Observation,
     Phase,
     Policy,
-    PolicyError,
-    load_policy,
     policy_summary,
 )
+from proxy_addons import cli as proxy_cli
+from replay import cli as replay_cli
+from runtime.args import add_legal_args, add_policy_args, group_of, load_or_exit
 
-EXIT_POLICY = 1
-
-
-def parse_date(text: str) -> dt.date:
-    try:
-        return dt.date.fromisoformat(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a date (YYYY-MM-DD)") from exc
-
-
-def add_policy_args(p: argparse.ArgumentParser, *, moment: bool = True, serving: bool = False) -> None:
-    """The flags every policy-reading command shares; ``serving``: a command
-    that reloads the policy while it runs (dns, proxy, run)."""
-    p.add_argument("--policy", metavar="P", help="policy YAML (default: the bundled policy)")
-    if serving:
-        from .legal_cli import add_legal_args  # legal_cli builds on this module
-
-        p.add_argument("--allow-empty", action="store_true",
-                       help="accept a reload that would block nothing the policy in force blocks "
-                            "(refused by default; or set settings.allow_empty: true in the new file)")
-        add_legal_args(p, group=False)
-        # Set by ``run`` on its servers, which then leave the legal notices to it.
-        p.add_argument("--no-legal-notice", action="store_true", help=argparse.SUPPRESS)
-    if moment:
-        g = p.add_mutually_exclusive_group()
-        g.add_argument("--at", type=parse_date, metavar="YYYY-MM-DD", help="read the schedules at this date")
-        g.add_argument("--phase", choices=[x.value for x in Phase], help="force every app into this phase")
-
-
-def load_or_exit(path: str | None) -> Policy:
-    """Load a policy, or print its problems (``file:line: field: message``) and exit 1."""
-    try:
-        return load_policy(path)
-    except PolicyError as exc:
-        for issue in exc.issues:
-            print(issue, file=sys.stderr)
-        n = len(exc.issues)
-        print(f"egress-filter: {n} problem{'s' if n != 1 else ''} in the policy; nothing was changed",
-              file=sys.stderr)
-        raise SystemExit(EXIT_POLICY) from exc
+from . import export_cli, legal_cli, run
 
 
 def cmd_check(args: argparse.Namespace) -> int:
@@ -130,8 +92,6 @@ def cmd_explain(args: argparse.Namespace) -> int:
         from urllib.parse import urlsplit
 
         host = urlsplit(value).hostname
-    from .legal_cli import group_of
-
     group = group_of(policy, args)
     obs = Observation(kind, value, args.client, host)
     view = policy.view(args.at, Phase(args.phase) if args.phase else None,
@@ -162,9 +122,10 @@ def cmd_explain(args: argparse.Namespace) -> int:
     return 0
 
 
-SUBSYSTEMS = ("egress_filter.legal_cli", "dns_blocker.cli", "proxy_addons.cli", "replay.cli",
-              "egress_filter.run",
-              "egress_filter.export_cli")
+# The subcommands that live with their packages, in --help order.  Imported
+# plainly: every one of them imports ``runtime``, never this module, so there
+# is no cycle to hide (tests/test_layers.py keeps it so).
+SUBSYSTEMS = (legal_cli, dns_cli, proxy_cli, replay_cli, run, export_cli)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -179,8 +140,6 @@ def build_parser() -> argparse.ArgumentParser:
                    help="print the version-2 form of a version-1 policy (frameworks and client groups)")
     p.set_defaults(func=cmd_check)
 
-    from .legal_cli import add_legal_args
-
     p = sub.add_parser("explain", help="decide one name, SNI, URL or IP and say why")
     p.add_argument("target", metavar="NAME_OR_URL")
     add_policy_args(p)
@@ -190,13 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_explain)
 
-    for name in SUBSYSTEMS:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name != name:
-                raise
-            continue
+    for module in SUBSYSTEMS:
         module.register(sub)
     return parser
 

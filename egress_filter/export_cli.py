@@ -19,9 +19,7 @@ from typing import Any
 
 from policies import Phase
 from policies.export import FORMATS, render, zone_name
-
-from .cli import add_policy_args, load_or_exit
-from .legal_cli import add_legal_args, group_of
+from runtime.args import add_legal_args, add_policy_args, group_of, load_or_exit
 
 
 def _write(lines: Iterable[str], path: str | None) -> None:

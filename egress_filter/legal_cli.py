@@ -12,54 +12,10 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import sys
 from typing import Any, NamedTuple
 
-from policies import LegalStatus, Phase, Policy
-from policies.legal import as_ordered_notices
-from policies.legal_loader import legal_status as parse_legal_status
-
-from .cli import add_policy_args, load_or_exit
-
-LEGAL_CHOICES = ("as-ordered", "in-force")
-
-
-def legal_status_arg(text: str) -> LegalStatus:
-    try:
-        return parse_legal_status(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"'{text}' is not one of: {', '.join(LEGAL_CHOICES)}") from exc
-
-
-def add_legal_args(p: argparse.ArgumentParser, *, group: bool = True) -> None:
-    """``--legal-status`` and, where a command reads one group, ``--group``/``--client``."""
-    p.add_argument("--legal-status", type=legal_status_arg, metavar="|".join(LEGAL_CHOICES),
-                   help="as-ordered: the frameworks' phases as announced (default); "
-                        "in-force: only while their status history says in force")
-    if group:
-        g = p.add_mutually_exclusive_group()
-        g.add_argument("--group", metavar="G", help="read the phases of this client group")
-        g.add_argument("--client", metavar="IP", help="read the phases of this client's group")
-
-
-def print_legal_notices(prog: str, policy: Policy, args: argparse.Namespace) -> None:
-    """At start (dns, proxy, run): one line per framework enforced as ordered
-    that is not in force on the day (``policies.legal.as_ordered_notices``)."""
-    if getattr(args, "no_legal_notice", False):
-        return
-    day = args.at or policy.today()
-    for line in as_ordered_notices(policy.as_ordered_frameworks(args.legal_status), day):
-        print(f"{prog}: {line}", file=sys.stderr, flush=True)
-
-
-def group_of(policy: Policy, args: argparse.Namespace) -> str:
-    """The group ``--group`` names or ``--client`` falls in; exit 2 for an unknown group."""
-    if getattr(args, "group", None):
-        if args.group not in policy.clients:
-            known = ", ".join(sorted(policy.clients))
-            raise SystemExit(f"egress-filter: unknown group '{args.group}' (groups: {known})")
-        return str(args.group)
-    return policy.group_for(getattr(args, "client", None))
+from policies import Phase, Policy
+from runtime.args import add_legal_args, add_policy_args, group_of, load_or_exit
 
 
 def cmd_phases(args: argparse.Namespace) -> int:

@@ -17,13 +17,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+from runtime.args import add_policy_args, load_or_exit, print_legal_notices
+
 DEFAULT_DNS = "127.0.0.1:5353"
 DEFAULT_PROXY = "127.0.0.1:8080"
 
 
 def register(sub: Any) -> None:
-    from egress_filter.cli import add_policy_args
-
     p = sub.add_parser("run", help="start the DNS resolver and the proxy together (what `make run` does)")
     add_policy_args(p, serving=True)
     p.add_argument("--dns-listen", default=DEFAULT_DNS, metavar="HOST:PORT")
@@ -61,9 +61,6 @@ def _port(hostport: str) -> str:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from egress_filter.cli import load_or_exit
-    from egress_filter.legal_cli import print_legal_notices
-
     policy = load_or_exit(args.policy)  # fail fast, with file:line errors, before starting anything
     print_legal_notices("egress-filter run", policy, args)
     me = [sys.executable, "-m", "egress_filter.cli"]

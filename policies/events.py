@@ -3,7 +3,7 @@
 Field names follow the Elastic Common Schema where one fits, so events load
 into Elastic, Splunk or Loki unmapped.  Product-specific fields live under
 ``egress``.  This module only builds dicts; writing them is the job of
-``egress_filter.eventlog`` (I/O stays out of the policy core).
+``runtime.eventlog`` (I/O stays out of the policy core).
 
 ``build_event`` runs once per logged observation (every verdict of a replay),
 so the parts that depend only on the ``Decision`` and the component (enum

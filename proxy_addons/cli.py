@@ -21,12 +21,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from runtime.args import add_policy_args, load_or_exit, print_legal_notices
+
 ENFORCEMENT_MODES = ("enforce", "monitor")
 
 
 def register(sub: Any) -> None:
-    from egress_filter.cli import add_policy_args
-
     p = sub.add_parser(
         "proxy", help="run mitmproxy with the egress-filter addon (forward/transparent proxy)",
         description="Run mitmproxy in-process with the egress-filter addon. "
@@ -87,9 +87,6 @@ def build_options(args: argparse.Namespace, settings: Any) -> tuple[dict[str, An
 
 
 def cmd_proxy(args: argparse.Namespace) -> int:
-    from egress_filter.cli import load_or_exit
-    from egress_filter.legal_cli import print_legal_notices
-
     policy = load_or_exit(args.policy)
     try:
         opts, sets = build_options(args, policy.settings.proxy)

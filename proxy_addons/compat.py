@@ -30,7 +30,9 @@ Checked and unchanged from 11.0 to 12.x, so used directly:
 ``tls.ClientHello``/``ClientHelloData`` (``ignore_connection``,
 ``establish_server_tls_first``), ``connection.ConnectionState`` and
 ``Client``/``Server``, ``proxy.mode_specs``, ``proxy.server_hooks``, the
-``connection_strategy`` option, ``Flow.kill`` and the
+``connection_strategy`` option, ``Flow.metadata`` (saved by ``mitmproxy.io``
+only with plain values, hence the verdict's summary), nested ``addons``
+lists, and, in the tests, ``hooks.all_hooks`` and the
 ``taddons``/``tflow``/``tutils`` helpers (whose DNS ones build the renamed class).
 """
 

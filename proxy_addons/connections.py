@@ -4,7 +4,7 @@ and a cap on the connections one client address may hold open.
 mitmproxy closes a TCP connection only after 10 minutes *without activity*,
 so a client that sends a truncated ClientHello (or one byte a second) holds
 a socket, and a file descriptor, for as long as it likes.  This addon, a
-sub-addon of ``EgressFilter`` (so ``mitmdump -s proxy_addons/egress_filter.py``
+sub-addon of ``EgressFilter``, after the others (so ``mitmdump -s proxy_addons/egress_filter.py``
 and ``egress-filter proxy`` both load it), bounds that:
 
 * ``client_connected`` counts the connection against its address; beyond
@@ -145,7 +145,8 @@ class ConnectionGuard:
         self._decided(flow.client_conn)  # a CONNECT never gets here: its ClientHello must still come
 
     def tls_clienthello(self, data: tls.ClientHelloData) -> None:
-        # Runs after EgressFilter's: passed through, or refused (no longer readable), is decided.
+        # Runs after the deciding and bypass addons': passed through, or refused
+        # (no longer readable), is decided.
         client = data.context.client
         if data.ignore_connection or not client.state & connection.ConnectionState.CAN_READ:
             self._decided(client)

@@ -21,6 +21,8 @@ import sys
 from collections.abc import Callable, Iterator
 from typing import IO, TYPE_CHECKING, Any
 
+from runtime.args import add_legal_args, add_policy_args, load_or_exit
+
 from .model import DEFAULT_LIMITS, Limits, Verdict
 
 if TYPE_CHECKING:
@@ -66,8 +68,6 @@ def cores() -> int:
 
 
 def register(subparsers: Any) -> None:
-    from egress_filter.cli import add_policy_args
-
     p = subparsers.add_parser(
         "replay",
         help="judge pcap/pcapng captures, .mitm flow files, Zeek and Suricata logs",
@@ -85,8 +85,6 @@ def register(subparsers: Any) -> None:
         "recursively) or a shell-style glob ('logs/**/*.gz') names many",
     )
     add_policy_args(p)
-    from egress_filter.legal_cli import add_legal_args
-
     add_legal_args(p, group=False)
     p.add_argument("--group", metavar="G",
                    help="judge every client as a member of this client group (default: each client's own)")
@@ -142,7 +140,6 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from egress_filter.cli import load_or_exit
     from policies import Action, Phase
 
     from .engine import Replay, Summary, expand

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from egress_filter.eventlog import EventLog
+from runtime.eventlog import EventLog
 
 
 def lines(path: Path) -> list[dict[str, Any]]:
@@ -116,7 +116,7 @@ def test_failed_reopen_keeps_writing_to_the_old_file(tmp_path: Path) -> None:
 
 def test_stdout_target() -> None:
     code = (
-        "from egress_filter.eventlog import EventLog\n"
+        "from runtime.eventlog import EventLog\n"
         "log = EventLog('-')\n"
         "for i in range(1000): log.emit({'seq': i, 'msg': 'tiktök'})\n"
         "log.close()\n"

@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
-from egress_filter.holder import PolicyHolder
 from policies import Action, Phase, PolicyError
+from runtime.holder import PolicyHolder
 from tests.core.conftest import MINIMAL_APP, POLICY_FILE
 
 
@@ -257,7 +257,7 @@ def test_one_reload_at_a_time(holder: PolicyHolder, files: tuple[Path, Path],
     """Ten reloads asked for while one is loading (a burst of SIGHUPs) load
     the files twice: the one running, and once more for all that came meanwhile.
     The first load is held until every request is in, so no timing decides it."""
-    import egress_filter.holder as holder_module
+    import runtime.holder as holder_module
 
     write(files[1], "n199999.listed.example\n")
     started, release = threading.Event(), threading.Event()

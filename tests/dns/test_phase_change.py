@@ -22,9 +22,9 @@ import pytest
 
 from dns_blocker.metrics import NullMetrics
 from dns_blocker.server import serve
-from egress_filter.eventlog import EventLog
-from egress_filter.holder import PolicyHolder
 from policies import DnsSettings
+from runtime.eventlog import EventLog
+from runtime.holder import PolicyHolder
 
 from .authority import Authority
 from .conftest import addresses, ede, rcode

@@ -317,7 +317,7 @@ def test_phase_change_at_midnight_sends_notify(tmp_path: Path) -> None:
 
     from dns_blocker.config import merge
     from dns_blocker.rpz import RpzPrimary
-    from egress_filter.holder import PolicyHolder
+    from runtime.holder import PolicyHolder
 
     now = [dt.datetime(2020, 1, 30, 12, tzinfo=dt.UTC)]
     holder = PolicyHolder(write_policy(tmp_path / "policy.yaml", edited=False), clock=lambda: now[0])

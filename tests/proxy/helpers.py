@@ -4,13 +4,16 @@ authority made with ``cryptography`` for the local HTTPS origin."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import ipaddress
 import os
 import struct
 import subprocess
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -186,3 +189,29 @@ def stop(process: subprocess.Popen[bytes]) -> None:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait(5)
+
+
+def run(tctx: Any, addon: Any, name: str, *args: Any) -> None:
+    """Call the hook ``name`` on ``addon`` and its sub-addons, in the order
+    mitmproxy calls them (``hooks.all_hooks`` maps names to hook classes on
+    mitmproxy 11 and 12 alike)."""
+    from mitmproxy import hooks
+
+    tctx.master.addons.invoke_addon_sync(addon, hooks.all_hooks[name](*args))
+
+
+@contextlib.contextmanager
+def addon_context(tmp_path: Path, *addons: Any, **options: Any) -> Iterator[Any]:
+    """A taddons context with ``addons`` loaded, in order, and configured on
+    the test policy; their ``done`` runs at the end."""
+    from mitmproxy.test import taddons
+
+    policy = write_policy(tmp_path, mode=options.pop("policy_mode", "enforce"))
+    with taddons.context(*addons) as tctx:  # type: ignore[no-untyped-call]
+        tctx.configure(addons[0], egress_policy=str(policy), egress_reload_interval=0,  # type: ignore[no-untyped-call]
+                       **options)
+        try:
+            yield tctx
+        finally:
+            for addon in addons:
+                run(tctx, addon, "done")

@@ -20,7 +20,7 @@ from mitmproxy.test import taddons, tutils
 from proxy_addons import compat
 from proxy_addons.egress_filter import EgressFilter
 
-from .helpers import write_policy
+from .helpers import run, write_policy
 
 
 def test_dns_message_is_the_class_mitmproxy_builds() -> None:
@@ -74,4 +74,4 @@ def test_quic_default_follows_the_seam(tmp_path: Path) -> None:
                        egress_log=str(tmp_path / "events.jsonl"), egress_reload_interval=0)
         opts: Any = tctx.options
         assert opts.egress_quic == ("passthrough" if compat.QUIC_PASSTHROUGH else "fallback")
-    addon.done()
+        run(tctx, addon, "done")

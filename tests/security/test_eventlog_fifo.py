@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from egress_filter.eventlog import EventLog
+from runtime.eventlog import EventLog
 from tests.dns.authority import Authority
 from tests.dns.conftest import TEST_DAY, ResolverProcess, policy_text
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from egress_filter.eventlog import EventLog
+from runtime.eventlog import EventLog
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from egress_filter.eventlog import EventLog
+from runtime.eventlog import EventLog
 
 N = 60_000
 PAD = "x" * 2000  # ~2 kB a line: 120 MB if nothing bounded the queue
@@ -158,7 +158,7 @@ def test_losses_are_prometheus_counters(fifo: tuple[Path, int]) -> None:
     """The DNS server and the proxy register this collector on their registries."""
     from prometheus_client import CollectorRegistry, generate_latest
 
-    from egress_filter.eventlog import metrics_collector
+    from runtime.eventlog import metrics_collector
 
     path, _reader = fifo
     log = EventLog(str(path), max_events=10, max_bytes=MiB)

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from egress_filter.holder import PolicyHolder
 from policies import PolicyError, load_policy, load_policy_text
+from runtime.holder import PolicyHolder
 from tests.core.conftest import MINIMAL_APP
 from tests.core.test_holder import Clock, blocked, files, holder, policy_text, wait_for, write
 

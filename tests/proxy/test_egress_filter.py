@@ -1,5 +1,7 @@
-"""Unit tests of the addon with mitmproxy's own helpers (taddons, tflow, tutils),
-the way mitmproxy's test/mitmproxy/addons tests are written."""
+"""The whole addon chain (``EgressFilter`` and its sub-addons, called in order as
+mitmproxy calls them) with mitmproxy's own helpers (taddons, tflow, tutils), the
+way mitmproxy's test/mitmproxy/addons tests are written.  Each sub-addon has its
+own module too: test_decisions, test_bypass, test_block_page, test_telemetry."""
 
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ from mitmproxy.proxy import context
 from mitmproxy.test import taddons, tflow, tutils
 
 from proxy_addons import compat
-from proxy_addons.egress_filter import EgressFilter, authority_names
+from proxy_addons.egress_filter import EgressFilter
 
 from .helpers import (
     BEFORE,
@@ -31,6 +33,7 @@ from .helpers import (
     QUIC_EXT,
     TIKTOK_STORE_URL,
     client_hello_body,
+    run,
     write_policy,
 )
 
@@ -43,8 +46,12 @@ class Harness:
     def __init__(self, tctx: taddons.context, addon: EgressFilter, log: Path):
         self.tctx, self.addon, self.log = tctx, addon, log
 
+    def run(self, name: str, *args: Any) -> None:
+        """Call the hook ``name`` on the addon and its sub-addons, in mitmproxy's order."""
+        run(self.tctx, self.addon, name, *args)
+
     def events(self) -> list[dict[str, Any]]:
-        self.addon.events.flush()
+        self.addon.telemetry.events.flush()
         if not self.log.exists():
             return []
         return [json.loads(line) for line in self.log.read_text().splitlines()]
@@ -70,7 +77,7 @@ class Harness:
         ctx.server = connection.Server(address=server)
         hello = tls.ClientHello(client_hello_body(sni, raw_sni=raw_sni, extensions=extensions))
         data = tls.ClientHelloData(ctx, hello)
-        self.addon.tls_clienthello(data)
+        self.run("tls_clienthello", data)
         return data
 
 
@@ -86,13 +93,13 @@ def harness(tmp_path: Path) -> Iterator[Any]:
         opts = {"egress_policy": str(policy), "egress_log": str(log), "egress_reload_interval": 0}
         opts.update(options)
         tctx.configure(addon, **opts)  # type: ignore[no-untyped-call]
-        made.append(addon)
-        return Harness(tctx, addon, log)
+        made.append(Harness(tctx, addon, log))
+        return made[-1]
 
-    made: list[EgressFilter] = []
+    made: list[Harness] = []
     yield make
-    for addon in made:
-        addon.done()
+    for h in made:
+        h.run("done")
 
 
 def outcome(data: tls.ClientHelloData) -> str:
@@ -313,7 +320,7 @@ def test_other_addon_ignored_connection_is_left_alone(harness: Any) -> None:
     )
     data = tls.ClientHelloData(ctx, tls.ClientHello(client_hello_body("www.tiktok.com")))
     data.ignore_connection = True
-    h.addon.tls_clienthello(data)
+    h.run("tls_clienthello", data)
     assert data.context.client.connected and h.events() == []
 
 
@@ -474,7 +481,7 @@ def test_request(
     h = harness(egress_at=at, **options)
     f = make_flow(url, **kwargs)
     before = f.request.get_state()  # type: ignore[no-untyped-call]
-    h.addon.request(f)
+    h.run("request", f)
     if status is None:
         assert f.response is None
         assert f.request.get_state() == before  # type: ignore[no-untyped-call]  # allowed: unchanged
@@ -489,19 +496,33 @@ def test_request(
         assert events[0]["event"]["id"] == f.response.headers["X-Egress-Filter-Event"]  # type: ignore[union-attr]
 
 
-def test_websocket_flow_untouched(harness: Any) -> None:
+WEBSOCKET_CASES = [
+    pytest.param("example.org", None, id="allowed-handshake-untouched"),
+    pytest.param("www.tiktok.com", 451, id="banned-handshake-refused"),
+]
+
+
+@pytest.mark.parametrize("host,status", WEBSOCKET_CASES)
+def test_websocket_handshake(harness: Any, host: str, status: int | None) -> None:
+    """The handshake request, before any answer: judged like any request, upgrade headers and all."""
     h = harness(egress_at=FULL)
     f = tflow.twebsocketflow()
-    h.addon.request(f)
-    assert f.response is not None and f.response.status_code == 101  # the handshake answer, as it was
-    assert f.websocket is not None and h.events() == []
+    f.response = None  # the request hook runs before the origin's 101
+    f.request.host = host
+    h.run("request", f)
+    assert f.websocket is not None
+    if status is None:
+        assert f.response is None and h.events() == []
+    else:
+        assert f.response is not None and f.response.status_code == status
+        assert [e["egress"]["response"] for e in h.events()] == ["451"]
 
 
 def test_request_already_answered_is_skipped(harness: Any) -> None:
     h = harness(egress_at=FULL)
     f = make_flow("http://www.tiktok.com/")
     f.response = tutils.tresp()
-    h.addon.request(f)
+    h.run("request", f)
     assert f.response.status_code == 200 and h.events() == []
 
 
@@ -518,7 +539,7 @@ BLOCK_PAGE_CASES = [
 def test_block_page(harness: Any, headers: dict[str, str], content_type: str) -> None:
     h = harness(egress_at=DOWNLOADS, egress_blocked_by="https://it.example/blocked")
     f = make_flow(TIKTOK_STORE_URL, headers=headers)
-    h.addon.request(f)
+    h.run("request", f)
     resp = f.response
     assert resp is not None and resp.status_code == 451
     assert resp.reason == "Unavailable For Legal Reasons"
@@ -556,7 +577,7 @@ def test_http_connect(harness: Any, at: str, host: str, status: int | None) -> N
             method=b"CONNECT", scheme=b"", host=host, port=443, authority=f"{host}:443".encode(), path=b""
         )
     )
-    h.addon.http_connect(f)
+    h.run("http_connect", f)
     if status is None:
         assert f.response is None and h.events() == []
     else:
@@ -572,13 +593,13 @@ def test_page_mode_serves_page_on_the_blocked_connection(harness: Any) -> None:
     f.request = http.Request.make(
         "GET", "https://www.tiktok.com/", b"", http.Headers(accept="application/json")
     )
-    h.addon.request(f)
+    h.run("request", f)
     assert f.response is not None and f.response.status_code == 451
     events = h.events()
     assert len(events) == 1  # the page cites the ClientHello's event, no second event
     assert json.loads(f.response.get_text() or "")["event_id"] == events[0]["event"]["id"]
-    h.addon.client_disconnected(data.context.client)
-    assert h.addon._page_blocks == {}
+    h.run("client_disconnected", data.context.client)
+    assert h.addon.decisions._page_blocks == {}
 
 
 # --- ECH in DNS answers ---------------------------------------------------------------------
@@ -610,13 +631,13 @@ def test_ech_stripped_from_https_records(
     )
     if where == "dns":
         f = tflow.tdnsflow(resp=answer)
-        h.addon.dns_response(f)
+        h.run("dns_response", f)
         assert f.response is not None
         out = f.response.answers[0]
     else:
         hf = make_flow("https://doh.example.net/dns-query", method="POST")
         hf.response = http.Response.make(200, answer.packed, {"content-type": "application/dns-message"})
-        h.addon.response(hf)
+        h.run("response", hf)
         out = compat.unpack_dns(hf.response.content or b"").answers[0]
     assert (out.https_ech is None) is stripped
     assert out.https_alpn == (b"h2",)  # the rest of the record survives
@@ -626,31 +647,8 @@ def test_garbled_doh_answer_passes_unchanged(harness: Any) -> None:
     h = harness(egress_at=BEFORE, egress_block_doh=False)
     f = make_flow("https://doh.example.net/dns-query", method="POST")
     f.response = http.Response.make(200, b"\x00\x01garbage", {"content-type": "application/dns-message"})
-    h.addon.response(f)
+    h.run("response", f)
     assert f.response.content == b"\x00\x01garbage"
-
-
-# --- the names a Host header, :authority or target carries -----------------------------
-
-AUTHORITY_CASES = [
-    ("name", "www.tiktok.com", ["www.tiktok.com"]),
-    ("name-port", "www.tiktok.com:8080", ["www.tiktok.com"]),
-    ("case-dot-port-kept-for-the-policy", "WWW.TikTok.com.:443", ["WWW.TikTok.com."]),
-    ("two-ports-first-colon", "www.tiktok.com:80:80", ["www.tiktok.com"]),
-    ("joined-repeated-headers", "allowed.example, www.tiktok.com", ["allowed.example", "www.tiktok.com"]),
-    ("userinfo", "allowed.example@www.tiktok.com", ["allowed.example", "www.tiktok.com"]),
-    ("ipv4-port", "192.0.2.7:80", ["192.0.2.7"]),
-    ("ipv6-bracketed-port", "[2001:db8::1]:443", ["2001:db8::1"]),
-    ("ipv6-bare", "2001:db8::1", ["2001:db8::1"]),
-    ("whitespace", "  www.tiktok.com \t", ["www.tiktok.com"]),
-    ("empty", "", []),
-    ("port-only", ":80", []),
-]
-
-
-@pytest.mark.parametrize("value,names", [c[1:] for c in AUTHORITY_CASES], ids=[c[0] for c in AUTHORITY_CASES])
-def test_authority_names(value: str, names: list[str]) -> None:
-    assert authority_names(value) == names
 
 
 # --- options ----------------------------------------------------------------------------
@@ -712,11 +710,12 @@ def test_reloaded_settings_apply_and_bad_ones_keep_the_previous(harness: Any, tm
     good = policy.read_text()
     policy.write_text(good + "settings:\n  proxy:\n    block: page\n")
     assert h.addon.holder is not None and h.addon.holder.reload()
-    assert h.addon.settings.block == "page" and outcome(h.hello("www.tiktok.com")) == "intercepted"
+    assert h.addon.decisions.settings.block == "page" and outcome(h.hello("www.tiktok.com")) == "intercepted"
     policy.write_text(good + "settings:\n  proxy:\n    metrics: 'not an address'\n")
     assert h.addon.holder.reload()  # a valid policy file...
-    assert h.addon.settings.block == "page"  # ...but its settings fail: the last good ones (page) stay
-    assert h.addon.settings.metrics is None
+    # ...but its settings fail: the last good ones (page) stay, all of them
+    assert h.addon.decisions.settings.block == "page"
+    assert h.addon.telemetry.metrics.address is None
 
 
 def test_file_change_is_reloaded_by_the_watcher(harness: Any, tmp_path: Path) -> None:
@@ -769,4 +768,27 @@ def test_script_exposes_one_addon(tmp_path: Path) -> None:
         [addon] = module.addons
         assert type(addon).__name__ == "EgressFilter"
         assert addon.holder is not None and addon.holder.view.phases["tiktok"].phase.value == "full"
-        addon.done()
+        run(tctx, addon, "done")
+
+
+HOOKS_OF = [
+    pytest.param("decisions", {"load", "configure", "running", "done", "http_connect", "request",
+                               "server_connect", "tls_clienthello", "tls_failed_client",
+                               "client_disconnected"}, id="decisions"),
+    pytest.param("bypass", {"load", "configure", "tls_clienthello", "response", "dns_response"}, id="bypass"),
+    pytest.param("page", {"load", "http_connect", "request"}, id="block-page"),
+    pytest.param("telemetry", {"load", "configure", "done", "http_connect", "request", "server_connect",
+                               "tls_clienthello", "tls_failed_client", "response", "dns_response"},
+                 id="telemetry"),
+]
+
+
+@pytest.mark.parametrize("attribute,expected", HOOKS_OF)
+def test_each_addon_answers_only_its_hooks(attribute: str, expected: set[str]) -> None:
+    """mitmproxy calls any method named like a hook (``update``, ``add_log``...):
+    a helper method must never take a hook's name by accident."""
+    from mitmproxy import hooks
+
+    addon = getattr(EgressFilter(), attribute)
+    public = {m for m in dir(addon) if not m.startswith("_") and callable(getattr(addon, m))}
+    assert public & set(hooks.all_hooks) == expected
