@@ -17,6 +17,8 @@ import pytest
 
 from policies import Policy, load_policy_text
 
+B, N = True, False  # blocked, not blocked
+
 FULL_DAY = dt.date(2020, 3, 1)  # chat and video in full
 DOWNLOADS_DAY = dt.date(2020, 1, 15)  # chat in downloads, video in full
 
@@ -60,7 +62,6 @@ apps:
     downloads: [{host: dl.chat.test}, {host: shared.test, path: /chat/}]
 """
 
-B, N = True, False  # blocked, not blocked
 
 # (name, blocked on FULL_DAY, blocked on DOWNLOADS_DAY)
 NAMES = [
@@ -91,8 +92,22 @@ NAMES = [
 DAYS = [pytest.param(FULL_DAY, 1, id="full-day"), pytest.param(DOWNLOADS_DAY, 2, id="downloads-day")]
 
 
-def policy() -> Policy:
-    return load_policy_text(POLICY, "export-test.yaml")
+def policy(builtins: str = "") -> Policy:
+    """The policy; ``builtins`` is a ``builtins:`` mapping to add (e.g. ``{doh: false}``)."""
+    text = POLICY if not builtins else f"builtins: {builtins}\n{POLICY}"
+    return load_policy_text(text, "export-test.yaml")
+
+
+# The built-in rules' names, as the policy's builtins: switches them: (switches, [(name, blocked)]).
+# Each is an exact name: the names below it are not the core's to block.
+BUILTIN_CASES = [
+    pytest.param("", [("dns.google", B), ("cloudflare-dns.com", B), ("use-application-dns.net", B),
+                      ("mask.icloud.com", B), ("_dns.resolver.arpa", B), ("google", N)], id="all-on"),
+    pytest.param("{doh: false, canary: false}", [("dns.google", N), ("use-application-dns.net", N),
+                                                 ("mask.icloud.com", B)], id="doh-and-canary-off"),
+    pytest.param("{private_relay: false, ddr: false}", [("mask.icloud.com", N), ("mask-h2.icloud.com", N),
+                                                        ("dns.google", B)], id="relay-and-ddr-off"),
+]
 
 
 def expected(day: dt.date, column: int) -> list[tuple[str, bool]]:

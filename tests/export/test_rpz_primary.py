@@ -451,6 +451,8 @@ def _follows(tmp: Path, primary: Engine, engine: Engine, signed: bool) -> None:
     assert ask(engine.port, "www.chat.test") == "blocked"
     assert ask(engine.port, "ok.video.test") == UPSTREAM_A  # allow-listed below a blocked domain
     assert ask(engine.port, FRESH) == UPSTREAM_A
+    for builtin in ("use-application-dns.net", "dns.google", "mask.icloud.com"):  # transferred builtin: rules
+        assert ask(engine.port, builtin) == "blocked", builtin
     edit_and_hup(tmp, primary)
     until(NOTIFY_DEADLINE, lambda: ask(engine.port, FRESH) == "blocked",
           f"{FRESH} blocked after the edit and NOTIFY", log)
