@@ -194,6 +194,10 @@ class Plan:
         above = key if exact else key.partition(".")[2]
         return self.names.covering(above) if above else None
 
+    def wide_item(self, key: str, rules: tuple[Rule, ...]) -> Item:
+        """The ``domains:`` side of the entry at ``key``."""
+        return self._item(key, rules, False)
+
     def entries(self) -> Iterator[Entry]:
         """Every name entry worth writing, in the policy's order."""
         item = self._item
@@ -403,9 +407,21 @@ class RpzZone:
     def _policy_records(self) -> Iterator[tuple[str, str, str, bool]]:
         """(owner, rdata, comment, fits) per policy record.  RPZ prefers an
         exact trigger to a wildcard and a longer name to a shorter one:
-        exactly the core's "most specific wins"."""
+        exactly the core's "most specific wins".
+
+        Unbound reads the zone's wildcards as DNS does (RFC 4592): ``*.c.t``
+        matches no name below an existing node, so with ``b.c.c.t`` in the
+        zone, ``x.c.c.t`` (below the empty non-terminal ``c.c.t``) and
+        ``x.b.c.c.t`` (below an exact host) would resolve; BIND's RPZ falls
+        back to the shorter wildcard.  So every node between an entry and the
+        blocked domain above it gets that domain's wildcard too, and both
+        engines block what the core blocks.  (Found by the property test of
+        a transfer into Unbound, test_rpz_property.py.)"""
         limit = 254 - len(self.origin)  # owner + origin within 255 octets
-        for name, wide, only in self.plan.entries():
+        plan = self.plan
+        covering = plan.names.covering
+        filled: set[str] = set()  # nodes given an inherited wildcard
+        for name, wide, only in plan.entries():
             side = only or wide
             assert side is not None
             fits = len(name) <= limit
@@ -413,6 +429,19 @@ class RpzZone:
             if wide is not None:
                 yield (f"*.{name}", "." if wide.action is _BLOCK else "rpz-passthru.",
                        f"{wide.word} {wide.note}", len(name) + 2 <= limit)
+            # The nodes from this one (or its parent, when it has a wildcard of
+            # its own) up to the domains: entry covering them.
+            node = name if wide is None else name.partition(".")[2]
+            while node and node not in filled:
+                hit = covering(node)
+                if hit is None or hit[0] == node:
+                    break
+                above = plan.wide_item(*hit)
+                if above.action is not _BLOCK:
+                    break  # names below resolve, with or without a passthru wildcard
+                filled.add(node)
+                yield (f"*.{node}", ".", f"{above.word} {above.note}", len(node) + 2 <= limit)
+                node = node.partition(".")[2]
 
     def text(self) -> Iterator[str]:
         plan = self.plan

@@ -47,7 +47,7 @@ apps:
     name: Video
     owner: Video Co
     domains: [video.test, deep.old.video.test, cdn.video.test]
-    hosts: [api.videohost.test, video.test, pad.video.test]
+    hosts: [api.videohost.test, video.test, pad.video.test, h.sub.video.test]
     sni: ["*.videocdn.test"]
     networks: [192.0.2.128/25]
     store: {apple: [12345678]}
@@ -76,6 +76,11 @@ NAMES = [
     ("x.old.video.test", N, N),
     ("pad.video.test", B, B),  # a host blocked, the domain exempt below a block
     ("x.pad.video.test", N, N),
+    # An exact host two labels below a blocked domain: sub.video.test is an empty
+    # non-terminal of the RPZ, where Unbound does not apply *.video.test.
+    ("h.sub.video.test", B, B),
+    ("x.h.sub.video.test", B, B),
+    ("x.sub.video.test", B, B),
     ("deep.old.video.test", B, B),
     ("y.deep.old.video.test", B, B),
     ("api.videohost.test", B, B),
