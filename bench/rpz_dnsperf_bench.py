@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import socket
 import statistics
@@ -131,8 +132,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"missing tools: {', '.join(missing)} (Debian: apt-get install dnsperf dnsmasq unbound)",
               file=sys.stderr)
         return 1
+    load = os.getloadavg()
     print(f"# RPZ dnsperf benchmark, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
-          f"{args.names:,} blocked domains", flush=True)
+          f"load average {load[0]:.2f}, {args.names:,} blocked domains", flush=True)
     workdir = Path(tempfile.mkdtemp(prefix="egress-rpz-dnsperf-"))
     results: dict[str, dict[str, dict[str, float]]] = {}
     upstream = upstream_server(workdir)

@@ -431,8 +431,10 @@ class RpzZone:
                        f"{wide.word} {wide.note}", len(name) + 2 <= limit)
             # The nodes from this one (or its parent, when it has a wildcard of
             # its own) up to the domains: entry covering them.
+            # ``parent`` is the verdict of that entry: only a block needs them.
+            lower = wide if wide is not None else side
             node = name if wide is None else name.partition(".")[2]
-            while node and node not in filled:
+            while lower.parent is _BLOCK and node and node not in filled:
                 hit = covering(node)
                 if hit is None or hit[0] == node:
                     break

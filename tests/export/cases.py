@@ -97,10 +97,13 @@ NAMES = [
 DAYS = [pytest.param(FULL_DAY, 1, id="full-day"), pytest.param(DOWNLOADS_DAY, 2, id="downloads-day")]
 
 
+def policy_text(builtins: str = "") -> str:
+    """The policy's text; ``builtins`` is a ``builtins:`` mapping to add (e.g. ``{doh: false}``)."""
+    return POLICY if not builtins else f"builtins: {builtins}\n{POLICY}"
+
+
 def policy(builtins: str = "") -> Policy:
-    """The policy; ``builtins`` is a ``builtins:`` mapping to add (e.g. ``{doh: false}``)."""
-    text = POLICY if not builtins else f"builtins: {builtins}\n{POLICY}"
-    return load_policy_text(text, "export-test.yaml")
+    return load_policy_text(policy_text(builtins), "export-test.yaml")
 
 
 # The built-in rules' names, as the policy's builtins: switches them: (switches, [(name, blocked)]).
