@@ -353,6 +353,18 @@ def _header(plan: Plan, fmt: str, c: str, limits: Iterable[str], unexpressed: se
            f"mode: {m.mode.value}")
     phases = ", ".join(f"{a}={ph.value}" for a, ph in m.phases) or "-"
     yield f"{c} phases: {phases}"
+    # Which clients the file is for: no format carries client networks, so the
+    # operator must apply it to them (one file per group).
+    mine = p.clients[m.group].networks
+    others = ", ".join(f"{n} ({_text(g.id)})" for g in p.clients.values() if g.id != m.group
+                       for n in g.networks)
+    if mine:
+        yield (f"{c} clients: this group's networks {', '.join(map(str, mine))}; NOT EXPRESSED here: apply "
+               "this file to those clients only (BIND: a view with match-clients; Unbound: "
+               "access-control-tag)")
+    elif others:
+        yield (f"{c} clients: every client outside the other groups' networks, {others}; NOT EXPRESSED here: "
+               "give those clients their own group's export")
     if m.exempt or m.mode is Mode.MONITOR:
         why = "exempt" if m.exempt else "in monitor mode"
         yield f"{c} this group is {why}: nothing is blocked; would-be blocks are written as log-only"

@@ -98,6 +98,11 @@ def test_header_names_what_the_format_cannot_express(policy: Policy, fmt: str) -
     head = text.split("entries this format can only approximate", 1)[0]
     assert head.splitlines()[0] == f"{comment} egress-filter export, format {fmt}"
     assert f"\n{comment} log-only names: " in head
+    # no format carries the client groups' networks: each output says whom it is for
+    assert (f"\n{comment} clients: every client outside the other groups' networks, 10.1.0.0/16 (lab); "
+            "NOT EXPRESSED here: give those clients their own group's export\n") in head
+    lab = export_text(policy, fmt, at=cases.FULL_DAY, group="lab")
+    assert f"\n{comment} clients: this group's networks 10.1.0.0/16; NOT EXPRESSED here: apply " in lab
     for key, line in ASIDES.items():
         assert (f"{comment}   {line}" in head) == (key in UNEXPRESSED[fmt]), (key, head)
     # and what the format can express is not left out of its body
