@@ -1,16 +1,17 @@
 """Property: a zone served by ``egress-filter dns --rpz`` and transferred into
-Unbound gives the verdicts ``egress-filter explain`` gives.
+Unbound and BIND 9 gives the verdicts ``egress-filter explain`` gives.
 
-One primary (our resolver, a subprocess) and one Unbound secondary (``rpz:``
-with ``primary:`` and ``allow-notify:``) run for the whole test, on free
-loopback ports, forwarding to the catch-all upstream.  For each policy
+One primary (our resolver, a subprocess), an Unbound secondary (``rpz:`` with
+``primary:`` and ``allow-notify:``, unsigned) and a BIND 9 secondary (``type
+secondary`` with TSIG, in ``response-policy``) run for the whole test, on
+free loopback ports, forwarding to the catch-all upstream.  For each policy
 Hypothesis generates, the test writes it over the primary's policy file and
-sends SIGHUP; the primary's NOTIFY makes Unbound transfer the new zone (IXFR,
-or AXFR when it falls back).  Each policy carries one sentinel domain of its
-own, so "Unbound blocks this policy's sentinel and answers the last one's"
-says the new zone is in.  Then every name the policy lists, a name below
-each, and random names on and off label boundaries (``ab.t`` is not below
-``b.t``) are asked of Unbound, and each answer must be the one ``explain``
+sends SIGHUP; the primary's NOTIFY makes each engine transfer the new zone
+(IXFR, or AXFR when it falls back).  Each policy carries one sentinel domain
+of its own, so "the engine blocks this policy's sentinel and answers the last
+one's" says the new zone is in.  Then every name the policy lists, a name
+below each, and random names on and off label boundaries (``ab.t`` is not
+below ``b.t``) are asked of each engine, and each answer must be the one ``explain``
 (run in-process, ``--json``) gives: NXDOMAIN when it says block, the
 upstream's address otherwise.  Examples are bounded (``MAX_EXAMPLES``, no
 shrinking, each wait under a deadline) so the test stays near a minute.
@@ -34,10 +35,10 @@ from hypothesis import strategies as st
 from egress_filter.cli import main as cli_main
 
 from .test_engines import Engine, ask, free_port, unbound_conf
-from .test_rpz_primary import ZONE, until
+from .test_rpz_primary import KEY, ZONE, bind_secondary, until
 from .upstream import UPSTREAM_A, CatchAll
 
-MAX_EXAMPLES = 40
+MAX_EXAMPLES = 30
 DAY = "2021-01-01"
 TRANSFER_DEADLINE = 20.0  # seconds from SIGHUP to the new zone answering in Unbound
 
@@ -88,7 +89,8 @@ def explain_blocks(policy: Path, name: str) -> bool:
 
 
 class Pair:
-    """The primary and its Unbound secondary, and the sentinel of the policy they serve."""
+    """The primary, its Unbound (unsigned) and BIND (TSIG) secondaries, and the
+    sentinel of the policy they serve."""
 
     def __init__(self, tmp: Path, upstream: CatchAll):
         self.tmp = tmp
@@ -96,13 +98,15 @@ class Pair:
         self.count = 0
         self.sentinel = self._sentinel()
         self.policy.write_text(policy_text(([], [], [], [], [], [], []), self.sentinel))
-        self.uport = free_port()
+        self.uport, self.bport = free_port(), free_port()
         port = free_port()
         self.primary = Engine(
             [sys.executable, "-m", "egress_filter.cli", "dns", "--policy", str(self.policy), "--at", DAY,
              "--listen", f"127.0.0.1:{port}", "--upstream", f"127.0.0.1:{upstream.port}", "--rpz",
-             "--rpz-allow-unsigned", "127.0.0.1/32", "--rpz-notify", f"127.0.0.1:{self.uport}",
+             "--rpz-allow-unsigned", "127.0.0.1/32", "--tsig-key", KEY,
+             "--rpz-notify", f"127.0.0.1:{self.uport}", "--rpz-notify", f"127.0.0.1:{self.bport}",
              "--reload-interval", "3600"], port, tmp / "primary.log")
+        self.engines: list[Engine] = []
         body = f"""rpz:
     name: "{ZONE}"
     primary: 127.0.0.1@{port}
@@ -110,12 +114,14 @@ class Pair:
     zonefile: "{tmp / 'secondary.rpz'}"
 server:"""
         try:
-            self.unbound = Engine(unbound_conf(tmp, self.uport, upstream.port, body, "respip iterator"),
-                                  self.uport, tmp / "unbound.log")
-            until(TRANSFER_DEADLINE, lambda: ask(self.uport, self.sentinel) == "blocked",
-                  "the first transfer", self.unbound.log)
+            self.engines.append(Engine(unbound_conf(tmp, self.uport, upstream.port, body, "respip iterator"),
+                                       self.uport, tmp / "unbound.log"))
+            self.engines.append(bind_secondary(tmp, self.bport, upstream.port, port))
+            for engine in self.engines:
+                until(TRANSFER_DEADLINE, lambda e=engine: ask(e.port, self.sentinel) == "blocked",
+                      "the first transfer", engine.log)
         except BaseException:
-            self.primary.stop()
+            self.stop()
             raise
 
     def _sentinel(self) -> str:
@@ -128,15 +134,17 @@ server:"""
         self.policy.write_text(policy_text(parts, new))
         os.kill(self.primary.proc.pid, signal.SIGHUP)
 
-        def holds_new_zone() -> bool:
-            return ask(self.uport, new) == "blocked" and ask(self.uport, old) == UPSTREAM_A
+        for engine in self.engines:
+            def holds_new_zone(port: int = engine.port) -> bool:
+                return ask(port, new) == "blocked" and ask(port, old) == UPSTREAM_A
 
-        until(TRANSFER_DEADLINE, holds_new_zone, f"the zone of policy {self.count} in Unbound",
-              self.unbound.log)
+            until(TRANSFER_DEADLINE, holds_new_zone, f"the zone of policy {self.count} in {engine.log.stem}",
+                  engine.log)
         self.sentinel = new
 
     def stop(self) -> None:
-        self.unbound.stop()
+        for engine in self.engines:
+            engine.stop()
         self.primary.stop()
 
 
@@ -160,5 +168,6 @@ def test_unbound_after_a_transfer_answers_as_explain(pair: Pair, parts: tuple[li
     keys = sorted({n for group in parts for n in group})
     asked = sorted({*keys, *(f"x.{k}" for k in keys), *extra})
     want = [(n, "blocked" if explain_blocks(pair.policy, n) else UPSTREAM_A) for n in asked]
-    got = [(n, ask(pair.uport, n)) for n in asked]
-    assert got == want, pair.policy.read_text()
+    for engine in pair.engines:
+        got = [(n, ask(engine.port, n)) for n in asked]
+        assert got == want, (engine.log.stem, pair.policy.read_text())
