@@ -38,6 +38,7 @@ bench: $(STAMP) tools
 	$(BIN)/python -m bench.dns_bench
 	$(BIN)/python -m bench.proxy_bench
 	$(BIN)/python -m bench.replay_bench
+	$(BIN)/python -m bench.rpz_dnsperf_bench
 
 # Not part of `bench` or `test`: 30 minutes of ours, then 30 of Unbound (`make soak SOAK_MINUTES=1440`: 24 h each).
 soak: $(STAMP) tools

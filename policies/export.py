@@ -33,6 +33,7 @@ from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import NamedTuple
 
+from .builtins import DOH_PORTS, Signal, address_rules, name_rules
 from .decide import GroupView, Policy
 from .matching import GlobMatcher, NameIndex, NetworkMatcher, glob_to_regex
 from .model import DEFAULT_GROUP, Action, Decision, LegalStatus, Mode, Phase, Rule, Tier
@@ -63,6 +64,10 @@ class Item(NamedTuple):
     # block (adblock, Suricata's pass) need to know.
     rank: int = 0
     word: str = ""  # ``action.value``, bound once (an enum attribute costs a lookup per use)
+    # A built-in rule's name (builtin:doh, canary, Private Relay, DDR): an
+    # exact name no policy rule covers, whose block must be a negative answer
+    # (the canary and Private Relay read NXDOMAIN, not a null address).
+    builtin: bool = False
 
     @property
     def hole(self) -> bool:
@@ -83,7 +88,7 @@ class Entry(NamedTuple):
 class Aside(NamedTuple):
     """A rule no name-list format can carry: a URL, a glob or a network."""
 
-    kind: str  # "url", "store", "sni-glob", "network"
+    kind: str  # "url", "store", "sni-glob", "network", "builtin-address", "builtin-signal"
     subject: str
     action: Action
     note: str
@@ -189,6 +194,10 @@ class Plan:
         above = key if exact else key.partition(".")[2]
         return self.names.covering(above) if above else None
 
+    def wide_item(self, key: str, rules: tuple[Rule, ...]) -> Item:
+        """The ``domains:`` side of the entry at ``key``."""
+        return self._item(key, rules, False)
+
     def entries(self) -> Iterator[Entry]:
         """Every name entry worth writing, in the policy's order."""
         item = self._item
@@ -198,6 +207,22 @@ class Plan:
             if ((wide is not None and (wide.action is _BLOCK or wide.wanted))
                     or (only is not None and only.wanted)):
                 yield Entry(key, wide, only)
+        yield from self._builtin_entries()
+
+    def _builtin_entries(self) -> Iterator[Entry]:
+        """The switched-on built-in names, each an exact name, where the core
+        gives the built-in's verdict: a policy rule covering the name (an
+        ``allow:`` entry, an app's domain) or an SNI glob matching it decides
+        instead, and is written with the policy's entries or globs."""
+        lookup = self.names.lookup
+        for name in sorted(name_rules(self.policy.builtins)):
+            if lookup(name) is not None:
+                continue
+            d = self.full.decide_name(name)
+            if not (d.rule or "").startswith("builtin:"):
+                continue
+            yield Entry(name, None, Item(d.action, _head(self.policy, d) + (d.rule or ""), False, None,
+                                         0 if d.action is _BLOCK else -1, d.action.value, True))
 
     def asides(self) -> list[Aside]:
         """URL-level rules, SNI globs and networks, each with the core's verdict."""
@@ -221,6 +246,15 @@ class Plan:
         for r in self.policy.globs.rules():
             d = self._glob_decision(r)
             out.append(Aside("sni-glob", r.pattern or "", d.action, _head(self.policy, d) + r.cite()))
+        for address in sorted(address_rules(self.policy.builtins)):
+            d = full.decide_ip(address, port=min(DOH_PORTS))
+            if (d.rule or "").startswith("builtin:"):  # not when an app's network holds the address
+                out.append(Aside("builtin-address", address, d.action, _head(self.policy, d) + (d.rule or "")
+                                 + f" ports={','.join(map(str, sorted(DOH_PORTS)))}"))
+        for signal in Signal:  # what only a proxy sees: a DoH-shaped request, an ECH ClientHello
+            d = full.decide_builtin(signal, "")
+            if d.rule:
+                out.append(Aside("builtin-signal", signal.value, d.action, _head(self.policy, d) + d.rule))
         for cidr, rules in self.policy.networks.entries():
             d = full.decide_ip(cidr.split("/")[0])
             if d.rule != rules[0].cite():  # a more specific network holds that address
@@ -305,6 +339,11 @@ _LOG_ONLY = {
 }
 
 
+# Built-in rules no name list carries: the public resolvers' addresses (on the
+# encrypted-DNS ports) and what only a proxy sees (a DoH-shaped request, ECH).
+_BUILTIN_ASIDES = ("builtin-address", "builtin-signal")
+
+
 def _header(plan: Plan, fmt: str, c: str, limits: Iterable[str], unexpressed: set[str]) -> Iterator[str]:
     m = plan.moment
     p = plan.policy
@@ -314,6 +353,18 @@ def _header(plan: Plan, fmt: str, c: str, limits: Iterable[str], unexpressed: se
            f"mode: {m.mode.value}")
     phases = ", ".join(f"{a}={ph.value}" for a, ph in m.phases) or "-"
     yield f"{c} phases: {phases}"
+    # Which clients the file is for: no format carries client networks, so the
+    # operator must apply it to them (one file per group).
+    mine = p.clients[m.group].networks
+    others = ", ".join(f"{n} ({_text(g.id)})" for g in p.clients.values() if g.id != m.group
+                       for n in g.networks)
+    if mine:
+        yield (f"{c} clients: this group's networks {', '.join(map(str, mine))}; NOT EXPRESSED here: apply "
+               "this file to those clients only (BIND: a view with match-clients; Unbound: "
+               "access-control-tag)")
+    elif others:
+        yield (f"{c} clients: every client outside the other groups' networks, {others}; NOT EXPRESSED here: "
+               "give those clients their own group's export")
     if m.exempt or m.mode is Mode.MONITOR:
         why = "exempt" if m.exempt else "in monitor mode"
         yield f"{c} this group is {why}: nothing is blocked; would-be blocks are written as log-only"
@@ -368,9 +419,21 @@ class RpzZone:
     def _policy_records(self) -> Iterator[tuple[str, str, str, bool]]:
         """(owner, rdata, comment, fits) per policy record.  RPZ prefers an
         exact trigger to a wildcard and a longer name to a shorter one:
-        exactly the core's "most specific wins"."""
+        exactly the core's "most specific wins".
+
+        Unbound reads the zone's wildcards as DNS does (RFC 4592): ``*.c.t``
+        matches no name below an existing node, so with ``b.c.c.t`` in the
+        zone, ``x.c.c.t`` (below the empty non-terminal ``c.c.t``) and
+        ``x.b.c.c.t`` (below an exact host) would resolve; BIND's RPZ falls
+        back to the shorter wildcard.  So every node between an entry and the
+        blocked domain above it gets that domain's wildcard too, and both
+        engines block what the core blocks.  (Found by the property test of
+        a transfer into Unbound, test_rpz_property.py.)"""
         limit = 254 - len(self.origin)  # owner + origin within 255 octets
-        for name, wide, only in self.plan.entries():
+        plan = self.plan
+        covering = plan.names.covering
+        filled: set[str] = set()  # nodes given an inherited wildcard
+        for name, wide, only in plan.entries():
             side = only or wide
             assert side is not None
             fits = len(name) <= limit
@@ -378,6 +441,21 @@ class RpzZone:
             if wide is not None:
                 yield (f"*.{name}", "." if wide.action is _BLOCK else "rpz-passthru.",
                        f"{wide.word} {wide.note}", len(name) + 2 <= limit)
+            # The nodes from this one (or its parent, when it has a wildcard of
+            # its own) up to the domains: entry covering them.
+            # ``parent`` is the verdict of that entry: only a block needs them.
+            lower = wide if wide is not None else side
+            node = name if wide is None else name.partition(".")[2]
+            while lower.parent is _BLOCK and node and node not in filled:
+                hit = covering(node)
+                if hit is None or hit[0] == node:
+                    break
+                above = plan.wide_item(*hit)
+                if above.action is not _BLOCK:
+                    break  # names below resolve, with or without a passthru wildcard
+                filled.add(node)
+                yield (f"*.{node}", ".", f"{above.word} {above.note}", len(node) + 2 <= limit)
+                node = node.partition(".")[2]
 
     def text(self) -> Iterator[str]:
         plan = self.plan
@@ -386,7 +464,7 @@ class RpzZone:
             "log-only names are rpz-passthru (RPZ has no log-only action): Unbound's rpz-log: yes and",
             "BIND's response-policy { zone ... log yes; } log each hit with the zone and the name",
             f"serial {self.serial}: days since {SERIAL_EPOCH} x 100000 + a hash of digest, group and phases",
-        ), {"url", "store", "sni-glob", "network"})
+        ), {"url", "store", "sni-glob", "network", *_BUILTIN_ASIDES})
         yield f"$TTL {self.ttl}"
         yield f"$ORIGIN {self.origin}"
         soa = self.soa()
@@ -431,6 +509,7 @@ class Dns(StrEnum):
     with one entry."""
 
     BLOCK = "block"  # the name and below
+    BUILTIN = "builtin"  # a built-in name: blocked with the names below it (a negative answer)
     BLOCK_APPROX = "block-approx"  # the name is not blocked, below it is: blocked whole
     NAME_ONLY = "name-only"  # the name blocked, the names below it resolve
     NAME_ONLY_EXEMPT = "name-only-exempt"  # as NAME_ONLY, below a name that blocks
@@ -451,6 +530,8 @@ def _dns_case(e: Entry) -> tuple[Dns, Item]:
             return (Dns.NAME_ONLY_EXEMPT if exempt else Dns.NAME_ONLY), only
         return (Dns.EXEMPT if exempt else Dns.NOTE), wide
     assert only is not None
+    if only.builtin and only.action is _BLOCK:
+        return Dns.BUILTIN, only
     if only.action is _BLOCK:
         return (Dns.COVERED if only.parent is _BLOCK else Dns.NAME_ONLY), only
     return (Dns.HOLE_APPROX if only.hole else Dns.NOTE), only
@@ -468,6 +549,12 @@ def _dns_lines(plan: Plan, c: str, block: Callable[[str], list[str]], name_only:
         below = "" if e.wide is None else " and below"
         if case is Dns.BLOCK:
             lines, tail = block(name), f"block {note}"
+        elif case is Dns.BUILTIN:
+            # A null address would not do: Firefox's canary and Private Relay
+            # are switched off by a negative answer only.
+            lines = block(name)
+            tail = (f"block {note}; APPROXIMATED: {name} is blocked with the names below it "
+                    "(NXDOMAIN; the core blocks the name alone)")
         elif case is Dns.BLOCK_APPROX:
             lines = block(name)
             tail = f"APPROXIMATED: {name} itself is {what} ({note}), blocked here with its subdomains"
@@ -497,7 +584,7 @@ def _unbound(plan: Plan) -> Iterator[str]:
         "local-zone lines for unbound.conf (include: this file); always_nxdomain blocks a name and",
         "everything below it; a hosts: entry (the name alone) is a transparent zone with null",
         "local-data (0.0.0.0 / ::), so names below it resolve; allow is always_transparent",
-    ), {"url", "store", "sni-glob", "network"})
+    ), {"url", "store", "sni-glob", "network", *_BUILTIN_ASIDES})
     yield "server:"
 
     def null(n: str) -> list[str]:
@@ -520,7 +607,7 @@ def _dnsmasq(plan: Plan) -> Iterator[str]:
         "address=/name/ answers NXDOMAIN for a name and everything below it; a hosts: entry (the",
         "name alone) is host-record=name,0.0.0.0,:: (A and AAAA only); server=/name/# sends an",
         "allowed name below a blocked one to the ordinary upstream servers (the most specific wins)",
-    ), {"url", "store", "sni-glob", "network"})
+    ), {"url", "store", "sni-glob", "network", *_BUILTIN_ASIDES})
     yield from _dns_lines(
         plan, "#",
         lambda n: [f"address=/{n}/"],
@@ -536,7 +623,7 @@ def _hosts(plan: Plan) -> Iterator[str]:
     yield from _header(plan, "hosts", "#", (
         "hosts-file lines: each blocked name answers 0.0.0.0, that exact name only;",
         "SUBDOMAINS ARE NOT COVERED: a domains: entry blocks www.<name> in egress-filter, not here",
-    ), {"url", "store", "sni-glob", "network"})
+    ), {"url", "store", "sni-glob", "network", *_BUILTIN_ASIDES})
     for e in plan.entries():
         side = e.only or e.wide
         assert side is not None
@@ -555,7 +642,7 @@ def _adblock(plan: Plan) -> Iterator[str]:
         "||name^ blocks a name and its subdomains; @@||name^ exempts them (AdGuard Home, Pi-hole 6,",
         "Blocky); |name^ is the name alone (AdGuard Home); exceptions beat blocks in these engines,",
         "so a block nested below an exemption carries $important (AdGuard Home only)",
-    ), {"url", "store", "sni-glob", "network"})
+    ), {"url", "store", "sni-glob", "network", *_BUILTIN_ASIDES})
     for e in plan.entries():
         yield from _adblock_entry(e)
 
@@ -597,7 +684,7 @@ def _squid(plan: Plan) -> Iterator[str]:
         "other TLS is spliced; http_access denies a banned host over plain HTTP. On a port without",
         "ssl-bump the ssl_bump lines do not apply: CONNECT is then NOT FILTERED by this file",
         ".name is the name and its subdomains, name the name alone",
-    ), {"url", "store", "network"})
+    ), {"url", "store", "network", *_BUILTIN_ASIDES})
     # specificity -> (blocked keys, exempted keys); odd specificity is an exact
     # name (a hosts: entry), even a name and its subdomains.  Only the index's
     # own key strings are kept, so 1,000,000 names cost two lists of references;
@@ -710,7 +797,7 @@ def _suricata(plan: Plan) -> Iterator[str]:
         "alert in IDS mode), alert logs, pass exempts; Suricata runs pass rules first whatever their",
         f"specificity; sids are {SID_BASE}-{SID_BASE + SID_SPAN - 1}, from sha256 of the rule id,",
         "the protocol and the name (the next free sid on a collision)",
-    ), {"url", "store"})
+    ), {"url", "store", "builtin-signal"})
     used: set[int] = set()
     for e in plan.entries():
         for side, exact in ((e.wide, False), (e.only, True)):
@@ -751,10 +838,22 @@ def _suricata(plan: Plan) -> Iterator[str]:
             if a.action is _ALLOW and not inside:
                 continue  # allowed, and no block around it to exempt it from
             yield _suricata_rule(a.action, "ip", "", a.subject, a.note, used, dst=a.subject)
+    # The public resolvers' addresses, on the encrypted-DNS ports only (DoH and
+    # DoT over TCP, DoQ and HTTP/3 over UDP), one rule per verdict and transport.
+    by_verdict: dict[Action, list[Aside]] = {}
+    for a in asides:
+        if a.kind == "builtin-address" and a.action is not _ALLOW:
+            by_verdict.setdefault(a.action, []).append(a)
+    ports = "[" + ",".join(map(str, sorted(DOH_PORTS))) + "]"
+    for action, group in by_verdict.items():
+        dst = "[" + ",".join(a.subject for a in group) + "]"
+        for proto in ("tcp", "udp"):
+            yield _suricata_rule(action, proto, "", "builtin-addresses", group[0].note, used, dst=dst,
+                                 dport=ports)
 
 
 def _suricata_rule(action: Action, proto: str, match: str, subject: str, note: str, used: set[int],
-                   dst: str = "any", verdict: str | None = None) -> str:
+                   dst: str = "any", verdict: str | None = None, dport: str = "any") -> str:
     fields = dict(part.split("=", 1) for part in note.split(" ") if "=" in part)
     sid = _sid(f"{proto}|{fields.get('rule', '')}|{subject}", used)
     meta = ", ".join(f"{k} {_meta(v)}" for k, v in (("app", fields.get("app", "-")),
@@ -763,7 +862,7 @@ def _suricata_rule(action: Action, proto: str, match: str, subject: str, note: s
                                                     ("verdict", verdict or action.value)))
     msg = f"egress-filter {verdict or action.value} {proto} {subject} app {fields.get('app', '-')}"
     body = f"{match} " if match else ""
-    return (f"{_SURICATA_ACTION[action]} {proto} any any -> {dst} any (msg:\"{_meta(msg, ' ')}\"; "
+    return (f"{_SURICATA_ACTION[action]} {proto} any any -> {dst} {dport} (msg:\"{_meta(msg, ' ')}\"; "
             f"{body}metadata: {meta}; sid:{sid}; rev:1;)")
 
 
@@ -789,9 +888,10 @@ def _zeek(plan: Plan) -> Iterator[str]:
     yield from _header(plan, "zeek-intel", "#", (
         "Zeek Intel framework input (Intel::read_files); Intel::DOMAIN matches the exact name seen",
         "in DNS, HTTP Host and TLS SNI: SUBDOMAINS ARE NOT COVERED, so a domains: entry is listed",
-        "as its own name only; networks are Intel::SUBNET; meta.desc holds the verdict and the rule;",
+        "as its own name only; networks are Intel::SUBNET, the public DoH resolvers' addresses",
+        "Intel::ADDR; meta.desc holds the verdict and the rule;",
         "allow-list entries and exemptions are not indicators and are left out",
-    ), {"url", "store", "sni-glob"})
+    ), {"url", "store", "sni-glob", "builtin-signal"})
     yield ZEEK_FIELDS
     source = f"egress-filter:{plan.moment.group}"
     for e in plan.entries():
@@ -805,6 +905,10 @@ def _zeek(plan: Plan) -> Iterator[str]:
     for a in plan.asides():
         if a.kind == "network" and a.action is not _ALLOW:
             yield f"{a.subject}\tIntel::SUBNET\t{source}\t{a.action.value} {a.note}\t-"
+        elif a.kind == "builtin-address" and a.action is not _ALLOW:
+            yield f"{a.subject}\tIntel::ADDR\t{source}\t{a.action.value} {a.note}\t-"
+            yield (f"# APPROXIMATED: Intel::ADDR {a.subject} matches every port; egress-filter judges "
+                   "it on the encrypted-DNS ports only")
 
 
 # --- entry point --------------------------------------------------------------------

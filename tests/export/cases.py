@@ -17,6 +17,8 @@ import pytest
 
 from policies import Policy, load_policy_text
 
+B, N = True, False  # blocked, not blocked
+
 FULL_DAY = dt.date(2020, 3, 1)  # chat and video in full
 DOWNLOADS_DAY = dt.date(2020, 1, 15)  # chat in downloads, video in full
 
@@ -45,7 +47,7 @@ apps:
     name: Video
     owner: Video Co
     domains: [video.test, deep.old.video.test, cdn.video.test]
-    hosts: [api.videohost.test, video.test, pad.video.test]
+    hosts: [api.videohost.test, video.test, pad.video.test, h.sub.video.test]
     sni: ["*.videocdn.test"]
     networks: [192.0.2.128/25]
     store: {apple: [12345678]}
@@ -60,7 +62,6 @@ apps:
     downloads: [{host: dl.chat.test}, {host: shared.test, path: /chat/}]
 """
 
-B, N = True, False  # blocked, not blocked
 
 # (name, blocked on FULL_DAY, blocked on DOWNLOADS_DAY)
 NAMES = [
@@ -75,6 +76,11 @@ NAMES = [
     ("x.old.video.test", N, N),
     ("pad.video.test", B, B),  # a host blocked, the domain exempt below a block
     ("x.pad.video.test", N, N),
+    # An exact host two labels below a blocked domain: sub.video.test is an empty
+    # non-terminal of the RPZ, where Unbound does not apply *.video.test.
+    ("h.sub.video.test", B, B),
+    ("x.h.sub.video.test", B, B),
+    ("x.sub.video.test", B, B),
     ("deep.old.video.test", B, B),
     ("y.deep.old.video.test", B, B),
     ("api.videohost.test", B, B),
@@ -91,8 +97,25 @@ NAMES = [
 DAYS = [pytest.param(FULL_DAY, 1, id="full-day"), pytest.param(DOWNLOADS_DAY, 2, id="downloads-day")]
 
 
-def policy() -> Policy:
-    return load_policy_text(POLICY, "export-test.yaml")
+def policy_text(builtins: str = "") -> str:
+    """The policy's text; ``builtins`` is a ``builtins:`` mapping to add (e.g. ``{doh: false}``)."""
+    return POLICY if not builtins else f"builtins: {builtins}\n{POLICY}"
+
+
+def policy(builtins: str = "") -> Policy:
+    return load_policy_text(policy_text(builtins), "export-test.yaml")
+
+
+# The built-in rules' names, as the policy's builtins: switches them: (switches, [(name, blocked)]).
+# Each is an exact name: the names below it are not the core's to block.
+BUILTIN_CASES = [
+    pytest.param("", [("dns.google", B), ("cloudflare-dns.com", B), ("use-application-dns.net", B),
+                      ("mask.icloud.com", B), ("_dns.resolver.arpa", B), ("google", N)], id="all-on"),
+    pytest.param("{doh: false, canary: false}", [("dns.google", N), ("use-application-dns.net", N),
+                                                 ("mask.icloud.com", B)], id="doh-and-canary-off"),
+    pytest.param("{private_relay: false, ddr: false}", [("mask.icloud.com", N), ("mask-h2.icloud.com", N),
+                                                        ("dns.google", B)], id="relay-and-ddr-off"),
+]
 
 
 def expected(day: dt.date, column: int) -> list[tuple[str, bool]]:

@@ -1,8 +1,9 @@
 """The exports loaded by the real engines, on loopback, held to one table.
 
-Each engine (Unbound with the ``unbound`` export, Unbound with the ``rpz``
-zone as an ``rpz:`` zonefile, dnsmasq with the ``dnsmasq`` export, BIND 9
-with the ``bind`` export's response-policy zone) runs as a subprocess on a
+Each engine (our own resolver on the policy itself, Unbound with the
+``unbound`` export, Unbound with the ``rpz`` zone as an ``rpz:`` zonefile,
+dnsmasq with the ``dnsmasq`` export, BIND 9 with the ``bind`` export's
+response-policy zone) runs as a subprocess on a
 free loopback port, with a config this test writes, forwarding what it does
 not block to a catch-all loopback upstream (upstream.py).  Every name of
 cases.NAMES must come back as the core decides: NXDOMAIN or a null address
@@ -17,6 +18,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -135,15 +137,15 @@ forward-zone:
     return ["unbound", "-d", "-c", str(conf)]
 
 
-def start_unbound(tmp: Path, day: dt.date, up: int) -> Engine:
-    policy = cases.policy()
+def start_unbound(tmp: Path, day: dt.date, up: int, switches: str = "") -> Engine:
+    policy = cases.policy(switches)
     export = write(tmp / "export.conf", render(policy, "unbound", at=day))
     port = free_port()
     return Engine(unbound_conf(tmp, port, up, f'    include: "{export}"', "iterator"), port, tmp / "log")
 
 
-def start_unbound_rpz(tmp: Path, day: dt.date, up: int) -> Engine:
-    policy = cases.policy()
+def start_unbound_rpz(tmp: Path, day: dt.date, up: int, switches: str = "") -> Engine:
+    policy = cases.policy(switches)
     zone = write(tmp / "zone.rpz", render(policy, "rpz", at=day))
     port = free_port()
     body = f"""rpz:
@@ -155,8 +157,8 @@ server:"""
     return Engine(unbound_conf(tmp, port, up, body, "respip iterator"), port, tmp / "log")
 
 
-def start_dnsmasq(tmp: Path, day: dt.date, up: int) -> Engine:
-    policy = cases.policy()
+def start_dnsmasq(tmp: Path, day: dt.date, up: int, switches: str = "") -> Engine:
+    policy = cases.policy(switches)
     export = write(tmp / "dnsmasq.conf", render(policy, "dnsmasq", at=day))
     port = free_port()
     argv = ["dnsmasq", "--keep-in-foreground", "--no-resolv", "--no-hosts", "--no-poll", "--log-facility=-",
@@ -165,8 +167,8 @@ def start_dnsmasq(tmp: Path, day: dt.date, up: int) -> Engine:
     return Engine(argv, port, tmp / "log")
 
 
-def start_bind(tmp: Path, day: dt.date, up: int) -> Engine:
-    policy = cases.policy()
+def start_bind(tmp: Path, day: dt.date, up: int, switches: str = "") -> Engine:
+    policy = cases.policy(switches)
     zone = write(tmp / f"{zone_name('default')}.zone", render(policy, "rpz", at=day))
     snippet = write(tmp / "rpz.conf", render(policy, "bind", at=day, zone_file=str(zone)))
     port = free_port()
@@ -192,7 +194,19 @@ include "{snippet}";
     return Engine(["named", "-g", "-c", str(conf), "-n", "1"], port, tmp / "log")
 
 
-ENGINES: list[tuple[str, str, Callable[[Path, dt.date, int], Engine]]] = [
+Start = Callable[[Path, dt.date, int, str], Engine]
+def start_ours(tmp: Path, day: dt.date, up: int, switches: str = "") -> Engine:
+    """Our own resolver on the same policy: the table holds the engines to what it answers."""
+    policy = tmp / "policy.yaml"
+    policy.write_text(cases.policy_text(switches))
+    port = free_port()
+    return Engine([sys.executable, "-m", "egress_filter.cli", "dns", "--policy", str(policy), "--at",
+                   day.isoformat(), "--listen", f"127.0.0.1:{port}", "--upstream", f"127.0.0.1:{up}",
+                   "--reload-interval", "3600"], port, tmp / "log")
+
+
+ENGINES: list[tuple[str, str, Start]] = [
+    ("egress-filter", sys.executable, start_ours),
     ("unbound-local-zone", "unbound", start_unbound),
     ("unbound-rpz", "unbound", start_unbound_rpz),
     ("dnsmasq", "dnsmasq", start_dnsmasq),
@@ -203,14 +217,14 @@ ENGINES: list[tuple[str, str, Callable[[Path, dt.date, int], Engine]]] = [
 @pytest.mark.parametrize(("day", "column"), cases.DAYS)
 @pytest.mark.parametrize(("engine", "binary", "start"), [pytest.param(*e, id=e[0]) for e in ENGINES])
 def test_engine_answers_as_the_core_decides(tmp_path: Path, upstream: CatchAll, engine: str, binary: str,
-                                            start: Callable[[Path, dt.date, int], Engine], day: dt.date,
+                                            start: Start, day: dt.date,
                                             column: int) -> None:
     assert shutil.which(binary), f"{binary} is not installed: run .ci/install-tools"
     view = cases.policy().view(day).groups["default"]
     want = [(name, "blocked" if view.decide_name(name).action is Action.BLOCK else UPSTREAM_A)
             for name, _ in cases.expected(day, column)]
     assert [(n, v == "blocked") for n, v in want] == cases.expected(day, column)
-    server = start(tmp_path, day, upstream.port)
+    server = start(tmp_path, day, upstream.port, "")
     try:
         got = [(name, ask(server.port, name)) for name, _ in want]
     finally:
@@ -227,3 +241,31 @@ def test_engine_answers_as_the_core_decides(tmp_path: Path, upstream: CatchAll, 
                 in log)
         assert ("rpz QNAME NXDOMAIN rewrite dl.chat.test/A/IN via dl.chat.test.default.rpz.egress-filter"
                 in log)
+
+
+@pytest.mark.parametrize(("switches", "names"), cases.BUILTIN_CASES)
+@pytest.mark.parametrize(("engine", "binary", "start"), [pytest.param(*e, id=e[0]) for e in ENGINES])
+def test_engine_enforces_the_builtin_rules(tmp_path: Path, upstream: CatchAll, engine: str, binary: str,
+                                           start: Start, switches: str,
+                                           names: list[tuple[str, bool]]) -> None:
+    """The built-in names (DoH endpoints, the canary, Private Relay, DDR) are in
+    each export as the policy's ``builtins:`` switches them, and the engine
+    answers them NXDOMAIN (what the canary and Private Relay need) or forwards them."""
+    assert shutil.which(binary), f"{binary} is not installed: run .ci/install-tools"
+    policy = cases.policy(switches)
+    view = policy.view(cases.FULL_DAY).groups["default"]
+    assert [(n, view.decide_name(n).action is Action.BLOCK) for n, _ in names] == names
+    server = start(tmp_path, cases.FULL_DAY, upstream.port, switches)
+    try:
+        got = [(n, rcode(server.port, n)) for n, _ in names]
+    finally:
+        server.stop()
+    assert got == [(n, "NXDOMAIN" if blocked else UPSTREAM_A) for n, blocked in names]
+
+
+def rcode(port: int, name: str) -> str:
+    """NXDOMAIN, or the address the upstream answered."""
+    r = dns.query.udp(dns.message.make_query(name, "A"), "127.0.0.1", port=port, timeout=3)
+    if r.rcode() != dns.rcode.NOERROR:
+        return dns.rcode.to_text(r.rcode())
+    return ",".join(rd.address for rrset in r.answer for rd in rrset if rrset.rdtype == 1) or "NODATA"

@@ -15,6 +15,7 @@ import re
 from collections.abc import Callable
 
 import pytest
+import suricata.update.rule as suricata_rule
 
 from policies import Action, Phase, Policy, load_policy_text
 from policies.export import FORMATS, SID_BASE, SID_SPAN, ZEEK_FIELDS, Plan, export_text, rpz_zone
@@ -78,13 +79,15 @@ ASIDES = {
     "store": "store apple:12345678: block app=video framework=EO_1 rule=store:apple:12345678",
     "glob": "sni-glob *.videocdn.test: block app=video framework=EO_1 rule=sni:*.videocdn.test",
     "network": "network 192.0.2.128/25: block app=video framework=EO_1 rule=network:192.0.2.128/25",
+    "builtin-address": "builtin-address 8.8.8.8: block app=- framework=- rule=builtin:doh ports=443,853",
+    "builtin-signal": "builtin-signal doh-request: block app=- framework=- rule=builtin:doh",
 }
+_DNS = {"url", "store", "glob", "network", "builtin-address", "builtin-signal"}
 # What each format leaves to egress-filter (named at the top); bind's zone is the rpz export.
 UNEXPRESSED = {
-    "rpz": {"url", "store", "glob", "network"}, "unbound": {"url", "store", "glob", "network"},
-    "dnsmasq": {"url", "store", "glob", "network"}, "hosts": {"url", "store", "glob", "network"},
-    "adblock": {"url", "store", "glob", "network"}, "squid": {"url", "store", "network"},
-    "suricata": {"url", "store"}, "zeek-intel": {"url", "store", "glob"}, "bind": set(),
+    "rpz": _DNS, "unbound": _DNS, "dnsmasq": _DNS, "hosts": _DNS, "adblock": _DNS,
+    "squid": _DNS - {"glob"}, "suricata": {"url", "store", "builtin-signal"},
+    "zeek-intel": {"url", "store", "glob", "builtin-signal"}, "bind": set(),
 }
 
 
@@ -95,6 +98,11 @@ def test_header_names_what_the_format_cannot_express(policy: Policy, fmt: str) -
     head = text.split("entries this format can only approximate", 1)[0]
     assert head.splitlines()[0] == f"{comment} egress-filter export, format {fmt}"
     assert f"\n{comment} log-only names: " in head
+    # no format carries the client groups' networks: each output says whom it is for
+    assert (f"\n{comment} clients: every client outside the other groups' networks, 10.1.0.0/16 (lab); "
+            "NOT EXPRESSED here: give those clients their own group's export\n") in head
+    lab = export_text(policy, fmt, at=cases.FULL_DAY, group="lab")
+    assert f"\n{comment} clients: this group's networks 10.1.0.0/16; NOT EXPRESSED here: apply " in lab
     for key, line in ASIDES.items():
         assert (f"{comment}   {line}" in head) == (key in UNEXPRESSED[fmt]), (key, head)
     # and what the format can express is not left out of its body
@@ -213,8 +221,10 @@ def test_rpz_property_random_policies(seed: int) -> None:
 # Suricata 7 rule grammar (docs: rules/intro, payload-keywords, dns-keywords, tls-keywords,
 # http-keywords, meta): action proto src sport -> dst dport (options), each option
 # 'keyword;' or 'keyword:value;' with the value's quotes and semicolons escaped.
+_ADDR = r"\d[\d.:/a-f]*|[0-9a-f]*:[\d.:/a-f]*"
 _SUR_HEADER = re.compile(
-    r"^(alert|drop|pass|reject) (dns|tls|http|ip) any any -> (any|\d[\d.:/a-f]*) any \((.*)\)$")
+    rf"^(alert|drop|pass|reject) (dns|tls|http|ip|tcp|udp) any any -> (any|{_ADDR}|\[(?:(?:{_ADDR}),?)+\]) "
+    r"(any|\[443,853\]) \((.*)\)$")
 _SUR_OPTION = re.compile(r'\s*([a-z_.]+)(?::((?:"(?:[^"\\;]|\\.)*")|[^;"]*))?;')
 STICKY = {"dns.query", "tls.sni", "http.host"}
 KNOWN = {"msg", "content", "dotprefix", "endswith", "startswith", "nocase", "pcre", "metadata", "sid", "rev",
@@ -239,16 +249,23 @@ def test_suricata_rules_follow_the_grammar(policy: Policy) -> None:
     for rule in rules:
         m = _SUR_HEADER.match(rule)
         assert m, rule
-        opts = _options(m.group(4))
+        # OISF's own parser (suricata-update) reads it to the same fields.
+        parsed = suricata_rule.parse(rule)
+        assert parsed is not None, rule
+        header = (parsed["action"], parsed["proto"], parsed["dest_addr"], parsed["dest_port"])
+        assert header == m.group(1, 2, 3, 4)
+        assert f'msg:"{parsed["msg"]}";' in rule and parsed["rev"] == 1
+        opts = _options(m.group(5))
         names = [k for k, _ in opts]
         assert set(names) <= KNOWN, rule
         assert names[0] == "msg" and names[-2:] == ["sid", "rev"], rule
         sid = int(dict(opts)["sid"] or 0)
-        assert SID_BASE <= sid < SID_BASE + SID_SPAN and sid not in sids
+        assert SID_BASE <= sid < SID_BASE + SID_SPAN and sid not in sids and parsed["sid"] == sid
+        assert parsed["metadata"] == [part.strip() for part in (dict(opts)["metadata"] or "").split(",")]
         sids.add(sid)
         meta = dict(opts)["metadata"] or ""
         assert re.fullmatch(r" app \S+, framework \S+, rule \S+, verdict (block|log|allow)", meta), rule
-        if m.group(2) != "ip":
+        if m.group(2) not in ("ip", "tcp", "udp"):
             buf = names[1]
             assert {"dns": "dns.query", "tls": "tls.sni", "http": "http.host"}[m.group(2)] == buf
             if "dotprefix" in names:  # dotprefix must precede the content it prefixes
@@ -272,7 +289,7 @@ def test_zeek_intel_layout(policy: Policy) -> None:
     data = lines[lines.index(ZEEK_FIELDS) + 1:]
     rows = [ln.split("\t") for ln in data if not ln.startswith("#")]
     assert rows and all(len(r) == 5 and all(r) for r in rows)
-    assert {r[1] for r in rows} == {"Intel::DOMAIN", "Intel::SUBNET"}
+    assert {r[1] for r in rows} == {"Intel::DOMAIN", "Intel::SUBNET", "Intel::ADDR"}
     assert ["video.test", "Intel::DOMAIN", "egress-filter:default",
             "block app=video framework=EO_1 rule=host:video.test", "-"] in rows
     assert ["192.0.2.128/25", "Intel::SUBNET", "egress-filter:default",
@@ -307,3 +324,50 @@ def test_suricata_writes_no_pass_that_would_beat_a_block(policy: Policy) -> None
     assert not [ln for ln in text.splitlines() if ln.startswith("pass") and ("pcre" in ln or " ip " in ln)]
     assert ("# APPROXIMATED: sni-glob *.videocdn.test is allowed (app=video framework=EO_1 "
             "rule=sni:*.videocdn.test); not written, so names it matches follow the other rules") in text
+
+
+# --- the built-in rules ---------------------------------------------------------------
+
+@pytest.mark.parametrize(("switches", "names"), cases.BUILTIN_CASES)
+def test_builtin_names_in_every_format_as_switched(switches: str, names: list[tuple[str, bool]]) -> None:
+    """Each built-in name is written where the format can carry a name, with
+    its rule, and only while the policy's builtins: switch is on."""
+    policy = cases.policy(switches)
+    text = {fmt: export_text(policy, fmt, at=cases.FULL_DAY) for fmt in FORMATS if fmt != "bind"}
+    rpz, unbound = rpz_reader(text["rpz"]), unbound_reader(text["unbound"])
+    dnsmasq = dnsmasq_reader(text["dnsmasq"])
+    zeek = {ln.split("\t")[0] for ln in text["zeek-intel"].splitlines() if "\tIntel::DOMAIN\t" in ln}
+    for name, blocked in names:
+        got = {
+            "rpz": rpz_blocks(rpz, name), "adblock": adblock_blocks(text["adblock"], name),
+            "hosts": hosts_blocks(text["hosts"], name), "unbound": unbound_blocks(unbound, name),
+            "dnsmasq": dnsmasq_blocks(dnsmasq, name), "squid-sni": squid_blocks(text["squid"], name),
+            "squid-http": squid_blocks(text["squid"], name, http=True),
+            "suricata": suricata_dns_blocks(text["suricata"], name), "zeek": name in zeek,
+        }
+        assert got == dict.fromkeys(got, blocked), (name, got)
+        # the name alone: RPZ, adblock, Squid and Suricata leave the names below it alone
+        below = f"x.{name}"
+        assert not (rpz_blocks(rpz, below) or adblock_blocks(text["adblock"], below)
+                    or squid_blocks(text["squid"], below) or suricata_dns_blocks(text["suricata"], below))
+    if ("dns.google", True) in names:
+        assert "dns.google CNAME . ; block app=- framework=- rule=builtin:doh" in text["rpz"]
+        assert ('local-zone: "dns.google." always_nxdomain  # block app=- framework=- rule=builtin:doh; '
+                "APPROXIMATED: dns.google is blocked with the names below it") in text["unbound"]
+        assert "-> [" in text["suricata"] and "8.8.8.8" in text["suricata"].split("[443,853]")[0]
+        assert "8.8.8.8\tIntel::ADDR\tegress-filter:default\tblock app=- framework=- rule=builtin:doh" \
+            in text["zeek-intel"]
+    else:
+        assert "builtin:doh" not in text["rpz"] and "8.8.8.8" not in text["suricata"]
+
+
+def test_a_policy_rule_on_a_builtin_name_decides_it() -> None:
+    """An allow-list entry for dns.google (a policy rule) wins over builtin:doh,
+    in the core and so in the exports; monitor mode makes the built-ins log-only."""
+    text = cases.POLICY.replace("domains: [ok.video.test]", "domains: [ok.video.test, dns.google]")
+    policy = load_policy_text(text, "allowed-doh.yaml")
+    records = rpz_reader(export_text(policy, "rpz", at=cases.FULL_DAY))
+    assert records["dns.google"] == "rpz-passthru." and "dns.google.com" in records
+    assert policy.view(cases.FULL_DAY).groups["default"].decide_name("dns.google").action is Action.ALLOW
+    lab = export_text(cases.policy(), "rpz", at=cases.FULL_DAY, group="lab")
+    assert "use-application-dns.net CNAME rpz-passthru. ; log app=- framework=- rule=builtin:canary" in lab

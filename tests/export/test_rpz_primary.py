@@ -395,20 +395,19 @@ server:"""
         primary.stop()
 
 
-def test_bind_secondary_with_tsig_follows_notify(tmp_path: Path, upstream: CatchAll) -> None:
-    bport = free_port()
-    primary = start_primary(tmp_path, upstream.port, "--tsig-key", KEY, "--rpz-notify", f"127.0.0.1:{bport}")
-    try:
-        conf = tmp_path / "named.conf"
-        conf.write_text(f"""key "{KEY_NAME}" {{ algorithm hmac-sha256; secret "{SECRET}"; }};
+def bind_secondary(tmp: Path, bport: int, up: int, primary_port: int) -> Engine:
+    """BIND 9 as a TSIG-signed secondary of our zone, named in its response-policy
+    (min-update-interval 0: BIND otherwise applies a new RPZ version at most once a minute)."""
+    conf = tmp / "named.conf"
+    conf.write_text(f"""key "{KEY_NAME}" {{ algorithm hmac-sha256; secret "{SECRET}"; }};
 options {{
-    directory "{tmp_path}";
+    directory "{tmp}";
     listen-on port {bport} {{ 127.0.0.1; }};
     listen-on-v6 {{ none; }};
     pid-file none;
     recursion yes;
     allow-query {{ 127.0.0.0/8; }};
-    forwarders {{ 127.0.0.1 port {upstream.port}; }};
+    forwarders {{ 127.0.0.1 port {up}; }};
     forward only;
     dnssec-validation no;
     max-cache-ttl 1;
@@ -418,14 +417,21 @@ options {{
 controls {{ }};
 zone "{ZONE.rstrip('.')}" {{
     type secondary;
-    primaries {{ 127.0.0.1 port {primary.port} key "{KEY_NAME}"; }};
+    primaries {{ 127.0.0.1 port {primary_port} key "{KEY_NAME}"; }};
     file "secondary.db";
     allow-notify {{ 127.0.0.1; }};
 }};
 """)
-        check = subprocess.run(["named-checkconf", str(conf)], capture_output=True, text=True, timeout=30)
-        assert check.returncode == 0, check.stdout + check.stderr
-        engine = Engine(["named", "-g", "-c", str(conf), "-n", "1"], bport, tmp_path / "named.log")
+    check = subprocess.run(["named-checkconf", str(conf)], capture_output=True, text=True, timeout=30)
+    assert check.returncode == 0, check.stdout + check.stderr
+    return Engine(["named", "-g", "-c", str(conf), "-n", "1"], bport, tmp / "named.log")
+
+
+def test_bind_secondary_with_tsig_follows_notify(tmp_path: Path, upstream: CatchAll) -> None:
+    bport = free_port()
+    primary = start_primary(tmp_path, upstream.port, "--tsig-key", KEY, "--rpz-notify", f"127.0.0.1:{bport}")
+    try:
+        engine = bind_secondary(tmp_path, bport, upstream.port, primary.port)
         try:
             _follows(tmp_path, primary, engine, signed=True)
             # The edit came as an IXFR: SOA, SOA old, SOA new, the 2 added records, SOA.
@@ -451,6 +457,8 @@ def _follows(tmp: Path, primary: Engine, engine: Engine, signed: bool) -> None:
     assert ask(engine.port, "www.chat.test") == "blocked"
     assert ask(engine.port, "ok.video.test") == UPSTREAM_A  # allow-listed below a blocked domain
     assert ask(engine.port, FRESH) == UPSTREAM_A
+    for builtin in ("use-application-dns.net", "dns.google", "mask.icloud.com"):  # transferred builtin: rules
+        assert ask(engine.port, builtin) == "blocked", builtin
     edit_and_hup(tmp, primary)
     until(NOTIFY_DEADLINE, lambda: ask(engine.port, FRESH) == "blocked",
           f"{FRESH} blocked after the edit and NOTIFY", log)

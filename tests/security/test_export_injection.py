@@ -42,17 +42,19 @@ apps:
 '''
 
 # How each format's lines may begin: its comment, or one of its record forms.
+# Names may hold '_' (the built-in _dns.resolver.arpa); the built-in DoH addresses are tcp/udp
+# rules in Suricata and Intel::ADDR in Zeek.
 LINE = {
-    "rpz": r"(;|\$TTL |\$ORIGIN |@ (SOA|NS) |(\*\.)?[a-z0-9.-]+ CNAME (\.|rpz-passthru\.) ; )",
+    "rpz": r"(;|\$TTL |\$ORIGIN |@ (SOA|NS) |(\*\.)?[a-z0-9_.-]+ CNAME (\.|rpz-passthru\.) ; )",
     "bind": r"(//|zone \"default\.rpz\.egress-filter\" \{ type primary; file \"[^\"\n]+\"; )",
-    "unbound": r"(#|server:$|    (#|local-zone: \"[a-z0-9.-]+\.\" [a-z_]+  #"
-               r"|local-data: \"[a-z0-9.-]+\. (A|AAAA) ))",
-    "dnsmasq": r"(#|(address|server)=/[a-z0-9.-]+/#?  #|host-record=[a-z0-9.-]+,0\.0\.0\.0,::  #)",
-    "hosts": r"(#|0\.0\.0\.0 [a-z0-9.-]+  #)",
-    "adblock": r"(!|(@@)?\|\|?[a-z0-9.-]+\^(\$important)?  ! )",
+    "unbound": r"(#|server:$|    (#|local-zone: \"[a-z0-9_.-]+\.\" [a-z_]+  #"
+               r"|local-data: \"[a-z0-9_.-]+\. (A|AAAA) ))",
+    "dnsmasq": r"(#|(address|server)=/[a-z0-9_.-]+/#?  #|host-record=[a-z0-9_.-]+,0\.0\.0\.0,::  #)",
+    "hosts": r"(#|0\.0\.0\.0 [a-z0-9_.-]+  #)",
+    "adblock": r"(!|(@@)?\|\|?[a-z0-9_.-]+\^(\$important)?  ! )",
     "squid": r"(#|acl egress_filter_\w+ [a-z:_]+ |http_access deny |ssl_bump (peek|terminate|splice) )",
-    "suricata": r"(#|(drop|alert|pass) (dns|tls|http|ip) any any -> )",
-    "zeek-intel": r"(#|[a-z0-9.-]+\tIntel::DOMAIN\t|[0-9a-f.:/]+\tIntel::SUBNET\t)",
+    "suricata": r"(#|(drop|alert|pass) (dns|tls|http|ip|tcp|udp) any any -> )",
+    "zeek-intel": r"(#|[a-z0-9_.-]+\tIntel::DOMAIN\t|[0-9a-f.:/]+\tIntel::(SUBNET|ADDR)\t)",
 }
 
 
