@@ -1,6 +1,6 @@
 # `make run` and `make test` each build .venv on first use (Python 3.11+ and make are all they need).
-# `make test` runs the suite twice (.ci/test-matrix): in .venv, from $(PYTHON), and in
-# $(NEWEST_VENV), built with the newest Python on the machine (pyenv or PATH), if newer.
+# `make test` runs the suite in .venv, from $(PYTHON), and its `matrix` tests in $(NEWEST_VENV),
+# built with the newest Python on the machine (pyenv or PATH), if newer (.ci/test-matrix).
 PYTHON ?= python3
 VENV ?= .venv
 NEWEST_VENV ?= .venv-newest
