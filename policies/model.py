@@ -374,6 +374,7 @@ class DnsSettings:
     upstreams: tuple[str, ...] = ("1.1.1.1:53", "9.9.9.9:53")
     block_response: str = "nxdomain"  # nxdomain | null | refused
     log: str | None = None
+    db: str | None = None  # the event store (SQLite, store/), or none
     log_all: bool = False
     metrics: str | None = None
     canary: bool = True
@@ -408,6 +409,7 @@ class ProxySettings:
     mode: str = "regular"
     block: str = "reset"  # reset | page
     log: str | None = None
+    db: str | None = None  # the event store (SQLite, store/), or none
     metrics: str | None = None
     block_doh: bool = True
     strip_ech: bool = True

@@ -55,6 +55,7 @@ import logging
 import os
 import re
 import signal
+import sqlite3
 import string
 import sys
 import threading
@@ -272,6 +273,7 @@ class EgressFilter:
     def __init__(self) -> None:
         self.holder: PolicyHolder | None = None
         self.events = EventLog(None)
+        self.store: Any = None  # store.Store when egress_db / settings.proxy.db is set (opened once)
         self.metrics = Metrics()
         self.metrics.registry.register(metrics_collector("egress_proxy", lambda: self.events))
         # Sub-addons, which mitmproxy loads and calls after this one (so they
@@ -307,6 +309,9 @@ class EgressFilter:
         loader.add_option("egress_log", str | None, None,
                           "Event log: a file (appended to) or '-' for stdout. Default: the policy's "
                           "settings.proxy.log, else stdout.")
+        loader.add_option("egress_db", str | None, None,
+                          "Also store events in this SQLite file (the dashboard's). Default: the "
+                          "policy's settings.proxy.db, else off. Opened once; a new path needs a restart.")
         loader.add_option("egress_metrics", str | None, None,
                           "Serve Prometheus metrics on HOST:PORT. Default: the policy's "
                           "settings.proxy.metrics, else off.")
@@ -409,10 +414,20 @@ class EgressFilter:
             self.metrics.serve(new.metrics)
         except OSError as exc:
             raise _options_error(f"egress_metrics: cannot listen on {new.metrics}: {exc}") from exc
-        if new.log != self.settings.log or not self.events.enabled:
-            q = policy.settings.event_queue
+        q = policy.settings.event_queue
+        db = opts.egress_db or s.db
+        opened = False
+        if db and self.store is None:
+            from store import Store
+
+            try:
+                self.store, opened = Store(db, max_queue=q.max_events), True
+            except (OSError, sqlite3.Error) as exc:
+                raise _options_error(f"egress_db: cannot open {db}: {exc}") from exc
+        if new.log != self.settings.log or not self.events.enabled or opened:
             old_log, self.events = self.events, EventLog(new.log, max_events=q.max_events,
-                                                         max_bytes=q.max_bytes)
+                                                         max_bytes=q.max_bytes,
+                                                         also=self.store.put if self.store else None)
             old_log.close()
         self.settings = new
 
@@ -475,6 +490,8 @@ class EgressFilter:
             self.holder.stop()
         self.metrics.stop()
         self.events.close()
+        if self.store is not None:
+            self.store.close()
 
     # --- events ---------------------------------------------------------------
 
