@@ -17,12 +17,14 @@ from collections.abc import Sequence
 from typing import Any
 
 from policies import (
+    Decision,
     Kind,
     Mode,
     Observation,
     Phase,
     Policy,
     PolicyError,
+    PolicyView,
     load_policy,
     policy_summary,
 )
@@ -119,8 +121,8 @@ def guess_kind(value: str) -> Kind:
         return Kind.DNS
 
 
-def cmd_explain(args: argparse.Namespace) -> int:
-    policy = load_or_exit(args.policy)
+def decide_target(policy: Policy, args: argparse.Namespace) -> tuple[Kind, str, Decision, PolicyView]:
+    """``explain``'s decision for ``args.target`` (the dashboard's Explain page asks the same)."""
     kind = Kind(args.kind) if args.kind else guess_kind(args.target)
     value = args.target
     host = None
@@ -136,18 +138,28 @@ def cmd_explain(args: argparse.Namespace) -> int:
     obs = Observation(kind, value, args.client, host)
     view = policy.view(args.at, Phase(args.phase) if args.phase else None,
                        Mode(args.mode) if args.mode else None, args.legal_status)
-    d = view.groups[group].decide(obs)
+    return kind, value, view.groups[group].decide(obs), view
+
+
+def explain_dict(policy: Policy, args: argparse.Namespace) -> dict[str, Any]:
+    """``explain --json``'s document."""
+    kind, value, d, view = decide_target(policy, args)
+    return {
+        "observation": {"kind": kind.value, "value": value, "client": args.client},
+        "action": d.action.value, "would": d.would.value, "apps": list(d.apps), "phase": d.phase.value,
+        "rule": d.rule, "reason": d.reason, "inspect": d.inspect, "at": view.at.isoformat(),
+        "group": d.group, "frameworks": [s.as_dict() for s in d.legal],
+        "legal_status": d.legal_status.value,
+        "policy": {"name": policy.name, "digest": policy.digest},
+    }
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    policy = load_or_exit(args.policy)
     if args.json:
-        out: dict[str, Any] = {
-            "observation": {"kind": kind.value, "value": value, "client": args.client},
-            "action": d.action.value, "would": d.would.value, "apps": list(d.apps), "phase": d.phase.value,
-            "rule": d.rule, "reason": d.reason, "inspect": d.inspect, "at": view.at.isoformat(),
-            "group": d.group, "frameworks": [s.as_dict() for s in d.legal],
-            "legal_status": d.legal_status.value,
-            "policy": {"name": policy.name, "digest": policy.digest},
-        }
-        print(json.dumps(out, indent=2))
+        print(json.dumps(explain_dict(policy, args), indent=2))
     else:
+        kind, value, d, view = decide_target(policy, args)
         print(f"{d.action.value.upper()}  {kind.value} {value}")
         print(f"  apps:   {', '.join(d.apps) or '-'}")
         print(f"  phase:  {d.phase.value}")
@@ -164,7 +176,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
 SUBSYSTEMS = ("egress_filter.legal_cli", "dns_blocker.cli", "proxy_addons.cli", "replay.cli",
               "egress_filter.run",
-              "egress_filter.export_cli")
+              "egress_filter.export_cli", "store.dashboard")
 
 
 def build_parser() -> argparse.ArgumentParser:
