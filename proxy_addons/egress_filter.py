@@ -422,6 +422,7 @@ class EgressFilter:
 
             try:
                 self.store, opened = Store(db, max_queue=q.max_events), True
+                self.metrics.registry.register(self.store.collector("egress_proxy"))
             except (OSError, sqlite3.Error) as exc:
                 raise _options_error(f"egress_db: cannot open {db}: {exc}") from exc
         if new.log != self.settings.log or not self.events.enabled or opened:
