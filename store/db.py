@@ -3,6 +3,9 @@
 Columns carry the ECS path of the field they hold (``event.action`` →
 ``event_action``; ``@timestamp`` → ``timestamp``, in epoch milliseconds), and
 ``doc`` keeps the whole event as JSON, so nothing is lost for an export.
+Pages are newest first by row id; an index on one column also holds the
+row id, so ``WHERE egress_app = ? ORDER BY id DESC LIMIT n`` walks one
+index backwards and stops after n rows, however many rows match.
 ``put`` only appends the dict to a deque under a lock (bounded; a full queue
 drops and counts); the writer thread turns dicts into rows, so the cost on
 the caller is one lock and one append.  Dropped counts are also added to the
@@ -14,6 +17,7 @@ write lock long.
 
 from __future__ import annotations
 
+import calendar
 import json
 import os
 import sqlite3
@@ -56,9 +60,9 @@ CREATE TABLE IF NOT EXISTS events (
     doc TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS events_time ON events (timestamp);
-CREATE INDEX IF NOT EXISTS events_app ON events (egress_app, timestamp);
-CREATE INDEX IF NOT EXISTS events_client ON events (source_ip, timestamp);
-CREATE INDEX IF NOT EXISTS events_action ON events (event_action, timestamp);
+CREATE INDEX IF NOT EXISTS events_app ON events (egress_app);
+CREATE INDEX IF NOT EXISTS events_client ON events (source_ip);
+CREATE INDEX IF NOT EXISTS events_action ON events (event_action);
 CREATE INDEX IF NOT EXISTS events_name ON events (egress_value);
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 """
@@ -80,14 +84,25 @@ class StoreStats:
     queued: int
 
 
-def _ms(stamp: str) -> int:
-    # "YYYY-MM-DDTHH:MM:SS.mmmZ", as policies.events.utc_iso writes it.
-    import datetime as dt
+_second: tuple[str, int] = ("", 0)  # the last "YYYY-MM-DDTHH:MM:SS" seen and its epoch ms
 
+
+def _ms(stamp: str) -> int:
+    """``@timestamp`` ("YYYY-MM-DDTHH:MM:SS.mmmZ", as ``utc_iso`` writes it) → epoch ms.
+    Events come in time order, many per second: the whole second is parsed once."""
+    global _second
+    head = stamp[:19]
     try:
-        return int(dt.datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp() * 1000)
-    except (ValueError, AttributeError):
+        if head != _second[0]:
+            _second = (head, calendar.timegm(time.strptime(head, "%Y-%m-%dT%H:%M:%S")) * 1000)
+        frac = stamp[20:23] if len(stamp) > 20 and stamp[19] == "." else "0"
+        return _second[1] + int(frac.ljust(3, "0")[:3])
+    except (ValueError, TypeError):
         return int(time.time() * 1000)
+
+
+# One encoder for every row: json.dumps with these options builds a new encoder on each call.
+_encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, default=str).encode
 
 
 def row_of(ev: dict[str, Any]) -> tuple[Any, ...]:
@@ -99,7 +114,7 @@ def row_of(ev: dict[str, Any]) -> tuple[Any, ...]:
             (ev.get("observer") or {}).get("type") or eg.get("component"), eg.get("kind"), eg.get("value"),
             apps[0] if apps else None, ",".join(apps), eg.get("group"), eg.get("phase"),
             (ev.get("rule") or {}).get("name"), (ev.get("source") or {}).get("ip"), eg.get("response"),
-            json.dumps(ev, separators=(",", ":"), ensure_ascii=False, default=str))
+            _encode(ev))
 
 
 def connect(path: str) -> sqlite3.Connection:

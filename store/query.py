@@ -102,6 +102,13 @@ def _where(f: Filters) -> tuple[str, list[Any]]:
         if ms is not None:
             clauses.append(f"timestamp {op} ?")
             args.append(ms)
+    if f.q and f.since is not None:
+        # A substring search scans rows newest first; the rows since ``since`` all have an id at
+        # least the smallest id among them (exact, even for replayed old events appended later),
+        # and the time index finds that id, so the scan stops there instead of at the first row.
+        clauses.append("id >= coalesce((SELECT min(id) FROM events INDEXED BY events_time "
+                       "WHERE timestamp >= ?), 0)")
+        args.append(f.since)
     if f.cursor is not None:
         clauses.append("id < ?")
         args.append(f.cursor)
