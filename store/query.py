@@ -102,7 +102,15 @@ def _where(f: Filters) -> tuple[str, list[Any]]:
         if ms is not None:
             clauses.append(f"timestamp {op} ?")
             args.append(ms)
-    if f.q and f.since is not None:
+    if f.since is not None and f.until is not None:
+        # A window in the past: its rows' ids lie between the smallest and the largest id in it
+        # (exact, whatever order rows were appended in); the time index finds both, so the
+        # newest-first scan starts inside the window instead of at the newest row.
+        window = "FROM events INDEXED BY events_time WHERE timestamp >= ? AND timestamp < ?"
+        clauses.append(f"id BETWEEN coalesce((SELECT min(id) {window}), 0) "
+                       f"AND coalesce((SELECT max(id) {window}), 0)")
+        args += [f.since, f.until, f.since, f.until]
+    elif f.q and f.since is not None:
         # A substring search scans rows newest first; the rows since ``since`` all have an id at
         # least the smallest id among them (exact, even for replayed old events appended later),
         # and the time index finds that id, so the scan stops there instead of at the first row.

@@ -177,3 +177,26 @@ def test_cursor_pages_through_everything(tmp_path: Path) -> None:
         cursor = str(page["next"])
     conn.close()
     assert seen == [f"p{i}.tiktok.test" for i in reversed(range(25))]
+
+
+@pytest.mark.parametrize("params, names", [
+    pytest.param({"since": "{d10}", "until": "{d9}"}, ["late-old.tiktok.test", "old.tiktok.test"],
+                 id="window"),
+    pytest.param({"since": "{d10}", "until": "{d9}", "q": "late"}, ["late-old.tiktok.test"], id="window-q"),
+    pytest.param({"since": "{d1}", "q": "new"}, ["new.tiktok.test"], id="since-q"),
+])
+def test_time_bounds_are_exact_with_appended_old_events(tmp_path: Path, params: dict[str, str],
+                                                        names: list[str]) -> None:
+    """A replay appends old events after new ones: the id bounds the queries use stay exact."""
+    now = time.time()
+    s = Store(str(tmp_path / "w.db"))
+    s.put(event("old.tiktok.test", at=now - 9.5 * 86400))
+    s.put(event("new.tiktok.test", at=now - 60))
+    s.put(event("late-old.tiktok.test", at=now - 9.4 * 86400))
+    assert s.flush()
+    s.close()
+    subst = {"{d10}": str(now - 10 * 86400), "{d9}": str(now - 9 * 86400), "{d1}": str(now - 86400)}
+    conn = open_reader(str(tmp_path / "w.db"))
+    page = q.events(conn, q.filters_from({k: subst.get(v, v) for k, v in params.items()}))
+    conn.close()
+    assert [e["egress"]["value"] for e in page["events"]] == names
