@@ -3,6 +3,7 @@ and how fast the events API answers over a large store.
 
     python -m bench.dashboard_bench [--seconds 5] [--rounds 3] [--ingest 200000]
                                     [--events 10000000] [--requests 200] [--workdir DIR]
+                                    [--only dns|ingest|api]
 
 - DNS cost: ``egress-filter dns`` cache-warm (the dns_bench workload: 20% blocked names, each
   one an event), closed-loop dnsperf, with ``--db`` off and on, alternating for ``--rounds``
@@ -206,21 +207,27 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--requests", type=int, default=200)
     ap.add_argument("--workdir", help="keep files here (the big store is reused when it is already filled)")
     ap.add_argument("--skip-dns", action="store_true")
+    ap.add_argument("--only", choices=("dns", "ingest", "api"), help="run one part")
     args = ap.parse_args(argv)
     tmp = None if args.workdir else tempfile.TemporaryDirectory(prefix="dashboard-bench-")
     workdir = Path(args.workdir or tmp.name)  # type: ignore[union-attr]
     workdir.mkdir(parents=True, exist_ok=True)
     try:
-        if not args.skip_dns:
+        if not args.skip_dns and args.only in (None, "dns"):
             print("DNS cache-warm QPS, store off vs on:", flush=True)
             c = dns_cost(workdir, args.seconds, args.rounds)
             print("  median qps: " + ", ".join(f"{m} {v:,.0f}" for m, v in c.items()), flush=True)
             print(f"  store cost over a log: {1 - c['log+db'] / c['log']:.1%}; store alone over nothing "
                   f"recorded: {1 - c['db'] / c['off']:.1%}; log alone over nothing: "
                   f"{1 - c['log'] / c['off']:.1%} (target < {TARGET_COST:.0%})", flush=True)
-        print("Ingest:", flush=True)
-        rate = ingest(workdir, args.ingest)
-        print(f"  {rate:,.0f} events/s into the store (target >= {TARGET_INGEST:,})", flush=True)
+        if args.only == "dns":
+            return 0
+        if args.only in (None, "ingest"):
+            print("Ingest:", flush=True)
+            rate = ingest(workdir, args.ingest)
+            print(f"  {rate:,.0f} events/s into the store (target >= {TARGET_INGEST:,})", flush=True)
+        if args.only == "ingest":
+            return 0
         big = workdir / "big.db"
         print(f"Filling a store of {args.events:,} events:", flush=True)
         took = fill(big, args.events)
