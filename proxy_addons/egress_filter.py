@@ -419,9 +419,11 @@ class EgressFilter:
         opened = False
         if db and self.store is None:
             from store import Store
+            from store.hook import retention
 
             try:
-                self.store, opened = Store(db, max_queue=q.max_events), True
+                self.store = Store(db, max_queue=q.max_events, retention=retention(s.db_days, s.db_max_bytes))
+                opened = True
                 self.metrics.registry.register(self.store.collector("egress_proxy"))
             except (OSError, sqlite3.Error) as exc:
                 raise _options_error(f"egress_db: cannot open {db}: {exc}") from exc

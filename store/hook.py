@@ -6,15 +6,20 @@ import sqlite3
 from collections.abc import Iterator
 from typing import Any
 
-from .db import Store
+from .db import Retention, Store
 
 
-def open_store(prog: str, path: str | None, max_queue: int) -> Store | None:
+def retention(days: float, max_bytes: int) -> Retention:
+    """``settings.*.db_days`` / ``db_max_bytes`` (0: no limit) as a ``Retention``."""
+    return Retention(days=days or None, max_bytes=max_bytes or None)
+
+
+def open_store(prog: str, path: str | None, max_queue: int, keep: Retention | None = None) -> Store | None:
     """The store at ``path`` (None: off).  A file that cannot be opened exits 1 at start-up."""
     if not path:
         return None
     try:
-        return Store(path, max_queue=max_queue)
+        return Store(path, max_queue=max_queue, retention=keep or Retention())
     except (sqlite3.Error, OSError) as exc:
         raise SystemExit(f"{prog}: cannot open the event store {path}: {exc}") from exc
 

@@ -200,3 +200,32 @@ def test_time_bounds_are_exact_with_appended_old_events(tmp_path: Path, params: 
     page = q.events(conn, q.filters_from({k: subst.get(v, v) for k, v in params.items()}))
     conn.close()
     assert [e["egress"]["value"] for e in page["events"]] == names
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("how, old_left", [
+    pytest.param("flags", 0, id="db-days-flag-prunes"),
+    pytest.param("settings", 5, id="settings-db-days-60-keeps"),
+])
+def test_resolver_retention_from_flags_and_settings(tmp_path: Path, resolver: Callable[..., ResolverProcess],
+                                                    authority: Any, write_policy: Callable[..., Path],
+                                                    how: str, old_left: int) -> None:
+    db = tmp_path / "kept.db"
+    s = Store(str(db), retention=Retention(days=None, max_bytes=None))
+    for i in range(5):
+        s.put(event(f"old{i}.tiktok.test", at=time.time() - 40 * 86400))
+    assert s.flush()
+    s.close()
+    if how == "flags":
+        policy = write_policy()
+        extra: tuple[str, ...] = ("--db", str(db), "--db-days", "30")
+    else:
+        policy = write_policy(settings=f"settings:\n  dns:\n    db: {db}\n    db_days: 60\n")
+        extra = ()
+    r = resolver("--policy", str(policy), "--at", TEST_DAY, "--upstream", authority.address, *extra)
+    r.ask("fresh.tiktok.test")
+    assert wait_rows(db, "egress_value = ?", ("fresh.tiktok.test",), 1) == 1
+    conn = open_reader(str(db))
+    left = conn.execute("SELECT count(*) FROM events WHERE egress_value LIKE 'old%'").fetchone()[0]
+    conn.close()
+    assert left == old_left
