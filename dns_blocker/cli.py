@@ -37,6 +37,10 @@ def register(sub: Any) -> None:
     p.add_argument("--block-response", choices=["nxdomain", "null", "refused"],
                    help="answer to blocked names (default nxdomain)")
     p.add_argument("--log", metavar="FILE|-", help="JSON-lines event log (default: none)")
+    p.add_argument("--db", metavar="FILE", help="also store events in this SQLite file (the dashboard's)")
+    p.add_argument("--db-days", type=float, metavar="DAYS",
+                   help="days of events the store keeps (default 30)")
+    p.add_argument("--db-max-bytes", type=int, metavar="BYTES", help="bytes the store keeps (default 1 GiB)")
     p.add_argument("--log-all", action="store_true", default=None, help="log plain allows too")
     p.add_argument("--metrics", metavar="HOST:PORT",
                    help="serve Prometheus metrics here (e.g. 127.0.0.1:9153)")
@@ -84,7 +88,8 @@ def register(sub: Any) -> None:
     p.set_defaults(func=cmd_dns)
 
 
-CLI_KEYS = ("listen", "upstreams", "block_response", "log", "log_all", "metrics", "canary", "acl",
+CLI_KEYS = ("listen", "upstreams", "block_response", "log", "db", "db_days", "db_max_bytes", "log_all",
+            "metrics", "canary", "acl",
             "cache_size", "timeout", "workers", "max_udp_size", "tcp_timeout", "tcp_connections",
             "tcp_per_client", "server_identity", "server_version", "rpz", "rpz_notify", "rpz_allow",
             "rpz_allow_unsigned", "rpz_transfers", "tsig_key")
@@ -166,10 +171,16 @@ def cmd_dns(args: argparse.Namespace) -> int:
 
     workers = _start_workers(args, settings.workers, settings.log, [s[0].getsockname()[:2] for s in sockets])
     queue = holder.policy.settings.event_queue
+    from store.hook import open_store, retention  # workers share the one file: WAL takes turns
+
+    db = open_store(PROG, settings.db, queue.max_events, retention(settings.db_days, settings.db_max_bytes))
     events = EventLog(_worker_log(settings.log, 0) if workers else settings.log,
-                      max_events=queue.max_events, max_bytes=queue.max_bytes)
+                      max_events=queue.max_events, max_bytes=queue.max_bytes,
+                      also=db.put if db else None)
     if isinstance(metrics, PromMetrics):
         metrics.registry.register(metrics_collector("egress_dns", lambda: events))
+        if db:
+            metrics.registry.register(db.collector("egress_dns"))
     try:
         def hup_workers() -> None:
             for w in workers:
@@ -179,6 +190,8 @@ def cmd_dns(args: argparse.Namespace) -> int:
                           forward_hup=hup_workers, udp_transport=args.udp_transport))
     finally:
         events.close()
+        if db:
+            db.close()
         for w in workers:
             if w.poll() is None:
                 w.terminate()

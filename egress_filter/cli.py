@@ -13,22 +13,20 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
-from typing import Any
 
 from dns_blocker import cli as dns_cli
 from policies import (
     Kind,
     Mode,
-    Observation,
-    Phase,
     Policy,
     policy_summary,
 )
 from proxy_addons import cli as proxy_cli
 from replay import cli as replay_cli
-from runtime.args import add_legal_args, add_policy_args, group_of, load_or_exit
+from runtime.args import add_legal_args, add_policy_args, load_or_exit
 
-from . import export_cli, legal_cli, run
+from . import dashboard, export_cli, legal_cli, run
+from .explain import decide_target, explain_dict
 
 
 def cmd_check(args: argparse.Namespace) -> int:
@@ -69,45 +67,12 @@ def print_upgrade(policy: Policy) -> int:
     return 0
 
 
-def guess_kind(value: str) -> Kind:
-    if "://" in value or "/" in value:
-        return Kind.HTTP
-    try:
-        import ipaddress
-
-        ipaddress.ip_address(value.strip("[]"))
-        return Kind.IP
-    except ValueError:
-        return Kind.DNS
-
-
 def cmd_explain(args: argparse.Namespace) -> int:
     policy = load_or_exit(args.policy)
-    kind = Kind(args.kind) if args.kind else guess_kind(args.target)
-    value = args.target
-    host = None
-    if kind is Kind.HTTP:
-        if "://" not in value:
-            value = "https://" + value
-        from urllib.parse import urlsplit
-
-        host = urlsplit(value).hostname
-    group = group_of(policy, args)
-    obs = Observation(kind, value, args.client, host)
-    view = policy.view(args.at, Phase(args.phase) if args.phase else None,
-                       Mode(args.mode) if args.mode else None, args.legal_status)
-    d = view.groups[group].decide(obs)
     if args.json:
-        out: dict[str, Any] = {
-            "observation": {"kind": kind.value, "value": value, "client": args.client},
-            "action": d.action.value, "would": d.would.value, "apps": list(d.apps), "phase": d.phase.value,
-            "rule": d.rule, "reason": d.reason, "inspect": d.inspect, "at": view.at.isoformat(),
-            "group": d.group, "frameworks": [s.as_dict() for s in d.legal],
-            "legal_status": d.legal_status.value,
-            "policy": {"name": policy.name, "digest": policy.digest},
-        }
-        print(json.dumps(out, indent=2))
+        print(json.dumps(explain_dict(policy, args), indent=2))
     else:
+        kind, value, d, view = decide_target(policy, args)
         print(f"{d.action.value.upper()}  {kind.value} {value}")
         print(f"  apps:   {', '.join(d.apps) or '-'}")
         print(f"  phase:  {d.phase.value}")
@@ -125,7 +90,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
 # The subcommands that live with their packages, in --help order.  Imported
 # plainly: every one of them imports ``runtime``, never this module, so there
 # is no cycle to hide (tests/test_layers.py keeps it so).
-SUBSYSTEMS = (legal_cli, dns_cli, proxy_cli, replay_cli, run, export_cli)
+SUBSYSTEMS = (legal_cli, dns_cli, proxy_cli, replay_cli, run, export_cli, dashboard)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -4,6 +4,9 @@ Each server runs as its own child process (``egress-filter dns`` and
 ``egress-filter proxy``), so each keeps its own event loop and signal
 handling; this process only starts them, prints how to use them, forwards
 SIGHUP (policy reload) and, on Ctrl-C or SIGTERM, stops both by PID and waits.
+With the event store on (the default, ``--db``), both servers write the one
+SQLite file and a third child, ``egress-filter dashboard``, serves it on
+loopback.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from runtime.args import add_policy_args, load_or_exit, print_legal_notices
 
 DEFAULT_DNS = "127.0.0.1:5353"
 DEFAULT_PROXY = "127.0.0.1:8080"
+DEFAULT_DASHBOARD = "127.0.0.1:8088"
 
 
 def register(sub: Any) -> None:
@@ -34,6 +38,14 @@ def register(sub: Any) -> None:
     p.add_argument("--log", default="-", metavar="FILE|-",
                    help="event log for both servers (default: stdout)")
     p.add_argument("--no-proxy", action="store_true", help="start only the DNS resolver")
+    from store.db import DEFAULT_PATH
+
+    p.add_argument("--db", default=DEFAULT_PATH, metavar="FILE",
+                   help=f"event store both servers share and the dashboard reads (default {DEFAULT_PATH})")
+    p.add_argument("--no-db", action="store_true", help="no event store, no dashboard")
+    p.add_argument("--dashboard-listen", default=DEFAULT_DASHBOARD, metavar="HOST:PORT",
+                   help=f"where the dashboard listens (default {DEFAULT_DASHBOARD}, loopback)")
+    p.add_argument("--no-dashboard", action="store_true", help="store events but start no dashboard")
     p.set_defaults(func=cmd_run)
 
 
@@ -53,6 +65,8 @@ def _child_args(args: argparse.Namespace) -> list[str]:
         out += ["--legal-status", args.legal_status.value]
     out.append("--no-legal-notice")  # printed once, by run
     out += ["--log", args.log]
+    if not args.no_db:
+        out += ["--db", args.db]
     return out
 
 
@@ -71,6 +85,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     commands = {"dns": dns_cmd}
     if not args.no_proxy:
         commands["proxy"] = [*me, "proxy", "--listen", args.proxy_listen, *common]
+    if not args.no_db and not args.no_dashboard:
+        commands["dashboard"] = [*me, "dashboard", "--listen", args.dashboard_listen, "--db", args.db,
+                                 *(["--policy", args.policy] if args.policy else [])]
 
     children: dict[str, subprocess.Popen[bytes]] = {}
     stopping = False
@@ -131,5 +148,8 @@ def _banner(args: argparse.Namespace, children: dict[str, Any]) -> None:
             f"         point clients at http://{args.proxy_listen} (HTTP and HTTPS proxy)",
             f"         mitmproxy's CA certificate (trust it only to see block pages): {ca}",
         ]
+    if "dashboard" in children:
+        lines += [f"  dashboard  http://{args.dashboard_listen}/  (pid {children['dashboard'].pid})",
+                  f"         events are stored in {args.db}"]
     lines.append(f"  reload the policy: kill -HUP {os.getpid()}")
     print("\n".join(lines), file=sys.stderr, flush=True)

@@ -374,6 +374,9 @@ class DnsSettings:
     upstreams: tuple[str, ...] = ("1.1.1.1:53", "9.9.9.9:53")
     block_response: str = "nxdomain"  # nxdomain | null | refused
     log: str | None = None
+    db: str | None = None  # the event store (SQLite, store/), or none
+    db_days: float = 30.0  # the store keeps this many days of events (0: no age limit)
+    db_max_bytes: int = 1 << 30  # and at most this many bytes of them (0: no size limit)
     log_all: bool = False
     metrics: str | None = None
     canary: bool = True
@@ -408,6 +411,9 @@ class ProxySettings:
     mode: str = "regular"
     block: str = "reset"  # reset | page
     log: str | None = None
+    db: str | None = None  # the event store (SQLite, store/), or none
+    db_days: float = 30.0  # the store keeps this many days of events (0: no age limit)
+    db_max_bytes: int = 1 << 30  # and at most this many bytes of them (0: no size limit)
     metrics: str | None = None
     block_doh: bool = True
     strip_ech: bool = True

@@ -45,6 +45,7 @@ def register(sub: Any) -> None:
                         "clients must trust mitmproxy's CA)")
     p.add_argument("--log", metavar="FILE|-", help="event log (JSON lines; default: stdout)")
     p.add_argument("--metrics", metavar="HOST:PORT", help="serve Prometheus metrics here")
+    p.add_argument("--db", metavar="FILE", help="also store events in this SQLite file (the dashboard's)")
     p.add_argument("--confdir", metavar="DIR",
                    help="mitmproxy's configuration directory, where its CA lives (default: ~/.mitmproxy)")
     p.add_argument("--set", dest="setoptions", action="append", default=[], metavar="NAME=VALUE",
@@ -79,6 +80,7 @@ def build_options(args: argparse.Namespace, settings: Any) -> tuple[dict[str, An
         "egress_block": args.block,
         "egress_log": args.log,
         "egress_metrics": args.metrics,
+        "egress_db": args.db,
         "egress_allow_empty": args.allow_empty,
     }
     if args.confdir:

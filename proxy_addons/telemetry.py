@@ -12,6 +12,7 @@ connection guard counts in too.
 from __future__ import annotations
 
 import logging
+import sqlite3
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -89,6 +90,7 @@ class Telemetry:
         self.registry = self.metrics.registry
         self.registry.register(metrics_collector("egress_proxy", lambda: self.events))
         self.log_target = "-"
+        self.store: Any = None  # store.Store when egress_db / settings.proxy.db is set (opened once)
         decisions.settings_users.append(self)
         decisions.watchers.append(self._policy_changed)
         decisions.sighup.append(self._reopen)
@@ -100,6 +102,9 @@ class Telemetry:
         loader.add_option("egress_log", str | None, None,
                           "Event log: a file (appended to) or '-' for stdout. Default: the policy's "
                           "settings.proxy.log, else stdout.")
+        loader.add_option("egress_db", str | None, None,
+                          "Also store events in this SQLite file (the dashboard's). Default: the "
+                          "policy's settings.proxy.db, else off. Opened once; a new path needs a restart.")
         loader.add_option("egress_metrics", str | None, None,
                           "Serve Prometheus metrics on HOST:PORT. Default: the policy's "
                           "settings.proxy.metrics, else off.")
@@ -123,15 +128,29 @@ class Telemetry:
                 raise options_error(f"egress_metrics: '{metrics}' is not HOST:PORT")
         target = opts.egress_log or s.log or "-"
         queue = policy.settings.event_queue
+        db = opts.egress_db or s.db
 
         def apply() -> None:
             try:
                 self.metrics.serve(metrics)
             except OSError as exc:
                 raise options_error(f"egress_metrics: cannot listen on {metrics}: {exc}") from exc
-            if target != self.log_target or not self.events.enabled:
+            opened = False
+            if db and self.store is None:
+                from store import Store
+                from store.hook import retention
+
+                try:
+                    self.store = Store(db, max_queue=queue.max_events,
+                                       retention=retention(s.db_days, s.db_max_bytes))
+                except (OSError, sqlite3.Error) as exc:
+                    raise options_error(f"egress_db: cannot open {db}: {exc}") from exc
+                opened = True
+                self.registry.register(self.store.collector("egress_proxy"))
+            if target != self.log_target or not self.events.enabled or opened:
                 old, self.events = self.events, EventLog(target, max_events=queue.max_events,
-                                                         max_bytes=queue.max_bytes)
+                                                         max_bytes=queue.max_bytes,
+                                                         also=self.store.put if self.store else None)
                 old.close()
                 self.log_target = target
 
@@ -157,6 +176,8 @@ class Telemetry:
     def done(self) -> None:
         self.metrics.stop()
         self.events.close()
+        if self.store is not None:
+            self.store.close()
 
     # --- recording --------------------------------------------------------------
 

@@ -90,7 +90,7 @@ def register(subparsers: Any) -> None:
                    help="judge every client as a member of this client group (default: each client's own)")
     p.add_argument(
         "--format",
-        choices=("table", "json", "jsonl", "html"),
+        choices=("table", "json", "jsonl", "html", "sqlite"),
         default="table",
         help="table (default), json, jsonl (the shared event schema) or a self-contained html report",
     )
@@ -176,6 +176,9 @@ def run(args: argparse.Namespace) -> int:
             elif floor:
                 summary.add(v)
 
+    if args.format == "sqlite" and not args.output:
+        print("egress-filter replay: --format sqlite needs --output FILE", file=sys.stderr)
+        return EXIT_USAGE
     try:
         out: IO[str] = open(args.output, "w", encoding="utf-8") if args.output else sys.stdout
     except OSError as exc:
@@ -228,6 +231,15 @@ def _write(
         )
     elif args.format == "jsonl":
         report.write_jsonl(verdicts(), out, summary)
+    elif args.format == "sqlite":  # the dashboard's store schema (store/replay_sqlite.py)
+        from store.replay_sqlite import write_sqlite
+
+        def events() -> Iterator[dict[str, Any]]:
+            for v in verdicts():
+                summary.add(v)
+                yield report.event(v)
+
+        write_sqlite(events(), args.output)
     elif args.format == "json":
         report.write_json(verdicts(), out, summary)
         report.finish_json(

@@ -108,13 +108,15 @@ class EventLogStats:
 
 class EventLog:
     def __init__(self, target: str | None, *, max_events: int = DEFAULT_MAX_EVENTS,
-                 max_bytes: int = DEFAULT_MAX_BYTES, warn_interval: float = DEFAULT_WARN_INTERVAL):
+                 max_bytes: int = DEFAULT_MAX_BYTES, warn_interval: float = DEFAULT_WARN_INTERVAL,
+                 also: Callable[[dict[str, Any]], None] | None = None):
         """``target``: a path (appended to), ``-`` for stdout, or None to discard.
         ``max_events``/``max_bytes`` bound what may wait for a slow sink;
         ``warn_interval`` is the least time between two loss warnings.
 
         Raises ``OSError`` when the path cannot be opened for appending."""
         self.target = target
+        self.also = also  # one more non-blocking sink for every event (store.Store.put), or None
         self.max_events = max(1, max_events)
         self.max_bytes = max(1, max_bytes)
         self.warn_interval = warn_interval
@@ -152,7 +154,7 @@ class EventLog:
 
     @property
     def enabled(self) -> bool:
-        return self._thread is not None
+        return self._thread is not None or self.also is not None
 
     @property
     def errors(self) -> int:
@@ -166,6 +168,8 @@ class EventLog:
 
     def emit(self, event: dict[str, Any]) -> None:
         """Queue one event; returns at once whatever the sink is doing."""
+        if self.also is not None:
+            self.also(event)
         if self._thread is None:
             return
         try:

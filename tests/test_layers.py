@@ -16,16 +16,17 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 ADAPTERS = ("dns_blocker", "proxy_addons", "replay")
-PACKAGES = ("policies", "runtime", *ADAPTERS, "egress_filter")
+PACKAGES = ("policies", "runtime", "store", *ADAPTERS, "egress_filter")
 
 # What each package may import of the project's own packages (besides itself).
 ALLOWED = {
     "policies": set(),
     "runtime": {"policies"},
-    "dns_blocker": {"policies", "runtime"},
-    "proxy_addons": {"policies", "runtime"},
-    "replay": {"policies", "runtime"},
-    "egress_filter": {"policies", "runtime", *ADAPTERS},
+    "store": set(),  # the event store: a sink beside the event log, and the dashboard's reader
+    "dns_blocker": {"policies", "runtime", "store"},
+    "proxy_addons": {"policies", "runtime", "store"},
+    "replay": {"policies", "runtime", "store"},
+    "egress_filter": {"policies", "runtime", "store", *ADAPTERS},
 }
 
 # The pure core: no proxy, no DNS library, nothing that talks to the network or

@@ -51,11 +51,13 @@ def _pid_alive(pid: int) -> bool:
 def test_run_starts_both_servers_and_ctrl_c_stops_them(tmp_path: Path) -> None:
     dns_port = _free_port(socket.SOCK_DGRAM)
     proxy_port = _free_port(socket.SOCK_STREAM)
+    dash_port = _free_port(socket.SOCK_STREAM)
     events = tmp_path / "events.jsonl"
     env = {**os.environ, "HOME": str(tmp_path)}  # mitmproxy's CA goes to a temporary ~/.mitmproxy
     proc = subprocess.Popen(
         [sys.executable, "-m", "egress_filter.cli", "run",
          "--dns-listen", f"127.0.0.1:{dns_port}", "--proxy-listen", f"127.0.0.1:{proxy_port}",
+         "--dashboard-listen", f"127.0.0.1:{dash_port}",
          "--upstream", "127.0.0.1:9", "--log", str(events)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True,
     )
@@ -84,6 +86,20 @@ def test_run_starts_both_servers_and_ctrl_c_stops_them(tmp_path: Path) -> None:
         assert page.status_code == 451
         assert page.json()["apps"][0]["id"] == "tiktok"
 
+        # The store is on by default (under $HOME), shared by both servers, served by the dashboard.
+        stored: set[str] = set()
+
+        def both_stored() -> bool:
+            try:
+                doc = httpx.get(f"http://127.0.0.1:{dash_port}/api/events?app=tiktok", timeout=2).json()
+            except httpx.HTTPError:
+                return False
+            stored.update(e["egress"]["component"] for e in doc["events"])
+            return stored >= {"dns", "proxy"}
+
+        _wait_for(both_stored)
+        assert (tmp_path / ".local/state/egress-filter/events.db").exists()
+
         proc.send_signal(signal.SIGINT)
         _out, err = proc.communicate(timeout=30)
     finally:
@@ -92,7 +108,8 @@ def test_run_starts_both_servers_and_ctrl_c_stops_them(tmp_path: Path) -> None:
             proc.communicate()
     assert proc.returncode == 0, err
     pids = [int(p) for p in re.findall(r"\(pid (\d+)\)", err)]
-    assert len(pids) == 2, err
+    assert len(pids) == 3, err  # dns, proxy, dashboard
+    assert f"http://127.0.0.1:{dash_port}/" in err
     assert not any(_pid_alive(p) for p in pids)
     logged = events.read_text()
     assert '"component":"dns"' in logged and '"component":"proxy"' in logged
