@@ -17,7 +17,7 @@ from store import Store
 
 def exported(tmp_path: Path) -> set[str]:
     """The sample names a real DNS and proxy metrics registry serve, with the log and store collectors."""
-    from proxy_addons.egress_filter import Metrics
+    from proxy_addons.telemetry import Metrics
 
     names: set[str] = set()
     store = Store(str(tmp_path / "m.db"))
