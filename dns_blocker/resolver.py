@@ -42,8 +42,9 @@ import asyncio
 import ipaddress
 import time
 from collections.abc import Callable
+from enum import Enum
 from itertools import islice
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from policies import (
     ALLOW,
@@ -89,8 +90,14 @@ HOT_LIMIT = 20_000  # ready UDP answers (about 300 bytes each)
 NXDOMAIN_ONLY = BlockResponse.NXDOMAIN
 FOREVER = float("inf")
 
-# What an answer counts as in the metrics and the event log.
-BLOCKED, CANARY_HIT, CACHED = 0, 1, 2
+
+
+class Served(Enum):
+    """What an answer made from stored bytes counts as in the metrics and the event log."""
+
+    BLOCKED = "block"
+    CANARY = "canary"
+    CACHED = "cached"
 
 
 class Sink(Protocol):
@@ -99,12 +106,38 @@ class Sink(Protocol):
     def send(self, data: bytes | bytearray, addr: Any) -> None: ...
 
 
-# One waiting question: (query bytes, question, decision, client, client port, sink, UDP address).
-Asker = tuple[bytes, Query, Decision, str, int, Sink, Any]
-# What a repeated answer still has to count and log: (kind, decision, question, response).
-Tally = tuple[int, Decision, Query, str]
-# A ready UDP answer: (valid until, answer bytes after the ID, tally or None when there is nothing to do).
-Hot = tuple[float, bytes, "Tally | None"]
+# NamedTuples rather than frozen dataclasses: these are built once per query
+# on the hot path, and a tuple is several times cheaper to build.
+class Asker(NamedTuple):
+    """One question being answered: its bytes, what was read from them, the
+    verdict so far, and where it came from and goes back to."""
+
+    data: bytes
+    query: Query
+    decision: Decision
+    client: str
+    port: int
+    sink: Sink
+    addr: Any  # the UDP address to answer, None over TCP
+
+
+class Tally(NamedTuple):
+    """What a repeated answer still has to count and log."""
+
+    served: Served
+    decision: Decision
+    query: Query
+    response: str
+
+
+class Hot(NamedTuple):
+    """A ready UDP answer."""
+
+    until: float  # monotonic time until which the bytes stay exact
+    answer: bytes  # the answer's bytes after the ID
+    tally: Tally | None  # None when there is nothing to count or log
+
+
 # One group's ready answers, keyed by the query's bytes after its ID.
 HotTable = dict[bytes, Hot]
 CLIENTS_LIMIT = 65_536  # client addresses whose group table is remembered
@@ -231,8 +264,9 @@ class Resolver:
             canary = d.rule == CANARY_RULE
             if not canary or self.canary:
                 out, response = self._blocked(data, q, d, NXDOMAIN_ONLY if canary else self.block)
-                self._reply(CANARY_HIT if canary else BLOCKED, self._fit(out, q, data, udp), FOREVER, d, q,
-                            response, data, client, port, sink, addr, not gv.group.exempt)
+                served = Served.CANARY if canary else Served.BLOCKED
+                self._reply(Asker(data, q, d, client, port, sink, addr), served, self._fit(out, q, data, udp),
+                            FOREVER, response, not gv.group.exempt)
                 return
             d = ALLOW
         now = time.monotonic()
@@ -253,11 +287,12 @@ class Resolver:
             # These bytes stay exact until the TTLs tick down once more.
             until = min(entry.expires, entry.stored + age + 1)
             response = RCODE_NAMES.get(out[3] & 0x0F, "NOERROR")
-            self._reply(CACHED, self._fit(out, q, data, udp), until, d, q, response, data, client, port, sink,
-                        addr, not entry.cnames and not gv.group.exempt)
+            shared = not entry.cnames and not gv.group.exempt
+            self._reply(Asker(data, q, d, client, port, sink, addr), Served.CACHED,
+                        self._fit(out, q, data, udp), until, response, shared)
             return
         self.metrics.cache(False)
-        asker = (data, q, d, client, port, sink, addr)
+        asker = Asker(data, q, d, client, port, sink, addr)
         waiting = self.waiting.get(q.key)
         if waiting is not None:  # the same question is already on its way upstream
             waiting.append(asker)
@@ -275,7 +310,7 @@ class Resolver:
 
     async def _forward(self, asker: Asker) -> None:
         """Ask the upstreams once, then answer everyone who asked the same question meanwhile."""
-        q = asker[1]
+        q = asker.query
         result: tuple[bytes, Answer] | None = None
         try:
             result = await self.forwarder.resolve(q)
@@ -316,14 +351,15 @@ class Resolver:
 
     # --- pieces ------------------------------------------------------------------
 
-    def _reply(self, kind: int, out: bytes | bytearray, until: float, d: Decision, q: Query, response: str,
-               data: bytes, client: str, port: int, sink: Sink, addr: Any, shared: bool) -> None:
+    def _reply(self, asker: Asker, served: Served, out: bytes | bytearray, until: float, response: str,
+               shared: bool) -> None:
         """Send an answer made from stored bytes, count and log it, and keep it
         in the hot table of the decision's group when the same query bytes
         would get the same bytes back from any client of that group
         (``shared``)."""
+        data, q, d, client, port, sink, addr = asker
         sink.send(out, addr)
-        tally: Tally | None = None if self._silent else (kind, d, q, response)
+        tally: Tally | None = None if self._silent else Tally(served, d, q, response)
         if tally is not None:
             self.tally(tally, client, port)
         if addr is not None and shared:
@@ -346,17 +382,17 @@ class Resolver:
             elif len(hot) >= HOT_LIMIT:
                 for old in list(islice(hot, HOT_LIMIT // 64)):
                     del hot[old]
-            hot[data[2:]] = (until, bytes(out[2:]), tally)
+            hot[data[2:]] = Hot(until, bytes(out[2:]), tally)
 
     def tally(self, tally: Tally, client: str, port: int) -> None:
         """The metrics and the event of one answer made from stored bytes."""
-        kind, d, q, response = tally
+        served, d, q, response = tally
         m = self.metrics
-        if kind == BLOCKED:
+        if served is Served.BLOCKED:
             m.query("block")
             m.decision(d.apps, "block")
             self._log(d, q, client, port, response)
-        elif kind == CANARY_HIT:
+        elif served is Served.CANARY:
             m.query("canary")
             self._log(d, q, client, port, response)
         else:
