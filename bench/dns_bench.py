@@ -534,6 +534,7 @@ def compare(workdir: Path, blockfile: Path, upstream: Server, work: Workload, re
         ["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"],
         capture_output=True, text=True).stdout.strip() else ""
     peaks: dict[str, list[float]] = {"new": [], "old": []}
+    ceilings: dict[str, list[float]] = {"new": [], "old": []}
     try:
         for i in range(rounds):
             for which in ("old", "new"):
@@ -546,6 +547,7 @@ def compare(workdir: Path, blockfile: Path, upstream: Server, work: Workload, re
                 finally:
                     server.stop()
                 peaks[which].append(qps)
+                ceilings[which].append(probe.qps)
                 print(f"  round {i + 1} {which}: {qps:,.0f} qps under 1% loss "
                       f"({probe.qps:,.0f} closed-loop)", flush=True)
     finally:
@@ -554,6 +556,9 @@ def compare(workdir: Path, blockfile: Path, upstream: Server, work: Workload, re
     new, before = statistics.median(peaks["new"]), statistics.median(peaks["old"])
     print(f"cache-warm peak, median of {rounds}: {ref} ({commit}) {before:,.0f} qps, HEAD ({head}{dirty}) "
           f"{new:,.0f} qps; new / old {new / before:.3f}", flush=True)
+    new_c, before_c = statistics.median(ceilings["new"]), statistics.median(ceilings["old"])
+    print(f"closed-loop ceiling, median of {rounds}: {ref} {before_c:,.0f} qps, HEAD {new_c:,.0f} qps; "
+          f"new / old {new_c / before_c:.3f}", flush=True)
 
 
 def start_on_client_cpu(upstream: Server) -> None:

@@ -1,5 +1,10 @@
 """The resolver chain: one short, readable path per query.
 
+The order of the steps is written once, in ``Resolver.handle`` (and in
+docs/dns.md); the links that have a module of their own are under
+``chain/`` (ACL, CH identity, the policy verdict); the cache, coalescing
+and forwarding are still steps of this module.
+
     bytes ─▶ ACL ─▶ parse question ─▶ policy decision ─▶ cache ─▶ upstream
               │           │                 │ block            │ hit      │ answer
            REFUSED   FORMERR/drop      block answer         answer    CNAME check,
@@ -39,7 +44,6 @@ there.  ``hot`` and ``client_hot`` are only valid for ``hot_view``.
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import time
 from collections.abc import Callable
 from enum import Enum
@@ -52,14 +56,15 @@ from policies import (
     Action,
     Decision,
     DnsSettings,
-    Kind,
     Observation,
     PolicyView,
     build_event,
 )
-from policies.decide import GroupView
 
 from .cache import AnswerCache
+from .chain.acl import Acl
+from .chain.identity import Identity
+from .chain.verdict import ChainVerdict, Verdicts
 from .metrics import NullMetrics
 from .responses import BlockResponse, block_parts, qtype_name, template_qtype
 from .upstream import Forwarder, UpstreamError
@@ -73,8 +78,6 @@ from .wire import (
     Malformed,
     Query,
     age_ttls,
-    chaos_answers,
-    chaos_reply,
     error_reply,
     parse_query,
     rcode_reply,
@@ -84,7 +87,6 @@ from .wire import (
 )
 
 TEMPLATE_LIMIT = 10_000
-MEMO_LIMIT = 50_000
 MAX_INFLIGHT = 4096  # upstream questions in flight at once (unbound's default is 1024 per thread)
 HOT_LIMIT = 20_000  # ready UDP answers (about 300 bytes each)
 NXDOMAIN_ONLY = BlockResponse.NXDOMAIN
@@ -156,30 +158,6 @@ class EventSink(Protocol):
     def emit(self, event: dict[str, Any]) -> None: ...
 
 
-class Acl:
-    """Which clients may ask; per-address verdicts are memoised."""
-
-    def __init__(self, networks: tuple[str, ...]):
-        self.networks = tuple(ipaddress.ip_network(n, strict=False) for n in networks)
-        self.seen: dict[str, bool] = {}  # read directly by the UDP fast path
-
-    def allows(self, client: str) -> bool:
-        ok = self.seen.get(client)
-        if ok is None:
-            try:
-                ip = ipaddress.ip_address(client.split("%", 1)[0])
-            except ValueError:
-                ok = False
-            else:
-                mapped = getattr(ip, "ipv4_mapped", None)
-                ip = mapped or ip
-                ok = any(ip.version == n.version and ip in n for n in self.networks)
-            if len(self.seen) > 65_536:
-                self.seen.clear()
-            self.seen[client] = ok
-        return ok
-
-
 class Resolver:
     def __init__(self, holder: ViewSource, settings: DnsSettings, forwarder: Forwarder,
                  events: EventSink, metrics: NullMetrics | None = None):
@@ -191,14 +169,13 @@ class Resolver:
         self.block = BlockResponse(settings.block_response)
         self.canary = settings.canary
         self.max_udp = settings.max_udp_size
-        self.chaos = chaos_answers(settings.server_identity, settings.server_version)
+        self.identity = Identity(settings.server_identity, settings.server_version)
         self.log_all = settings.log_all
         self.cache = AnswerCache(settings.cache_size)
         self.templates: dict[Any, tuple[bytes, bytes, str]] = {}
         self.inflight: set[asyncio.Task[None]] = set()
         self.waiting: dict[bytes, list[Asker]] = {}  # question key -> askers behind the first
-        self._memo: dict[GroupView, dict[str, Decision]] = {}  # per group, per name
-        self._memo_view: PolicyView | None = None
+        self.verdicts = Verdicts()
         self.hot: dict[str, HotTable] = {}  # group id -> its ready answers
         self.client_hot: dict[str, HotTable] = {}  # client -> its group's table (the UDP path reads it)
         self.hot_view: PolicyView | None = None
@@ -227,7 +204,7 @@ class Resolver:
         self.hot.clear()
         self.client_hot.clear()
         self.templates.clear()
-        self._memo = {}
+        self.verdicts.clear()
         self.metrics.flushed(reason)
 
     # --- the chain -------------------------------------------------------------
@@ -251,13 +228,15 @@ class Resolver:
             self.metrics.query("dropped")
             return
         udp = addr is not None
-        if q.qclass == C_CH:  # the server's own identity: answered here, never forwarded
-            sink.send(self._fit(chaos_reply(data, q, self.chaos.get((q.name, q.qtype))), q, data, udp), addr)
-            self.metrics.query("chaos")
-            return
+        if q.qclass == C_CH:  # checked here first: one comparison, where a call would cost every query
+            chaos = self.identity.reply(data, q)
+            if chaos is not None:
+                sink.send(self._fit(chaos, q, data, udp), addr)
+                self.metrics.query("chaos")
+                return
         view = self.holder.view
         gv = view.group(client)
-        d = self._decide(view, gv, q.name, client)
+        d = self.verdicts.decide(view, gv, q.name, client)
         if d.action is Action.BLOCK:
             # The core's builtin:canary always answers NXDOMAIN (what the canary
             # means to browsers); --no-canary switches it off at this resolver only.
@@ -273,7 +252,7 @@ class Resolver:
         entry = self.cache.get(q.key, now)
         if entry is not None:
             if entry.cnames:
-                chained = self._judge_chain(gv, entry.cnames, client)
+                chained = self.verdicts.judge_chain(gv, entry.cnames, client)
                 if chained is not None and chained[0].action is Action.BLOCK:
                     self.metrics.cache(True)
                     self._send_chain_block(data, q, chained, client, port, sink, addr)
@@ -335,7 +314,7 @@ class Resolver:
             return
         answer, info = result
         if info.cnames:
-            chained = self._judge_chain(self.holder.view.group(client), info.cnames, client)
+            chained = self.verdicts.judge_chain(self.holder.view.group(client), info.cnames, client)
             if chained is not None and chained[0].action is Action.BLOCK:
                 self._send_chain_block(data, q, chained, client, port, sink, addr)
                 return
@@ -404,39 +383,7 @@ class Resolver:
             elif self.log_all:
                 self._log(d, q, client, port, response)
 
-    def _decide(self, view: PolicyView, gv: GroupView, name: str, client: str) -> Decision:
-        """The group's verdict, memoised per (group, name) for this view.  Only
-        the exempt group's downgrade names the client, so only it asks again."""
-        if view is not self._memo_view:
-            self._memo = {}
-            self._memo_view = view
-        memo = self._memo.get(gv)
-        if memo is None:
-            memo = self._memo[gv] = {}
-        d = memo.get(name)
-        if d is None:
-            d = gv.decide_name(name, Kind.DNS, None)
-            if len(memo) >= MEMO_LIMIT:
-                memo.clear()
-            memo[name] = d
-        if gv.group.exempt and d.enforced is not None:
-            return gv.decide_name(name, Kind.DNS, client)
-        return d
-
-    def _judge_chain(self, gv: GroupView, cnames: tuple[str, ...], client: str
-                     ) -> tuple[Decision, str] | None:
-        """The strictest verdict of the asker's group on the CNAME targets, and the target it is about."""
-        worst: tuple[Decision, str] | None = None
-        for target in cnames:
-            d = gv.decide_name(target, Kind.DNS, client)
-            stricter = worst is None or d.action.severity > worst[0].action.severity
-            if d.action is not Action.ALLOW and stricter:
-                worst = (d, target)
-                if d.action is Action.BLOCK:
-                    break
-        return worst
-
-    def _send_chain_block(self, data: bytes, q: Query, chained: tuple[Decision, str], client: str, port: int,
+    def _send_chain_block(self, data: bytes, q: Query, chained: ChainVerdict, client: str, port: int,
                           sink: Sink, addr: Any) -> None:
         d, target = chained
         out, response = self._blocked(data, q, d, self.block, via=target)
