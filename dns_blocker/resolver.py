@@ -2,8 +2,9 @@
 
 The order of the steps is written once, in ``Resolver.handle`` (and in
 docs/dns.md); the links that have a module of their own are under
-``chain/`` (ACL, CH identity, the policy verdict); the cache, coalescing
-and forwarding are still steps of this module.
+``chain/`` (ACL, CH identity, the policy verdict, coalescing); the ready
+answers, the cache lookup and the forwarding task are still steps of this
+module.
 
     bytes ─▶ ACL ─▶ parse question ─▶ policy decision ─▶ cache ─▶ upstream
               │           │                 │ block            │ hit      │ answer
@@ -63,6 +64,7 @@ from policies import (
 
 from .cache import AnswerCache
 from .chain.acl import Acl
+from .chain.coalesce import Coalescer, Join
 from .chain.identity import Identity
 from .chain.verdict import ChainVerdict, Verdicts
 from .metrics import NullMetrics
@@ -87,7 +89,6 @@ from .wire import (
 )
 
 TEMPLATE_LIMIT = 10_000
-MAX_INFLIGHT = 4096  # upstream questions in flight at once (unbound's default is 1024 per thread)
 HOT_LIMIT = 20_000  # ready UDP answers (about 300 bytes each)
 NXDOMAIN_ONLY = BlockResponse.NXDOMAIN
 FOREVER = float("inf")
@@ -174,7 +175,7 @@ class Resolver:
         self.cache = AnswerCache(settings.cache_size)
         self.templates: dict[Any, tuple[bytes, bytes, str]] = {}
         self.inflight: set[asyncio.Task[None]] = set()
-        self.waiting: dict[bytes, list[Asker]] = {}  # question key -> askers behind the first
+        self.coalescer: Coalescer[Asker] = Coalescer()  # one upstream question per Query.key
         self.verdicts = Verdicts()
         self.hot: dict[str, HotTable] = {}  # group id -> its ready answers
         self.client_hot: dict[str, HotTable] = {}  # client -> its group's table (the UDP path reads it)
@@ -272,17 +273,15 @@ class Resolver:
             return
         self.metrics.cache(False)
         asker = Asker(data, q, d, client, port, sink, addr)
-        waiting = self.waiting.get(q.key)
-        if waiting is not None:  # the same question is already on its way upstream
-            waiting.append(asker)
+        joined = self.coalescer.join(q.key, asker)
+        if joined is Join.WAIT:  # the same question is already on its way upstream
             return
-        if len(self.inflight) >= MAX_INFLIGHT:
+        if joined is Join.SHED:
             # Shed load rather than queue without bound when the upstreams are
             # slower than the clients (a dead upstream under a flood of misses).
             sink.send(rcode_reply(data, q, SERVFAIL), addr)
             self.metrics.query("servfail")
             return
-        self.waiting[q.key] = []
         task = asyncio.get_running_loop().create_task(self._forward(asker))
         self.inflight.add(task)
         task.add_done_callback(self.inflight.discard)
@@ -296,7 +295,7 @@ class Resolver:
         except UpstreamError:
             pass
         finally:
-            askers = [asker, *self.waiting.pop(q.key, ())]
+            askers = self.coalescer.settle(q.key, asker)
         if result is not None:
             answer, info = result
             self.cache.put(q.key, answer, info.ttl_slots, info.cnames, info.lifetime)
