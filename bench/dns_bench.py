@@ -1,7 +1,7 @@
 """DNS benchmark: egress-filter dns against dnsmasq and unbound, in one run.
 
     python -m bench.dns_bench [--seconds 3] [--skip-1m] [--workers N] [--latency-runs 3] [--json FILE]
-                              [--no-plain]
+                              [--no-plain] [--compare REF [--rounds N]]
 
 All three servers get the same 100,000-domain blocklist (dnsmasq
 ``address=/d/``, unbound ``local-zone: d always_nxdomain``, ours a policy
@@ -31,6 +31,12 @@ first half second of each run (dnsperf's start-up burst, see ``latency_at``),
 and the p99 over all answers is printed beside it.
 Every run is bounded (``-l`` seconds, a fixed number of steps); everything
 binds 127.0.0.1 only.
+
+``--compare REF`` measures only ours, cache-warm, against ours at the git
+revision REF (checked out with ``git worktree`` in a temporary directory and
+run from there, removed at the end): the two alternate ``--rounds`` times, so
+both see the same background load, and the medians and their ratio are
+printed.  This is how a restructuring shows that it kept the speed.
 """
 
 from __future__ import annotations
@@ -134,11 +140,12 @@ class Server:
     proc: subprocess.Popen[bytes] | None = None
     startup: float = 0.0
     cpus: str = SERVER_CPU
+    cwd: Path | None = None  # where it runs: ``python -m`` imports the checkout found there first
 
     def start(self, timeout: float = 120.0) -> None:
         started = time.monotonic()
         self.proc = subprocess.Popen([*PRIORITY, "taskset", "-c", self.cpus, *self.argv],
-                                     stdin=subprocess.DEVNULL,
+                                     stdin=subprocess.DEVNULL, cwd=self.cwd,
                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         try:
             wait_dns(self.port, timeout)
@@ -388,6 +395,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", metavar="FILE", help="write the figures as JSON too")
     ap.add_argument("--plain", action=argparse.BooleanOptionalAction, default=True,
                     help="also measure ours with --udp-transport plain (one system call per datagram)")
+    ap.add_argument("--compare", metavar="REF",
+                    help="only measure ours cache-warm against ours at git revision REF, side by side")
+    ap.add_argument("--rounds", type=int, default=5, help="rounds of --compare (alternating; medians)")
     ap.add_argument("--groups", type=int, metavar="ROUNDS", default=0,
                     help="only measure ours cache-warm without and with client groups, ROUNDS times each "
                          "(alternating), and print the cost of the group lookup")
@@ -410,6 +420,9 @@ def main(argv: list[str] | None = None) -> int:
         work = Workload(workdir, names)
         if args.groups:
             groups_cost(workdir, blockfile, upstream, work, args.groups, args.seconds)
+            return 0
+        if args.compare:
+            compare(workdir, blockfile, upstream, work, args.compare, args.rounds, args.seconds)
             return 0
         makers: list[Callable[[], Server]] = [
             lambda: ours_server(workdir, blockfile, upstream.port, "100k"),
@@ -503,6 +516,49 @@ def groups_cost(workdir: Path, blockfile: Path, upstream: Server, work: Workload
     plain, grouped_qps = statistics.median(peaks[False]), statistics.median(peaks[True])
     print(f"cache-warm peak, median of {rounds}: without groups {plain:,.0f} qps, with groups "
           f"{grouped_qps:,.0f} qps; the group lookup costs {1 - grouped_qps / plain:+.1%}", flush=True)
+
+
+def compare(workdir: Path, blockfile: Path, upstream: Server, work: Workload, ref: str, rounds: int,
+            seconds: float) -> None:
+    """Cache-warm peak QPS of this checkout and of ``ref``, alternating, with the
+    medians and their ratio.  ``ref`` runs from a detached ``git worktree`` in
+    ``workdir``, with this venv's interpreter and packages."""
+    old = workdir / "ref"
+    commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", ref], check=True,
+                            capture_output=True, text=True).stdout.strip()
+    subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", str(old), ref], check=True,
+                   capture_output=True, timeout=120)
+    head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], check=True,
+                          capture_output=True, text=True).stdout.strip()
+    dirty = " (with uncommitted changes)" if subprocess.run(
+        ["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"],
+        capture_output=True, text=True).stdout.strip() else ""
+    peaks: dict[str, list[float]] = {"new": [], "old": []}
+    ceilings: dict[str, list[float]] = {"new": [], "old": []}
+    try:
+        for i in range(rounds):
+            for which in ("old", "new"):
+                server = ours_server(workdir, blockfile, upstream.port, f"compare-{which}-{i}")
+                server.cwd = old if which == "old" else REPO
+                server.start()
+                try:
+                    dnsperf(server.port, work.warmup_file(), 10)
+                    _, qps, probe = find_peak(server, work, False, seconds, lambda s: None)
+                finally:
+                    server.stop()
+                peaks[which].append(qps)
+                ceilings[which].append(probe.qps)
+                print(f"  round {i + 1} {which}: {qps:,.0f} qps under 1% loss "
+                      f"({probe.qps:,.0f} closed-loop)", flush=True)
+    finally:
+        subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(old)],
+                       capture_output=True, timeout=120)
+    new, before = statistics.median(peaks["new"]), statistics.median(peaks["old"])
+    print(f"cache-warm peak, median of {rounds}: {ref} ({commit}) {before:,.0f} qps, HEAD ({head}{dirty}) "
+          f"{new:,.0f} qps; new / old {new / before:.3f}", flush=True)
+    new_c, before_c = statistics.median(ceilings["new"]), statistics.median(ceilings["old"])
+    print(f"closed-loop ceiling, median of {rounds}: {ref} {before_c:,.0f} qps, HEAD {new_c:,.0f} qps; "
+          f"new / old {new_c / before_c:.3f}", flush=True)
 
 
 def start_on_client_cpu(upstream: Server) -> None:

@@ -1,5 +1,11 @@
 """The resolver chain: one short, readable path per query.
 
+The order of the steps is written once, in ``Resolver.handle`` (and in
+docs/dns.md); the links that have a module of their own are under
+``chain/`` (ACL, CH identity, the policy verdict, coalescing); the ready
+answers, the cache lookup and the forwarding task are still steps of this
+module.
+
     bytes ─▶ ACL ─▶ parse question ─▶ policy decision ─▶ cache ─▶ upstream
               │           │                 │ block            │ hit      │ answer
            REFUSED   FORMERR/drop      block answer         answer    CNAME check,
@@ -39,11 +45,11 @@ there.  ``hot`` and ``client_hot`` are only valid for ``hot_view``.
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import time
 from collections.abc import Callable
+from enum import Enum
 from itertools import islice
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from policies import (
     ALLOW,
@@ -51,14 +57,16 @@ from policies import (
     Action,
     Decision,
     DnsSettings,
-    Kind,
     Observation,
     PolicyView,
     build_event,
 )
-from policies.decide import GroupView
 
 from .cache import AnswerCache
+from .chain.acl import Acl
+from .chain.coalesce import Coalescer, Join
+from .chain.identity import Identity
+from .chain.verdict import ChainVerdict, Verdicts
 from .metrics import NullMetrics
 from .responses import BlockResponse, block_parts, qtype_name, template_qtype
 from .upstream import Forwarder, UpstreamError
@@ -72,8 +80,6 @@ from .wire import (
     Malformed,
     Query,
     age_ttls,
-    chaos_answers,
-    chaos_reply,
     error_reply,
     parse_query,
     rcode_reply,
@@ -83,14 +89,18 @@ from .wire import (
 )
 
 TEMPLATE_LIMIT = 10_000
-MEMO_LIMIT = 50_000
-MAX_INFLIGHT = 4096  # upstream questions in flight at once (unbound's default is 1024 per thread)
 HOT_LIMIT = 20_000  # ready UDP answers (about 300 bytes each)
 NXDOMAIN_ONLY = BlockResponse.NXDOMAIN
 FOREVER = float("inf")
 
-# What an answer counts as in the metrics and the event log.
-BLOCKED, CANARY_HIT, CACHED = 0, 1, 2
+
+
+class Served(Enum):
+    """What an answer made from stored bytes counts as in the metrics and the event log."""
+
+    BLOCKED = "block"
+    CANARY = "canary"
+    CACHED = "cached"
 
 
 class Sink(Protocol):
@@ -99,12 +109,38 @@ class Sink(Protocol):
     def send(self, data: bytes | bytearray, addr: Any) -> None: ...
 
 
-# One waiting question: (query bytes, question, decision, client, client port, sink, UDP address).
-Asker = tuple[bytes, Query, Decision, str, int, Sink, Any]
-# What a repeated answer still has to count and log: (kind, decision, question, response).
-Tally = tuple[int, Decision, Query, str]
-# A ready UDP answer: (valid until, answer bytes after the ID, tally or None when there is nothing to do).
-Hot = tuple[float, bytes, "Tally | None"]
+# NamedTuples rather than frozen dataclasses: these are built once per query
+# on the hot path, and a tuple is several times cheaper to build.
+class Asker(NamedTuple):
+    """One question being answered: its bytes, what was read from them, the
+    verdict so far, and where it came from and goes back to."""
+
+    data: bytes
+    query: Query
+    decision: Decision
+    client: str
+    port: int
+    sink: Sink
+    addr: Any  # the UDP address to answer, None over TCP
+
+
+class Tally(NamedTuple):
+    """What a repeated answer still has to count and log."""
+
+    served: Served
+    decision: Decision
+    query: Query
+    response: str
+
+
+class Hot(NamedTuple):
+    """A ready UDP answer."""
+
+    until: float  # monotonic time until which the bytes stay exact
+    answer: bytes  # the answer's bytes after the ID
+    tally: Tally | None  # None when there is nothing to count or log
+
+
 # One group's ready answers, keyed by the query's bytes after its ID.
 HotTable = dict[bytes, Hot]
 CLIENTS_LIMIT = 65_536  # client addresses whose group table is remembered
@@ -123,30 +159,6 @@ class EventSink(Protocol):
     def emit(self, event: dict[str, Any]) -> None: ...
 
 
-class Acl:
-    """Which clients may ask; per-address verdicts are memoised."""
-
-    def __init__(self, networks: tuple[str, ...]):
-        self.networks = tuple(ipaddress.ip_network(n, strict=False) for n in networks)
-        self.seen: dict[str, bool] = {}  # read directly by the UDP fast path
-
-    def allows(self, client: str) -> bool:
-        ok = self.seen.get(client)
-        if ok is None:
-            try:
-                ip = ipaddress.ip_address(client.split("%", 1)[0])
-            except ValueError:
-                ok = False
-            else:
-                mapped = getattr(ip, "ipv4_mapped", None)
-                ip = mapped or ip
-                ok = any(ip.version == n.version and ip in n for n in self.networks)
-            if len(self.seen) > 65_536:
-                self.seen.clear()
-            self.seen[client] = ok
-        return ok
-
-
 class Resolver:
     def __init__(self, holder: ViewSource, settings: DnsSettings, forwarder: Forwarder,
                  events: EventSink, metrics: NullMetrics | None = None):
@@ -158,14 +170,13 @@ class Resolver:
         self.block = BlockResponse(settings.block_response)
         self.canary = settings.canary
         self.max_udp = settings.max_udp_size
-        self.chaos = chaos_answers(settings.server_identity, settings.server_version)
+        self.identity = Identity(settings.server_identity, settings.server_version)
         self.log_all = settings.log_all
         self.cache = AnswerCache(settings.cache_size)
         self.templates: dict[Any, tuple[bytes, bytes, str]] = {}
         self.inflight: set[asyncio.Task[None]] = set()
-        self.waiting: dict[bytes, list[Asker]] = {}  # question key -> askers behind the first
-        self._memo: dict[GroupView, dict[str, Decision]] = {}  # per group, per name
-        self._memo_view: PolicyView | None = None
+        self.coalescer: Coalescer[Asker] = Coalescer()  # one upstream question per Query.key
+        self.verdicts = Verdicts()
         self.hot: dict[str, HotTable] = {}  # group id -> its ready answers
         self.client_hot: dict[str, HotTable] = {}  # client -> its group's table (the UDP path reads it)
         self.hot_view: PolicyView | None = None
@@ -194,7 +205,7 @@ class Resolver:
         self.hot.clear()
         self.client_hot.clear()
         self.templates.clear()
-        self._memo = {}
+        self.verdicts.clear()
         self.metrics.flushed(reason)
 
     # --- the chain -------------------------------------------------------------
@@ -218,28 +229,31 @@ class Resolver:
             self.metrics.query("dropped")
             return
         udp = addr is not None
-        if q.qclass == C_CH:  # the server's own identity: answered here, never forwarded
-            sink.send(self._fit(chaos_reply(data, q, self.chaos.get((q.name, q.qtype))), q, data, udp), addr)
-            self.metrics.query("chaos")
-            return
+        if q.qclass == C_CH:  # checked here first: one comparison, where a call would cost every query
+            chaos = self.identity.reply(data, q)
+            if chaos is not None:
+                sink.send(self._fit(chaos, q, data, udp), addr)
+                self.metrics.query("chaos")
+                return
         view = self.holder.view
         gv = view.group(client)
-        d = self._decide(view, gv, q.name, client)
+        d = self.verdicts.decide(view, gv, q.name, client)
         if d.action is Action.BLOCK:
             # The core's builtin:canary always answers NXDOMAIN (what the canary
             # means to browsers); --no-canary switches it off at this resolver only.
             canary = d.rule == CANARY_RULE
             if not canary or self.canary:
                 out, response = self._blocked(data, q, d, NXDOMAIN_ONLY if canary else self.block)
-                self._reply(CANARY_HIT if canary else BLOCKED, self._fit(out, q, data, udp), FOREVER, d, q,
-                            response, data, client, port, sink, addr, not gv.group.exempt)
+                served = Served.CANARY if canary else Served.BLOCKED
+                self._reply(Asker(data, q, d, client, port, sink, addr), served, self._fit(out, q, data, udp),
+                            FOREVER, response, not gv.group.exempt)
                 return
             d = ALLOW
         now = time.monotonic()
         entry = self.cache.get(q.key, now)
         if entry is not None:
             if entry.cnames:
-                chained = self._judge_chain(gv, entry.cnames, client)
+                chained = self.verdicts.judge_chain(gv, entry.cnames, client)
                 if chained is not None and chained[0].action is Action.BLOCK:
                     self.metrics.cache(True)
                     self._send_chain_block(data, q, chained, client, port, sink, addr)
@@ -253,36 +267,35 @@ class Resolver:
             # These bytes stay exact until the TTLs tick down once more.
             until = min(entry.expires, entry.stored + age + 1)
             response = RCODE_NAMES.get(out[3] & 0x0F, "NOERROR")
-            self._reply(CACHED, self._fit(out, q, data, udp), until, d, q, response, data, client, port, sink,
-                        addr, not entry.cnames and not gv.group.exempt)
+            shared = not entry.cnames and not gv.group.exempt
+            self._reply(Asker(data, q, d, client, port, sink, addr), Served.CACHED,
+                        self._fit(out, q, data, udp), until, response, shared)
             return
         self.metrics.cache(False)
-        asker = (data, q, d, client, port, sink, addr)
-        waiting = self.waiting.get(q.key)
-        if waiting is not None:  # the same question is already on its way upstream
-            waiting.append(asker)
+        asker = Asker(data, q, d, client, port, sink, addr)
+        joined = self.coalescer.join(q.key, asker)
+        if joined is Join.WAIT:  # the same question is already on its way upstream
             return
-        if len(self.inflight) >= MAX_INFLIGHT:
+        if joined is Join.SHED:
             # Shed load rather than queue without bound when the upstreams are
             # slower than the clients (a dead upstream under a flood of misses).
             sink.send(rcode_reply(data, q, SERVFAIL), addr)
             self.metrics.query("servfail")
             return
-        self.waiting[q.key] = []
         task = asyncio.get_running_loop().create_task(self._forward(asker))
         self.inflight.add(task)
         task.add_done_callback(self.inflight.discard)
 
     async def _forward(self, asker: Asker) -> None:
         """Ask the upstreams once, then answer everyone who asked the same question meanwhile."""
-        q = asker[1]
+        q = asker.query
         result: tuple[bytes, Answer] | None = None
         try:
             result = await self.forwarder.resolve(q)
         except UpstreamError:
             pass
         finally:
-            askers = [asker, *self.waiting.pop(q.key, ())]
+            askers = self.coalescer.settle(q.key, asker)
         if result is not None:
             answer, info = result
             self.cache.put(q.key, answer, info.ttl_slots, info.cnames, info.lifetime)
@@ -300,7 +313,7 @@ class Resolver:
             return
         answer, info = result
         if info.cnames:
-            chained = self._judge_chain(self.holder.view.group(client), info.cnames, client)
+            chained = self.verdicts.judge_chain(self.holder.view.group(client), info.cnames, client)
             if chained is not None and chained[0].action is Action.BLOCK:
                 self._send_chain_block(data, q, chained, client, port, sink, addr)
                 return
@@ -316,14 +329,15 @@ class Resolver:
 
     # --- pieces ------------------------------------------------------------------
 
-    def _reply(self, kind: int, out: bytes | bytearray, until: float, d: Decision, q: Query, response: str,
-               data: bytes, client: str, port: int, sink: Sink, addr: Any, shared: bool) -> None:
+    def _reply(self, asker: Asker, served: Served, out: bytes | bytearray, until: float, response: str,
+               shared: bool) -> None:
         """Send an answer made from stored bytes, count and log it, and keep it
         in the hot table of the decision's group when the same query bytes
         would get the same bytes back from any client of that group
         (``shared``)."""
+        data, q, d, client, port, sink, addr = asker
         sink.send(out, addr)
-        tally: Tally | None = None if self._silent else (kind, d, q, response)
+        tally: Tally | None = None if self._silent else Tally(served, d, q, response)
         if tally is not None:
             self.tally(tally, client, port)
         if addr is not None and shared:
@@ -346,17 +360,17 @@ class Resolver:
             elif len(hot) >= HOT_LIMIT:
                 for old in list(islice(hot, HOT_LIMIT // 64)):
                     del hot[old]
-            hot[data[2:]] = (until, bytes(out[2:]), tally)
+            hot[data[2:]] = Hot(until, bytes(out[2:]), tally)
 
     def tally(self, tally: Tally, client: str, port: int) -> None:
         """The metrics and the event of one answer made from stored bytes."""
-        kind, d, q, response = tally
+        served, d, q, response = tally
         m = self.metrics
-        if kind == BLOCKED:
+        if served is Served.BLOCKED:
             m.query("block")
             m.decision(d.apps, "block")
             self._log(d, q, client, port, response)
-        elif kind == CANARY_HIT:
+        elif served is Served.CANARY:
             m.query("canary")
             self._log(d, q, client, port, response)
         else:
@@ -368,39 +382,7 @@ class Resolver:
             elif self.log_all:
                 self._log(d, q, client, port, response)
 
-    def _decide(self, view: PolicyView, gv: GroupView, name: str, client: str) -> Decision:
-        """The group's verdict, memoised per (group, name) for this view.  Only
-        the exempt group's downgrade names the client, so only it asks again."""
-        if view is not self._memo_view:
-            self._memo = {}
-            self._memo_view = view
-        memo = self._memo.get(gv)
-        if memo is None:
-            memo = self._memo[gv] = {}
-        d = memo.get(name)
-        if d is None:
-            d = gv.decide_name(name, Kind.DNS, None)
-            if len(memo) >= MEMO_LIMIT:
-                memo.clear()
-            memo[name] = d
-        if gv.group.exempt and d.enforced is not None:
-            return gv.decide_name(name, Kind.DNS, client)
-        return d
-
-    def _judge_chain(self, gv: GroupView, cnames: tuple[str, ...], client: str
-                     ) -> tuple[Decision, str] | None:
-        """The strictest verdict of the asker's group on the CNAME targets, and the target it is about."""
-        worst: tuple[Decision, str] | None = None
-        for target in cnames:
-            d = gv.decide_name(target, Kind.DNS, client)
-            stricter = worst is None or d.action.severity > worst[0].action.severity
-            if d.action is not Action.ALLOW and stricter:
-                worst = (d, target)
-                if d.action is Action.BLOCK:
-                    break
-        return worst
-
-    def _send_chain_block(self, data: bytes, q: Query, chained: tuple[Decision, str], client: str, port: int,
+    def _send_chain_block(self, data: bytes, q: Query, chained: ChainVerdict, client: str, port: int,
                           sink: Sink, addr: Any) -> None:
         d, target = chained
         out, response = self._blocked(data, q, d, self.block, via=target)

@@ -80,10 +80,10 @@ class UdpListener(asyncio.DatagramProtocol):
         table = r.client_hot.get(addr[0])
         if table is not None and r.holder.view is r.hot_view:
             hot = table.get(data[2:])
-            if hot is not None and hot[0] > time.monotonic() and self.transport is not None:
-                self.transport.sendto(data[:2] + hot[1], addr)
-                if hot[2] is not None:
-                    r.tally(hot[2], addr[0], addr[1])
+            if hot is not None and hot.until > time.monotonic() and self.transport is not None:
+                self.transport.sendto(data[:2] + hot.answer, addr)
+                if hot.tally is not None:
+                    r.tally(hot.tally, addr[0], addr[1])
                 return
         r.handle(data, addr[0], addr[1], self, addr)
 

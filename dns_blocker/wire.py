@@ -135,7 +135,7 @@ def parse_query(data: bytes) -> Query | None:
             for _ in range(count):
                 # An OPT owner is the root; anything else is read in full, so that
                 # a compression loop or a forward pointer is caught here.
-                pos = pos + 1 if pos < n and data[pos] == 0 else read_name(data, pos)[1]
+                pos = pos + 1 if pos < n and data[pos] == 0 else name_wire(data, pos)[1]
                 if pos + 10 > n:
                     raise Malformed()
                 rtype, rclass, ttl, rdlen = _RR.unpack_from(data, pos)
@@ -162,34 +162,17 @@ def parse_query(data: bytes) -> Query | None:
     return Query(name, qtype, qclass, qend, edns, udp_size, key)
 
 
-def skip_name(data: bytes, pos: int) -> int:
-    """The offset after a (possibly compressed) name; Malformed on a bad one."""
-    n = len(data)
-    total = 0
-    while True:
-        if pos >= n:
-            raise Malformed()
-        ln = data[pos]
-        if ln == 0:
-            return pos + 1
-        if ln & 0xC0 == 0xC0:
-            if pos + 2 > n:
-                raise Malformed()
-            return pos + 2
-        if ln > 63:
-            raise Malformed()
-        total += ln + 1
-        if total >= MAX_NAME:  # with the root byte still to come
-            raise Malformed()
-        pos += 1 + ln
-
-
 def name_wire(data: bytes, pos: int) -> tuple[bytes, int]:
     """A possibly compressed name → (its uncompressed wire form, case kept; the
     offset after it).
 
-    Pointers must point strictly backwards, so a compression loop is impossible,
-    and the name may not exceed 255 bytes (its root byte counted).
+    The resolver's one reader of names in messages (``read_name``, the answer
+    scan, the scrubber and the OPT walk of a query all go through it), so
+    there is one compression rule: every pointer must point strictly before
+    the previous one (a compression loop is then impossible, and so is a
+    forward pointer), and the name may not exceed 255 bytes, its root byte
+    counted.  Only a query's question name is read apart (``parse_query``),
+    because it may not be compressed at all.
     """
     n = len(data)
     out = bytearray()
@@ -261,7 +244,7 @@ def scan_answer(data: bytes, qend: int) -> Answer:
     soa_ttl: int | None = None
     for section, count in ((1, an), (2, ns), (3, ar)):
         for _ in range(count):
-            pos = skip_name(data, pos)
+            pos = name_wire(data, pos)[1]
             if pos + 10 > n:
                 raise Malformed()
             rtype, _rclass, ttl, rdlen = _RR.unpack_from(data, pos)

@@ -10,7 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dns_blocker.cache import AnswerCache
-from dns_blocker.wire import Malformed, age_ttls, parse_query, read_name, scan_answer, splice
+from dns_blocker.scrub import records
+from dns_blocker.wire import Malformed, age_ttls, name_wire, parse_query, read_name, scan_answer, splice
 
 QUERIES = [
     # (name, qtype, edns, want name, want edns, want udp size)
@@ -112,6 +113,43 @@ def test_read_name_rejects_loops_and_forward_pointers() -> None:
         read_name(forward, 12)
     ok = b"\x00" * 12 + b"\x01a\x00" + b"\x01b\xc0\x0c"
     assert read_name(ok, 15) == ("b.a", 19)
+
+
+# One record's owner, as it sits after a 12-byte header and the question "a." IN A
+# (offsets 12-18), in a message with one answer record (a response) or one
+# additional record (a query).  The rule: pointers go strictly backwards.
+_QUESTION = b"\x01a\x00\x00\x01\x00\x01"
+_RR_TAIL = b"\x00\x01\x00\x01\x00\x00\x00\x3c\x00\x04\x7f\x00\x00\x01"
+OWNERS = [
+    pytest.param(b"\xc0\x0c", True, id="pointer-to-question"),
+    pytest.param(b"\x01b\xc0\x0c", True, id="label-then-pointer"),
+    pytest.param(b"\xc0\x13", False, id="pointer-to-itself"),
+    pytest.param(b"\xc0\x15", False, id="forward-pointer"),
+    pytest.param(b"\x01b\xc0\x13", False, id="loop-through-own-label"),
+    pytest.param(b"\xc0", False, id="cut-pointer"),
+]
+
+
+def _message(response: bool, owner: bytes) -> bytes:
+    flags, counts = (b"\x81\x80", b"\x00\x01\x00\x01\x00\x00\x00\x00") if response else \
+        (b"\x01\x00", b"\x00\x01\x00\x00\x00\x00\x00\x01")
+    return b"\x12\x34" + flags + counts + _QUESTION + owner + _RR_TAIL
+
+
+@pytest.mark.parametrize(("owner", "ok"), OWNERS)
+def test_every_reader_has_the_same_compression_rule(owner: bytes, ok: bool) -> None:
+    """The answer scan, the scrubber's record walk and a query's record walk
+    all read owner names through ``name_wire``, so they accept and reject the same names."""
+    answer = _message(True, owner)
+    query = _message(False, owner)
+    readers = [lambda: name_wire(answer, 19), lambda: scan_answer(answer, 19), lambda: records(answer, 19),
+               lambda: parse_query(query)]
+    for read in readers:
+        if ok:
+            read()
+        else:
+            with pytest.raises(Malformed):
+                read()
 
 
 @settings(max_examples=3000, deadline=None)

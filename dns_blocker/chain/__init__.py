@@ -1,0 +1,12 @@
+"""The resolver's links, one job per module; ``Resolver.handle`` runs them in
+the order written there (and in docs/dns.md):
+
+    acl       which clients may ask (REFUSED otherwise)
+    identity  CH-class questions about the server itself, answered here
+    verdict   the policy's decision for the client's group, memoised per view,
+              and the strictest verdict on a CNAME chain
+    coalesce  one upstream question per distinct question, bounded in number
+
+Each link is sans-IO: it takes parsed values and returns a value; the
+resolver sends, counts and logs.
+"""
