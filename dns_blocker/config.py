@@ -9,16 +9,19 @@ at start: a policy reload changes rules and phases, not listeners or upstreams.
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import fields, replace
+import re
+import ssl
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import yaml
 
 from policies import DnsSettings
 
 from .responses import BlockResponse
-from .upstream import Upstream
+from .upstream import Channel, Upstream
 
 KEYS = tuple(f.name for f in fields(DnsSettings))
 
@@ -49,6 +52,72 @@ def parse_hostport(text: str, default_port: int) -> tuple[str, int]:
     except ValueError as exc:
         raise ConfigError(f"'{text}': '{host}' is not an IP address") from exc
     return host, port
+
+
+UPSTREAM_FORMS = ("IP[:PORT] (plain DNS over UDP and TCP, port 53), tls://HOST[:PORT][#NAME] "
+                  "(DNS-over-TLS, port 853), https://HOST[:PORT]/PATH[#NAME] (DNS-over-HTTPS, port 443)")
+_LABEL = r"[a-z0-9_]([a-z0-9-]{0,61}[a-z0-9])?"
+_HOSTNAME = re.compile(rf"^(?=.{{1,253}}$)({_LABEL}\.)*{_LABEL}$")
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamSpec:
+    """One ``upstreams`` entry, checked: ``scheme`` is ``dns``, ``tls`` or ``https``; ``name`` the
+    pinned certificate name (``#NAME``); ``url`` the DoH URL without the fragment."""
+
+    text: str
+    scheme: str
+    host: str
+    port: int
+    name: str | None = None
+    url: str | None = None
+
+
+def parse_upstream(text: str) -> UpstreamSpec:
+    """``9.9.9.9``, ``tls://9.9.9.9:853#dns.quad9.net``, ``https://dns.example/dns-query`` → a spec;
+    anything else is a ``ConfigError`` that names the entry and lists the supported forms."""
+    t = text.strip()
+    scheme, sep, _ = t.partition("://")
+    if not sep:
+        try:
+            host, port = parse_hostport(t, 53)
+        except ConfigError as exc:
+            raise ConfigError(f"upstreams: {exc}; supported forms: {UPSTREAM_FORMS}") from exc
+        return UpstreamSpec(t, "dns", host, port)
+    scheme = scheme.lower()
+    if scheme not in ("tls", "https"):
+        raise ConfigError(f"upstreams: '{t}': unsupported scheme '{scheme}://'; supported forms: "
+                          f"{UPSTREAM_FORMS}")
+
+    def bad(why: str) -> ConfigError:
+        return ConfigError(f"upstreams: '{t}': {why}; supported forms: {UPSTREAM_FORMS}")
+
+    try:
+        parts = urlsplit(t)
+        given = parts.port
+    except ValueError as exc:
+        raise bad(f"not a valid URL ({exc})") from exc
+    host = (parts.hostname or "").rstrip(".")
+    if not host:
+        raise bad("no host")
+    if parts.username is not None or parts.password is not None:
+        raise bad("a user name or password does not belong in an upstream")
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        if not _HOSTNAME.match(host):
+            raise bad(f"'{host}' is neither an IP address nor a host name") from None
+    name = parts.fragment.lower().rstrip(".") or None
+    if name is not None and not _HOSTNAME.match(name):
+        raise bad(f"'#{parts.fragment}' is not a host name to check the certificate against")
+    if scheme == "tls":
+        if parts.path not in ("", "/") or parts.query:
+            raise bad("DNS-over-TLS takes no path or query")
+        return UpstreamSpec(t, "tls", host, given or 853, name)
+    path = parts.path or "/dns-query"
+    where = f"[{host}]" if ":" in host else host
+    url = f"https://{where}:{given or 443}{path}" + (f"?{parts.query}" if parts.query else "")
+    return UpstreamSpec(t, "https", host, given or 443, name, url)
 
 
 def _port(text: str, p: str) -> int:
@@ -114,7 +183,14 @@ def check(s: DnsSettings) -> None:
     if not s.upstreams:
         raise ConfigError("upstreams: at least one upstream is needed")
     for up in s.upstreams:
-        parse_hostport(up, 53)
+        parse_upstream(up)
+    if s.upstream_ca is not None:
+        try:
+            ssl.create_default_context(cafile=s.upstream_ca)
+        except (OSError, ssl.SSLError, ValueError) as exc:
+            why = getattr(exc, "strerror", None) or str(exc)
+            raise ConfigError(f"upstream_ca: cannot load '{s.upstream_ca}' as a PEM CA bundle: {why}"
+                              ) from exc
     if s.block_response not in {b.value for b in BlockResponse}:
         raise ConfigError(f"block_response: '{s.block_response}' is not nxdomain, null or refused")
     for net in s.acl:
@@ -147,5 +223,25 @@ def check(s: DnsSettings) -> None:
             raise ConfigError(f"{key}: at most 255 bytes (one TXT string)")
 
 
-def upstreams(s: DnsSettings) -> list[Upstream]:
-    return [Upstream(*parse_hostport(u, 53)) for u in s.upstreams]
+def upstreams(s: DnsSettings) -> list[Upstream | Channel]:
+    """The forwarder's upstreams: plain ones as ``Upstream``, encrypted ones as channels
+    (``upstream_tls``, ``upstream_https``, imported only when used)."""
+    out: list[Upstream | Channel] = []
+    contexts: dict[str, ssl.SSLContext] = {}
+    for text in s.upstreams:
+        spec = parse_upstream(text)
+        if spec.scheme == "dns":
+            out.append(Upstream(spec.host, spec.port))
+            continue
+        from .upstream_tls import TlsUpstream, tls_context
+
+        if spec.scheme not in contexts:  # one per kind: httpx sets its ALPN on the one it gets
+            contexts[spec.scheme] = tls_context(s.upstream_ca)
+        ctx = contexts[spec.scheme]
+        if spec.scheme == "tls":
+            out.append(TlsUpstream(spec.host, spec.port, spec.name, ctx, spec.text))
+        else:
+            from .upstream_https import HttpsUpstream
+
+            out.append(HttpsUpstream(str(spec.url), spec.name, ctx, spec.text))
+    return out

@@ -550,7 +550,7 @@ async def serve(settings: DnsSettings, holder: Any, events: Any, metrics: NullMe
             await rpz.close()
         for utransport in udp_transports:
             utransport.close()
-        forwarder.close()
+        await forwarder.aclose()
         holder.stop()
     lost = [t for t in udp_transports
             if isinstance(t, batched.BatchedTransport) and (t.unsent or t.truncated)]

@@ -398,6 +398,7 @@ class DnsSettings:
     rpz_allow_unsigned: tuple[str, ...] = ()  # sources allowed a transfer without TSIG
     rpz_transfers: int = 4  # transfers at once
     tsig_key: str | None = None  # NAME:ALGORITHM:BASE64SECRET, or a BIND key file
+    upstream_ca: str | None = None  # extra CA bundle (PEM) for tls:// and https:// upstreams
 
 
 @dataclass(frozen=True, slots=True)
