@@ -9,21 +9,22 @@ at start: a policy reload changes rules and phases, not listeners or upstreams.
 from __future__ import annotations
 
 import ipaddress
-import re
 import ssl
-from dataclasses import dataclass, fields, replace
+from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import yaml
 
 from policies import DnsSettings
+from policies import upstreams as upstream_forms
+from policies.upstreams import UpstreamSpec
 
 from .responses import BlockResponse
 from .upstream import Channel, Upstream
 
-KEYS = tuple(f.name for f in fields(DnsSettings))
+POLICY_ONLY = ("local", "forward", "local_domains")  # structured: read by policies/dns_local.py
+KEYS = tuple(f.name for f in fields(DnsSettings) if f.name not in POLICY_ONLY)
 
 
 class ConfigError(ValueError):
@@ -32,98 +33,18 @@ class ConfigError(ValueError):
 
 def parse_hostport(text: str, default_port: int) -> tuple[str, int]:
     """``1.2.3.4``, ``1.2.3.4:53``, ``::1``, ``[::1]:53`` → (host, port)."""
-    text = text.strip()
-    host, port = text, default_port
-    if text.startswith("["):
-        end = text.find("]")
-        if end < 0:
-            raise ConfigError(f"'{text}': missing ']'")
-        host = text[1:end]
-        rest = text[end + 1 :]
-        if rest:
-            if not rest.startswith(":"):
-                raise ConfigError(f"'{text}': expected ':PORT' after ']'")
-            port = _port(text, rest[1:])
-    elif text.count(":") == 1:
-        host, p = text.split(":")
-        port = _port(text, p)
     try:
-        ipaddress.ip_address(host)
-    except ValueError as exc:
-        raise ConfigError(f"'{text}': '{host}' is not an IP address") from exc
-    return host, port
-
-
-UPSTREAM_FORMS = ("IP[:PORT] (plain DNS over UDP and TCP, port 53), tls://HOST[:PORT][#NAME] "
-                  "(DNS-over-TLS, port 853), https://HOST[:PORT]/PATH[#NAME] (DNS-over-HTTPS, port 443)")
-_LABEL = r"[a-z0-9_]([a-z0-9-]{0,61}[a-z0-9])?"
-_HOSTNAME = re.compile(rf"^(?=.{{1,253}}$)({_LABEL}\.)*{_LABEL}$")
-
-
-@dataclass(frozen=True, slots=True)
-class UpstreamSpec:
-    """One ``upstreams`` entry, checked: ``scheme`` is ``dns``, ``tls`` or ``https``; ``name`` the
-    pinned certificate name (``#NAME``); ``url`` the DoH URL without the fragment."""
-
-    text: str
-    scheme: str
-    host: str
-    port: int
-    name: str | None = None
-    url: str | None = None
+        return upstream_forms.parse_hostport(text, default_port)
+    except upstream_forms.AddressError as exc:
+        raise ConfigError(str(exc)) from exc
 
 
 def parse_upstream(text: str) -> UpstreamSpec:
-    """``9.9.9.9``, ``tls://9.9.9.9:853#dns.quad9.net``, ``https://dns.example/dns-query`` → a spec;
-    anything else is a ``ConfigError`` that names the entry and lists the supported forms."""
-    t = text.strip()
-    scheme, sep, _ = t.partition("://")
-    if not sep:
-        try:
-            host, port = parse_hostport(t, 53)
-        except ConfigError as exc:
-            raise ConfigError(f"upstreams: {exc}; supported forms: {UPSTREAM_FORMS}") from exc
-        return UpstreamSpec(t, "dns", host, port)
-    scheme = scheme.lower()
-    if scheme not in ("tls", "https"):
-        raise ConfigError(f"upstreams: '{t}': unsupported scheme '{scheme}://'; supported forms: "
-                          f"{UPSTREAM_FORMS}")
-
-    def bad(why: str) -> ConfigError:
-        return ConfigError(f"upstreams: '{t}': {why}; supported forms: {UPSTREAM_FORMS}")
-
+    """One ``upstreams`` entry (policies/upstreams.py has the forms)."""
     try:
-        parts = urlsplit(t)
-        given = parts.port
-    except ValueError as exc:
-        raise bad(f"not a valid URL ({exc})") from exc
-    host = (parts.hostname or "").rstrip(".")
-    if not host:
-        raise bad("no host")
-    if parts.username is not None or parts.password is not None:
-        raise bad("a user name or password does not belong in an upstream")
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        if not _HOSTNAME.match(host):
-            raise bad(f"'{host}' is neither an IP address nor a host name") from None
-    name = parts.fragment.lower().rstrip(".") or None
-    if name is not None and not _HOSTNAME.match(name):
-        raise bad(f"'#{parts.fragment}' is not a host name to check the certificate against")
-    if scheme == "tls":
-        if parts.path not in ("", "/") or parts.query:
-            raise bad("DNS-over-TLS takes no path or query")
-        return UpstreamSpec(t, "tls", host, given or 853, name)
-    path = parts.path or "/dns-query"
-    where = f"[{host}]" if ":" in host else host
-    url = f"https://{where}:{given or 443}{path}" + (f"?{parts.query}" if parts.query else "")
-    return UpstreamSpec(t, "https", host, given or 443, name, url)
-
-
-def _port(text: str, p: str) -> int:
-    if not p.isdigit() or not 0 <= int(p) <= 65535:
-        raise ConfigError(f"'{text}': '{p}' is not a port")
-    return int(p)
+        return upstream_forms.parse_upstream(text)
+    except upstream_forms.AddressError as exc:
+        raise ConfigError(f"upstreams: {exc}") from exc
 
 
 def read_config_file(path: str) -> dict[str, Any]:
@@ -141,6 +62,8 @@ def read_config_file(path: str) -> dict[str, Any]:
     default = DnsSettings()
     out: dict[str, Any] = {}
     for key, value in data.items():
+        if key in POLICY_ONLY:
+            raise ConfigError(f"{path}: {key}: set it in the policy's settings.dns, where it is checked")
         if key not in KEYS:
             raise ConfigError(f"{path}: {key}: unknown key (allowed: {', '.join(KEYS)})")
         current = getattr(default, key)
@@ -223,12 +146,12 @@ def check(s: DnsSettings) -> None:
             raise ConfigError(f"{key}: at most 255 bytes (one TXT string)")
 
 
-def upstreams(s: DnsSettings) -> list[Upstream | Channel]:
-    """The forwarder's upstreams: plain ones as ``Upstream``, encrypted ones as channels
-    (``upstream_tls``, ``upstream_https``, imported only when used)."""
+def upstreams(s: DnsSettings, texts: tuple[str, ...] | None = None) -> list[Upstream | Channel]:
+    """The forwarder's upstreams (``texts``, or ``s.upstreams``): plain ones as ``Upstream``,
+    encrypted ones as channels (``upstream_tls``, ``upstream_https``, imported only when used)."""
     out: list[Upstream | Channel] = []
     contexts: dict[str, ssl.SSLContext] = {}
-    for text in s.upstreams:
+    for text in s.upstreams if texts is None else texts:
         spec = parse_upstream(text)
         if spec.scheme == "dns":
             out.append(Upstream(spec.host, spec.port))

@@ -59,6 +59,8 @@ from policies import (
 from policies.decide import GroupView
 
 from .cache import AnswerCache
+from .client_names import ClientNames
+from .local import LocalAnswers
 from .metrics import NullMetrics
 from .responses import BlockResponse, block_parts, qtype_name, template_qtype
 from .upstream import Forwarder, UpstreamError
@@ -173,6 +175,9 @@ class Resolver:
         self._silent = type(self.metrics) is NullMetrics and not events.enabled
         self.closing = False
         self.loop: asyncio.AbstractEventLoop | None = None
+        self.local: LocalAnswers | None = None  # set by server.serve (dns_blocker/local.py)
+        self.names = ClientNames(settings.client_names) if settings.client_names else None
+        self.name_metrics = self.names is not None and settings.client_name_metrics
 
     def attach(self, loop: asyncio.AbstractEventLoop) -> None:
         """Subscribe to policy changes; notices arrive on the holder's thread."""
@@ -203,6 +208,8 @@ class Resolver:
         """Answer one query: now from bytes, or later from a task (cache miss)."""
         if self.closing:
             return
+        if self.name_metrics:
+            self.count_client(client)
         if not self.acl.allows(client):
             if len(data) >= 12 and not data[2] & 0x80:
                 sink.send(error_reply(data, REFUSED), addr)
@@ -235,6 +242,11 @@ class Resolver:
                             response, data, client, port, sink, addr, not gv.group.exempt)
                 return
             d = ALLOW
+        if self.local is not None:  # local records and local domains (dns_blocker/local.py): never forwarded
+            here = self.local.answer(data, q)
+            if here is not None:
+                self._local_reply(here, d, q, data, client, port, sink, addr)
+                return
         now = time.monotonic()
         entry = self.cache.get(q.key, now)
         if entry is not None:
@@ -278,7 +290,8 @@ class Resolver:
         q = asker[1]
         result: tuple[bytes, Answer] | None = None
         try:
-            result = await self.forwarder.resolve(q)
+            forward = self.local.forwarder_for(q.name) if self.local is not None else None
+            result = await (forward or self.forwarder).resolve(q)
         except UpstreamError:
             pass
         finally:
@@ -316,6 +329,14 @@ class Resolver:
 
     # --- pieces ------------------------------------------------------------------
 
+    def _local_reply(self, here: tuple[bytes, str], d: Decision, q: Query, data: bytes, client: str,
+                     port: int, sink: Sink, addr: Any) -> None:
+        out, response = here
+        sink.send(self._fit(out, q, data, addr is not None), addr)
+        self.metrics.query("local")
+        if d.action is not Action.ALLOW or self.log_all:
+            self._log(d, q, client, port, response, {"local": True})
+
     def _reply(self, kind: int, out: bytes | bytearray, until: float, d: Decision, q: Query, response: str,
                data: bytes, client: str, port: int, sink: Sink, addr: Any, shared: bool) -> None:
         """Send an answer made from stored bytes, count and log it, and keep it
@@ -347,6 +368,11 @@ class Resolver:
                 for old in list(islice(hot, HOT_LIMIT // 64)):
                     del hot[old]
             hot[data[2:]] = (until, bytes(out[2:]), tally)
+
+    def count_client(self, client: str) -> None:
+        """The opt-in per-name query count (names only, never addresses: bounded labels)."""
+        assert self.names is not None
+        self.metrics.client(self.names.get(client) or "unknown")
 
     def tally(self, tally: Tally, client: str, port: int) -> None:
         """The metrics and the event of one answer made from stored bytes."""
@@ -443,8 +469,10 @@ class Resolver:
              extra: dict[str, Any] | None = None) -> None:
         if not self.events.enabled:
             return
+        name = self.names.get(client) if self.names is not None else None
         self.events.emit(build_event(d, Observation.dns(q.name, client), "dns", client_port=port,
-                                     qtype=qtype_name(q.qtype), response=response, extra=extra))
+                                     qtype=qtype_name(q.qtype), response=response, extra=extra,
+                                     client_name=name))
 
     async def drain(self, timeout: float) -> None:
         """Stop taking queries and let the ones in flight finish."""

@@ -24,7 +24,6 @@ import asyncio
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -40,6 +39,7 @@ import pytest
 from dns_blocker import upstream_tls
 from dns_blocker.upstream import ChannelError, clean_query
 from dns_blocker.upstream_tls import TlsUpstream, tls_context
+from tests.export.test_engines import free_port as both_free  # free for UDP and TCP: unbound binds both
 
 from .authority import Authority
 from .conftest import REPO, TEST_DAY, ResolverProcess, addresses, free_port, rcode
@@ -302,18 +302,12 @@ def test_unreadable_upstream_ca_is_an_error(tmp_path: Path, write_policy: Callab
     assert f"upstream_ca: cannot load '{bad}' as a PEM CA bundle" in done.stderr
 
 
-def _tcp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture
 def unbound(tmp_path: Path, ca: TestCA) -> Iterator[dict[str, int]]:
     """Unbound, a real peer, serving DoT and DoH (its own local zone) with the test CA's certificate."""
     if shutil.which("unbound") is None:
         pytest.fail("unbound is not installed: run .ci/install-tools")
-    ports = {"plain": free_port(), "tls": _tcp_port(), "https": _tcp_port()}
+    ports = {"plain": both_free(), "tls": both_free(), "https": both_free()}
     conf = tmp_path / "unbound.conf"
     conf.write_text(f"""server:
     interface: 127.0.0.1@{ports["plain"]}
