@@ -32,8 +32,13 @@ def register(sub: Any) -> None:
     p.add_argument("--listen", action="append", metavar="HOST:PORT",
                    help="address to serve UDP and TCP on (repeatable; IPv4 or [IPv6]; "
                         "default 127.0.0.1:5353)")
-    p.add_argument("--upstream", action="append", dest="upstreams", metavar="HOST[:PORT]",
-                   help="upstream resolver, tried in order (repeatable; default 1.1.1.1 and 9.9.9.9)")
+    p.add_argument("--upstream", action="append", dest="upstreams", metavar="UPSTREAM",
+                   help="upstream resolver, tried in order (repeatable; default 1.1.1.1 and 9.9.9.9): "
+                        "IP[:PORT], tls://HOST[:853][#NAME] (DNS-over-TLS) or "
+                        "https://HOST[:PORT]/dns-query[#NAME] (DNS-over-HTTPS); #NAME is the name the "
+                        "certificate must carry")
+    p.add_argument("--upstream-ca", metavar="FILE",
+                   help="PEM CA bundle trusted for tls:// and https:// upstreams, besides the system's")
     p.add_argument("--block-response", choices=["nxdomain", "null", "refused"],
                    help="answer to blocked names (default nxdomain)")
     p.add_argument("--log", metavar="FILE|-", help="JSON-lines event log (default: none)")
@@ -92,7 +97,7 @@ CLI_KEYS = ("listen", "upstreams", "block_response", "log", "db", "db_days", "db
             "metrics", "canary", "acl",
             "cache_size", "timeout", "workers", "max_udp_size", "tcp_timeout", "tcp_connections",
             "tcp_per_client", "server_identity", "server_version", "rpz", "rpz_notify", "rpz_allow",
-            "rpz_allow_unsigned", "rpz_transfers", "tsig_key")
+            "rpz_allow_unsigned", "rpz_transfers", "tsig_key", "upstream_ca")
 
 
 def cmd_dns(args: argparse.Namespace) -> int:

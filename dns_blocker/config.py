@@ -9,6 +9,7 @@ at start: a policy reload changes rules and phases, not listeners or upstreams.
 from __future__ import annotations
 
 import ipaddress
+import ssl
 from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
@@ -16,11 +17,14 @@ from typing import Any
 import yaml
 
 from policies import DnsSettings
+from policies import upstreams as upstream_forms
+from policies.upstreams import UpstreamSpec
 
 from .responses import BlockResponse
-from .upstream import Upstream
+from .upstream import Channel, Upstream
 
-KEYS = tuple(f.name for f in fields(DnsSettings))
+POLICY_ONLY = ("local", "forward", "local_domains")  # structured: read by policies/dns_local.py
+KEYS = tuple(f.name for f in fields(DnsSettings) if f.name not in POLICY_ONLY)
 
 
 class ConfigError(ValueError):
@@ -29,32 +33,18 @@ class ConfigError(ValueError):
 
 def parse_hostport(text: str, default_port: int) -> tuple[str, int]:
     """``1.2.3.4``, ``1.2.3.4:53``, ``::1``, ``[::1]:53`` → (host, port)."""
-    text = text.strip()
-    host, port = text, default_port
-    if text.startswith("["):
-        end = text.find("]")
-        if end < 0:
-            raise ConfigError(f"'{text}': missing ']'")
-        host = text[1:end]
-        rest = text[end + 1 :]
-        if rest:
-            if not rest.startswith(":"):
-                raise ConfigError(f"'{text}': expected ':PORT' after ']'")
-            port = _port(text, rest[1:])
-    elif text.count(":") == 1:
-        host, p = text.split(":")
-        port = _port(text, p)
     try:
-        ipaddress.ip_address(host)
-    except ValueError as exc:
-        raise ConfigError(f"'{text}': '{host}' is not an IP address") from exc
-    return host, port
+        return upstream_forms.parse_hostport(text, default_port)
+    except upstream_forms.AddressError as exc:
+        raise ConfigError(str(exc)) from exc
 
 
-def _port(text: str, p: str) -> int:
-    if not p.isdigit() or not 0 <= int(p) <= 65535:
-        raise ConfigError(f"'{text}': '{p}' is not a port")
-    return int(p)
+def parse_upstream(text: str) -> UpstreamSpec:
+    """One ``upstreams`` entry (policies/upstreams.py has the forms)."""
+    try:
+        return upstream_forms.parse_upstream(text)
+    except upstream_forms.AddressError as exc:
+        raise ConfigError(f"upstreams: {exc}") from exc
 
 
 def read_config_file(path: str) -> dict[str, Any]:
@@ -72,6 +62,8 @@ def read_config_file(path: str) -> dict[str, Any]:
     default = DnsSettings()
     out: dict[str, Any] = {}
     for key, value in data.items():
+        if key in POLICY_ONLY:
+            raise ConfigError(f"{path}: {key}: set it in the policy's settings.dns, where it is checked")
         if key not in KEYS:
             raise ConfigError(f"{path}: {key}: unknown key (allowed: {', '.join(KEYS)})")
         current = getattr(default, key)
@@ -114,7 +106,14 @@ def check(s: DnsSettings) -> None:
     if not s.upstreams:
         raise ConfigError("upstreams: at least one upstream is needed")
     for up in s.upstreams:
-        parse_hostport(up, 53)
+        parse_upstream(up)
+    if s.upstream_ca is not None:
+        try:
+            ssl.create_default_context(cafile=s.upstream_ca)
+        except (OSError, ssl.SSLError, ValueError) as exc:
+            why = getattr(exc, "strerror", None) or str(exc)
+            raise ConfigError(f"upstream_ca: cannot load '{s.upstream_ca}' as a PEM CA bundle: {why}"
+                              ) from exc
     if s.block_response not in {b.value for b in BlockResponse}:
         raise ConfigError(f"block_response: '{s.block_response}' is not nxdomain, null or refused")
     for net in s.acl:
@@ -147,5 +146,25 @@ def check(s: DnsSettings) -> None:
             raise ConfigError(f"{key}: at most 255 bytes (one TXT string)")
 
 
-def upstreams(s: DnsSettings) -> list[Upstream]:
-    return [Upstream(*parse_hostport(u, 53)) for u in s.upstreams]
+def upstreams(s: DnsSettings, texts: tuple[str, ...] | None = None) -> list[Upstream | Channel]:
+    """The forwarder's upstreams (``texts``, or ``s.upstreams``): plain ones as ``Upstream``,
+    encrypted ones as channels (``upstream_tls``, ``upstream_https``, imported only when used)."""
+    out: list[Upstream | Channel] = []
+    contexts: dict[str, ssl.SSLContext] = {}
+    for text in s.upstreams if texts is None else texts:
+        spec = parse_upstream(text)
+        if spec.scheme == "dns":
+            out.append(Upstream(spec.host, spec.port))
+            continue
+        from .upstream_tls import TlsUpstream, tls_context
+
+        if spec.scheme not in contexts:  # one per kind: httpx sets its ALPN on the one it gets
+            contexts[spec.scheme] = tls_context(s.upstream_ca)
+        ctx = contexts[spec.scheme]
+        if spec.scheme == "tls":
+            out.append(TlsUpstream(spec.host, spec.port, spec.name, ctx, spec.text))
+        else:
+            from .upstream_https import HttpsUpstream
+
+            out.append(HttpsUpstream(str(spec.url), spec.name, ctx, spec.text))
+    return out

@@ -35,6 +35,9 @@ class NullMetrics:
     def cache_size(self, n: int) -> None:
         pass
 
+    def client(self, name: str) -> None:
+        pass
+
 
 class PromMetrics(NullMetrics):
     """``egress_dns_*`` metrics in their own registry, served over HTTP."""
@@ -44,8 +47,8 @@ class PromMetrics(NullMetrics):
 
         self.registry = CollectorRegistry()
         r = self.registry
-        self._queries = Counter("egress_dns_queries", "Queries answered, by result "
-                                "(allow, log, block, canary, refused, formerr, notimp, servfail, dropped)",
+        self._queries = Counter("egress_dns_queries", "Queries answered, by result (allow, log, block, "
+                                "canary, local, refused, formerr, notimp, servfail, dropped)",
                                 ["result"], registry=r)
         self._decisions = Counter("egress_dns_decisions", "Blocks and logs per app and action",
                                   ["app", "action"], registry=r)
@@ -61,6 +64,9 @@ class PromMetrics(NullMetrics):
         self._flushes = Counter("egress_dns_cache_flushes", "Cache flushes, by cause", ["reason"], registry=r)
         self._size = Gauge("egress_dns_cache_entries", "Entries in the answer cache", registry=r,
                            multiprocess_mode="livesum")
+        self._clients = Counter("egress_dns_client_queries", "Queries per client name (settings.dns."
+                                "client_name_metrics; 'unknown' for clients without a name)", ["client"],
+                                registry=r)
         self._children: dict[Any, Any] = {}
         self._hit = self._cache.labels("hit")
         self._miss = self._cache.labels("miss")
@@ -96,6 +102,9 @@ class PromMetrics(NullMetrics):
 
     def cache_size(self, n: int) -> None:
         self._size.set(n)
+
+    def client(self, name: str) -> None:
+        self._child(self._clients, name).inc()
 
     def serve(self, host: str, port: int) -> int:
         """Start the HTTP endpoint on a daemon thread; returns the bound port.

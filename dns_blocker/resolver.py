@@ -67,6 +67,8 @@ from .chain.acl import Acl
 from .chain.coalesce import Coalescer, Join
 from .chain.identity import Identity
 from .chain.verdict import ChainVerdict, Verdicts
+from .client_names import ClientNames
+from .local import LocalAnswers
 from .metrics import NullMetrics
 from .responses import BlockResponse, block_parts, qtype_name, template_qtype
 from .upstream import Forwarder, UpstreamError
@@ -184,6 +186,9 @@ class Resolver:
         self._silent = type(self.metrics) is NullMetrics and not events.enabled
         self.closing = False
         self.loop: asyncio.AbstractEventLoop | None = None
+        self.local: LocalAnswers | None = None  # set by server.serve (dns_blocker/local.py)
+        self.names = ClientNames(settings.client_names) if settings.client_names else None
+        self.name_metrics = self.names is not None and settings.client_name_metrics
 
     def attach(self, loop: asyncio.AbstractEventLoop) -> None:
         """Subscribe to policy changes; notices arrive on the holder's thread."""
@@ -214,6 +219,8 @@ class Resolver:
         """Answer one query: now from bytes, or later from a task (cache miss)."""
         if self.closing:
             return
+        if self.name_metrics:
+            self.count_client(client)
         if not self.acl.allows(client):
             if len(data) >= 12 and not data[2] & 0x80:
                 sink.send(error_reply(data, REFUSED), addr)
@@ -249,6 +256,11 @@ class Resolver:
                             FOREVER, response, not gv.group.exempt)
                 return
             d = ALLOW
+        if self.local is not None:  # local records and local domains (dns_blocker/local.py): never forwarded
+            here = self.local.answer(data, q)
+            if here is not None:
+                self._local_reply(here, d, q, data, client, port, sink, addr)
+                return
         now = time.monotonic()
         entry = self.cache.get(q.key, now)
         if entry is not None:
@@ -291,7 +303,8 @@ class Resolver:
         q = asker.query
         result: tuple[bytes, Answer] | None = None
         try:
-            result = await self.forwarder.resolve(q)
+            forward = self.local.forwarder_for(q.name) if self.local is not None else None
+            result = await (forward or self.forwarder).resolve(q)
         except UpstreamError:
             pass
         finally:
@@ -329,6 +342,14 @@ class Resolver:
 
     # --- pieces ------------------------------------------------------------------
 
+    def _local_reply(self, here: tuple[bytes, str], d: Decision, q: Query, data: bytes, client: str,
+                     port: int, sink: Sink, addr: Any) -> None:
+        out, response = here
+        sink.send(self._fit(out, q, data, addr is not None), addr)
+        self.metrics.query("local")
+        if d.action is not Action.ALLOW or self.log_all:
+            self._log(d, q, client, port, response, {"local": True})
+
     def _reply(self, asker: Asker, served: Served, out: bytes | bytearray, until: float, response: str,
                shared: bool) -> None:
         """Send an answer made from stored bytes, count and log it, and keep it
@@ -361,6 +382,11 @@ class Resolver:
                 for old in list(islice(hot, HOT_LIMIT // 64)):
                     del hot[old]
             hot[data[2:]] = Hot(until, bytes(out[2:]), tally)
+
+    def count_client(self, client: str) -> None:
+        """The opt-in per-name query count (names only, never addresses: bounded labels)."""
+        assert self.names is not None
+        self.metrics.client(self.names.get(client) or "unknown")
 
     def tally(self, tally: Tally, client: str, port: int) -> None:
         """The metrics and the event of one answer made from stored bytes."""
@@ -425,8 +451,10 @@ class Resolver:
              extra: dict[str, Any] | None = None) -> None:
         if not self.events.enabled:
             return
+        name = self.names.get(client) if self.names is not None else None
         self.events.emit(build_event(d, Observation.dns(q.name, client), "dns", client_port=port,
-                                     qtype=qtype_name(q.qtype), response=response, extra=extra))
+                                     qtype=qtype_name(q.qtype), response=response, extra=extra,
+                                     client_name=name))
 
     async def drain(self, timeout: float) -> None:
         """Stop taking queries and let the ones in flight finish."""

@@ -36,6 +36,7 @@ from policies import DnsSettings
 
 from . import batched
 from .config import parse_hostport, upstreams
+from .local import LocalAnswers
 from .metrics import NullMetrics
 from .resolver import EventSink, Resolver
 from .upstream import Forwarder
@@ -82,6 +83,8 @@ class UdpListener(asyncio.DatagramProtocol):
             hot = table.get(data[2:])
             if hot is not None and hot.until > time.monotonic() and self.transport is not None:
                 self.transport.sendto(data[:2] + hot.answer, addr)
+                if r.name_metrics:
+                    r.count_client(addr[0])
                 if hot.tally is not None:
                     r.tally(hot.tally, addr[0], addr[1])
                 return
@@ -487,6 +490,8 @@ async def serve(settings: DnsSettings, holder: Any, events: Any, metrics: NullMe
     await forwarder.start()
     sink: EventSink = events
     resolver = Resolver(holder, settings, forwarder, sink, metrics)
+    resolver.local = LocalAnswers(settings, lambda ups: Forwarder(upstreams(settings, ups), settings.timeout,
+                                                                   metrics.upstream, metrics.rejected))
     resolver.attach(loop)
     rpz = None
     if settings.rpz:
@@ -550,7 +555,8 @@ async def serve(settings: DnsSettings, holder: Any, events: Any, metrics: NullMe
             await rpz.close()
         for utransport in udp_transports:
             utransport.close()
-        forwarder.close()
+        await forwarder.aclose()
+        await resolver.local.aclose()
         holder.stop()
     lost = [t for t in udp_transports
             if isinstance(t, batched.BatchedTransport) and (t.unsent or t.truncated)]

@@ -31,6 +31,14 @@ not use passes to the next.  One that failed is moved to the back for
 own.  An answer with TC set is fetched again over TCP from the same upstream.
 An upstream SERVFAIL, REFUSED, NOTIMP or FORMERR counts as a failure and the
 next one is asked.
+
+Encrypted upstreams (DNS-over-TLS in ``upstream_tls``, DNS-over-HTTPS in
+``upstream_https``) are ``Channel``s in the same list, under the same budget,
+order, back-off and rcode rules.  They get the same clean query (ID 0, the
+name lower-cased: the channel is authenticated, so 0x20 adds nothing, and a
+steady query lets DoH caches work); the channel multiplexes it over the
+connection it keeps open and gives back the answer with ID 0, and the answer
+must match the question and is scrubbed as a UDP one is.
 """
 
 from __future__ import annotations
@@ -43,9 +51,10 @@ import resource
 import socket
 import struct
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from .scrub import scrub
 from .wire import (
@@ -83,6 +92,14 @@ class Overloaded(UpstreamError):
     """Too many upstream sockets open: fail now rather than queue."""
 
 
+class ChannelError(UpstreamError):
+    """An encrypted upstream failed; ``reason`` is the metrics label (``tls``, ``http-status``...)."""
+
+    def __init__(self, message: str, reason: str):
+        super().__init__(message)
+        self.reason = reason
+
+
 @dataclass(frozen=True, slots=True)
 class Upstream:
     host: str
@@ -93,8 +110,21 @@ class Upstream:
         return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
 
 
-Observer = Callable[[str, float | None, str | None], None]  # (upstream, seconds | None, error | None)
 Rejecter = Callable[[str, int], None]  # (reason, count): answers and records dropped
+
+
+class Channel(Protocol):
+    """An encrypted upstream: one clean query (ID 0) out, its answer (ID 0) back."""
+
+    @property
+    def label(self) -> str: ...
+
+    async def exchange(self, query: bytes, reject: Rejecter) -> bytes: ...
+
+    async def aclose(self) -> None: ...
+
+
+Observer = Callable[[str, float | None, str | None], None]  # (upstream, seconds | None, error | None)
 
 
 def port_range() -> tuple[int, int]:
@@ -139,17 +169,18 @@ def mix_case(name: bytes, noise: bytes) -> bytes:
 
 
 class Forwarder:
-    def __init__(self, upstreams: list[Upstream], timeout: float, observe: Observer | None = None,
-                 reject: Rejecter | None = None):
+    def __init__(self, upstreams: Sequence[Upstream | Channel], timeout: float,
+                 observe: Observer | None = None, reject: Rejecter | None = None):
         if not upstreams:
             raise ValueError("at least one upstream is needed")
-        self.upstreams = upstreams
+        self.upstreams = list(upstreams)
         self.timeout = timeout
         self._observe = observe or (lambda up, secs, err: None)
         self._reject = reject or (lambda reason, n: None)
         # Datagrams are compared with the address as recvfrom gives it (compressed IPv6).
-        self._peer = {up: (ipaddress.ip_address(up.host).compressed, up.port) for up in upstreams}
-        self._down_until: dict[Upstream, float] = {}
+        self._peer = {up: (ipaddress.ip_address(up.host).compressed, up.port) for up in upstreams
+                      if isinstance(up, Upstream)}
+        self._down_until: dict[Upstream | Channel, float] = {}
         self._keeps_case: dict[Upstream, bool] = {}
         self._case_strikes: dict[Upstream, int] = {}
         self._noise = b""
@@ -175,11 +206,17 @@ class Forwarder:
             share = (deadline - started) / (len(order) - i)
             try:
                 async with asyncio.timeout(share):
-                    data = await self._udp(up, q)
-                    info = scan_answer(data, q.qend)
-                    if info.truncated:
-                        data = await self._tcp(up, q)
+                    if isinstance(up, Upstream):
+                        data = await self._udp(up, q)
                         info = scan_answer(data, q.qend)
+                        if info.truncated:
+                            data = await self._tcp(up, q)
+                            info = scan_answer(data, q.qend)
+                    else:
+                        data = await self._channel(up, q)
+                        info = scan_answer(data, q.qend)
+                        if info.truncated:  # a stream has no size limit: TC here is a broken server
+                            raise ChannelError(f"{up.label}: truncated answer over a stream", "bad-answer")
                 if info.rcode in _BAD_RCODES:
                     raise UpstreamError(f"upstream answered rcode {info.rcode}")
             except Overloaded:
@@ -190,7 +227,8 @@ class Forwarder:
                 continue
             except (OSError, UpstreamError, Malformed, asyncio.IncompleteReadError) as exc:
                 last = exc
-                self._fail(up, type(exc).__name__ if not isinstance(exc, UpstreamError) else "bad-answer")
+                self._fail(up, exc.reason if isinstance(exc, ChannelError) else
+                           type(exc).__name__ if not isinstance(exc, UpstreamError) else "bad-answer")
                 continue
             self._down_until.pop(up, None)
             self._observe(up.label, time.monotonic() - started, None)
@@ -211,7 +249,7 @@ class Forwarder:
         question = mix_case(q.key[:-5], noise[2:]) + q.key[-5:-1]
         return int.from_bytes(noise[:2], "big"), question
 
-    def _fail(self, up: Upstream, reason: str) -> None:
+    def _fail(self, up: Upstream | Channel, reason: str) -> None:
         self._down_until[up] = time.monotonic() + BACKOFF
         self._observe(up.label, None, reason)
 
@@ -362,6 +400,22 @@ class Forwarder:
             writer.close()
         return self._scrubbed(data, q)
 
+    async def _channel(self, up: Channel, q: Query) -> bytes:
+        out = clean_query(0, q.key[:-1], q.key[-1])
+        data = await up.exchange(out, self._reject)
+        reason = self._mismatch(data, ("", 0), ("", 0), out, q.qend, False)
+        if reason is not None:
+            self._reject(reason, 1)
+            raise ChannelError(f"{up.label}: the answer does not match the question ({reason})", "bad-answer")
+        return self._scrubbed(data, q)
+
     def close(self) -> None:
         for sock in list(self.open_sockets):
             self._close(sock)
+
+    async def aclose(self) -> None:
+        """``close``, and the encrypted upstreams' connections too."""
+        self.close()
+        for up in self.upstreams:
+            if not isinstance(up, Upstream):
+                await up.aclose()

@@ -32,8 +32,10 @@ def register(sub: Any) -> None:
     add_policy_args(p, serving=True)
     p.add_argument("--dns-listen", default=DEFAULT_DNS, metavar="HOST:PORT")
     p.add_argument("--proxy-listen", default=DEFAULT_PROXY, metavar="HOST:PORT")
-    p.add_argument("--upstream", action="append", metavar="HOST[:PORT]",
-                   help="DNS upstream (repeatable; default: the resolver's default)")
+    p.add_argument("--upstream", action="append", metavar="UPSTREAM",
+                   help="DNS upstream: IP[:PORT], tls://HOST[:853][#NAME] or https://HOST/dns-query "
+                        "(repeatable; default: the resolver's default)")
+    p.add_argument("--upstream-ca", metavar="FILE", help="CA bundle for tls:// and https:// upstreams")
     p.add_argument("--mode", choices=["enforce", "monitor"], help="override the policy's mode")
     p.add_argument("--log", default="-", metavar="FILE|-",
                    help="event log for both servers (default: stdout)")
@@ -82,6 +84,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     dns_cmd = [*me, "dns", "--listen", args.dns_listen, *common]
     for up in args.upstream or []:
         dns_cmd += ["--upstream", up]
+    if args.upstream_ca:
+        dns_cmd += ["--upstream-ca", args.upstream_ca]
     commands = {"dns": dns_cmd}
     if not args.no_proxy:
         commands["proxy"] = [*me, "proxy", "--listen", args.proxy_listen, *common]

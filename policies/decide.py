@@ -58,6 +58,7 @@ from .model import (
     Rule,
     RuleKind,
     Settings,
+    Subscription,
     Tier,
 )
 
@@ -107,6 +108,7 @@ class Policy:
     name: str | None = None
     digest: str | None = None  # sha256 over the policy file and its list files
     builtins: Builtins = field(default_factory=Builtins)
+    subscriptions: tuple[Subscription, ...] = ()  # lists: entries with a url (policies/subscriptions.py)
 
     def today(self, now: dt.datetime | None = None) -> dt.date:
         """The date the schedules are read at, in the policy's time zone."""

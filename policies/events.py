@@ -148,9 +148,11 @@ def build_event(
     qtype: str | None = None,
     response: str | None = None,
     extra: dict[str, Any] | None = None,
+    client_name: str | None = None,
 ) -> dict[str, Any]:
     """One event for one decision. ``response`` says what the adapter answered
-    (``NXDOMAIN``, ``451``, ``reset``, ``forwarded``...).
+    (``NXDOMAIN``, ``451``, ``reset``, ``forwarded``...).  ``client_name`` (from a
+    hosts or leases file) goes in ``source.domain``, beside the client's ``source.ip``.
 
     Every call returns fresh dicts and lists, so a caller may change its event."""
     if isinstance(timestamp, dt.datetime):
@@ -200,6 +202,8 @@ def build_event(
     client = observation.client
     if client:
         ev["source"] = {"ip": client} if client_port is None else {"ip": client, "port": client_port}
+        if client_name:
+            ev["source"]["domain"] = client_name
     dest: dict[str, Any] = {}
     if server_ip:
         dest["ip"] = server_ip

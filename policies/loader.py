@@ -30,7 +30,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 
-from . import legal_loader
+from . import dns_local, legal_loader, subscriptions
 from .builtins import BUILTIN_KEYS, Builtins, EchAction
 from .decide import Policy
 from .matching import (
@@ -60,6 +60,7 @@ from .model import (
     ScheduleEntry,
     Settings,
     StoreIds,
+    Subscription,
     Tier,
 )
 
@@ -363,7 +364,7 @@ CIDR_ENTRY_KEYS = {"cidr": True, "source": False, "confidence": False, "group": 
 STORE_ENTRY_KEYS = {"id": True, "source": False, "confidence": False, "note": False}
 DOWNLOAD_KEYS = {"host": True, "path": False, "source": False, "confidence": False, "group": False,
                  "note": False}
-LIST_KEYS = {"path": True, "as": False, "source": False, "group": False}
+LIST_KEYS = {"path": False, "as": False, "source": False, "group": False, **subscriptions.KEYS}
 LEGAL_KEYS = {"order": True, "citation": True, "signed": False, "url": False, "note": False}
 SCHEDULE_KEYS = legal_loader.SCHEDULE_KEYS
 ALLOW_KEYS = {"domains": False, "hosts": False, "lists": False}
@@ -391,6 +392,7 @@ class _Build:
     caps: _Caps
     version: int = 1
     schedules: dict[str, tuple[ScheduleEntry, ...]] = field(default_factory=dict)
+    subscriptions: list[Subscription] = field(default_factory=list)
 
     def rule(self, *args: Any, **kw: Any) -> Rule:
         r = Rule(*args, **kw)
@@ -453,7 +455,8 @@ def load_policy_text(text: str, file: str = "<policy>", base: Path | None = None
         issues = sorted(w.issues, key=lambda i: (i.file != file, i.file, i.line))  # stable: keeps field order
         raise PolicyError(issues or [PolicyIssue(file, 1, "(file)", "invalid policy")], tuple(w.files))
     try:
-        digest = policy_digest(text, policy.files[1:], max_file_size)
+        pending = {s.cache for s in policy.subscriptions if not os.path.exists(s.cache)}  # not fetched yet
+        digest = policy_digest(text, [f for f in policy.files[1:] if f not in pending], max_file_size)
     except _Unreadable as exc:
         raise PolicyError([PolicyIssue(file, 0, "(file)", f"a list file changed while loading: {exc}")],
                           tuple(w.files)) from exc
@@ -584,6 +587,7 @@ def _compile(w: _Walker, root: yaml.Node, base: Path, caps: _Caps) -> Policy | N
         client_networks=NetworkMatcher(group_nets),
         legal_status=ls,
         name=policy_name,
+        subscriptions=tuple(b.subscriptions),
     )
 
 
@@ -659,7 +663,11 @@ def _dataclass_from(w: _Walker, node: yaml.Node | None, field: str, cls: type[T]
     for key, vnode in keys.items():
         current = getattr(default, key)
         name = f"{field}.{key}"
-        if isinstance(current, tuple):
+        if cls is DnsSettings and key in dns_local.KEYS:  # structured: local records, forwards
+            got = dns_local.read(w, key, vnode, name)
+            if got is not None:
+                values[key] = got
+        elif isinstance(current, tuple):
             items = [w.text(i, f) for f, i in w.seq(vnode, name)]
             if all(i is not None for i in items):
                 values[key] = tuple(items)
@@ -935,20 +943,37 @@ def _list(w: _Walker, b: _Build, node: yaml.Node, field: str, base: Path, app: s
     as_: str | None = "domains"
     source: str | None = None
     group: str | None = None
-    if isinstance(node, yaml.ScalarNode):
+    sub: Subscription | None = None
+    m: dict[str, yaml.Node] | None = None
+    if isinstance(node, yaml.ScalarNode) and str(node.value).startswith("https://"):
+        m = {"url": node}  # a bare URL: a subscription with the defaults
+    elif isinstance(node, yaml.ScalarNode):
         rel = w.text(node, field)
     else:
         m = w.mapping(node, field, LIST_KEYS)
-        if m is None or "path" not in m:
+        if m is None:
             return
-        rel = w.text(m["path"], f"{field}.path")
+        if "path" not in m and "url" not in m:
+            w.err(node, field, "needs a path (a list file) or a url (a subscription)")
+            return
+        rel = w.text(m["path"], f"{field}.path") if "path" in m else None
         as_ = w.choice(m["as"], f"{field}.as", ("domains", "hosts")) if "as" in m else "domains"
         source = w.sources(m["source"], f"{field}.source") if "source" in m else None
         group = w.text(m["group"], f"{field}.group") if "group" in m else None
+    if m is not None and "url" in m:  # downloaded by the holder (runtime/subscriptions.py)
+        got = subscriptions.entry(w, m, field, base, as_ == "hosts")
+        if got is None:
+            return
+        sub, rel = got
+        source = source or sub.url
     if not rel or not as_ or not _enabled(w, b, group, node, field):
         return
     path = (base / rel) if not os.path.isabs(rel) else Path(rel)
     b.files.append(str(path))  # a missing file too: its arrival should trigger a reload
+    if sub is not None:
+        b.subscriptions.append(sub)
+        if not path.exists():
+            return  # not downloaded yet: no names until the first copy arrives
     try:
         raw = _open_regular(path, b.caps.file_size)
     except _Unreadable as exc:
@@ -975,6 +1000,16 @@ def _list(w: _Walker, b: _Build, node: yaml.Node, field: str, base: Path, app: s
         more = len(problems) - _MAX_LIST_ISSUES
         w.issues.append(PolicyIssue(where, problems[-1][0], field, f"{more} more bad lines like these"))
     b.count("allow" if allow else ("hosts" if exact else "domains"), n)
+
+
+def list_problems(data: bytes, exact: bool) -> tuple[int, list[tuple[int, str]]]:
+    """(names, [(line, message)]) of a list file's bytes, checked as ``_list`` checks a list file
+    (the subscription downloader validates a download with it before swapping it in)."""
+    problems: list[tuple[int, str, str]] = []
+    with io.TextIOWrapper(io.BytesIO(data), encoding="utf-8", errors="replace") as fh:
+        lines = _capped_lines(fh, _Caps(len(data) + 1, MAX_LIST_LINE), problems)
+        n = sum(1 for _ in _list_names(lines, _STORE_HOSTS if exact else _STORE_COVER, problems))
+    return n, [(line, message) for line, _text, message in sorted(problems)]
 
 
 def _capped_lines(fh: io.TextIOWrapper, caps: _Caps, problems: list[tuple[int, str, str]]) -> Iterator[str]:

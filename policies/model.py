@@ -366,6 +366,52 @@ class Decision:
 ALLOW = Decision(Action.ALLOW)
 
 
+# RFC 6303's locally served zones for the private ranges, RFC 8375's home.arpa, and the names
+# home routers hand out: none of them means anything on the public internet.
+PRIVATE_REVERSE = ("10.in-addr.arpa", *(f"{n}.172.in-addr.arpa" for n in range(16, 32)),
+                   "168.192.in-addr.arpa", "254.169.in-addr.arpa", "d.f.ip6.arpa", "8.e.f.ip6.arpa",
+                   "9.e.f.ip6.arpa", "a.e.f.ip6.arpa", "b.e.f.ip6.arpa")
+DEFAULT_LOCAL_DOMAINS = ("lan", "home.arpa", "internal", "localdomain", *PRIVATE_REVERSE)
+
+
+class RType(StrEnum):
+    """The types of ``settings.dns.local`` records."""
+
+    A = "A"
+    AAAA = "AAAA"
+    CNAME = "CNAME"
+    PTR = "PTR"
+
+
+@dataclass(frozen=True, slots=True)
+class LocalRecord:
+    """One ``settings.dns.local`` record (policies/dns_local.py reads them)."""
+
+    name: str
+    rtype: RType
+    value: str  # an address (A, AAAA) or a normalised name (CNAME, PTR)
+
+
+@dataclass(frozen=True, slots=True)
+class Forward:
+    """One ``settings.dns.forward`` entry: names under ``domain`` go to these upstreams."""
+
+    domain: str
+    upstreams: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Subscription:
+    """A ``lists:`` entry with a ``url``: downloaded by the policy holder into ``cache``
+    (runtime/subscriptions.py), read from there by the loader like any list file."""
+
+    url: str
+    cache: str  # the cached copy's path: the loader reads it, the holder replaces it
+    refresh: float  # seconds between downloads
+    exact: bool  # as: hosts
+    ca: str | None = None  # a CA bundle for the download, besides the system's
+
+
 @dataclass(frozen=True, slots=True)
 class DnsSettings:
     """``settings.dns`` in a policy (or in a config file); CLI flags win over both."""
@@ -401,6 +447,13 @@ class DnsSettings:
     rpz_allow_unsigned: tuple[str, ...] = ()  # sources allowed a transfer without TSIG
     rpz_transfers: int = 4  # transfers at once
     tsig_key: str | None = None  # NAME:ALGORITHM:BASE64SECRET, or a BIND key file
+    upstream_ca: str | None = None  # extra CA bundle (PEM) for tls:// and https:// upstreams
+    # Local records and conditional forwarding (policy only; policies/dns_local.py, dns_blocker/local.py).
+    local: tuple[LocalRecord, ...] = ()
+    forward: tuple[Forward, ...] = ()
+    local_domains: tuple[str, ...] = DEFAULT_LOCAL_DOMAINS  # never sent to the public upstreams
+    client_names: str | None = None  # hosts file or dnsmasq leases file: client address -> name
+    client_name_metrics: bool = False  # label egress_dns_client_queries_total by client name (cardinality)
 
 
 @dataclass(frozen=True, slots=True)

@@ -23,6 +23,7 @@ import signal
 import threading
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from policies import (
     LegalStatus,
@@ -36,6 +37,9 @@ from policies import (
     load_policy,
     policy_warnings,
 )
+
+if TYPE_CHECKING:
+    from .subscriptions import Downloader
 
 log = logging.getLogger("egress_filter.policy")
 
@@ -61,6 +65,7 @@ class PolicyHolder:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self.downloader: Downloader | None = None  # list subscriptions (httpx is imported only then)
         self.last_error: PolicyError | None = None
         self.reloads = 0
         self._loading = False  # a reload is reading files (guarded by _lock)
@@ -188,9 +193,17 @@ class PolicyHolder:
         self._thread = threading.Thread(target=self._watch, args=(interval,), name="egress-policy-watch",
                                         daemon=True)
         self._thread.start()
+        # The one hook for list subscriptions (runtime/subscriptions.py): it downloads into
+        # the cache files the loader reads, and this watcher reloads when one changes.
+        from .subscriptions import Downloader as Fetcher
+
+        self.downloader = Fetcher(self)
+        self.downloader.start()
 
     def stop(self) -> None:
         self._stop.set()
+        if self.downloader is not None:
+            self.downloader.stop()
         if self._thread is not None:
             self._thread.join(5)
             self._thread = None
