@@ -40,14 +40,17 @@ def write_table(verdicts: Iterable[Verdict], out: IO[str], summary: Summary) -> 
     width = name_width(out)
     nw = width or 60
     out.write(" ".join(f"{h:<{w}}" for h, w in COLUMNS) + f" {'NAME / URL':<{nw}} RULE\n")
+    # One format string for the whole row: a join over cells per row cost a tenth of replay's time.
+    row = " ".join(f"{{:<{w}}}" for _, w in COLUMNS) + f" {{:<{nw}}} {{}}\n"
+    fmt = row.format
+    add = summary.add
+    write = out.write
     for v in verdicts:
-        summary.add(v)
+        add(v)
         s, d = v.sighting, v.decision
-        cells = (iso(s.time), endpoint(s.client, s.client_port), endpoint(s.server, s.server_port),
-                 s.kind.value, s.qtype or "-", d.action.value, d.group, ",".join(d.apps) or "-",
-                 d.phase.value)
-        line = " ".join(f"{c:<{w}}" for c, (_, w) in zip(cells, COLUMNS, strict=True))
-        out.write(f"{line} {shown_name(v, width):<{nw}} {d.rule or '-'}\n")
+        write(fmt(iso(s.time), endpoint(s.client, s.client_port), endpoint(s.server, s.server_port),
+                  s.kind.value, s.qtype or "-", d.action.value, d.group, ",".join(d.apps) or "-",
+                  d.phase.value, shown_name(v, width), d.rule or "-"))
 
 
 def write_summary_table(info: dict[str, Any], damage: Sequence[Damage], out: IO[str],
