@@ -90,9 +90,11 @@ def register(subparsers: Any) -> None:
                    help="judge every client as a member of this client group (default: each client's own)")
     p.add_argument(
         "--format",
-        choices=("table", "json", "jsonl", "html", "sqlite"),
-        default="table",
-        help="table (default), json, jsonl (the shared event schema) or a self-contained html report",
+        choices=("table", "csv", "json", "jsonl", "html", "sqlite"),
+        default=None,
+        help="table, csv, json, jsonl (the shared event schema), a self-contained html report, or "
+        "sqlite (the dashboard's event store; needs --output) "
+        "(default: the one --output's extension names, else table)",
     )
     p.add_argument("--output", "-o", metavar="FILE", help="write here instead of stdout")
     p.add_argument(
@@ -101,7 +103,8 @@ def register(subparsers: Any) -> None:
     p.add_argument(
         "--only",
         choices=("block", "log"),
-        help="list only verdicts at or above this action (the summary still counts all)",
+        help="list only these verdicts: 'block', or 'log' for only the logged ones "
+        "(the summary still counts all)",
     )
     p.add_argument(
         "--dns-port",
@@ -135,7 +138,10 @@ def register(subparsers: Any) -> None:
         help="read inputs in N processes (default: the number of cores); the output is the same "
         "for any N, in input order",
     )
-    p.add_argument("--no-progress", action="store_true", help="no progress bar on a terminal")
+    p.add_argument("--no-progress", action="store_true", help="no progress on a terminal")
+    p.add_argument(
+        "--progress", action="store_true", help="per-file progress on stderr even when it is not a terminal"
+    )
     p.set_defaults(func=run)
 
 
@@ -143,7 +149,11 @@ def run(args: argparse.Namespace) -> int:
     from policies import Action, Phase
 
     from .engine import Replay, Summary, expand
+    from .report import format_for
 
+    args.format, clash = format_for(args.output, args.format)
+    if clash:
+        print(f"egress-filter replay: warning: {clash}", file=sys.stderr)
     policy = load_or_exit(args.policy)
     if args.group is not None and args.group not in policy.clients:
         known = ", ".join(sorted(policy.clients))
@@ -155,6 +165,7 @@ def run(args: argparse.Namespace) -> int:
         expand(args.inputs),
         view,
         progress=not args.no_progress,
+        force_progress=args.progress,
         dns_ports=frozenset({53, *args.dns_port}),
         by_date=args.at is None and args.phase is None,
         group=args.group,
@@ -167,13 +178,13 @@ def run(args: argparse.Namespace) -> int:
 
     def verdicts() -> Iterator[Verdict]:
         nonlocal hit
-        floor = Action(args.only).severity if args.only else 0
+        only = Action(args.only) if args.only else None
         for v in rep:
             if threshold is not None and v.decision.action.severity >= threshold:
                 hit = True
-            if v.decision.action.severity >= floor:
+            if only is None or v.decision.action is only:
                 yield v
-            elif floor:
+            else:
                 summary.add(v)
 
     if args.format == "sqlite" and not args.output:
@@ -222,15 +233,21 @@ def _write(
     out: IO[str],
 ) -> None:
     """The report in ``args.format``, verdicts streamed from ``rep`` as they are judged."""
-    from . import report
+    from . import report, report_html, report_json, report_text
+
+    def info() -> dict[str, Any]:
+        return report.summary_dict(summary, policy, rep.last_view or view)
+
+    def note() -> str | None:
+        return report.schedule_note(summary, policy, rep.by_date)
 
     if args.format == "table":
-        report.write_table(verdicts(), out, summary)
-        report.write_summary_table(
-            report.summary_dict(summary, policy, rep.last_view or view), rep.damage, out
-        )
+        report_text.write_table(verdicts(), out, summary)
+        report_text.write_summary_table(info(), rep.damage, out, note())
+    elif args.format == "csv":
+        report_text.write_csv(verdicts(), out, summary)
     elif args.format == "jsonl":
-        report.write_jsonl(verdicts(), out, summary)
+        report_json.write_jsonl(verdicts(), out, summary)
     elif args.format == "sqlite":  # the dashboard's store schema (store/replay_sqlite.py)
         from store.replay_sqlite import write_sqlite
 
@@ -241,13 +258,14 @@ def _write(
 
         write_sqlite(events(), args.output)
     elif args.format == "json":
-        report.write_json(verdicts(), out, summary)
-        report.finish_json(
+        report_json.write_json(verdicts(), out, summary)
+        report_json.finish_json(
             {
                 "at": None if rep.by_date else view.at.isoformat(),
                 "dates": sorted(d.isoformat() for d in rep.dates),
                 "inputs": [{"path": p, "format": f} for p, f in rep.inputs],
-                "summary": report.summary_dict(summary, policy, rep.last_view or view),
+                "summary": info(),
+                "note": note(),
                 "warnings": [
                     {"file": d.file, d.unit: d.packet, "message": d.message, "stopped": d.stopped}
                     for d in rep.damage
@@ -257,7 +275,7 @@ def _write(
         )
     else:
         rows: list[Any] = []
-        for _ in report.collect_rows(verdicts(), summary, rows):
+        for _ in report_html.collect_rows(verdicts(), summary, rows):
             pass
         days = sorted(d.isoformat() for d in rep.dates)
         at = (
@@ -265,11 +283,9 @@ def _write(
             if rep.by_date and days
             else view.at.isoformat()
         )
-        report.write_html(
-            report.summary_dict(summary, policy, rep.last_view or view),
-            summary,
-            rows,
-            rep.damage,
-            {"at": at, "inputs": rep.inputs},
-            out,
-        )
+        meta = {"at": at, "inputs": rep.inputs, "note": note()}
+        report_html.write_html(info(), summary, rows, rep.damage, meta, out)
+    if args.format not in ("table", "html", "json"):
+        n = note()
+        if n:
+            print(f"egress-filter replay: note: {n}", file=sys.stderr)

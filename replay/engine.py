@@ -64,33 +64,47 @@ def pick_reader(
 
 
 class ProgressBar:
-    """A one-line bar on stderr, only on a terminal and only for large inputs."""
+    """Per-file progress on stderr: a one-line bar on a terminal (inputs of ``min_size`` bytes or
+    more), or, with ``force`` (``--progress``), also a line at each quarter where stderr is not one."""
 
-    def __init__(self, total: int, stream: IO[str] | None = None, min_size: int = 8 << 20) -> None:
+    def __init__(self, total: int, stream: IO[str] | None = None, min_size: int = 8 << 20,
+                 force: bool = False) -> None:
         self.stream = stream or sys.stderr
-        self.total = total
-        self.done = 0
-        self.enabled = total >= min_size and self.stream.isatty()
+        self.tty = self.stream.isatty()
+        self.enabled = force or (self.tty and total >= min_size)
+        self.count = 0
+        self.index = 0
+        self.name = ""
+        self.size = 0
         self.last = -1
+
+    def start(self, name: str, size: int, index: int, count: int) -> None:
+        self.name, self.size, self.index, self.count, self.last = name, size, index, count, -1
+        self.update(0)
 
     def update(self, position: int) -> None:
         if not self.enabled:
             return
-        pct = min(100, (self.done + position) * 100 // max(1, self.total))
-        if pct != self.last:
-            self.last = pct
-            bar = "#" * (pct // 4)
-            self.stream.write(f"\rreplay [{bar:<25}] {pct:3d}%")
+        pct = min(100, position * 100 // max(1, self.size))
+        if self.tty:
+            if pct != self.last:
+                self.last = pct
+                bar = "#" * (pct // 4)
+                self.stream.write(f"\rreplay [{bar:<25}] {pct:3d}% {self.index}/{self.count} {self.name}")
+                self.stream.flush()
+        elif pct // 25 != self.last:
+            self.last = pct // 25
+            self.stream.write(f"replay: {self.index}/{self.count} {self.name}: {self.last * 25}%\n")
             self.stream.flush()
 
-    def file_done(self, size: int) -> None:
-        self.done += size
-        self.update(0)
+    def file_done(self) -> None:
+        self.update(self.size)
+        if self.enabled and self.tty:
+            self.stream.write("\r\x1b[K")
+            self.stream.flush()
 
     def close(self) -> None:
-        if self.enabled and self.last >= 0:
-            self.stream.write("\r" + " " * 40 + "\r")
-            self.stream.flush()
+        pass
 
 
 @dataclass
@@ -106,6 +120,7 @@ class Replay:
     paths: Iterable[str]
     view: PolicyView
     progress: bool = True
+    force_progress: bool = False  # ``--progress``: per-file progress even where stderr is no terminal
     dns_ports: frozenset[int] = frozenset({53})
     by_date: bool = False
     limits: Limits = DEFAULT_LIMITS
@@ -119,7 +134,11 @@ class Replay:
     def __iter__(self) -> Iterator[Verdict]:
         paths = list(self.paths)
         sizes = {p: _size(p) for p in paths}
-        bar = ProgressBar(sum(sizes.values())) if self.progress else None
+        bar = (
+            ProgressBar(sum(sizes.values()), force=self.force_progress)
+            if self.progress or self.force_progress
+            else None
+        )
         view_at = self._dated() if self.by_date else None
         view = self.last_view = self.view
         latest = float("-inf")
@@ -130,7 +149,9 @@ class Replay:
         else:
             sources = ((p, read_input(p, self.dns_ports, self.limits, self._tick(bar))) for p in paths)
         try:
-            for path, items in sources:
+            for index, (path, items) in enumerate(sources, 1):
+                if bar:
+                    bar.start(path, sizes[path], index, len(paths))
                 for item in items:
                     if isinstance(item, str):
                         self.inputs.append((path, item))
@@ -147,7 +168,7 @@ class Replay:
                     judge = view.groups[self.group] if self.group is not None else view.group(obs.client)
                     yield Verdict(item, judge.decide(obs))
                 if bar:
-                    bar.file_done(sizes[path])
+                    bar.file_done()
         finally:
             if bar:
                 bar.close()
@@ -407,6 +428,10 @@ class AppCount:
     logged: int = 0
     first: float | None = None
     last: float | None = None
+    phases: set[str] = field(default_factory=set)  # the app's phases when it was seen (at most 3)
+
+
+MAX_CLIENT_APPS = 10_000  # (client, app) pairs counted for the per-client summary; the rest are dropped
 
 
 class Summary:
@@ -427,6 +452,8 @@ class Summary:
         self.first: float | None = None
         self.last: float | None = None
         self.ech = 0
+        self.clients: dict[tuple[str, str], list[int]] = {}  # (client, app) → [observations, blocked]
+        self.clients_dropped = 0  # observations of pairs past MAX_CLIENT_APPS
 
     def add(self, v: Verdict) -> None:
         s, d = v.sighting, v.decision
@@ -450,11 +477,24 @@ class Summary:
                 c.logged += 1
             c.first = t if c.first is None or t < c.first else c.first
             c.last = t if c.last is None or t > c.last else c.last
+            c.phases.add(d.phase.value)
+            if s.client:
+                self._client(s.client, app, d.action is Action.BLOCK)
             if d.action is not Action.ALLOW:
                 key = (int(t // self.width), app, d.action)
                 self.series[key] = self.series.get(key, 0) + 1
                 if len(self.series) > self.max_buckets:
                     self._coarsen()
+
+    def _client(self, client: str, app: str, blocked: bool) -> None:
+        pair = self.clients.get((client, app))
+        if pair is None:
+            if len(self.clients) >= MAX_CLIENT_APPS:
+                self.clients_dropped += 1
+                return
+            pair = self.clients[(client, app)] = [0, 0]
+        pair[0] += 1
+        pair[1] += blocked
 
     def _coarsen(self) -> None:
         self.width *= 2

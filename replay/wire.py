@@ -1,5 +1,6 @@
 """Application-layer parsers for what replay reads off the wire: DNS messages,
-TLS ClientHellos, QUIC Initials and HTTP/1.x request heads.
+TLS ClientHellos, QUIC Initials, SOCKS requests, and the URL of an HTTP/1.x
+request (whose head h11 reads, in ``protocols``).
 
 ``capture`` hands each function the reassembled bytes of one message; each
 returns plain values (names, URL parts) and never raises on bad input — it
@@ -287,40 +288,6 @@ def _dns_dnslib(data: bytes) -> DnsMessage | None:
         (_name(rr.rname), _name(rr.rdata.label)) for rr in rec.rr if rr.rtype == dnslib.QTYPE.CNAME
     )
     return DnsMessage(bool(rec.header.qr), rec.header.id, questions, cnames)
-
-
-def http_request_head(head: bytes) -> HttpRequest | None:
-    """The request line and Host of one HTTP/1.x request head (without the
-    blank line); ``None`` if it is not one."""
-    lines = head.split(b"\r\n")
-    parts = lines[0].split(b" ")
-    if len(parts) != 3 or not parts[2].startswith(b"HTTP/1."):
-        return None
-    host: str | None = None
-    for line in lines[1:]:
-        name, sep, value = line.partition(b":")
-        if sep and name.strip().lower() == b"host":
-            host = value.strip().decode("latin-1")
-            break
-    return HttpRequest(parts[0].decode("latin-1"), parts[1].decode("latin-1"), host)
-
-
-def http_body_length(head: bytes) -> int | None:
-    """Bytes of body after this head: ``Content-Length``, 0, or ``None`` for chunked."""
-    length = 0
-    for line in head.split(b"\r\n")[1:]:
-        name, sep, value = line.partition(b":")
-        if not sep:
-            continue
-        key = name.strip().lower()
-        if key == b"transfer-encoding" and b"chunked" in value.lower():
-            return None
-        if key == b"content-length":
-            try:
-                length = max(0, int(value.strip()))
-            except ValueError:
-                length = 0
-    return length
 
 
 def http_url(req: HttpRequest, server: str, port: int) -> tuple[str, str]:

@@ -146,9 +146,9 @@ def test_pcapng_reads_like_pcap(case: Case, view: PolicyView, tmp_path: Path) ->
 
 def test_held_bytes_stay_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
     """Streams that never fill their gaps are given up, oldest first, so memory stays bounded."""
-    from replay import capture
+    from replay import capture, tcp
 
-    monkeypatch.setattr(capture, "MAX_HELD", 8)
+    monkeypatch.setattr(tcp, "MAX_HELD", 8)
     packets = []
     for i in range(40):  # a SYN, then only a segment after a gap: bytes that can never be used
         syn, _first, second = c.tcp_segments(c.client_hello("www.tiktok.com"), 120, sport=20000 + i)[:3]

@@ -69,9 +69,9 @@ def test_table(http_pcap: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = _run(capsys, str(http_pcap), "--at", "2020-11-10")
     assert code == 0
     lines = out.splitlines()
-    assert lines[0].split()[:7] == ["TIME", "CLIENT", "SERVER", "KIND", "ACTION", "GROUP", "APPS"]
+    assert lines[0].split()[:8] == ["TIME", "CLIENT", "SERVER", "KIND", "QTYPE", "ACTION", "GROUP", "APPS"]
     assert re.search(
-        r"10\.0\.0\.5:40000 +198\.51\.100\.7:80 +http block +default +tiktok +downloads +"
+        r"10\.0\.0\.5:40000 +198\.51\.100\.7:80 +http +- +block +default +tiktok +downloads +"
         r"http://cdn\.shared\.example/tiktok/app\.apk +download:cdn\.shared\.example/tiktok/",
         out,
     )
