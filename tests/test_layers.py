@@ -89,8 +89,14 @@ def test_package_imports_only_the_layers_below(package: str) -> None:
 @pytest.mark.parametrize("package", [pytest.param(p, id=p) for p in ADAPTERS])
 def test_adapters_use_no_dynamic_imports(package: str) -> None:
     """``importlib`` is how a cycle hides; an adapter has no need for it."""
-    bad = [f"{path.relative_to(REPO)}:{line}: {name}" for path in modules(package)
-           for line, name in imported(path) if top(name) == "importlib" and name != "importlib.resources"]
+    bad = []
+    for path in modules(package):
+        found = imported(path)
+        # `from importlib import resources` (package data) records "importlib" too, on its line.
+        data_lines = {line for line, name in found if name == "importlib.resources"}
+        bad += [f"{path.relative_to(REPO)}:{line}: {name}" for line, name in found
+                if top(name) == "importlib" and name != "importlib.resources"
+                and not (name == "importlib" and line in data_lines)]
     assert bad == []
 
 
