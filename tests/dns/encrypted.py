@@ -58,6 +58,9 @@ class TestCA:
                                                   content_commitment=False, key_encipherment=False,
                                                   data_encipherment=False, key_agreement=False,
                                                   encipher_only=False, decipher_only=False), critical=True)
+                     # Python 3.13's default VERIFY_X509_STRICT wants the key identifiers (RFC 5280).
+                     .add_extension(x509.SubjectKeyIdentifier.from_public_key(self.key.public_key()),
+                                    critical=False)
                      .sign(self.key, hashes.SHA256()))
         self.ca_path = directory / "ca.pem"
         self.ca_path.write_bytes(self.cert.public_bytes(serialization.Encoding.PEM))
@@ -71,6 +74,10 @@ class TestCA:
                 .add_extension(x509.SubjectAlternativeName(sans), critical=False)
                 .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
                 .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]),
+                               critical=False)
+                .add_extension(x509.SubjectKeyIdentifier.from_public_key(leaf_key.public_key()),
+                               critical=False)
+                .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(self.key.public_key()),
                                critical=False)
                 .sign(self.key, hashes.SHA256()))
         self.cert_path = directory / "leaf.pem"
