@@ -156,7 +156,9 @@ class ResolverProcess:
         while True:
             lines = []
             if self.log_path.exists():
-                lines = [json.loads(x) for x in self.log_path.read_text().splitlines() if x.strip()]
+                # The last piece is a line still being written (no newline yet): leave it.
+                whole = self.log_path.read_text().split("\n")[:-1]
+                lines = [json.loads(x) for x in whole if x.strip()]
             if len(lines) >= expect or time.monotonic() > deadline:
                 return lines
             time.sleep(0.05)
