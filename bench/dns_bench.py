@@ -82,6 +82,15 @@ def priority() -> list[str]:
 PRIORITY = priority()
 
 
+def have_tools(tools: tuple[str, ...]) -> bool:
+    """Whether every tool is on PATH; if not, say which are missing and where they come from."""
+    missing = [t for t in tools if shutil.which(t) is None]
+    if missing:
+        print(f"missing tools: {', '.join(missing)} (Debian: apt-get install dnsperf dnsmasq unbound)",
+              file=sys.stderr)
+    return not missing
+
+
 def free_port() -> int:
     """A port free for both UDP and TCP on 127.0.0.1."""
     while True:
@@ -375,7 +384,9 @@ sources:
 """)
     argv = [sys.executable, "-m", "egress_filter.cli", "dns", "--policy", str(policy), "--listen",
             f"127.0.0.1:{port}", "--upstream", f"127.0.0.1:{upstream}", "--cache-size", "100000",
-            "--workers", str(workers), "--reload-interval", "3600", "--udp-transport", transport]
+            "--workers", str(workers), "--reload-interval", "3600"]
+    if transport != "auto":  # only when asked: a --compare REF from before the flag would refuse it
+        argv += ["--udp-transport", transport]
     if workers == 1:
         name = "egress-filter" if transport == "auto" else f"egress-filter {transport} udp"
         return Server(name, argv, port)
@@ -402,10 +413,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="only measure ours cache-warm without and with client groups, ROUNDS times each "
                          "(alternating), and print the cost of the group lookup")
     args = ap.parse_args(argv)
-    missing = [t for t in TOOLS if shutil.which(t) is None]
-    if missing:
-        print(f"missing tools: {', '.join(missing)} (Debian: apt-get install dnsperf dnsmasq unbound)",
-              file=sys.stderr)
+    if not have_tools(TOOLS):
         return 1
     load = os.getloadavg()
     print(f"# DNS benchmark, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
@@ -497,23 +505,38 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def groups_cost(workdir: Path, blockfile: Path, upstream: Server, work: Workload, rounds: int,
-                seconds: float) -> None:
-    """Cache-warm peak QPS of ours without and with client groups, alternating
-    so that both see the same background load; the medians and their ratio."""
-    peaks: dict[bool, list[float]] = {False: [], True: []}
+def alternate(variants: dict[str, Callable[[int], Server]], work: Workload, rounds: int,
+              seconds: float) -> dict[str, list[tuple[float, float]]]:
+    """Cache-warm (peak QPS under 1% loss, closed-loop ceiling) of each variant,
+    ``rounds`` times, the variants taking turns within each round so that all of
+    them see the same background load.  ``variants`` maps a label to a function
+    of the round number that builds that variant's (unstarted) server."""
+    out: dict[str, list[tuple[float, float]]] = {name: [] for name in variants}
     for i in range(rounds):
-        for grouped in (False, True):
-            server = ours_server(workdir, blockfile, upstream.port, f"groups-{grouped}-{i}", groups=grouped)
+        for name, make in variants.items():
+            server = make(i)
             server.start()
             try:
                 dnsperf(server.port, work.warmup_file(), 10)
-                _, qps, _ = find_peak(server, work, False, seconds, lambda s: None)
+                _, qps, probe = find_peak(server, work, False, seconds, lambda s: None)
             finally:
                 server.stop()
-            peaks[grouped].append(qps)
-            print(f"  round {i + 1} {'with' if grouped else 'without'} groups: {qps:,.0f} qps", flush=True)
-    plain, grouped_qps = statistics.median(peaks[False]), statistics.median(peaks[True])
+            out[name].append((qps, probe.qps))
+            print(f"  round {i + 1} {name}: {qps:,.0f} qps under 1% loss ({probe.qps:,.0f} closed-loop)",
+                  flush=True)
+    return out
+
+
+def groups_cost(workdir: Path, blockfile: Path, upstream: Server, work: Workload, rounds: int,
+                seconds: float) -> None:
+    """Cache-warm peak QPS of ours without and with client groups, and the cost of the lookup."""
+    runs = alternate({
+        "without groups": lambda i: ours_server(workdir, blockfile, upstream.port, f"groups-False-{i}"),
+        "with groups": lambda i: ours_server(workdir, blockfile, upstream.port, f"groups-True-{i}",
+                                             groups=True),
+    }, work, rounds, seconds)
+    plain = statistics.median(q for q, _ in runs["without groups"])
+    grouped_qps = statistics.median(q for q, _ in runs["with groups"])
     print(f"cache-warm peak, median of {rounds}: without groups {plain:,.0f} qps, with groups "
           f"{grouped_qps:,.0f} qps; the group lookup costs {1 - grouped_qps / plain:+.1%}", flush=True)
 
@@ -524,39 +547,32 @@ def compare(workdir: Path, blockfile: Path, upstream: Server, work: Workload, re
     medians and their ratio.  ``ref`` runs from a detached ``git worktree`` in
     ``workdir``, with this venv's interpreter and packages."""
     old = workdir / "ref"
-    commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", ref], check=True,
-                            capture_output=True, text=True).stdout.strip()
-    subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", str(old), ref], check=True,
-                   capture_output=True, timeout=120)
-    head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], check=True,
-                          capture_output=True, text=True).stdout.strip()
-    dirty = " (with uncommitted changes)" if subprocess.run(
-        ["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"],
-        capture_output=True, text=True).stdout.strip() else ""
-    peaks: dict[str, list[float]] = {"new": [], "old": []}
-    ceilings: dict[str, list[float]] = {"new": [], "old": []}
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-C", str(REPO), *args], check=True, capture_output=True, text=True,
+                              timeout=120).stdout.strip()
+
+    commit = git("rev-parse", "--short", ref)
+    git("worktree", "add", "--detach", str(old), ref)
+    head = git("rev-parse", "--short", "HEAD")
+    dirty = " (with uncommitted changes)" if git("status", "--porcelain", "--untracked-files=no") else ""
+
+    def variant(which: str, cwd: Path) -> Callable[[int], Server]:
+        def make(i: int) -> Server:
+            server = ours_server(workdir, blockfile, upstream.port, f"compare-{which}-{i}")
+            server.cwd = cwd
+            return server
+        return make
+
     try:
-        for i in range(rounds):
-            for which in ("old", "new"):
-                server = ours_server(workdir, blockfile, upstream.port, f"compare-{which}-{i}")
-                server.cwd = old if which == "old" else REPO
-                server.start()
-                try:
-                    dnsperf(server.port, work.warmup_file(), 10)
-                    _, qps, probe = find_peak(server, work, False, seconds, lambda s: None)
-                finally:
-                    server.stop()
-                peaks[which].append(qps)
-                ceilings[which].append(probe.qps)
-                print(f"  round {i + 1} {which}: {qps:,.0f} qps under 1% loss "
-                      f"({probe.qps:,.0f} closed-loop)", flush=True)
+        runs = alternate({"old": variant("old", old), "new": variant("new", REPO)}, work, rounds, seconds)
     finally:
         subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(old)],
                        capture_output=True, timeout=120)
-    new, before = statistics.median(peaks["new"]), statistics.median(peaks["old"])
+    new, before = (statistics.median(q for q, _ in runs[w]) for w in ("new", "old"))
     print(f"cache-warm peak, median of {rounds}: {ref} ({commit}) {before:,.0f} qps, HEAD ({head}{dirty}) "
           f"{new:,.0f} qps; new / old {new / before:.3f}", flush=True)
-    new_c, before_c = statistics.median(ceilings["new"]), statistics.median(ceilings["old"])
+    new_c, before_c = (statistics.median(c for _, c in runs[w]) for w in ("new", "old"))
     print(f"closed-loop ceiling, median of {rounds}: {ref} {before_c:,.0f} qps, HEAD {new_c:,.0f} qps; "
           f"new / old {new_c / before_c:.3f}", flush=True)
 

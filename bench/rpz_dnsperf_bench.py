@@ -45,6 +45,7 @@ from bench.dns_bench import (
     Workload,
     dnsperf,
     find_peak,
+    have_tools,
     latency_at,
     ours_server,
     start_on_client_cpu,
@@ -127,10 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--latency-runs", type=int, default=3, help="latency runs per server and mode (median)")
     ap.add_argument("--json", metavar="FILE", help="write the figures as JSON too")
     args = ap.parse_args(argv)
-    missing = [t for t in TOOLS if shutil.which(t) is None]
-    if missing:
-        print(f"missing tools: {', '.join(missing)} (Debian: apt-get install dnsperf dnsmasq unbound)",
-              file=sys.stderr)
+    if not have_tools(TOOLS):
         return 1
     load = os.getloadavg()
     print(f"# RPZ dnsperf benchmark, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "

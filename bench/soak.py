@@ -80,7 +80,7 @@ import urllib.request
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from bench.dns_bench import free_port, rss_mb, wait_dns
+from bench.dns_bench import free_port, have_tools, rss_mb, wait_dns
 from bench.proxy_bench import make_origin_pki, run_origin
 
 REPO = Path(__file__).resolve().parents[1]
@@ -457,10 +457,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="also soak Unbound afterwards for the same time (doubles the run)")
     ap.add_argument("--json", metavar="FILE", help="write the figures and RSS samples as JSON too")
     args = ap.parse_args(argv)
-    missing = [t for t in TOOLS if shutil.which(t) is None]
-    if missing:
-        print(f"missing tools: {', '.join(missing)} (Debian: apt-get install dnsperf dnsmasq unbound)",
-              file=sys.stderr)
+    if not have_tools(TOOLS):
         return 1
     seconds = args.minutes * 60
     load_avg = os.getloadavg()

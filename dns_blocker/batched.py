@@ -26,6 +26,7 @@ asked (see ``reply_pktinfo``).
 from __future__ import annotations
 
 import asyncio
+import functools
 import socket
 from typing import Any, Protocol
 
@@ -34,7 +35,7 @@ from . import mmsg
 BATCH = 64  # datagrams per system call: the measured knee (issue 13), as Unbound's msg-buffer count
 BATCHES_PER_TURN = 8  # then the loop serves the others
 IP_PKTINFO = getattr(socket, "IP_PKTINFO", 8)
-PKTINFO_MEMO = 4096  # received packet infos kept with the answer's (one per local address and interface)
+PKTINFO_MEMO = 4096  # received packet infos kept with the one to answer with
 
 
 class Listener(Protocol):
@@ -47,6 +48,7 @@ class Counts(Protocol):
     def query(self, result: str) -> None: ...
 
 
+@functools.lru_cache(maxsize=PKTINFO_MEMO)  # one entry per local address and interface in use
 def reply_pktinfo(raw: bytes, v6: bool) -> bytes:
     """The packet info to answer with, from the one a query came with.
 
@@ -94,7 +96,6 @@ class BatchedTransport(ReaderTransport):
         self.wildcard = wildcard
         self.v6 = v6
         self.pending: list[tuple[bytes | bytearray, tuple[object, ...], bytes]] | None = None
-        self.replies: dict[bytes, bytes] = {}
         self.unsent = 0  # answers the kernel did not take (full send buffer, refused address)
         self.truncated = 0  # datagrams longer than the buffer, dropped unanswered
         self.closed = False
@@ -107,33 +108,10 @@ class BatchedTransport(ReaderTransport):
         ctypes set-up costs more than they save (measured: a lone query took
         15 µs batched against 6 µs plain, round trip included).  If another
         one waits, the rest of the burst is read in batches."""
-        on_datagram = self.listener.datagram_received
-        self.pending = []
-        try:
-            try:
-                if self.wildcard:
-                    data, ancdata, flags, addr = self.sock.recvmsg(self.batcher.bufsize, mmsg.CONTROL_SIZE)
-                    info = ancdata[0][2] if ancdata else b""
-                    if not flags & mmsg.MSG_TRUNC:
-                        on_datagram(data, (*addr, self._reply_info(info)))
-                else:
-                    data, addr = self.sock.recvfrom(self.batcher.bufsize + 1)
-                    flags = mmsg.MSG_TRUNC if len(data) > self.batcher.bufsize else 0
-                    if not flags:
-                        on_datagram(data, addr)
-                if flags & mmsg.MSG_TRUNC:
-                    self.truncated += 1
-                    self.counts.query("truncated")
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError:
-                if self.sock.fileno() < 0:  # closed under us at shutdown
-                    self.close()
-                    return
-                # otherwise an ICMP error about an earlier answer: go on to the batch
-        finally:
-            out, self.pending = self.pending, None
-            self._send(out)
+        first = self._read_one()
+        if first is None:
+            return
+        self._handle([first])
         for _ in range(BATCHES_PER_TURN):
             try:
                 batch = self.batcher.recv()
@@ -142,29 +120,42 @@ class BatchedTransport(ReaderTransport):
                 return
             if not batch:
                 return
-            self.pending = []
-            try:
-                for d in batch:
-                    if d.truncated:
-                        self.truncated += 1
-                        self.counts.query("truncated")
-                        continue
-                    if self.wildcard:
-                        on_datagram(d.data, (*d.addr, self._reply_info(d.pktinfo)))
-                    else:
-                        on_datagram(d.data, d.addr)
-            finally:
-                out, self.pending = self.pending, None
-                self._send(out)
+            self._handle(batch)
 
-    def _reply_info(self, raw: bytes) -> bytes:
-        reply = self.replies.get(raw)
-        if reply is None:
-            reply = reply_pktinfo(raw, self.v6)
-            if len(self.replies) >= PKTINFO_MEMO:
-                self.replies.clear()
-            self.replies[raw] = reply
-        return reply
+    def _read_one(self) -> mmsg.Datagram | None:
+        size = self.batcher.bufsize
+        try:
+            if self.wildcard:
+                data, ancdata, flags, addr = self.sock.recvmsg(size, mmsg.CONTROL_SIZE)
+                # The only control message asked for is the packet info.
+                info = ancdata[0][2] if ancdata else b""
+                return mmsg.Datagram(data, addr, info, bool(flags & mmsg.MSG_TRUNC))
+            data, addr = self.sock.recvfrom(size + 1)
+            return mmsg.Datagram(data[:size], addr, b"", len(data) > size)
+        except (BlockingIOError, InterruptedError):
+            return None
+        except OSError:
+            if self.sock.fileno() < 0:  # closed under us at shutdown
+                self.close()
+            # else an ICMP error about an earlier answer: the reader fires again if more wait
+            return None
+
+    def _handle(self, batch: list[mmsg.Datagram]) -> None:
+        """Each datagram to the listener; the answers it gives meanwhile leave together."""
+        on_datagram = self.listener.datagram_received
+        self.pending = []
+        try:
+            for d in batch:
+                if d.truncated:
+                    self.truncated += 1
+                    self.counts.query("truncated")
+                elif self.wildcard:
+                    on_datagram(d.data, (*d.addr, reply_pktinfo(d.pktinfo, self.v6)))
+                else:
+                    on_datagram(d.data, d.addr)
+        finally:
+            out, self.pending = self.pending, None
+            self._send(out)
 
     def _send(self, out: list[tuple[bytes | bytearray, tuple[object, ...], bytes]]) -> None:
         if not out or self.closed:

@@ -122,7 +122,6 @@ class PktinfoTransport(batched.ReaderTransport):
         self.level = socket.IPPROTO_IPV6 if v6 else socket.IPPROTO_IP
         self.kind = socket.IPV6_PKTINFO if v6 else IP_PKTINFO
         self.v6 = v6
-        self.replies: dict[bytes, bytes] = {}  # received pktinfo -> the pktinfo to answer with
         self.closed = False
         listener.connection_made(self)
         loop.add_reader(sock.fileno(), self._readable)
@@ -130,7 +129,6 @@ class PktinfoTransport(batched.ReaderTransport):
     def _readable(self) -> None:
         recvmsg = self.sock.recvmsg
         on_datagram = self.listener.datagram_received
-        replies = self.replies
         for _ in range(PKTINFO_BATCH):  # then let the loop serve others
             try:
                 data, ancdata, _flags, addr = recvmsg(65_535, PKTINFO_CMSG)
@@ -139,18 +137,7 @@ class PktinfoTransport(batched.ReaderTransport):
             except OSError:
                 continue  # an ICMP error about an earlier answer
             # The only control message asked for is the packet info.
-            raw = ancdata[0][2] if ancdata else b""
-            reply = replies.get(raw)
-            if reply is None:
-                reply = self._reply_info(raw)
-            on_datagram(data, (*addr, reply))
-
-    def _reply_info(self, raw: bytes) -> bytes:
-        out = batched.reply_pktinfo(raw, self.v6)
-        if len(self.replies) >= 4096:
-            self.replies.clear()
-        self.replies[raw] = out
-        return out
+            on_datagram(data, (*addr, batched.reply_pktinfo(ancdata[0][2] if ancdata else b"", self.v6)))
 
     def sendto(self, data: Any, addr: Any = None) -> None:
         info = addr[-1]

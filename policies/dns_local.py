@@ -51,7 +51,9 @@ def read(w: Walker, key: str, node: yaml.Node, field: str) -> tuple[object, ...]
     return local_domains(w, node, field)
 
 
-def _name(w: Walker, raw: str, node: yaml.Node, field: str) -> str | None:
+def domain_name(w: Walker, raw: str, node: yaml.Node, field: str) -> str | None:
+    """``raw`` normalised, or None after reporting it (a wildcard is not a name);
+    the loader checks its own domain lists with this too."""
     name = normalize_name(raw)
     if not is_valid_name(name) or "*" in name:
         w.err(node, field, f"'{raw}' is not a valid domain name")
@@ -104,7 +106,7 @@ def _record(w: Walker, line: str, node: yaml.Node, field: str) -> LocalRecord | 
         if addr is None:
             w.err(node, field, f"'{line}': expected 'NAME ADDRESS', 'ADDRESS NAME' or 'NAME TYPE VALUE'")
             return None
-        name = _name(w, name_text, node, field)
+        name = domain_name(w, name_text, node, field)
         if name is None:
             return None
         return LocalRecord(name, RType.A if addr.version == 4 else RType.AAAA, addr.compressed)
@@ -117,7 +119,7 @@ def _record(w: Walker, line: str, node: yaml.Node, field: str) -> LocalRecord | 
     except ValueError:
         w.err(node, field, f"'{type_text}' is not a local record type (A, AAAA, CNAME, PTR)")
         return None
-    name = _name(w, name_text, node, field)
+    name = domain_name(w, name_text, node, field)
     if name is None:
         return None
     if rtype in (RType.A, RType.AAAA):
@@ -126,7 +128,7 @@ def _record(w: Walker, line: str, node: yaml.Node, field: str) -> LocalRecord | 
             w.err(node, field, f"'{value}' is not an IPv{4 if rtype is RType.A else 6} address")
             return None
         return LocalRecord(name, rtype, addr.compressed)
-    target = _name(w, value, node, field)
+    target = domain_name(w, value, node, field)
     if target is None:
         return None
     if rtype is RType.CNAME and target == name:
@@ -148,7 +150,7 @@ def forwards(w: Walker, node: yaml.Node, field: str) -> tuple[Forward, ...] | No
             ok = False
             continue
         f = f"{field}.{raw}"
-        domain = _name(w, raw, knode, f)
+        domain = domain_name(w, raw, knode, f)
         if domain is None:
             ok = False
             continue
@@ -182,7 +184,7 @@ def local_domains(w: Walker, node: yaml.Node, field: str) -> tuple[str, ...] | N
     ok = True
     for f, item in w.seq(node, field):
         text = w.text(item, f)
-        name = _name(w, text, item, f) if text is not None else None
+        name = domain_name(w, text, item, f) if text is not None else None
         if name is None:
             ok = False
         elif name not in out:

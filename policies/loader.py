@@ -718,14 +718,6 @@ def _enabled(w: _Walker, b: _Build, group: str | None, node: yaml.Node, field: s
     return b.groups[group]
 
 
-def _name(w: _Walker, raw: str, node: yaml.Node, field: str) -> str | None:
-    name = normalize_name(raw)
-    if not is_valid_name(name) or "*" in name:
-        w.err(node, field, f"'{raw}' is not a valid domain name")
-        return None
-    return name
-
-
 def _allow(w: _Walker, b: _Build, node: yaml.Node, base: Path) -> None:
     m = w.mapping(node, "allow", ALLOW_KEYS)
     if m is None:
@@ -735,7 +727,7 @@ def _allow(w: _Walker, b: _Build, node: yaml.Node, base: Path) -> None:
             continue
         for f, item in w.seq(m[key], f"allow.{key}"):
             raw, source, _group, vnode = _entry(w, item, f, ENTRY_KEYS, "name")
-            name = _name(w, raw, vnode, f) if raw else None
+            name = dns_local.domain_name(w, raw, vnode, f) if raw else None
             if name:
                 b.names.add(name, b.rule(RuleKind.ALLOW, Tier.ALLOW, None, source),
                             exact=kind is RuleKind.HOST)
@@ -787,7 +779,7 @@ def _app(w: _Walker, b: _Build, node: yaml.Node, field: str, base: Path, seen: d
             continue
         for f, item in w.seq(m[key], f"{field}.{key}"):
             raw, source, group, vnode = _entry(w, item, f, ENTRY_KEYS, "name")
-            nm = _name(w, raw, vnode, f) if raw else None
+            nm = dns_local.domain_name(w, raw, vnode, f) if raw else None
             if nm and nm in (_STORE_HOSTS if kind is RuleKind.HOST else _STORE_COVER):
                 w.err(vnode, f, _store_cover_message(nm, raw))
             elif nm and _enabled(w, b, group, item, f):

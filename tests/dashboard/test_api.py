@@ -6,7 +6,6 @@ import json
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import dns.message
 import dns.query
@@ -19,17 +18,6 @@ from tests.dns.conftest import TEST_DAY, ResolverProcess
 from .helpers import DashboardProcess
 
 pytestmark = pytest.mark.e2e
-
-
-@pytest.fixture
-def live(tmp_path: Path, resolver: Callable[..., ResolverProcess], authority: Any,
-         write_policy: Callable[..., Path], dashboard: Callable[..., DashboardProcess]
-         ) -> tuple[ResolverProcess, DashboardProcess, Path]:
-    db = tmp_path / "events.db"
-    policy = write_policy()
-    r = resolver("--policy", str(policy), "--at", TEST_DAY, "--upstream", authority.address, "--db", str(db))
-    d = dashboard("--db", str(db), "--policy", str(policy))
-    return r, d, policy
 
 
 @pytest.mark.parametrize("name, app, action", [

@@ -8,7 +8,6 @@ import shutil
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import dns.message
 import dns.query
@@ -44,17 +43,6 @@ def browser(tmp_path: Path) -> Iterator[WebDriver]:
         yield drv
     finally:
         drv.quit()
-
-
-@pytest.fixture
-def live(tmp_path: Path, resolver: Callable[..., ResolverProcess], authority: Any,
-         write_policy: Callable[..., Path], dashboard: Callable[..., DashboardProcess]
-         ) -> tuple[ResolverProcess, DashboardProcess, Path]:
-    db = tmp_path / "events.db"
-    policy = write_policy()
-    r = resolver("--policy", str(policy), "--at", TEST_DAY, "--upstream", authority.address, "--db", str(db))
-    d = dashboard("--db", str(db), "--policy", str(policy))
-    return r, d, policy
 
 
 def shot(drv: WebDriver, tmp_path: Path, name: str) -> None:

@@ -155,24 +155,24 @@ def start_ours(net: Net, d: Path, port: int, transport: str) -> Server:
                    "--listen", f"{SERVER_V4[1]}:{port + 10}"], log, lambda: "ready" in log.read_text())
 
 
-@pytest.fixture(scope="module")
-def ours(net: Net, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    """The default transport: batched (recvmmsg with packet info) on Linux."""
-    server = start_ours(net, tmp_path_factory.mktemp("multihomed"), PORT, "auto")
+def serving(net: Net, directory: Path, port: int, transport: str) -> Iterator[Server]:
+    server = start_ours(net, directory, port, transport)
     try:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="module")
+def ours(net: Net, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """The default transport: batched (recvmmsg with packet info) on Linux."""
+    yield from serving(net, tmp_path_factory.mktemp("multihomed"), PORT, "auto")
 
 
 @pytest.fixture(scope="module")
 def plain(net: Net, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """One recvmsg per datagram: the path where recvmmsg is missing."""
-    server = start_ours(net, tmp_path_factory.mktemp("multihomed-plain"), PLAIN_PORT, "plain")
-    try:
-        yield server
-    finally:
-        server.stop()
+    yield from serving(net, tmp_path_factory.mktemp("multihomed-plain"), PLAIN_PORT, "plain")
 
 
 @pytest.fixture(scope="module")
