@@ -18,7 +18,6 @@ write lock long.
 from __future__ import annotations
 
 import calendar
-import json
 import os
 import sqlite3
 import threading
@@ -26,6 +25,8 @@ import time
 from collections import deque
 from dataclasses import dataclass
 from typing import Any
+
+from runtime.jsonline import encode as encode_line
 
 DEFAULT_PATH = "~/.local/state/egress-filter/events.db"
 DEFAULT_MAX_QUEUE = 100_000
@@ -101,9 +102,6 @@ def _ms(stamp: str) -> int:
         return int(time.time() * 1000)
 
 
-# One encoder for every row (json.dumps with options builds a new one on each call); ASCII
-# output (non-ASCII as \u escapes, the same JSON) is twice as fast to build as UTF-8 output.
-_encode = json.JSONEncoder(separators=(",", ":"), default=str).encode
 
 
 def row_of(ev: dict[str, Any]) -> tuple[Any, ...]:
@@ -115,7 +113,7 @@ def row_of(ev: dict[str, Any]) -> tuple[Any, ...]:
             (ev.get("observer") or {}).get("type") or eg.get("component"), eg.get("kind"), eg.get("value"),
             apps[0] if apps else None, ",".join(apps), eg.get("group"), eg.get("phase"),
             (ev.get("rule") or {}).get("name"), (ev.get("source") or {}).get("ip"), eg.get("response"),
-            _encode(ev))
+            encode_line(ev)[:-1].decode())
 
 
 def connect(path: str) -> sqlite3.Connection:
