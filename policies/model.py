@@ -97,6 +97,7 @@ class Rule:
     source: str | None = None
     pattern: str | None = None
     path: str | None = None  # download rules: URL path prefix
+    list_group: str | None = None  # the opt-in ``groups:`` entry (parent_company, ...) it came in by
 
     def cite(self, key: str | None = None) -> str:
         """The rule id that decisions and events carry, e.g. ``domain:tiktok.com``."""
@@ -353,6 +354,7 @@ class Decision:
     legal: tuple[FrameworkState, ...] = ()  # their record on the day
     legal_status: LegalStatus = LegalStatus.AS_ORDERED
     policy: PolicyRef | None = None  # which policy decided: every event carries it, for audits
+    list_group: str | None = None  # the opt-in ``groups:`` entry whose rule decided, if one did
 
     @property
     def would(self) -> Action:
