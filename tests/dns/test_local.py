@@ -12,7 +12,7 @@ them; the policy's verdict still comes first.  Mistakes in either key are
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import dns.flags
@@ -46,15 +46,6 @@ settings:
       2.168.192.in-addr.arpa: {corp}
       tiktokcdn.test: {corp}
 """
-
-
-@pytest.fixture
-def corp() -> Iterator[Authority]:
-    auth = Authority()
-    try:
-        yield auth
-    finally:
-        auth.stop()
 
 
 def texts(msg: dns.message.Message) -> list[str]:
