@@ -454,6 +454,7 @@ class DnsSettings:
     local: tuple[LocalRecord, ...] = ()
     forward: tuple[Forward, ...] = ()
     local_domains: tuple[str, ...] = DEFAULT_LOCAL_DOMAINS  # never sent to the public upstreams
+    block_single_label: bool = True  # answer one-label names NXDOMAIN here (dnsmasq's domain-needed)
     client_names: str | None = None  # hosts file or dnsmasq leases file: client address -> name
     client_name_metrics: bool = False  # label egress_dns_client_queries_total by client name (cardinality)
 

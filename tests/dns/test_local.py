@@ -154,6 +154,15 @@ BAD = [
     pytest.param("forward: [corp.example]", "settings.dns.forward: expected a mapping", id="not-a-mapping"),
     pytest.param("local_domains: ['not a domain']", "settings.dns.local_domains[0]: 'not a domain' is not a "
                  "valid domain name", id="bad-local-domain"),
+    pytest.param("local_domains: lan", "settings.dns.local_domains: expected a list",
+                 id="local-domains-not-a-list"),
+    pytest.param("block_single_label: sometimes",
+                 "settings.dns.block_single_label: expected true or false, got 'sometimes'",
+                 id="single-label-not-a-bool"),
+    pytest.param("block_single_label: 0", "settings.dns.block_single_label: expected true or false, got '0'",
+                 id="single-label-a-number"),
+    pytest.param("block_single_label: [false]", "settings.dns.block_single_label: expected true or false",
+                 id="single-label-a-list"),
 ]
 
 
