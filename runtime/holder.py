@@ -12,6 +12,9 @@ swap.  One reload runs at a time: a reload asked for meanwhile (another
 SIGHUP) runs once more after it, rather than piling up threads.  A reload
 that would block nothing the policy in force blocks (a gutted file) is
 refused unless ``allow_empty`` or the new file's ``settings.allow_empty``.
+Every reload logs what it changed (runtime/changes.py: apps and rules
+before -> after, the phases that moved) and, after ``report_to``, emits it
+as an event; a failed one names the policy it keeps.
 """
 
 from __future__ import annotations
