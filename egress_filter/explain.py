@@ -64,7 +64,7 @@ def summary(d: Decision, value: str, view: PolicyView, client: str | None) -> st
     gv = view.groups[d.group]
     if d.action is Action.LOG and d.enforced is Action.BLOCK:
         if gv.group.exempt:
-            who = f"client {client} is exempt" if client else f"group {d.group} is exempt"
+            who = f"client {client} is exempt" if client else "the client is exempt"
         elif gv.group.mode is Mode.MONITOR:
             who = f"group {d.group} is in monitor mode"
         else:
