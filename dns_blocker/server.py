@@ -476,6 +476,8 @@ async def serve(settings: DnsSettings, holder: Any, events: Any, metrics: NullMe
     forwarder = Forwarder(upstreams(settings), settings.timeout, metrics.upstream, metrics.rejected)
     await forwarder.start()
     sink: EventSink = events
+    if hasattr(holder, "report_to"):
+        holder.report_to(events, "dns")  # each reload becomes an event beside the decisions
     resolver = Resolver(holder, settings, forwarder, sink, metrics)
     resolver.local = LocalAnswers(settings, lambda ups: Forwarder(upstreams(settings, ups), settings.timeout,
                                                                    metrics.upstream, metrics.rejected))

@@ -26,7 +26,7 @@ from replay import cli as replay_cli
 from runtime.args import add_legal_args, add_policy_args, load_or_exit
 
 from . import dashboard, export_cli, legal_cli, run
-from .explain import decide_target, explain_dict
+from .explain import decide_target, explain_dict, summary, target_arg
 
 
 def cmd_check(args: argparse.Namespace) -> int:
@@ -83,7 +83,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
             print(f"  framework: {state.describe()}")
         if d.inspect:
             print("  inspect: yes (a proxy must decrypt to see the URL)")
-        print(f"  reason: {d.reason}")
+        print(f"  reason: {summary(d, value, view, args.client)}")
     return 0
 
 
@@ -106,7 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_check)
 
     p = sub.add_parser("explain", help="decide one name, SNI, URL or IP and say why")
-    p.add_argument("target", metavar="NAME_OR_URL")
+    p.add_argument("target", metavar="NAME_OR_URL", type=target_arg)
     add_policy_args(p)
     add_legal_args(p)
     p.add_argument("--kind", choices=[k.value for k in Kind], help="what the target is (guessed by default)")

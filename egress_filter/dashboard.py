@@ -474,7 +474,8 @@ def explain_page(d: Dashboard, params: dict[str, str]) -> str:
                 f'<dt>phase</dt><dd>{esc(r["phase"])}</dd>'
                 f'<dt>rule</dt><dd id="rule">{esc(r["rule"] or "-")}</dd>'
                 f"<dt>at</dt><dd>{esc(r['at'])}</dd><dt>group</dt><dd>{esc(r['group'])} (legal status: "
-                f"{esc(r['legal_status'])})</dd><dt>reason</dt><dd>{esc(r['reason'])}</dd></dl>"
+                f"{esc(r['legal_status'])})</dd><dt>reason</dt><dd id=\"summary\">{esc(r['summary'])}</dd>"
+                f"<dt>details</dt><dd>{esc(r['reason'])}</dd></dl>"
                 f"<ul>{fws}</ul></section>"
             )
     return page("Explain", "/explain", form + out)

@@ -30,7 +30,7 @@ from .builtins import (
     name_rules,
     signal_rule,
 )
-from .legal import app_phase
+from .legal import app_phase, next_change
 from .matching import (
     STORE_HOSTS,
     GlobMatcher,
@@ -68,6 +68,7 @@ _CACHE_MAX = 200_000  # distinct matched keys per view; cleared, not evicted, pa
 # Enum members bound once: on Python 3.11 ``Action.BLOCK`` costs a class
 # attribute lookup (~70 ns), which the hot path pays per call otherwise.
 _BLOCK, _SNI, _MONITOR = Action.BLOCK, Kind.SNI, Mode.MONITOR
+_BLOCKED_END = ", so this is blocked"  # how ``_judge`` ends a block's reason
 
 # What a rule's tier does in each phase: the phase table of the README.
 _ACTION: dict[tuple[Tier, Phase], Action] = {
@@ -152,6 +153,16 @@ class Policy:
             else:
                 out[app.id] = app_phase(app.id, frameworks, day, ls, group)
         return out
+
+    def next_change(self, app: str, at: dt.date | None = None, phase: Phase | None = None,
+                    group: str = DEFAULT_GROUP, legal_status: LegalStatus | None = None
+                    ) -> tuple[dt.date, Phase] | None:
+        """The next scheduled change of ``app``'s phase for ``group`` after ``at``: (day, phase),
+        or None when none is scheduled or an override (``phase``, the app's ``phase:``) holds it."""
+        if phase is not None or self.apps[app].phase_override is not None:
+            return None
+        return next_change(app, self.group_frameworks(group), at or self.today(),
+                           self.group_legal_status(group, legal_status), group)
 
     def view(self, at: dt.date | None = None, phase: Phase | None = None,
              mode: Mode | None = None, legal_status: LegalStatus | None = None) -> PolicyView:
@@ -429,7 +440,10 @@ class GroupView:
             if app_id not in apps:
                 apps.append(app_id)
             action = _ACTION[(rule.tier, self._phase.get(app_id, Phase.NONE))]
-            if best is None or action.severity > best[0].severity:
+            # At equal severity a rule of the policy's own wins over an opt-in group's:
+            # the group decided only when nothing else would have.
+            if (best is None or action.severity > best[0].severity
+                    or (action.severity == best[0].severity and best[1].list_group and not rule.list_group)):
                 best = (action, rule)
         assert best is not None
         action, rule = best
@@ -449,6 +463,8 @@ class GroupView:
         verb = {Action.BLOCK: "blocked", Action.LOG: "logged", Action.ALLOW: "allowed"}[action]
         names = tuple(self.policy.apps[a].name for a in apps)
         others = f" (also claimed by {', '.join(names[1:])})" if names[1:] else ""
+        if rule.list_group:
+            others = f" through the opt-in group {rule.list_group}{others}"
         by = ""
         labels = [fw.label for f in ph.frameworks if not (fw := self.policy.frameworks[f]).implicit]
         if labels:
@@ -460,7 +476,7 @@ class GroupView:
         legal = tuple(st for st in ph.legal if st.framework in ph.frameworks) or ph.legal
         return Decision(action, tuple(apps), ph.phase, rule.cite(key), reason, group=self.group.id,
                         app_names=names, frameworks=ph.frameworks, legal=legal,
-                        legal_status=self.legal_status, policy=self._ref)
+                        legal_status=self.legal_status, policy=self._ref, list_group=rule.list_group)
 
     def _builtin(self, rule: BuiltinRule, subject: str) -> Decision:
         return replace(self._allow, action=Action.BLOCK, rule=rule.rule, reason=rule.reason.format(subject))
@@ -480,7 +496,9 @@ class GroupView:
         hit = self._downgraded.get(key)
         if hit is not None and hit[0] is d:
             return hit[1]
-        out = replace(d, action=Action.LOG, enforced=d.action, reason=f"{why}; {d.reason}")
+        # The verdict's own ending ("so this is blocked") is not what happens here.
+        out = replace(d, action=Action.LOG, enforced=d.action,
+                      reason=f"{why}; {d.reason.removesuffix(_BLOCKED_END)}")
         if len(self._downgraded) > 100_000:
             self._downgraded.clear()
         self._downgraded[key] = (d, out)

@@ -186,6 +186,8 @@ def build_event(
         egress["legal_status"] = t.legal_status
     if t.policy is not None:
         egress["policy"] = dict(t.policy)
+    if decision.list_group is not None:  # an opt-in group's rule decided (parent_company, ...)
+        egress["list_group"] = decision.list_group
     ev: dict[str, Any] = {
         "@timestamp": stamp,
         "ecs": {"version": ECS_VERSION},

@@ -783,7 +783,8 @@ def _app(w: _Walker, b: _Build, node: yaml.Node, field: str, base: Path, seen: d
             if nm and nm in (_STORE_HOSTS if kind is RuleKind.HOST else _STORE_COVER):
                 w.err(vnode, f, _store_cover_message(nm, raw))
             elif nm and _enabled(w, b, group, item, f):
-                b.names.add(nm, b.rule(kind, Tier.TRAFFIC, aid, source), exact=kind is RuleKind.HOST)
+                b.names.add(nm, b.rule(kind, Tier.TRAFFIC, aid, source, list_group=group),
+                            exact=kind is RuleKind.HOST)
                 b.count(key)
     if "sni" in m:
         for f, item in w.seq(m["sni"], f"{field}.sni"):
@@ -798,9 +799,11 @@ def _app(w: _Walker, b: _Build, node: yaml.Node, field: str, base: Path, seen: d
                 w.err(vnode, f, f"invalid SNI pattern '{raw}': {problem}")
             elif _enabled(w, b, group, item, f):
                 if "*" in pat:
-                    b.globs.append((pat, b.rule(RuleKind.SNI, Tier.TRAFFIC, aid, source, pat)))
+                    b.globs.append((pat, b.rule(RuleKind.SNI, Tier.TRAFFIC, aid, source, pat,
+                                                list_group=group)))
                 else:
-                    b.names.add(pat, b.rule(RuleKind.SNI, Tier.TRAFFIC, aid, source), exact=True)
+                    b.names.add(pat, b.rule(RuleKind.SNI, Tier.TRAFFIC, aid, source, list_group=group),
+                                exact=True)
                 b.count("sni")
     if "downloads" in m:
         for f, item in w.seq(m["downloads"], f"{field}.downloads"):
@@ -820,7 +823,8 @@ def _app(w: _Walker, b: _Build, node: yaml.Node, field: str, base: Path, seen: d
             else:
                 net, source, group = w.cidr(item, f), None, None
             if net is not None and _enabled(w, b, group, item, f):
-                b.networks.append((net, b.rule(RuleKind.NETWORK, Tier.TRAFFIC, aid, source, str(net))))
+                b.networks.append((net, b.rule(RuleKind.NETWORK, Tier.TRAFFIC, aid, source, str(net),
+                                                      list_group=group)))
                 b.count("networks")
     if "lists" in m:
         for f, item in w.seq(m["lists"], f"{field}.lists"):
@@ -872,7 +876,7 @@ def _download(w: _Walker, b: _Build, node: yaml.Node, field: str, app: str) -> N
         return
     pattern = host if (wildcard or path) else None
     prefix = path if path and path != "/" else None
-    rule = b.rule(RuleKind.DOWNLOAD, Tier.DOWNLOAD, app, source, pattern, prefix)
+    rule = b.rule(RuleKind.DOWNLOAD, Tier.DOWNLOAD, app, source, pattern, prefix, list_group=group)
     b.count("downloads")
     if rule.path:
         if wildcard:
@@ -880,7 +884,8 @@ def _download(w: _Walker, b: _Build, node: yaml.Node, field: str, app: str) -> N
         else:
             b.download_paths.setdefault(host, []).append(rule)
     elif wildcard:
-        b.names.add(bare, b.rule(RuleKind.DOWNLOAD, Tier.DOWNLOAD, app, source), exact=False)
+        b.names.add(bare, b.rule(RuleKind.DOWNLOAD, Tier.DOWNLOAD, app, source, list_group=group),
+                    exact=False)
     else:
         b.names.add(host, rule, exact=True)
 
@@ -975,7 +980,8 @@ def _list(w: _Walker, b: _Build, node: yaml.Node, field: str, base: Path, app: s
     if allow:
         rule = b.rule(RuleKind.ALLOW, Tier.ALLOW, None, source or f"list:{rel}")
     else:
-        rule = b.rule(RuleKind.HOST if exact else RuleKind.DOMAIN, Tier.TRAFFIC, app, source or f"list:{rel}")
+        rule = b.rule(RuleKind.HOST if exact else RuleKind.DOMAIN, Tier.TRAFFIC, app, source or f"list:{rel}",
+                      list_group=group)
     store_cover: frozenset[str] = frozenset() if allow else (_STORE_HOSTS if exact else _STORE_COVER)
     problems: list[tuple[int, str, str]] = []  # (line, the line, message)
     # Streamed, so a 1,000,000-line file is never held whole as text and as

@@ -97,6 +97,7 @@ class Rule:
     source: str | None = None
     pattern: str | None = None
     path: str | None = None  # download rules: URL path prefix
+    list_group: str | None = None  # the opt-in ``groups:`` entry (parent_company, ...) it came in by
 
     def cite(self, key: str | None = None) -> str:
         """The rule id that decisions and events carry, e.g. ``domain:tiktok.com``."""
@@ -353,6 +354,7 @@ class Decision:
     legal: tuple[FrameworkState, ...] = ()  # their record on the day
     legal_status: LegalStatus = LegalStatus.AS_ORDERED
     policy: PolicyRef | None = None  # which policy decided: every event carries it, for audits
+    list_group: str | None = None  # the opt-in ``groups:`` entry whose rule decided, if one did
 
     @property
     def would(self) -> Action:
@@ -452,6 +454,7 @@ class DnsSettings:
     local: tuple[LocalRecord, ...] = ()
     forward: tuple[Forward, ...] = ()
     local_domains: tuple[str, ...] = DEFAULT_LOCAL_DOMAINS  # never sent to the public upstreams
+    block_single_label: bool = True  # answer one-label names NXDOMAIN here (dnsmasq's domain-needed)
     client_names: str | None = None  # hosts file or dnsmasq leases file: client address -> name
     client_name_metrics: bool = False  # label egress_dns_client_queries_total by client name (cardinality)
 

@@ -12,6 +12,9 @@ swap.  One reload runs at a time: a reload asked for meanwhile (another
 SIGHUP) runs once more after it, rather than piling up threads.  A reload
 that would block nothing the policy in force blocks (a gutted file) is
 refused unless ``allow_empty`` or the new file's ``settings.allow_empty``.
+Every reload logs what it changed (runtime/changes.py: apps and rules
+before -> after, the phases that moved) and, after ``report_to``, emits it
+as an event; a failed one names the policy it keeps.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ import signal
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Protocol
 
 from policies import (
     LegalStatus,
@@ -38,12 +41,23 @@ from policies import (
     policy_warnings,
 )
 
+from . import changes
+
 if TYPE_CHECKING:
     from .subscriptions import Downloader
 
 log = logging.getLogger("egress_filter.policy")
 
 Listener = Callable[[str], None]
+
+
+class EventSink(Protocol):
+    """Where reload events go (runtime.eventlog.EventLog)."""
+
+    @property
+    def enabled(self) -> bool: ...
+
+    def emit(self, event: dict[str, Any]) -> None: ...
 
 
 class PolicyHolder:
@@ -67,6 +81,9 @@ class PolicyHolder:
         self._thread: threading.Thread | None = None
         self.downloader: Downloader | None = None  # list subscriptions (httpx is imported only then)
         self.last_error: PolicyError | None = None
+        self.last_change: changes.Change | None = None  # what the last successful reload changed
+        self.events: EventSink | None = None  # set by ``report_to``: reloads become events
+        self.component = "policy"
         self.reloads = 0
         self._loading = False  # a reload is reading files (guarded by _lock)
         self._again = False  # another reload was asked for meanwhile
@@ -79,6 +96,10 @@ class PolicyHolder:
 
     def subscribe(self, listener: Listener) -> None:
         self._listeners.append(listener)
+
+    def report_to(self, events: EventSink, component: str) -> None:
+        """Emit an event for every reload (``policy-reload``, ``policy-reload-failed``) to ``events``."""
+        self.events, self.component = events, component
 
     def day(self, policy: Policy | None = None) -> dt.date:
         return self.at or (policy or self.policy).today(self._clock())
@@ -122,16 +143,24 @@ class PolicyHolder:
                 # that fixing any of it reloads, and the same bad state does not
                 # retry every tick.
                 self._stamps = self._file_stamps(exc.files) if exc.files else tuple(before.values())
-            log.error("policy reload failed, keeping the last good policy:\n%s", exc)
+            kept = self.policy
+            log.error("policy reload failed, keeping the last good policy (%s, digest %s):\n%s",
+                      kept.source, (kept.digest or "-")[:12], exc)
+            self._emit(False, f"policy reload failed, keeping the last good policy ({kept.source}): "
+                       f"{len(exc.issues)} problem(s)", kept, {"problems": [str(i) for i in exc.issues]})
             return False
         stamps = tuple(before.get(s[0], s) for s in self._file_stamps(policy.files))
         with self._lock:
+            old = self.view
             self.policy = policy
             self._stamps = stamps
             self.view = self._make_view(policy) if self._overrides_changed(view) else view
             self.last_error = None
             self.reloads += 1
-        log.info("policy reloaded from %s", policy.source)
+            done = self.last_change = changes.change(old, self.view)
+        message = f"policy reloaded from {policy.source}: {done.describe()}"
+        log.info("%s", message)
+        self._emit(True, message, policy, done.as_dict())
         self._warn(policy, view)
         self._notify("reload")
         return True
@@ -177,7 +206,7 @@ class PolicyHolder:
             self.view = new
         changed = new.fingerprint != old.fingerprint
         if changed:
-            log.info("app phases changed on %s", day)
+            log.info("app phases changed on %s: %s", day, changes.change(old, new).moves())
             self._notify("phase")
         return changed
 
@@ -243,6 +272,14 @@ class PolicyHolder:
             except OSError:
                 out.append((f, 0, 0, 0))
         return tuple(out)
+
+    def _emit(self, ok: bool, message: str, policy: Policy, detail: dict[str, Any]) -> None:
+        sink = self.events
+        if sink is not None and sink.enabled:
+            try:
+                sink.emit(changes.event(self.component, ok, message, policy, detail))
+            except Exception:  # a reload is never undone by its report
+                log.exception("policy reload event failed")
 
     def _notify(self, reason: str) -> None:
         for listener in list(self._listeners):
