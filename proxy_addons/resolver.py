@@ -10,7 +10,9 @@ filter it starts beside the proxy), this sub-addon's ``server_connect``,
 after the deciding addon has judged the name, asks that server for the
 name's A (then AAAA) records and puts the address it got into
 ``server.address``; the name stays the connection's SNI and the request's
-``Host``, so origins see no difference.
+``Host``, so origins see no difference; once connected the address is the
+name again (``server_connected``), so mitmproxy reuses the connection for
+the next request to that name.
 
 It never falls back to the system resolver.  When the lookup does not give
 an address the dial is refused (``server.error``), which mitmproxy answers
@@ -79,6 +81,9 @@ class UpstreamResolver:
         self.resolutions = Counter("egress_proxy_resolutions", "Upstream names the proxy resolved through "
                                    "egress_resolver, by outcome", ["outcome"], registry=registry)
         self.server: tuple[str, int] | None = None
+        # server id → the name and port it was asked for, from the dial to its outcome
+        # (mitmproxy calls exactly one of server_connected and server_connect_error).
+        self._dialled: dict[str, tuple[str, int]] = {}
 
     def load(self, loader: Any) -> None:
         loader.add_option("egress_resolver", str | None, None,
@@ -122,6 +127,19 @@ class UpstreamResolver:
         if server.sni is None:
             server.sni = name  # what mitmproxy would have sent, had it dialled the name
         server.address = (address, port)
+        self._dialled[server.id] = (name, port)
+
+    def server_connected(self, data: server_hooks.ServerConnectionHookData) -> None:
+        named = self._dialled.pop(data.server.id, None)
+        if named is not None:
+            # Dialled: the address is the name again (peername holds the IP), as when
+            # mitmproxy resolves it itself, so the HTTP layer reuses this connection for the
+            # next request to the name.  Server.__setattr__ refuses any change of address on
+            # an open connection; this one only undoes ours.
+            object.__setattr__(data.server, "address", named)
+
+    def server_connect_error(self, data: server_hooks.ServerConnectionHookData) -> None:
+        self._dialled.pop(data.server.id, None)
 
     async def lookup(self, name: str) -> str:
         """The first address of ``name`` (A, else AAAA) from the configured server."""

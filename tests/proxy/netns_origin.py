@@ -16,6 +16,7 @@ import http.server
 import ssl
 import sys
 import threading
+from pathlib import Path
 from typing import Any
 
 from tests.proxy.conftest import _Handler
@@ -75,7 +76,7 @@ def main() -> None:
     from aioquic.quic.events import HandshakeCompleted, QuicEvent
 
     config = QuicConfiguration(is_client=False, alpn_protocols=["h3"])
-    config.load_cert_chain(cert, key)
+    config.load_cert_chain(Path(cert), Path(key))
 
     class Counting(QuicConnectionProtocol):
         def quic_event_received(self, event: QuicEvent) -> None:

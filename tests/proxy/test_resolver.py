@@ -18,6 +18,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -32,8 +33,8 @@ from tests.dns import authority as auth_module
 from tests.dns.authority import Authority
 from tests.dns.conftest import TEST_DAY, policy_text
 
-from .conftest import PlainOrigin, free_port, require, wait_for_port
-from .helpers import stop
+from .conftest import Origin, PlainOrigin, free_port, require, wait_for_port
+from .helpers import FULL, stop
 
 pytestmark = pytest.mark.e2e
 
@@ -71,8 +72,8 @@ def _udp_port() -> int:
 @pytest.fixture(scope="module")
 def authority() -> Iterator[Authority]:
     with pytest.MonkeyPatch.context() as mp:
-        mp.setitem(auth_module.RECORDS, "origin.example.test",
-                   [RR("origin.example.test", QTYPE.A, rdata=A("127.0.0.1"), ttl=300)])
+        for name in ("origin.example.test", "dl.shared-cdn.example"):
+            mp.setitem(auth_module.RECORDS, name, [RR(name, QTYPE.A, rdata=A("127.0.0.1"), ttl=300)])
         auth = Authority()
         try:
             yield auth
@@ -140,6 +141,33 @@ def test_https_tunnel_to_a_cname_into_a_blocked_domain_is_closed(run: Run) -> No
     assert done.returncode in (35, 56), done.stderr  # TLS connect error / connection reset
     assert any(e["event"]["action"] == "block" for e in run.dns_asked("alias.example.test"))
     assert "refusing 127.0.0.1's connection to alias.example.test:443" in run.stderr.read_text()
+
+
+def test_intercepted_tls_keeps_the_name(run_proxy: Any, origin: Origin, authority: Authority,
+                                        tmp_path: Path) -> None:
+    """An intercepted connection (a shared download host) is dialled at the address our
+    DNS gave, with the name as its SNI, verified against the origin's CA."""
+    from tests.dns.conftest import ResolverProcess
+
+    from .helpers import write_policy
+
+    dns_policy = tmp_path / "dns-policy.yaml"
+    dns_policy.write_text(policy_text(settings=SETTINGS), encoding="utf-8")
+    dns = ResolverProcess(["--policy", str(dns_policy), "--at", TEST_DAY, "--upstream", authority.address],
+                          tmp_path)
+    try:
+        proxy = run_proxy("--policy", str(write_policy(tmp_path)), "--at", FULL,
+                          "--resolver", f"{dns.host}:{dns.port}")
+        before = len(origin.snis)
+        done = subprocess.run([require("curl"), "-sS", "--max-time", "10", "-x", proxy.url, "--cacert",
+                               str(proxy.ca), f"https://dl.shared-cdn.example:{origin.port}/other"],
+                              capture_output=True, text=True, timeout=30)
+        assert done.returncode == 0, done.stderr + proxy.stderr.read_text()
+        assert done.stdout == "origin dl.shared-cdn.example/other\n"
+        assert origin.snis[before:] == ["dl.shared-cdn.example"]
+        assert any(e["egress"]["value"].rstrip(".") == "dl.shared-cdn.example" for e in dns.events(1))
+    finally:
+        dns.stop()
 
 
 def test_a_dead_resolver_is_never_replaced_by_the_system_one(run_proxy: Any, plain_origin: PlainOrigin,
@@ -241,3 +269,32 @@ def test_run_points_the_proxy_at_its_dns_listener(listen: str, want: str) -> Non
 
     assert resolver_address(listen) == want
     assert parse_resolver(want)[1] == int(want.rsplit(":", 1)[1])  # and the proxy accepts it
+
+
+def test_keep_alive_requests_share_one_upstream_connection(run: Run) -> None:
+    """The address is the name again once dialled, so mitmproxy reuses the connection
+    for the next request to that name, as it would without the resolver."""
+    from .conftest import _Handler, _PlainServer
+
+    connections: list[Any] = []
+
+    class Counting(_Handler):
+        def setup(self) -> None:
+            connections.append(self.client_address)
+            super().setup()
+
+    server = _PlainServer()
+    server.RequestHandlerClass = Counting
+    thread = threading.Thread(target=server.serve_forever, daemon=True, name="test-counting-origin")
+    thread.start()
+    try:
+        port = server.server_address[1]
+        with httpx.Client(proxy=run.proxy, timeout=10) as client:
+            pages = [client.get(f"http://origin.example.test:{port}/k{i}") for i in range(3)]
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+    assert [p.status_code for p in pages] == [200, 200, 200]
+    assert server.seen == [f"origin.example.test /k{i}" for i in range(3)]
+    assert len(connections) == 1
