@@ -25,7 +25,7 @@ and ``egress-filter proxy`` both load it), bounds that:
 Only TCP is limited here: mitmproxy already expires idle UDP (QUIC, DNS)
 "connections" after 20 seconds, and they hold no socket of their own.
 
-Who may connect at all is the listener's address: ``configure`` warns about
+Who may connect at all is the listener's address: ``running`` warns about
 every listener that is not on loopback (``0.0.0.0:3128``, the Squid-style
 drop-in, or mitmdump's own default of every interface), because a proxy
 that answers the open internet is an open relay; such a listener must be
@@ -48,7 +48,6 @@ log = logging.getLogger(__name__)
 
 WARN_INTERVAL = 60.0  # seconds between two warnings about one client address
 _WARNED_MAX = 10_000  # addresses remembered for rate-limiting, at most
-LISTENER_OPTIONS = frozenset({"mode", "listen_host", "listen_port"})
 
 
 class ConnectionGuard:
@@ -80,10 +79,10 @@ class ConnectionGuard:
         for name in ("egress_handshake_timeout", "egress_max_connections_per_client"):
             if name in updated and getattr(ctx.options, name) < 0:
                 raise exceptions.OptionsError(f"{name}: must be 0 (off) or more")  # type: ignore[no-untyped-call]
-        if updated & LISTENER_OPTIONS:
-            self._warn_open_listeners()  # before the servers start listening
 
-    def _warn_open_listeners(self) -> None:
+    def running(self) -> None:
+        # Here, not in configure: a refused option change rolls back to mitmproxy's
+        # defaults (every interface), which would be warned about without being served.
         for address in open_listeners(ctx.options.mode, ctx.options.listen_host, ctx.options.listen_port):
             log.warning("egress-filter: the proxy listens on %s, not on loopback: anyone who can reach "
                         "it can use it. Firewall it to your LAN (docs/proxy.md, \"Squid's port\").",
@@ -184,7 +183,10 @@ def open_listeners(specs: list[str], listen_host: str, listen_port: int | None) 
     (local redirect mode has none)."""
     found = []
     for spec in specs:
-        mode = mode_specs.ProxyMode.parse(spec)
+        try:
+            mode = mode_specs.ProxyMode.parse(spec)
+        except ValueError:
+            continue  # mitmproxy's proxyserver refuses it, with its own message
         port = mode.listen_port(listen_port)
         if port is None:
             continue
