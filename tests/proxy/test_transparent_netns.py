@@ -14,11 +14,12 @@ on 80, HTTPS on 443 and QUIC on UDP 443 with its own test CA's certificate
 setting at all, as a device behind a corporate gateway would be.
 
 What mitmproxy's transparent mode does not do: receive UDP.  Its
-``TransparentMode.transport_protocol`` is TCP in mitmproxy 11.0 through
-12.x, so the proxy opens no UDP socket, the redirected QUIC Initial reaches
-a port nothing listens on, the gateway's kernel answers ICMP port
-unreachable and no QUIC ClientHello is ever judged: QUIC is refused at the
-gateway, and clients fall back to TCP, where the SNI is judged.
+``TransparentMode.transport_protocol`` is TCP (mitmproxy 11.0.2 and 12.3.1,
+where this test passes), so the proxy opens no UDP socket, the redirected
+QUIC Initial reaches a port nothing listens on, the gateway's kernel treats
+it as for any closed UDP port (ICMP port unreachable) and no QUIC
+ClientHello is ever judged: QUIC is refused at the gateway, and clients fall
+back to TCP, where the SNI is judged.
 ``test_quic_is_refused_at_the_gateway`` pins each step of that, so the day a
 mitmproxy listens on UDP in transparent mode this test fails and says so.
 """
