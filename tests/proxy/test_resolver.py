@@ -143,31 +143,55 @@ def test_https_tunnel_to_a_cname_into_a_blocked_domain_is_closed(run: Run) -> No
     assert "refusing 127.0.0.1's connection to alias.example.test:443" in run.stderr.read_text()
 
 
-def test_intercepted_tls_keeps_the_name(run_proxy: Any, origin: Origin, authority: Authority,
-                                        tmp_path: Path) -> None:
-    """An intercepted connection (a shared download host) is dialled at the address our
-    DNS gave, with the name as its SNI, verified against the origin's CA."""
+@pytest.fixture(scope="module")
+def our_dns(tmp_path_factory: pytest.TempPathFactory, authority: Authority) -> Iterator[Any]:
+    """The DNS filter on its own (``egress-filter dns``), for a standalone proxy's --resolver."""
     from tests.dns.conftest import ResolverProcess
 
-    from .helpers import write_policy
-
-    dns_policy = tmp_path / "dns-policy.yaml"
+    d = tmp_path_factory.mktemp("our-dns")
+    dns_policy = d / "dns-policy.yaml"
     dns_policy.write_text(policy_text(settings=SETTINGS), encoding="utf-8")
-    dns = ResolverProcess(["--policy", str(dns_policy), "--at", TEST_DAY, "--upstream", authority.address],
-                          tmp_path)
+    dns = ResolverProcess(["--policy", str(dns_policy), "--at", TEST_DAY, "--upstream", authority.address], d)
     try:
-        proxy = run_proxy("--policy", str(write_policy(tmp_path)), "--at", FULL,
-                          "--resolver", f"{dns.host}:{dns.port}")
-        before = len(origin.snis)
-        done = subprocess.run([require("curl"), "-sS", "--max-time", "10", "-x", proxy.url, "--cacert",
-                               str(proxy.ca), f"https://dl.shared-cdn.example:{origin.port}/other"],
-                              capture_output=True, text=True, timeout=30)
-        assert done.returncode == 0, done.stderr + proxy.stderr.read_text()
-        assert done.stdout == "origin dl.shared-cdn.example/other\n"
-        assert origin.snis[before:] == ["dl.shared-cdn.example"]
-        assert any(e["egress"]["value"].rstrip(".") == "dl.shared-cdn.example" for e in dns.events(1))
+        yield dns
     finally:
         dns.stop()
+
+
+STANDALONE = [
+    # (proxy flags, curl flags and URL ({tls}/{plain}: the origins' ports), body, the origin's SNIs)
+    pytest.param((), ("--cacert", "{ca}", "https://dl.shared-cdn.example:{tls}/other"),
+                 "origin dl.shared-cdn.example/other\n", ["dl.shared-cdn.example"],
+                 id="intercepted-tls-keeps-the-name-as-sni"),
+    pytest.param(("--proxy-mode", "socks5"),
+                 ("--socks5-hostname", "{proxy}", "http://dl.shared-cdn.example:{plain}/s"),
+                 "origin dl.shared-cdn.example/s\n", [], id="socks5-hostname-resolved-by-our-dns"),
+]
+
+
+@pytest.mark.parametrize(("flags", "curl_args", "body", "snis"), STANDALONE)
+def test_standalone_proxy_with_our_dns(run_proxy: Any, origin: Origin, plain_origin: PlainOrigin,
+                                       our_dns: Any, tmp_path: Path, flags: tuple[str, ...],
+                                       curl_args: tuple[str, ...], body: str, snis: list[str]) -> None:
+    """Dialled at the address our DNS gave, under the name the client asked for (the
+    intercepted origin's certificate is verified against its own CA, for that name)."""
+    from .helpers import write_policy
+
+    proxy = run_proxy("--policy", str(write_policy(tmp_path)), "--at", FULL,
+                      "--resolver", f"{our_dns.host}:{our_dns.port}", *flags)
+    before, asked = len(origin.snis), len(our_dns.events())
+    where = {"ca": str(proxy.ca), "tls": origin.port, "plain": plain_origin.port,
+             "proxy": f"127.0.0.1:{proxy.port}"}
+    args = [a.format(**where) for a in curl_args]
+    if not flags:
+        args = ["-x", proxy.url, *args]
+    done = subprocess.run([require("curl"), "-sS", "--max-time", "10", *args], capture_output=True, text=True,
+                          timeout=30)
+    assert done.returncode == 0, done.stderr + proxy.stderr.read_text()
+    assert done.stdout == body
+    assert origin.snis[before:] == snis
+    assert any(e["egress"]["value"].rstrip(".") == "dl.shared-cdn.example"
+               for e in our_dns.events(asked + 1)[asked:])
 
 
 def test_a_dead_resolver_is_never_replaced_by_the_system_one(run_proxy: Any, plain_origin: PlainOrigin,
