@@ -22,7 +22,6 @@ import hashlib
 import hmac
 import html
 import io
-import ipaddress
 import json
 import sqlite3
 import sys
@@ -35,7 +34,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
 
 from policies import Kind, PolicyError
-from runtime.args import add_policy_args
+from runtime.args import add_policy_args, is_loopback
 from runtime.holder import PolicyHolder
 from store import query as q
 from store.db import DEFAULT_PATH, open_reader
@@ -718,15 +717,6 @@ class Handler(BaseHTTPRequestHandler):
 
 
 # --- the command --------------------------------------------------------------------
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 def read_token(path: str) -> bytes:

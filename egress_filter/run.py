@@ -6,7 +6,9 @@ handling; this process only starts them, prints how to use them, forwards
 SIGHUP (policy reload) and, on Ctrl-C or SIGTERM, stops both by PID and waits.
 With the event store on (the default, ``--db``), both servers write the one
 SQLite file and a third child, ``egress-filter dashboard``, serves it on
-loopback.
+loopback.  The proxy resolves the names it dials through the DNS resolver
+(``proxy --resolver``), so DNS-level blocks and CNAME inspection apply to
+proxied traffic too.
 """
 
 from __future__ import annotations
@@ -72,6 +74,17 @@ def _child_args(args: argparse.Namespace) -> list[str]:
     return out
 
 
+def resolver_address(listen: str) -> str:
+    """Where the proxy asks the DNS filter listening on ``listen``: a wildcard means loopback."""
+    host, _, port = listen.rpartition(":")
+    host = host.strip("[]")
+    if host in ("", "0.0.0.0", "localhost"):
+        host = "127.0.0.1"
+    elif host == "::":
+        host = "::1"
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 def _port(hostport: str) -> str:
     return hostport.rsplit(":", 1)[1] if ":" in hostport else "53"
 
@@ -88,7 +101,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         dns_cmd += ["--upstream-ca", args.upstream_ca]
     commands = {"dns": dns_cmd}
     if not args.no_proxy:
-        commands["proxy"] = [*me, "proxy", "--listen", args.proxy_listen, *common]
+        # One resolver: the proxy looks its upstream names up through the DNS filter beside it.
+        commands["proxy"] = [*me, "proxy", "--listen", args.proxy_listen,
+                             "--resolver", resolver_address(args.dns_listen), *common]
     if not args.no_db and not args.no_dashboard:
         commands["dashboard"] = [*me, "dashboard", "--listen", args.dashboard_listen, "--db", args.db,
                                  *(["--policy", args.policy] if args.policy else [])]

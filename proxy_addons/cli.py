@@ -46,6 +46,9 @@ def register(sub: Any) -> None:
     p.add_argument("--log", metavar="FILE|-", help="event log (JSON lines; default: stdout)")
     p.add_argument("--metrics", metavar="HOST:PORT", help="serve Prometheus metrics here")
     p.add_argument("--db", metavar="FILE", help="also store events in this SQLite file (the dashboard's)")
+    p.add_argument("--resolver", metavar="IP:PORT",
+                   help="resolve upstream names through this DNS server (the egress-filter DNS filter; "
+                        "`run` sets it), never the system resolver; a name it does not resolve gets 502")
     p.add_argument("--confdir", metavar="DIR",
                    help="mitmproxy's configuration directory, where its CA lives (default: ~/.mitmproxy)")
     p.add_argument("--set", dest="setoptions", action="append", default=[], metavar="NAME=VALUE",
@@ -82,6 +85,7 @@ def build_options(args: argparse.Namespace, settings: Any) -> tuple[dict[str, An
         "egress_metrics": args.metrics,
         "egress_db": args.db,
         "egress_allow_empty": args.allow_empty,
+        "egress_resolver": args.resolver,
     }
     if args.confdir:
         opts["confdir"] = args.confdir

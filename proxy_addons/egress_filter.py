@@ -12,7 +12,10 @@ concern, as sub-addons, which mitmproxy calls in this order for every hook:
 3. ``block_page.BlockPage``: the 451 page a blocked request is shown;
 4. ``telemetry.Telemetry``: one event per block or log verdict, and metrics;
 5. ``connections.ConnectionGuard``: a deadline for undecided connections and
-   a cap per client address (it reads what the addons above did).
+   a cap per client address (it reads what the addons above did);
+6. ``resolver.UpstreamResolver``: with ``egress_resolver`` set, the names
+   of the servers dialled are looked up through the DNS filter, never the
+   system resolver (last, because it awaits the network).
 
 Data flows one way: options and YAML → ``PolicyHolder`` → a ``Decision`` per
 observation → the addons act on its ``Verdict`` → one event.
@@ -29,6 +32,7 @@ from proxy_addons.block_page import BlockPage
 from proxy_addons.bypass import BypassControls
 from proxy_addons.connections import ConnectionGuard
 from proxy_addons.decisions import PolicyDecisions
+from proxy_addons.resolver import UpstreamResolver
 from proxy_addons.telemetry import Telemetry
 from proxy_addons.verdict import authority_names
 from runtime.holder import PolicyHolder
@@ -45,7 +49,9 @@ class EgressFilter:
         self.page = BlockPage()
         self.telemetry = Telemetry(self.decisions)
         self.guard = ConnectionGuard(self.telemetry.registry)
-        self.addons: list[Any] = [self.decisions, self.bypass, self.page, self.telemetry, self.guard]
+        self.resolver = UpstreamResolver(self.telemetry.registry)
+        self.addons: list[Any] = [self.decisions, self.bypass, self.page, self.telemetry, self.guard,
+                                  self.resolver]
 
     @property
     def holder(self) -> PolicyHolder | None:

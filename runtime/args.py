@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import ipaddress
 import sys
 
 from policies import LegalStatus, Phase, Policy, PolicyError, load_policy
@@ -19,6 +20,16 @@ from policies.legal_loader import legal_status as parse_legal_status
 
 EXIT_POLICY = 1
 LEGAL_CHOICES = ("as-ordered", "in-force")
+
+
+def is_loopback(host: str) -> bool:
+    """Whether a listen host is a loopback address ("" and other names are not: "" is every interface)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 def parse_date(text: str) -> dt.date:
