@@ -31,7 +31,7 @@ def register(sub: Any) -> None:
     p = sub.add_parser(
         "proxy", help="run mitmproxy with the egress-filter addon (forward/transparent proxy)",
         description="Run mitmproxy in-process with the egress-filter addon. "
-                    "Same settings as `mitmdump -s proxy_addons/egress_filter.py --set egress_...`.")
+                    "Same settings as: mitmdump -s proxy_addons/egress_filter.py --set egress_...")
     p.add_argument("--listen", metavar="HOST:PORT",
                    help="where the proxy listens (default: settings.proxy.listen, 127.0.0.1:8080)")
     p.add_argument("--proxy-mode", action="append", metavar="SPEC",
