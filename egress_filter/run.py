@@ -236,7 +236,8 @@ class Supervisor:
 
     def _fail(self, name: str, what: str) -> int:
         self._receive(0)  # a STATUS= sent just before the exit
-        why = self.status.get(name, what)
+        # The server names its own flag (--listen); here the run flag that sets it.
+        why = self.status.get(name, what).replace("--listen", FLAGS[name])
         addr = getattr(self.args, FLAGS[name][2:].replace("-", "_"))
         message = f"the {name} server ({FLAGS[name]} {addr}) failed to start: {why}"
         print(f"egress-filter run: {message}; stopping the others", file=sys.stderr, flush=True)

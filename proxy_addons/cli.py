@@ -171,10 +171,17 @@ class ListenErrors:
 
         if record.levelno < logging.ERROR:
             return True
+        import re
+
         text = record.getMessage()
-        head, sep, _hint = text.partition("\nTry specifying a different port")
-        if sep:
-            text = f"{head} (--listen: choose a free port with --listen HOST:PORT)"
+        head, hint, _ = text.partition("\nTry specifying a different port")  # mitmproxy's --mode advice
+        failed = re.match(r"(?:\[Errno \d+\] )?(.*?) ?failed to listen on (\S+) with (.*)", head, re.S)
+        if failed:
+            # "[Errno 98] HTTP(S) proxy failed to listen on H:P with [Errno 98] error while
+            # attempting to bind on address ('H', P): address already in use"
+            what, where, why = failed.groups()
+            flag = " (--listen)" if hint else ""  # the port came from --listen, not a @PORT mode
+            text = f"{what or 'proxy'} cannot listen on {where}{flag}: {why.rsplit(': ', 1)[-1]}"
             record.msg, record.args = text, None
         if self.first is None:
             self.first = text

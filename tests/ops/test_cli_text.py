@@ -101,3 +101,29 @@ def test_policy_copy(tmp_path: Path, capsys: pytest.CaptureFixture[str], existin
             assert (target / "other.txt").read_text() == "mine\n"  # nothing else touched
     else:
         assert copied == {existing} and (target / str(existing)).read_text() == "mine\n"
+
+
+BIND = "error while attempting to bind on address ('127.0.0.1', 8080): address already in use"
+
+
+@pytest.mark.parametrize(("message", "shown"), [
+    pytest.param(f"[Errno 98] HTTP(S) proxy failed to listen on 127.0.0.1:8080 with [Errno 98] {BIND}\n"
+                 "Try specifying a different port by using `--mode regular@8082`.",
+                 "HTTP(S) proxy cannot listen on 127.0.0.1:8080 (--listen): address already in use",
+                 id="busy-port-from-listen"),
+    pytest.param(f"[Errno 98] SOCKS v5 proxy failed to listen on 127.0.0.1:1080 with [Errno 98] {BIND}",
+                 "SOCKS v5 proxy cannot listen on 127.0.0.1:1080: address already in use",
+                 id="busy-port-from-mode-spec-no-flag"),
+    pytest.param("Invalid certificate", "Invalid certificate", id="other-error-kept"),
+])
+def test_proxy_listen_errors_are_worded_with_our_flags(message: str, shown: str) -> None:
+    import logging
+
+    from proxy_addons.cli import ListenErrors
+
+    errors = ListenErrors()
+    record = logging.LogRecord("mitmproxy.addons.proxyserver", logging.ERROR, __file__, 1, message,
+                               None, None)
+    assert errors.filter(record) is True
+    assert record.getMessage() == shown and errors.first == shown
+    assert "regular@" not in record.getMessage()

@@ -134,7 +134,8 @@ def test_server_says_ready_reloading_stopping(tmp_path: Path, argv: Callable[[in
 BUSY = [
     pytest.param(_dns, free_dns_port, socket.SOCK_DGRAM, "cannot listen on 127.0.0.1:{port} (--listen)",
                  id="dns-udp-port-busy"),
-    pytest.param(_proxy, free_port, socket.SOCK_STREAM, "failed to listen on 127.0.0.1:{port}",
+    pytest.param(_proxy, free_port, socket.SOCK_STREAM,
+                 "HTTP(S) proxy cannot listen on 127.0.0.1:{port} (--listen): address already in use",
                  id="proxy-port-busy"),
     pytest.param(_dashboard, free_port, socket.SOCK_STREAM, "cannot start on 127.0.0.1:{port} (--listen)",
                  id="dashboard-port-busy"),

@@ -74,11 +74,12 @@ def test_banner_and_ready_only_after_every_server_is_ready(tmp_path: Path) -> No
 
 
 BUSY = [
-    pytest.param("dns", 0, socket.SOCK_DGRAM, "cannot listen on 127.0.0.1:{port} (--listen): ",
+    pytest.param("dns", 0, socket.SOCK_DGRAM, "cannot listen on 127.0.0.1:{port} (--dns-listen): ",
                  id="dns-port-busy"),
-    pytest.param("proxy", 1, socket.SOCK_STREAM, "failed to listen on 127.0.0.1:{port}",
+    pytest.param("proxy", 1, socket.SOCK_STREAM, "proxy cannot listen on 127.0.0.1:{port} (--proxy-listen): ",
                  id="proxy-port-busy"),
-    pytest.param("dashboard", 2, socket.SOCK_STREAM, "cannot start on 127.0.0.1:{port} (--listen): ",
+    pytest.param("dashboard", 2, socket.SOCK_STREAM,
+                 "cannot start on 127.0.0.1:{port} (--dashboard-listen): ",
                  id="dashboard-port-busy"),
 ]
 
@@ -103,6 +104,7 @@ def test_a_server_that_cannot_start_stops_the_others(tmp_path: Path, server: str
         line = err[err.index(headline):].splitlines()[0]
         assert error.format(port=ports[which]) in line, line
         assert "regular@" not in err, err
+        assert " --listen" not in line, line  # the child's flag, translated to run's
         assert BANNER not in err
         children = _started(err)
         assert server in children, err
