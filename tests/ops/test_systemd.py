@@ -7,6 +7,7 @@ from __future__ import annotations
 import re
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -122,6 +123,55 @@ def test_execstart_reaches_ready(tmp_path: Path, name: str) -> None:
     try:
         sink.wait_for("READY", timeout=90, while_alive=proc)
         assert (tmp_path / "egress-filter" / "events.db").exists()
+    finally:
+        assert stop(proc) == 0, (tmp_path / "unit.err").read_text()
+        sink.close()
+
+
+PR_SET_MDWE, PR_MDWE_REFUSE_EXEC_GAIN = 65, 1  # linux/prctl.h (Linux 6.3+)
+
+
+def _deny_write_execute() -> None:
+    """In the child before exec: the kernel's form of MemoryDenyWriteExecute=yes."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_MDWE, PR_MDWE_REFUSE_EXEC_GAIN, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_MDWE)")
+
+
+W_X_MAP = "import mmap; mmap.mmap(-1, 4096, prot=mmap.PROT_READ | mmap.PROT_WRITE | mmap.PROT_EXEC)"
+
+
+def test_write_execute_denial_is_in_force_in_the_child() -> None:
+    """The control: under the same prctl a writable+executable mapping is refused."""
+    done = subprocess.run([sys.executable, "-c", W_X_MAP], preexec_fn=_deny_write_execute,
+                          capture_output=True, text=True, timeout=30)
+    assert done.returncode != 0 and "PermissionError" in done.stderr, done.stderr
+    assert subprocess.run([sys.executable, "-c", W_X_MAP], timeout=30).returncode == 0
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("name", [pytest.param(n, id=n.removesuffix(".service")) for n in NAMES
+                                  if _settings(n).get("MemoryDenyWriteExecute") == ["yes"]])
+def test_memory_deny_write_execute_units_serve_under_it(tmp_path: Path, name: str) -> None:
+    """A unit that promises MemoryDenyWriteExecute=yes answers queries and reloads under it."""
+    from .helpers import dns_answers
+
+    (tmp_path / "egress-filter").mkdir()
+    ports = {"dns": free_dns_port(), "proxy": free_port(), "dashboard": free_port()}
+    sink = NotifySocket(tmp_path / "notify")
+    out = (tmp_path / "unit.err").open("wb")
+    proc = subprocess.Popen([sys.executable, "-m", "egress_filter.cli", *_command(name, tmp_path, ports)],
+                            env=sink.env(HOME=str(tmp_path)), stdin=subprocess.DEVNULL,
+                            stdout=subprocess.DEVNULL, stderr=out, preexec_fn=_deny_write_execute)
+    out.close()
+    try:
+        sink.wait_for("READY", timeout=90, while_alive=proc)
+        assert dns_answers(ports["dns"]) is not None
+        proc.send_signal(signal.SIGHUP)
+        assert sink.wait_for("READY", timeout=60, while_alive=proc)["STATUS"] == "policy reloaded"
+        assert dns_answers(ports["dns"]) is not None
     finally:
         assert stop(proc) == 0, (tmp_path / "unit.err").read_text()
         sink.close()
