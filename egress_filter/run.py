@@ -137,11 +137,14 @@ class Supervisor:
         signal.signal(signal.SIGTERM, self._stop)
         signal.signal(signal.SIGHUP, self._hup)
         try:
-            return self._supervise()
+            code = self._supervise()
         finally:
             self._stop_all()
             for sock in self.sockets.values():
                 sock.close()
+        # A server that failed while stopping fails the run too.
+        failed = [n for n, c in self.children.items() if c.returncode not in (0, -signal.SIGTERM, None)]
+        return 1 if failed else code
 
     def _stop(self, signum: int, frame: object) -> None:
         self.stopping = True
@@ -169,7 +172,9 @@ class Supervisor:
                 waiting.discard(name)
             failed = self._exited(waiting)
             if failed:
-                return self._fail(failed, f"exited with code {self.children[failed].returncode}")
+                self._receive(0)  # a STATUS= sent just before the exit: the server's own error
+                code = self.children[failed].returncode
+                return self._fail(failed, self.status.get(failed, f"exited with code {code}"))
             if time.monotonic() > deadline:
                 late = sorted(waiting)[0]
                 return self._fail(late, f"was not ready within {self.args.start_timeout:g} s "
@@ -234,10 +239,8 @@ class Supervisor:
                 return name
         return None
 
-    def _fail(self, name: str, what: str) -> int:
-        self._receive(0)  # a STATUS= sent just before the exit
-        # The server names its own flag (--listen); here the run flag that sets it.
-        why = self.status.get(name, what).replace("--listen", FLAGS[name])
+    def _fail(self, name: str, why: str) -> int:
+        why = why.replace("--listen", FLAGS[name])  # the server's own flag, as run spells it
         addr = getattr(self.args, FLAGS[name][2:].replace("-", "_"))
         message = f"the {name} server ({FLAGS[name]} {addr}) failed to start: {why}"
         print(f"egress-filter run: {message}; stopping the others", file=sys.stderr, flush=True)
