@@ -142,8 +142,12 @@ class Supervisor:
             self._stop_all()
             for sock in self.sockets.values():
                 sock.close()
-        # A server that failed while stopping fails the run too.
-        failed = [n for n, c in self.children.items() if c.returncode not in (0, -signal.SIGTERM, None)]
+        # A server that failed while stopping fails the run too.  Ctrl-C in a terminal
+        # reaches every server as well, and 130 is how a Python one says it stopped for it.
+        clean = (0, -signal.SIGTERM, -signal.SIGINT, 130, None)
+        failed = [f"{n} ({c.returncode})" for n, c in self.children.items() if c.returncode not in clean]
+        if failed:
+            print(f"egress-filter run: {', '.join(failed)} did not stop cleanly", file=sys.stderr, flush=True)
         return 1 if failed else code
 
     def _stop(self, signum: int, frame: object) -> None:
@@ -166,10 +170,10 @@ class Supervisor:
         waiting = set(self.children)
         deadline = time.monotonic() + self.args.start_timeout
         while waiting:
-            if self.stopping:
-                return 0
             for name in self._receive(0.2):
                 waiting.discard(name)
+            if self.stopping:
+                return 0
             failed = self._exited(waiting)
             if failed:
                 self._receive(0)  # a STATUS= sent just before the exit: the server's own error
@@ -196,6 +200,8 @@ class Supervisor:
                     child.send_signal(signal.SIGHUP)
             for name in self._receive(0.2):
                 reloading.discard(name)
+            if self.stopping:  # Ctrl-C reaches the servers too: their exit now is no failure
+                break
             if reloading and time.monotonic() > reload_deadline:
                 print(f"egress-filter run: no READY=1 after the reload from {', '.join(sorted(reloading))}",
                       file=sys.stderr, flush=True)

@@ -101,15 +101,16 @@ def tcp_accepts(port: int) -> bool:
         return s.connect_ex(("127.0.0.1", port)) == 0
 
 
-def start(args: list[str], tmp: Path, name: str,
-          env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+def start(args: list[str], tmp: Path, name: str, env: dict[str, str] | None = None,
+          session: bool = False) -> subprocess.Popen[bytes]:
     """``egress-filter ARGS`` with stdout and stderr in files under ``tmp``
     (no pipe to fill up), HOME there too (mitmproxy's CA, the store)."""
     out = (tmp / f"{name}.out").open("wb")
     err = (tmp / f"{name}.err").open("wb")
     env = {**(env or os.environ), "HOME": str(tmp)}
     try:
-        return subprocess.Popen([*CLI, *args], stdin=subprocess.DEVNULL, stdout=out, stderr=err, env=env)
+        return subprocess.Popen([*CLI, *args], stdin=subprocess.DEVNULL, stdout=out, stderr=err, env=env,
+                                start_new_session=session)  # session: its own process group, as in a terminal
     finally:
         out.close()
         err.close()

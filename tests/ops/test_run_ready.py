@@ -4,9 +4,12 @@ start makes run stop the others by PID and exit 1 with that server's error."""
 
 from __future__ import annotations
 
+import os
 import re
 import signal
 import socket
+import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 import dns.rcode
@@ -130,3 +133,36 @@ def test_a_server_that_never_says_ready_is_a_timeout(tmp_path: Path) -> None:
         assert not any(pid_alive(p) for p in _started(err).values())
     finally:
         stop(proc)
+
+
+def _kill_dns(proc: subprocess.Popen[bytes], children: dict[str, int]) -> None:
+    os.kill(children["dns"], signal.SIGKILL)
+
+
+def _ctrl_c(proc: subprocess.Popen[bytes], children: dict[str, int]) -> None:
+    os.killpg(proc.pid, signal.SIGINT)  # what a terminal does: the whole foreground group
+
+
+@pytest.mark.parametrize(("event", "code", "says"), [
+    pytest.param(_ctrl_c, 0, None, id="ctrl-c-to-the-group-is-a-clean-stop"),
+    pytest.param(_kill_dns, 1, "the dns server exited with code -9; stopping", id="a-server-dies-later"),
+])
+def test_after_ready_run_stops_every_server(tmp_path: Path, event: Callable[..., None], code: int,
+                                            says: str | None) -> None:
+    sink = NotifySocket(tmp_path / "notify")
+    ports = free_dns_port(), free_port(), free_port()
+    proc = start(_run_args(*ports, tmp_path), tmp_path, "run", env=sink.env(), session=True)
+    try:
+        sink.wait_for("READY", while_alive=proc)
+        children = _started((tmp_path / "run.err").read_text())
+        event(proc, children)
+        assert proc.wait(60) == code, (tmp_path / "run.err").read_text()
+        err = (tmp_path / "run.err").read_text()
+        if says:
+            assert says in err, err
+        else:
+            assert "exited with code" not in err and "Traceback" not in err, err
+        assert not any(pid_alive(p) for p in children.values()), children
+    finally:
+        stop(proc)
+        sink.close()
