@@ -15,7 +15,7 @@ import pytest
 
 from runtime import notify
 
-from .helpers import NotifySocket, dns_answers, free_dns_port, free_port, start, stop, tcp_accepts
+from .helpers import NotifySocket, dns_answers, eventually, free_dns_port, free_port, start, stop, tcp_accepts
 
 pytestmark = pytest.mark.e2e
 
@@ -165,4 +165,22 @@ def test_busy_port_is_a_status_and_exit_1_never_ready(tmp_path: Path, argv: Call
     finally:
         stop(proc)
         squatter.close()
+        sink.close()
+
+
+def test_only_the_first_dns_worker_speaks_to_the_manager(tmp_path: Path) -> None:
+    """NotifyAccess=main: with --workers 2 one READY=1 arrives (from the PID systemd started)."""
+    sink = NotifySocket(tmp_path / "notify")
+    port = free_dns_port()
+    proc = start([*_dns(port, tmp_path), "--workers", "2"], tmp_path, "server", env=sink.env())
+    try:
+        sink.wait_for("READY", while_alive=proc)
+        assert _dns_answered(port)
+        err = tmp_path / "server.err"
+        assert eventually(lambda: err.read_text().count("egress-filter dns: ready (") == 2), err.read_text()
+        sink.sock.settimeout(0.5)  # the second worker is serving too, and said nothing here
+        with pytest.raises(TimeoutError):
+            sink.sock.recv(65536)
+    finally:
+        stop(proc)
         sink.close()
