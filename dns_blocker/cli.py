@@ -16,6 +16,7 @@ import sys
 import tempfile
 from typing import Any
 
+from runtime import notify
 from runtime.args import add_policy_args, print_legal_notices
 
 PROG = "egress-filter dns"
@@ -120,6 +121,7 @@ def cmd_dns(args: argparse.Namespace) -> int:
     except PolicyError as exc:
         for issue in exc.issues:
             print(issue, file=sys.stderr)
+        notify.status(f"{exc.issues[0]}" if exc.issues else "the policy did not load")
         return 1
     try:
         from_file = read_config_file(args.config) if args.config else {}
@@ -130,6 +132,7 @@ def cmd_dns(args: argparse.Namespace) -> int:
         settings = merge(holder.policy.settings.dns, from_file, cli)
     except ConfigError as exc:
         print(f"{PROG}: {exc}", file=sys.stderr)
+        notify.status(str(exc))
         return 1
     if not args.reuseport:  # a worker leaves the notices to the process that started it
         print_legal_notices(PROG, holder.policy, args)
@@ -150,8 +153,9 @@ def cmd_dns(args: argparse.Namespace) -> int:
     try:
         sockets = [bind_pair(*parse_hostport(a, 53), reuse) for a in settings.listen]
     except OSError as exc:
-        print(f"{PROG}: cannot listen on {', '.join(settings.listen)}: {exc.strerror or exc}",
-              file=sys.stderr)
+        why = f"cannot listen on {', '.join(settings.listen)} (--listen): {exc.strerror or exc}"
+        print(f"{PROG}: {why}", file=sys.stderr)
+        notify.status(why)
         return 1
 
     metrics: NullMetrics = NullMetrics()
@@ -168,8 +172,9 @@ def cmd_dns(args: argparse.Namespace) -> int:
         try:
             port = prom.serve(host, port)
         except OSError as exc:
-            print(f"{PROG}: cannot serve metrics on {settings.metrics}: {exc.strerror or exc}",
-                  file=sys.stderr)
+            why = f"cannot serve metrics on {settings.metrics} (--metrics): {exc.strerror or exc}"
+            print(f"{PROG}: {why}", file=sys.stderr)
+            notify.status(why)
             return 1
         print(f"{PROG}: metrics on http://{fmt(host, port)}/metrics", file=sys.stderr, flush=True)
         metrics = prom
@@ -247,7 +252,9 @@ def _start_workers(args: argparse.Namespace, n: int, log: str | None,
             cmd += ["--listen", fmt(host, port)]
         if log:
             cmd += ["--log", str(_worker_log(log, i))]
-        procs.append(subprocess.Popen(cmd, stdin=subprocess.DEVNULL))
+        # Only this process speaks to the service manager (NotifyAccess=main).
+        env = {k: v for k, v in os.environ.items() if k != notify.ENV}
+        procs.append(subprocess.Popen(cmd, stdin=subprocess.DEVNULL, env=env))
     return procs
 
 

@@ -34,6 +34,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
 
 from policies import Kind, PolicyError
+from runtime import notify
 from runtime.args import add_policy_args, is_loopback
 from runtime.holder import PolicyHolder
 from store import query as q
@@ -778,11 +779,15 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
         return 1
     holder.start(2.0)
     holder.install_sighup()  # `run` forwards SIGHUP to every child: reload, never die of it
+    where = f"with --db {args.db}"
     try:
         dash = Dashboard(args.db, holder, token_hash)
+        where = f"on {args.listen} (--listen)"
         server = Server((host, int(port_text)), dash)
     except (OSError, sqlite3.Error) as exc:
-        print(f"{PROG}: cannot start: {exc}", file=sys.stderr)
+        print(f"{PROG}: cannot start {where}: {exc}", file=sys.stderr)
+        notify.status(f"cannot start {where}: {exc}")
+        holder.stop()
         return 1
     shown = f"[{host}]" if ":" in host else host
     print(
@@ -792,7 +797,12 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     )
     import signal
 
-    signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=server.shutdown, daemon=True).start())
+    def stop(*_: object) -> None:
+        notify.stopping()
+        threading.Thread(target=server.shutdown, daemon=True).start()
+
+    signal.signal(signal.SIGTERM, stop)
+    notify.ready(f"serving on {shown}:{server.server_address[1]}")  # bound: connections queue until served
     try:
         server.serve_forever(poll_interval=0.5)
     finally:

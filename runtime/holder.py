@@ -41,7 +41,7 @@ from policies import (
     policy_warnings,
 )
 
-from . import changes
+from . import changes, notify
 
 if TYPE_CHECKING:
     from .subscriptions import Downloader
@@ -240,8 +240,10 @@ class PolicyHolder:
     def install_sighup(self) -> None:
         """Reload on SIGHUP (main thread only). The reload runs on a helper
         thread so that a signal never stalls the event loop."""
+        reload = notify.around_reload(self.reload)  # RELOADING=1 ... READY=1 to a service manager
+
         def handler(signum: int, frame: object) -> None:
-            threading.Thread(target=self.reload, name="egress-policy-sighup", daemon=True).start()
+            threading.Thread(target=reload, name="egress-policy-sighup", daemon=True).start()
         signal.signal(signal.SIGHUP, handler)
 
     def _watch(self, interval: float) -> None:
