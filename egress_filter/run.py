@@ -7,15 +7,22 @@ SIGHUP (policy reload) and, on Ctrl-C or SIGTERM, stops both by PID and waits.
 With the event store on (the default, ``--db``), both servers write the one
 SQLite file and a third child, ``egress-filter dashboard``, serves it on
 loopback.
+
+One pause covers both servers: this process serves the control socket
+(``--control``, the default path otherwise) and relays each request to the
+children's own sockets, in a private directory (``runtime.control.Relay``);
+the dashboard's switch talks to this socket too.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -81,17 +88,26 @@ def cmd_run(args: argparse.Namespace) -> int:
     print_legal_notices("egress-filter run", policy, args)
     me = [sys.executable, "-m", "egress_filter.cli"]
     common = _child_args(args)
-    dns_cmd = [*me, "dns", "--listen", args.dns_listen, *common]
+    from runtime.control import OFF, Relay, default_path, start_for
+
+    private = tempfile.mkdtemp(prefix="egress-run-control-")  # 0700: the children's sockets
+    sockets = {} if args.control == OFF else {n: os.path.join(private, f"{n}.sock") for n in ("dns", "proxy")}
+    dns_cmd = [*me, "dns", "--listen", args.dns_listen, *common, "--control", sockets.get("dns", OFF)]
     for up in args.upstream or []:
         dns_cmd += ["--upstream", up]
     if args.upstream_ca:
         dns_cmd += ["--upstream-ca", args.upstream_ca]
     commands = {"dns": dns_cmd}
     if not args.no_proxy:
-        commands["proxy"] = [*me, "proxy", "--listen", args.proxy_listen, *common]
+        commands["proxy"] = [*me, "proxy", "--listen", args.proxy_listen, *common,
+                             "--control", sockets.get("proxy", OFF)]
+    else:
+        sockets.pop("proxy", None)
     if not args.no_db and not args.no_dashboard:
         commands["dashboard"] = [*me, "dashboard", "--listen", args.dashboard_listen, "--db", args.db,
+                                 "--control", args.control or default_path(),
                                  *(["--policy", args.policy] if args.policy else [])]
+    control = start_for(args.control, Relay(sockets), "egress-filter run") if sockets else None
 
     children: dict[str, subprocess.Popen[bytes]] = {}
     stopping = False
@@ -122,6 +138,8 @@ def cmd_run(args: argparse.Namespace) -> int:
                     break
             time.sleep(0.2)
     finally:
+        if control is not None:
+            control.close()
         for child in children.values():
             if child.poll() is None:
                 child.terminate()
@@ -132,6 +150,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             except subprocess.TimeoutExpired:
                 child.kill()
                 child.wait()
+        shutil.rmtree(private, ignore_errors=True)
     failed = [n for n, c in children.items() if c.returncode not in (0, -signal.SIGTERM, None)]
     return 1 if failed else 0
 
