@@ -103,7 +103,7 @@ def test_allow_pause_is_validated(tmp_path: Path, value: str, ok: bool | None) -
     path = tmp_path / "policy.yaml"
     write(path, text(f"settings:\n  allow_pause: {value}\n"))
     if ok is None:
-        with pytest.raises(PolicyError, match="settings.allow_pause"):
+        with pytest.raises(PolicyError, match=r"settings\.allow_pause"):
             PolicyHolder(path)
     else:
         assert PolicyHolder(path).policy.settings.allow_pause is ok
