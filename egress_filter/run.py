@@ -88,7 +88,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     print_legal_notices("egress-filter run", policy, args)
     me = [sys.executable, "-m", "egress_filter.cli"]
     common = _child_args(args)
-    from runtime.control import OFF, Relay, default_path, start_for
+    from runtime.control import OFF, Relay, start_for
 
     private = tempfile.mkdtemp(prefix="egress-run-control-")  # 0700: the children's sockets
     sockets = {} if args.control == OFF else {n: os.path.join(private, f"{n}.sock") for n in ("dns", "proxy")}
@@ -103,11 +103,12 @@ def cmd_run(args: argparse.Namespace) -> int:
                              "--control", sockets.get("proxy", OFF)]
     else:
         sockets.pop("proxy", None)
-    if not args.no_db and not args.no_dashboard:
-        commands["dashboard"] = [*me, "dashboard", "--listen", args.dashboard_listen, "--db", args.db,
-                                 "--control", args.control or default_path(),
-                                 *(["--policy", args.policy] if args.policy else [])]
     control = start_for(args.control, Relay(sockets), "egress-filter run") if sockets else None
+    if not args.no_db and not args.no_dashboard:
+        # The dashboard's switch talks to this socket, or to none: never to another server's.
+        commands["dashboard"] = [*me, "dashboard", "--listen", args.dashboard_listen, "--db", args.db,
+                                 "--control", control.path if control else OFF,
+                                 *(["--policy", args.policy] if args.policy else [])]
 
     children: dict[str, subprocess.Popen[bytes]] = {}
     stopping = False
