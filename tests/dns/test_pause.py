@@ -202,3 +202,27 @@ def check_bad_request(r: ResolverProcess, sock: Path, send: bytes, error: str) -
     assert r.proc.poll() is None
     status = pause_cli(sock, "--status", "--json")
     assert status.returncode == 0 and json.loads(status.stdout)["paused"] is False
+
+
+@pytest.mark.parametrize("workers", [pytest.param(2, id="two-workers")])
+def test_pause_reaches_every_worker(tmp_path: Path, resolver: Callable[..., ResolverProcess],
+                                    authority: Authority, write_policy: Callable[..., Path],
+                                    workers: int) -> None:
+    """With --workers the first process relays to each worker's own socket: every one monitors."""
+    sock = tmp_path / "run" / "control.sock"
+    r = resolver("--policy", str(write_policy()), "--at", TEST_DAY, "--upstream", authority.address,
+                 "--control", str(sock), "--workers", str(workers))
+    names = {"dns", *(f"worker{i}" for i in range(1, workers))}
+    assert wait_for(lambda: set(json.loads(pause_cli(sock, "--status", "--json").stdout)
+                                .get("servers", {})) == names, 20), "every worker's socket answers"
+    doc = json.loads(pause_cli(sock, "10m", "--json").stdout)
+    assert doc["ok"] is True
+    assert {n: s["paused"] for n, s in doc["servers"].items()} == dict.fromkeys(names, True)
+    # Each worker logs its own pause, in its own event file (events.w1.jsonl, ...).
+    logs = [r.log_path.with_name(f"{r.log_path.stem}.w{i}{r.log_path.suffix}") for i in range(1, workers)]
+    assert wait_for(lambda: all(w.exists() and "enforcement-paused" in w.read_text() for w in logs), 5)
+    # Each query comes from a new source port, so SO_REUSEPORT spreads them over the processes.
+    assert {rcode(r.ask(BLOCKED)) for _ in range(12)} == {"NOERROR"}
+    doc = json.loads(pause_cli(sock, "--resume", "--json").stdout)
+    assert doc["ok"] is True and not any(s["paused"] for s in doc["servers"].values())
+    assert {rcode(r.ask(BLOCKED)) for _ in range(12)} == {"NXDOMAIN"}
