@@ -328,7 +328,7 @@ class HolderControl:
         self.holder = holder
         self.component = component
         self.emit = emit
-        self._relay: str | None = None  # of the request being handled (one at a time)
+        self._here = threading.local()  # .relay: of the request this thread is handling
         self._window = 0.0
         self._logged = 0
         self.unlogged = 0  # refusals past REFUSALS_PER_MINUTE, counted only
@@ -344,22 +344,22 @@ class HolderControl:
         if op == "status":
             return status(self.holder, self.component)
         if op == "resume":
-            self._relay = relay
+            self._here.relay = relay
             try:
                 ended = self.holder.resume(who)
             finally:
-                self._relay = None
+                self._here.relay = None
             return {**status(self.holder, self.component), "resumed": ended is not None}
         seconds = request.get("seconds")
         if not isinstance(seconds, (int, float)) or isinstance(seconds, bool):
             return self._refuse("pause needs \"seconds\": a number", who, relay)
-        self._relay = relay
+        self._here.relay = relay
         try:
             self.holder.pause(float(seconds), who)
         except PauseRefused as exc:
             return self._refuse(str(exc), who, relay)
         finally:
-            self._relay = None
+            self._here.relay = None
         return status(self.holder, self.component)
 
     def _refuse(self, why: str, who: Actor, relay: str | None) -> Reply:
@@ -378,7 +378,8 @@ class HolderControl:
         return {"ok": False, "error": why, "component": self.component}
 
     def _pause_changed(self, p: Pause) -> None:
-        fields = pause_fields(p, self._relay)
+        # Told on the thread that asked (a request) or on the holder's timer (no relay then).
+        fields = pause_fields(p, getattr(self._here, "relay", None))
         if p.ended is None:
             self.emit(pause_event("enforcement-paused", self.component, reason=p.reason, uid=p.by.uid,
                                   user=p.by.user, via=p.by.via, pause=fields,
