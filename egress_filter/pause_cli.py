@@ -23,7 +23,7 @@ def register(sub: Any) -> None:
 
     p = sub.add_parser(
         "pause", help="monitor instead of enforcing, for a while, on a running dns, proxy or run",
-        description="Put enforcement of a running `egress-filter dns`, `proxy` or `run` in monitor "
+        description="Put enforcement of a running egress-filter dns, proxy or run in monitor "
                     "mode (blocks are logged, not enforced) for DURATION, then enforce again. "
                     f"At most {MAX_PAUSE / 3600:g} h. Refused when the policy sets "
                     "settings.allow_pause: false.")
@@ -33,7 +33,7 @@ def register(sub: Any) -> None:
     g.add_argument("--resume", action="store_true", help="end the pause now")
     _common(p)
     p.set_defaults(func=cmd_pause)
-    r = sub.add_parser("resume", help="end a pause now (as `pause --resume`)")
+    r = sub.add_parser("resume", help="end a pause now (as pause --resume)")
     _common(r)
     r.set_defaults(func=cmd_pause, duration=None, status=False, resume=True)
 

@@ -28,7 +28,7 @@ class ControlSocket:
 
     def load(self, loader: Any) -> None:
         loader.add_option("egress_control", str | None, None,
-                          "Local control socket for `egress-filter pause` (default "
+                          "Local control socket for egress-filter pause (default "
                           "/run/egress-filter/control.sock as root, else under $XDG_RUNTIME_DIR or "
                           "/tmp/egress-filter-UID/; 'off': none). Read once, at start.")
 

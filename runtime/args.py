@@ -45,7 +45,7 @@ def add_policy_args(p: argparse.ArgumentParser, *, moment: bool = True, serving:
                             "(refused by default; or set settings.allow_empty: true in the new file)")
         add_legal_args(p, group=False)
         p.add_argument("--control", metavar="PATH|off",
-                       help="local control socket for `egress-filter pause` (default: "
+                       help="local control socket for egress-filter pause (default: "
                             "/run/egress-filter/control.sock as root, else under $XDG_RUNTIME_DIR "
                             "or /tmp/egress-filter-UID/; off: none)")
         # Set by ``run`` on its servers, which then leave the legal notices to it.
