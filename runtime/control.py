@@ -143,6 +143,13 @@ class ControlServer:
         live server or cannot be made safe."""
         path = Path(self.path)
         _private_dir(path.parent)
+        try:
+            st = os.lstat(self.path)
+        except FileNotFoundError:
+            pass
+        else:
+            if not stat.S_ISSOCK(st.st_mode):  # never replace a file (or a symlink) by mistake
+                raise ControlError(f"{self.path} exists and is not a socket: not replaced")
         if _alive(self.path):
             raise ControlError(f"{self.path} is in use by another running server (give it --control PATH)")
         # Bound under a temporary name, narrowed to 0600, then renamed into

@@ -226,3 +226,37 @@ def test_pause_reaches_every_worker(tmp_path: Path, resolver: Callable[..., Reso
     doc = json.loads(pause_cli(sock, "--resume", "--json").stdout)
     assert doc["ok"] is True and not any(s["paused"] for s in doc["servers"].values())
     assert {rcode(r.ask(BLOCKED)) for _ in range(12)} == {"NXDOMAIN"}
+
+
+@pytest.mark.parametrize("what", [
+    pytest.param("file", id="a-regular-file"),
+    pytest.param("symlink", id="a-symlink"),
+    pytest.param("world-writable-dir", id="a-world-writable-directory"),
+])
+def test_control_path_that_is_not_ours_is_left_alone(tmp_path: Path, resolver: Callable[..., ResolverProcess],
+                                                   authority: Authority, write_policy: Callable[..., Path],
+                                                   what: str) -> None:
+    """A --control PATH that is a file, a symlink, or in a directory anyone may write into is
+    refused with a warning: nothing is replaced, and the resolver serves on."""
+    d = tmp_path / "ctl"
+    d.mkdir()
+    sock = d / "control.sock"
+    keep = tmp_path / "keep.txt"
+    keep.write_text("precious\n")
+    if what == "file":
+        sock.write_text("precious\n")
+    elif what == "symlink":
+        sock.symlink_to(keep)
+    else:
+        os.chmod(d, 0o777)
+    r = resolver("--policy", str(write_policy()), "--at", TEST_DAY, "--upstream", authority.address,
+                 "--control", str(sock))
+    assert "warning: no control socket, so no pause" in r.stderr()
+    assert rcode(r.ask(BLOCKED)) == "NXDOMAIN"
+    assert keep.read_text() == "precious\n"
+    if what == "file":
+        assert sock.read_text() == "precious\n"
+    elif what == "symlink":
+        assert sock.is_symlink()
+    else:
+        assert not sock.exists()
