@@ -73,7 +73,7 @@ def paused_resolver(tmp_path: Path, resolver: Callable[..., ResolverProcess], au
 
 
 @pytest.mark.parametrize("end", [
-    pytest.param("expires", id="pause-2s-runs-out"),
+    pytest.param("expires", id="pause-3s-runs-out"),
     pytest.param("resume", id="pause-then-resume-command"),
     pytest.param("pause-resume", id="pause-then-pause---resume"),
 ])
@@ -82,14 +82,16 @@ def test_pause_monitors_then_enforces_again(paused_resolver: Callable[..., tuple
     r, sock = paused_resolver()
     st = os.stat(sock)
     assert oct(st.st_mode & 0o777) == "0o600" and oct(os.stat(sock.parent).st_mode & 0o777) == "0o700"
-    out = pause_cli(sock, "2s" if end == "expires" else "30m")
+    # 3 s: room for the CLI to exit and the query to go out on a loaded machine, and still short.
+    out = pause_cli(sock, "3s" if end == "expires" else "30m")
     assert out.returncode == 0, out.stderr
     assert "enforcement paused until" in out.stdout and "by uid 0 (root)" in out.stdout
 
     answer = r.ask(BLOCKED)
     assert rcode(answer) == "NOERROR" and addresses(answer) == ["192.0.2.66"], "answered from upstream"
-    status = pause_cli(sock, "--status", "--json")
-    assert status.returncode == 0 and json.loads(status.stdout)["paused"] is True
+    if end != "expires":  # the CLI's --status (a short pause may have run out by the time it starts)
+        status = pause_cli(sock, "--status", "--json")
+        assert status.returncode == 0 and json.loads(status.stdout)["paused"] is True
 
     assert wait_for(lambda: any(e.get("egress", {}).get("value") == BLOCKED and e["egress"]["action"] == "log"
                              for e in r.events()), 5)
