@@ -15,6 +15,11 @@ SQLite file and a third child, ``egress-filter dashboard``, serves it on
 loopback.  The proxy resolves the names it dials through the DNS resolver
 (``proxy --resolver``), so DNS-level blocks and CNAME inspection apply to
 proxied traffic too.
+
+One pause covers both servers: this process serves the control socket
+(``--control``, the default path otherwise) and relays each request to the
+children's own sockets, in a private directory (``runtime.control.Relay``);
+the dashboard's switch talks to this socket too.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from __future__ import annotations
 import argparse
 import os
 import select
+import shutil
 import signal
 import socket
 import subprocess
@@ -115,7 +121,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     print_legal_notices("egress-filter run", policy, args)
     me = [sys.executable, "-m", "egress_filter.cli"]
     common = _child_args(args)
-    dns_cmd = [*me, "dns", "--listen", args.dns_listen, *common]
+    from runtime.control import OFF, Relay, start_for
+
+    private = tempfile.mkdtemp(prefix="egress-run-control-")  # 0700: the children's sockets
+    sockets = {} if args.control == OFF else {n: os.path.join(private, f"{n}.sock") for n in ("dns", "proxy")}
+    dns_cmd = [*me, "dns", "--listen", args.dns_listen, *common, "--control", sockets.get("dns", OFF)]
     for up in args.upstream or []:
         dns_cmd += ["--upstream", up]
     if args.upstream_ca:
@@ -124,12 +134,23 @@ def cmd_run(args: argparse.Namespace) -> int:
     if not args.no_proxy:
         # One resolver: the proxy looks its upstream names up through the DNS filter beside it.
         commands["proxy"] = [*me, "proxy", "--listen", args.proxy_listen,
-                             "--resolver", resolver_address(args.dns_listen), *common]
+                             "--resolver", resolver_address(args.dns_listen), *common,
+                             "--control", sockets.get("proxy", OFF)]
+    else:
+        sockets.pop("proxy", None)
+    control = start_for(args.control, Relay(sockets), "egress-filter run") if sockets else None
     if not args.no_db and not args.no_dashboard:
+        # The dashboard's switch talks to this socket, or to none: never to another server's.
         commands["dashboard"] = [*me, "dashboard", "--listen", args.dashboard_listen, "--db", args.db,
+                                 "--control", control.path if control else OFF,
                                  *(["--policy", args.policy] if args.policy else [])]
-    with tempfile.TemporaryDirectory(prefix="egress-filter-run-") as tmp:
-        return Supervisor(args, commands, Path(tmp)).run()
+    try:
+        with tempfile.TemporaryDirectory(prefix="egress-filter-run-") as tmp:
+            return Supervisor(args, commands, Path(tmp)).run()
+    finally:
+        if control is not None:
+            control.close()
+        shutil.rmtree(private, ignore_errors=True)
 
 
 class Supervisor:

@@ -165,8 +165,11 @@ class Policy:
                            self.group_legal_status(group, legal_status), group)
 
     def view(self, at: dt.date | None = None, phase: Phase | None = None,
-             mode: Mode | None = None, legal_status: LegalStatus | None = None) -> PolicyView:
-        return PolicyView(self, at or self.today(), phase, mode, legal_status)
+             mode: Mode | None = None, legal_status: LegalStatus | None = None,
+             paused: str | None = None) -> PolicyView:
+        """``paused``: enforcement is paused (``egress-filter pause``); every group
+        monitors, and this text (who paused it, until when) leads each downgraded reason."""
+        return PolicyView(self, at or self.today(), phase, mode, legal_status, paused)
 
 
 def decide(policy: Policy, observation: Observation, at: dt.date | None = None,
@@ -182,14 +185,16 @@ class PolicyView:
     ``default`` and no lookup is made."""
 
     def __init__(self, policy: Policy, at: dt.date, phase: Phase | None, mode: Mode | None,
-                 legal_status: LegalStatus | None = None):
+                 legal_status: LegalStatus | None = None, paused: str | None = None):
         self.policy = policy
         self.at = at
         self.phase_override = phase
-        self.groups = {g: GroupView(policy, policy.clients[g], at, phase, mode, legal_status)
+        self.paused = paused
+        self.groups = {g: GroupView(policy, policy.clients[g], at, phase, mode, legal_status, paused)
                        for g in policy.clients}
         self.default = self.groups[DEFAULT_GROUP]
-        self.mode = mode or policy.mode  # as asked; each group may monitor on its own
+        # As asked; each group may monitor on its own.  A pause monitors everywhere.
+        self.mode = _MONITOR if paused else mode or policy.mode
         self.legal_status = legal_status
         self.phases = self.default.phases
         self.store_interest = any(v.store_interest for v in self.groups.values())
@@ -239,12 +244,12 @@ class GroupView:
     """A policy at one moment for one client group: app phases fixed, decisions cached."""
 
     def __init__(self, policy: Policy, group: ClientGroup, at: dt.date, phase: Phase | None,
-                 mode: Mode | None, legal_status: LegalStatus | None = None):
+                 mode: Mode | None, legal_status: LegalStatus | None = None, paused: str | None = None):
         self.policy = policy
         self.group = group
         self.at = at
         self.phase_override = phase
-        self.mode = mode or group.mode or policy.mode
+        self.mode = _MONITOR if paused else mode or group.mode or policy.mode
         self.legal_status = policy.group_legal_status(group.id, legal_status)
         self.phases = policy.phases(at, phase, group.id, legal_status)
         self._phase = {a: p.phase for a, p in self.phases.items()}
@@ -266,7 +271,8 @@ class GroupView:
         self._cache: dict[tuple[str | None, int], Decision] = {}
         self._downgraded: dict[tuple[int, str], tuple[Decision, Decision]] = {}
         self._merged: dict[tuple[Rule, ...], tuple[Rule, ...]] = {}
-        self._monitor_why = (f"group {group.id} is in monitor mode: would be blocked, logged instead"
+        self._monitor_why = (f"{paused}: would be blocked, logged instead" if paused
+                             else f"group {group.id} is in monitor mode: would be blocked, logged instead"
                              if group.mode is _MONITOR else "monitor mode: would be blocked, logged instead")
         self._ref = PolicyRef(policy.name, policy.digest) if policy.digest or policy.name else None
         self._allow = replace(ALLOW, group=group.id, legal_status=self.legal_status, policy=self._ref)

@@ -243,3 +243,33 @@ def build_event(
     if extra:
         egress.update(extra)
     return ev
+
+
+PAUSE_ACTIONS = ("enforcement-paused", "enforcement-resumed", "pause-refused")
+
+
+def pause_event(action: str, component: str, *, message: str, reason: str,
+                uid: int | None, user: str | None, via: str | None = None,
+                pause: dict[str, Any] | None = None, timestamp: float | None = None) -> dict[str, Any]:
+    """One event for a pause of enforcement, its end, or a refused request
+    (``action`` is one of ``PAUSE_ACTIONS``).  ``uid``/``user`` are who acted
+    (None when a pause simply ran out); ``via`` what relayed it (the dashboard);
+    ``pause`` the pause's own fields (since, until, by, ended...)."""
+    refused = action == "pause-refused"
+    ev: dict[str, Any] = {
+        "@timestamp": utc_iso(time.time() if timestamp is None else timestamp),
+        "ecs": {"version": ECS_VERSION},
+        "event": {"id": new_event_id(), "kind": "alert" if refused else "event",
+                  "category": ["configuration"], "type": ["denied" if refused else "change"],
+                  "action": action, "outcome": "failure" if refused else "success",
+                  "reason": reason, "module": "egress_filter", "dataset": f"egress_filter.{component}"},
+        "observer": {"product": "egress-filter", "type": component},
+        "message": message,
+        "egress": {"schema": SCHEMA_VERSION, "component": component, "action": action,
+                   "pause": dict(pause or {})},
+    }
+    if uid is not None:
+        ev["user"] = {"id": str(uid), "name": user or ""}
+    if via:
+        ev["egress"]["pause"]["via"] = via
+    return ev

@@ -370,7 +370,7 @@ SCHEDULE_KEYS = legal_loader.SCHEDULE_KEYS
 ALLOW_KEYS = {"domains": False, "hosts": False, "lists": False}
 GROUP_KEYS = {"enabled": True, "description": False}
 SETTINGS_KEYS = {"dns": False, "proxy": False, "event_queue": False, "allow_empty": False,
-                 "max_file_size": False}
+                 "allow_pause": False, "max_file_size": False}
 PHASES = tuple(p.value for p in Phase)
 CONFIDENCE = ("high", "medium", "low")
 
@@ -613,6 +613,9 @@ def _settings(w: _Walker, b: _Build, node: yaml.Node) -> Settings:
     allow_empty = False
     if "allow_empty" in top:
         allow_empty = bool(w.scalar(top["allow_empty"], "settings.allow_empty", bool, "true or false"))
+    allow_pause = True
+    if "allow_pause" in top:
+        allow_pause = bool(w.scalar(top["allow_pause"], "settings.allow_pause", bool, "true or false"))
     max_file_size = b.caps.file_size
     if "max_file_size" in top:
         size = w.scalar(top["max_file_size"], "settings.max_file_size", int, "an integer (bytes)")
@@ -622,7 +625,7 @@ def _settings(w: _Walker, b: _Build, node: yaml.Node) -> Settings:
             max_file_size = size
             b.caps = _Caps(size, b.caps.line)
     return Settings(dns=dns, proxy=proxy, event_queue=queue, allow_empty=allow_empty,
-                    max_file_size=max_file_size)
+                    allow_pause=allow_pause, max_file_size=max_file_size)
 
 
 def _builtins(w: _Walker, node: yaml.Node | None, settings: Settings) -> Builtins:

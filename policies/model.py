@@ -497,5 +497,7 @@ class Settings:
     event_queue: EventQueueSettings = field(default_factory=EventQueueSettings)
     # Accept a reload that would block nothing the policy in force blocks.
     allow_empty: bool = False
+    # Whether ``egress-filter pause`` (and the dashboard's switch) may put enforcement in monitor mode.
+    allow_pause: bool = True
     # The largest list file read; bigger ones (or /dev/zero behind a symlink) are errors.
     max_file_size: int = DEFAULT_MAX_FILE_SIZE

@@ -87,6 +87,7 @@ def build_options(args: argparse.Namespace, settings: Any) -> tuple[dict[str, An
         "egress_db": args.db,
         "egress_allow_empty": args.allow_empty,
         "egress_resolver": args.resolver,
+        "egress_control": args.control,
     }
     if args.confdir:
         opts["confdir"] = args.confdir

@@ -55,6 +55,10 @@ def add_policy_args(p: argparse.ArgumentParser, *, moment: bool = True, serving:
                        help="accept a reload that would block nothing the policy in force blocks "
                             "(refused by default; or set settings.allow_empty: true in the new file)")
         add_legal_args(p, group=False)
+        p.add_argument("--control", metavar="PATH|off",
+                       help="local control socket for egress-filter pause (default: "
+                            "/run/egress-filter/control.sock as root, else under $XDG_RUNTIME_DIR "
+                            "or /tmp/egress-filter-UID/; off: none)")
         # Set by ``run`` on its servers, which then leave the legal notices to it.
         p.add_argument("--no-legal-notice", action="store_true", help=argparse.SUPPRESS)
     if moment:
