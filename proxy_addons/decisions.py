@@ -9,7 +9,10 @@ block never depends on another addon being loaded) and hands the
 Where each observation is decided:
 
 * ``http_connect``: the CONNECT target and its ``Host`` (explicit proxy
-  mode). A block is answered with 451 before any TLS starts.
+  mode). A block is answered with 451 before any TLS starts, except with
+  ``egress_block=page`` (and mitmproxy's lazy connections, the default here):
+  the tunnel is accepted without dialling, the TLS inside it is intercepted
+  and its requests get the page, which a browser can show.
 * ``tls_clienthello`` (TLS and QUIC): the SNI, or the destination when there
   is none, *before* anything is decrypted: a block closes the connection
   unanswered (``egress_block=reset``) or intercepts it for the block page
@@ -147,9 +150,10 @@ class PolicyDecisions:
                           "group's setting, else the policy's.")
         loader.add_option("egress_block", str | None, None,
                           "How a blocked TLS connection is refused: 'reset' closes it before any "
-                          "application data; 'page' intercepts it and serves the 451 page (clients "
-                          "must trust mitmproxy's CA). Default: the policy's settings.proxy.block, "
-                          "else reset.")
+                          "application data (a blocked CONNECT gets a bare 451); 'page' intercepts it "
+                          "and serves the 451 page, accepting a blocked CONNECT for it without dialling "
+                          "(clients must trust mitmproxy's CA). Default: the policy's "
+                          "settings.proxy.block, else reset.")
         loader.add_option("egress_block_doh", bool, True,
                           "Block public DNS-over-HTTPS resolvers, so apps cannot bypass the DNS "
                           "filter (also off when the policy's builtins.doh is false).")
@@ -312,9 +316,16 @@ class PolicyDecisions:
         v = strictest([self._judge_destination(view, n, req.port, client) for n in names])
         if not v.decision.blocked:
             return  # the ClientHello or the requests inside decide, and log, later
+        v = replace(v, response="451", extra=_names(names, v), server=(req.host, req.port))
+        flow.metadata[KEY] = v
+        if self.settings.block == "page" and getattr(ctx.options, "connection_strategy", None) == "lazy":
+            # A browser shows no answer to a CONNECT (ERR_TUNNEL_CONNECTION_FAILED):
+            # accept the tunnel, intercept the TLS inside it with our CA, and answer
+            # every request on it with the page.  Lazy: nothing is dialled for it.
+            self._page_blocks[flow.client_conn.id] = v
+            return
         assert v.event_id is not None
         flow.response = placeholder_451(v.event_id)
-        flow.metadata[KEY] = replace(v, response="451", extra=_names(names, v), server=(req.host, req.port))
 
     # --- the dial itself ---------------------------------------------------------
 
@@ -346,6 +357,12 @@ class PolicyDecisions:
             return  # another addon (ignore_hosts, allow_hosts) already let it through
         context = data.context
         client = context.client
+        page = self._page_blocks.get(client.id) if self._page_blocks else None
+        if page is not None:
+            # Its CONNECT was blocked, and accepted for the page: intercept, never dial.
+            data.establish_server_tls_first = False
+            self._current = (data, replace(page, repeat=True))
+            return
         hello = data.client_hello
         sni = hello.sni
         view = self.view()

@@ -215,7 +215,7 @@ class Telemetry:
             return
         if v.extra.get("ech"):
             self.metrics.bypass.labels("ech_seen").inc()
-        if v.logged:
+        if v.logged and not v.repeat:
             self.record(v, data.context.client)
         self.metrics.connections.labels(CONNECTION_OUTCOMES[v.response or "passthrough"]).inc()
 
