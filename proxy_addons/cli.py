@@ -46,6 +46,15 @@ def register(sub: Any) -> None:
     p.add_argument("--log", metavar="FILE|-", help="event log (JSON lines; default: stdout)")
     p.add_argument("--metrics", metavar="HOST:PORT", help="serve Prometheus metrics here")
     p.add_argument("--db", metavar="FILE", help="also store events in this SQLite file (the dashboard's)")
+    p.add_argument("--pac-listen", metavar="HOST:PORT",
+                   help="serve the proxy auto-config file (/proxy.pac, /wpad.dat) here; a bare PORT "
+                        "listens on 127.0.0.1 (default: off)")
+    p.add_argument("--pac-proxy", metavar="HOST:PORT",
+                   help="the proxy address the PAC file advertises (default: --listen; the PAC's own "
+                        "host when the proxy listens on every address)")
+    p.add_argument("--pac-direct", action="append", default=[], metavar="CIDR|DOMAIN",
+                   help="also send this network or domain DIRECT in the PAC file (repeatable; loopback, "
+                        "RFC 1918, link-local and single-label hosts always are)")
     p.add_argument("--confdir", metavar="DIR",
                    help="mitmproxy's configuration directory, where its CA lives (default: ~/.mitmproxy)")
     p.add_argument("--set", dest="setoptions", action="append", default=[], metavar="NAME=VALUE",
@@ -82,6 +91,9 @@ def build_options(args: argparse.Namespace, settings: Any) -> tuple[dict[str, An
         "egress_metrics": args.metrics,
         "egress_db": args.db,
         "egress_allow_empty": args.allow_empty,
+        "egress_pac_listen": args.pac_listen,
+        "egress_pac_proxy": args.pac_proxy,
+        "egress_pac_direct": list(args.pac_direct),
     }
     if args.confdir:
         opts["confdir"] = args.confdir

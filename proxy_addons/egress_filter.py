@@ -12,7 +12,8 @@ concern, as sub-addons, which mitmproxy calls in this order for every hook:
 3. ``block_page.BlockPage``: the 451 page a blocked request is shown;
 4. ``telemetry.Telemetry``: one event per block or log verdict, and metrics;
 5. ``connections.ConnectionGuard``: a deadline for undecided connections and
-   a cap per client address (it reads what the addons above did).
+   a cap per client address (it reads what the addons above did);
+6. ``pac.PacServer``: the proxy auto-config file, on a listener of its own.
 
 Data flows one way: options and YAML → ``PolicyHolder`` → a ``Decision`` per
 observation → the addons act on its ``Verdict`` → one event.
@@ -29,6 +30,7 @@ from proxy_addons.block_page import BlockPage
 from proxy_addons.bypass import BypassControls
 from proxy_addons.connections import ConnectionGuard
 from proxy_addons.decisions import PolicyDecisions
+from proxy_addons.pac import PacServer
 from proxy_addons.telemetry import Telemetry
 from proxy_addons.verdict import authority_names
 from runtime.holder import PolicyHolder
@@ -45,7 +47,9 @@ class EgressFilter:
         self.page = BlockPage()
         self.telemetry = Telemetry(self.decisions)
         self.guard = ConnectionGuard(self.telemetry.registry)
-        self.addons: list[Any] = [self.decisions, self.bypass, self.page, self.telemetry, self.guard]
+        self.pac = PacServer()
+        self.addons: list[Any] = [self.decisions, self.bypass, self.page, self.telemetry, self.guard,
+                                  self.pac]
 
     @property
     def holder(self) -> PolicyHolder | None:

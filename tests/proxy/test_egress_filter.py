@@ -780,6 +780,7 @@ HOOKS_OF = [
     pytest.param("telemetry", {"load", "configure", "done", "http_connect", "request", "server_connect",
                                "tls_clienthello", "tls_failed_client", "response", "dns_response"},
                  id="telemetry"),
+    pytest.param("pac", {"load", "configure", "done"}, id="pac"),
 ]
 
 
