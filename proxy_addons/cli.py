@@ -44,6 +44,9 @@ def register(sub: Any) -> None:
                    help="refuse blocked TLS by closing it (reset) or by serving the 451 page (page; "
                         "clients must trust mitmproxy's CA)")
     p.add_argument("--log", metavar="FILE|-", help="event log (JSON lines; default: stdout)")
+    p.add_argument("--log-all", action="store_true",
+                   help="an access log: also log allowed requests (with their status) and allowed TLS "
+                        "connections (with their SNI), as Squid's access.log does")
     p.add_argument("--metrics", metavar="HOST:PORT", help="serve Prometheus metrics here")
     p.add_argument("--db", metavar="FILE", help="also store events in this SQLite file (the dashboard's)")
     p.add_argument("--pac-listen", metavar="HOST:PORT",
@@ -88,6 +91,7 @@ def build_options(args: argparse.Namespace, settings: Any) -> tuple[dict[str, An
         "egress_legal_status": args.legal_status.value if args.legal_status else None,
         "egress_block": args.block,
         "egress_log": args.log,
+        "egress_log_all": args.log_all,
         "egress_metrics": args.metrics,
         "egress_db": args.db,
         "egress_allow_empty": args.allow_empty,

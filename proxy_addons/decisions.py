@@ -132,6 +132,9 @@ class PolicyDecisions:
         # client id → verdict, so every request on one gets the same page and event id.
         self._page_blocks: dict[str, Verdict] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
+        # Hand allowed requests on too (as a verdict in flow.metadata): the telemetry
+        # addon sets it for egress_log_all, the access log of every request.
+        self.record_allowed = False
 
     # --- options --------------------------------------------------------------
 
@@ -447,9 +450,11 @@ class PolicyDecisions:
         v = strictest(verdicts) if len(verdicts) > 1 else verdicts[0]
         if v.decision.action is Action.ALLOW and self.settings.block_doh and is_doh_shaped(req):
             v = v.with_decision(self._doh(view.decide_builtin(Signal.DOH_REQUEST, req.host, client)))
-        if v.decision.action is Action.ALLOW:
-            return
         address = flow.server_conn.address
+        if v.decision.action is Action.ALLOW:
+            if self.record_allowed:
+                flow.metadata[KEY] = replace(v, response="forwarded", server=_address(address))
+            return
         v = replace(v, extra=_names(names, v), server=_address(address))
         if v.decision.blocked:
             assert v.event_id is not None
