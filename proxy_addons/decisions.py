@@ -67,7 +67,7 @@ from policies import (
 )
 from runtime.holder import PolicyHolder
 
-from .verdict import KEY, Verdict, distinct, is_ip, new_verdict, placeholder_451, strictest
+from .verdict import KEY, Verdict, distinct, flow_user, is_ip, new_verdict, placeholder_451, strictest
 
 log = logging.getLogger(__name__)
 
@@ -316,7 +316,8 @@ class PolicyDecisions:
         # The target is where mitmproxy connects; a Host header that names
         # something else is judged too, so a banned name is never waved through.
         names = distinct([req.host, *req.headers.get_all("host")])
-        v = strictest([self._judge_destination(view, n, req.port, client) for n in names])
+        user = flow_user(flow)
+        v = strictest([self._judge_destination(view, n, req.port, client, user) for n in names])
         if not v.decision.blocked:
             return  # the ClientHello or the requests inside decide, and log, later
         v = replace(v, response="451", extra=_names(names, v), server=(req.host, req.port))
@@ -346,7 +347,7 @@ class PolicyDecisions:
         host, port = str(server.address[0]), int(server.address[1])
         client = data.client
         peer = client.peername[0] if client.peername else None
-        v = self._judge_destination(self.view(), host, port, peer)
+        v = self._judge_destination(self.view(), host, port, peer, connection_user(client))
         if not v.decision.blocked:
             return
         server.error = f"egress-filter: {host} is blocked ({v.decision.rule})"
@@ -371,20 +372,21 @@ class PolicyDecisions:
         view = self.view()
         peer = client.peername[0] if client.peername else None
         server = context.server.address
+        user = connection_user(client)
         if sni and not is_ip(sni):
-            v = self._judge_name(view, sni, Kind.SNI, peer)
+            v = self._judge_name(view, sni, Kind.SNI, peer, user)
         elif sni:
-            v = self._judge_destination(view, sni, 443, peer)
+            v = self._judge_destination(view, sni, 443, peer, user)
         elif server:
-            v = self._judge_destination(view, str(server[0]), server[1], peer)
+            v = self._judge_destination(view, str(server[0]), server[1], peer, user)
         else:
-            v = Verdict(ALLOW, Observation.sni("", peer))
+            v = Verdict(ALLOW, Observation.sni("", peer), user=user)
         fronted: dict[str, Any] = {}
         if sni and server and not isinstance(client.proxy_mode, (mode_specs.RegularMode,
                                                                    mode_specs.UpstreamMode)):
             # No CONNECT judged the destination (transparent, SOCKS5, WireGuard,
             # reverse...): an allowed SNI must not carry the client to a banned one.
-            target = self._judge_destination(view, str(server[0]), server[1], peer)
+            target = self._judge_destination(view, str(server[0]), server[1], peer, user)
             if target.decision.action.severity > v.decision.action.severity:
                 v = replace(target, decision=replace(target.decision, inspect=v.decision.inspect))
                 fronted = {"names": [sni, str(server[0])], "decided_by": str(server[0])}
@@ -395,7 +397,7 @@ class PolicyDecisions:
         if ECH_EXTENSION in kinds and self.settings.log_ech:
             extra = {"ech": True, "outer_sni": sni}
             if d.action is Action.ALLOW:
-                ech = view.decide_builtin(Signal.ECH, sni or "", peer)
+                ech = view.decide_builtin(Signal.ECH, sni or "", peer, user)
                 if ech.action is not Action.ALLOW:
                     v = v.with_decision(replace(ech, apps=d.apps, phase=d.phase, inspect=d.inspect))
                     d = v.decision
@@ -446,10 +448,11 @@ class PolicyDecisions:
         if req.method == "POST" and req.raw_content and len(req.raw_content) <= MAX_INSPECTED_BODY:
             body = req.raw_content
         names = self._request_names(flow)
-        verdicts = [self._judge_request(view, req, name, client, body) for name in names]
+        user = flow_user(flow)
+        verdicts = [self._judge_request(view, req, name, client, body, user) for name in names]
         v = strictest(verdicts) if len(verdicts) > 1 else verdicts[0]
         if v.decision.action is Action.ALLOW and self.settings.block_doh and is_doh_shaped(req):
-            v = v.with_decision(self._doh(view.decide_builtin(Signal.DOH_REQUEST, req.host, client)))
+            v = v.with_decision(self._doh(view.decide_builtin(Signal.DOH_REQUEST, req.host, client, user)))
         address = flow.server_conn.address
         if v.decision.action is Action.ALLOW:
             if self.record_allowed:
@@ -486,24 +489,28 @@ class PolicyDecisions:
     # --- deciding ---------------------------------------------------------------
 
     def _judge_request(self, view: PolicyView, req: http.Request, name: str, client: str,
-                       body: bytes | None) -> Verdict:
+                       body: bytes | None, user: str | None) -> Verdict:
         # Decisions need host, path and query only; the event gets the URL under this name.
         host = f"[{name}]" if ":" in name else name
         default = 443 if req.scheme == "https" else 80
         authority = host if req.port == default else f"{host}:{req.port}"
         url = f"{req.scheme}://{authority}{req.path}"
-        d = self._doh(view.decide_http(url, name, client, body))
-        return new_verdict(d, Observation.http(url, name, client))
+        d = self._doh(view.decide_http(url, name, client, body, user))
+        return new_verdict(d, Observation.http(url, name, client), user=user)
 
-    def _judge_name(self, view: PolicyView, name: str, kind: Kind, client: str | None) -> Verdict:
-        return new_verdict(self._doh(view.decide_name(name, kind, client)), Observation(kind, name, client))
+    def _judge_name(self, view: PolicyView, name: str, kind: Kind, client: str | None,
+                    user: str | None = None) -> Verdict:
+        d = self._doh(view.decide_name(name, kind, client, user))
+        return new_verdict(d, Observation(kind, name, client), user=user)
 
-    def _judge_destination(self, view: PolicyView, host: str, port: int, client: str | None) -> Verdict:
+    def _judge_destination(self, view: PolicyView, host: str, port: int, client: str | None,
+                           user: str | None = None) -> Verdict:
         """A CONNECT target or a destination without SNI: a name or an IP literal."""
         if not is_ip(host):
-            return self._judge_name(view, host, Kind.SNI, client)
+            return self._judge_name(view, host, Kind.SNI, client, user)
         address = host.strip("[]")
-        return new_verdict(self._doh(view.decide_ip(address, client, port)), Observation.ip(address, client))
+        d = self._doh(view.decide_ip(address, client, port, user))
+        return new_verdict(d, Observation.ip(address, client), user=user)
 
     def _doh(self, d: Decision) -> Decision:
         """``egress_block_doh`` off lets the core's DoH verdicts through at this proxy."""
@@ -520,6 +527,16 @@ def is_doh_shaped(req: http.Request) -> bool:
     if path.split("?", 1)[0] in DOH_PATHS:
         return True
     return "application/dns-message" in req.headers.get("accept", "")
+
+
+def connection_user(client: connection.Client) -> str | None:
+    """The user mitmproxy's ``proxyauth`` authenticated this connection as (at its
+    CONNECT or SOCKS5 handshake), for the hooks that have no flow."""
+    master: Any = getattr(ctx, "master", None)
+    addon = master.addons.get("proxyauth") if master is not None else None
+    table = getattr(addon, "authenticated", None)
+    found = table.get(client) if table is not None else None
+    return str(found[0]) if found else None
 
 
 def refuse(data: tls.ClientHelloData) -> None:

@@ -209,7 +209,8 @@ class Telemetry:
             d, obs, "proxy", event_id=v.event_id, client_port=client.peername[1] if client.peername else None,
             server_ip=server[0] if server and is_ip(server[0]) else None,
             server_port=server[1] if server else None, response=v.response, extra=v.extra or None,
-            http_method=method, status_code=status, user_agent=agent, observer_hostname=self.hostname))
+            http_method=method, status_code=status, user_agent=agent, observer_hostname=self.hostname,
+            user_name=v.user))
         self.metrics.decisions.labels(obs.kind.value, d.action.value).inc()
         if d.rule == DOH_RULE:
             self.metrics.bypass.labels("doh").inc()

@@ -8,19 +8,17 @@ origins (port 80 to the plain one, 443 to the TLS one)."""
 from __future__ import annotations
 
 import socket
-import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from .conftest import REPO, Origin, PlainOrigin, Proxy, free_port, require
+from .conftest import Origin, PlainOrigin, curl_status, free_port, start_routed
 from .helpers import FULL, write_policy
 
 pytestmark = pytest.mark.e2e
 
-SCRIPT = f"scripts={REPO / 'tests' / 'proxy' / 'loopback_dns.py'}"
 AGENT = 'access-log-test/1.0 "quoted" <x>'
 
 
@@ -82,18 +80,11 @@ CASES = [
 @pytest.mark.parametrize("case", CASES)
 def test_access_log_fields(run_proxy: Any, origin: Origin, plain_origin: PlainOrigin, tmp_path: Path,
                            case: Case) -> None:
-    env = {"EGRESS_TEST_ORIGINS": f"{plain_origin.port},{origin.port}"}
-    proxy: Proxy = run_proxy("--policy", str(write_policy(tmp_path)), "--at", FULL, *case.flags,
-                             "--set", SCRIPT, env=env)
-    url = case.url.format(closed=free_port())
-    out = subprocess.run(
-        [require("curl"), "-sS", "--max-time", "15", "--proxy", proxy.url,
-         "--cacert", str(origin.pki.ca_cert), "-A", AGENT, "-o", "/dev/null",
-         "-w", "%{http_connect} %{http_code}", *case.curl, url],
-        capture_output=True, text=True, timeout=30,
-    )
-    connect, code = (int(c) for c in out.stdout.split())
-    assert (connect if connect not in (0, 200) else code) == case.status, out.stderr
+    proxy = start_routed(run_proxy, origin, plain_origin, "--policy", str(write_policy(tmp_path)),
+                         "--at", FULL, *case.flags)
+    status, stderr = curl_status(proxy, origin.pki.ca_cert, case.url.format(closed=free_port()),
+                                 "-A", AGENT, *case.curl)
+    assert status == case.status, stderr
     if case.event is None:
         assert proxy.events() == []
         return

@@ -29,14 +29,13 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from .conftest import REPO, Origin, Proxy, require
+from .conftest import LOOPBACK_DNS, Origin, Proxy, require
 from .helpers import FULL, write_policy
 
 pytestmark = pytest.mark.e2e
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 DRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
-SCRIPT = f"scripts={REPO / 'tests' / 'proxy' / 'loopback_dns.py'}"
 APP_NAME = 'TikTok <b>Lite</b> & "Co"'  # shown on the page: it must come out as text, escaped
 
 
@@ -104,7 +103,7 @@ def page_proxy(run_proxy: Any, tmp_path: Path, dials: DialCounter, block: str) -
     """A proxy in ``block`` mode whose every dial on 443 goes to the counter."""
     proxy: Proxy = run_proxy(
         "--policy", str(policy_with_app_name(tmp_path)), "--at", FULL, "--block", block,
-        "--set", SCRIPT, env={"EGRESS_TEST_ORIGINS": f"{dials.port},{dials.port}"},
+        "--set", LOOPBACK_DNS, env={"EGRESS_TEST_ORIGINS": f"{dials.port},{dials.port}"},
     )
     return proxy
 
