@@ -41,8 +41,9 @@ def register(sub: Any) -> None:
                    help="enforcement mode (default: the policy's mode); any other value is taken as "
                         "--proxy-mode")
     p.add_argument("--block", choices=["reset", "page"],
-                   help="refuse blocked TLS by closing it (reset) or by serving the 451 page (page; "
-                        "clients must trust mitmproxy's CA)")
+                   help="refuse blocked TLS by closing it (reset; a blocked CONNECT gets a bare 451) or "
+                        "by serving the 451 page (page: a blocked CONNECT is accepted without dialling "
+                        "and its TLS intercepted, so browsers show it; clients must trust mitmproxy's CA)")
     p.add_argument("--log", metavar="FILE|-", help="event log (JSON lines; default: stdout)")
     p.add_argument("--log-all", action="store_true",
                    help="an access log: also log allowed requests (with their status) and allowed TLS "

@@ -22,7 +22,7 @@ from typing import Any
 from mitmproxy import connection, ctx, dns, http, tls
 from mitmproxy.proxy import server_hooks
 
-from policies import DOH_RULE, Phase, Policy, build_event
+from policies import DOH_RULE, Action, Phase, Policy, build_event
 from runtime.eventlog import EventLog, metrics_collector
 
 from .bypass import ECH_STRIPPED
@@ -211,6 +211,8 @@ class Telemetry:
             server_port=server[1] if server else None, response=v.response, extra=v.extra or None,
             http_method=method, status_code=status, user_agent=agent, observer_hostname=self.hostname,
             user_name=v.user))
+        if d.action is Action.ALLOW:
+            return  # the access log's allows (egress_log_all): the decision metrics count blocks and logs
         self.metrics.decisions.labels(obs.kind.value, d.action.value).inc()
         if d.rule == DOH_RULE:
             self.metrics.bypass.labels("doh").inc()
