@@ -105,6 +105,7 @@ class Policy:
     clients: Mapping[str, ClientGroup] = field(
         default_factory=lambda: {DEFAULT_GROUP: ClientGroup(DEFAULT_GROUP, (), ())})
     client_networks: NetworkMatcher[str] = field(default_factory=lambda: NetworkMatcher(()))
+    client_users: Mapping[str, str] = field(default_factory=dict)  # proxy user name -> group id
     legal_status: LegalStatus = LegalStatus.AS_ORDERED
     name: str | None = None
     digest: str | None = None  # sha256 over the policy file and its list files
@@ -116,8 +117,11 @@ class Policy:
         now = now or dt.datetime.now(dt.UTC)
         return now.astimezone(ZoneInfo(self.timezone)).date()
 
-    def group_for(self, client: str | None) -> str:
-        """The client's group: its most specific matching network, else ``default``."""
+    def group_for(self, client: str | None, user: str | None = None) -> str:
+        """The client's group: the group that lists its authenticated proxy ``user``,
+        else its most specific matching network, else ``default``."""
+        if user and user in self.client_users:
+            return self.client_users[user]
         if not client or not len(self.client_networks):
             return DEFAULT_GROUP
         hit = self.client_networks.lookup(client)
@@ -206,8 +210,13 @@ class PolicyView:
         """Changes exactly when some app's effective phase changes in some group."""
         return tuple((g, v.fingerprint) for g, v in sorted(self.groups.items()))
 
-    def group(self, client: str | None) -> GroupView:
-        """The view of the client's group (cached per address, bounded)."""
+    def group(self, client: str | None, user: str | None = None) -> GroupView:
+        """The view of the client's group (cached per address, bounded); a proxy
+        user listed in a group's ``users`` gets that group wherever it connects from."""
+        if user and self.policy.client_users:
+            gid = self.policy.client_users.get(user)
+            if gid is not None:
+                return self.groups[gid]
         if not self.grouped or not client:
             return self.default
         v = self._client_cache.get(client)
@@ -220,8 +229,11 @@ class PolicyView:
     def decide(self, obs: Observation) -> Decision:
         return self.group(obs.client).decide(obs)
 
-    def decide_name(self, name: str, kind: Kind = Kind.DNS, client: str | None = None) -> Decision:
+    def decide_name(self, name: str, kind: Kind = Kind.DNS, client: str | None = None,
+                    user: str | None = None) -> Decision:
         """Hot path: one dict probe picks the client's group (``group`` inlined)."""
+        if user:
+            return self.group(client, user).decide_name(name, kind, client)
         if client and self.grouped:
             v = self._client_cache.get(client)
             if v is None:
@@ -230,14 +242,16 @@ class PolicyView:
         return self.default.decide_name(name, kind, client)
 
     def decide_http(self, url: str, host: str | None = None, client: str | None = None,
-                    body: bytes | None = None) -> Decision:
-        return self.group(client).decide_http(url, host, client, body)
+                    body: bytes | None = None, user: str | None = None) -> Decision:
+        return self.group(client, user).decide_http(url, host, client, body)
 
-    def decide_ip(self, address: str, client: str | None = None, port: int | None = None) -> Decision:
-        return self.group(client).decide_ip(address, client, port)
+    def decide_ip(self, address: str, client: str | None = None, port: int | None = None,
+                  user: str | None = None) -> Decision:
+        return self.group(client, user).decide_ip(address, client, port)
 
-    def decide_builtin(self, signal: Signal, subject: str, client: str | None = None) -> Decision:
-        return self.group(client).decide_builtin(signal, subject, client)
+    def decide_builtin(self, signal: Signal, subject: str, client: str | None = None,
+                       user: str | None = None) -> Decision:
+        return self.group(client, user).decide_builtin(signal, subject, client)
 
 
 class GroupView:

@@ -155,10 +155,18 @@ def build_event(
     response: str | None = None,
     extra: dict[str, Any] | None = None,
     client_name: str | None = None,
+    http_method: str | None = None,
+    status_code: int | None = None,
+    user_agent: str | None = None,
+    observer_hostname: str | None = None,
+    user_name: str | None = None,
 ) -> dict[str, Any]:
     """One event for one decision. ``response`` says what the adapter answered
     (``NXDOMAIN``, ``451``, ``reset``, ``forwarded``...).  ``client_name`` (from a
     hosts or leases file) goes in ``source.domain``, beside the client's ``source.ip``.
+    The proxy adds what a SIEM expects of an access log where it knows them:
+    ``http.request.method``, ``http.response.status_code``, ``user_agent.original``,
+    ``observer.hostname`` and the authenticated ``user.name``.
 
     Every call returns fresh dicts and lists, so a caller may change its event."""
     if isinstance(timestamp, dt.datetime):
@@ -240,6 +248,19 @@ def build_event(
         egress["response"] = response
     if qtype:
         egress["qtype"] = qtype
+    if http_method or status_code is not None:
+        http: dict[str, Any] = {}
+        if http_method:
+            http["request"] = {"method": http_method}
+        if status_code is not None:
+            http["response"] = {"status_code": status_code}
+        ev["http"] = http
+    if user_agent:
+        ev["user_agent"] = {"original": user_agent}
+    if observer_hostname:
+        ev["observer"]["hostname"] = observer_hostname
+    if user_name:
+        ev["user"] = {"name": user_name}
     if extra:
         egress.update(extra)
     return ev

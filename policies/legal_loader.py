@@ -42,8 +42,11 @@ FRAMEWORK_KEYS = {"title": True, "kind": True, "short": False, "citations": Fals
                   "note": False, "schedule": False, "status": False}
 SCHEDULE_KEYS = {"from": True, "phase": True, "source": True, "note": False}
 STATUS_KEYS = {"from": True, "status": True, "source": True, "apps": False, "phase": False, "note": False}
-CLIENT_KEYS = {"networks": False, "frameworks": False, "mode": False, "legal_status": False,
+CLIENT_KEYS = {"networks": False, "users": False, "frameworks": False, "mode": False, "legal_status": False,
                "description": False}
+# A proxy user name as proxyauth passes it on (htpasswd, basic, LDAP): no ':' (basic auth's
+# separator), no whitespace or control characters.
+_USER = re.compile(r"^[^\s:\x00-\x1f\x7f]{1,256}$")
 LEGAL_STATUSES = tuple(s.value.replace("_", "-") for s in LegalStatus) + tuple(s.value for s in LegalStatus)
 _ID = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
 IMPLICIT = "policy"  # the id of a version-1 policy's one framework
@@ -149,6 +152,7 @@ def _status(w: _Walker, node: yaml.Node, field: str, apps: dict[str, App]) -> tu
 def clients(w: _Walker, node: yaml.Node | None, fws: dict[str, Framework],
             exempt: list[Network]) -> tuple[dict[str, ClientGroup], list[tuple[Network, str]]]:
     """The client groups, ``default`` always among them, and their networks.
+    A group's ``users`` are proxy user names (``proxyauth``) that select it.
 
     Without a ``default`` entry the default group applies every framework.
     ``exempt_clients`` becomes the ``exempt`` group: the default group's
@@ -156,6 +160,7 @@ def clients(w: _Walker, node: yaml.Node | None, fws: dict[str, Framework],
     groups: dict[str, ClientGroup] = {}
     networks: list[tuple[Network, str]] = []
     owner: dict[Network, str] = {}
+    user_owner: dict[str, str] = {}
     if node is not None and not isinstance(node, yaml.MappingNode):
         w.err(node, "clients", "expected a mapping of group ids")
         node = None
@@ -185,6 +190,20 @@ def clients(w: _Walker, node: yaml.Node | None, fws: dict[str, Framework],
                     continue
                 owner[net] = gid
                 nets.append(net)
+        users: list[str] = []
+        if "users" in m:
+            for f, item in w.seq(m["users"], f"{field}.users"):
+                name = w.text(item, f)
+                if name is None:
+                    continue
+                if not _USER.match(name):
+                    w.err(item, f, f"'{name}' is not a proxy user name (no ':', spaces or control "
+                                   "characters, at most 256 characters)")
+                elif name in user_owner:
+                    w.err(item, f, f"user '{name}' is already in group '{user_owner[name]}'")
+                else:
+                    user_owner[name] = gid
+                    users.append(name)
         fw_ids: list[str] = []
         if "frameworks" in m:
             for f, item in w.seq(m["frameworks"], f"{field}.frameworks"):
@@ -208,7 +227,10 @@ def clients(w: _Walker, node: yaml.Node | None, fws: dict[str, Framework],
         if gid == DEFAULT_GROUP and nets:
             w.err(m["networks"], f"{field}.networks", "the default group is every client in no other group; "
                                                       "it takes no networks")
-        groups[gid] = ClientGroup(gid, tuple(nets), tuple(fw_ids), mode, ls, desc)
+        if gid == DEFAULT_GROUP and users:
+            w.err(m["users"], f"{field}.users", "the default group is every client in no other group; "
+                                                "it takes no users")
+        groups[gid] = ClientGroup(gid, tuple(nets), tuple(fw_ids), mode, ls, desc, users=tuple(users))
         networks.extend((n, gid) for n in nets)
     if DEFAULT_GROUP not in groups:
         groups = {DEFAULT_GROUP: ClientGroup(DEFAULT_GROUP, (), tuple(fws)), **groups}

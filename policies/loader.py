@@ -585,6 +585,7 @@ def _compile(w: _Walker, root: yaml.Node, base: Path, caps: _Caps) -> Policy | N
         frameworks=fws,
         clients=groups,
         client_networks=NetworkMatcher(group_nets),
+        client_users={u: g.id for g in groups.values() for u in g.users},
         legal_status=ls,
         name=policy_name,
         subscriptions=tuple(b.subscriptions),

@@ -261,7 +261,7 @@ class FrameworkState:
 
 @dataclass(frozen=True, slots=True)
 class ClientGroup:
-    """A named group of client networks, the frameworks that bind it, and how."""
+    """A named group of client networks (and proxy users), the frameworks that bind it, and how."""
 
     id: str
     networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
@@ -270,6 +270,7 @@ class ClientGroup:
     legal_status: LegalStatus | None = None  # None: the policy's setting
     description: str | None = None
     exempt: bool = False  # the group made from ``exempt_clients``
+    users: tuple[str, ...] = ()  # proxy users (proxyauth) in this group, wherever they connect from
 
 
 class PolicyRef(NamedTuple):

@@ -42,14 +42,27 @@ def register(sub: Any) -> None:
                    help="enforcement mode (default: the policy's mode); any other value is taken as "
                         "--proxy-mode")
     p.add_argument("--block", choices=["reset", "page"],
-                   help="refuse blocked TLS by closing it (reset) or by serving the 451 page (page; "
-                        "clients must trust mitmproxy's CA)")
+                   help="refuse blocked TLS by closing it (reset; a blocked CONNECT gets a bare 451) or "
+                        "by serving the 451 page (page: a blocked CONNECT is accepted without dialling "
+                        "and its TLS intercepted, so browsers show it; clients must trust mitmproxy's CA)")
     p.add_argument("--log", metavar="FILE|-", help="event log (JSON lines; default: stdout)")
+    p.add_argument("--log-all", action="store_true",
+                   help="an access log: also log allowed requests (with their status) and allowed TLS "
+                        "connections (with their SNI), as Squid's access.log does")
     p.add_argument("--metrics", metavar="HOST:PORT", help="serve Prometheus metrics here")
     p.add_argument("--db", metavar="FILE", help="also store events in this SQLite file (the dashboard's)")
     p.add_argument("--resolver", metavar="IP:PORT",
                    help="resolve upstream names through this DNS server (the egress-filter DNS filter; "
                         "run sets it), never the system resolver; a name it does not resolve gets 502")
+    p.add_argument("--pac-listen", metavar="HOST:PORT",
+                   help="serve the proxy auto-config file (/proxy.pac, /wpad.dat) here; a bare PORT "
+                        "listens on 127.0.0.1 (default: off)")
+    p.add_argument("--pac-proxy", metavar="HOST:PORT",
+                   help="the proxy address the PAC file advertises (default: --listen; the PAC's own "
+                        "host when the proxy listens on every address)")
+    p.add_argument("--pac-direct", action="append", default=[], metavar="CIDR|DOMAIN",
+                   help="also send this network or domain DIRECT in the PAC file (repeatable; loopback, "
+                        "RFC 1918, link-local and single-label hosts always are)")
     p.add_argument("--confdir", metavar="DIR",
                    help="mitmproxy's configuration directory, where its CA lives (default: ~/.mitmproxy)")
     p.add_argument("--set", dest="setoptions", action="append", default=[], metavar="NAME=VALUE",
@@ -83,11 +96,15 @@ def build_options(args: argparse.Namespace, settings: Any) -> tuple[dict[str, An
         "egress_legal_status": args.legal_status.value if args.legal_status else None,
         "egress_block": args.block,
         "egress_log": args.log,
+        "egress_log_all": args.log_all,
         "egress_metrics": args.metrics,
         "egress_db": args.db,
         "egress_allow_empty": args.allow_empty,
         "egress_resolver": args.resolver,
         "egress_control": args.control,
+        "egress_pac_listen": args.pac_listen,
+        "egress_pac_proxy": args.pac_proxy,
+        "egress_pac_direct": list(args.pac_direct),
     }
     if args.confdir:
         opts["confdir"] = args.confdir

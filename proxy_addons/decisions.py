@@ -9,7 +9,10 @@ block never depends on another addon being loaded) and hands the
 Where each observation is decided:
 
 * ``http_connect``: the CONNECT target and its ``Host`` (explicit proxy
-  mode). A block is answered with 451 before any TLS starts.
+  mode). A block is answered with 451 before any TLS starts, except with
+  ``egress_block=page`` (and mitmproxy's lazy connections, the default here):
+  the tunnel is accepted without dialling, the TLS inside it is intercepted
+  and its requests get the page, which a browser can show.
 * ``tls_clienthello`` (TLS and QUIC): the SNI, or the destination when there
   is none, *before* anything is decrypted: a block closes the connection
   unanswered (``egress_block=reset``) or intercepts it for the block page
@@ -65,7 +68,7 @@ from policies import (
 from runtime import notify
 from runtime.holder import PolicyHolder
 
-from .verdict import KEY, Verdict, distinct, is_ip, new_verdict, placeholder_451, strictest
+from .verdict import KEY, Verdict, distinct, flow_user, is_ip, new_verdict, placeholder_451, strictest
 
 log = logging.getLogger(__name__)
 
@@ -130,6 +133,9 @@ class PolicyDecisions:
         # client id → verdict, so every request on one gets the same page and event id.
         self._page_blocks: dict[str, Verdict] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
+        # Hand allowed requests on too (as a verdict in flow.metadata): the telemetry
+        # addon sets it for egress_log_all, the access log of every request.
+        self.record_allowed = False
 
     # --- options --------------------------------------------------------------
 
@@ -148,9 +154,10 @@ class PolicyDecisions:
                           "group's setting, else the policy's.")
         loader.add_option("egress_block", str | None, None,
                           "How a blocked TLS connection is refused: 'reset' closes it before any "
-                          "application data; 'page' intercepts it and serves the 451 page (clients "
-                          "must trust mitmproxy's CA). Default: the policy's settings.proxy.block, "
-                          "else reset.")
+                          "application data (a blocked CONNECT gets a bare 451); 'page' intercepts it "
+                          "and serves the 451 page, accepting a blocked CONNECT for it without dialling "
+                          "(clients must trust mitmproxy's CA). Default: the policy's "
+                          "settings.proxy.block, else reset.")
         loader.add_option("egress_block_doh", bool, True,
                           "Block public DNS-over-HTTPS resolvers, so apps cannot bypass the DNS "
                           "filter (also off when the policy's builtins.doh is false).")
@@ -312,12 +319,20 @@ class PolicyDecisions:
         # The target is where mitmproxy connects; a Host header that names
         # something else is judged too, so a banned name is never waved through.
         names = distinct([req.host, *req.headers.get_all("host")])
-        v = strictest([self._judge_destination(view, n, req.port, client) for n in names])
+        user = flow_user(flow)
+        v = strictest([self._judge_destination(view, n, req.port, client, user) for n in names])
         if not v.decision.blocked:
             return  # the ClientHello or the requests inside decide, and log, later
+        v = replace(v, response="451", extra=_names(names, v), server=(req.host, req.port))
+        flow.metadata[KEY] = v
+        if self.settings.block == "page" and getattr(ctx.options, "connection_strategy", None) == "lazy":
+            # A browser shows no answer to a CONNECT (ERR_TUNNEL_CONNECTION_FAILED):
+            # accept the tunnel, intercept the TLS inside it with our CA, and answer
+            # every request on it with the page.  Lazy: nothing is dialled for it.
+            self._page_blocks[flow.client_conn.id] = v
+            return
         assert v.event_id is not None
         flow.response = placeholder_451(v.event_id)
-        flow.metadata[KEY] = replace(v, response="451", extra=_names(names, v), server=(req.host, req.port))
 
     # --- the dial itself ---------------------------------------------------------
 
@@ -335,7 +350,7 @@ class PolicyDecisions:
         host, port = str(server.address[0]), int(server.address[1])
         client = data.client
         peer = client.peername[0] if client.peername else None
-        v = self._judge_destination(self.view(), host, port, peer)
+        v = self._judge_destination(self.view(), host, port, peer, connection_user(client))
         if not v.decision.blocked:
             return
         server.error = f"egress-filter: {host} is blocked ({v.decision.rule})"
@@ -349,25 +364,32 @@ class PolicyDecisions:
             return  # another addon (ignore_hosts, allow_hosts) already let it through
         context = data.context
         client = context.client
+        page = self._page_blocks.get(client.id) if self._page_blocks else None
+        if page is not None:
+            # Its CONNECT was blocked, and accepted for the page: intercept, never dial.
+            data.establish_server_tls_first = False
+            self._current = (data, replace(page, repeat=True))
+            return
         hello = data.client_hello
         sni = hello.sni
         view = self.view()
         peer = client.peername[0] if client.peername else None
         server = context.server.address
+        user = connection_user(client)
         if sni and not is_ip(sni):
-            v = self._judge_name(view, sni, Kind.SNI, peer)
+            v = self._judge_name(view, sni, Kind.SNI, peer, user)
         elif sni:
-            v = self._judge_destination(view, sni, 443, peer)
+            v = self._judge_destination(view, sni, 443, peer, user)
         elif server:
-            v = self._judge_destination(view, str(server[0]), server[1], peer)
+            v = self._judge_destination(view, str(server[0]), server[1], peer, user)
         else:
-            v = Verdict(ALLOW, Observation.sni("", peer))
+            v = Verdict(ALLOW, Observation.sni("", peer), user=user)
         fronted: dict[str, Any] = {}
         if sni and server and not isinstance(client.proxy_mode, (mode_specs.RegularMode,
                                                                    mode_specs.UpstreamMode)):
             # No CONNECT judged the destination (transparent, SOCKS5, WireGuard,
             # reverse...): an allowed SNI must not carry the client to a banned one.
-            target = self._judge_destination(view, str(server[0]), server[1], peer)
+            target = self._judge_destination(view, str(server[0]), server[1], peer, user)
             if target.decision.action.severity > v.decision.action.severity:
                 v = replace(target, decision=replace(target.decision, inspect=v.decision.inspect))
                 fronted = {"names": [sni, str(server[0])], "decided_by": str(server[0])}
@@ -378,7 +400,7 @@ class PolicyDecisions:
         if ECH_EXTENSION in kinds and self.settings.log_ech:
             extra = {"ech": True, "outer_sni": sni}
             if d.action is Action.ALLOW:
-                ech = view.decide_builtin(Signal.ECH, sni or "", peer)
+                ech = view.decide_builtin(Signal.ECH, sni or "", peer, user)
                 if ech.action is not Action.ALLOW:
                     v = v.with_decision(replace(ech, apps=d.apps, phase=d.phase, inspect=d.inspect))
                     d = v.decision
@@ -429,13 +451,16 @@ class PolicyDecisions:
         if req.method == "POST" and req.raw_content and len(req.raw_content) <= MAX_INSPECTED_BODY:
             body = req.raw_content
         names = self._request_names(flow)
-        verdicts = [self._judge_request(view, req, name, client, body) for name in names]
+        user = flow_user(flow)
+        verdicts = [self._judge_request(view, req, name, client, body, user) for name in names]
         v = strictest(verdicts) if len(verdicts) > 1 else verdicts[0]
         if v.decision.action is Action.ALLOW and self.settings.block_doh and is_doh_shaped(req):
-            v = v.with_decision(self._doh(view.decide_builtin(Signal.DOH_REQUEST, req.host, client)))
-        if v.decision.action is Action.ALLOW:
-            return
+            v = v.with_decision(self._doh(view.decide_builtin(Signal.DOH_REQUEST, req.host, client, user)))
         address = flow.server_conn.address
+        if v.decision.action is Action.ALLOW:
+            if self.record_allowed:
+                flow.metadata[KEY] = replace(v, response="forwarded", server=_address(address))
+            return
         v = replace(v, extra=_names(names, v), server=_address(address))
         if v.decision.blocked:
             assert v.event_id is not None
@@ -467,24 +492,28 @@ class PolicyDecisions:
     # --- deciding ---------------------------------------------------------------
 
     def _judge_request(self, view: PolicyView, req: http.Request, name: str, client: str,
-                       body: bytes | None) -> Verdict:
+                       body: bytes | None, user: str | None) -> Verdict:
         # Decisions need host, path and query only; the event gets the URL under this name.
         host = f"[{name}]" if ":" in name else name
         default = 443 if req.scheme == "https" else 80
         authority = host if req.port == default else f"{host}:{req.port}"
         url = f"{req.scheme}://{authority}{req.path}"
-        d = self._doh(view.decide_http(url, name, client, body))
-        return new_verdict(d, Observation.http(url, name, client))
+        d = self._doh(view.decide_http(url, name, client, body, user))
+        return new_verdict(d, Observation.http(url, name, client), user=user)
 
-    def _judge_name(self, view: PolicyView, name: str, kind: Kind, client: str | None) -> Verdict:
-        return new_verdict(self._doh(view.decide_name(name, kind, client)), Observation(kind, name, client))
+    def _judge_name(self, view: PolicyView, name: str, kind: Kind, client: str | None,
+                    user: str | None = None) -> Verdict:
+        d = self._doh(view.decide_name(name, kind, client, user))
+        return new_verdict(d, Observation(kind, name, client), user=user)
 
-    def _judge_destination(self, view: PolicyView, host: str, port: int, client: str | None) -> Verdict:
+    def _judge_destination(self, view: PolicyView, host: str, port: int, client: str | None,
+                           user: str | None = None) -> Verdict:
         """A CONNECT target or a destination without SNI: a name or an IP literal."""
         if not is_ip(host):
-            return self._judge_name(view, host, Kind.SNI, client)
+            return self._judge_name(view, host, Kind.SNI, client, user)
         address = host.strip("[]")
-        return new_verdict(self._doh(view.decide_ip(address, client, port)), Observation.ip(address, client))
+        d = self._doh(view.decide_ip(address, client, port, user))
+        return new_verdict(d, Observation.ip(address, client), user=user)
 
     def _doh(self, d: Decision) -> Decision:
         """``egress_block_doh`` off lets the core's DoH verdicts through at this proxy."""
@@ -501,6 +530,16 @@ def is_doh_shaped(req: http.Request) -> bool:
     if path.split("?", 1)[0] in DOH_PATHS:
         return True
     return "application/dns-message" in req.headers.get("accept", "")
+
+
+def connection_user(client: connection.Client) -> str | None:
+    """The user mitmproxy's ``proxyauth`` authenticated this connection as (at its
+    CONNECT or SOCKS5 handshake), for the hooks that have no flow."""
+    master: Any = getattr(ctx, "master", None)
+    addon = master.addons.get("proxyauth") if master is not None else None
+    table = getattr(addon, "authenticated", None)
+    found = table.get(client) if table is not None else None
+    return str(found[0]) if found else None
 
 
 def refuse(data: tls.ClientHelloData) -> None:

@@ -12,15 +12,17 @@ connection guard counts in too.
 from __future__ import annotations
 
 import logging
+import socket
 import sqlite3
 import threading
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 from mitmproxy import connection, ctx, dns, http, tls
 from mitmproxy.proxy import server_hooks
 
-from policies import DOH_RULE, Phase, Policy, build_event
+from policies import DOH_RULE, Action, Phase, Policy, build_event
 from runtime.eventlog import EventLog, metrics_collector
 
 from .bypass import ECH_STRIPPED
@@ -28,6 +30,9 @@ from .decisions import PolicyDecisions, options_error
 from .verdict import KEY, Verdict, flow_verdict, is_ip
 
 log = logging.getLogger(__name__)
+
+MAX_PENDING = 10_000  # requests awaiting their response for the access log, at most
+MAX_USER_AGENT = 512  # characters of a User-Agent kept in an event
 
 # The ClientHello's outcome, as egress_proxy_tls_connections_total{outcome} names it.
 CONNECTION_OUTCOMES = {"451": "page", "closed": "closed", "intercepted": "intercepted",
@@ -95,6 +100,10 @@ class Telemetry:
         decisions.watchers.append(self._policy_changed)
         decisions.sighup.append(self._reopen)
         self._described: object = None  # the holder last described
+        self.log_all = False
+        self.hostname = socket.gethostname()
+        # egress_log_all: forwarded requests, by flow id, recorded once their response (or error) is in.
+        self._pending: dict[str, Verdict] = {}
 
     # --- options --------------------------------------------------------------
 
@@ -105,6 +114,10 @@ class Telemetry:
         loader.add_option("egress_db", str | None, None,
                           "Also store events in this SQLite file (the dashboard's). Default: the "
                           "policy's settings.proxy.db, else off. Opened once; a new path needs a restart.")
+        loader.add_option("egress_log_all", bool, False,
+                          "An access log: also write an event for every allowed request (once its "
+                          "response is in, with its status) and every allowed TLS connection (with "
+                          "its SNI), as Squid's access.log does. Default: blocks and logs only.")
         loader.add_option("egress_metrics", str | None, None,
                           "Serve Prometheus metrics on HOST:PORT. Default: the policy's "
                           "settings.proxy.metrics, else off.")
@@ -129,8 +142,10 @@ class Telemetry:
         target = opts.egress_log or s.log or "-"
         queue = policy.settings.event_queue
         db = opts.egress_db or s.db
+        log_all = bool(opts.egress_log_all)
 
         def apply() -> None:
+            self.log_all = self.decisions.record_allowed = log_all
             try:
                 self.metrics.serve(metrics)
             except OSError as exc:
@@ -181,13 +196,23 @@ class Telemetry:
 
     # --- recording --------------------------------------------------------------
 
-    def record(self, v: Verdict, client: connection.Client) -> None:
+    def record(self, v: Verdict, client: connection.Client, flow: http.HTTPFlow | None = None) -> None:
         d, obs = v.decision, v.observation
         server = v.server
+        method = agent = None
+        status: int | None = None
+        if flow is not None:
+            method = flow.request.method
+            agent = flow.request.headers.get("user-agent", "")[:MAX_USER_AGENT] or None
+            status = flow.response.status_code if flow.response is not None else None
         self.events.emit(build_event(
             d, obs, "proxy", event_id=v.event_id, client_port=client.peername[1] if client.peername else None,
             server_ip=server[0] if server and is_ip(server[0]) else None,
-            server_port=server[1] if server else None, response=v.response, extra=v.extra or None))
+            server_port=server[1] if server else None, response=v.response, extra=v.extra or None,
+            http_method=method, status_code=status, user_agent=agent, observer_hostname=self.hostname,
+            user_name=v.user))
+        if d.action is Action.ALLOW:
+            return  # the access log's allows (egress_log_all): the decision metrics count blocks and logs
         self.metrics.decisions.labels(obs.kind.value, d.action.value).inc()
         if d.rule == DOH_RULE:
             self.metrics.bypass.labels("doh").inc()
@@ -199,9 +224,16 @@ class Telemetry:
         v = flow_verdict(flow)
         if v is None:
             return
-        if v.logged and not v.repeat:
-            self.record(v, flow.client_conn)
         flow.metadata[KEY] = v.summary()  # plain values: mitmproxy saves and shows metadata
+        if v.repeat:
+            return
+        if self.log_all and flow.response is None and flow.request.method != "CONNECT":
+            # Forwarded: the access log records it with its status, once the response is in.
+            if len(self._pending) < MAX_PENDING:
+                self._pending[flow.id] = v
+                return
+        if v.logged or self.log_all:
+            self.record(v, flow.client_conn, flow)
 
     def http_connect(self, flow: http.HTTPFlow) -> None:
         self._flow(flow)
@@ -215,7 +247,7 @@ class Telemetry:
             return
         if v.extra.get("ech"):
             self.metrics.bypass.labels("ech_seen").inc()
-        if v.logged:
+        if (v.logged or self.log_all) and not v.repeat:
             self.record(v, data.context.client)
         self.metrics.connections.labels(CONNECTION_OUTCOMES[v.response or "passthrough"]).inc()
 
@@ -229,8 +261,19 @@ class Telemetry:
         self.metrics.tls_failures.inc()
 
     def response(self, flow: http.HTTPFlow) -> None:
+        pending = self._pending.pop(flow.id, None) if self._pending else None
+        if pending is not None:
+            self.record(pending, flow.client_conn, flow)
         if flow.metadata.get(ECH_STRIPPED):
             self.metrics.bypass.labels("ech_stripped").inc()
+
+    def error(self, flow: http.HTTPFlow) -> None:
+        """A forwarded request that never got its response (origin unreachable, client gone)."""
+        pending = self._pending.pop(flow.id, None) if self._pending else None
+        if pending is not None:
+            message = flow.error.msg if flow.error else "error"
+            self.record(replace(pending, response="error", extra={**pending.extra, "error": message[:200]}),
+                        flow.client_conn, flow)
 
     def dns_response(self, flow: dns.DNSFlow) -> None:
         if flow.metadata.get(ECH_STRIPPED):

@@ -49,6 +49,8 @@ class Verdict:
     server: tuple[str, int] | None = None
     # A request on a connection blocked at its ClientHello: that event recorded it.
     repeat: bool = False
+    # The user mitmproxy's proxyauth authenticated, for the event's user.name.
+    user: str | None = None
 
     @property
     def logged(self) -> bool:
@@ -79,6 +81,12 @@ def flow_verdict(flow: http.HTTPFlow) -> Verdict | None:
     """The verdict the deciding addon left on this flow in the hook running now."""
     found = flow.metadata.get(KEY)
     return found if isinstance(found, Verdict) else None
+
+
+def flow_user(flow: http.HTTPFlow) -> str | None:
+    """The user name mitmproxy's ``proxyauth`` authenticated this request (or its CONNECT) as."""
+    auth = flow.metadata.get("proxyauth")
+    return str(auth[0]) if isinstance(auth, (tuple, list)) and auth else None
 
 
 def placeholder_451(event_id: str) -> http.Response:

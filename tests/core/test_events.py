@@ -208,6 +208,11 @@ def reference_event(
     qtype: str | None = None,
     response: str | None = None,
     extra: dict[str, Any] | None = None,
+    http_method: str | None = None,
+    status_code: int | None = None,
+    user_agent: str | None = None,
+    observer_hostname: str | None = None,
+    user_name: str | None = None,
 ) -> dict[str, Any]:
     """The event built the plain way, field by field from the schema, as the
     oracle for ``build_event``'s cached per-decision parts and its timestamp
@@ -288,6 +293,16 @@ def reference_event(
         ev["egress"]["response"] = response
     if qtype:
         ev["egress"]["qtype"] = qtype
+    if http_method:
+        ev.setdefault("http", {})["request"] = {"method": http_method}
+    if status_code is not None:
+        ev.setdefault("http", {})["response"] = {"status_code": status_code}
+    if user_agent:
+        ev["user_agent"] = {"original": user_agent}
+    if observer_hostname:
+        ev["observer"]["hostname"] = observer_hostname
+    if user_name:
+        ev["user"] = {"name": user_name}
     if extra:
         ev["egress"].update(extra)
     return ev
@@ -316,6 +331,10 @@ SAME_CONTEXTS = [
     pytest.param(1605268859.999, {"response": "451", "extra": {"action": "log"}}, id="extra-overrides"),
     pytest.param(-1.25, {"qtype": "AAAA"}, id="before-epoch"),
     pytest.param(4102444800.5, {}, id="year-2100"),
+    pytest.param(1605268800.0, {"http_method": "GET", "status_code": 200, "user_agent": 'curl/8 "x"',
+                                "observer_hostname": "gw1", "user_name": "anna"}, id="access-log"),
+    pytest.param(1605268800.0, {"status_code": 451, "user_name": ""}, id="status-only"),
+    pytest.param(1605268800.0, {"http_method": "CONNECT"}, id="method-only"),
     pytest.param(1e-7, {"server_ip": ""}, id="tiny"),
 ]
 

@@ -253,3 +253,25 @@ def run_proxy(tmp_path: Path, origin: Origin) -> Iterator[Any]:
         yield runner.start
     finally:
         runner.stop_all()
+
+
+LOOPBACK_DNS = f"scripts={REPO / 'tests' / 'proxy' / 'loopback_dns.py'}"
+
+
+def start_routed(run_proxy: Any, origin: Origin, plain_origin: PlainOrigin, *args: str) -> Proxy:
+    """A proxy with ``loopback_dns.py``: every dial goes to the local origins."""
+    env = {"EGRESS_TEST_ORIGINS": f"{plain_origin.port},{origin.port}"}
+    proxy: Proxy = run_proxy(*args, "--set", LOOPBACK_DNS, env=env)
+    return proxy
+
+
+def curl_status(proxy: Proxy, ca: Path, url: str, *args: str) -> tuple[int, str]:
+    """curl through the proxy: the status it saw (the CONNECT's when that failed,
+    else the response's) and its stderr."""
+    out = subprocess.run(
+        [require("curl"), "-sS", "--max-time", "15", "--proxy", proxy.url, "--cacert", str(ca),
+         "-o", "/dev/null", "-w", "%{http_connect} %{http_code}", *args, url],
+        capture_output=True, text=True, timeout=30,
+    )
+    connect, code = (int(c) for c in out.stdout.split())
+    return (connect if connect not in (0, 200) else code), out.stderr

@@ -42,6 +42,15 @@ FLAG_CASES = [
         ["--phase", "full", "--block", "page"],
         {"egress_phase": "full", "egress_block": "page"},
     ),
+    ("log-all", ["--log-all"], {"egress_log_all": True}),
+    ("no-log-all", [], {"egress_log_all": False, "egress_pac_listen": None, "egress_pac_direct": []}),
+    (
+        "pac",
+        ["--pac-listen", "8081", "--pac-proxy", "proxy.lan:3128", "--pac-direct", "lan", "--pac-direct",
+         "10.9.0.0/16"],
+        {"egress_pac_listen": "8081", "egress_pac_proxy": "proxy.lan:3128",
+         "egress_pac_direct": ["lan", "10.9.0.0/16"]},
+    ),
     (
         "log-metrics-confdir",
         ["--log", "ev.jsonl", "--metrics", "127.0.0.1:9100", "--confdir", "/tmp/c"],

@@ -128,3 +128,43 @@ def test_connect_blocked_without_the_page_addon(tmp_path: Path) -> None:
         v = flow_verdict(f)
         assert f.response is not None and f.response.status_code == 451 and f.response.content == b""
         assert v is not None and v.response == "451" and v.server == ("www.tiktok.com", 443)
+
+
+CONNECT_PAGE_CASES = [
+    # connection_strategy, whether the CONNECT is accepted for the page
+    pytest.param("lazy", True, id="lazy-accepted-for-the-page"),
+    pytest.param("eager", False, id="eager-bare-451"),  # eager would dial the banned host: answer at once
+]
+
+
+@pytest.mark.parametrize("strategy,accepted", CONNECT_PAGE_CASES)
+def test_page_mode_connect_is_accepted_and_intercepted(tmp_path: Path, strategy: str, accepted: bool) -> None:
+    decisions = PolicyDecisions()
+    with addon_context(tmp_path, decisions, egress_at=FULL, egress_block="page") as tctx:
+        # mitmproxy's proxyserver addon owns this option; egress-filter sets it to lazy when running.
+        tctx.options.add_option("connection_strategy", str, strategy, "eager or lazy")
+        f = tflow.tflow(req=tutils.treq(method=b"CONNECT", scheme=b"", host="www.tiktok.com", port=443,
+                                        authority=b"www.tiktok.com:443", path=b""))
+        f.client_conn = client()
+        run(tctx, decisions, "http_connect", f)
+        connect = flow_verdict(f)
+        assert connect is not None and connect.response == "451" and not connect.repeat
+        if not accepted:
+            assert f.response is not None and f.response.status_code == 451
+            return
+        assert f.response is None  # mitmproxy answers 200; lazy: nothing is dialled
+        # The ClientHello inside, whatever its SNI, is intercepted under the CONNECT's verdict.
+        data = tls.ClientHelloData(context.Context(f.client_conn, tctx.options),
+                                   tls.ClientHello(client_hello_body("example.org")))
+        run(tctx, decisions, "tls_clienthello", data)
+        hello = decisions.verdict(data)
+        assert hello is not None and hello.repeat and hello.event_id == connect.event_id
+        assert not data.ignore_connection and not data.establish_server_tls_first
+        assert data.context.client.connected
+        inner = tflow.tflow()
+        inner.client_conn = f.client_conn
+        inner.request = http.Request.make("GET", "https://www.tiktok.com/")
+        run(tctx, decisions, "request", inner)
+        v = flow_verdict(inner)
+        assert inner.response is not None and inner.response.status_code == 451
+        assert v is not None and v.repeat and v.event_id == connect.event_id

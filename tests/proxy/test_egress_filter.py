@@ -778,8 +778,9 @@ HOOKS_OF = [
     pytest.param("bypass", {"load", "configure", "tls_clienthello", "response", "dns_response"}, id="bypass"),
     pytest.param("page", {"load", "http_connect", "request"}, id="block-page"),
     pytest.param("telemetry", {"load", "configure", "done", "http_connect", "request", "server_connect",
-                               "tls_clienthello", "tls_failed_client", "response", "dns_response"},
+                               "tls_clienthello", "tls_failed_client", "response", "error", "dns_response"},
                  id="telemetry"),
+    pytest.param("pac", {"load", "configure", "done"}, id="pac"),
 ]
 
 
