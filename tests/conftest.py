@@ -38,6 +38,7 @@ MATRIX = (
     "replay/test_cli.py",
     "test_run.py",
     "test_layers.py",
+    "test_one_verdict.py",  # starts the proxy
 )
 
 
