@@ -10,10 +10,13 @@ import select
 import socket
 import struct
 import time
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
+import dns.flags
 import dns.message
+import dns.rcode
 import httpx
 import pytest
 
@@ -119,6 +122,7 @@ def _mutate(rng: random.Random, seeds: list[bytes]) -> bytes:
 
 FUZZ_PACKETS = 100_000
 FUZZ_SECONDS = 120.0
+KEEP_REPLIES = 20_000  # replies checked one by one after the run (bounded memory)
 
 
 def test_fuzz_then_valid_queries_still_answered(resolver: Start, authority: Authority,
@@ -130,6 +134,7 @@ def test_fuzz_then_valid_queries_still_answered(resolver: Start, authority: Auth
              for n in ("www.example.test", "www.tiktok.test", "img.wechat.test", "use-application-dns.net")
              for t in ("A", "AAAA", "HTTPS", "TXT") for e in (False, 0)]
     sent = replies = 0
+    kept: list[bytes] = []
     deadline = time.monotonic() + FUZZ_SECONDS
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
@@ -146,13 +151,26 @@ def test_fuzz_then_valid_queries_still_answered(resolver: Start, authority: Auth
                     pytest.fail("the resolver's port closed during the fuzz run")
             while select.select([s], [], [], 0.002)[0]:
                 try:
-                    s.recv(65535)
+                    reply = s.recv(65535)
                     replies += 1
+                    if len(kept) < KEEP_REPLIES:
+                        kept.append(reply)
                 except (BlockingIOError, ConnectionRefusedError):
                     break
             assert r.proc.poll() is None, "the resolver died"
     assert sent >= FUZZ_PACKETS, f"only {sent} packets in {FUZZ_SECONDS}s"
     assert replies > sent // 4
+    # Every reply is a well-formed response: an answer, or FORMERR/NOTIMP as the header alone.
+    rcodes: Counter[str] = Counter()
+    for reply in kept:
+        msg = dns.message.from_wire(reply)
+        assert msg.flags & dns.flags.QR, reply
+        rcodes[dns.rcode.to_text(msg.rcode())] += 1
+        if msg.rcode() in (dns.rcode.FORMERR, dns.rcode.NOTIMP):
+            assert (len(msg.question), len(msg.answer), len(msg.authority)) == (0, 0, 0), reply
+    assert set(rcodes) <= {"NOERROR", "NXDOMAIN", "SERVFAIL", "FORMERR", "NOTIMP", "REFUSED",
+                           "BADVERS"}, rcodes
+    assert rcodes["FORMERR"] and rcodes["NOTIMP"] and rcodes["NOERROR"] and rcodes["NXDOMAIN"], rcodes
     time.sleep(1.0)  # let the forwarded ones time out
     assert r.proc.poll() is None
     assert r.metrics_url
