@@ -401,7 +401,7 @@ def test_ipv6_and_several_listeners(resolver: Start, authority: Authority,
 FAULTS = ["silent", "slow", "garbage", "servfail", "down"]
 
 
-@pytest.mark.parametrize("fault", FAULTS)
+@pytest.mark.parametrize("fault", FAULTS, ids=FAULTS)
 def test_upstream_fault_fails_over_to_next(resolver: Start, write_policy: Callable[..., Path],
                                            fault: str) -> None:
     bad, good = Authority(), Authority()
@@ -422,7 +422,7 @@ def test_upstream_fault_fails_over_to_next(resolver: Start, write_policy: Callab
         good.stop()
 
 
-@pytest.mark.parametrize("fault", FAULTS)
+@pytest.mark.parametrize("fault", FAULTS, ids=FAULTS)
 def test_upstream_fault_gives_servfail_then_recovers(resolver: Start, write_policy: Callable[..., Path],
                                                      fault: str) -> None:
     auth = Authority()
