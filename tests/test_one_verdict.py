@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import json
 import logging
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -58,6 +59,7 @@ from tests.proxy.conftest import (  # noqa: F401  (fixtures)
     plain_origin,
     require,
 )
+from tests.proxy.helpers import ECH_EXT, client_hello_body, client_hello_record
 from tests.proxy.helpers import POLICY as PROXY_POLICY
 from tests.replay import craft
 
@@ -95,6 +97,7 @@ class Row:
     apps: tuple[str, ...]
     rule: str | None
     qtype: str = "A"
+    ech: bool = False  # a ClientHello with an encrypted_client_hello extension (the name is its outer SNI)
 
     @property
     def key(self) -> tuple[str, str]:
@@ -118,6 +121,7 @@ ROWS = [
     Row("sni-doh-endpoint", "sni", "dns.google", "block", (), "builtin:doh"),
     Row("sni-private-relay", "sni", "mask.icloud.com", "block", (), "builtin:private-relay"),
     Row("sni-download-host", "sni", "dl.wechat.com", "block", ("wechat",), "download:dl.wechat.com"),
+    Row("sni-ech-client-hello", "sni", "ech-outer.example", "log", (), "builtin:ech", ech=True),
     Row("http-store-url-banned-app", "http", STORE_URL, "block", ("wechat",), "store:apple:414478124"),
     Row("http-store-url-other-app", "http", OTHER_STORE_URL, "allow", (), None),
     Row("ip-app-network", "ip", "192.0.2.5", "block", ("tiktok",), "network:192.0.2.0/24"),
@@ -198,6 +202,22 @@ def curl_args(row: Row, setting: Setting) -> list[str]:
     return [*args, row.value]
 
 
+def hello_through(port: int, sni: str, client: str) -> str:
+    """CONNECT to ``sni``:443 from ``client``, then a ClientHello with ECH; the CONNECT's status."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10, source_address=(client, 0)) as s:
+        s.sendall(f"CONNECT {sni}:443 HTTP/1.1\r\nHost: {sni}:443\r\n\r\n".encode())
+        reply = s.recv(4096)
+        status = reply.split(b" ", 2)[1].decode()
+        if status == "200":
+            s.sendall(client_hello_record(client_hello_body(sni, extensions=(ECH_EXT,))))
+            s.settimeout(5)
+            try:
+                s.recv(4096)  # the origin's answer, or the connection closed: the hello was judged
+            except (TimeoutError, ConnectionResetError):
+                pass
+        return status
+
+
 def run_proxy(setting: Setting, policy: Path, workdir: Path, tls: Origin,
               plain: PlainOrigin) -> tuple[list[dict[str, Any]], dict[str, tuple[int, str]]]:
     runner = ProxyRunner(workdir, tls)
@@ -207,6 +227,9 @@ def run_proxy(setting: Setting, policy: Path, workdir: Path, tls: Origin,
                              env={"EGRESS_TEST_ORIGINS": f"{plain.port},{tls.port}"})
         for row in ROWS:
             if "proxy" not in SEES[row.kind]:
+                continue
+            if row.ech:  # curl sends no ECH: a ClientHello of our own through a CONNECT tunnel
+                got[row.id] = (0, hello_through(proxy.port, row.value, setting.client))
                 continue
             out = subprocess.run(
                 [require("curl"), "-sS", "--max-time", "10", "--proxy", proxy.url, "-o", "/dev/null",
@@ -227,7 +250,7 @@ def capture(setting: Setting, path: Path) -> Path:
             packets.append(craft.udp(craft.dns_query(row.value, n + 1, row.qtype), sport=sport,
                                      src=setting.client))
         elif row.kind == "sni":
-            packets += craft.tcp_segments(craft.client_hello(row.value), 1400, sport=sport,
+            packets += craft.tcp_segments(craft.client_hello(row.value, ech=row.ech), 1400, sport=sport,
                                           src=setting.client)
         elif row.kind == "ip":
             packets += craft.tcp_segments(craft.client_hello(None), 1400, sport=sport, src=setting.client,
