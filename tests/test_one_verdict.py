@@ -27,10 +27,11 @@ a component sees the kind, each of its events for the observation carries the
 row's action, would-be action, apps and rule, and its client; where it does
 not, the test asserts that it wrote no event for it.  The proxy writes no
 event for an allowed observation, so there the test asserts that curl reached
-the origin instead.  The whole table runs three times: in enforce mode, in
+the origin instead.  The whole table runs four times: in enforce mode, in
 monitor mode (``mode: monitor``: nothing is blocked anywhere, a block becomes
-``log`` with ``would: block``) and for an exempt client (``127.0.0.3``: the
-same downgrade, by the exempt rule).
+``log`` with ``would: block``), for an exempt client (``127.0.0.3``: the
+same downgrade, by the exempt rule), and with every built-in rule switched off
+in the policy's ``builtins:`` section (their observations are then allowed).
 """
 
 from __future__ import annotations
@@ -136,18 +137,26 @@ class Setting:
     id: str
     mode: str
     client: str
+    builtins_off: bool = False  # the policy's builtins: section switches every built-in rule off
 
     def expect(self, row: Row) -> tuple[str, str, tuple[str, ...], str | None]:
         """(action, would, apps, rule) of every event for ``row`` in this setting."""
+        if self.builtins_off and (row.rule or "").startswith("builtin:"):
+            return ("allow", "allow", (), None)
         downgrade = self.mode == "monitor" or self.client == EXEMPT
         action = "log" if downgrade and row.action == "block" else row.action
         return (action, row.action, row.apps, row.rule)
+
+    def policy(self) -> str:
+        off = "builtins: {doh: false, canary: false, private_relay: false, ddr: false, ech: off}\n"
+        return (off if self.builtins_off else "") + POLICY.format(mode=self.mode, exempt=f"{EXEMPT}/32")
 
 
 SETTINGS = {
     "enforce": Setting("enforce", "enforce", CLIENT),
     "monitor": Setting("monitor", "monitor", CLIENT),
     "exempt-client": Setting("exempt-client", "enforce", EXEMPT),
+    "builtins-off": Setting("builtins-off", "enforce", CLIENT, builtins_off=True),
 }
 
 
@@ -278,7 +287,7 @@ def run(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
     setting = SETTINGS[request.param]
     workdir = tmp_path_factory.mktemp(f"one-verdict-{setting.id}")
     policy = workdir / "policy.yaml"
-    policy.write_text(POLICY.format(mode=setting.mode, exempt=f"{EXEMPT}/32"), encoding="utf-8")
+    policy.write_text(setting.policy(), encoding="utf-8")
     proxy_events, curl = run_proxy(setting, policy, workdir, origin, plain_origin)
     dns_events, forwarded = run_dns(setting, policy, workdir)
     events = {
@@ -328,17 +337,16 @@ def test_no_event_outside_the_table(run: tuple[Setting, Run], component: str) ->
 
 
 def test_nothing_blocked_in_monitor_mode_or_for_exempt_clients(run: tuple[Setting, Run]) -> None:
-    """Blocked names never reach the upstream in enforce mode; in monitor mode and for an
-    exempt client every name does (the canary and DDR too), and every proxy request is served."""
+    """Blocked names never reach the upstream and blocked requests never an origin; in monitor
+    mode and for an exempt client nothing is blocked: every name is forwarded (the canary and DDR
+    too) and every proxy request is served.  With the built-ins off, their names go through."""
     setting, result = run
     names = {r.value.lower() for r in ROWS if r.kind == "dns"}
-    blocked = {r.value.lower() for r in ROWS if r.kind == "dns" and r.action == "block"}
-    if setting.id == "enforce":
-        assert result.forwarded == names - blocked
-        assert {r.id for r in ROWS if r.id in result.curl and result.curl[r.id][1] != "200"} == {
-            r.id for r in ROWS if r.kind in ("sni", "http", "ip") and r.action == "block"}
-    else:
-        assert result.forwarded == names
-        assert {status for _, status in result.curl.values()} == {"200"}
+    blocked = {r.value.lower() for r in ROWS if r.kind == "dns" and setting.expect(r)[0] == "block"}
+    assert result.forwarded == names - blocked
+    assert {r.id for r in ROWS if r.id in result.curl and result.curl[r.id][1] != "200"} == {
+        r.id for r in ROWS if r.kind in ("sni", "http", "ip") and setting.expect(r)[0] == "block"}
     actions = {e["egress"]["action"] for c in COMPONENTS for evs in result.events[c].values() for e in evs}
-    assert ("block" in actions) is (setting.id == "enforce")
+    assert ("block" in actions) is (setting.id in ("enforce", "builtins-off"))
+    if setting.id in ("monitor", "exempt-client"):
+        assert blocked == set() and {status for _, status in result.curl.values()} == {"200"}
