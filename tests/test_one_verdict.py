@@ -115,6 +115,7 @@ ROWS = [
     Row("dns-doh-endpoint", "dns", "dns.google", "block", (), "builtin:doh"),
     Row("dns-doh-canary", "dns", "use-application-dns.net", "block", (), "builtin:canary"),
     Row("dns-private-relay", "dns", "mask.icloud.com", "block", (), "builtin:private-relay"),
+    Row("dns-private-relay-h2", "dns", "mask-h2.icloud.com", "block", (), "builtin:private-relay"),
     Row("dns-ddr", "dns", "_dns.resolver.arpa", "block", (), "builtin:ddr", qtype="SVCB"),
     Row("dns-download-host", "dns", "dl.wechat.com", "block", ("wechat",), "download:dl.wechat.com"),
     Row("sni-app-domain", "sni", "www.tiktok.com", "block", ("tiktok",), "domain:tiktok.com"),
