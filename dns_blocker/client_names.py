@@ -24,6 +24,7 @@ import os
 import re
 import stat
 import time
+from collections.abc import Callable
 
 log = logging.getLogger("egress_filter.dns")
 
@@ -69,8 +70,9 @@ def parse(text: str) -> tuple[dict[str, str], int]:
 
 
 class ClientNames:
-    def __init__(self, path: str):
+    def __init__(self, path: str, *, clock: Callable[[], float] = time.monotonic):
         self.path = path
+        self.clock = clock  # when the file is looked at again (tests inject their own)
         self.names: dict[str, str] = {}
         self._stamp: tuple[int, int] | None = None
         self._checked = -RECHECK
@@ -78,13 +80,13 @@ class ClientNames:
         self.refresh(force=True)
 
     def get(self, client: str) -> str | None:
-        now = time.monotonic()
+        now = self.clock()
         if now - self._checked >= RECHECK:
             self.refresh()
         return self.names.get(client) or self.names.get(_address(client) or "")
 
     def refresh(self, force: bool = False) -> None:
-        self._checked = time.monotonic()
+        self._checked = self.clock()
         try:
             fd = os.open(self.path, os.O_RDONLY | os.O_NONBLOCK)
         except OSError as exc:

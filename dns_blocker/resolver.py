@@ -163,8 +163,10 @@ class EventSink(Protocol):
 
 class Resolver:
     def __init__(self, holder: ViewSource, settings: DnsSettings, forwarder: Forwarder,
-                 events: EventSink, metrics: NullMetrics | None = None):
+                 events: EventSink, metrics: NullMetrics | None = None, *,
+                 clock: Callable[[], float] = time.monotonic):
         self.holder = holder
+        self.clock = clock  # the answer cache's and the ready answers' time (tests inject their own)
         self.forwarder = forwarder
         self.events = events
         self.metrics = metrics or NullMetrics()
@@ -261,7 +263,7 @@ class Resolver:
             if here is not None:
                 self._local_reply(here, d, q, data, client, port, sink, addr)
                 return
-        now = time.monotonic()
+        now = self.clock()
         entry = self.cache.get(q.key, now)
         if entry is not None:
             if entry.cnames:
@@ -311,7 +313,7 @@ class Resolver:
             askers = self.coalescer.settle(q.key, asker)
         if result is not None:
             answer, info = result
-            self.cache.put(q.key, answer, info.ttl_slots, info.cnames, info.lifetime)
+            self.cache.put(q.key, answer, info.ttl_slots, info.cnames, info.lifetime, self.clock())
             self.metrics.cache_size(len(self.cache))
         for one in askers:
             self._answer(result, *one)

@@ -27,7 +27,6 @@ import signal
 import socket
 import sys
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -82,7 +81,7 @@ class UdpListener(asyncio.DatagramProtocol):
         table = r.client_hot.get(addr[0])
         if table is not None and r.holder.view is r.hot_view:
             hot = table.get(data[2:])
-            if hot is not None and hot.until > time.monotonic() and self.transport is not None:
+            if hot is not None and hot.until > r.clock() and self.transport is not None:
                 self.transport.sendto(data[:2] + hot.answer, addr)
                 if r.name_metrics:
                     r.count_client(addr[0])

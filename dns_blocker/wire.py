@@ -215,7 +215,7 @@ def wire_labels(wire: bytes) -> list[bytes]:
 def read_name(data: bytes, pos: int) -> tuple[str, int]:
     """A possibly compressed name → (lower-case text, offset after it); see ``name_wire``."""
     wire, end = name_wire(data, pos)
-    return b".".join(wire_labels(wire)).decode("latin-1").lower(), end
+    return b".".join(wire_labels(wire)).lower().decode("latin-1"), end  # ASCII case only (RFC 4343)
 
 
 @dataclass(frozen=True, slots=True)

@@ -253,6 +253,10 @@ class PolicyView:
                        user: str | None = None) -> Decision:
         return self.group(client, user).decide_builtin(signal, subject, client)
 
+    def with_ech(self, d: Decision, outer_sni: str, client: str | None = None,
+                 user: str | None = None) -> Decision:
+        return self.group(client, user).with_ech(d, outer_sni, client)
+
 
 class GroupView:
     """A policy at one moment for one client group: app phases fixed, decisions cached."""
@@ -385,6 +389,17 @@ class GroupView:
                                   f"{subject or '-'} and the inner name is hidden")
         rule = signal_rule(self.policy.builtins, signal)
         return self._allow if rule is None else self._enforce(self._builtin(rule, subject), client)
+
+    def with_ech(self, d: Decision, outer_sni: str, client: str | None = None) -> Decision:
+        """The verdict on a ClientHello that carries ECH, whose name (the outer SNI) got ``d``:
+        ``d`` itself unless it allows and ``builtin:ech`` logs, then that log with ``d``'s apps,
+        phase and inspection.  The proxy and replay both call this, so both judge ECH alike."""
+        if d.action is not Action.ALLOW:
+            return d
+        ech = self.decide_builtin(Signal.ECH, outer_sni, client)
+        if ech.action is Action.ALLOW:
+            return d
+        return replace(ech, apps=d.apps, phase=d.phase, inspect=d.inspect)
 
     # --- internals ----------------------------------------------------------
 

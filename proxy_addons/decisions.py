@@ -399,11 +399,10 @@ class PolicyDecisions:
         extra: dict[str, Any] = {}
         if ECH_EXTENSION in kinds and self.settings.log_ech:
             extra = {"ech": True, "outer_sni": sni}
-            if d.action is Action.ALLOW:
-                ech = view.decide_builtin(Signal.ECH, sni or "", peer, user)
-                if ech.action is not Action.ALLOW:
-                    v = v.with_decision(replace(ech, apps=d.apps, phase=d.phase, inspect=d.inspect))
-                    d = v.decision
+            ech = view.with_ech(d, sni or "", peer, user)
+            if ech is not d:
+                v = v.with_decision(ech)
+                d = ech
         if udp:
             extra["transport"] = "quic" if kinds & QUIC_TRANSPORT_PARAMETERS else "dtls"
         elif extra:

@@ -166,7 +166,10 @@ class Replay:
                     obs = item.observation()
                     # Each client is judged with its own group's view, unless --group forces one.
                     judge = view.groups[self.group] if self.group is not None else view.group(obs.client)
-                    yield Verdict(item, judge.decide(obs))
+                    d = judge.decide(obs)
+                    if item.ech:  # a ClientHello with ECH: builtin:ech, as the proxy judges it
+                        d = judge.with_ech(d, obs.value if obs.kind is Kind.SNI else "", obs.client)
+                    yield Verdict(item, d)
                 if bar:
                     bar.file_done()
         finally:

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.lint  # apart from the unit suite: `pytest -m lint` (`make test` runs it)
 
 
 @pytest.mark.parametrize("command", [

@@ -21,6 +21,7 @@ from policies import (
     EchAction,
     Kind,
     Mode,
+    Phase,
     Policy,
     PolicyError,
     PolicyView,
@@ -192,3 +193,23 @@ def test_bundled_policy_leaves_every_builtin_name_to_its_rule(name: str) -> None
     """No rule of the bundled policy covers a built-in name and so masks it."""
     d = load_policy().view().decide_name(name)
     assert d.action is Action.BLOCK and d.rule is not None and d.rule.startswith("builtin:")
+
+
+WITH_ECH = [
+    # (builtins extra, outer SNI, client, action, rule, apps)
+    pytest.param("", "allowed.example", PLAIN, Action.LOG, ECH_RULE, (), id="allowed-name-logged-as-ech"),
+    pytest.param("", "demo.example", PLAIN, Action.BLOCK, "domain:demo.example", ("demo",),
+                 id="blocked-name-stays-blocked"),
+    pytest.param("", "allowed.example", EXEMPT, Action.LOG, ECH_RULE, (), id="exempt-client-still-logged"),
+    pytest.param("builtins: {ech: off}\n", "allowed.example", PLAIN, Action.ALLOW, None, (), id="ech-off"),
+]
+
+
+@pytest.mark.parametrize(("extra", "sni", "client", "action", "rule", "apps"), WITH_ECH)
+def test_with_ech_is_the_one_ech_verdict(extra: str, sni: str, client: str, action: Action,
+                                         rule: str | None, apps: tuple[str, ...]) -> None:
+    """``with_ech``: the ClientHello's own verdict, or the builtin:ech log where that allows;
+    the proxy and replay both ask it."""
+    view = policy(extra).view(phase=Phase.FULL)
+    d = view.with_ech(view.decide_name(sni, Kind.SNI, client), sni, client)
+    assert (d.action, d.rule, d.apps) == (action, rule, apps)

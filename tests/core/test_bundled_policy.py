@@ -99,7 +99,7 @@ def test_schedules_follow_the_orders(bundled: Policy, app: str, day: dt.date, ph
         assert got.frameworks == (ORDER_OF[app],)
 
 
-@pytest.mark.parametrize("app", LATER_APPS)
+@pytest.mark.parametrize("app", LATER_APPS, ids=str)
 def test_no_order_schedules_the_later_apps(bundled: Policy, app: str) -> None:
     for day in (ALL_ON, D(2026, 12, 2)):
         got = bundled.phases(day)[app]
@@ -491,7 +491,7 @@ def test_opt_in_groups_are_off(raw: dict[str, Any]) -> None:
 
 
 @pytest.mark.parametrize("name", ["bytedance.txt", "bytedance-ads.txt", "douyin.txt", "tencent.txt",
-                                  "tencent-ads.txt"])
+                                  "tencent-ads.txt"], ids=str)
 def test_list_file_headers_cite_their_source(name: str) -> None:
     text = (BUNDLED.parent / "lists" / name).read_text(encoding="utf-8")
     header = [ln for ln in text.splitlines() if ln.startswith("#")]

@@ -332,7 +332,7 @@ def test_phases_json(
         assert a["source"] and a["name"]
 
 
-@pytest.mark.parametrize("command", ["dns", "proxy", "run"])
+@pytest.mark.parametrize("command", ["dns", "proxy", "run"], ids=str)
 def test_serving_commands_take_allow_empty(command: str) -> None:
     from egress_filter.cli import build_parser
 

@@ -94,7 +94,7 @@ KIND_KEYS = {"dns", "tls", "url"}
 
 
 @pytest.mark.parametrize(("obs", "fields"), KIND_CASES)
-@pytest.mark.parametrize("component", ["dns", "proxy", "replay"])
+@pytest.mark.parametrize("component", ["dns", "proxy", "replay"], ids=str)
 def test_event_schema_per_kind(
     policy: Policy, obs: Observation, fields: dict[str, Any], component: str
 ) -> None:
@@ -340,7 +340,7 @@ SAME_CONTEXTS = [
 
 
 @pytest.mark.parametrize(("timestamp", "context"), SAME_CONTEXTS)
-@pytest.mark.parametrize("component", ["dns", "proxy", "replay"])
+@pytest.mark.parametrize("component", ["dns", "proxy", "replay"], ids=str)
 def test_build_event_is_byte_identical_to_the_plain_construction(
     timestamp: float, context: dict[str, Any], component: str
 ) -> None:

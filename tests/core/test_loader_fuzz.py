@@ -74,13 +74,25 @@ POLICY = st.fixed_dictionaries(
 
 
 def _load(text: str) -> None:
+    """A PolicyError with positioned issues, the same each time; or a Policy that decides, the same
+    each time."""
     try:
-        load_policy_text(text, "fuzz.yaml")
+        policy = load_policy_text(text, "fuzz.yaml")
     except PolicyError as exc:
         assert exc.issues
         for issue in exc.issues:
             assert issue.file.endswith("fuzz.yaml") or issue.file.endswith(".txt")
             assert issue.line >= 0 and issue.field and issue.message
+        try:
+            load_policy_text(text, "fuzz.yaml")
+        except PolicyError as again:
+            assert [str(i) for i in again.issues] == [str(i) for i in exc.issues]
+        else:
+            raise AssertionError("the same text loaded the second time") from exc
+        return
+    view = policy.view(dt.date(2021, 1, 1))
+    d = view.decide_name("unrelated.example")
+    assert d == load_policy_text(text, "fuzz.yaml").view(dt.date(2021, 1, 1)).decide_name("unrelated.example")
 
 
 @settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow], deadline=None)

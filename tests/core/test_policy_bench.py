@@ -7,6 +7,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.bench  # apart from the unit suite: `pytest -m bench` (`make test` runs it)
 ROOT = Path(__file__).resolve().parents[2]
 
 

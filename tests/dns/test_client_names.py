@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from dns_blocker.client_names import parse
+from dns_blocker.client_names import RECHECK, ClientNames, parse
 
 from .authority import Authority
 from .conftest import TEST_DAY, ResolverProcess
@@ -102,3 +102,38 @@ def test_a_missing_file_is_logged_not_fatal(resolver: Start, authority: Authorit
     r.ask("www.tiktok.test")
     assert "source" in r.events(expect=1)[0] and "domain" not in r.events()[0]["source"]
     assert "client names:" in r.stderr() and "cannot open" in r.stderr()
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+RECHECK_CASES = [
+    # (steps: (seconds after the first read, new file text or None, the name 127.0.0.1 gets))
+    pytest.param([(0.0, None, "laptop-anna"), (RECHECK - 0.01, "127.0.0.1 desk-pc\n", "laptop-anna"),
+                  (RECHECK, None, "desk-pc")], id="new-name-after-the-recheck-interval"),
+    pytest.param([(1.0, "127.0.0.1 desk-pc\n", "laptop-anna"), (RECHECK + 1.0, None, "desk-pc"),
+                  (RECHECK + 2.0, "127.0.0.1 printer-xl\n", "desk-pc"),
+                  (2 * RECHECK + 1.0, None, "printer-xl")], id="each-interval-looks-once"),
+    pytest.param([(RECHECK, "", None)], id="emptied-file-forgets-the-name"),
+]
+
+
+@pytest.mark.parametrize("steps", RECHECK_CASES)
+def test_names_file_is_looked_at_again_on_the_clock(
+        tmp_path: Path, steps: list[tuple[float, str | None, str | None]]) -> None:
+    """The hosts/leases file is read again once RECHECK seconds have passed on the injected clock."""
+    path = tmp_path / "hosts"
+    path.write_text("127.0.0.1 laptop-anna\n")
+    clock = _Clock()
+    names = ClientNames(str(path), clock=clock)
+    start = clock.now
+    for at, text, want in steps:
+        if text is not None:
+            path.write_text(text)
+        clock.now = start + at
+        assert names.get("127.0.0.1") == want, f"at +{at}s"

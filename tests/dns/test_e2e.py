@@ -25,7 +25,7 @@ import dns.rdatatype
 import httpx
 import pytest
 
-from .authority import NEG_TTL, SHORT_TTL, Authority
+from .authority import SHORT_TTL, Authority
 from .conftest import EXEMPT, OUTSIDER, TEST_DAY, ResolverProcess, addresses, ede, free_port, rcode
 
 pytestmark = pytest.mark.e2e
@@ -219,23 +219,20 @@ def test_acl(resolver: Start, authority: Authority, write_policy: Callable[..., 
         assert msg.answer == [] and authority.count("www.example.test") == 0
 
 
-def test_cache_honours_ttl_and_expires(resolver: Start, authority: Authority,
-                                       write_policy: Callable[..., Path]) -> None:
+def test_cache_answers_from_the_upstream_once(resolver: Start, authority: Authority,
+                                              write_policy: Callable[..., Path]) -> None:
+    """The process caches (expiry, TTL ageing and the SOA minimum run on an injected clock in
+    tests/dns/test_cache_clock.py, not on sleeps here)."""
     r = resolver("--policy", str(write_policy()), "--upstream", authority.address)
     first = r.ask("short.example.test")
-    time.sleep(1.1)
     second = r.ask("short.example.test")
     assert authority.count("short.example.test") == 1
-    assert first.answer[0].ttl == SHORT_TTL
-    assert second.answer[0].ttl < SHORT_TTL, "a cached answer's TTL counts down"
-    time.sleep(SHORT_TTL)
-    third = r.ask("short.example.test")
-    assert authority.count("short.example.test") == 2, "an expired entry is fetched again"
-    assert addresses(third) == ["192.0.2.2"]
+    assert first.answer[0].ttl == SHORT_TTL and second.answer[0].ttl <= SHORT_TTL
+    assert addresses(second) == ["192.0.2.2"]
 
 
-def test_negative_answers_cached_for_soa_minimum(resolver: Start, authority: Authority,
-                                                 write_policy: Callable[..., Path]) -> None:
+def test_negative_answers_are_cached(resolver: Start, authority: Authority,
+                                     write_policy: Callable[..., Path]) -> None:
     r = resolver("--policy", str(write_policy()), "--upstream", authority.address)
     assert rcode(r.ask("missing.example.test")) == "NXDOMAIN"
     assert rcode(r.ask("MISSING.example.test")) == "NXDOMAIN"
@@ -243,9 +240,6 @@ def test_negative_answers_cached_for_soa_minimum(resolver: Start, authority: Aut
     assert rcode(r.ask("www.example.test", "MX")) == "NOERROR"
     assert authority.count("missing.example.test") == 1
     assert authority.count("www.example.test") == 1
-    time.sleep(NEG_TTL + 0.2)
-    r.ask("missing.example.test")
-    assert authority.count("missing.example.test") == 2
 
 
 def test_cache_keeps_the_askers_id_and_case(resolver: Start, authority: Authority,
@@ -407,7 +401,7 @@ def test_ipv6_and_several_listeners(resolver: Start, authority: Authority,
 FAULTS = ["silent", "slow", "garbage", "servfail", "down"]
 
 
-@pytest.mark.parametrize("fault", FAULTS)
+@pytest.mark.parametrize("fault", FAULTS, ids=FAULTS)
 def test_upstream_fault_fails_over_to_next(resolver: Start, write_policy: Callable[..., Path],
                                            fault: str) -> None:
     bad, good = Authority(), Authority()
@@ -428,7 +422,7 @@ def test_upstream_fault_fails_over_to_next(resolver: Start, write_policy: Callab
         good.stop()
 
 
-@pytest.mark.parametrize("fault", FAULTS)
+@pytest.mark.parametrize("fault", FAULTS, ids=FAULTS)
 def test_upstream_fault_gives_servfail_then_recovers(resolver: Start, write_policy: Callable[..., Path],
                                                      fault: str) -> None:
     auth = Authority()

@@ -10,10 +10,13 @@ import select
 import socket
 import struct
 import time
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
+import dns.flags
 import dns.message
+import dns.rcode
 import httpx
 import pytest
 
@@ -24,6 +27,7 @@ pytestmark = pytest.mark.e2e
 Start = Callable[..., ResolverProcess]
 
 QUESTION = b"\x03www\x07example\x04test\x00\x00\x01\x00\x01"
+BLOCKED_Q = b"\x03www\x06tiktok\x04test\x00\x00\x01\x00\x01"  # tiktok.test is in 'full' on TEST_DAY
 OPT = b"\x00\x00\x29\x04\xd0\x00\x00\x00\x00\x00\x00"
 
 
@@ -119,6 +123,7 @@ def _mutate(rng: random.Random, seeds: list[bytes]) -> bytes:
 
 FUZZ_PACKETS = 100_000
 FUZZ_SECONDS = 120.0
+KEEP_REPLIES = 20_000  # replies checked one by one after the run (bounded memory)
 
 
 def test_fuzz_then_valid_queries_still_answered(resolver: Start, authority: Authority,
@@ -130,6 +135,7 @@ def test_fuzz_then_valid_queries_still_answered(resolver: Start, authority: Auth
              for n in ("www.example.test", "www.tiktok.test", "img.wechat.test", "use-application-dns.net")
              for t in ("A", "AAAA", "HTTPS", "TXT") for e in (False, 0)]
     sent = replies = 0
+    kept: list[bytes] = []
     deadline = time.monotonic() + FUZZ_SECONDS
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
@@ -146,13 +152,26 @@ def test_fuzz_then_valid_queries_still_answered(resolver: Start, authority: Auth
                     pytest.fail("the resolver's port closed during the fuzz run")
             while select.select([s], [], [], 0.002)[0]:
                 try:
-                    s.recv(65535)
+                    reply = s.recv(65535)
                     replies += 1
+                    if len(kept) < KEEP_REPLIES:
+                        kept.append(reply)
                 except (BlockingIOError, ConnectionRefusedError):
                     break
             assert r.proc.poll() is None, "the resolver died"
     assert sent >= FUZZ_PACKETS, f"only {sent} packets in {FUZZ_SECONDS}s"
     assert replies > sent // 4
+    # Every reply is a well-formed response: an answer, or FORMERR/NOTIMP as the header alone.
+    rcodes: Counter[str] = Counter()
+    for reply in kept:
+        msg = dns.message.from_wire(reply)
+        assert msg.flags & dns.flags.QR, reply
+        rcodes[dns.rcode.to_text(msg.rcode())] += 1
+        if msg.rcode() in (dns.rcode.FORMERR, dns.rcode.NOTIMP):
+            assert (len(msg.question), len(msg.answer), len(msg.authority)) == (0, 0, 0), reply
+    assert set(rcodes) <= {"NOERROR", "NXDOMAIN", "SERVFAIL", "FORMERR", "NOTIMP", "REFUSED",
+                           "BADVERS"}, rcodes
+    assert rcodes["FORMERR"] and rcodes["NOTIMP"] and rcodes["NOERROR"] and rcodes["NXDOMAIN"], rcodes
     time.sleep(1.0)  # let the forwarded ones time out
     assert r.proc.poll() is None
     assert r.metrics_url
@@ -194,29 +213,54 @@ def test_flood_of_misses_to_a_dead_upstream_is_shed_not_queued(resolver: Start, 
 
 
 TCP_GARBAGE = [
-    ("zero-length-message", b"\x00\x00"),
-    ("length-longer-than-data-then-close", b"\x01\x00" + b"\x12\x34\x01\x00"),
-    ("one-byte-then-close", b"\x00"),
-    ("malformed-message", b"\x00\x05\x12\x34\x01\x00\x00"),
-    ("random-bytes", bytes(random.Random(7).randbytes(3000))),
-    ("header-only-message", b"\x00\x0c" + header(qd=0)),
+    # (id, bytes sent before the client closes its side, the rcodes of the framed replies)
+    ("zero-length-message", b"\x00\x00", []),
+    ("length-longer-than-data-then-close", b"\x01\x00" + b"\x12\x34\x01\x00", []),
+    ("one-byte-then-close", b"\x00", []),
+    ("malformed-message", b"\x00\x05\x12\x34\x01\x00\x00", []),
+    ("random-bytes", bytes(random.Random(7).randbytes(3000)), None),
+    ("header-only-message", b"\x00\x0c" + header(qd=0), ["FORMERR"]),
+    # A blocked name, answered at once: a question forwarded upstream is not answered once the
+    # client has half-closed (the server closes on EOF; reported to the lead, not fixed here).
+    ("formerr-then-blocked-query", b"\x00\x0c" + header(qd=0) + struct.pack("!H", 12 + len(BLOCKED_Q))
+     + header() + BLOCKED_Q, ["FORMERR", "NXDOMAIN"]),
 ]
 
 
-@pytest.mark.parametrize("junk", [j for _, j in TCP_GARBAGE], ids=[i for i, _ in TCP_GARBAGE])
+def _framed_rcodes(data: bytes) -> list[str]:
+    """The rcode of each length-framed DNS message in ``data`` (all of it must be whole messages)."""
+    out, pos = [], 0
+    while pos < len(data):
+        size = struct.unpack_from("!H", data, pos)[0]
+        msg = dns.message.from_wire(data[pos + 2 : pos + 2 + size])
+        assert msg.flags & dns.flags.QR
+        out.append(dns.rcode.to_text(msg.rcode()))
+        pos += 2 + size
+    return out
+
+
+@pytest.mark.parametrize(("junk", "want"), [(j, w) for _, j, w in TCP_GARBAGE],
+                         ids=[i for i, _, _ in TCP_GARBAGE])
 def test_tcp_garbage_never_hurts_the_server(resolver: Start, authority: Authority,
-                                            write_policy: Callable[..., Path], junk: bytes) -> None:
+                                            write_policy: Callable[..., Path], junk: bytes,
+                                            want: list[str] | None) -> None:
+    """Each message that arrives whole gets its exact answer (nothing for what is dropped or cut
+    short); random bytes get only well-formed replies; the server answers correctly after."""
     r = resolver("--policy", str(write_policy()), "--at", TEST_DAY, "--upstream", authority.address)
     for _ in range(3):
+        got = b""
         with socket.create_connection((r.host, r.port), timeout=3) as s:
             s.sendall(junk)
             s.shutdown(socket.SHUT_WR)
             s.settimeout(3)
             try:
-                while s.recv(65535):
-                    pass
+                while chunk := s.recv(65535):
+                    got += chunk
             except (ConnectionResetError, TimeoutError):
                 pass
+        rcodes = _framed_rcodes(got)
+        if want is not None:
+            assert rcodes == want
     assert r.proc.poll() is None
     assert addresses(r.ask("www.example.test", tcp=True)) == ["192.0.2.1"]
     assert rcode(r.ask("www.tiktok.test", tcp=True)) == "NXDOMAIN"

@@ -179,7 +179,7 @@ def test_many_answers_in_chunks(v4: tuple[socket.socket, socket.socket]) -> None
     assert [b.recv(10) for _ in range(100)] == [b"a%03d" % i for i in range(100)]
 
 
-@pytest.mark.parametrize("call", ["recv", "send"])
+@pytest.mark.parametrize("call", ["recv", "send"], ids=str)
 def test_a_closed_socket_is_an_error_not_a_crash(call: str) -> None:
     """At shutdown the socket may close between the loop's wake-up and the
     call: EBADF comes back as OSError, which the transport expects."""

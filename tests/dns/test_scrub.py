@@ -9,6 +9,8 @@ records are well framed and no more than were sent, never anything else.
 
 from __future__ import annotations
 
+from collections import Counter
+
 import dns.message
 import dns.rrset
 import pytest
@@ -121,7 +123,16 @@ def test_scrub_random_tails(tail: bytes) -> None:
     # The header claims a few records of each kind; the bytes after the question are random.
     data = answer[:6] + b"\x00\x02\x00\x02\x00\x02" + answer[12 : q.qend] + tail
     try:
-        out, dropped = scrub(data, q)
+        walked = records(data, q.qend)
     except Malformed:
+        with pytest.raises(Malformed):  # exactly when its record walk fails, the scrubber refuses
+            scrub(data, q)
         return
-    assert len(records(out, q.qend)) == 6 - sum(dropped)
+    out, dropped = scrub(data, q)
+    assert len(walked) == 6
+    kept = records(out, q.qend)
+    assert len(kept) == 6 - sum(dropped)
+    assert out[12 : q.qend] == data[12 : q.qend], "the question is kept"
+    # What the scrubber kept came in the answer, in the same section (owner, type, class).
+    came = Counter((r.section, r.owner_wire, r.rtype, r.rclass) for r in walked)
+    assert Counter((r.section, r.owner_wire, r.rtype, r.rclass) for r in kept) <= came

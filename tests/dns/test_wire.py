@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import struct
+
+import dns.exception
 import dns.message
+import dns.name
 import dns.rcode
 import dns.rrset
 import pytest
@@ -11,7 +15,16 @@ from hypothesis import strategies as st
 
 from dns_blocker.cache import AnswerCache
 from dns_blocker.scrub import records
-from dns_blocker.wire import Malformed, age_ttls, name_wire, parse_query, read_name, scan_answer, splice
+from dns_blocker.wire import (
+    Malformed,
+    age_ttls,
+    name_wire,
+    parse_query,
+    read_name,
+    scan_answer,
+    splice,
+    wire_labels,
+)
 
 QUERIES = [
     # (name, qtype, edns, want name, want edns, want udp size)
@@ -152,11 +165,125 @@ def test_every_reader_has_the_same_compression_rule(owner: bytes, ok: bool) -> N
                 read()
 
 
+def _dnspython_name(data: bytes, pos: int) -> tuple[bytes, int] | None:
+    """The oracle: dnspython's reading of the name at ``pos`` (its wire form, case kept, and the
+    offset after it), or None where dnspython refuses it.  Its rule is ours: every pointer
+    strictly before the previous one, labels of 63 bytes at most, names of 255."""
+    try:
+        name, used = dns.name.from_wire(data, pos)
+    except dns.exception.DNSException:
+        return None
+    return name.to_wire(), pos + used
+
+
+def _want_query(data: bytes) -> str:
+    """What ``parse_query`` must do with ``data``, by its header (RFC 1035, RFC 6895):
+    drop (None), answer FORMERR or NOTIMP, or read the question ("read")."""
+    if len(data) < 12 or data[2] & 0x80:
+        return "drop"
+    opcode = (data[2] >> 3) & 0x0F
+    if opcode:
+        return "NOTIMP" if opcode in (1, 2, 4, 5, 6) else "FORMERR"
+    return "read" if data[4:6] == b"\x00\x01" else "FORMERR"
+
+
+def _uncompressed_question(data: bytes) -> tuple[bytes, int] | None:
+    """dnspython's reading of the question's name, if it uses no pointer and its type and class fit."""
+    question = _dnspython_name(data, 12)
+    if question is None or question[1] - 12 != len(question[0]) or question[1] + 4 > len(data):
+        return None
+    return question
+
+
+def _check_query(data: bytes) -> None:
+    want = _want_query(data)
+    try:
+        q = parse_query(data)
+    except Malformed as exc:
+        got = dns.rcode.to_text(exc.rcode)
+        if want == "read":  # the question or a record is bad, or the EDNS version is unknown
+            assert got in ("FORMERR", "BADVERS")
+            if data[6:12] == bytes(6):
+                assert _uncompressed_question(data) is None, "a well-formed question alone was refused"
+        else:
+            assert got == want
+        return
+    if want == "drop":
+        assert q is None
+        return
+    assert want == "read" and q is not None
+    question = _uncompressed_question(data)
+    assert question is not None
+    assert q.qend == question[1] + 4
+    assert q.name == b".".join(wire_labels(question[0])).lower().decode("latin-1")
+    assert (q.qtype, q.qclass) == struct.unpack_from("!HH", data, question[1])
+
+
+def _check_name(data: bytes, pos: int) -> None:
+    want = _dnspython_name(data, pos)
+    if want is None:
+        with pytest.raises(Malformed):
+            name_wire(data, pos)
+        with pytest.raises(Malformed):
+            read_name(data, pos)
+    else:
+        assert name_wire(data, pos) == want
+        assert read_name(data, pos) == (b".".join(wire_labels(want[0])).lower().decode("latin-1"), want[1])
+
+
+def _check_scan(data: bytes) -> None:
+    try:
+        info = scan_answer(data, 12)
+    except Malformed:
+        return
+    assert info.rcode == data[3] & 0x0F and info.truncated == bool(data[2] & 0x02)
+    assert len(info.ttl_slots) <= sum(struct.unpack_from("!HHH", data, 6))
+    assert all(12 <= at and at + 4 <= len(data) for at, _ in info.ttl_slots)
+    assert info.lifetime >= 0
+
+
 @settings(max_examples=3000, deadline=None)
 @given(st.binary(max_size=600))
-def test_random_bytes_only_ever_raise_malformed(data: bytes) -> None:
-    for fn in (parse_query, lambda d: scan_answer(d, 12), lambda d: read_name(d, 12)):
-        try:
-            fn(data)
-        except Malformed:
-            pass
+def test_random_bytes_get_the_readers_exact_outcome(data: bytes) -> None:
+    """Random bytes: the query parser drops, refuses with the header's rcode, or reads the question
+    dnspython reads; the name reader reads what dnspython reads or raises Malformed; the answer scan
+    raises Malformed or describes records that lie inside the bytes."""
+    _check_query(data)
+    _check_name(data, 12)
+    _check_scan(data)
+
+
+HEADERS = st.tuples(
+    st.integers(0, 0xFFFF),  # id
+    st.sampled_from([0x0100, 0x0000, 0x0110, 0x8180, 0x2000, 0x2800, 0x1800, 0x7800]),  # flags
+    st.sampled_from([0, 1, 1, 1, 2]),  # question count
+    st.integers(0, 2), st.integers(0, 2), st.integers(0, 2),  # answer, authority, additional counts
+)
+LABELS = st.lists(st.binary(min_size=0, max_size=70).map(lambda b: bytes((len(b),)) + b), max_size=6)
+
+
+@settings(max_examples=3000, deadline=None)
+@given(header=HEADERS, labels=LABELS, tail=st.binary(max_size=80))
+def test_query_shaped_bytes_get_the_exact_outcome(header: tuple[int, ...], labels: list[bytes],
+                                                  tail: bytes) -> None:
+    """Headers a resolver meets (queries, responses, NOTIFY, UPDATE, unknown opcodes) over
+    label-shaped names (some too long) and random records: the same exact outcomes."""
+    data = struct.pack("!HHHHHH", *header) + b"".join(labels) + tail
+    _check_query(data)
+    _check_name(data, 12)
+
+
+CASE_FOLDING = [
+    pytest.param(b"\x03WwW\x00", "www", id="ascii-folded"),
+    pytest.param(b"\x02\xc0\xe0\x00", "\xc0\xe0", id="latin-1-kept"),
+]
+
+
+@pytest.mark.parametrize(("wire", "text"), CASE_FOLDING)
+def test_names_fold_ascii_case_only(wire: bytes, text: str) -> None:
+    """RFC 4343: only A-Z fold; the query parser and the name reader agree (the random-bytes test found
+    the name reader folding Latin-1 letters too)."""
+    query = b"\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00" + wire + b"\x00\x01\x00\x01"
+    q = parse_query(query)
+    assert q is not None and q.name == text
+    assert read_name(query, 12) == (text, 12 + len(wire))

@@ -91,7 +91,7 @@ UNEXPRESSED = {
 }
 
 
-@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("fmt", FORMATS, ids=str)
 def test_header_names_what_the_format_cannot_express(policy: Policy, fmt: str) -> None:
     text = export_text(policy, fmt, at=cases.FULL_DAY)
     comment = {"rpz": ";", "bind": "//", "adblock": "!"}.get(fmt, "#")
@@ -184,7 +184,7 @@ def _random_policy(rng: random.Random) -> tuple[str, list[str]]:
     return text, probes
 
 
-@pytest.mark.parametrize("seed", range(150))
+@pytest.mark.parametrize("seed", range(150), ids=lambda seed: f"seed-{seed}")
 def test_rpz_property_random_policies(seed: int) -> None:
     rng = random.Random(seed)
     text, probes = _random_policy(rng)

@@ -63,8 +63,8 @@ def _seen(view: PolicyView, path: Path) -> list[tuple[str, str, str, str, float]
     ]
 
 
-@pytest.mark.parametrize("compression", list(COMPRESSORS))
-@pytest.mark.parametrize("kind", ["pcap", "pcapng", "vxlan", "eve", "zeek"])
+@pytest.mark.parametrize("compression", list(COMPRESSORS), ids=str)
+@pytest.mark.parametrize("kind", ["pcap", "pcapng", "vxlan", "eve", "zeek"], ids=str)
 def test_compressed_inputs_read_by_content(
     kind: str, compression: str, view: PolicyView, tmp_path: Path
 ) -> None:
@@ -78,7 +78,7 @@ def test_compressed_inputs_read_by_content(
     assert rep.inputs[0][1].endswith(f"({compression})")
 
 
-@pytest.mark.parametrize("compression", list(COMPRESSORS))
+@pytest.mark.parametrize("compression", list(COMPRESSORS), ids=str)
 def test_corrupt_compressed_data_is_an_input_error(
     compression: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -117,7 +117,7 @@ def _bomb(compression: str, tmp: Path) -> Path:
     return path
 
 
-@pytest.mark.parametrize("compression", list(COMPRESSORS))
+@pytest.mark.parametrize("compression", list(COMPRESSORS), ids=str)
 def test_decompression_bomb_is_skipped_in_flat_memory(compression: str, tmp_path: Path) -> None:
     """The line the bomb inflates to is skipped with the --max-line warning, its neighbours
     judged; the replay process's peak RSS stays under the issue-8 bound."""
@@ -247,7 +247,7 @@ def _cli(*argv: str) -> tuple[int, bytes, bytes]:
     return proc.returncode, proc.stdout, proc.stderr
 
 
-@pytest.mark.parametrize("fmt", ["jsonl", "json", "html"])
+@pytest.mark.parametrize("fmt", ["jsonl", "json", "html"], ids=str)
 def test_jobs_give_the_same_bytes(fmt: str, tmp_path: Path) -> None:
     """--jobs 1, 2 and 3 over a directory of 8 inputs (one damaged) and a missing file: the
     same report, byte for byte, the same warnings in the same order, the same exit code."""

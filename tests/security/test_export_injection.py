@@ -58,7 +58,7 @@ LINE = {
 }
 
 
-@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("fmt", FORMATS, ids=str)
 def test_free_text_cannot_start_a_config_line(fmt: str) -> None:
     policy = load_policy_text(POLICY, "evil.yaml")
     text = export_text(policy, fmt, at=dt.date(2021, 1, 1))
