@@ -18,6 +18,7 @@ import yaml
 
 from policies import DnsSettings
 from policies import upstreams as upstream_forms
+from policies.addresses import AddressError, split_hostport
 from policies.upstreams import UpstreamSpec
 
 from .responses import BlockResponse
@@ -34,8 +35,8 @@ class ConfigError(ValueError):
 def parse_hostport(text: str, default_port: int) -> tuple[str, int]:
     """``1.2.3.4``, ``1.2.3.4:53``, ``::1``, ``[::1]:53`` → (host, port)."""
     try:
-        return upstream_forms.parse_hostport(text, default_port)
-    except upstream_forms.AddressError as exc:
+        return split_hostport(text, default_port, need_ip=True)
+    except AddressError as exc:
         raise ConfigError(str(exc)) from exc
 
 
@@ -43,7 +44,7 @@ def parse_upstream(text: str) -> UpstreamSpec:
     """One ``upstreams`` entry (policies/upstreams.py has the forms)."""
     try:
         return upstream_forms.parse_upstream(text)
-    except upstream_forms.AddressError as exc:
+    except AddressError as exc:
         raise ConfigError(f"upstreams: {exc}") from exc
 
 

@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from policies.addresses import split_hostport
 from runtime.args import add_policy_args, load_or_exit, print_legal_notices
 
 DEFAULT_DNS = "127.0.0.1:5353"
@@ -70,10 +71,6 @@ def _child_args(args: argparse.Namespace) -> list[str]:
     if not args.no_db:
         out += ["--db", args.db]
     return out
-
-
-def _port(hostport: str) -> str:
-    return hostport.rsplit(":", 1)[1] if ":" in hostport else "53"
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -137,7 +134,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def _banner(args: argparse.Namespace, children: dict[str, Any]) -> None:
-    dns_host, dns_port = args.dns_listen.rsplit(":", 1)
+    dns_host, dns_port = split_hostport(args.dns_listen, 53)
     lines = [
         "",
         "egress-filter is running (Ctrl-C stops both servers).",

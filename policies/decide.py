@@ -19,6 +19,7 @@ from dataclasses import dataclass, field, replace
 from urllib.parse import unquote, urlsplit
 from zoneinfo import ZoneInfo
 
+from .addresses import authority_host, is_ip
 from .builtins import (
     DOH_PORTS,
     ECH_RULE,
@@ -311,9 +312,9 @@ class GroupView:
         (app-store listings, download paths).  ``host`` is the Host header or
         the proxy's target; without it the URL's authority is used."""
         parts = urlsplit(url)
-        name = fast_normalize(_host_only(host) if host else (parts.hostname or ""))
+        name = fast_normalize(authority_host(host) if host else (parts.hostname or ""))
         path = _canonical_path(parts.path)
-        if _looks_like_ip(name):
+        if is_ip(name):
             best = self._ip(name)
         else:
             best = self._name(name)
@@ -487,15 +488,6 @@ class GroupView:
         return out
 
 
-def _host_only(host: str) -> str:
-    """``example.com:443`` → ``example.com``; ``[2001:db8::1]:443`` → ``2001:db8::1``."""
-    if host.startswith("["):
-        return host[1:].split("]", 1)[0]
-    if host.count(":") == 1:
-        return host.split(":", 1)[0]
-    return host
-
-
 def _canonical_path(path: str) -> str:
     """The path a server will serve, so that ``//tiktok/``, ``/a/../tiktok/``
     or ``/%74iktok/`` cannot slip past a download rule for ``/tiktok/``."""
@@ -507,16 +499,6 @@ def _canonical_path(path: str) -> str:
     if path.endswith("/") and clean != "/":
         clean += "/"
     return clean
-
-
-def _looks_like_ip(name: str) -> bool:
-    if not name or not (name[-1].isdigit() or ":" in name):
-        return False
-    try:
-        ipaddress.ip_address(name)
-    except ValueError:
-        return False
-    return True
 
 
 def _stricter(a: Decision, b: Decision) -> Decision:

@@ -26,9 +26,10 @@ from typing import Protocol
 
 import yaml
 
+from .addresses import AddressError
 from .matching import is_valid_name, normalize_name
 from .model import Forward, LocalRecord, RType
-from .upstreams import AddressError, parse_upstream
+from .upstreams import parse_upstream
 
 KEYS = ("local", "forward", "local_domains")  # settings.dns keys read here, not by the generic reader
 

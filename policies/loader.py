@@ -31,6 +31,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import yaml
 
 from . import dns_local, legal_loader, subscriptions
+from .addresses import is_ip
 from .builtins import BUILTIN_KEYS, Builtins, EchAction
 from .decide import Policy
 from .matching import (
@@ -1064,7 +1065,7 @@ def _parse_list_line(raw: str) -> list[str | None]:
     match = _LIST_NAME.match
     if " " in line or "\t" in line:
         parts = line.split()
-        if parts[0] in _HOSTS_SINKS or _is_ip(parts[0]):
+        if parts[0] in _HOSTS_SINKS or is_ip(parts[0]):
             out: list[str | None] = []
             for part in parts[1:]:
                 if part.lower() not in _HOSTS_SKIP:
@@ -1092,14 +1093,6 @@ def _store_cover_message(name: str, raw: str | None = None) -> str:
     hosts = ", ".join(sorted(covered))
     return (f"'{raw or name}' would block the app-store host {hosts} for every app; "
             "list the app's store ids under store: instead (store pages are judged per app, by URL)")
-
-
-def _is_ip(s: str) -> bool:
-    try:
-        ipaddress.ip_address(s)
-        return True
-    except ValueError:
-        return False
 
 
 def blocks_anything(policy: Policy, phases: Mapping[str, AppPhase]) -> bool:

@@ -62,9 +62,10 @@ from policies import (
     PolicyView,
     Signal,
 )
+from policies.addresses import is_ip
 from runtime.holder import PolicyHolder
 
-from .verdict import KEY, Verdict, distinct, is_ip, new_verdict, placeholder_451, strictest
+from .verdict import KEY, Verdict, distinct, new_verdict, placeholder_451, strictest
 
 log = logging.getLogger(__name__)
 
@@ -478,9 +479,9 @@ class PolicyDecisions:
 
     def _judge_destination(self, view: PolicyView, host: str, port: int, client: str | None) -> Verdict:
         """A CONNECT target or a destination without SNI: a name or an IP literal."""
-        if not is_ip(host):
-            return self._judge_name(view, host, Kind.SNI, client)
         address = host.strip("[]")
+        if not is_ip(address):
+            return self._judge_name(view, host, Kind.SNI, client)
         return new_verdict(self._doh(view.decide_ip(address, client, port)), Observation.ip(address, client))
 
     def _doh(self, d: Decision) -> Decision:

@@ -16,6 +16,7 @@ import hashlib
 from typing import Any
 
 from policies import Decision, Phase, Policy, PolicyView, build_event
+from policies.addresses import join_hostport
 from policies.events import utc_iso
 
 from .engine import AppCount, Summary
@@ -55,8 +56,7 @@ iso = utc_iso
 def endpoint(ip: str | None, port: int | None) -> str:
     if not ip:
         return "-"
-    host = f"[{ip}]" if ":" in ip else ip
-    return f"{host}:{port}" if port is not None else ip
+    return join_hostport(ip, port) if port is not None else ip
 
 
 def row(v: Verdict) -> dict[str, Any]:
