@@ -20,6 +20,7 @@ from urllib.parse import unquote, urlsplit
 from zoneinfo import ZoneInfo
 
 from .addresses import authority_host, is_ip
+from .bounded import BoundedMemo
 from .builtins import (
     DOH_PORTS,
     ECH_RULE,
@@ -65,7 +66,7 @@ from .model import (
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 _SLASHES = re.compile(r"/{2,}")
-_CACHE_MAX = 200_000  # distinct matched keys per view; cleared, not evicted, past this
+_CACHE_MAX = 200_000  # distinct matched keys per view (policies/bounded.py: emptied when full)
 # Enum members bound once: on Python 3.11 ``Action.BLOCK`` costs a class
 # attribute lookup (~70 ns), which the hot path pays per call otherwise.
 _BLOCK, _SNI, _MONITOR = Action.BLOCK, Kind.SNI, Mode.MONITOR
@@ -184,7 +185,7 @@ class PolicyView:
         self.phases = self.default.phases
         self.store_interest = any(v.store_interest for v in self.groups.values())
         self.grouped = len(policy.client_networks) > 0
-        self._client_cache: dict[str, GroupView] = {}
+        self._client_cache: BoundedMemo[str, GroupView] = BoundedMemo(65_536)
 
     @property
     def fingerprint(self) -> tuple[tuple[str, tuple[tuple[str, Phase], ...]], ...]:
@@ -197,9 +198,7 @@ class PolicyView:
             return self.default
         v = self._client_cache.get(client)
         if v is None:
-            if len(self._client_cache) > 65_536:
-                self._client_cache.clear()
-            v = self._client_cache[client] = self.groups[self.policy.group_for(client)]
+            v = self._client_cache.put(client, self.groups[self.policy.group_for(client)])
         return v
 
     def decide(self, obs: Observation) -> Decision:
@@ -251,10 +250,10 @@ class GroupView:
                                   for r in policy.download_path_globs.rules())
         self._lookup = policy.names.lookup
         self._glob = policy.globs.lookup if len(policy.globs) else None
-        self._exact_cache: dict[str, Decision] = {}
-        self._suffix_cache: dict[str, Decision] = {}
-        self._cache: dict[tuple[str | None, int], Decision] = {}
-        self._downgraded: dict[tuple[int, str], tuple[Decision, Decision]] = {}
+        self._exact_cache: BoundedMemo[str, Decision] = BoundedMemo(_CACHE_MAX)
+        self._suffix_cache: BoundedMemo[str, Decision] = BoundedMemo(_CACHE_MAX)
+        self._cache: BoundedMemo[tuple[str | None, int], Decision] = BoundedMemo(_CACHE_MAX)
+        self._downgraded: BoundedMemo[tuple[int, str], tuple[Decision, Decision]] = BoundedMemo(100_000)
         self._merged: dict[tuple[Rule, ...], tuple[Rule, ...]] = {}
         self._monitor_why = (f"group {group.id} is in monitor mode: would be blocked, logged instead"
                              if group.mode is _MONITOR else "monitor mode: would be blocked, logged instead")
@@ -374,9 +373,7 @@ class GroupView:
         cache = self._exact_cache if specificity & 1 else self._suffix_cache
         d = cache.get(key)
         if d is None:
-            if len(cache) > _CACHE_MAX:
-                cache.clear()
-            d = cache[key] = self._judge(rules, key)
+            d = cache.put(key, self._judge(rules, key))
         return d
 
     def _name_and_glob(self, found: tuple[str, int, tuple[Rule, ...]] | None,
@@ -393,9 +390,7 @@ class GroupView:
         cache_key = (key, id(rules))  # rules are interned: ids are stable
         d = self._cache.get(cache_key)
         if d is None:
-            if len(self._cache) > _CACHE_MAX:
-                self._cache.clear()
-            d = self._cache[cache_key] = self._judge(rules, key)
+            d = self._cache.put(cache_key, self._judge(rules, key))
         return d
 
     def _path_glob_enforced(self, name: str) -> bool:
@@ -482,9 +477,7 @@ class GroupView:
         if hit is not None and hit[0] is d:
             return hit[1]
         out = replace(d, action=Action.LOG, enforced=d.action, reason=f"{why}; {d.reason}")
-        if len(self._downgraded) > 100_000:
-            self._downgraded.clear()
-        self._downgraded[key] = (d, out)
+        self._downgraded.put(key, (d, out))
         return out
 
 

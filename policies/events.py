@@ -10,7 +10,7 @@ so the parts that depend only on the ``Decision`` and the component (enum
 values, event type and outcome, dataset) are worked out once per decision
 object and kept in a small cache; the per-observation fields are filled in
 around them.  Decisions are cached objects in a ``PolicyView``, so the cache
-stays small; it is emptied when it grows past ``_TEMPLATE_LIMIT``.
+stays small; it is a ``BoundedMemo`` of ``_TEMPLATE_LIMIT`` entries.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import os
 import time
 from typing import Any, NamedTuple
 
+from .bounded import BoundedMemo
 from .model import Action, Decision, Kind, Observation
 
 SCHEMA_VERSION = "1"
@@ -68,7 +69,7 @@ class _Template(NamedTuple):
 
 # Keyed by (component, id(decision)): hashing the frozen dataclass itself would
 # hash its enums in Python on every event.
-_templates: dict[tuple[str, int], _Template] = {}
+_templates: BoundedMemo[tuple[str, int], _Template] = BoundedMemo(_TEMPLATE_LIMIT)
 
 
 def _template(decision: Decision, component: str) -> _Template:
@@ -96,10 +97,7 @@ def _template(decision: Decision, component: str) -> _Template:
         decision.legal_status.value,
         {"name": decision.policy.name, "digest": decision.policy.digest} if decision.policy else None,
     )
-    if len(_templates) >= _TEMPLATE_LIMIT:
-        _templates.clear()
-    _templates[key] = t
-    return t
+    return _templates.put(key, t)
 
 
 # (whole epoch second, its "YYYY-MM-DDTHH:MM:SS" text): events arrive in time

@@ -41,6 +41,7 @@ from typing import IO, Any, BinaryIO, cast
 import zstandard
 
 from policies import Action, Kind, PolicyView
+from policies.bounded import BoundedMemo
 
 from .model import DEFAULT_LIMITS, Damage, Limits, Sighting, Verdict
 
@@ -179,7 +180,8 @@ class Replay:
         template = self.view
         policy = template.policy
         by_day: dict[dt.date, PolicyView] = {}
-        by_slot: dict[int, PolicyView] = {}  # 15-minute slots: every UTC offset in use is a multiple
+        # 15-minute slots: every UTC offset in use is a multiple
+        by_slot: BoundedMemo[int, PolicyView] = BoundedMemo(100_000)
 
         def view_at(t: float) -> PolicyView:
             slot = int(t // 900)
@@ -191,9 +193,7 @@ class Replay:
                     v = by_day[day] = policy.view(day, template.phase_override, template.mode,
                                                   template.legal_status)
                     self.dates.add(day)
-                if len(by_slot) > 100_000:
-                    by_slot.clear()
-                by_slot[slot] = v
+                by_slot.put(slot, v)
             return v
 
         return view_at
