@@ -64,6 +64,7 @@ from .model import (
     Subscription,
     Tier,
 )
+from .setting_types import check_value, setting_kind
 
 BUNDLED = Path(__file__).with_name("bundled.yaml")
 SCHEMA = Path(__file__).with_name("schema.json")  # JSON Schema of this format, for editors
@@ -288,16 +289,12 @@ class _Walker:
         if not isinstance(node, yaml.ScalarNode):
             self.err(node, field, f"expected {what or kind.__name__}, got {_describe(node)}")
             return None
-        val = self.value(node)
-        if kind is float and isinstance(val, int) and not isinstance(val, bool):
-            val = float(val)
-        if kind is dt.date and isinstance(val, dt.datetime):
-            val = val.date()
-        if not isinstance(val, kind) or (kind is int and isinstance(val, bool)):
+        try:
+            return check_value(kind, self.value(node))
+        except TypeError:
             shown = node.value if len(node.value) < 60 else node.value[:57] + "..."
             self.err(node, field, f"expected {what or kind.__name__}, got {shown!r}")
             return None
-        return val
 
     def text(self, node: yaml.Node, field: str) -> str | None:
         val = self.scalar(node, field, str, "a string")
@@ -668,20 +665,14 @@ def _dataclass_from(w: _Walker, node: yaml.Node | None, field: str, cls: type[T]
             got = dns_local.read(w, key, vnode, name)
             if got is not None:
                 values[key] = got
-        elif isinstance(current, tuple):
+            continue
+        kind, what = setting_kind(current)
+        if kind is tuple:
             items = [w.text(i, f) for f, i in w.seq(vnode, name)]
             if all(i is not None for i in items):
                 values[key] = tuple(items)
         else:
-            v: object
-            if isinstance(current, bool):
-                v = w.scalar(vnode, name, bool, "true or false")
-            elif isinstance(current, int):
-                v = w.scalar(vnode, name, int, "an integer")
-            elif isinstance(current, float):
-                v = w.scalar(vnode, name, float, "a number")
-            else:
-                v = w.text(vnode, name)
+            v = w.text(vnode, name) if kind is str else w.scalar(vnode, name, kind, what)
             if v is not None:
                 values[key] = v
     if "block_response" in values and values["block_response"] not in ("nxdomain", "null", "refused"):
