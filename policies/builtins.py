@@ -52,6 +52,7 @@ CANARY_RULE = "builtin:canary"
 PRIVATE_RELAY_RULE = "builtin:private-relay"
 DDR_RULE = "builtin:ddr"
 ECH_RULE = "builtin:ech"
+ECH_EXTENSION = 0xFE0D  # the TLS encrypted_client_hello extension (draft-ietf-tls-esni): Signal.ECH
 
 
 class EchAction(StrEnum):

@@ -26,7 +26,6 @@ from .model import Action, Decision, Kind, Observation
 
 SCHEMA_VERSION = "1"
 ECS_VERSION = "8.11.0"
-COMPONENTS = ("dns", "proxy", "replay")
 
 _TYPE = {Action.BLOCK: "denied", Action.LOG: "info", Action.ALLOW: "allowed"}
 _OUTCOME = {Action.BLOCK: "failure", Action.LOG: "success", Action.ALLOW: "success"}

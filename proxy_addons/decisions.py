@@ -63,6 +63,7 @@ from policies import (
     Signal,
 )
 from policies.addresses import is_ip
+from policies.builtins import ECH_EXTENSION
 from runtime.holder import PolicyHolder
 
 from .verdict import KEY, Verdict, distinct, new_verdict, placeholder_451, strictest
@@ -70,7 +71,6 @@ from .verdict import KEY, Verdict, distinct, new_verdict, placeholder_451, stric
 log = logging.getLogger(__name__)
 
 BLOCK_STYLES = ("reset", "page")
-ECH_EXTENSION = 0xFE0D  # encrypted_client_hello (draft-ietf-tls-esni)
 # quic_transport_parameters (RFC 9001, and the drafts' codepoint): QUIC, not DTLS, on UDP
 QUIC_TRANSPORT_PARAMETERS = frozenset({0x39, 0xFFA5})
 MAX_INSPECTED_BODY = 64 * 1024  # store-client form bodies are small; never buffer uploads to judge them
