@@ -34,7 +34,7 @@ from .model import (
 )
 
 if TYPE_CHECKING:
-    from .loader import _Walker
+    from .yaml_walk import Walker
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -54,7 +54,7 @@ def legal_status(text: str) -> LegalStatus:
     return LegalStatus(text.replace("-", "_"))
 
 
-def schedule_entries(w: _Walker, node: yaml.Node, field: str) -> tuple[ScheduleEntry, ...]:
+def schedule_entries(w: Walker, node: yaml.Node, field: str) -> tuple[ScheduleEntry, ...]:
     """A list of ``{from, phase, source}``, sorted by date; two on one day is an error."""
     out: list[ScheduleEntry] = []
     for f, item in w.seq(node, field):
@@ -74,7 +74,7 @@ def schedule_entries(w: _Walker, node: yaml.Node, field: str) -> tuple[ScheduleE
     return tuple(sorted(out, key=lambda e: e.start))
 
 
-def frameworks(w: _Walker, node: yaml.Node, apps: dict[str, App]) -> dict[str, Framework]:
+def frameworks(w: Walker, node: yaml.Node, apps: dict[str, App]) -> dict[str, Framework]:
     if not isinstance(node, yaml.MappingNode):
         w.err(node, "frameworks", "expected a mapping of framework ids")
         return {}
@@ -116,7 +116,7 @@ def frameworks(w: _Walker, node: yaml.Node, apps: dict[str, App]) -> dict[str, F
     return out
 
 
-def _status(w: _Walker, node: yaml.Node, field: str, apps: dict[str, App]) -> tuple[StatusEntry, ...]:
+def _status(w: Walker, node: yaml.Node, field: str, apps: dict[str, App]) -> tuple[StatusEntry, ...]:
     out: list[tuple[dt.date, int, StatusEntry]] = []
     for i, (f, item) in enumerate(w.seq(node, field)):
         sm = w.mapping(item, f, STATUS_KEYS)
@@ -146,7 +146,7 @@ def _status(w: _Walker, node: yaml.Node, field: str, apps: dict[str, App]) -> tu
     return tuple(e for _, _, e in out)
 
 
-def clients(w: _Walker, node: yaml.Node | None, fws: dict[str, Framework],
+def clients(w: Walker, node: yaml.Node | None, fws: dict[str, Framework],
             exempt: list[Network]) -> tuple[dict[str, ClientGroup], list[tuple[Network, str]]]:
     """The client groups, ``default`` always among them, and their networks.
 

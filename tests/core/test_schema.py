@@ -15,7 +15,7 @@ import jsonschema
 import pytest
 import yaml
 
-from policies import BUNDLED, SCHEMA, DnsSettings, EventQueueSettings, ProxySettings, legal_loader, loader
+from policies import BUNDLED, SCHEMA, DnsSettings, EventQueueSettings, ProxySettings, legal_loader, validate
 from policies.builtins import BUILTIN_KEYS
 from tests.core.conftest import POLICY_FILE
 
@@ -123,30 +123,30 @@ def _props(schema: dict[str, Any], *path: str) -> set[str]:
 
 
 KEY_TABLES = [
-    pytest.param((), loader.TOP_KEYS, id="top"),
+    pytest.param((), validate.TOP_KEYS, id="top"),
     # Version 1 also requires legal_basis and schedule (the schema's allOf says so).
-    pytest.param(("$defs", "app"), {k: k in ("id", "name", "owner") for k in loader.APP_KEYS}, id="app"),
-    pytest.param(("$defs", "name_entry"), loader.ENTRY_KEYS, id="entry"),
-    pytest.param(("$defs", "cidr_entry"), loader.CIDR_ENTRY_KEYS, id="cidr-entry"),
-    pytest.param(("$defs", "download"), loader.DOWNLOAD_KEYS, id="download"),
-    pytest.param(("$defs", "list"), loader.LIST_KEYS, id="list"),
-    pytest.param(("$defs", "app", "properties", "legal_basis"), loader.LEGAL_KEYS, id="legal-basis"),
-    pytest.param(("$defs", "schedule", "items"), loader.SCHEDULE_KEYS, id="schedule"),
+    pytest.param(("$defs", "app"), {k: k in ("id", "name", "owner") for k in validate.APP_KEYS}, id="app"),
+    pytest.param(("$defs", "name_entry"), validate.ENTRY_KEYS, id="entry"),
+    pytest.param(("$defs", "cidr_entry"), validate.CIDR_ENTRY_KEYS, id="cidr-entry"),
+    pytest.param(("$defs", "download"), validate.DOWNLOAD_KEYS, id="download"),
+    pytest.param(("$defs", "list"), validate.LIST_KEYS, id="list"),
+    pytest.param(("$defs", "app", "properties", "legal_basis"), validate.LEGAL_KEYS, id="legal-basis"),
+    pytest.param(("$defs", "schedule", "items"), validate.SCHEDULE_KEYS, id="schedule"),
     pytest.param(("$defs", "framework"), legal_loader.FRAMEWORK_KEYS, id="framework"),
     pytest.param(("$defs", "framework", "properties", "status", "items"), legal_loader.STATUS_KEYS,
                  id="framework-status"),
     pytest.param(("$defs", "client_group"), legal_loader.CLIENT_KEYS, id="client-group"),
-    pytest.param(("properties", "allow"), loader.ALLOW_KEYS, id="allow"),
-    pytest.param(("properties", "groups", "additionalProperties"), loader.GROUP_KEYS, id="group"),
+    pytest.param(("properties", "allow"), validate.ALLOW_KEYS, id="allow"),
+    pytest.param(("properties", "groups", "additionalProperties"), validate.GROUP_KEYS, id="group"),
     pytest.param(
         ("$defs", "app", "properties", "store", "properties", "apple", "items"),
-        loader.STORE_ENTRY_KEYS,
+        validate.STORE_ENTRY_KEYS,
         id="store-entry",
     ),
     pytest.param(
         ("$defs", "dns_settings"), {f.name: False for f in dataclasses.fields(DnsSettings)}, id="dns-settings"
     ),
-    pytest.param(("properties", "settings"), loader.SETTINGS_KEYS, id="settings"),
+    pytest.param(("properties", "settings"), validate.SETTINGS_KEYS, id="settings"),
     pytest.param(("properties", "builtins"), BUILTIN_KEYS, id="builtins"),
     pytest.param(
         ("$defs", "event_queue_settings"), {f.name: False for f in dataclasses.fields(EventQueueSettings)},
