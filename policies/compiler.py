@@ -17,7 +17,6 @@ are one object and decisions can be cached by rule identity.
 
 from __future__ import annotations
 
-import ipaddress
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -28,7 +27,6 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import yaml
 
 from . import dns_local, legal_loader, subscriptions
-from .decide import Policy
 from .files import Unreadable, open_regular
 from .list_files import STORE_COVER, Caps, glob_covers_store, list_issues, read_names, store_cover_message
 from .matching import (
@@ -45,6 +43,7 @@ from .model import (
     LegalBasis,
     LegalStatus,
     Mode,
+    Network,
     Phase,
     Rule,
     RuleKind,
@@ -54,6 +53,7 @@ from .model import (
     Subscription,
     Tier,
 )
+from .policy import Policy
 from .validate import (
     ALLOW_KEYS,
     APP_ID,
@@ -86,7 +86,7 @@ class Build:
 
     names: NameIndexBuilder
     globs: list[tuple[str, Rule]]
-    networks: list[tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, Rule]]
+    networks: list[tuple[Network, Rule]]
     download_paths: dict[str, list[Rule]]
     download_path_globs: list[tuple[str, Rule]]
     store: dict[tuple[str, str], list[str]]

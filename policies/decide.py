@@ -1,11 +1,16 @@
 """From a compiled ``Policy`` and a moment to a ``Decision`` per observation.
 
-``Policy`` holds what the loader compiled (indexes, apps, settings) and never
-changes.  ``Policy.view(at, phase, mode)`` resolves every app's phase for one
-moment into a ``PolicyView``; the view is what the adapters call on their hot
-paths, and it caches one ``Decision`` per matched rule set, so deciding a name
-is a few dict probes.  A reload or a new day means a new view: one reference
-swap for the caller.
+    Policy (policy.py) ─ .view(at, phase, mode) ─▶ PolicyView: every app's phase
+        resolved for one moment, one GroupView per client group
+    Observation ─▶ PolicyView.decide / decide_name / decide_http / decide_ip
+        ─▶ the client's GroupView ─▶ name index, globs, networks, store URLs,
+           built-ins ─▶ rules ─▶ Decision (cached per matched rule set)
+
+The view is what the adapters call on their hot paths, and it caches one
+``Decision`` per matched rule set, so deciding a name is a few dict probes.
+A reload or a new day means a new view: one reference swap for the caller.
+The data types (``Policy``, ``Decision``, ``Observation``, ...) live in
+policy.py and model.py; this module only decides.
 """
 
 from __future__ import annotations
@@ -14,10 +19,10 @@ import datetime as dt
 import ipaddress
 import posixpath
 import re
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field, replace
+from collections.abc import Iterable
+from dataclasses import replace
+from typing import TYPE_CHECKING
 from urllib.parse import unquote, urlsplit
-from zoneinfo import ZoneInfo
 
 from .addresses import authority_host, is_ip
 from .bounded import BoundedMemo
@@ -25,19 +30,14 @@ from .builtins import (
     DOH_PORTS,
     ECH_RULE,
     BuiltinRule,
-    Builtins,
     EchAction,
     Signal,
     address_rules,
     name_rules,
     signal_rule,
 )
-from .legal import app_phase
 from .matching import (
     STORE_HOSTS,
-    GlobMatcher,
-    NameIndex,
-    NetworkMatcher,
     fast_normalize,
     normalize_name,
     recognize_store_url,
@@ -46,11 +46,8 @@ from .model import (
     ALLOW,
     DEFAULT_GROUP,
     Action,
-    App,
-    AppPhase,
     ClientGroup,
     Decision,
-    Framework,
     Kind,
     LegalStatus,
     Mode,
@@ -59,12 +56,12 @@ from .model import (
     PolicyRef,
     Rule,
     RuleKind,
-    Settings,
-    Subscription,
     Tier,
 )
 
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+if TYPE_CHECKING:
+    from .policy import Policy
+
 _SLASHES = re.compile(r"/{2,}")
 _CACHE_MAX = 200_000  # distinct matched keys per view (policies/bounded.py: emptied when full)
 # Enum members bound once: on Python 3.11 ``Action.BLOCK`` costs a class
@@ -80,84 +77,6 @@ _ACTION: dict[tuple[Tier, Phase], Action] = {
     (Tier.DOWNLOAD, Phase.DOWNLOADS): Action.BLOCK,
     (Tier.DOWNLOAD, Phase.FULL): Action.BLOCK,
 }
-
-
-@dataclass(frozen=True)
-class Policy:
-    """A validated, compiled policy. Immutable: reloading builds a new one."""
-
-    apps: Mapping[str, App]
-    names: NameIndex
-    globs: GlobMatcher
-    networks: NetworkMatcher[Rule]
-    download_paths: Mapping[str, tuple[Rule, ...]]  # exact host -> path-prefixed download rules
-    download_path_globs: GlobMatcher  # '*.host' download rules with a path prefix
-    store_index: Mapping[tuple[str, str], tuple[str, ...]]  # (store, id) -> app ids
-    exempt: tuple[Network, ...] = ()
-    mode: Mode = Mode.ENFORCE
-    timezone: str = "UTC"
-    settings: Settings = field(default_factory=Settings)
-    source: str | None = None
-    files: tuple[str, ...] = ()  # the YAML and every list file, for reload-on-change
-    counts: Mapping[str, int] = field(default_factory=dict)
-    tiers: Mapping[str, frozenset[Tier]] = field(default_factory=dict)  # each app's rule tiers
-    frameworks: Mapping[str, Framework] = field(default_factory=dict)
-    # Always holds DEFAULT_GROUP (and EXEMPT_GROUP when exempt_clients is set).
-    clients: Mapping[str, ClientGroup] = field(
-        default_factory=lambda: {DEFAULT_GROUP: ClientGroup(DEFAULT_GROUP, (), ())})
-    client_networks: NetworkMatcher[str] = field(default_factory=lambda: NetworkMatcher(()))
-    legal_status: LegalStatus = LegalStatus.AS_ORDERED
-    name: str | None = None
-    digest: str | None = None  # sha256 over the policy file and its list files
-    builtins: Builtins = field(default_factory=Builtins)
-    subscriptions: tuple[Subscription, ...] = ()  # lists: entries with a url (policies/subscriptions.py)
-
-    def today(self, now: dt.datetime | None = None) -> dt.date:
-        """The date the schedules are read at, in the policy's time zone."""
-        now = now or dt.datetime.now(dt.UTC)
-        return now.astimezone(ZoneInfo(self.timezone)).date()
-
-    def group_for(self, client: str | None) -> str:
-        """The client's group: its most specific matching network, else ``default``."""
-        if not client or not len(self.client_networks):
-            return DEFAULT_GROUP
-        hit = self.client_networks.lookup(client)
-        return hit[1][0] if hit is not None else DEFAULT_GROUP
-
-    def group_frameworks(self, group: str) -> tuple[Framework, ...]:
-        return tuple(self.frameworks[f] for f in self.clients[group].frameworks)
-
-    def group_legal_status(self, group: str, legal_status: LegalStatus | None = None) -> LegalStatus:
-        """A setting given by the caller (the command line) wins over the group's and the policy's."""
-        return legal_status or self.clients[group].legal_status or self.legal_status
-
-    def as_ordered_frameworks(self, legal_status: LegalStatus | None = None) -> tuple[Framework, ...]:
-        """The frameworks that bind some group whose setting (``legal_status``
-        from the caller, else the group's, else the policy's) is ``as_ordered``."""
-        ids = {f for g, c in self.clients.items()
-               if self.group_legal_status(g, legal_status) is LegalStatus.AS_ORDERED for f in c.frameworks}
-        return tuple(fw for f, fw in self.frameworks.items() if f in ids)
-
-    def phases(self, at: dt.date | None = None, phase: Phase | None = None, group: str = DEFAULT_GROUP,
-               legal_status: LegalStatus | None = None) -> dict[str, AppPhase]:
-        """Each app's phase for ``group`` on ``at``, with the frameworks and their record."""
-        day = at or self.today()
-        frameworks = self.group_frameworks(group)
-        ls = self.group_legal_status(group, legal_status)
-        out: dict[str, AppPhase] = {}
-        for app in self.apps.values():
-            if phase is not None:
-                out[app.id] = app_phase(app.id, frameworks, day, ls, group, phase, "override (--phase)")
-            elif app.phase_override is not None:
-                out[app.id] = app_phase(app.id, frameworks, day, ls, group, app.phase_override,
-                                        "override (policy phase:)")
-            else:
-                out[app.id] = app_phase(app.id, frameworks, day, ls, group)
-        return out
-
-    def view(self, at: dt.date | None = None, phase: Phase | None = None,
-             mode: Mode | None = None, legal_status: LegalStatus | None = None) -> PolicyView:
-        return PolicyView(self, at or self.today(), phase, mode, legal_status)
 
 
 def decide(policy: Policy, observation: Observation, at: dt.date | None = None,

@@ -12,7 +12,6 @@ them) and ``legal_status``.  Version 1 policies carry a ``schedule:`` per app;
 from __future__ import annotations
 
 import datetime as dt
-import ipaddress
 import re
 from typing import TYPE_CHECKING
 
@@ -27,6 +26,7 @@ from .model import (
     FrameworkKind,
     LegalStatus,
     Mode,
+    Network,
     Phase,
     ScheduleEntry,
     Status,
@@ -36,7 +36,6 @@ from .model import (
 if TYPE_CHECKING:
     from .yaml_walk import Walker
 
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 FRAMEWORK_KEYS = {"title": True, "kind": True, "short": False, "citations": False, "url": False,
                   "note": False, "schedule": False, "status": False}

@@ -26,10 +26,10 @@ from typing import Any
 import yaml
 
 from .compiler import compile_policy
-from .decide import Policy
 from .files import Unreadable, open_regular, read_capped
 from .list_files import MAX_LIST_LINE, Caps, list_problems
 from .model import DEFAULT_MAX_FILE_SIZE
+from .policy import Policy
 from .validate import blocks_anything, policy_warnings
 from .yaml_walk import MAX_DEPTH, DepthLimitedLoader, PolicyError, PolicyIssue, TooDeep, Walker
 

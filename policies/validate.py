@@ -26,7 +26,6 @@ import yaml
 
 from . import dns_local, legal_loader, subscriptions
 from .builtins import BUILTIN_KEYS, Builtins, EchAction
-from .decide import Policy
 from .list_files import Caps
 from .model import (
     AppPhase,
@@ -38,6 +37,7 @@ from .model import (
     Settings,
     Tier,
 )
+from .policy import Policy
 from .setting_types import setting_kind
 from .yaml_walk import Walker
 

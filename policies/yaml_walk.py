@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 
 import yaml
 
+from .model import Network
 from .setting_types import check_value
 
 MAX_DEPTH = 64  # YAML collections inside each other; the format itself needs 6
@@ -195,7 +196,7 @@ class Walker:
                 return None
         return self.scalar(node, field, dt.date, "a date (YYYY-MM-DD)")
 
-    def cidr(self, node: yaml.Node, field: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network | None:
+    def cidr(self, node: yaml.Node, field: str) -> Network | None:
         val = self.scalar(node, field, str, "a CIDR such as 10.0.0.0/8")
         if val is None:
             return None
