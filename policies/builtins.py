@@ -17,6 +17,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
+from .schema_keys import keys
+
 # Public resolvers' DNS-over-HTTPS/TLS endpoints: an app that reaches one of
 # these resolves names past the DNS filter.
 DOH_HOSTS = frozenset({
@@ -82,8 +84,8 @@ class Builtins:
     ddr: bool = True
 
 
-# builtins: key -> what its value must be (for the loader's messages and the schema test).
-BUILTIN_KEYS = {"doh": False, "canary": False, "ech": False, "private_relay": False, "ddr": False}
+# builtins: key -> required (none is), read from schema.json; a test keeps it equal to Builtins' fields.
+BUILTIN_KEYS = keys("properties", "builtins")
 
 
 @dataclass(frozen=True, slots=True)

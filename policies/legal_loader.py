@@ -32,17 +32,17 @@ from .model import (
     Status,
     StatusEntry,
 )
+from .schema_keys import keys
 
 if TYPE_CHECKING:
     from .yaml_walk import Walker
 
 
-FRAMEWORK_KEYS = {"title": True, "kind": True, "short": False, "citations": False, "url": False,
-                  "note": False, "schedule": False, "status": False}
-SCHEDULE_KEYS = {"from": True, "phase": True, "source": True, "note": False}
-STATUS_KEYS = {"from": True, "status": True, "source": True, "apps": False, "phase": False, "note": False}
-CLIENT_KEYS = {"networks": False, "frameworks": False, "mode": False, "legal_status": False,
-               "description": False}
+# key → required, read from schema.json (policies/schema_keys.py)
+FRAMEWORK_KEYS = keys("$defs", "framework")
+SCHEDULE_KEYS = keys("$defs", "schedule", "items")
+STATUS_KEYS = keys("$defs", "framework", "properties", "status", "items")
+CLIENT_KEYS = keys("$defs", "client_group")
 LEGAL_STATUSES = tuple(s.value.replace("_", "-") for s in LegalStatus) + tuple(s.value for s in LegalStatus)
 _ID = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
 IMPLICIT = "policy"  # the id of a version-1 policy's one framework

@@ -25,7 +25,6 @@ import yaml
 from .model import Subscription
 from .yaml_walk import Walker
 
-KEYS = {"url": False, "refresh": False, "ca": False}  # besides path, as, source, group
 DEFAULT_REFRESH = 86_400.0
 MIN_REFRESH = 1.0
 CACHE_DIR = ".lists-cache"

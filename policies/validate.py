@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 
 import yaml
 
-from . import dns_local, legal_loader, subscriptions
+from . import dns_local, legal_loader
 from .builtins import BUILTIN_KEYS, Builtins, EchAction
 from .list_files import Caps
 from .model import (
@@ -38,6 +38,7 @@ from .model import (
     Tier,
 )
 from .policy import Policy
+from .schema_keys import APP_FORBIDDEN_V2, APP_REQUIRED_V1, VERSION_2_ONLY, keys
 from .setting_types import setting_kind
 from .yaml_walk import Walker
 
@@ -45,29 +46,22 @@ T = TypeVar("T")
 SUPPORTED_VERSIONS = (1, 2)
 APP_ID = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 PLAY_PKG = re.compile(r"^[A-Za-z][A-Za-z0-9_]*(\.[A-Za-z0-9_]+)+$")
-TOP_KEYS = {"version": True, "name": False, "description": False, "mode": False, "timezone": False,
-            "exempt_clients": False, "allow": False, "sources": False, "groups": False,
-            "settings": False, "apps": True, "frameworks": False, "clients": False,
-            "legal_status": False, "builtins": False}
-V2_ONLY = ("frameworks", "clients", "legal_status")
-APP_KEYS = {"id": True, "name": True, "owner": True, "legal_basis": True, "schedule": True,
-            "phase": False, "domains": False, "hosts": False, "sni": False, "downloads": False,
-            "store": False, "networks": False, "lists": False, "notes": False}
-
+# The format's keys (key → required), read from schema.json: policies/schema_keys.py.
+TOP_KEYS = keys()
+V2_ONLY = VERSION_2_ONLY
+APP_KEYS = keys("$defs", "app", required=APP_REQUIRED_V1)
 # Version 2 keeps schedules and the legal record under frameworks:.
-APP_KEYS_V2 = {k: False if k == "legal_basis" else v for k, v in APP_KEYS.items() if k != "schedule"}
-ENTRY_KEYS = {"name": True, "source": False, "confidence": False, "group": False, "note": False}
-CIDR_ENTRY_KEYS = {"cidr": True, "source": False, "confidence": False, "group": False, "note": False}
-STORE_ENTRY_KEYS = {"id": True, "source": False, "confidence": False, "note": False}
-DOWNLOAD_KEYS = {"host": True, "path": False, "source": False, "confidence": False, "group": False,
-                 "note": False}
-LIST_KEYS = {"path": False, "as": False, "source": False, "group": False, **subscriptions.KEYS}
-LEGAL_KEYS = {"order": True, "citation": True, "signed": False, "url": False, "note": False}
+APP_KEYS_V2 = keys("$defs", "app", without=APP_FORBIDDEN_V2)
+ENTRY_KEYS = keys("$defs", "name_entry")
+CIDR_ENTRY_KEYS = keys("$defs", "cidr_entry")
+STORE_ENTRY_KEYS = keys("$defs", "app", "properties", "store", "properties", "apple", "items")
+DOWNLOAD_KEYS = keys("$defs", "download")
+LIST_KEYS = keys("$defs", "list")
+LEGAL_KEYS = keys("$defs", "app", "properties", "legal_basis")
 SCHEDULE_KEYS = legal_loader.SCHEDULE_KEYS
-ALLOW_KEYS = {"domains": False, "hosts": False, "lists": False}
-GROUP_KEYS = {"enabled": True, "description": False}
-SETTINGS_KEYS = {"dns": False, "proxy": False, "event_queue": False, "allow_empty": False,
-                 "max_file_size": False}
+ALLOW_KEYS = keys("properties", "allow")
+GROUP_KEYS = keys("properties", "groups", "additionalProperties")
+SETTINGS_KEYS = keys("properties", "settings")
 PHASES = tuple(p.value for p in Phase)
 CONFIDENCE = ("high", "medium", "low")
 
