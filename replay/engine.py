@@ -3,7 +3,7 @@
 ``Replay(paths, view)`` opens each input, picks its reader by content (pcap,
 pcapng, mitmproxy flows, Zeek TSV, JSON lines from Zeek or Suricata; any of
 them compressed with gzip, bzip2, xz or zstd, recognised by their magic bytes),
-and yields one ``Verdict`` per sighting, judged by the
+and yields one ``Finding`` per sighting, judged by the
 same ``PolicyView.decide`` the live adapters use (``decide_name`` for DNS
 names and SNIs, ``decide_http`` for requests, ``decide_ip`` for nameless TLS).
 With ``by_date`` each sighting is judged with the policy of the day it was
@@ -43,7 +43,7 @@ import zstandard
 from policies import Action, Kind, PolicyView
 from policies.bounded import BoundedMemo
 
-from .model import DEFAULT_LIMITS, Damage, Limits, Sighting, Verdict
+from .model import DEFAULT_LIMITS, Damage, Finding, Limits, Sighting
 
 Reader = Callable[[str, BinaryIO, Callable[[], None] | None], Iterator[Sighting | Damage]]
 
@@ -132,7 +132,7 @@ class Replay:
     last_view: PolicyView | None = None  # the view of the latest sighting
     group: str | None = None  # ``--group``: judge every client as a member of this group
 
-    def __iter__(self) -> Iterator[Verdict]:
+    def __iter__(self) -> Iterator[Finding]:
         paths = list(self.paths)
         sizes = {p: _size(p) for p in paths}
         bar = (
@@ -167,7 +167,7 @@ class Replay:
                     obs = item.observation()
                     # Each client is judged with its own group's view, unless --group forces one.
                     judge = view.groups[self.group] if self.group is not None else view.group(obs.client)
-                    yield Verdict(item, judge.decide(obs))
+                    yield Finding(item, judge.decide(obs))
                 if bar:
                     bar.file_done()
         finally:
@@ -455,7 +455,7 @@ class Summary:
         self.clients: dict[tuple[str, str], list[int]] = {}  # (client, app) → [observations, blocked]
         self.clients_dropped = 0  # observations of pairs past MAX_CLIENT_APPS
 
-    def add(self, v: Verdict) -> None:
+    def add(self, v: Finding) -> None:
         s, d = v.sighting, v.decision
         self.total += 1
         self.actions[d.action] += 1
