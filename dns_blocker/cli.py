@@ -16,6 +16,7 @@ import sys
 import tempfile
 from typing import Any
 
+from runtime import notify
 from runtime.args import add_policy_args, print_legal_notices
 
 PROG = "egress-filter dns"
@@ -120,6 +121,7 @@ def cmd_dns(args: argparse.Namespace) -> int:
     except PolicyError as exc:
         for issue in exc.issues:
             print(issue, file=sys.stderr)
+        notify.status(f"{exc.issues[0]}" if exc.issues else "the policy did not load")
         return 1
     try:
         from_file = read_config_file(args.config) if args.config else {}
@@ -130,6 +132,7 @@ def cmd_dns(args: argparse.Namespace) -> int:
         settings = merge(holder.policy.settings.dns, from_file, cli)
     except ConfigError as exc:
         print(f"{PROG}: {exc}", file=sys.stderr)
+        notify.status(str(exc))
         return 1
     if not args.reuseport:  # a worker leaves the notices to the process that started it
         print_legal_notices(PROG, holder.policy, args)
@@ -150,8 +153,9 @@ def cmd_dns(args: argparse.Namespace) -> int:
     try:
         sockets = [bind_pair(*parse_hostport(a, 53), reuse) for a in settings.listen]
     except OSError as exc:
-        print(f"{PROG}: cannot listen on {', '.join(settings.listen)}: {exc.strerror or exc}",
-              file=sys.stderr)
+        why = f"cannot listen on {', '.join(settings.listen)} (--listen): {exc.strerror or exc}"
+        print(f"{PROG}: {why}", file=sys.stderr)
+        notify.status(why)
         return 1
 
     metrics: NullMetrics = NullMetrics()
@@ -168,13 +172,17 @@ def cmd_dns(args: argparse.Namespace) -> int:
         try:
             port = prom.serve(host, port)
         except OSError as exc:
-            print(f"{PROG}: cannot serve metrics on {settings.metrics}: {exc.strerror or exc}",
-                  file=sys.stderr)
+            why = f"cannot serve metrics on {settings.metrics} (--metrics): {exc.strerror or exc}"
+            print(f"{PROG}: {why}", file=sys.stderr)
+            notify.status(why)
             return 1
         print(f"{PROG}: metrics on http://{fmt(host, port)}/metrics", file=sys.stderr, flush=True)
         metrics = prom
 
-    workers = _start_workers(args, settings.workers, settings.log, [s[0].getsockname()[:2] for s in sockets])
+    relaying = settings.workers > 1 and not args.reuseport
+    control_dir = tempfile.mkdtemp(prefix="egress-dns-control-") if relaying else None
+    workers = _start_workers(args, settings.workers, settings.log, [s[0].getsockname()[:2] for s in sockets],
+                             control_dir)
     queue = holder.policy.settings.event_queue
     from store.hook import open_store, retention  # workers share the one file: WAL takes turns
 
@@ -182,6 +190,13 @@ def cmd_dns(args: argparse.Namespace) -> int:
     events = EventLog(_worker_log(settings.log, 0) if workers else settings.log,
                       max_events=queue.max_events, max_bytes=queue.max_bytes,
                       also=db.put if db else None)
+    # The control socket (egress-filter pause): with workers, this process relays to each one's.
+    from runtime.control import HolderControl, Relay, start_for
+
+    local = HolderControl(holder, "dns", events.emit)
+    handler = Relay({f"worker{i}": os.path.join(control_dir, f"worker{i}.sock")
+                     for i in range(1, len(workers) + 1)}, local, "dns") if control_dir else local
+    control = start_for(args.control, handler, PROG)
     if isinstance(metrics, PromMetrics):
         metrics.registry.register(metrics_collector("egress_dns", lambda: events))
         if db:
@@ -194,6 +209,10 @@ def cmd_dns(args: argparse.Namespace) -> int:
         code = _run(serve(settings, holder, events, metrics, sockets, args.reload_interval,
                           forward_hup=hup_workers, udp_transport=args.udp_transport))
     finally:
+        if control is not None:
+            control.close()
+        if control_dir:
+            shutil.rmtree(control_dir, ignore_errors=True)
         events.close()
         if db:
             db.close()
@@ -232,14 +251,14 @@ def _worker_log(log: str | None, n: int) -> str | None:
 
 
 def _start_workers(args: argparse.Namespace, n: int, log: str | None,
-                   bound: list[tuple[str, int]]) -> list[subprocess.Popen[bytes]]:
+                   bound: list[tuple[str, int]], control_dir: str | None) -> list[subprocess.Popen[bytes]]:
     """Start n-1 more processes on the same (already bound) ports."""
     if n <= 1 or args.reuseport:
         return []
     from .server import fmt
 
     argv = [a for a in sys.argv[1:]]
-    base = _strip(argv, {"--listen", "--workers", "--log"})
+    base = _strip(argv, {"--listen", "--workers", "--log", "--control"})
     procs = []
     for i in range(1, n):
         cmd = [sys.executable, "-m", "egress_filter.cli", *base, "--workers", "1", "--reuseport"]
@@ -247,7 +266,11 @@ def _start_workers(args: argparse.Namespace, n: int, log: str | None,
             cmd += ["--listen", fmt(host, port)]
         if log:
             cmd += ["--log", str(_worker_log(log, i))]
-        procs.append(subprocess.Popen(cmd, stdin=subprocess.DEVNULL))
+        if control_dir:  # the first process relays pause requests to each worker's socket
+            cmd += ["--control", os.path.join(control_dir, f"worker{i}.sock")]
+        # Only this process speaks to the service manager (NotifyAccess=main).
+        env = {k: v for k, v in os.environ.items() if k != notify.ENV}
+        procs.append(subprocess.Popen(cmd, stdin=subprocess.DEVNULL, env=env))
     return procs
 
 

@@ -25,7 +25,8 @@ from policies.upstreams import UpstreamSpec
 from .responses import BlockResponse
 from .upstream import Channel, Upstream
 
-POLICY_ONLY = ("local", "forward", "local_domains")  # structured: read by policies/dns_local.py
+# Local answers: read by policies/dns_local.py (block_single_label by the generic reader), policy only.
+POLICY_ONLY = ("local", "forward", "local_domains", "block_single_label")
 KEYS = tuple(f.name for f in fields(DnsSettings) if f.name not in POLICY_ONLY)
 
 

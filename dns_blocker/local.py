@@ -4,6 +4,8 @@
                            ─▶ under a forward?   ─▶ that domain's own Forwarder (same cache, same rules)
                            ─▶ local domain or a
                               single-label name? ─▶ NXDOMAIN here: never sent to the public upstreams
+                                                    (settings.dns.local_domains: [] and
+                                                    block_single_label: false turn these off)
                            ─▶ otherwise          ─▶ the public upstreams
 
 The resolver asks ``answer`` after the policy's verdict (a blocked name is
@@ -74,6 +76,7 @@ class LocalAnswers:
                     self._add(rev, T_PTR, wire_name(r.name), r.name)
         self.forwards = {f.domain: make_forwarder(f.upstreams) for f in settings.forward}
         self.local_domains = frozenset(settings.local_domains)
+        self.block_single_label = settings.block_single_label
         self.answered = 0
 
     def _add(self, name: str, rtype: int, rdata: bytes, value: str) -> None:
@@ -109,7 +112,7 @@ class LocalAnswers:
                 return None
             if s in local:
                 return self._reply(data, q, NXDOMAIN, b"", 0), "NXDOMAIN"
-        if name and "." not in name:  # a single label: a search-list name, never public
+        if self.block_single_label and name and "." not in name:  # a search-list name, never public
             return self._reply(data, q, NXDOMAIN, b"", 0), "NXDOMAIN"
         return None
 

@@ -422,7 +422,7 @@ class Resolver:
         # The EXTRA-TEXT names apps and phase, not the rule, so one template
         # serves every name of a 1,000,000-name list (the rule is in the event).
         canary = d.rule == CANARY_RULE
-        key = (d.apps, d.phase, kind, template_qtype(q, kind), q.qclass, q.edns, via, canary)
+        key = (d.apps, d.phase, d.list_group, kind, template_qtype(q, kind), q.qclass, q.edns, via, canary)
         hit = self.templates.get(key)
         if hit is None:
             if len(self.templates) >= TEMPLATE_LIMIT:
@@ -436,6 +436,8 @@ class Resolver:
         apps = self.holder.view.policy.apps
         names = ", ".join(f"{apps[a].name} ({a})" if a in apps else a for a in d.apps) or "-"
         text = f"egress-filter: blocked app {names}, phase {d.phase.value}"
+        if d.list_group:
+            text += f", opt-in group {d.list_group}"
         return text + (f", via CNAME {via}" if via else "")
 
     def _fit(self, out: bytes | bytearray, q: Query, query: bytes, udp: bool) -> bytes | bytearray:

@@ -34,6 +34,7 @@ from typing import Any
 
 from policies import DnsSettings
 from policies.addresses import join_hostport
+from runtime import notify
 
 from . import batched
 from .config import parse_hostport, upstreams
@@ -477,6 +478,8 @@ async def serve(settings: DnsSettings, holder: Any, events: Any, metrics: NullMe
     forwarder = Forwarder(upstreams(settings), settings.timeout, metrics.upstream, metrics.rejected)
     await forwarder.start()
     sink: EventSink = events
+    if hasattr(holder, "report_to"):
+        holder.report_to(events, "dns")  # each reload becomes an event beside the decisions
     resolver = Resolver(holder, settings, forwarder, sink, metrics)
     resolver.local = LocalAnswers(settings, lambda ups: Forwarder(upstreams(settings, ups), settings.timeout,
                                                                    metrics.upstream, metrics.rejected))
@@ -518,9 +521,11 @@ async def serve(settings: DnsSettings, holder: Any, events: Any, metrics: NullMe
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
 
+    reload = notify.around_reload(holder.reload)  # RELOADING=1 ... READY=1 to a service manager
+
     def on_hup() -> None:
         # Off the loop: loading a big policy must not stall answers.
-        threading.Thread(target=holder.reload, name="egress-dns-sighup", daemon=True).start()
+        threading.Thread(target=reload, name="egress-dns-sighup", daemon=True).start()
         reopen = getattr(events, "reopen", None)
         if reopen is not None:
             reopen()
@@ -533,9 +538,12 @@ async def serve(settings: DnsSettings, holder: Any, events: Any, metrics: NullMe
     say(f"egress-filter dns: ready (upstreams {', '.join(settings.upstreams)}; "
         f"block response {settings.block_response}; mode {holder.view.mode.value}; "
         f"loop {type(loop).__module__.split('.')[0]})")
+    # Every listener is bound and attached to the loop: a query sent now is answered.
+    notify.ready(f"serving on {', '.join(fmt(*u.getsockname()[:2]) for u, _ in sockets)}")
     try:
         await stop.wait()
     finally:
+        notify.stopping()
         for srv in tcp_servers:
             srv.close()
         await resolver.drain(settings.timeout + 0.5)

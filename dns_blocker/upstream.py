@@ -29,8 +29,9 @@ each gets an equal share of what is left, so the time a failed upstream did
 not use passes to the next.  One that failed is moved to the back for
 ``BACKOFF`` seconds and is tried again afterwards, so service recovers on its
 own.  An answer with TC set is fetched again over TCP from the same upstream.
-An upstream SERVFAIL, REFUSED, NOTIMP or FORMERR counts as a failure and the
-next one is asked.
+An upstream SERVFAIL, REFUSED, NOTIMP or FORMERR counts as a failure (labelled
+``servfail``, ``refused``, ``notimp``, ``formerr``) and the next one is asked;
+when none is left the client gets SERVFAIL, as from Unbound.
 
 Encrypted upstreams (DNS-over-TLS in ``upstream_tls``, DNS-over-HTTPS in
 ``upstream_https``) are ``Channel``s in the same list, under the same budget,
@@ -83,15 +84,27 @@ READS_PER_WAKE = 64
 PORT_TRIES = 8
 PORT_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
 IP_RECVERR, IPV6_RECVERR = 11, 25  # linux/in.h, linux/in6.h (not exported by the socket module)
-_BAD_RCODES = frozenset({SERVFAIL, REFUSED, NOTIMP, FORMERR})
+_RCODE_REASONS = {SERVFAIL: "servfail", REFUSED: "refused", NOTIMP: "notimp", FORMERR: "formerr"}
+_BAD_RCODES = frozenset(_RCODE_REASONS)
 
 
 class UpstreamError(Exception):
-    """No upstream gave a usable answer."""
+    """No upstream gave a usable answer; ``reason`` is the metrics label of one failure."""
+
+    reason = "bad-answer"
 
 
 class Overloaded(UpstreamError):
     """Too many upstream sockets open: fail now rather than queue."""
+
+
+class RcodeError(UpstreamError):
+    """The upstream answered SERVFAIL, REFUSED, NOTIMP or FORMERR: counted under that rcode's
+    name (``refused``...), not as a bad answer, and the next upstream is asked (as Unbound does)."""
+
+    def __init__(self, label: str, rcode: int):
+        self.reason = _RCODE_REASONS[rcode]
+        super().__init__(f"{label}: answered {self.reason.upper()}")
 
 
 class ChannelError(UpstreamError):
@@ -220,7 +233,7 @@ class Forwarder:
                         if info.truncated:  # a stream has no size limit: TC here is a broken server
                             raise ChannelError(f"{up.label}: truncated answer over a stream", "bad-answer")
                 if info.rcode in _BAD_RCODES:
-                    raise UpstreamError(f"upstream answered rcode {info.rcode}")
+                    raise RcodeError(up.label, info.rcode)
             except Overloaded:
                 raise
             except TimeoutError:
@@ -229,8 +242,7 @@ class Forwarder:
                 continue
             except (OSError, UpstreamError, Malformed, asyncio.IncompleteReadError) as exc:
                 last = exc
-                self._fail(up, exc.reason if isinstance(exc, ChannelError) else
-                           type(exc).__name__ if not isinstance(exc, UpstreamError) else "bad-answer")
+                self._fail(up, exc.reason if isinstance(exc, UpstreamError) else type(exc).__name__)
                 continue
             self._down_until.pop(up, None)
             self._observe(up.label, time.monotonic() - started, None)

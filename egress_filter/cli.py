@@ -25,8 +25,8 @@ from proxy_addons import cli as proxy_cli
 from replay import cli as replay_cli
 from runtime.args import add_legal_args, add_policy_args, load_or_exit
 
-from . import dashboard, export_cli, legal_cli, run
-from .explain import decide_target, explain_dict
+from . import dashboard, export_cli, health, legal_cli, pause_cli, policy_cli, run
+from .explain import decide_target, explain_dict, summary, target_arg
 
 
 def cmd_check(args: argparse.Namespace) -> int:
@@ -83,18 +83,24 @@ def cmd_explain(args: argparse.Namespace) -> int:
             print(f"  framework: {state.describe()}")
         if d.inspect:
             print("  inspect: yes (a proxy must decrypt to see the URL)")
-        print(f"  reason: {d.reason}")
+        print(f"  reason: {summary(d, value, view, args.client)}")
     return 0
 
 
 # The subcommands that live with their packages, in --help order.  Imported
 # plainly: every one of them imports ``runtime``, never this module, so there
 # is no cycle to hide (tests/test_layers.py keeps it so).
-SUBSYSTEMS = (legal_cli, dns_cli, proxy_cli, replay_cli, run, export_cli, dashboard)
+SUBSYSTEMS = (legal_cli, dns_cli, proxy_cli, replay_cli, run, export_cli, dashboard, pause_cli, policy_cli,
+              health)
+
+
+# Plain text: --help prints it as is (the module docstring is reStructuredText).
+DESCRIPTION = ("One policy for banned apps, enforced at DNS and at the proxy, and proven on captures. "
+               "Each command takes --help.")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="egress-filter", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="egress-filter", description=DESCRIPTION)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("check", help="validate a policy and print a summary")
@@ -106,7 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_check)
 
     p = sub.add_parser("explain", help="decide one name, SNI, URL or IP and say why")
-    p.add_argument("target", metavar="NAME_OR_URL")
+    p.add_argument("target", metavar="NAME_OR_URL", type=target_arg)
     add_policy_args(p)
     add_legal_args(p)
     p.add_argument("--kind", choices=[k.value for k in Kind], help="what the target is (guessed by default)")

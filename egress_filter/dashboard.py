@@ -1,8 +1,9 @@
-"""``egress-filter dashboard``: the web UI and JSON API over an event store (read-only).
+"""``egress-filter dashboard``: the web UI and JSON API over an event store.
 
 Requests come in on a bounded ``ThreadingHTTPServer`` (stdlib: no new
 dependency to keep up; at most ``MAX_THREADS`` requests at once, the rest get
-503; a socket timeout on every connection; GET only, no request bodies).
+503; a socket timeout on every connection; GET, plus one write: ``POST
+/api/pause``, the "Monitor for N minutes" switch).
 Each API answer is built from ``store.query`` (bounded, paginated) and the
 pure policy core (``egress_filter.cli.decide_target``, ``policies``); each
 page is server-side HTML built on the same functions, with every value
@@ -10,6 +11,14 @@ escaped and charts drawn as SVG here, plus one small hand-written script
 (``static/app.js``) for the live tail.  The Content-Security-Policy allows
 no inline script or style.  A listener off loopback needs a token
 (``--auth-token-file``); only its SHA-256 is kept, compared in constant time.
+
+The one write action needs that token even on loopback (403 when none is
+configured), sent as ``Authorization: Bearer`` (Basic, which a browser
+re-sends on its own, is not enough, nor is a cookie: a cross-site form can
+send neither a Bearer header nor ``Content-Type: application/json``), and a
+matching ``Origin`` when one is sent.  It is forwarded to the server's control
+socket (``runtime.control``) as "dashboard token holder at ADDRESS"; the
+server logs the pause as an event, with that and its own uid.
 """
 
 from __future__ import annotations
@@ -22,7 +31,6 @@ import hashlib
 import hmac
 import html
 import io
-import ipaddress
 import json
 import sqlite3
 import sys
@@ -36,8 +44,10 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 
 from policies import Kind, PolicyError
 from policies.addresses import AddressError, split_hostport
-from runtime.args import add_policy_args
-from runtime.holder import PolicyHolder
+from runtime import control as ctl
+from runtime import notify
+from runtime.args import add_policy_args, is_loopback
+from runtime.holder import MAX_PAUSE, PolicyHolder
 from store import query as q
 from store.db import DEFAULT_PATH, open_reader
 
@@ -49,6 +59,9 @@ DEFAULT_LISTEN = "127.0.0.1:8088"
 MAX_THREADS = 32
 SOCKET_TIMEOUT = 10.0
 EXPORT_MAX = 100_000  # rows in one CSV/JSON-lines export
+MAX_BODY = 1024  # bytes in a POST body
+MAX_PAUSE_MINUTES = int(MAX_PAUSE // 60)
+STATUS_TIMEOUT = 1.0  # seconds a page waits for the server's pause status
 CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; "
     "base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
@@ -67,10 +80,11 @@ def esc(value: object) -> str:
 class Dashboard:
     """What every request reads: the store path, the policy holder, the token hash."""
 
-    def __init__(self, db: str, holder: Any, token_hash: bytes | None):
+    def __init__(self, db: str, holder: Any, token_hash: bytes | None, control: str | None = None):
         self.db = db
         self.holder = holder
         self.token_hash = token_hash
+        self.control = control  # the server's control socket, or None (--control off)
         self._local = threading.local()
         open_reader(db).close()  # create the file (and schema) now: a bad path fails at start-up
 
@@ -79,6 +93,44 @@ class Dashboard:
         if c is None:
             c = self._local.conn = open_reader(self.db)
         return c
+
+    def bearer(self, header: str | None) -> bool:
+        """The write actions' check: a token is configured and sent as Bearer."""
+        scheme = (header or "").partition(" ")[0].lower()
+        return self.token_hash is not None and scheme == "bearer" and self.authorised(header)
+
+    def pause_status(self, timeout: float = ctl.CLIENT_TIMEOUT) -> dict[str, Any]:
+        """The server's pause state, as its control socket says (never raises)."""
+        if self.control is None:
+            return {"ok": False, "error": "no control socket (--control off)"}
+        try:
+            return ctl.send(self.control, {"op": "status"}, timeout)
+        except ctl.ControlError as exc:
+            return {"ok": False, "error": str(exc)}
+
+    def pause(self, doc: Any, client: str) -> tuple[int, dict[str, Any]]:
+        """``{"minutes": N}`` or ``{"seconds": N}`` pauses, ``{"resume": true}`` resumes."""
+        if self.control is None:
+            return 503, {"error": "no control socket (--control off)"}
+        if not isinstance(doc, dict):
+            return 400, {"error": "the body is not a JSON object"}
+        via = f"dashboard token holder at {client}"
+        if doc.get("resume") is True:
+            request: dict[str, Any] = {"op": "resume", "via": via}
+        else:
+            minutes, seconds = doc.get("minutes"), doc.get("seconds")
+            amount = seconds if minutes is None else minutes * 60 if _number(minutes) else None
+            if amount is None or not _number(amount) or not 0 < amount <= MAX_PAUSE:
+                return 400, {"error": f"give minutes (1-{MAX_PAUSE_MINUTES}), seconds, or resume: true"}
+            request = {"op": "pause", "seconds": amount, "via": via}
+        try:
+            reply = ctl.send(self.control, request)
+        except ctl.ControlError as exc:
+            print(f"{PROG}: {request['op']} asked by {via}: {exc}", file=sys.stderr, flush=True)
+            return 503, {"error": str(exc)}
+        said = "done" if reply.get("ok") else f"refused: {reply.get('error')}"
+        print(f"{PROG}: {request['op']} asked by {via}: {said}", file=sys.stderr, flush=True)
+        return (200 if reply.get("ok") else 409), reply
 
     def authorised(self, header: str | None) -> bool:
         if self.token_hash is None:
@@ -174,6 +226,10 @@ class Dashboard:
         return {"entries": [e.as_dict() for e in timeline(self.holder.policy)]}
 
 
+def _number(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
 def openapi() -> dict[str, Any]:
     def param(name: str, desc: str, schema: str = "string") -> dict[str, Any]:
         return {
@@ -236,6 +292,35 @@ def openapi() -> dict[str, Any]:
             ),
             "/api/timeline": get("The legal timeline of every framework"),
             "/api/status": get("Policy file, last reload, last error; store counters"),
+            "/api/pause": {
+                **get("Whether enforcement is paused (the server's control socket answers)"),
+                "post": {
+                    "summary": "Monitor instead of enforcing for a while, or resume (needs the token "
+                    "as Bearer; 403 when the dashboard has no --auth-token-file)",
+                    "security": [{"token": []}],
+                    "requestBody": {
+                        "required": True,
+                        "content": {"application/json": {"schema": {
+                            "type": "object",
+                            "properties": {
+                                "minutes": {"type": "number", "minimum": 1, "maximum": MAX_PAUSE_MINUTES},
+                                "seconds": {"type": "number", "maximum": MAX_PAUSE},
+                                "resume": {"type": "boolean"},
+                            },
+                        }}},
+                    },
+                    "responses": {
+                        "200": {"description": "paused (or resumed): the server's answer",
+                                "content": {"application/json": {"schema": obj}}},
+                        "400": {"description": "a bad body"},
+                        "401": {"description": "the token, as Bearer, is required"},
+                        "403": {"description": "no token is configured (no write actions without "
+                                               "one), or a cross-origin request"},
+                        "409": {"description": "the server refused (settings.allow_pause: false)"},
+                        "503": {"description": "no server answers on the control socket"},
+                    },
+                },
+            },
             "/api/openapi.json": get("This document"),
         },
     }
@@ -364,7 +449,8 @@ def overview_page(d: Dashboard, params: dict[str, str]) -> str:
         "Overview",
         "/",
         (
-            f'<p class="picker">Range: {picker}</p>'
+            pause_card(d)
+            + f'<p class="picker">Range: {picker}</p>'
             '<section class="card wide"><h2>Blocks and logs per app</h2>'
             f"{chart_svg(s)}<p>Events in range: {totals}. Dropped (store fell behind): "
             f'<span id="dropped">{s["dropped"]}</span>.</p></section><div class="grid">{tops}</div>'
@@ -374,6 +460,40 @@ def overview_page(d: Dashboard, params: dict[str, str]) -> str:
             )
             + f'</section><section class="card wide"><h2>Policy status</h2>{status}</section>'
         ),
+    )
+
+
+def pause_text(st: dict[str, Any]) -> str:
+    if not st.get("ok"):
+        return f"Pause unavailable: {st.get('error')}"
+    if st.get("paused"):
+        return f"Monitoring only: {st.get('reason')}."
+    if not st.get("allow_pause", True):
+        return "Enforcing. The policy forbids pausing (settings.allow_pause: false)."
+    return f"Enforcing (mode {st.get('mode')})."
+
+
+def pause_card(d: Dashboard) -> str:
+    """The "Monitor for N minutes" switch; app.js posts it with the token as Bearer."""
+    st = d.pause_status(STATUS_TIMEOUT)
+    writable = d.token_hash is not None
+    off = "" if writable else " disabled"
+    note = (
+        "Blocks are logged instead of enforced for that long, then enforcement resumes on its own. "
+        "The dashboard's token is needed; the pause is logged as an event with who and when."
+        if writable
+        else "Write actions need a token: start the dashboard with --auth-token-file."
+    )
+    return (
+        '<section class="card wide" id="pause-card"><h2>Enforcement</h2>'
+        f'<p id="pause-status" data-paused="{"1" if st.get("paused") else "0"}">{esc(pause_text(st))}</p>'
+        f'<form id="pause-form" class="filters" data-writable="{"1" if writable else "0"}">'
+        f'<label>Minutes<input type="number" id="pause-minutes" min="1" max="{MAX_PAUSE_MINUTES}" '
+        f'value="15" required{off}></label>'
+        f'<label>Token<input type="password" id="pause-token" autocomplete="off"{off}></label>'
+        f'<button type="submit" id="pause-go"{off}>Monitor for 15 minutes</button>'
+        f'<button type="button" id="pause-resume"{off}>Resume enforcement</button></form>'
+        f'<p class="muted">{esc(note)}</p><p id="pause-message" role="status"></p></section>'
     )
 
 
@@ -475,7 +595,8 @@ def explain_page(d: Dashboard, params: dict[str, str]) -> str:
                 f'<dt>phase</dt><dd>{esc(r["phase"])}</dd>'
                 f'<dt>rule</dt><dd id="rule">{esc(r["rule"] or "-")}</dd>'
                 f"<dt>at</dt><dd>{esc(r['at'])}</dd><dt>group</dt><dd>{esc(r['group'])} (legal status: "
-                f"{esc(r['legal_status'])})</dd><dt>reason</dt><dd>{esc(r['reason'])}</dd></dl>"
+                f"{esc(r['legal_status'])})</dd><dt>reason</dt><dd id=\"summary\">{esc(r['summary'])}</dd>"
+                f"<dt>details</dt><dd>{esc(r['reason'])}</dd></dl>"
                 f"<ul>{fws}</ul></section>"
             )
     return page("Explain", "/explain", form + out)
@@ -601,9 +722,51 @@ class Handler(BaseHTTPRequestHandler):
         )
 
     def _refuse(self) -> None:
-        self._send(405, b"read-only: no write actions\n", "text/plain; charset=utf-8", {"Allow": "GET, HEAD"})
+        self._send(405, b"read-only: the one write action is POST /api/pause\n", "text/plain; charset=utf-8",
+                   {"Allow": "GET, HEAD"})
 
-    do_POST = do_PUT = do_DELETE = do_PATCH = _refuse
+    do_PUT = do_DELETE = do_PATCH = _refuse
+
+    def do_POST(self) -> None:
+        if urlsplit(self.path).path != "/api/pause":
+            self._refuse()
+            return
+        dash = self.server.dash
+        client = self.client_address[0]
+        self.close_connection = True  # a body we may not read must not be taken for the next request
+        if dash.token_hash is None:
+            print(f"{PROG}: pause asked from {client} refused: no token configured", file=sys.stderr,
+                  flush=True)
+            self._json(403, {"error": "no write actions without authentication: start the dashboard "
+                                      "with --auth-token-file"})
+            return
+        if not dash.bearer(self.headers.get("Authorization")):
+            print(f"{PROG}: pause asked from {client} refused: no valid Bearer token", file=sys.stderr,
+                  flush=True)
+            self._json(401, {"error": "send the dashboard's token as Authorization: Bearer TOKEN"})
+            return
+        origin = self.headers.get("Origin")
+        if origin is not None and urlsplit(origin).netloc != self.headers.get("Host"):
+            self._json(403, {"error": "cross-origin write refused"})
+            return
+        if (self.headers.get("Content-Type") or "").split(";")[0].strip().lower() != "application/json":
+            self._json(415, {"error": "send the body as application/json"})
+            return
+        try:
+            length = int(self.headers.get("Content-Length") or "")
+        except ValueError:
+            self._json(411, {"error": "a Content-Length is required"})
+            return
+        if not 0 <= length <= MAX_BODY:
+            self._json(413, {"error": f"the body is limited to {MAX_BODY} bytes"})
+            return
+        try:
+            doc = json.loads(self.rfile.read(length) or b"null")
+        except (ValueError, UnicodeDecodeError):
+            self._json(400, {"error": "the body is not JSON"})
+            return
+        code, reply = dash.pause(doc, client)
+        self._json(code, reply)
 
     def do_HEAD(self) -> None:
         self.do_GET()
@@ -654,6 +817,8 @@ class Handler(BaseHTTPRequestHandler):
                 200,
                 {"policy": dash.status(), "store": {"dropped": q.summary(dash.conn(), "hour")["dropped"]}},
             )
+        elif path == "/api/pause":
+            self._json(200, dash.pause_status())
         elif path == "/api/openapi.json":
             self._json(200, openapi())
         else:
@@ -720,15 +885,6 @@ class Handler(BaseHTTPRequestHandler):
 # --- the command --------------------------------------------------------------------
 
 
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
-
-
 def read_token(path: str) -> bytes:
     token = Path(path).read_text(encoding="utf-8").strip()
     if len(token) < 16:
@@ -758,7 +914,13 @@ def register(sub: Any) -> None:
         "--auth-token-file",
         metavar="FILE",
         help="file holding the token clients must send (Bearer, or Basic with it as the password); "
-        "required for a listener off loopback",
+        "required for a listener off loopback, and for the pause switch (POST /api/pause, Bearer only)",
+    )
+    p.add_argument(
+        "--control",
+        metavar="PATH|off",
+        help="the control socket of the server the pause switch talks to (default: the servers' "
+        "default path; off: no switch)",
     )
     p.set_defaults(func=cmd_dashboard)
 
@@ -788,11 +950,16 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
         return 1
     holder.start(2.0)
     holder.install_sighup()  # `run` forwards SIGHUP to every child: reload, never die of it
+    where = f"with --db {args.db}"
     try:
-        dash = Dashboard(args.db, holder, token_hash)
+        dash = Dashboard(args.db, holder, token_hash,
+                         None if args.control == ctl.OFF else args.control or ctl.default_path())
+        where = f"on {args.listen} (--listen)"
         server = Server((host, port), dash)
     except (OSError, sqlite3.Error) as exc:
-        print(f"{PROG}: cannot start: {exc}", file=sys.stderr)
+        print(f"{PROG}: cannot start {where}: {exc}", file=sys.stderr)
+        notify.status(f"cannot start {where}: {exc}")
+        holder.stop()
         return 1
     shown = f"[{host}]" if ":" in host else host
     print(
@@ -802,7 +969,12 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     )
     import signal
 
-    signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=server.shutdown, daemon=True).start())
+    def stop(*_: object) -> None:
+        notify.stopping()
+        threading.Thread(target=server.shutdown, daemon=True).start()
+
+    signal.signal(signal.SIGTERM, stop)
+    notify.ready(f"serving on {shown}:{server.server_address[1]}")  # bound: connections queue until served
     try:
         server.serve_forever(poll_interval=0.5)
     finally:

@@ -23,12 +23,15 @@ def cmd_phases(args: argparse.Namespace) -> int:
     day = args.at or policy.today()
     group = group_of(policy, args)
     ls = policy.group_legal_status(group, args.legal_status)
-    phases = policy.phases(day, Phase(args.phase) if args.phase else None, group, args.legal_status)
+    override = Phase(args.phase) if args.phase else None
+    phases = policy.phases(day, override, group, args.legal_status)
+    nexts = {a: policy.next_change(a, day, override, group, args.legal_status) for a in phases}
     if args.json:
         print(json.dumps({"at": day.isoformat(), "group": group, "legal_status": ls.value, "apps": [
             {"app": a.app, "name": policy.apps[a.app].name, "phase": a.phase.value,
              "since": a.since.isoformat() if a.since else None, "source": a.source,
              "overridden": a.overridden, "frameworks": list(a.frameworks),
+             "next": _next_dict(nexts[a.app]),
              "status": [s.as_dict() for s in a.legal]} for a in phases.values()]}, indent=2))
         return 0
     print(f"Phases at {day} for group {group} (legal status: {ls.value.replace('_', ' ')}; "
@@ -37,11 +40,21 @@ def cmd_phases(args: argparse.Namespace) -> int:
     for a in phases.values():
         since = a.since.isoformat() if a.since else "-"
         print(f"  {policy.apps[a.app].name:<{width}}  {a.phase.value:<9}  since {since:<10}  {a.source}")
+        print(f"  {'':<{width}}  {next_text(nexts[a.app])}")
         for state in a.legal:
             if not policy.frameworks[state.framework].implicit:  # v1: the source line says it all
                 mark = "*" if state.framework in a.frameworks else " "
                 print(f"  {'':<{width}}  {mark} {state.describe()}")
     return 0
+
+
+def next_text(change: tuple[dt.date, Phase] | None) -> str:
+    """``phases``' line for an app's next scheduled change."""
+    return "no further change" if change is None else f"next change: {change[1].value} from {change[0]}"
+
+
+def _next_dict(change: tuple[dt.date, Phase] | None) -> dict[str, str] | None:
+    return None if change is None else {"date": change[0].isoformat(), "phase": change[1].value}
 
 
 class Entry(NamedTuple):

@@ -296,7 +296,8 @@ def _app(w: Walker, b: Build, node: yaml.Node, field: str, base: Path, seen: dic
             if nm and nm in (STORE_HOSTS if kind is RuleKind.HOST else STORE_COVER):
                 w.err(vnode, f, store_cover_message(nm, raw))
             elif nm and _enabled(w, b, group, item, f):
-                b.names.add(nm, b.rule(kind, Tier.TRAFFIC, aid, source), exact=kind is RuleKind.HOST)
+                b.names.add(nm, b.rule(kind, Tier.TRAFFIC, aid, source, list_group=group),
+                            exact=kind is RuleKind.HOST)
                 b.count(key)
     if "sni" in m:
         for f, item in w.seq(m["sni"], f"{field}.sni"):
@@ -311,9 +312,11 @@ def _app(w: Walker, b: Build, node: yaml.Node, field: str, base: Path, seen: dic
                 w.err(vnode, f, f"invalid SNI pattern '{raw}': {problem}")
             elif _enabled(w, b, group, item, f):
                 if "*" in pat:
-                    b.globs.append((pat, b.rule(RuleKind.SNI, Tier.TRAFFIC, aid, source, pat)))
+                    b.globs.append((pat, b.rule(RuleKind.SNI, Tier.TRAFFIC, aid, source, pat,
+                                                list_group=group)))
                 else:
-                    b.names.add(pat, b.rule(RuleKind.SNI, Tier.TRAFFIC, aid, source), exact=True)
+                    b.names.add(pat, b.rule(RuleKind.SNI, Tier.TRAFFIC, aid, source, list_group=group),
+                                exact=True)
                 b.count("sni")
     if "downloads" in m:
         for f, item in w.seq(m["downloads"], f"{field}.downloads"):
@@ -333,7 +336,8 @@ def _app(w: Walker, b: Build, node: yaml.Node, field: str, base: Path, seen: dic
             else:
                 net, source, group = w.cidr(item, f), None, None
             if net is not None and _enabled(w, b, group, item, f):
-                b.networks.append((net, b.rule(RuleKind.NETWORK, Tier.TRAFFIC, aid, source, str(net))))
+                b.networks.append((net, b.rule(RuleKind.NETWORK, Tier.TRAFFIC, aid, source, str(net),
+                                                      list_group=group)))
                 b.count("networks")
     if "lists" in m:
         for f, item in w.seq(m["lists"], f"{field}.lists"):
@@ -374,7 +378,7 @@ def _download(w: Walker, b: Build, node: yaml.Node, field: str, app: str) -> Non
         return
     pattern = host if (wildcard or path) else None
     prefix = path if path and path != "/" else None
-    rule = b.rule(RuleKind.DOWNLOAD, Tier.DOWNLOAD, app, source, pattern, prefix)
+    rule = b.rule(RuleKind.DOWNLOAD, Tier.DOWNLOAD, app, source, pattern, prefix, list_group=group)
     b.count("downloads")
     if rule.path:
         if wildcard:
@@ -382,7 +386,8 @@ def _download(w: Walker, b: Build, node: yaml.Node, field: str, app: str) -> Non
         else:
             b.download_paths.setdefault(host, []).append(rule)
     elif wildcard:
-        b.names.add(bare, b.rule(RuleKind.DOWNLOAD, Tier.DOWNLOAD, app, source), exact=False)
+        b.names.add(bare, b.rule(RuleKind.DOWNLOAD, Tier.DOWNLOAD, app, source, list_group=group),
+                    exact=False)
     else:
         b.names.add(host, rule, exact=True)
 
@@ -477,7 +482,8 @@ def _list(w: Walker, b: Build, node: yaml.Node, field: str, base: Path, app: str
     if allow:
         rule = b.rule(RuleKind.ALLOW, Tier.ALLOW, None, source or f"list:{rel}")
     else:
-        rule = b.rule(RuleKind.HOST if exact else RuleKind.DOMAIN, Tier.TRAFFIC, app, source or f"list:{rel}")
+        rule = b.rule(RuleKind.HOST if exact else RuleKind.DOMAIN, Tier.TRAFFIC, app, source or f"list:{rel}",
+                      list_group=group)
     store_cover: frozenset[str] = frozenset() if allow else (STORE_HOSTS if exact else STORE_COVER)
     n, problems = read_names(raw, b.caps, store_cover,
                              lambda names: b.names.add_many(names, rule, exact=exact))

@@ -67,6 +67,7 @@ _CACHE_MAX = 200_000  # distinct matched keys per view (policies/bounded.py: emp
 # Enum members bound once: on Python 3.11 ``Action.BLOCK`` costs a class
 # attribute lookup (~70 ns), which the hot path pays per call otherwise.
 _BLOCK, _SNI, _MONITOR = Action.BLOCK, Kind.SNI, Mode.MONITOR
+_BLOCKED_END = ", so this is blocked"  # how ``_judge`` ends a block's reason
 
 # What a rule's tier does in each phase: the phase table of the README.
 _ACTION: dict[tuple[Tier, Phase], Action] = {
@@ -92,14 +93,16 @@ class PolicyView:
     ``default`` and no lookup is made."""
 
     def __init__(self, policy: Policy, at: dt.date, phase: Phase | None, mode: Mode | None,
-                 legal_status: LegalStatus | None = None):
+                 legal_status: LegalStatus | None = None, paused: str | None = None):
         self.policy = policy
         self.at = at
         self.phase_override = phase
-        self.groups = {g: GroupView(policy, policy.clients[g], at, phase, mode, legal_status)
+        self.paused = paused
+        self.groups = {g: GroupView(policy, policy.clients[g], at, phase, mode, legal_status, paused)
                        for g in policy.clients}
         self.default = self.groups[DEFAULT_GROUP]
-        self.mode = mode or policy.mode  # as asked; each group may monitor on its own
+        # As asked; each group may monitor on its own.  A pause monitors everywhere.
+        self.mode = _MONITOR if paused else mode or policy.mode
         self.legal_status = legal_status
         self.phases = self.default.phases
         self.store_interest = any(v.store_interest for v in self.groups.values())
@@ -147,12 +150,12 @@ class GroupView:
     """A policy at one moment for one client group: app phases fixed, decisions cached."""
 
     def __init__(self, policy: Policy, group: ClientGroup, at: dt.date, phase: Phase | None,
-                 mode: Mode | None, legal_status: LegalStatus | None = None):
+                 mode: Mode | None, legal_status: LegalStatus | None = None, paused: str | None = None):
         self.policy = policy
         self.group = group
         self.at = at
         self.phase_override = phase
-        self.mode = mode or group.mode or policy.mode
+        self.mode = _MONITOR if paused else mode or group.mode or policy.mode
         self.legal_status = policy.group_legal_status(group.id, legal_status)
         self.phases = policy.phases(at, phase, group.id, legal_status)
         self._phase = {a: p.phase for a, p in self.phases.items()}
@@ -174,7 +177,8 @@ class GroupView:
         self._cache: BoundedMemo[tuple[str | None, int], Decision] = BoundedMemo(_CACHE_MAX)
         self._downgraded: BoundedMemo[tuple[int, str], tuple[Decision, Decision]] = BoundedMemo(100_000)
         self._merged: dict[tuple[Rule, ...], tuple[Rule, ...]] = {}
-        self._monitor_why = (f"group {group.id} is in monitor mode: would be blocked, logged instead"
+        self._monitor_why = (f"{paused}: would be blocked, logged instead" if paused
+                             else f"group {group.id} is in monitor mode: would be blocked, logged instead"
                              if group.mode is _MONITOR else "monitor mode: would be blocked, logged instead")
         self._ref = PolicyRef(policy.name, policy.digest) if policy.digest or policy.name else None
         self._allow = replace(ALLOW, group=group.id, legal_status=self.legal_status, policy=self._ref)
@@ -344,7 +348,10 @@ class GroupView:
             if app_id not in apps:
                 apps.append(app_id)
             action = _ACTION[(rule.tier, self._phase.get(app_id, Phase.NONE))]
-            if best is None or action.severity > best[0].severity:
+            # At equal severity a rule of the policy's own wins over an opt-in group's:
+            # the group decided only when nothing else would have.
+            if (best is None or action.severity > best[0].severity
+                    or (action.severity == best[0].severity and best[1].list_group and not rule.list_group)):
                 best = (action, rule)
         assert best is not None
         action, rule = best
@@ -364,6 +371,8 @@ class GroupView:
         verb = {Action.BLOCK: "blocked", Action.LOG: "logged", Action.ALLOW: "allowed"}[action]
         names = tuple(self.policy.apps[a].name for a in apps)
         others = f" (also claimed by {', '.join(names[1:])})" if names[1:] else ""
+        if rule.list_group:
+            others = f" through the opt-in group {rule.list_group}{others}"
         by = ""
         labels = [fw.label for f in ph.frameworks if not (fw := self.policy.frameworks[f]).implicit]
         if labels:
@@ -375,7 +384,7 @@ class GroupView:
         legal = tuple(st for st in ph.legal if st.framework in ph.frameworks) or ph.legal
         return Decision(action, tuple(apps), ph.phase, rule.cite(key), reason, group=self.group.id,
                         app_names=names, frameworks=ph.frameworks, legal=legal,
-                        legal_status=self.legal_status, policy=self._ref)
+                        legal_status=self.legal_status, policy=self._ref, list_group=rule.list_group)
 
     def _builtin(self, rule: BuiltinRule, subject: str) -> Decision:
         return replace(self._allow, action=Action.BLOCK, rule=rule.rule, reason=rule.reason.format(subject))
@@ -395,7 +404,9 @@ class GroupView:
         hit = self._downgraded.get(key)
         if hit is not None and hit[0] is d:
             return hit[1]
-        out = replace(d, action=Action.LOG, enforced=d.action, reason=f"{why}; {d.reason}")
+        # The verdict's own ending ("so this is blocked") is not what happens here.
+        out = replace(d, action=Action.LOG, enforced=d.action,
+                      reason=f"{why}; {d.reason.removesuffix(_BLOCKED_END)}")
         self._downgraded.put(key, (d, out))
         return out
 

@@ -14,9 +14,9 @@ Pure (no I/O, no dnslib): the loader passes its walker, so every mistake is
 hosts-file line) or ``NAME TYPE VALUE`` with TYPE one of A, AAAA, CNAME, PTR.
 A name with a CNAME has no other record (RFC 1034 section 3.6.2).  Forward
 upstreams take the forms of ``policies.upstreams``.  ``local_domains``
-replaces the default list; names under them (and single-label names) that
-no local record or forward covers are answered NXDOMAIN by the resolver and
-never leave it.
+replaces the default list (``[]``: none); names under them (and single-label
+names, unless ``block_single_label: false``) that no local record or forward
+covers are answered NXDOMAIN by the resolver and never leave it.
 """
 
 from __future__ import annotations

@@ -98,6 +98,27 @@ def app_phase(app: str, frameworks: Iterable[Framework], day: dt.date, legal_sta
     return AppPhase(app, best, since, source, False, producing, tuple(states), group)
 
 
+def next_change(app: str, frameworks: Iterable[Framework], day: dt.date, legal_status: LegalStatus,
+                group: str) -> tuple[dt.date, Phase] | None:
+    """The first day after ``day`` on which ``app``'s phase for ``group`` differs from its
+    phase on ``day``, and that phase; None when no dated entry (a schedule step or a status
+    change) of the group's frameworks would change it.  At most one ``app_phase`` per dated
+    entry, so the cost is bounded by the policy's own size."""
+    frameworks = tuple(frameworks)
+    days: set[dt.date] = set()
+    for fw in frameworks:
+        days.update(e.start for e in fw.schedules.get(app, ()) if e.start > day)
+        if app in fw.schedules:
+            days.update(st.start for st in fw.status
+                        if st.start > day and (st.apps is None or app in st.apps))
+    now = app_phase(app, frameworks, day, legal_status, group).phase
+    for when in sorted(days):
+        then = app_phase(app, frameworks, when, legal_status, group).phase
+        if then is not now:
+            return when, then
+    return None
+
+
 def not_in_force(frameworks: Iterable[Framework], day: dt.date) -> list[tuple[Framework, FrameworkState]]:
     """Frameworks whose status on ``day`` is not ``in_force`` for some app they
     schedule: what ``dns``/``proxy``/``run`` warn about when enforcing as ordered."""

@@ -99,6 +99,7 @@ class Rule:
     source: str | None = None
     pattern: str | None = None
     path: str | None = None  # download rules: URL path prefix
+    list_group: str | None = None  # the opt-in ``groups:`` entry (parent_company, ...) it came in by
 
     def cite(self, key: str | None = None) -> str:
         """The rule id that decisions and events carry, e.g. ``domain:tiktok.com``."""
@@ -355,6 +356,7 @@ class Decision:
     legal: tuple[FrameworkState, ...] = ()  # their record on the day
     legal_status: LegalStatus = LegalStatus.AS_ORDERED
     policy: PolicyRef | None = None  # which policy decided: every event carries it, for audits
+    list_group: str | None = None  # the opt-in ``groups:`` entry whose rule decided, if one did
 
     @property
     def would(self) -> Action:
@@ -454,6 +456,7 @@ class DnsSettings:
     local: tuple[LocalRecord, ...] = ()
     forward: tuple[Forward, ...] = ()
     local_domains: tuple[str, ...] = DEFAULT_LOCAL_DOMAINS  # never sent to the public upstreams
+    block_single_label: bool = True  # answer one-label names NXDOMAIN here (dnsmasq's domain-needed)
     client_names: str | None = None  # hosts file or dnsmasq leases file: client address -> name
     client_name_metrics: bool = False  # label egress_dns_client_queries_total by client name (cardinality)
 
@@ -496,5 +499,7 @@ class Settings:
     event_queue: EventQueueSettings = field(default_factory=EventQueueSettings)
     # Accept a reload that would block nothing the policy in force blocks.
     allow_empty: bool = False
+    # Whether ``egress-filter pause`` (and the dashboard's switch) may put enforcement in monitor mode.
+    allow_pause: bool = True
     # The largest list file read; bigger ones (or /dev/zero behind a symlink) are errors.
     max_file_size: int = DEFAULT_MAX_FILE_SIZE

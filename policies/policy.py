@@ -3,7 +3,8 @@
     loader (compiler.py) ─▶ Policy: apps, name index, glob and network matchers,
         download paths, store ids, settings, built-ins, frameworks, client groups
     Policy.phases(at, ...) ─▶ each app's phase for a group on a day (legal.py)
-    Policy.view(at, ...) ─▶ PolicyView (decide.py), the object the hot paths call
+    Policy.next_change(app, at, ...) ─▶ the next scheduled change of an app's phase
+    Policy.view(at, ..., paused) ─▶ PolicyView (decide.py), the object the hot paths call
 
 Immutable: a reload builds a new ``Policy``.  It sits above model.py (the
 plain values every module imports) because it holds the matchers and makes
@@ -19,7 +20,7 @@ from zoneinfo import ZoneInfo
 
 from .builtins import Builtins
 from .decide import PolicyView
-from .legal import app_phase
+from .legal import app_phase, next_change
 from .matching import GlobMatcher, NameIndex, NetworkMatcher
 from .model import (
     DEFAULT_GROUP,
@@ -111,6 +112,19 @@ class Policy:
                 out[app.id] = app_phase(app.id, frameworks, day, ls, group)
         return out
 
+    def next_change(self, app: str, at: dt.date | None = None, phase: Phase | None = None,
+                    group: str = DEFAULT_GROUP, legal_status: LegalStatus | None = None
+                    ) -> tuple[dt.date, Phase] | None:
+        """The next scheduled change of ``app``'s phase for ``group`` after ``at``: (day, phase),
+        or None when none is scheduled or an override (``phase``, the app's ``phase:``) holds it."""
+        if phase is not None or self.apps[app].phase_override is not None:
+            return None
+        return next_change(app, self.group_frameworks(group), at or self.today(),
+                           self.group_legal_status(group, legal_status), group)
+
     def view(self, at: dt.date | None = None, phase: Phase | None = None,
-             mode: Mode | None = None, legal_status: LegalStatus | None = None) -> PolicyView:
-        return PolicyView(self, at or self.today(), phase, mode, legal_status)
+             mode: Mode | None = None, legal_status: LegalStatus | None = None,
+             paused: str | None = None) -> PolicyView:
+        """``paused``: enforcement is paused (``egress-filter pause``); every group
+        monitors, and this text (who paused it, until when) leads each downgraded reason."""
+        return PolicyView(self, at or self.today(), phase, mode, legal_status, paused)

@@ -80,6 +80,9 @@ def read_settings(w: Walker, node: yaml.Node, caps: Caps) -> tuple[Settings, Cap
     allow_empty = False
     if "allow_empty" in top:
         allow_empty = bool(w.scalar(top["allow_empty"], "settings.allow_empty", bool, "true or false"))
+    allow_pause = True
+    if "allow_pause" in top:
+        allow_pause = bool(w.scalar(top["allow_pause"], "settings.allow_pause", bool, "true or false"))
     max_file_size = caps.file_size
     if "max_file_size" in top:
         size = w.scalar(top["max_file_size"], "settings.max_file_size", int, "an integer (bytes)")
@@ -89,7 +92,7 @@ def read_settings(w: Walker, node: yaml.Node, caps: Caps) -> tuple[Settings, Cap
             max_file_size = size
             caps = Caps(size, caps.line)
     return Settings(dns=dns, proxy=proxy, event_queue=queue, allow_empty=allow_empty,
-                    max_file_size=max_file_size), caps
+                    allow_pause=allow_pause, max_file_size=max_file_size), caps
 
 
 def read_builtins(w: Walker, node: yaml.Node | None, settings: Settings) -> Builtins:

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from policies.addresses import AddressError, split_hostport
+from runtime import notify
 from runtime.args import add_policy_args, load_or_exit, print_legal_notices
 
 ENFORCEMENT_MODES = ("enforce", "monitor")
@@ -31,7 +32,7 @@ def register(sub: Any) -> None:
     p = sub.add_parser(
         "proxy", help="run mitmproxy with the egress-filter addon (forward/transparent proxy)",
         description="Run mitmproxy in-process with the egress-filter addon. "
-                    "Same settings as `mitmdump -s proxy_addons/egress_filter.py --set egress_...`.")
+                    "Same settings as: mitmdump -s proxy_addons/egress_filter.py --set egress_...")
     p.add_argument("--listen", metavar="HOST:PORT",
                    help="where the proxy listens (default: settings.proxy.listen, 127.0.0.1:8080)")
     p.add_argument("--proxy-mode", action="append", metavar="SPEC",
@@ -47,6 +48,9 @@ def register(sub: Any) -> None:
     p.add_argument("--log", metavar="FILE|-", help="event log (JSON lines; default: stdout)")
     p.add_argument("--metrics", metavar="HOST:PORT", help="serve Prometheus metrics here")
     p.add_argument("--db", metavar="FILE", help="also store events in this SQLite file (the dashboard's)")
+    p.add_argument("--resolver", metavar="IP:PORT",
+                   help="resolve upstream names through this DNS server (the egress-filter DNS filter; "
+                        "run sets it), never the system resolver; a name it does not resolve gets 502")
     p.add_argument("--confdir", metavar="DIR",
                    help="mitmproxy's configuration directory, where its CA lives (default: ~/.mitmproxy)")
     p.add_argument("--set", dest="setoptions", action="append", default=[], metavar="NAME=VALUE",
@@ -86,6 +90,8 @@ def build_options(args: argparse.Namespace, settings: Any) -> tuple[dict[str, An
         "egress_metrics": args.metrics,
         "egress_db": args.db,
         "egress_allow_empty": args.allow_empty,
+        "egress_resolver": args.resolver,
+        "egress_control": args.control,
     }
     if args.confdir:
         opts["confdir"] = args.confdir
@@ -141,14 +147,70 @@ async def _serve(opts: dict[str, Any], sets: list[str]) -> int:
         print(f"egress-filter proxy: {exc}", file=sys.stderr)
         return 1
     loop = asyncio.get_running_loop()
+
+    def stop() -> None:
+        notify.stopping()
+        master.shutdown()  # type: ignore[no-untyped-call]
+
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, master.shutdown)
-    confdir = Path(options.confdir).expanduser()
-    print(f"egress-filter proxy: listening on {options.listen_host or '*'}:{options.listen_port} "
-          f"({', '.join(options.mode)}); mitmproxy CA: {confdir / 'mitmproxy-ca-cert.pem'}; "
-          f"reload the policy: kill -HUP <pid>", file=sys.stderr, flush=True)
+        loop.add_signal_handler(sig, stop)
+    errors = ListenErrors()
+    logging.getLogger("mitmproxy.addons.proxyserver").addFilter(errors)
+    master.addons.add(Ready(options))  # type: ignore[no-untyped-call]
     try:
         await master.run()
     except SystemExit as exc:  # mitmproxy's errorcheck exits when a server failed to start
+        notify.status(errors.first or "the proxy failed to start (see its log)")
         return int(exc.code or 0)
+    finally:
+        logging.getLogger("mitmproxy.addons.proxyserver").removeFilter(errors)
     return 0
+
+
+class ListenErrors:
+    """A logging filter on mitmproxy's proxy server: keeps the first error (for
+    ``STATUS=``) and words a busy port in this command's flags, not mitmproxy's
+    ``--mode regular@PORT``."""
+
+    def __init__(self) -> None:
+        self.first: str | None = None
+
+    def filter(self, record: Any) -> bool:
+        import logging
+
+        if record.levelno < logging.ERROR:
+            return True
+        import re
+
+        text = record.getMessage()
+        head, hint, _ = text.partition("\nTry specifying a different port")  # mitmproxy's --mode advice
+        failed = re.match(r"(?:\[Errno \d+\] )?(.*?) ?failed to listen on (\S+) with (.*)", head, re.S)
+        if failed:
+            # "[Errno 98] HTTP(S) proxy failed to listen on H:P with [Errno 98] error while
+            # attempting to bind on address ('H', P): address already in use"
+            what, where, why = failed.groups()
+            flag = " (--listen)" if hint else ""  # the port came from --listen, not a @PORT mode
+            text = f"{what or 'proxy'} cannot listen on {where}{flag}: {why.rsplit(': ', 1)[-1]}"
+            record.msg, record.args = text, None
+        if self.first is None:
+            self.first = text
+        return True
+
+
+class Ready:
+    """An addon whose ``running`` hook comes after mitmproxy bound every server:
+    only then the banner, and ``READY=1`` to a service manager."""
+
+    def __init__(self, options: Any) -> None:
+        self.options = options
+
+    def running(self) -> None:
+        import os
+
+        options = self.options
+        confdir = Path(options.confdir).expanduser()
+        where = f"{options.listen_host or '*'}:{options.listen_port}"
+        print(f"egress-filter proxy: listening on {where} ({', '.join(options.mode)}); "
+              f"mitmproxy CA: {confdir / 'mitmproxy-ca-cert.pem'}; "
+              f"reload the policy: kill -HUP {os.getpid()}", file=sys.stderr, flush=True)
+        notify.ready(f"proxy listening on {where}")

@@ -24,6 +24,12 @@ and ``egress-filter proxy`` both load it), bounds that:
 
 Only TCP is limited here: mitmproxy already expires idle UDP (QUIC, DNS)
 "connections" after 20 seconds, and they hold no socket of their own.
+
+Who may connect at all is the listener's address: ``running`` warns about
+every listener that is not on loopback (``0.0.0.0:3128``, the Squid-style
+drop-in, or mitmdump's own default of every interface), because a proxy
+that answers the open internet is an open relay; such a listener must be
+firewalled to the LAN (docs/proxy.md).
 """
 
 from __future__ import annotations
@@ -34,6 +40,9 @@ import time
 from typing import Any
 
 from mitmproxy import connection, ctx, exceptions, http, tcp, tls
+from mitmproxy.proxy import mode_specs
+
+from runtime.args import is_loopback
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +79,14 @@ class ConnectionGuard:
         for name in ("egress_handshake_timeout", "egress_max_connections_per_client"):
             if name in updated and getattr(ctx.options, name) < 0:
                 raise exceptions.OptionsError(f"{name}: must be 0 (off) or more")  # type: ignore[no-untyped-call]
+
+    def running(self) -> None:
+        # Here, not in configure: a refused option change rolls back to mitmproxy's
+        # defaults (every interface), which would be warned about without being served.
+        for address in open_listeners(ctx.options.mode, ctx.options.listen_host, ctx.options.listen_port):
+            log.warning("egress-filter: the proxy listens on %s, not on loopback: anyone who can reach "
+                        "it can use it. Firewall it to your LAN (docs/proxy.md, \"Squid's port\").",
+                        address)
 
     # --- counting and the cap ------------------------------------------------------
 
@@ -159,3 +176,22 @@ class ConnectionGuard:
 
     def tcp_start(self, flow: tcp.TCPFlow) -> None:
         self._decided(flow.client_conn)
+
+
+def open_listeners(specs: list[str], listen_host: str, listen_port: int | None) -> list[str]:
+    """The listeners of these mitmproxy modes that are not on loopback, as HOST:PORT
+    (local redirect mode has none)."""
+    found = []
+    for spec in specs:
+        try:
+            mode = mode_specs.ProxyMode.parse(spec)
+        except ValueError:
+            continue  # mitmproxy's proxyserver refuses it, with its own message
+        port = mode.listen_port(listen_port)
+        if port is None:
+            continue
+        host = mode.listen_host(listen_host)
+        if not is_loopback(host):
+            shown = f"[{host}]" if ":" in host else (host or "*")
+            found.append(f"{shown}:{port} ({mode.type_name})")
+    return found

@@ -64,6 +64,7 @@ from policies import (
 )
 from policies.addresses import is_ip
 from policies.builtins import ECH_EXTENSION
+from runtime import notify
 from runtime.holder import PolicyHolder
 
 from .verdict import KEY, Verdict, distinct, new_verdict, placeholder_451, strictest
@@ -274,7 +275,9 @@ class PolicyDecisions:
     def _sighup(self) -> None:
         # Reloading parses YAML: keep it off the event loop.
         if self.holder is not None:
-            threading.Thread(target=self.holder.reload, name="egress-policy-sighup", daemon=True).start()
+            # RELOADING=1 ... READY=1 to a service manager (a no-op without one).
+            reload = notify.around_reload(self.holder.reload)
+            threading.Thread(target=reload, name="egress-policy-sighup", daemon=True).start()
         for listener in self.sighup:
             listener()
 

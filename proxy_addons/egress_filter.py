@@ -12,7 +12,12 @@ concern, as sub-addons, which mitmproxy calls in this order for every hook:
 3. ``block_page.BlockPage``: the 451 page a blocked request is shown;
 4. ``telemetry.Telemetry``: one event per block or log verdict, and metrics;
 5. ``connections.ConnectionGuard``: a deadline for undecided connections and
-   a cap per client address (it reads what the addons above did).
+   a cap per client address (it reads what the addons above did);
+6. ``control.ControlSocket``: the local socket ``egress-filter pause`` talks
+   to (the pause itself is the holder's, so every hook above sees it);
+7. ``resolver.UpstreamResolver``: with ``egress_resolver`` set, the names
+   of the servers dialled are looked up through the DNS filter, never the
+   system resolver (last, because it awaits the network).
 
 Data flows one way: options and YAML → ``PolicyHolder`` → a ``Decision`` per
 observation → the addons act on its ``Verdict`` → one event.
@@ -28,7 +33,9 @@ from typing import Any
 from proxy_addons.block_page import BlockPage
 from proxy_addons.bypass import BypassControls
 from proxy_addons.connections import ConnectionGuard
+from proxy_addons.control import ControlSocket
 from proxy_addons.decisions import PolicyDecisions
+from proxy_addons.resolver import UpstreamResolver
 from proxy_addons.telemetry import Telemetry
 from proxy_addons.verdict import authority_names
 from runtime.holder import PolicyHolder
@@ -45,7 +52,10 @@ class EgressFilter:
         self.page = BlockPage()
         self.telemetry = Telemetry(self.decisions)
         self.guard = ConnectionGuard(self.telemetry.registry)
-        self.addons: list[Any] = [self.decisions, self.bypass, self.page, self.telemetry, self.guard]
+        self.control = ControlSocket(self.decisions, self.telemetry)
+        self.resolver = UpstreamResolver(self.telemetry.registry)
+        self.addons: list[Any] = [self.decisions, self.bypass, self.page, self.telemetry, self.guard,
+                                  self.control, self.resolver]
 
     @property
     def holder(self) -> PolicyHolder | None:

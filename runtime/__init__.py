@@ -11,5 +11,7 @@ package or each other (tests/test_layers.py checks it with ``ast``).
 * ``eventlog``: ``EventLog``, the one non-blocking JSON-lines event writer, and
   its Prometheus collector;
 * ``args``: the flags every policy-reading command shares and the
-  ``file:line`` exit on a bad policy.
+  ``file:line`` exit on a bad policy;
+* ``notify``: sd_notify (``READY=1``, ``RELOADING=1``, ``STOPPING=1``,
+  ``STATUS=``) to systemd or to ``egress-filter run``.
 """

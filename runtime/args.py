@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import ipaddress
 import sys
 
 from policies import LegalStatus, Phase, Policy, PolicyError, load_policy
@@ -19,6 +20,16 @@ from policies.legal_loader import legal_status as parse_legal_status
 
 EXIT_POLICY = 1
 LEGAL_CHOICES = ("as-ordered", "in-force")
+
+
+def is_loopback(host: str) -> bool:
+    """Whether a listen host is a loopback address ("" and other names are not: "" is every interface)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 def parse_date(text: str) -> dt.date:
@@ -44,6 +55,10 @@ def add_policy_args(p: argparse.ArgumentParser, *, moment: bool = True, serving:
                        help="accept a reload that would block nothing the policy in force blocks "
                             "(refused by default; or set settings.allow_empty: true in the new file)")
         add_legal_args(p, group=False)
+        p.add_argument("--control", metavar="PATH|off",
+                       help="local control socket for egress-filter pause (default: "
+                            "/run/egress-filter/control.sock as root, else under $XDG_RUNTIME_DIR "
+                            "or /tmp/egress-filter-UID/; off: none)")
         # Set by ``run`` on its servers, which then leave the legal notices to it.
         p.add_argument("--no-legal-notice", action="store_true", help=argparse.SUPPRESS)
     if moment:

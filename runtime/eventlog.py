@@ -25,7 +25,6 @@ between two lines; if that fails the old sink is kept.
 from __future__ import annotations
 
 import errno
-import json
 import os
 import queue
 import select
@@ -39,6 +38,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from policies.events import ECS_VERSION, SCHEMA_VERSION, utc_iso
+
+from .jsonline import encode as encode_line
 
 _STOP = object()
 _REOPEN = object()
@@ -137,8 +138,6 @@ class EventLog:
         self._reported = 0  # losses already told in a warning event
         self._last_warning = -float("inf")
         self._last_stderr = -float("inf")
-        self._encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, default=str).encode
-        self._encode_ascii = json.JSONEncoder(separators=(",", ":"), default=str).encode
         if target is not None:
             sink: Sink | None
             try:
@@ -173,10 +172,7 @@ class EventLog:
         if self._thread is None:
             return
         try:
-            try:
-                data = (self._encode(event) + "\n").encode("utf-8")
-            except UnicodeEncodeError:  # a lone surrogate: JSON can carry it escaped
-                data = (self._encode_ascii(event) + "\n").encode("ascii")
+            data = encode_line(event)
         except (TypeError, ValueError, RecursionError):
             with self._lock:
                 self.emitted += 1
@@ -388,7 +384,7 @@ class EventLog:
             "egress": {"schema": SCHEMA_VERSION, "component": "eventlog", "lost": lost,
                        "dropped": self.dropped, "write_errors": self.write_errors},
         }
-        return (self._encode_ascii(ev) + "\n").encode("ascii")
+        return encode_line(ev)
 
     def _retry_open(self) -> None:
         try:

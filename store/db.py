@@ -7,9 +7,11 @@ Pages are newest first by row id; an index on one column also holds the
 row id, so ``WHERE egress_app = ? ORDER BY id DESC LIMIT n`` walks one
 index backwards and stops after n rows, however many rows match.
 ``put`` only appends the dict to a deque under a lock (bounded; a full queue
-drops and counts); the writer thread turns dicts into rows, so the cost on
-the caller is one lock and one append.  Dropped counts are also added to the
-``counters`` table, so the dashboard shows them whichever process lost them.
+drops and counts), so the cost on the caller is one lock and one append; a
+feeder thread encodes the events as JSON lines and pipes them to the writer
+process (``store/writer.py``), which turns them into rows and inserts them.
+Dropped counts are also added to the ``counters`` table, so the dashboard
+shows them whichever process lost them.
 Retention deletes at most ``PRUNE_ROWS`` rows per pass (oldest first) and
 gives the pages back with ``incremental_vacuum``, so no pass holds the
 write lock long.
@@ -18,14 +20,17 @@ write lock long.
 from __future__ import annotations
 
 import calendar
-import json
 import os
 import sqlite3
+import subprocess
+import sys
 import threading
 import time
 from collections import deque
 from dataclasses import dataclass
-from typing import Any
+from typing import IO, Any
+
+from runtime.jsonline import encode as encode_line
 
 DEFAULT_PATH = "~/.local/state/egress-filter/events.db"
 DEFAULT_MAX_QUEUE = 100_000
@@ -35,6 +40,8 @@ PRUNE_INTERVAL = 30.0
 PRUNE_ROWS = 20_000
 MAX_LIMIT = 1000
 QUERY_SECONDS = 2.0  # a reader query is interrupted after this long
+# The writer process runs ``-m store.writer`` from the directory that holds this package.
+_PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 COLUMNS = ("timestamp", "event_id", "event_action", "event_reason", "observer_type", "egress_kind",
            "egress_value", "egress_app", "egress_apps", "egress_group", "egress_phase", "rule_name",
@@ -101,13 +108,11 @@ def _ms(stamp: str) -> int:
         return int(time.time() * 1000)
 
 
-# One encoder for every row (json.dumps with options builds a new one on each call); ASCII
-# output (non-ASCII as \u escapes, the same JSON) is twice as fast to build as UTF-8 output.
-_encode = json.JSONEncoder(separators=(",", ":"), default=str).encode
 
 
-def row_of(ev: dict[str, Any]) -> tuple[Any, ...]:
-    """One event dict → the row tuple, in ``COLUMNS`` order."""
+def row_of(ev: dict[str, Any], doc: str | None = None) -> tuple[Any, ...]:
+    """One event dict → the row tuple, in ``COLUMNS`` order; ``doc`` is its JSON when the caller
+    already has it (the writer process receives the line and need not encode it again)."""
     eg = ev.get("egress") or {}
     e = ev.get("event") or {}
     apps = eg.get("apps") or []
@@ -115,7 +120,7 @@ def row_of(ev: dict[str, Any]) -> tuple[Any, ...]:
             (ev.get("observer") or {}).get("type") or eg.get("component"), eg.get("kind"), eg.get("value"),
             apps[0] if apps else None, ",".join(apps), eg.get("group"), eg.get("phase"),
             (ev.get("rule") or {}).get("name"), (ev.get("source") or {}).get("ip"), eg.get("response"),
-            _encode(ev))
+            encode_line(ev)[:-1].decode() if doc is None else doc)
 
 
 def connect(path: str) -> sqlite3.Connection:
@@ -141,21 +146,23 @@ def open_reader(path: str) -> sqlite3.Connection:
 
 
 class Store:
-    """The writer: ``put`` from any thread, never blocking; one thread writes."""
+    """The server's side of the store: ``put`` from any thread, never blocking.
+
+    A feeder thread encodes what has piled up and pipes it to the writer process
+    (``store.writer``), which inserts it; a reader thread takes the writer's counts back.  So
+    the server's interpreter pays one append per event and one JSON encoding per event, off
+    the answer path; rows, indexes and retention are the writer's work, on another core."""
 
     def __init__(self, path: str, *, max_queue: int = DEFAULT_MAX_QUEUE,
                  retention: Retention = Retention(), flush_interval: float = FLUSH_INTERVAL,
                  prune_interval: float = PRUNE_INTERVAL):
         """Raises ``sqlite3.Error``/``OSError`` when the file cannot be opened (at start-up)."""
-        self.path = os.path.expanduser(path)
+        self.path = os.path.abspath(os.path.expanduser(path))
         self.max_queue = max(1, max_queue)
         self.retention = retention
         self.flush_interval = flush_interval
         self.prune_interval = prune_interval
-        self._conn = connect(self.path)
-        # 32 MiB of page cache for the writer (SQLite's default is 2 MiB): the name index takes
-        # inserts all over its B-tree, and a big store would otherwise read pages back per batch.
-        self._conn.execute("PRAGMA cache_size=-32768")
+        connect(self.path).close()  # a bad path fails here, in the server, at start-up
         self._lock = threading.Lock()
         self._queue: deque[dict[str, Any]] = deque()
         self._wake = threading.Event()
@@ -163,9 +170,18 @@ class Store:
         self._flushed = threading.Condition(self._lock)
         self.puts = self.written = self.dropped = self.write_errors = self.pruned = 0
         self._dropped_told = 0
-        self._last_prune = 0.0
-        self._thread = threading.Thread(target=self._run, name="egress-store", daemon=True)
+        self._writer = subprocess.Popen(
+            [sys.executable, "-m", "store.writer", self.path, "--days", str(retention.days or 0),
+             "--max-bytes", str(retention.max_bytes or 0), "--prune-interval", str(prune_interval)],
+            # Its own session: a Ctrl-C or hang-up for the server's terminal is not for it; it
+            # stops when the server closes its stdin, after the server's last events.
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, close_fds=True, start_new_session=True,
+            env={**os.environ, "PYTHONPATH": os.pathsep.join(
+                p for p in (_PACKAGE_ROOT, os.environ.get("PYTHONPATH")) if p)})
+        self._thread = threading.Thread(target=self._feed, name="egress-store", daemon=True)
+        self._acks = threading.Thread(target=self._read_counts, name="egress-store-counts", daemon=True)
         self._thread.start()
+        self._acks.start()
 
     def put(self, event: dict[str, Any]) -> None:
         with self._lock:
@@ -195,7 +211,7 @@ class Store:
             self._wake.set()
             while self.written + self.dropped + self.write_errors < target:
                 left = deadline - time.monotonic()
-                if left <= 0 or not self._thread.is_alive():
+                if left <= 0 or not self._acks.is_alive():
                     return False
                 self._flushed.wait(min(left, 0.05))
                 self._wake.set()
@@ -206,25 +222,34 @@ class Store:
         self._stop.set()
         self._wake.set()
         self._thread.join(timeout + 1.0)
-        if not self._thread.is_alive():
-            self._conn.close()
+        try:
+            self._writer.wait(timeout + 1.0)
+        except subprocess.TimeoutExpired:
+            self._writer.kill()
+            self._writer.wait()
+        self._acks.join(1.0)
 
     def prune(self) -> int:
-        """One retention pass now (normally the writer runs it every ``prune_interval``)."""
-        conn = connect(self.path)  # its own connection: the writer's may be mid-transaction
+        """One retention pass now (normally the writer runs one every ``prune_interval``)."""
+        conn = connect(self.path)
         try:
-            return self._prune_pass(conn)
+            gone = prune_pass(conn, self.retention)
         finally:
             conn.close()
+        with self._lock:
+            self.pruned += gone
+        return gone
 
-    # --- the writer thread -------------------------------------------------
+    # --- the feeder thread -------------------------------------------------
 
     def _take(self) -> list[dict[str, Any]]:
         with self._lock:
             n = min(BATCH, len(self._queue))
             return [self._queue.popleft() for _ in range(n)]
 
-    def _run(self) -> None:
+    def _feed(self) -> None:
+        pipe = self._writer.stdin
+        assert pipe is not None
         while True:
             self._wake.wait(self.flush_interval)
             self._wake.clear()
@@ -232,68 +257,87 @@ class Store:
                 batch = self._take()
                 if not batch:
                     break
-                self._write(batch)
-            self._count_drops()
-            now = time.monotonic()
-            if now - self._last_prune >= self.prune_interval:
-                self._last_prune = now
-                try:
-                    self._prune_pass(self._conn)
-                except sqlite3.Error:
-                    pass  # retried on the next pass; a busy file is not fatal
+                self._send(pipe, batch)
+            self._send_drops(pipe)
             if self._stop.is_set():
                 with self._lock:
-                    if not self._queue:
-                        self._flushed.notify_all()
-                        return
+                    if self._queue:
+                        self._wake.set()
+                        continue
+                try:
+                    pipe.close()
+                except OSError:
+                    pass
+                return
 
-    def _write(self, batch: list[dict[str, Any]]) -> None:
-        ok = 0
+    def _send(self, pipe: IO[bytes], batch: list[dict[str, Any]]) -> None:
+        lines = []
+        for ev in batch:
+            try:
+                lines.append(encode_line(ev))
+            except (TypeError, ValueError, RecursionError):
+                pass
+        bad = len(batch) - len(lines)
         try:
-            rows = [row_of(ev) for ev in batch]
-            with self._conn:
-                self._conn.execute("BEGIN IMMEDIATE")
-                self._conn.executemany(
-                    f"INSERT INTO events ({','.join(COLUMNS)}) VALUES ({','.join('?' * len(COLUMNS))})", rows)
-            ok = len(rows)
-        except (sqlite3.Error, TypeError, ValueError, AttributeError):
-            ok = 0
-        finally:
+            pipe.write(b"E %d\n" % len(lines) + b"".join(lines))
+            pipe.flush()
+        except (OSError, ValueError):  # the writer is gone: these are lost, and counted
+            bad = len(batch)
+        if bad:
             with self._lock:
-                self.written += ok
-                self.write_errors += len(batch) - ok
+                self.write_errors += bad
                 self._flushed.notify_all()
 
-    def _count_drops(self) -> None:
+    def _send_drops(self, pipe: IO[bytes]) -> None:
+        """Add the drops counted so far to the file's ``counters``, so the dashboard shows them
+        whichever process lost them."""
         with self._lock:
             new = self.dropped + self.write_errors - self._dropped_told
         if new <= 0:
             return
         try:
-            self._conn.execute("INSERT INTO counters VALUES ('dropped', ?) "
-                               "ON CONFLICT(name) DO UPDATE SET value = value + excluded.value", (new,))
+            pipe.write(b"D %d\n" % new)
+            pipe.flush()
             self._dropped_told += new
-        except sqlite3.Error:
+        except (OSError, ValueError):
             pass
 
-    def _prune_pass(self, conn: sqlite3.Connection) -> int:
-        gone = 0
-        if self.retention.days is not None:
-            cutoff = int((time.time() - self.retention.days * 86400) * 1000)
-            gone += conn.execute("DELETE FROM events WHERE id IN (SELECT id FROM events WHERE timestamp < ? "
-                                 "ORDER BY timestamp LIMIT ?)", (cutoff, PRUNE_ROWS)).rowcount
-        if self.retention.max_bytes is not None:
-            page = conn.execute("PRAGMA page_size").fetchone()[0]
-            used = (conn.execute("PRAGMA page_count").fetchone()[0]
-                    - conn.execute("PRAGMA freelist_count").fetchone()[0]) * page
-            if used > self.retention.max_bytes:
-                rows = conn.execute("SELECT count(*) FROM events").fetchone()[0] or 1
-                # Delete the share of rows that is over the limit (plus 5%), in bounded steps.
-                over = int(rows * ((used - self.retention.max_bytes) / used + 0.05)) + 1
-                gone += conn.execute("DELETE FROM events WHERE id IN (SELECT id FROM events "
-                                     "ORDER BY id LIMIT ?)", (min(over, PRUNE_ROWS),)).rowcount
-        if gone:
-            conn.execute("PRAGMA incremental_vacuum(4096)")
+    def _read_counts(self) -> None:
+        out = self._writer.stdout
+        assert out is not None
+        for line in out:
+            kind, *nums = line.split()
             with self._lock:
-                self.pruned += gone
-        return gone
+                if kind == b"W" and len(nums) == 2:
+                    self.written += int(nums[0])
+                    self.write_errors += int(nums[1])
+                elif kind == b"P" and nums:
+                    self.pruned += int(nums[0])
+                self._flushed.notify_all()
+        with self._lock:  # the writer is gone: what it had not confirmed is lost, and counted
+            lost = self.puts - self.written - self.dropped - self.write_errors - len(self._queue)
+            if lost > 0:
+                self.write_errors += lost
+            self._flushed.notify_all()
+
+
+def prune_pass(conn: sqlite3.Connection, retention: Retention) -> int:
+    """Delete at most ``PRUNE_ROWS`` rows over the retention (oldest first); the count deleted."""
+    gone = 0
+    if retention.days is not None:
+        cutoff = int((time.time() - retention.days * 86400) * 1000)
+        gone += conn.execute("DELETE FROM events WHERE id IN (SELECT id FROM events WHERE timestamp < ? "
+                             "ORDER BY timestamp LIMIT ?)", (cutoff, PRUNE_ROWS)).rowcount
+    if retention.max_bytes is not None:
+        page = conn.execute("PRAGMA page_size").fetchone()[0]
+        used = (conn.execute("PRAGMA page_count").fetchone()[0]
+                - conn.execute("PRAGMA freelist_count").fetchone()[0]) * page
+        if used > retention.max_bytes:
+            rows = conn.execute("SELECT count(*) FROM events").fetchone()[0] or 1
+            # Delete the share of rows that is over the limit (plus 5%), in bounded steps.
+            over = int(rows * ((used - retention.max_bytes) / used + 0.05)) + 1
+            gone += conn.execute("DELETE FROM events WHERE id IN (SELECT id FROM events "
+                                 "ORDER BY id LIMIT ?)", (min(over, PRUNE_ROWS),)).rowcount
+    if gone:
+        conn.execute("PRAGMA incremental_vacuum(4096)")
+    return gone

@@ -22,7 +22,9 @@ PACKAGES = ("policies", "runtime", "store", *ADAPTERS, "egress_filter")
 ALLOWED = {
     "policies": set(),
     "runtime": {"policies"},
-    "store": set(),  # the event store: a sink beside the event log, and the dashboard's reader
+    # the event store: a sink beside the event log (sharing its JSON-line encoder), and the
+    # dashboard's reader
+    "store": {"runtime"},
     "dns_blocker": {"policies", "runtime", "store"},
     "proxy_addons": {"policies", "runtime", "store"},
     "replay": {"policies", "runtime", "store"},

@@ -18,6 +18,8 @@ import dns.rcode
 import httpx
 import pytest
 
+from tests.ops.helpers import pid_alive
+
 pytestmark = pytest.mark.e2e
 
 
@@ -34,18 +36,6 @@ def _wait_for(predicate, timeout: float = 30.0) -> None:  # type: ignore[no-unty
             return
         time.sleep(0.2)
     raise AssertionError("timed out waiting for the servers")
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    # A zombie still answers kill(0); it is gone for our purposes.
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
-    except OSError:
-        return False
 
 
 def test_run_starts_both_servers_and_ctrl_c_stops_them(tmp_path: Path) -> None:
@@ -110,7 +100,7 @@ def test_run_starts_both_servers_and_ctrl_c_stops_them(tmp_path: Path) -> None:
     pids = [int(p) for p in re.findall(r"\(pid (\d+)\)", err)]
     assert len(pids) == 3, err  # dns, proxy, dashboard
     assert f"http://127.0.0.1:{dash_port}/" in err
-    assert not any(_pid_alive(p) for p in pids)
+    assert not any(pid_alive(p) for p in pids)
     logged = events.read_text()
     assert '"component":"dns"' in logged and '"component":"proxy"' in logged
     assert "www.tiktok.com" in logged

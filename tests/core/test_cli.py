@@ -245,9 +245,8 @@ def test_explain_text(capsys: pytest.CaptureFixture[str]) -> None:
         "  at:     2020-11-13",
         "  group:  exempt (legal status: as ordered)",
         "  framework: policy schedule: in force since 2020-11-12, Commerce ID 2020-09-18",
-        "  reason: client 10.9.1.1 is exempt: would be blocked, logged instead; "
-        "tiktok.com and its subdomains belong to TikTok; "
-        "TikTok is in phase 'full' since 2020-11-12 (Commerce ID 2020-09-18), so this is blocked",
+        "  reason: WWW.TikTok.com. belongs to TikTok, in phase full since 2020-11-12, so it would be "
+        "blocked; client 10.9.1.1 is exempt, so it is logged instead.",
     ]
 
 
@@ -288,8 +287,11 @@ def test_phases_text(capsys: pytest.CaptureFixture[str]) -> None:
         "Phases at 2020-10-01 for group default (legal status: as ordered; "
         "* marks the frameworks that set the phase):",
         "  TikTok     downloads  since 2020-09-20  Commerce ID 2020-09-18",
+        "             next change: full from 2020-11-12",
         "  WeChat     full       since 2020-09-20  Commerce ID 2020-09-18",
+        "             no further change",
         "  Later App  none       since -           before the schedule starts",
+        "             next change: full from 2021-02-19",
     ]
 
 

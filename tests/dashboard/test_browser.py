@@ -131,6 +131,7 @@ def test_explain_page_matches_cli(live: tuple[ResolverProcess, DashboardProcess,
     shot(browser, tmp_path, f"explain-{target}")
     assert browser.find_element(By.ID, "verdict").text == cli["action"].upper()
     assert browser.find_element(By.ID, "rule").text == (cli["rule"] or "-")
+    assert browser.find_element(By.ID, "summary").text == cli["summary"]
 
 
 def test_script_name_is_text(live: tuple[ResolverProcess, DashboardProcess, Path], browser: WebDriver,

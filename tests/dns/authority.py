@@ -6,7 +6,8 @@ Built on dnslib; serves UDP and TCP from two threads.  Its zone is fixed
 (negative TTL ``NEG_TTL``).  ``big.example.test`` comes back truncated over
 UDP and whole over TCP.  ``mode`` makes it misbehave on purpose: ``slow``
 (answers after ``SLOW`` seconds), ``garbage`` (random bytes with the right
-ID), ``silent`` (no answer).  ``stop`` closes the sockets (ICMP unreachable).
+ID), ``silent`` (no answer), ``servfail``, ``refused``, ``notimp``, ``formerr``
+(that rcode).  ``stop`` closes the sockets (ICMP unreachable).
 ``delay`` holds every UDP answer back that long without holding the others
 (a slow upstream under load), ``forge`` is called with each UDP query
 before its answer leaves (a spoofer racing the real answer), and
@@ -153,8 +154,8 @@ class Authority:
             reply.questions = [DNSQuestion(name, query.q.qtype, query.q.qclass)]
         if opt is not None:  # an EDNS0 answer for an EDNS0 question (RFC 6891)
             reply.add_ar(EDNS0(udp_len=1232, flags="do" if (opt.ttl >> 15) & 1 else ""))
-        if mode == "servfail":
-            reply.header.rcode = RCODE.SERVFAIL
+        if mode in ("servfail", "refused", "notimp", "formerr"):
+            reply.header.rcode = getattr(RCODE, mode.upper())
             return bytes(reply.pack())
         records = RECORDS.get(name)
         if records is None and any(name == z or name.endswith("." + z) for z in APP_ZONES):

@@ -84,13 +84,17 @@ def write_policy(tmp_path: Path) -> Callable[..., Path]:
     return write
 
 
-@pytest.fixture
-def authority() -> Iterator[Authority]:
+def serve_authority() -> Iterator[Authority]:
     auth = Authority()
     try:
         yield auth
     finally:
         auth.stop()
+
+
+authority = pytest.fixture(serve_authority, name="authority")
+# A second upstream: the "corporate" one of the forwarding tests, the healthy next one of the failover tests.
+corp = pytest.fixture(serve_authority, name="corp")
 
 
 class ResolverProcess:

@@ -150,8 +150,10 @@ def test_certificate_is_verified(kind: str, pin: str | None, trust: str, want: s
 FAILOVER = [
     pytest.param("tls", "dead", "connect", id="dot-dead"),
     pytest.param("https", "dead", "connect", id="doh-dead"),
-    pytest.param("tls", "servfail", "bad-answer", id="dot-servfail"),
-    pytest.param("https", "servfail", "bad-answer", id="doh-servfail"),
+    pytest.param("tls", "servfail", "servfail", id="dot-servfail"),
+    pytest.param("https", "servfail", "servfail", id="doh-servfail"),
+    pytest.param("tls", "refused", "refused", id="dot-refused"),
+    pytest.param("https", "refused", "refused", id="doh-refused"),
     pytest.param("tls", "silent", "timeout", id="dot-silent"),
     pytest.param("https", "silent", "timeout", id="doh-silent"),
     pytest.param("tls", "wrong-question", "bad-answer", id="dot-wrong-question"),
@@ -171,7 +173,7 @@ def test_failover_to_the_next_upstream(kind: str, failure: str, reason: str, res
         bad = f"tls://127.0.0.1:{port}" if kind == "tls" else f"https://127.0.0.1:{port}/dns-query"
         bad_srv = None
     else:
-        zone = failure if failure in ("servfail", "silent") else "ok"
+        zone = failure if failure in ("servfail", "refused", "silent") else "ok"
         bad_srv, _ = servers(kind, mode=failure, zone_mode=zone)
         bad = bad_srv.upstream()
     good, _ = servers("https" if kind == "tls" else "tls")  # failover across kinds too

@@ -12,7 +12,7 @@ them; the policy's verdict still comes first.  Mistakes in either key are
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import dns.flags
@@ -46,15 +46,6 @@ settings:
       2.168.192.in-addr.arpa: {corp}
       tiktokcdn.test: {corp}
 """
-
-
-@pytest.fixture
-def corp() -> Iterator[Authority]:
-    auth = Authority()
-    try:
-        yield auth
-    finally:
-        auth.stop()
 
 
 def texts(msg: dns.message.Message) -> list[str]:
@@ -163,6 +154,15 @@ BAD = [
     pytest.param("forward: [corp.example]", "settings.dns.forward: expected a mapping", id="not-a-mapping"),
     pytest.param("local_domains: ['not a domain']", "settings.dns.local_domains[0]: 'not a domain' is not a "
                  "valid domain name", id="bad-local-domain"),
+    pytest.param("local_domains: lan", "settings.dns.local_domains: expected a list",
+                 id="local-domains-not-a-list"),
+    pytest.param("block_single_label: sometimes",
+                 "settings.dns.block_single_label: expected true or false, got 'sometimes'",
+                 id="single-label-not-a-bool"),
+    pytest.param("block_single_label: 0", "settings.dns.block_single_label: expected true or false, got '0'",
+                 id="single-label-a-number"),
+    pytest.param("block_single_label: [false]", "settings.dns.block_single_label: expected true or false",
+                 id="single-label-a-list"),
 ]
 
 

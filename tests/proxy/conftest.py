@@ -38,6 +38,7 @@ class Origin:
     port: int
     pki: Pki
     seen: list[str] = field(default_factory=list)  # "host path" of every request served
+    snis: list[str] = field(default_factory=list)  # the SNI of every TLS handshake ("" for none)
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
@@ -90,11 +91,12 @@ def start_origin(directory: Path) -> tuple[Origin, _TlsServer, threading.Thread]
     pki = make_pki(directory, ORIGIN_NAMES)
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(pki.cert, pki.key)
+    snis: list[str] = []
+    context.sni_callback = lambda _sock, name, _ctx: snis.append(name or "")
     server = _TlsServer(context)
     thread = threading.Thread(target=server.serve_forever, daemon=True, name="test-origin")
     thread.start()
-    origin = Origin(server.server_address[1], pki)
-    origin.seen = server.seen
+    origin = Origin(server.server_address[1], pki, server.seen, snis)
     return origin, server, thread
 
 

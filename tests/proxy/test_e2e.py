@@ -352,7 +352,8 @@ def test_bad_start_exits_1_with_a_message(
     assert message.format(busy=port) in out.stderr
 
 
-def quic_handshake(port: int, sni: str, timeout: float = 3.0, cafile: Path | None = None) -> str:
+def quic_handshake(port: int, sni: str, timeout: float = 3.0, cafile: Path | None = None,
+                   host: str = "127.0.0.1") -> str:
     """A real QUIC client (aioquic): 'connected', or why not.  With ``cafile`` it
     trusts only that CA's certificates, without it any certificate."""
     import asyncio
@@ -368,7 +369,7 @@ def quic_handshake(port: int, sni: str, timeout: float = 3.0, cafile: Path | Non
         config.load_verify_locations(str(cafile))
 
     async def attempt() -> str:
-        async with connect("127.0.0.1", port, configuration=config, wait_connected=True):
+        async with connect(host, port, configuration=config, wait_connected=True):
             return "connected"
 
     try:
@@ -395,7 +396,7 @@ QUIC_CASES = [
 def test_quic_clienthello_is_judged(
     run_proxy: Any, origin: Origin, policy: Path, sni: str, event: tuple[str, str] | None
 ) -> None:
-    """mitmproxy sees QUIC in reverse, transparent, WireGuard and local modes;
+    """mitmproxy sees QUIC in reverse, WireGuard and local modes (not transparent: TCP only);
     reverse mode needs no privileges, so it stands in for them here."""
     udp = free_udp_port()
     proxy = run_proxy(

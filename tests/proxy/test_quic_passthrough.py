@@ -1,7 +1,7 @@
 """End to end: allowed QUIC with ``egress_quic=passthrough``, through a real proxy
 to a real QUIC origin (aioquic, loopback), with a real QUIC client.
 
-mitmproxy sees QUIC in reverse, transparent, WireGuard and local modes;
+mitmproxy sees QUIC in reverse, WireGuard and local modes (transparent mode is TCP only);
 reverse mode needs no privileges, so it stands in for them.  Passed through
 untouched, the client completes its handshake with the *origin's*
 certificate (verified against the origin's own CA, which mitmproxy's CA is

@@ -116,3 +116,28 @@ def test_one_byte_segment_without_syn_is_not_malformed(view: PolicyView, tmp_pat
     verdicts, rep = replay_all(view, c.write_pcap(tmp_path / "one.pcap", c.link(packets, c.LINK_ETHERNET)))
     assert [str(d) for d in rep.damage] == []
     assert [v.sighting.value for v in verdicts] == ["a.example"]
+
+
+# Juniper's link types (pcap-linktype(7)): dpkt has no decoder for any of them, so replay
+# reads none of them (issue 11: "where dpkt supports them"); each gets one note per file,
+# and the other interfaces of the same capture are still read.
+JUNIPER = [
+    pytest.param(130, id="juniper-mlppp"),
+    pytest.param(167, id="juniper-pppoe"),
+    pytest.param(178, id="juniper-ether"),
+    pytest.param(179, id="juniper-ppp"),
+    pytest.param(181, id="juniper-chdlc"),
+]
+
+
+@pytest.mark.parametrize("linktype", JUNIPER)
+def test_juniper_link_types_are_named_and_skipped(linktype: int, view: PolicyView, tmp_path: Path) -> None:
+    eth = c.link([c.udp(c.dns_query("a.example"))], c.LINK_ETHERNET)
+    # A Juniper cookie-prefixed frame: 'MGC' magic, flags, then an Ethernet frame.
+    juniper = [b"MGC\x01" + eth[0]] * 3
+    path = c.write_pcapng(tmp_path / "juniper.pcapng", [(c.LINK_ETHERNET, eth), (linktype, juniper)])
+    verdicts, rep = replay_all(view, path)
+    assert [v.sighting.value for v in verdicts] == ["a.example"]
+    assert [str(d) for d in rep.damage] == [
+        f"{path}: link type {linktype} is not supported; its packets were skipped"
+    ]

@@ -20,15 +20,15 @@ import os
 import shutil
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import NamedTuple
 
 import pytest
 
-from tests.dns.conftest import REPO, policy_text
-from tests.proxy.helpers import stop
+from tests.dns.conftest import policy_text
+from tests.netns import NsServer as Server
+from tests.netns import ip
 
 pytestmark = pytest.mark.e2e  # needs root and iproute2 (network namespaces), as CI has
 
@@ -79,10 +79,6 @@ print(json.dumps(out))
 """
 
 
-def ip(*args: str) -> None:
-    subprocess.run(["ip", *args], check=True, capture_output=True, timeout=10)
-
-
 class Net(NamedTuple):
     server_ns: str
     client_ns: str
@@ -115,26 +111,6 @@ def net() -> Iterator[Net]:
     finally:
         for ns in (srv, cli):  # deleting a namespace deletes its end of the veth pair
             subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=10)
-
-
-class Server:
-    """A process in the server's namespace, stopped by PID."""
-
-    def __init__(self, cmd: list[str], log: Path, ready: Callable[[], bool]):
-        self.log = log
-        self.err = open(log, "w")
-        self.proc = subprocess.Popen(cmd, cwd=REPO, stdin=subprocess.DEVNULL, stdout=self.err,
-                                     stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 30
-        while not ready():
-            assert self.proc.poll() is None, log.read_text()
-            assert time.monotonic() < deadline, f"not ready after 30 s: {log.read_text()}"
-            time.sleep(0.05)
-        assert self.proc.poll() is None, log.read_text()
-
-    def stop(self) -> None:
-        stop(self.proc)
-        self.err.close()
 
 
 def ask(net: Net, host: str, port: int, source: str = "", ns: str = "") -> dict[str, object]:

@@ -1,0 +1,128 @@
+"""The store's writer process: JSON lines in on stdin, rows into SQLite, counts out on stdout.
+
+``Store`` (in the server's process) sends each batch as a header line ``E <n>`` followed by
+``n`` JSON lines, and the drops it counted as ``D <n>``; this process inserts each batch in
+one transaction and answers ``W <written> <failed>`` per batch and ``P <pruned>`` per
+retention pass.  It runs beside the resolver or the proxy so that building rows and SQLite's
+work never hold the server's interpreter lock (issue 12: the store's cost on the DNS path).
+It ignores SIGINT and SIGHUP (the server decides when to stop) and exits when stdin closes,
+after the last batch is written.  Retention runs every ``--prune-interval`` seconds, also when
+no events arrive.
+"""
+
+from __future__ import annotations
+
+import argparse
+import select
+import signal
+import sqlite3
+import sys
+import time
+from typing import Any, BinaryIO
+
+import orjson
+
+from .db import COLUMNS, Retention, connect, prune_pass, row_of
+
+INSERT = f"INSERT INTO events ({','.join(COLUMNS)}) VALUES ({','.join('?' * len(COLUMNS))})"
+MAX_BATCH = 100_000  # a header asking for more is a broken sender: stop rather than trust it
+
+
+def _rows(lines: list[bytes]) -> list[tuple[Any, ...]]:
+    """The rows of the lines that are events; any other line is counted as failed."""
+    rows = []
+    for line in lines:
+        try:
+            rows.append(row_of(orjson.loads(line), line[:-1].decode("utf-8", "replace")))
+        except (orjson.JSONDecodeError, TypeError, ValueError, AttributeError):
+            pass
+    return rows
+
+
+def _insert(conn: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> bool:
+    try:
+        with conn:
+            conn.execute("BEGIN IMMEDIATE")
+            conn.executemany(INSERT, rows)
+        return True
+    except sqlite3.Error:
+        return False
+
+
+def _add_dropped(conn: sqlite3.Connection, n: int) -> None:
+    try:
+        conn.execute("INSERT INTO counters VALUES ('dropped', ?) "
+                     "ON CONFLICT(name) DO UPDATE SET value = value + excluded.value", (n,))
+    except sqlite3.Error:
+        pass  # the dashboard's figure lags; the server's own counter is exact
+
+
+def serve(path: str, keep: Retention, prune_interval: float, inp: BinaryIO, out: BinaryIO) -> int:
+    conn = connect(path)
+    # 32 MiB of page cache (SQLite's default is 2 MiB): the name index takes inserts all over
+    # its B-tree, and a big store would otherwise read pages back for every batch.
+    conn.execute("PRAGMA cache_size=-32768")
+    last_prune = -prune_interval  # a first pass at start, as soon as the store opens
+    fd = inp.fileno()
+    while True:
+        now = time.monotonic()
+        if now - last_prune >= prune_interval:
+            last_prune = now
+            try:
+                pruned = prune_pass(conn, keep)
+            except sqlite3.Error:
+                pruned = 0  # retried on the next pass; a busy file is not fatal
+            if pruned:
+                out.write(b"P %d\n" % pruned)
+                out.flush()
+        ready, _, _ = select.select([fd], [], [], max(0.05, prune_interval - (now - last_prune)))
+        if not ready:
+            continue
+        header = inp.readline()
+        if not header:
+            conn.close()
+            return 0
+        kind, _, count = header.partition(b" ")
+        n = int(count) if count.strip().isdigit() else -1
+        if kind == b"D" and n >= 0:
+            _add_dropped(conn, n)
+            continue
+        if kind != b"E" or not 0 <= n <= MAX_BATCH:
+            sys.stderr.write(f"egress-filter store writer: bad header {header[:40]!r}; stopping\n")
+            conn.close()
+            return 2
+        lines = [inp.readline() for _ in range(n)]
+        rows = _rows([line for line in lines if line])
+        short = n - sum(1 for line in lines if line)
+        ok = _insert(conn, rows) if rows else True
+        written = len(rows) if ok else 0
+        out.write(b"W %d %d\n" % (written, n - written))
+        out.flush()
+        if short:  # stdin closed mid-batch: the sender is gone
+            conn.close()
+            return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m store.writer")
+    ap.add_argument("path")
+    ap.add_argument("--days", type=float, default=0.0)
+    ap.add_argument("--max-bytes", type=int, default=0)
+    ap.add_argument("--prune-interval", type=float, default=30.0)
+    args = ap.parse_args(argv)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    keep = Retention(days=args.days or None, max_bytes=args.max_bytes or None)
+    try:
+        return serve(args.path, keep, args.prune_interval, sys.stdin.buffer, sys.stdout.buffer)
+    except BrokenPipeError:
+        return 0  # the server went away before reading our last count
+    finally:
+        try:
+            sys.stdout.close()
+        except OSError:
+            pass
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

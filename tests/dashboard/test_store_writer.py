@@ -1,0 +1,85 @@
+"""store/writer.py, the writer process: its line protocol, read by a real ``python -m store.writer``
+on real pipes, and the server's side when that process dies (every event counted, none lost
+silently)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from store import Store
+
+from .test_store import event
+
+LINE = (json.dumps(event("a.tiktok.test")) + "\n").encode()
+
+CASES = [
+    pytest.param(b"E 2\n" + LINE + LINE, 0, [b"W 2 0"], 2, 0, id="batch"),
+    pytest.param(b"E 2\n" + LINE + b"{not json\n", 0, [b"W 1 1"], 1, 0, id="bad-line-counted"),
+    pytest.param(b"E 0\n", 0, [b"W 0 0"], 0, 0, id="empty-batch"),
+    pytest.param(b"D 7\n", 0, [], 0, 7, id="drops-into-counters"),
+    pytest.param(b"E 3\n" + LINE, 0, [b"W 1 2"], 1, 0, id="stdin-closed-mid-batch"),
+    pytest.param(b"E x\n" + LINE, 2, [], 0, 0, id="bad-header-stops"),
+    pytest.param(b"E 999999999\n", 2, [], 0, 0, id="oversized-batch-stops"),
+]
+
+
+@pytest.mark.parametrize(("stdin", "code", "answers", "rows", "dropped"), CASES)
+def test_writer_protocol(tmp_path: Path, stdin: bytes, code: int, answers: list[bytes], rows: int,
+                         dropped: int) -> None:
+    db = tmp_path / "w.db"
+    root = Path(__file__).resolve().parents[2]
+    proc = subprocess.run([sys.executable, "-m", "store.writer", str(db), "--prune-interval", "3600"],
+                          input=stdin, capture_output=True, timeout=30, cwd=root)
+    assert proc.returncode == code, proc.stderr
+    assert proc.stdout.splitlines() == answers
+    conn = sqlite3.connect(db)
+    try:
+        assert conn.execute("SELECT count(*) FROM events").fetchone()[0] == rows
+        got = conn.execute("SELECT value FROM counters WHERE name = 'dropped'").fetchone()
+        assert (got[0] if got else 0) == dropped
+    finally:
+        conn.close()
+
+
+def test_a_dead_writer_loses_nothing_silently(tmp_path: Path) -> None:
+    s = Store(str(tmp_path / "d.db"), flush_interval=0.05)
+    for i in range(5):
+        s.put(event(f"before{i}.tiktok.test"))
+    assert s.flush()
+    os.kill(s._writer.pid, signal.SIGKILL)
+    s._writer.wait(10)
+    for i in range(20):
+        s.put(event(f"after{i}.tiktok.test"))
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        st = s.stats()
+        if st.written + st.dropped + st.write_errors == st.put:
+            break
+        time.sleep(0.05)
+    s.close(timeout=1)
+    st = s.stats()
+    assert (st.put, st.written, st.dropped + st.write_errors) == (25, 5, 20)
+
+
+def test_the_writer_ignores_ctrl_c_and_stops_with_its_server(tmp_path: Path) -> None:
+    """Ctrl-C reaches the whole process group; the writer waits for its server to close it, so
+    the server's last events are still written."""
+    s = Store(str(tmp_path / "c.db"), flush_interval=0.05)
+    assert os.getsid(s._writer.pid) != os.getsid(0)
+    s.put(event("first.tiktok.test"))
+    assert s.flush()  # the writer is up
+    os.kill(s._writer.pid, signal.SIGINT)
+    s.put(event("late.tiktok.test"))
+    assert s.flush()
+    s.close()
+    assert s._writer.returncode == 0
+    assert s.stats().written == 2
