@@ -18,6 +18,8 @@ import yaml
 
 from policies import DnsSettings
 from policies import upstreams as upstream_forms
+from policies.addresses import AddressError, split_hostport
+from policies.setting_types import check_value, setting_kind
 from policies.upstreams import UpstreamSpec
 
 from .responses import BlockResponse
@@ -35,8 +37,8 @@ class ConfigError(ValueError):
 def parse_hostport(text: str, default_port: int) -> tuple[str, int]:
     """``1.2.3.4``, ``1.2.3.4:53``, ``::1``, ``[::1]:53`` → (host, port)."""
     try:
-        return upstream_forms.parse_hostport(text, default_port)
-    except upstream_forms.AddressError as exc:
+        return split_hostport(text, default_port, need_ip=True)
+    except AddressError as exc:
         raise ConfigError(str(exc)) from exc
 
 
@@ -44,7 +46,7 @@ def parse_upstream(text: str) -> UpstreamSpec:
     """One ``upstreams`` entry (policies/upstreams.py has the forms)."""
     try:
         return upstream_forms.parse_upstream(text)
-    except upstream_forms.AddressError as exc:
+    except AddressError as exc:
         raise ConfigError(f"upstreams: {exc}") from exc
 
 
@@ -67,25 +69,18 @@ def read_config_file(path: str) -> dict[str, Any]:
             raise ConfigError(f"{path}: {key}: set it in the policy's settings.dns, where it is checked")
         if key not in KEYS:
             raise ConfigError(f"{path}: {key}: unknown key (allowed: {', '.join(KEYS)})")
-        current = getattr(default, key)
-        if isinstance(current, tuple):
+        kind, what = setting_kind(getattr(default, key))
+        if kind is tuple:
             if isinstance(value, str):
                 value = [value]
             if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-                raise ConfigError(f"{path}: {key}: expected a list of strings")
+                raise ConfigError(f"{path}: {key}: expected {what}")
             value = tuple(value)
-        elif isinstance(current, bool):
-            if not isinstance(value, bool):
-                raise ConfigError(f"{path}: {key}: expected true or false")
-        elif isinstance(current, int):
-            if not isinstance(value, int) or isinstance(value, bool):
-                raise ConfigError(f"{path}: {key}: expected an integer")
-        elif isinstance(current, float):
-            if not isinstance(value, (int, float)) or isinstance(value, bool):
-                raise ConfigError(f"{path}: {key}: expected a number")
-            value = float(value)
-        elif value is not None and not isinstance(value, str):
-            raise ConfigError(f"{path}: {key}: expected a string")
+        elif value is not None or kind is not str:
+            try:
+                value = check_value(kind, value)
+            except TypeError as exc:
+                raise ConfigError(f"{path}: {key}: expected {what}") from exc
         out[key] = value
     return out
 

@@ -28,6 +28,8 @@ import socket
 import struct
 from typing import NamedTuple
 
+from policies.bounded import BoundedMemo
+
 MSG_DONTWAIT = int(getattr(socket, "MSG_DONTWAIT", 0x40))  # plain ints: enum arithmetic is slow here
 MSG_TRUNC = int(getattr(socket, "MSG_TRUNC", 0x20))
 SOCKADDR_SIZE = 128  # struct sockaddr_storage
@@ -79,9 +81,12 @@ IOV_SIZE = ctypes.sizeof(Iovec)
 IOV_LEN_AT = Iovec.iov_len.offset
 
 
+Address = tuple[str, int] | tuple[str, int, int, int]  # as socket.recvfrom gives it
+
+
 class Datagram(NamedTuple):
     data: bytes
-    addr: tuple[str, int] | tuple[str, int, int, int]  # as socket.recvfrom gives it
+    addr: Address
     pktinfo: bytes  # the IP_PKTINFO / IPV6_PKTINFO payload, b"" if not asked for or absent
     truncated: bool  # longer than the buffer: ``data`` holds only its first bytes
 
@@ -116,7 +121,7 @@ def load() -> Libc | None:
     return _libc if isinstance(_libc, Libc) else None
 
 
-def decode_address(raw: bytes) -> tuple[str, int] | tuple[str, int, int, int]:
+def decode_address(raw: bytes) -> Address:
     """A ``struct sockaddr_in``/``sockaddr_in6``, as Python's socket module spells it."""
     family = struct.unpack_from("=H", raw)[0]
     if family == socket.AF_INET:
@@ -187,9 +192,13 @@ class Batcher:
         self.control_view = memoryview(self.controls).cast("B")
         self.out_view = memoryview(self.out_msgs).cast("B")
         self.out_iov_view = memoryview(self.out_iov).cast("B")
-        self.addresses: dict[bytes, tuple[str, int] | tuple[str, int, int, int]] = {}
-        self.sockaddrs: dict[tuple[object, ...], bytes] = {}
-        self.address_resets = 0  # times either table was full and started again
+        self.addresses: BoundedMemo[bytes, Address] = BoundedMemo(ADDRESS_MEMO)
+        self.sockaddrs: BoundedMemo[tuple[object, ...], bytes] = BoundedMemo(ADDRESS_MEMO)
+
+    @property
+    def address_resets(self) -> int:
+        """Times either address table was full and started again."""
+        return self.addresses.resets + self.sockaddrs.resets
 
     def recv(self) -> list[Datagram]:
         """Every datagram waiting, up to ``size``; [] when none is (EAGAIN).
@@ -225,11 +234,7 @@ class Batcher:
             raw = names[i * SOCKADDR_SIZE: i * SOCKADDR_SIZE + namelen].tobytes()
             addr = memo.get(raw)
             if addr is None:
-                addr = decode_address(raw)
-                if len(memo) >= ADDRESS_MEMO:
-                    memo.clear()
-                    self.address_resets += 1
-                memo[raw] = addr
+                addr = memo.put(raw, decode_address(raw))
             info = b""
             if self.pktinfo is not None:
                 info = self._control(i, unpack("N", hdr, at + CONTROLLEN_AT)[0])
@@ -271,11 +276,7 @@ class Batcher:
                 pack("N", iov, i * IOV_SIZE + IOV_LEN_AT, length)
                 name = self.sockaddrs.get(addr)
                 if name is None:
-                    name = encode_address(addr, self.family)
-                    if len(self.sockaddrs) >= ADDRESS_MEMO:
-                        self.sockaddrs.clear()
-                        self.address_resets += 1
-                    self.sockaddrs[addr] = name
+                    name = self.sockaddrs.put(addr, encode_address(addr, self.family))
                 memmove(names + i * SOCKADDR_SIZE, name, len(name))
                 off = i * MMSG_SIZE
                 pack("I", hdr, off + NAMELEN_AT, len(name))

@@ -17,7 +17,6 @@ from .wire import NOERROR, NXDOMAIN, REFUSED, T_A, T_AAAA, Query
 
 EDE_OPTION = 15  # RFC 8914
 EDE_BLOCKED = 15  # the operator's policy blocks the name
-EDE_FILTERED = 17  # blocked at the client's request (unused: our blocks are the operator's)
 BLOCK_TTL = 60  # short, so that a phase change reaches stub caches within a minute
 EDNS_UDP = 1232
 

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from policies import DnsSettings
+from policies.addresses import join_hostport
 from runtime import notify
 
 from . import batched
@@ -458,7 +459,7 @@ def bind_pair(host: str, port: int, reuseport: bool) -> tuple[socket.socket, soc
 
 
 def fmt(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return join_hostport(host, port)
 
 
 async def serve(settings: DnsSettings, holder: Any, events: Any, metrics: NullMetrics,

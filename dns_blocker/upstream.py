@@ -57,6 +57,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from policies.addresses import join_hostport
+
 from .scrub import scrub
 from .wire import (
     FORMERR,
@@ -120,7 +122,7 @@ class Upstream:
 
     @property
     def label(self) -> str:
-        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+        return join_hostport(self.host, self.port)
 
 
 Rejecter = Callable[[str, int], None]  # (reason, count): answers and records dropped

@@ -43,6 +43,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
 
 from policies import Kind, PolicyError
+from policies.addresses import AddressError, split_hostport
 from runtime import control as ctl
 from runtime import notify
 from runtime.args import add_policy_args, is_loopback
@@ -926,10 +927,10 @@ def register(sub: Any) -> None:
 
 def cmd_dashboard(args: argparse.Namespace) -> int:
 
-    host, sep, port_text = args.listen.rpartition(":")
-    host = host.strip("[]")
-    if not sep or not port_text.isdigit() or not host:
-        print(f"{PROG}: --listen: '{args.listen}' is not HOST:PORT", file=sys.stderr)
+    try:
+        host, port = split_hostport(args.listen)
+    except AddressError as exc:
+        print(f"{PROG}: --listen: {exc}", file=sys.stderr)
         return 2
     token_hash = None
     if args.auth_token_file:
@@ -954,7 +955,7 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
         dash = Dashboard(args.db, holder, token_hash,
                          None if args.control == ctl.OFF else args.control or ctl.default_path())
         where = f"on {args.listen} (--listen)"
-        server = Server((host, int(port_text)), dash)
+        server = Server((host, port), dash)
     except (OSError, sqlite3.Error) as exc:
         print(f"{PROG}: cannot start {where}: {exc}", file=sys.stderr)
         notify.status(f"cannot start {where}: {exc}")

@@ -12,6 +12,7 @@ import argparse
 from typing import Any
 
 from policies import Action, Decision, Kind, Mode, Observation, Phase, Policy, PolicyView
+from policies.addresses import is_ip
 from runtime.args import group_of
 
 _VERB = {Action.BLOCK: "blocked", Action.LOG: "logged", Action.ALLOW: "allowed"}
@@ -28,13 +29,7 @@ def target_arg(text: str) -> str:
 def guess_kind(value: str) -> Kind:
     if "://" in value or "/" in value:
         return Kind.HTTP
-    try:
-        import ipaddress
-
-        ipaddress.ip_address(value.strip("[]"))
-        return Kind.IP
-    except ValueError:
-        return Kind.DNS
+    return Kind.IP if is_ip(value.strip("[]")) else Kind.DNS
 
 
 def decide_target(policy: Policy, args: argparse.Namespace) -> tuple[Kind, str, Decision, PolicyView]:

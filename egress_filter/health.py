@@ -15,6 +15,8 @@ import socket
 import sys
 from typing import Any
 
+from policies.addresses import split_hostport
+
 PROG = "egress-filter health"
 
 
@@ -31,9 +33,7 @@ def register(sub: Any) -> None:
 
 
 def _address(text: str, default_port: int) -> tuple[str, int]:
-    from policies.upstreams import parse_hostport
-
-    return parse_hostport(text, default_port)
+    return split_hostport(text, default_port, need_ip=True)
 
 
 def dns_answers(host: str, port: int, timeout: float) -> str | None:

@@ -37,6 +37,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from policies.addresses import join_hostport, split_hostport
 from runtime import notify
 from runtime.args import add_policy_args, load_or_exit, print_legal_notices
 
@@ -98,17 +99,12 @@ def _child_args(args: argparse.Namespace) -> list[str]:
 
 def resolver_address(listen: str) -> str:
     """Where the proxy asks the DNS filter listening on ``listen``: a wildcard means loopback."""
-    host, _, port = listen.rpartition(":")
-    host = host.strip("[]")
-    if host in ("", "0.0.0.0", "localhost"):
+    host, port = split_hostport(listen, 53, default_host="127.0.0.1")
+    if host in ("0.0.0.0", "localhost"):
         host = "127.0.0.1"
     elif host == "::":
         host = "::1"
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
-def _port(hostport: str) -> str:
-    return hostport.rsplit(":", 1)[1] if ":" in hostport else "53"
+    return join_hostport(host, port)
 
 
 FLAGS = {"dns": "--dns-listen", "proxy": "--proxy-listen", "dashboard": "--dashboard-listen"}
@@ -304,7 +300,7 @@ class Supervisor:
 
 
 def _banner(args: argparse.Namespace, children: dict[str, Any]) -> None:
-    dns_host, dns_port = args.dns_listen.rsplit(":", 1)
+    dns_host, dns_port = split_hostport(args.dns_listen, 53)
     lines = [
         "",
         "egress-filter is running (Ctrl-C stops both servers).",

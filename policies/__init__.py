@@ -19,7 +19,7 @@ from .builtins import (
     EchAction,
     Signal,
 )
-from .decide import Policy, PolicyView, decide
+from .decide import PolicyView, decide
 from .events import SCHEMA_VERSION, build_event, new_event_id
 from .loader import (
     BUNDLED,
@@ -58,6 +58,7 @@ from .model import (
     Status,
     Tier,
 )
+from .policy import Policy
 
 __all__ = [
     "ALLOW",

@@ -17,6 +17,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
+from .schema_keys import keys
+
 # Public resolvers' DNS-over-HTTPS/TLS endpoints: an app that reaches one of
 # these resolves names past the DNS filter.
 DOH_HOSTS = frozenset({
@@ -52,6 +54,7 @@ CANARY_RULE = "builtin:canary"
 PRIVATE_RELAY_RULE = "builtin:private-relay"
 DDR_RULE = "builtin:ddr"
 ECH_RULE = "builtin:ech"
+ECH_EXTENSION = 0xFE0D  # the TLS encrypted_client_hello extension (draft-ietf-tls-esni): Signal.ECH
 
 
 class EchAction(StrEnum):
@@ -81,8 +84,8 @@ class Builtins:
     ddr: bool = True
 
 
-# builtins: key -> what its value must be (for the loader's messages and the schema test).
-BUILTIN_KEYS = {"doh": False, "canary": False, "ech": False, "private_relay": False, "ddr": False}
+# builtins: key -> required (none is), read from schema.json; a test keeps it equal to Builtins' fields.
+BUILTIN_KEYS = keys("properties", "builtins")
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,11 +1,16 @@
 """From a compiled ``Policy`` and a moment to a ``Decision`` per observation.
 
-``Policy`` holds what the loader compiled (indexes, apps, settings) and never
-changes.  ``Policy.view(at, phase, mode)`` resolves every app's phase for one
-moment into a ``PolicyView``; the view is what the adapters call on their hot
-paths, and it caches one ``Decision`` per matched rule set, so deciding a name
-is a few dict probes.  A reload or a new day means a new view: one reference
-swap for the caller.
+    Policy (policy.py) ─ .view(at, phase, mode) ─▶ PolicyView: every app's phase
+        resolved for one moment, one GroupView per client group
+    Observation ─▶ PolicyView.decide / decide_name / decide_http / decide_ip
+        ─▶ the client's GroupView ─▶ name index, globs, networks, store URLs,
+           built-ins ─▶ rules ─▶ Decision (cached per matched rule set)
+
+The view is what the adapters call on their hot paths, and it caches one
+``Decision`` per matched rule set, so deciding a name is a few dict probes.
+A reload or a new day means a new view: one reference swap for the caller.
+The data types (``Policy``, ``Decision``, ``Observation``, ...) live in
+policy.py and model.py; this module only decides.
 """
 
 from __future__ import annotations
@@ -14,28 +19,25 @@ import datetime as dt
 import ipaddress
 import posixpath
 import re
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field, replace
+from collections.abc import Iterable
+from dataclasses import replace
+from typing import TYPE_CHECKING
 from urllib.parse import unquote, urlsplit
-from zoneinfo import ZoneInfo
 
+from .addresses import authority_host, is_ip
+from .bounded import BoundedMemo
 from .builtins import (
     DOH_PORTS,
     ECH_RULE,
     BuiltinRule,
-    Builtins,
     EchAction,
     Signal,
     address_rules,
     name_rules,
     signal_rule,
 )
-from .legal import app_phase, next_change
 from .matching import (
     STORE_HOSTS,
-    GlobMatcher,
-    NameIndex,
-    NetworkMatcher,
     fast_normalize,
     normalize_name,
     recognize_store_url,
@@ -44,11 +46,8 @@ from .model import (
     ALLOW,
     DEFAULT_GROUP,
     Action,
-    App,
-    AppPhase,
     ClientGroup,
     Decision,
-    Framework,
     Kind,
     LegalStatus,
     Mode,
@@ -57,14 +56,14 @@ from .model import (
     PolicyRef,
     Rule,
     RuleKind,
-    Settings,
-    Subscription,
     Tier,
 )
 
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+if TYPE_CHECKING:
+    from .policy import Policy
+
 _SLASHES = re.compile(r"/{2,}")
-_CACHE_MAX = 200_000  # distinct matched keys per view; cleared, not evicted, past this
+_CACHE_MAX = 200_000  # distinct matched keys per view (policies/bounded.py: emptied when full)
 # Enum members bound once: on Python 3.11 ``Action.BLOCK`` costs a class
 # attribute lookup (~70 ns), which the hot path pays per call otherwise.
 _BLOCK, _SNI, _MONITOR = Action.BLOCK, Kind.SNI, Mode.MONITOR
@@ -79,101 +78,6 @@ _ACTION: dict[tuple[Tier, Phase], Action] = {
     (Tier.DOWNLOAD, Phase.DOWNLOADS): Action.BLOCK,
     (Tier.DOWNLOAD, Phase.FULL): Action.BLOCK,
 }
-
-
-@dataclass(frozen=True)
-class Policy:
-    """A validated, compiled policy. Immutable: reloading builds a new one."""
-
-    apps: Mapping[str, App]
-    names: NameIndex
-    globs: GlobMatcher
-    networks: NetworkMatcher[Rule]
-    download_paths: Mapping[str, tuple[Rule, ...]]  # exact host -> path-prefixed download rules
-    download_path_globs: GlobMatcher  # '*.host' download rules with a path prefix
-    store_index: Mapping[tuple[str, str], tuple[str, ...]]  # (store, id) -> app ids
-    exempt: tuple[Network, ...] = ()
-    mode: Mode = Mode.ENFORCE
-    timezone: str = "UTC"
-    settings: Settings = field(default_factory=Settings)
-    source: str | None = None
-    files: tuple[str, ...] = ()  # the YAML and every list file, for reload-on-change
-    counts: Mapping[str, int] = field(default_factory=dict)
-    tiers: Mapping[str, frozenset[Tier]] = field(default_factory=dict)  # each app's rule tiers
-    frameworks: Mapping[str, Framework] = field(default_factory=dict)
-    # Always holds DEFAULT_GROUP (and EXEMPT_GROUP when exempt_clients is set).
-    clients: Mapping[str, ClientGroup] = field(
-        default_factory=lambda: {DEFAULT_GROUP: ClientGroup(DEFAULT_GROUP, (), ())})
-    client_networks: NetworkMatcher[str] = field(default_factory=lambda: NetworkMatcher(()))
-    client_users: Mapping[str, str] = field(default_factory=dict)  # proxy user name -> group id
-    legal_status: LegalStatus = LegalStatus.AS_ORDERED
-    name: str | None = None
-    digest: str | None = None  # sha256 over the policy file and its list files
-    builtins: Builtins = field(default_factory=Builtins)
-    subscriptions: tuple[Subscription, ...] = ()  # lists: entries with a url (policies/subscriptions.py)
-
-    def today(self, now: dt.datetime | None = None) -> dt.date:
-        """The date the schedules are read at, in the policy's time zone."""
-        now = now or dt.datetime.now(dt.UTC)
-        return now.astimezone(ZoneInfo(self.timezone)).date()
-
-    def group_for(self, client: str | None, user: str | None = None) -> str:
-        """The client's group: the group that lists its authenticated proxy ``user``,
-        else its most specific matching network, else ``default``."""
-        if user and user in self.client_users:
-            return self.client_users[user]
-        if not client or not len(self.client_networks):
-            return DEFAULT_GROUP
-        hit = self.client_networks.lookup(client)
-        return hit[1][0] if hit is not None else DEFAULT_GROUP
-
-    def group_frameworks(self, group: str) -> tuple[Framework, ...]:
-        return tuple(self.frameworks[f] for f in self.clients[group].frameworks)
-
-    def group_legal_status(self, group: str, legal_status: LegalStatus | None = None) -> LegalStatus:
-        """A setting given by the caller (the command line) wins over the group's and the policy's."""
-        return legal_status or self.clients[group].legal_status or self.legal_status
-
-    def as_ordered_frameworks(self, legal_status: LegalStatus | None = None) -> tuple[Framework, ...]:
-        """The frameworks that bind some group whose setting (``legal_status``
-        from the caller, else the group's, else the policy's) is ``as_ordered``."""
-        ids = {f for g, c in self.clients.items()
-               if self.group_legal_status(g, legal_status) is LegalStatus.AS_ORDERED for f in c.frameworks}
-        return tuple(fw for f, fw in self.frameworks.items() if f in ids)
-
-    def phases(self, at: dt.date | None = None, phase: Phase | None = None, group: str = DEFAULT_GROUP,
-               legal_status: LegalStatus | None = None) -> dict[str, AppPhase]:
-        """Each app's phase for ``group`` on ``at``, with the frameworks and their record."""
-        day = at or self.today()
-        frameworks = self.group_frameworks(group)
-        ls = self.group_legal_status(group, legal_status)
-        out: dict[str, AppPhase] = {}
-        for app in self.apps.values():
-            if phase is not None:
-                out[app.id] = app_phase(app.id, frameworks, day, ls, group, phase, "override (--phase)")
-            elif app.phase_override is not None:
-                out[app.id] = app_phase(app.id, frameworks, day, ls, group, app.phase_override,
-                                        "override (policy phase:)")
-            else:
-                out[app.id] = app_phase(app.id, frameworks, day, ls, group)
-        return out
-
-    def next_change(self, app: str, at: dt.date | None = None, phase: Phase | None = None,
-                    group: str = DEFAULT_GROUP, legal_status: LegalStatus | None = None
-                    ) -> tuple[dt.date, Phase] | None:
-        """The next scheduled change of ``app``'s phase for ``group`` after ``at``: (day, phase),
-        or None when none is scheduled or an override (``phase``, the app's ``phase:``) holds it."""
-        if phase is not None or self.apps[app].phase_override is not None:
-            return None
-        return next_change(app, self.group_frameworks(group), at or self.today(),
-                           self.group_legal_status(group, legal_status), group)
-
-    def view(self, at: dt.date | None = None, phase: Phase | None = None,
-             mode: Mode | None = None, legal_status: LegalStatus | None = None,
-             paused: str | None = None) -> PolicyView:
-        """``paused``: enforcement is paused (``egress-filter pause``); every group
-        monitors, and this text (who paused it, until when) leads each downgraded reason."""
-        return PolicyView(self, at or self.today(), phase, mode, legal_status, paused)
 
 
 def decide(policy: Policy, observation: Observation, at: dt.date | None = None,
@@ -203,7 +107,7 @@ class PolicyView:
         self.phases = self.default.phases
         self.store_interest = any(v.store_interest for v in self.groups.values())
         self.grouped = len(policy.client_networks) > 0
-        self._client_cache: dict[str, GroupView] = {}
+        self._client_cache: BoundedMemo[str, GroupView] = BoundedMemo(65_536)
 
     @property
     def fingerprint(self) -> tuple[tuple[str, tuple[tuple[str, Phase], ...]], ...]:
@@ -221,9 +125,7 @@ class PolicyView:
             return self.default
         v = self._client_cache.get(client)
         if v is None:
-            if len(self._client_cache) > 65_536:
-                self._client_cache.clear()
-            v = self._client_cache[client] = self.groups[self.policy.group_for(client)]
+            v = self._client_cache.put(client, self.groups[self.policy.group_for(client)])
         return v
 
     def decide(self, obs: Observation) -> Decision:
@@ -284,10 +186,10 @@ class GroupView:
                                   for r in policy.download_path_globs.rules())
         self._lookup = policy.names.lookup
         self._glob = policy.globs.lookup if len(policy.globs) else None
-        self._exact_cache: dict[str, Decision] = {}
-        self._suffix_cache: dict[str, Decision] = {}
-        self._cache: dict[tuple[str | None, int], Decision] = {}
-        self._downgraded: dict[tuple[int, str], tuple[Decision, Decision]] = {}
+        self._exact_cache: BoundedMemo[str, Decision] = BoundedMemo(_CACHE_MAX)
+        self._suffix_cache: BoundedMemo[str, Decision] = BoundedMemo(_CACHE_MAX)
+        self._cache: BoundedMemo[tuple[str | None, int], Decision] = BoundedMemo(_CACHE_MAX)
+        self._downgraded: BoundedMemo[tuple[int, str], tuple[Decision, Decision]] = BoundedMemo(100_000)
         self._merged: dict[tuple[Rule, ...], tuple[Rule, ...]] = {}
         self._monitor_why = (f"{paused}: would be blocked, logged instead" if paused
                              else f"group {group.id} is in monitor mode: would be blocked, logged instead"
@@ -346,9 +248,9 @@ class GroupView:
         (app-store listings, download paths).  ``host`` is the Host header or
         the proxy's target; without it the URL's authority is used."""
         parts = urlsplit(url)
-        name = fast_normalize(_host_only(host) if host else (parts.hostname or ""))
+        name = fast_normalize(authority_host(host) if host else (parts.hostname or ""))
         path = _canonical_path(parts.path)
-        if _looks_like_ip(name):
+        if is_ip(name):
             best = self._ip(name)
         else:
             best = self._name(name)
@@ -419,9 +321,7 @@ class GroupView:
         cache = self._exact_cache if specificity & 1 else self._suffix_cache
         d = cache.get(key)
         if d is None:
-            if len(cache) > _CACHE_MAX:
-                cache.clear()
-            d = cache[key] = self._judge(rules, key)
+            d = cache.put(key, self._judge(rules, key))
         return d
 
     def _name_and_glob(self, found: tuple[str, int, tuple[Rule, ...]] | None,
@@ -438,9 +338,7 @@ class GroupView:
         cache_key = (key, id(rules))  # rules are interned: ids are stable
         d = self._cache.get(cache_key)
         if d is None:
-            if len(self._cache) > _CACHE_MAX:
-                self._cache.clear()
-            d = self._cache[cache_key] = self._judge(rules, key)
+            d = self._cache.put(cache_key, self._judge(rules, key))
         return d
 
     def _path_glob_enforced(self, name: str) -> bool:
@@ -534,19 +432,8 @@ class GroupView:
         # The verdict's own ending ("so this is blocked") is not what happens here.
         out = replace(d, action=Action.LOG, enforced=d.action,
                       reason=f"{why}; {d.reason.removesuffix(_BLOCKED_END)}")
-        if len(self._downgraded) > 100_000:
-            self._downgraded.clear()
-        self._downgraded[key] = (d, out)
+        self._downgraded.put(key, (d, out))
         return out
-
-
-def _host_only(host: str) -> str:
-    """``example.com:443`` → ``example.com``; ``[2001:db8::1]:443`` → ``2001:db8::1``."""
-    if host.startswith("["):
-        return host[1:].split("]", 1)[0]
-    if host.count(":") == 1:
-        return host.split(":", 1)[0]
-    return host
 
 
 def _canonical_path(path: str) -> str:
@@ -560,16 +447,6 @@ def _canonical_path(path: str) -> str:
     if path.endswith("/") and clean != "/":
         clean += "/"
     return clean
-
-
-def _looks_like_ip(name: str) -> bool:
-    if not name or not (name[-1].isdigit() or ":" in name):
-        return False
-    try:
-        ipaddress.ip_address(name)
-    except ValueError:
-        return False
-    return True
 
 
 def _stricter(a: Decision, b: Decision) -> Decision:

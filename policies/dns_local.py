@@ -22,25 +22,16 @@ covers are answered NXDOMAIN by the resolver and never leave it.
 from __future__ import annotations
 
 import ipaddress
-from typing import Protocol
 
 import yaml
 
+from .addresses import AddressError
 from .matching import is_valid_name, normalize_name
 from .model import Forward, LocalRecord, RType
-from .upstreams import AddressError, parse_upstream
+from .upstreams import parse_upstream
+from .yaml_walk import Walker
 
 KEYS = ("local", "forward", "local_domains")  # settings.dns keys read here, not by the generic reader
-
-class Walker(Protocol):
-    """What the loader's walker offers (policies/loader.py)."""
-
-    def err(self, node: yaml.Node | None, field: str, message: str, line: int | None = None) -> None: ...
-
-    def seq(self, node: yaml.Node, field: str) -> list[tuple[str, yaml.Node]]: ...
-
-    def text(self, node: yaml.Node, field: str) -> str | None: ...
-
 
 def read(w: Walker, key: str, node: yaml.Node, field: str) -> tuple[object, ...] | None:
     """The value of one of ``KEYS``, or None when it had errors (already reported)."""

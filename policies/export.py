@@ -34,9 +34,10 @@ from enum import StrEnum
 from typing import NamedTuple
 
 from .builtins import DOH_PORTS, Signal, address_rules, name_rules
-from .decide import GroupView, Policy
+from .decide import GroupView
 from .matching import GlobMatcher, NameIndex, NetworkMatcher, glob_to_regex
 from .model import DEFAULT_GROUP, Action, Decision, LegalStatus, Mode, Phase, Rule, Tier
+from .policy import Policy
 
 FORMATS = ("rpz", "unbound", "bind", "dnsmasq", "hosts", "adblock", "squid", "suricata", "zeek-intel")
 

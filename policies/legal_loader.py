@@ -12,7 +12,6 @@ them) and ``legal_status``.  Version 1 policies carry a ``schedule:`` per app;
 from __future__ import annotations
 
 import datetime as dt
-import ipaddress
 import re
 from typing import TYPE_CHECKING
 
@@ -27,23 +26,23 @@ from .model import (
     FrameworkKind,
     LegalStatus,
     Mode,
+    Network,
     Phase,
     ScheduleEntry,
     Status,
     StatusEntry,
 )
+from .schema_keys import keys
 
 if TYPE_CHECKING:
-    from .loader import _Walker
+    from .yaml_walk import Walker
 
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
-FRAMEWORK_KEYS = {"title": True, "kind": True, "short": False, "citations": False, "url": False,
-                  "note": False, "schedule": False, "status": False}
-SCHEDULE_KEYS = {"from": True, "phase": True, "source": True, "note": False}
-STATUS_KEYS = {"from": True, "status": True, "source": True, "apps": False, "phase": False, "note": False}
-CLIENT_KEYS = {"networks": False, "users": False, "frameworks": False, "mode": False, "legal_status": False,
-               "description": False}
+# key → required, read from schema.json (policies/schema_keys.py)
+FRAMEWORK_KEYS = keys("$defs", "framework")
+SCHEDULE_KEYS = keys("$defs", "schedule", "items")
+STATUS_KEYS = keys("$defs", "framework", "properties", "status", "items")
+CLIENT_KEYS = keys("$defs", "client_group")
 # A proxy user name as proxyauth passes it on (htpasswd, basic, LDAP): no ':' (basic auth's
 # separator), no whitespace or control characters.
 _USER = re.compile(r"^[^\s:\x00-\x1f\x7f]{1,256}$")
@@ -57,7 +56,7 @@ def legal_status(text: str) -> LegalStatus:
     return LegalStatus(text.replace("-", "_"))
 
 
-def schedule_entries(w: _Walker, node: yaml.Node, field: str) -> tuple[ScheduleEntry, ...]:
+def schedule_entries(w: Walker, node: yaml.Node, field: str) -> tuple[ScheduleEntry, ...]:
     """A list of ``{from, phase, source}``, sorted by date; two on one day is an error."""
     out: list[ScheduleEntry] = []
     for f, item in w.seq(node, field):
@@ -77,7 +76,7 @@ def schedule_entries(w: _Walker, node: yaml.Node, field: str) -> tuple[ScheduleE
     return tuple(sorted(out, key=lambda e: e.start))
 
 
-def frameworks(w: _Walker, node: yaml.Node, apps: dict[str, App]) -> dict[str, Framework]:
+def frameworks(w: Walker, node: yaml.Node, apps: dict[str, App]) -> dict[str, Framework]:
     if not isinstance(node, yaml.MappingNode):
         w.err(node, "frameworks", "expected a mapping of framework ids")
         return {}
@@ -119,7 +118,7 @@ def frameworks(w: _Walker, node: yaml.Node, apps: dict[str, App]) -> dict[str, F
     return out
 
 
-def _status(w: _Walker, node: yaml.Node, field: str, apps: dict[str, App]) -> tuple[StatusEntry, ...]:
+def _status(w: Walker, node: yaml.Node, field: str, apps: dict[str, App]) -> tuple[StatusEntry, ...]:
     out: list[tuple[dt.date, int, StatusEntry]] = []
     for i, (f, item) in enumerate(w.seq(node, field)):
         sm = w.mapping(item, f, STATUS_KEYS)
@@ -149,7 +148,7 @@ def _status(w: _Walker, node: yaml.Node, field: str, apps: dict[str, App]) -> tu
     return tuple(e for _, _, e in out)
 
 
-def clients(w: _Walker, node: yaml.Node | None, fws: dict[str, Framework],
+def clients(w: Walker, node: yaml.Node | None, fws: dict[str, Framework],
             exempt: list[Network]) -> tuple[dict[str, ClientGroup], list[tuple[Network, str]]]:
     """The client groups, ``default`` always among them, and their networks.
     A group's ``users`` are proxy user names (``proxyauth``) that select it.

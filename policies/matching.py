@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Generic, TypeVar
 from urllib.parse import parse_qs, urlsplit
 
-from .model import Rule
+from .model import Network, Rule
 
 V = TypeVar("V")
 
@@ -280,7 +280,7 @@ class NetworkMatcher(Generic[V]):
 
     __slots__ = ("_tables",)
 
-    def __init__(self, networks: Iterable[tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, V]]):
+    def __init__(self, networks: Iterable[tuple[Network, V]]):
         tables: dict[tuple[int, int], dict[int, list[V]]] = {}
         for net, rule in networks:
             key = (net.version, net.prefixlen)

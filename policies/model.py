@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import NamedTuple
 
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
 
 class Action(StrEnum):
     ALLOW = "allow"

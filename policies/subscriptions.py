@@ -18,25 +18,18 @@ import hashlib
 import os
 import re
 from pathlib import Path
-from typing import Protocol
 from urllib.parse import urlsplit
 
 import yaml
 
 from .model import Subscription
+from .yaml_walk import Walker
 
-KEYS = {"url": False, "refresh": False, "ca": False}  # besides path, as, source, group
 DEFAULT_REFRESH = 86_400.0
 MIN_REFRESH = 1.0
 CACHE_DIR = ".lists-cache"
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhd])$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86_400}
-
-
-class Walker(Protocol):
-    def err(self, node: yaml.Node | None, field: str, message: str, line: int | None = None) -> None: ...
-
-    def text(self, node: yaml.Node, field: str) -> str | None: ...
 
 
 def duration(text: str) -> float | None:

@@ -13,19 +13,16 @@ and lists the supported forms.
 
 from __future__ import annotations
 
-import ipaddress
 import re
 from dataclasses import dataclass
 from urllib.parse import urlsplit
+
+from .addresses import AddressError, is_ip, split_hostport
 
 UPSTREAM_FORMS = ("IP[:PORT] (plain DNS over UDP and TCP, port 53), tls://HOST[:PORT][#NAME] "
                   "(DNS-over-TLS, port 853), https://HOST[:PORT]/PATH[#NAME] (DNS-over-HTTPS, port 443)")
 _LABEL = r"[a-z0-9_]([a-z0-9-]{0,61}[a-z0-9])?"
 _HOSTNAME = re.compile(rf"^(?=.{{1,253}}$)({_LABEL}\.)*{_LABEL}$")
-
-
-class AddressError(ValueError):
-    """Not an address, or not an upstream in a supported form."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,36 +38,6 @@ class UpstreamSpec:
     url: str | None = None
 
 
-def parse_hostport(text: str, default_port: int) -> tuple[str, int]:
-    """``1.2.3.4``, ``1.2.3.4:53``, ``::1``, ``[::1]:53`` → (host, port)."""
-    text = text.strip()
-    host, port = text, default_port
-    if text.startswith("["):
-        end = text.find("]")
-        if end < 0:
-            raise AddressError(f"'{text}': missing ']'")
-        host = text[1:end]
-        rest = text[end + 1 :]
-        if rest:
-            if not rest.startswith(":"):
-                raise AddressError(f"'{text}': expected ':PORT' after ']'")
-            port = _port(text, rest[1:])
-    elif text.count(":") == 1:
-        host, p = text.split(":")
-        port = _port(text, p)
-    try:
-        ipaddress.ip_address(host)
-    except ValueError as exc:
-        raise AddressError(f"'{text}': '{host}' is not an IP address") from exc
-    return host, port
-
-
-def _port(text: str, p: str) -> int:
-    if not p.isdigit() or not 0 <= int(p) <= 65535:
-        raise AddressError(f"'{text}': '{p}' is not a port")
-    return int(p)
-
-
 def is_hostname(name: str) -> bool:
     return bool(_HOSTNAME.match(name))
 
@@ -82,7 +49,7 @@ def parse_upstream(text: str) -> UpstreamSpec:
     scheme, sep, _ = t.partition("://")
     if not sep:
         try:
-            host, port = parse_hostport(t, 53)
+            host, port = split_hostport(t, 53, need_ip=True)
         except AddressError as exc:
             raise AddressError(f"{exc}; supported forms: {UPSTREAM_FORMS}") from exc
         return UpstreamSpec(t, "dns", host, port)
@@ -103,11 +70,8 @@ def parse_upstream(text: str) -> UpstreamSpec:
         raise bad("no host")
     if parts.username is not None or parts.password is not None:
         raise bad("a user name or password does not belong in an upstream")
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        if not is_hostname(host):
-            raise bad(f"'{host}' is neither an IP address nor a host name") from None
+    if not is_ip(host) and not is_hostname(host):
+        raise bad(f"'{host}' is neither an IP address nor a host name")
     name = parts.fragment.lower().rstrip(".") or None
     if name is not None and not is_hostname(name):
         raise bad(f"'#{parts.fragment}' is not a host name to check the certificate against")

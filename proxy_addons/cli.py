@@ -21,6 +21,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from policies.addresses import AddressError, split_hostport
 from runtime import notify
 from runtime.args import add_policy_args, load_or_exit, print_legal_notices
 
@@ -71,10 +72,13 @@ def register(sub: Any) -> None:
 
 
 def parse_listen(text: str) -> tuple[str, int]:
-    host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(f"--listen: '{text}' is not HOST:PORT")
-    return host.strip("[]") or "127.0.0.1", int(port)
+    try:
+        host, port = split_hostport(text, default_host="127.0.0.1")
+    except AddressError as exc:
+        raise ValueError(f"--listen: {exc}") from exc
+    if not port:
+        raise ValueError(f"--listen: '{text}': port 0 is not a port to listen on")
+    return host, port
 
 
 def build_options(args: argparse.Namespace, settings: Any) -> tuple[dict[str, Any], list[str]]:

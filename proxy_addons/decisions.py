@@ -65,15 +65,16 @@ from policies import (
     PolicyView,
     Signal,
 )
+from policies.addresses import is_ip
+from policies.builtins import ECH_EXTENSION
 from runtime import notify
 from runtime.holder import PolicyHolder
 
-from .verdict import KEY, Verdict, distinct, flow_user, is_ip, new_verdict, placeholder_451, strictest
+from .verdict import KEY, Verdict, distinct, flow_user, new_verdict, placeholder_451, strictest
 
 log = logging.getLogger(__name__)
 
 BLOCK_STYLES = ("reset", "page")
-ECH_EXTENSION = 0xFE0D  # encrypted_client_hello (draft-ietf-tls-esni)
 # quic_transport_parameters (RFC 9001, and the drafts' codepoint): QUIC, not DTLS, on UDP
 QUIC_TRANSPORT_PARAMETERS = frozenset({0x39, 0xFFA5})
 MAX_INSPECTED_BODY = 64 * 1024  # store-client form bodies are small; never buffer uploads to judge them
@@ -508,9 +509,9 @@ class PolicyDecisions:
     def _judge_destination(self, view: PolicyView, host: str, port: int, client: str | None,
                            user: str | None = None) -> Verdict:
         """A CONNECT target or a destination without SNI: a name or an IP literal."""
-        if not is_ip(host):
-            return self._judge_name(view, host, Kind.SNI, client, user)
         address = host.strip("[]")
+        if not is_ip(address):
+            return self._judge_name(view, host, Kind.SNI, client, user)
         d = self._doh(view.decide_ip(address, client, port, user))
         return new_verdict(d, Observation.ip(address, client), user=user)
 

@@ -45,7 +45,7 @@ from dnslib import EDNS0, QTYPE, RCODE, DNSError, DNSQuestion, DNSRecord
 from mitmproxy import ctx, exceptions
 from mitmproxy.proxy import server_hooks
 
-from .verdict import is_ip
+from policies.addresses import AddressError, is_ip, split_hostport
 
 log = logging.getLogger(__name__)
 
@@ -67,11 +67,14 @@ class ResolveError(Exception):
 
 def parse_resolver(text: str) -> tuple[str, int]:
     """``HOST:PORT`` (IPv6 in brackets) of the DNS server; the host must be an IP address."""
-    host, sep, port = text.rpartition(":")
-    host = host.strip("[]")
-    if not sep or not port.isdigit() or not 0 < int(port) < 65536 or not is_ip(host):
-        raise ValueError(f"egress_resolver: '{text}' is not IP:PORT (e.g. 127.0.0.1:5353 or [::1]:5353)")
-    return host, int(port)
+    bad = f"egress_resolver: '{text}' is not IP:PORT (e.g. 127.0.0.1:5353 or [::1]:5353)"
+    try:
+        host, port = split_hostport(text, need_ip=True)
+    except AddressError as exc:
+        raise ValueError(f"{bad}: {exc}") from exc
+    if not port:
+        raise ValueError(f"{bad}: port 0")
+    return host, port
 
 
 class UpstreamResolver:

@@ -23,11 +23,12 @@ from mitmproxy import connection, ctx, dns, http, tls
 from mitmproxy.proxy import server_hooks
 
 from policies import DOH_RULE, Action, Phase, Policy, build_event
+from policies.addresses import AddressError, is_ip, split_hostport
 from runtime.eventlog import EventLog, metrics_collector
 
 from .bypass import ECH_STRIPPED
 from .decisions import PolicyDecisions, options_error
-from .verdict import KEY, Verdict, flow_verdict, is_ip
+from .verdict import KEY, Verdict, flow_verdict
 
 log = logging.getLogger(__name__)
 
@@ -73,8 +74,8 @@ class Metrics:
         if address:
             from prometheus_client import start_http_server
 
-            host, _, port = address.rpartition(":")
-            server, thread = start_http_server(int(port), addr=host.strip("[]") or "127.0.0.1",
+            host, port = split_hostport(address, default_host="127.0.0.1")
+            server, thread = start_http_server(port, addr=host,
                                                registry=self.registry)
         self.stop()
         self._server, self._thread, self.address = server, thread, address
@@ -136,9 +137,10 @@ class Telemetry:
         s = policy.settings.proxy
         metrics = opts.egress_metrics or s.metrics
         if metrics:
-            _, sep, port = metrics.rpartition(":")
-            if not sep or not port.isdigit() or not 0 <= int(port) < 65536:
-                raise options_error(f"egress_metrics: '{metrics}' is not HOST:PORT")
+            try:
+                split_hostport(metrics, default_host="127.0.0.1")
+            except AddressError as exc:
+                raise options_error(f"egress_metrics: {exc}") from exc
         target = opts.egress_log or s.log or "-"
         queue = policy.settings.event_queue
         db = opts.egress_db or s.db

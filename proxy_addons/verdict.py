@@ -19,7 +19,6 @@ block page can cite the event that the telemetry addon writes afterwards.
 
 from __future__ import annotations
 
-import ipaddress
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
@@ -28,6 +27,7 @@ from typing import Any
 from mitmproxy import http
 
 from policies import Action, Decision, Observation, new_event_id
+from policies.addresses import authority_host
 
 KEY = "egress_filter"
 """``flow.metadata`` key of the verdict (then of its summary)."""
@@ -101,18 +101,6 @@ def placeholder_451(event_id: str) -> http.Response:
 # --- names -----------------------------------------------------------------------
 
 
-def is_ip(text: str) -> bool:
-    """An IP literal, bracketed or not."""
-    # Cheap pre-check: names on the hot path rarely end in a digit.
-    if not text or not (text[-1].isdigit() or ":" in text):
-        return False
-    try:
-        ipaddress.ip_address(text.strip("[]"))
-    except ValueError:
-        return False
-    return True
-
-
 # What separates names in one header value: the commas of joined repeated
 # headers, the "@" of userinfo, stray whitespace.  Every piece is judged.
 _NAME_SEPARATORS = re.compile(r"[\s,@]+")
@@ -126,10 +114,7 @@ def authority_names(value: str) -> list[str]:
     for piece in _NAME_SEPARATORS.split(value):
         if not piece:
             continue
-        if piece.startswith("["):
-            piece = piece[1:].split("]", 1)[0]
-        elif not is_ip(piece):
-            piece = piece.split(":", 1)[0]  # what an origin that splits at the first colon serves
+        piece = authority_host(piece)
         if piece:
             names.append(piece)
     return names

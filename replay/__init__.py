@@ -1,7 +1,7 @@
 """Offline replay: judge packet captures, mitmproxy flow files and sensor logs
 with the shared policy, the way the live adapters would have.
 
-    inputs ──readers──▶ Sighting ──PolicyView──▶ Verdict ──report──▶ table/json/jsonl/html
+    inputs ──readers──▶ Sighting ──PolicyView──▶ Finding ──report──▶ table/json/jsonl/html
     (capture: pcap/pcapng; flows: .mitm; logs: Zeek, Suricata EVE)
 
 ``Replay(paths, view)`` streams verdicts; ``Summary`` folds them per app.
@@ -9,6 +9,6 @@ This package never imports ``dns_blocker`` or ``proxy_addons``.
 """
 
 from .engine import Replay, Summary
-from .model import Damage, Sighting, Verdict
+from .model import Damage, Finding, Sighting
 
-__all__ = ["Damage", "Replay", "Sighting", "Summary", "Verdict"]
+__all__ = ["Damage", "Finding", "Replay", "Sighting", "Summary"]

@@ -23,7 +23,7 @@ from typing import IO, TYPE_CHECKING, Any
 
 from runtime.args import add_legal_args, add_policy_args, load_or_exit
 
-from .model import DEFAULT_LIMITS, Limits, Verdict
+from .model import DEFAULT_LIMITS, Finding, Limits
 
 if TYPE_CHECKING:
     from policies import Policy, PolicyView
@@ -176,7 +176,7 @@ def run(args: argparse.Namespace) -> int:
     threshold = Action(args.fail_on).severity if args.fail_on else None
     hit = False
 
-    def verdicts() -> Iterator[Verdict]:
+    def verdicts() -> Iterator[Finding]:
         nonlocal hit
         only = Action(args.only) if args.only else None
         for v in rep:
@@ -229,7 +229,7 @@ def _write(
     view: PolicyView,
     policy: Policy,
     summary: Summary,
-    verdicts: Callable[[], Iterator[Verdict]],
+    verdicts: Callable[[], Iterator[Finding]],
     out: IO[str],
 ) -> None:
     """The report in ``args.format``, verdicts streamed from ``rep`` as they are judged."""

@@ -3,7 +3,7 @@
 ``Replay(paths, view)`` opens each input, picks its reader by content (pcap,
 pcapng, mitmproxy flows, Zeek TSV, JSON lines from Zeek or Suricata; any of
 them compressed with gzip, bzip2, xz or zstd, recognised by their magic bytes),
-and yields one ``Verdict`` per sighting, judged by the
+and yields one ``Finding`` per sighting, judged by the
 same ``PolicyView.decide`` the live adapters use (``decide_name`` for DNS
 names and SNIs, ``decide_http`` for requests, ``decide_ip`` for nameless TLS).
 With ``by_date`` each sighting is judged with the policy of the day it was
@@ -41,8 +41,9 @@ from typing import IO, Any, BinaryIO, cast
 import zstandard
 
 from policies import Action, Kind, PolicyView
+from policies.bounded import BoundedMemo
 
-from .model import DEFAULT_LIMITS, Damage, Limits, Sighting, Verdict
+from .model import DEFAULT_LIMITS, Damage, Finding, Limits, Sighting
 
 Reader = Callable[[str, BinaryIO, Callable[[], None] | None], Iterator[Sighting | Damage]]
 
@@ -131,7 +132,7 @@ class Replay:
     last_view: PolicyView | None = None  # the view of the latest sighting
     group: str | None = None  # ``--group``: judge every client as a member of this group
 
-    def __iter__(self) -> Iterator[Verdict]:
+    def __iter__(self) -> Iterator[Finding]:
         paths = list(self.paths)
         sizes = {p: _size(p) for p in paths}
         bar = (
@@ -169,7 +170,7 @@ class Replay:
                     d = judge.decide(obs)
                     if item.ech:  # a ClientHello with ECH: builtin:ech, as the proxy judges it
                         d = judge.with_ech(d, obs.value if obs.kind is Kind.SNI else "", obs.client)
-                    yield Verdict(item, d)
+                    yield Finding(item, d)
                 if bar:
                     bar.file_done()
         finally:
@@ -182,7 +183,8 @@ class Replay:
         template = self.view
         policy = template.policy
         by_day: dict[dt.date, PolicyView] = {}
-        by_slot: dict[int, PolicyView] = {}  # 15-minute slots: every UTC offset in use is a multiple
+        # 15-minute slots: every UTC offset in use is a multiple
+        by_slot: BoundedMemo[int, PolicyView] = BoundedMemo(100_000)
 
         def view_at(t: float) -> PolicyView:
             slot = int(t // 900)
@@ -194,9 +196,7 @@ class Replay:
                     v = by_day[day] = policy.view(day, template.phase_override, template.mode,
                                                   template.legal_status)
                     self.dates.add(day)
-                if len(by_slot) > 100_000:
-                    by_slot.clear()
-                by_slot[slot] = v
+                by_slot.put(slot, v)
             return v
 
         return view_at
@@ -458,7 +458,7 @@ class Summary:
         self.clients: dict[tuple[str, str], list[int]] = {}  # (client, app) → [observations, blocked]
         self.clients_dropped = 0  # observations of pairs past MAX_CLIENT_APPS
 
-    def add(self, v: Verdict) -> None:
+    def add(self, v: Finding) -> None:
         s, d = v.sighting, v.decision
         self.total += 1
         self.actions[d.action] += 1

@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
-import ipaddress
 import json
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, BinaryIO
 
 from policies import Kind
+from policies.addresses import is_ip
 
 from .model import DEFAULT_LIMITS, Damage, Limits, Sighting, Skips
 
@@ -62,14 +62,6 @@ def is_zeek_tsv(head: bytes) -> bool:
 
 def is_json_lines(head: bytes) -> bool:
     return head.lstrip()[:1] == b"{"
-
-
-def _is_ip(text: str) -> bool:
-    try:
-        ipaddress.ip_address(text)
-    except ValueError:
-        return False
-    return True
 
 
 def _port(value: Any) -> int | None:
@@ -144,7 +136,7 @@ def zeek_sightings(row: Row, kind: str, file: str, number: int) -> Iterator[Sigh
         for answer in answers or ():
             # Zeek lists CNAME targets and addresses together; the names are the chain.
             answer = str(answer).rstrip(".")
-            if answer and not _is_ip(answer) and answer != owner and " " not in answer:
+            if answer and not is_ip(answer) and answer != owner and " " not in answer:
                 yield Sighting(
                     ts,
                     Kind.DNS,

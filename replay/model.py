@@ -1,5 +1,5 @@
 """The values replay passes along: what a reader saw (``Sighting``) and what
-the policy made of it (``Verdict``).
+the policy made of it (``Finding``).
 
 Readers (captures, flow files, sensor logs) yield sightings; ``engine`` turns
 each into an ``Observation`` for the policy core and pairs it with the
@@ -56,7 +56,11 @@ class Sighting:
 
 
 @dataclass(frozen=True, slots=True)
-class Verdict:
+class Finding:
+    """A sighting and the policy's decision on it: what every report writes one row of.
+    (The proxy's ``proxy_addons.verdict.Verdict`` is the addons' own record, with what
+    the proxy did; replay does nothing to the traffic, so it has no such fields.)"""
+
     sighting: Sighting
     decision: Decision
 

@@ -16,10 +16,11 @@ import hashlib
 from typing import Any
 
 from policies import Decision, Phase, Policy, PolicyView, build_event
+from policies.addresses import join_hostport
 from policies.events import utc_iso
 
 from .engine import AppCount, Summary
-from .model import Sighting, Verdict
+from .model import Finding, Sighting
 
 HTML_ROWS = 2_000
 MAX_CLIENT_ROWS = 500  # (client, app) rows a report lists
@@ -55,11 +56,10 @@ iso = utc_iso
 def endpoint(ip: str | None, port: int | None) -> str:
     if not ip:
         return "-"
-    host = f"[{ip}]" if ":" in ip else ip
-    return f"{host}:{port}" if port is not None else ip
+    return join_hostport(ip, port) if port is not None else ip
 
 
-def row(v: Verdict) -> dict[str, Any]:
+def row(v: Finding) -> dict[str, Any]:
     s, d = v.sighting, v.decision
     out: dict[str, Any] = {
         "time": iso(s.time),
@@ -98,7 +98,7 @@ def event_id(s: Sighting) -> str:
     return f"{int(s.time * 1000) & 0xFFFFFFFFFFFF:012x}{digest.hexdigest()}"
 
 
-def event(v: Verdict) -> dict[str, Any]:
+def event(v: Finding) -> dict[str, Any]:
     return _event(v.decision, v.sighting, event_id(v.sighting))
 
 

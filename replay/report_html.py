@@ -22,7 +22,7 @@ from typing import IO, Any
 from policies import Action
 
 from .engine import Summary
-from .model import Damage, Verdict
+from .model import Damage, Finding
 from .report import HTML_ROWS, endpoint, iso, plural
 
 MAX_BARS = 60
@@ -32,7 +32,7 @@ COLORS = ("#d62728", "#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e3
 DAY = 86_400
 
 
-def collect_rows(verdicts: Iterable[Verdict], summary: Summary, keep: list[Verdict]) -> Iterable[Verdict]:
+def collect_rows(verdicts: Iterable[Finding], summary: Summary, keep: list[Finding]) -> Iterable[Finding]:
     for v in verdicts:
         summary.add(v)
         if v.decision.action is not Action.ALLOW and len(keep) < HTML_ROWS:
@@ -188,7 +188,7 @@ def template() -> Template:
 def write_html(
     info: dict[str, Any],
     summary: Summary,
-    rows: Sequence[Verdict],
+    rows: Sequence[Finding],
     damage: Sequence[Damage],
     meta: dict[str, Any],
     out: IO[str],

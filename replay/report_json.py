@@ -15,17 +15,17 @@ from typing import IO, Any
 import orjson
 
 from .engine import Summary
-from .model import Verdict
+from .model import Finding
 from .report import event, row
 
 WRITE_BATCH = 512
 
 
-def line(v: Verdict) -> str:
+def line(v: Finding) -> str:
     return orjson.dumps(event(v)).decode() + "\n"
 
 
-def write_jsonl(verdicts: Iterable[Verdict], out: IO[str], summary: Summary) -> None:
+def write_jsonl(verdicts: Iterable[Finding], out: IO[str], summary: Summary) -> None:
     """One event per line, written in batches; what is built is written even
     when a reader fails part-way."""
     batch: list[str] = []
@@ -40,7 +40,7 @@ def write_jsonl(verdicts: Iterable[Verdict], out: IO[str], summary: Summary) -> 
         out.write("".join(batch))
 
 
-def write_json(verdicts: Iterable[Verdict], out: IO[str], summary: Summary) -> None:
+def write_json(verdicts: Iterable[Finding], out: IO[str], summary: Summary) -> None:
     """Opens the document, streams the verdict array; ``finish_json`` closes it."""
     out.write('{"verdicts": [')
     sep = "\n  "

@@ -14,7 +14,7 @@ from collections.abc import Iterable, Sequence
 from typing import IO, Any
 
 from .engine import Summary
-from .model import Damage, Verdict
+from .model import Damage, Finding
 from .report import endpoint, iso, plural
 
 # (header, width) of the columns before NAME / URL, and RULE after it.
@@ -31,12 +31,12 @@ def name_width(out: IO[str]) -> int | None:
     return max(MIN_NAME, shutil.get_terminal_size().columns - FIXED - RULE_WIDTH - 1)
 
 
-def shown_name(v: Verdict, width: int | None) -> str:
+def shown_name(v: Finding, width: int | None) -> str:
     text = v.sighting.value + (" [ECH]" if v.sighting.ech else "")
     return text if width is None or len(text) <= width else text[: width - 1] + "…"
 
 
-def write_table(verdicts: Iterable[Verdict], out: IO[str], summary: Summary) -> None:
+def write_table(verdicts: Iterable[Finding], out: IO[str], summary: Summary) -> None:
     width = name_width(out)
     nw = width or 60
     out.write(" ".join(f"{h:<{w}}" for h, w in COLUMNS) + f" {'NAME / URL':<{nw}} RULE\n")
@@ -88,7 +88,7 @@ def _cell(text: str) -> str:
     return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
 
 
-def write_csv(verdicts: Iterable[Verdict], out: IO[str], summary: Summary) -> None:
+def write_csv(verdicts: Iterable[Finding], out: IO[str], summary: Summary) -> None:
     """One row per verdict (RFC 4180, a header first); apps joined with spaces."""
     w = csv.writer(out, lineterminator="\n")
     w.writerow(CSV_FIELDS)

@@ -19,7 +19,8 @@ from dataclasses import dataclass
 import dnslib
 from mitmproxy.net import check
 
-ECH_EXTENSION = 0xFE0D
+from policies.builtins import ECH_EXTENSION
+
 QUIC_V1 = b"\x00\x00\x00\x01"
 QUIC_V2 = b"\x6b\x33\x43\xcf"
 HTTP_METHODS = (

@@ -10,16 +10,16 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from policies import PolicyError, load_policy_text, loader
+from policies import PolicyError, load_policy_text, validate
 
 KEYS = sorted(
-    set(loader.TOP_KEYS)
-    | set(loader.APP_KEYS)
-    | set(loader.ENTRY_KEYS)
-    | set(loader.DOWNLOAD_KEYS)
-    | set(loader.LIST_KEYS)
-    | set(loader.LEGAL_KEYS)
-    | set(loader.SCHEDULE_KEYS)
+    set(validate.TOP_KEYS)
+    | set(validate.APP_KEYS)
+    | set(validate.ENTRY_KEYS)
+    | set(validate.DOWNLOAD_KEYS)
+    | set(validate.LIST_KEYS)
+    | set(validate.LEGAL_KEYS)
+    | set(validate.SCHEDULE_KEYS)
     | {"apple", "google_play", "dns", "proxy", "cidr", "enabled"}
 )
 SCALARS = st.one_of(

@@ -1,6 +1,7 @@
 """policies/schema.json: a valid draft 2020-12 schema that accepts the bundled
-and the test policies, rejects unknown keys and wrong types, and lists
-exactly the keys the loader accepts."""
+and the test policies, rejects unknown keys and wrong types; the loader
+takes its key tables from it (policies/schema_keys.py), so an unknown key is
+refused at its line with exactly the schema's keys listed."""
 
 from __future__ import annotations
 
@@ -15,8 +16,18 @@ import jsonschema
 import pytest
 import yaml
 
-from policies import BUNDLED, SCHEMA, DnsSettings, EventQueueSettings, ProxySettings, legal_loader, loader
-from policies.builtins import BUILTIN_KEYS
+from policies import (
+    BUNDLED,
+    SCHEMA,
+    DnsSettings,
+    EventQueueSettings,
+    PolicyError,
+    ProxySettings,
+    legal_loader,
+    load_policy_text,
+    validate,
+)
+from policies.builtins import Builtins
 from tests.core.conftest import POLICY_FILE
 
 
@@ -122,54 +133,98 @@ def _props(schema: dict[str, Any], *path: str) -> set[str]:
     return set(node["properties"])
 
 
-KEY_TABLES = [
-    pytest.param((), loader.TOP_KEYS, id="top"),
-    # Version 1 also requires legal_basis and schedule (the schema's allOf says so).
-    pytest.param(("$defs", "app"), {k: k in ("id", "name", "owner") for k in loader.APP_KEYS}, id="app"),
-    pytest.param(("$defs", "name_entry"), loader.ENTRY_KEYS, id="entry"),
-    pytest.param(("$defs", "cidr_entry"), loader.CIDR_ENTRY_KEYS, id="cidr-entry"),
-    pytest.param(("$defs", "download"), loader.DOWNLOAD_KEYS, id="download"),
-    pytest.param(("$defs", "list"), loader.LIST_KEYS, id="list"),
-    pytest.param(("$defs", "app", "properties", "legal_basis"), loader.LEGAL_KEYS, id="legal-basis"),
-    pytest.param(("$defs", "schedule", "items"), loader.SCHEDULE_KEYS, id="schedule"),
-    pytest.param(("$defs", "framework"), legal_loader.FRAMEWORK_KEYS, id="framework"),
-    pytest.param(("$defs", "framework", "properties", "status", "items"), legal_loader.STATUS_KEYS,
-                 id="framework-status"),
-    pytest.param(("$defs", "client_group"), legal_loader.CLIENT_KEYS, id="client-group"),
-    pytest.param(("properties", "allow"), loader.ALLOW_KEYS, id="allow"),
-    pytest.param(("properties", "groups", "additionalProperties"), loader.GROUP_KEYS, id="group"),
-    pytest.param(
-        ("$defs", "app", "properties", "store", "properties", "apple", "items"),
-        loader.STORE_ENTRY_KEYS,
-        id="store-entry",
-    ),
-    pytest.param(
-        ("$defs", "dns_settings"), {f.name: False for f in dataclasses.fields(DnsSettings)}, id="dns-settings"
-    ),
-    pytest.param(("properties", "settings"), loader.SETTINGS_KEYS, id="settings"),
-    pytest.param(("properties", "builtins"), BUILTIN_KEYS, id="builtins"),
-    pytest.param(
-        ("$defs", "event_queue_settings"), {f.name: False for f in dataclasses.fields(EventQueueSettings)},
-        id="event-queue-settings",
-    ),
-    pytest.param(
-        ("$defs", "proxy_settings"),
-        {f.name: False for f in dataclasses.fields(ProxySettings)},
-        id="proxy-settings",
-    ),
+# The sections that map onto a dataclass take its fields; the schema must list exactly those.
+DATACLASS_TABLES = [
+    pytest.param(("$defs", "dns_settings"), DnsSettings, id="dns-settings"),
+    pytest.param(("$defs", "event_queue_settings"), EventQueueSettings, id="event-queue-settings"),
+    pytest.param(("$defs", "proxy_settings"), ProxySettings, id="proxy-settings"),
+    pytest.param(("properties", "builtins"), Builtins, id="builtins"),
 ]
 
 
-@pytest.mark.parametrize(("path", "keys"), KEY_TABLES)
-def test_schema_lists_exactly_the_loaders_keys(path: tuple[str, ...], keys: dict[str, bool]) -> None:
+@pytest.mark.parametrize(("path", "cls"), DATACLASS_TABLES)
+def test_schema_lists_exactly_the_dataclass_fields(path: tuple[str, ...], cls: type) -> None:
     schema = json.loads(SCHEMA.read_text(encoding="utf-8"))
-    assert _props(schema, *path) == set(keys)
-    node: Any = schema
-    for key in path:
-        node = node[key]
-    if "oneOf" in node:
-        node = next(alt for alt in node["oneOf"] if alt.get("type") == "object")
-    assert set(node.get("required", [])) == {k for k, required in keys.items() if required}
+    assert _props(schema, *path) == {f.name for f in dataclasses.fields(cls)}
+
+
+V1_APP = "  - id: a\n    name: A\n    owner: O\n    legal_basis: {order: X, citation: Y}\n    schedule:\n"
+V2_APP = "  - id: a\n    name: A\n    owner: O\n"
+# The loader's key tables come from the schema (policies/schema_keys.py): a key the schema
+# lacks is refused at its line, and the message lists exactly the schema's keys there.
+# (policy text with an unknown key "zz", its line, its field, the schema path of that mapping)
+UNKNOWN_KEY_CASES = [
+    pytest.param("version: 1\nzz: 1\napps: []\n", 2, "zz", (), id="top"),
+    pytest.param("version: 1\napps:\n" + V1_APP + "      - {from: 2020-01-01, phase: full, source: s}\n"
+                 "    zz: 1\n", 9, "apps[a].zz", ("$defs", "app"), id="app"),
+    pytest.param("version: 2\napps:\n" + V2_APP + "    domains: [{name: a.example, zz: 1}]\n", 6,
+                 "apps[a].domains[0].zz", ("$defs", "name_entry"), id="name-entry"),
+    pytest.param("version: 2\napps:\n" + V2_APP + "    networks: [{cidr: 10.0.0.0/8, zz: 1}]\n", 6,
+                 "apps[a].networks[0].zz", ("$defs", "cidr_entry"), id="cidr-entry"),
+    pytest.param("version: 2\napps:\n" + V2_APP + "    downloads: [{host: a.example, zz: 1}]\n", 6,
+                 "apps[a].downloads[0].zz", ("$defs", "download"), id="download"),
+    pytest.param("version: 2\napps:\n" + V2_APP + "    lists: [{path: a.txt, zz: 1}]\n", 6,
+                 "apps[a].lists[0].zz", ("$defs", "list"), id="list"),
+    pytest.param("version: 2\napps:\n" + V2_APP + "    store: {apple: [{id: 1, zz: 1}]}\n", 6,
+                 "apps[a].store.apple[0].zz",
+                 ("$defs", "app", "properties", "store", "properties", "apple", "items"), id="store-entry"),
+    pytest.param("version: 1\napps:\n  - id: a\n    name: A\n    owner: O\n"
+                 "    legal_basis: {order: X, citation: Y, zz: 1}\n    schedule: []\n", 6,
+                 "apps[a].legal_basis.zz", ("$defs", "app", "properties", "legal_basis"), id="legal-basis"),
+    pytest.param("version: 1\napps:\n" + V1_APP
+                 + "      - {from: 2020-01-01, phase: full, source: s, zz: 1}\n", 8,
+                 "apps[a].schedule[0].zz", ("$defs", "schedule", "items"), id="schedule"),
+    pytest.param("version: 2\nframeworks:\n  f: {title: F, kind: statute, zz: 1}\napps: []\n", 3,
+                 "frameworks.f.zz", ("$defs", "framework"), id="framework"),
+    pytest.param("version: 2\nframeworks:\n  f:\n    title: F\n    kind: statute\n"
+                 "    status: [{from: 2020-01-01, status: stayed, source: s, zz: 1}]\napps: []\n", 6,
+                 "frameworks.f.status[0].zz", ("$defs", "framework", "properties", "status", "items"),
+                 id="framework-status"),
+    pytest.param("version: 2\nclients:\n  g: {zz: 1}\napps: []\n", 3, "clients.g.zz",
+                 ("$defs", "client_group"), id="client-group"),
+    pytest.param("version: 1\nallow: {zz: 1}\napps: []\n", 2, "allow.zz", ("properties", "allow"),
+                 id="allow"),
+    pytest.param("version: 1\ngroups:\n  g: {enabled: true, zz: 1}\napps: []\n", 3, "groups.g.zz",
+                 ("properties", "groups", "additionalProperties"), id="group"),
+    pytest.param("version: 1\nsettings: {zz: 1}\napps: []\n", 2, "settings.zz", ("properties", "settings"),
+                 id="settings"),
+    pytest.param("version: 1\nbuiltins: {zz: 1}\napps: []\n", 2, "builtins.zz", ("properties", "builtins"),
+                 id="builtins"),
+]
+
+
+@pytest.mark.parametrize(("text", "line", "field", "path"), UNKNOWN_KEY_CASES)
+def test_a_key_the_schema_lacks_is_refused_with_its_line(text: str, line: int, field: str,
+                                                         path: tuple[str, ...]) -> None:
+    schema = json.loads(SCHEMA.read_text(encoding="utf-8"))
+    allowed = ", ".join(sorted(_props(schema, *path)))
+    with pytest.raises(PolicyError) as info:
+        load_policy_text(text, "p.yaml")
+    want = f"p.yaml:{line}: {field}: unknown key 'zz' (allowed: {allowed})"
+    assert want in [str(i) for i in info.value.issues]
+
+
+# Required keys, and the version rule (schema's allOf), as the loader enforces them.
+REQUIRED_CASES = [
+    pytest.param(("$defs", "app"), validate.APP_KEYS, {"id", "name", "owner", "legal_basis", "schedule"},
+                 id="app-v1-needs-legal-basis-and-schedule"),
+    pytest.param(("$defs", "app"), validate.APP_KEYS_V2, {"id", "name", "owner"}, id="app-v2"),
+    pytest.param((), validate.TOP_KEYS, {"version", "apps"}, id="top"),
+    pytest.param(("$defs", "framework"), legal_loader.FRAMEWORK_KEYS, {"title", "kind"}, id="framework"),
+]
+
+
+@pytest.mark.parametrize(("path", "keys", "required"), REQUIRED_CASES)
+def test_required_keys_follow_the_schema(path: tuple[str, ...], keys: dict[str, bool],
+                                         required: set[str]) -> None:
+    schema = json.loads(SCHEMA.read_text(encoding="utf-8"))
+    assert set(keys) <= _props(schema, *path)
+    assert {k for k, must in keys.items() if must} == required
+
+
+def test_the_version_rule_comes_from_the_schema() -> None:
+    assert "schedule" not in validate.APP_KEYS_V2
+    assert validate.V2_ONLY == ("frameworks", "clients", "legal_status")
 
 
 def test_schema_accepts_extension_keys_and_merges(validator: jsonschema.Draft202012Validator) -> None:

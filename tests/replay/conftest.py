@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from policies import Policy, PolicyView, load_policy
-from replay import Replay, Verdict
+from replay import Finding, Replay
 
 DATA = Path(__file__).parent / "data"
 POLICY = DATA / "policy.yaml"
@@ -26,7 +26,7 @@ def view(policy: Policy) -> PolicyView:
 
 def replay_all(
     view: PolicyView, *paths: Path, dns_ports: frozenset[int] = frozenset({53})
-) -> tuple[list[Verdict], Replay]:
+) -> tuple[list[Finding], Replay]:
     rep = Replay([str(p) for p in paths], view, progress=False, dns_ports=dns_ports)
     return list(rep), rep
 

@@ -20,7 +20,7 @@ import pytest
 
 from egress_filter.cli import main
 from policies import Action, Decision, Kind, Phase
-from replay import Sighting, Summary, Verdict
+from replay import Finding, Sighting, Summary
 from replay.report_html import pick_unit
 from replay.report_text import write_table
 
@@ -161,7 +161,7 @@ LONG = "http://www.tiktok.com/" + "p" * 200
 @pytest.mark.parametrize("columns", [120, 200, 400], ids=lambda n: f"{n}-columns")
 def test_table_fits_the_terminal(columns: int, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("COLUMNS", str(columns))
-    v = Verdict(Sighting(c.T0, Kind.HTTP, LONG, "10.0.0.5", "198.51.100.7", 40000, 80),
+    v = Finding(Sighting(c.T0, Kind.HTTP, LONG, "10.0.0.5", "198.51.100.7", 40000, 80),
                 Decision(Action.BLOCK, ("tiktok",), Phase.FULL, "domain:tiktok.com", "r"))
     main_fd, tty_fd = pty.openpty()
     try:

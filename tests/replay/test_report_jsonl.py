@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from policies import Action, Decision, Kind, Phase, PolicyView
-from replay import Sighting, Summary, Verdict
+from replay import Finding, Sighting, Summary
 from replay.report import event
 from replay.report_json import WRITE_BATCH, line, write_jsonl
 
@@ -116,7 +116,7 @@ SIGHTINGS = [
 @pytest.mark.parametrize("sighting", SIGHTINGS)
 def test_line_reads_back_as_the_event(sighting: Sighting) -> None:
     for decision in DECISIONS:
-        v = Verdict(sighting, decision)
+        v = Finding(sighting, decision)
         text = line(v)
         assert text.endswith("\n") and "\n" not in text[:-1], decision
         assert json.loads(text) == event(v), decision
@@ -137,9 +137,9 @@ class ReaderFailed(Exception):
 
 @pytest.mark.parametrize("count", [0, 1, WRITE_BATCH - 1, WRITE_BATCH, 2 * WRITE_BATCH + 3], ids=str)
 def test_lines_built_before_a_reader_fails_are_written(count: int, tmp_path: Path) -> None:
-    def verdicts() -> Iterator[Verdict]:
+    def verdicts() -> Iterator[Finding]:
         for i in range(count):
-            yield Verdict(Sighting(1605000000.0 + i, Kind.DNS, f"n{i}.example", packet=i + 1), DECISIONS[1])
+            yield Finding(Sighting(1605000000.0 + i, Kind.DNS, f"n{i}.example", packet=i + 1), DECISIONS[1])
         raise ReaderFailed
 
     out = tmp_path / "events.jsonl"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-from replay import Verdict
+from replay import Finding
 
 FIELDS = (
     "dns.qry.name",
@@ -51,7 +51,7 @@ def tshark_names(tshark: str, path: Path, decode_as: tuple[str, ...] = ()) -> di
     return out
 
 
-def replay_names(verdicts: list[Verdict]) -> dict[str, set[str]]:
+def replay_names(verdicts: list[Finding]) -> dict[str, set[str]]:
     """The same fields from replay's sightings (CNAME targets are answers, not questions)."""
     out: dict[str, set[str]] = {f: set() for f in FIELDS}
     for v in verdicts:
