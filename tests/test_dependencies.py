@@ -37,7 +37,7 @@ def _imports(package: str) -> set[str]:
     return {m for m in found if m not in sys.stdlib_module_names and m not in PACKAGES}
 
 
-@pytest.mark.parametrize("package", PACKAGES)
+@pytest.mark.parametrize("package", PACKAGES, ids=PACKAGES)
 def test_every_import_is_declared(package: str) -> None:
     owners = md.packages_distributions()
     declared = _declared()

@@ -41,7 +41,7 @@ def test_address_forms(raw: str, expected: str | bytes | None) -> None:
     pytest.param(lambda: notify.status("x" * 1000), ["STATUS=" + "x" * (notify.MAX_STATUS - 1) + "…"],
                  id="status-is-bounded"),
 ])
-@pytest.mark.parametrize("kind", ["path", "abstract"])
+@pytest.mark.parametrize("kind", ["path", "abstract"], ids=["path", "abstract"])
 def test_notify_sends_one_datagram(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kind: str,
                                    send: Callable[[], bool], expected: list[str]) -> None:
     where: Path | str = tmp_path / "notify" if kind == "path" else f"egress-test-{os.getpid()}-{kind}"
