@@ -259,6 +259,7 @@ class TcpConnection(asyncio.Protocol):
         self.stalled = False  # answers are queued past the high-water mark
         self.unanswered = 0  # messages handed to the resolver and not answered yet
         self.held = False  # reading paused until some of those are answered
+        self.eof = False  # the client closed its side: answer what was read, then close ours
         self._timer: asyncio.TimerHandle | None = None
         self._due = 0.0  # when the timer cuts the connection (loop time)
         self._poll: asyncio.TimerHandle | None = None  # while stalled: the next look at the buffer
@@ -325,6 +326,9 @@ class TcpConnection(asyncio.Protocol):
         t.write(len(data).to_bytes(2, "big") + bytes(data))
         if self.unanswered:
             self.unanswered -= 1
+        if self.eof and not self.unanswered and not self.buf:
+            self._close()  # the last answer the half-closed client waits for
+            return
         # Checked here, after every answer, rather than left to the transport's
         # pause_writing: uvloop calls that only when it next flushes, after a
         # whole read (256 KiB of queries) has been answered into the buffer.
@@ -338,6 +342,17 @@ class TcpConnection(asyncio.Protocol):
                 self._consume()
         elif not self.stalled and not self.partial:
             self._arm()
+
+    def eof_received(self) -> bool:
+        """The client shut down its sending side (RFC 7766 section 6.2.3 lets it, after its
+        queries): keep ours open until every query read is answered, then close.  The
+        connection's timer still bounds the wait, also for a query the resolver drops."""
+        self.eof = True
+        if self.transport is None:
+            return False
+        if not self.unanswered and not self.buf:
+            return False  # nothing in flight: asyncio closes the connection now
+        return True
 
     def pause_writing(self) -> None:
         """Too many answers unread: stop reading, start the stall deadline, and
