@@ -31,15 +31,10 @@ CNAME targets are judged with the asker's group.  Without group networks
 every client is in ``default`` and no lookup is made.
 
 A UDP answer that the chain would give again byte for byte (a block, the
-canary, a cache hit) is also kept in the asker's group's table of ``hot``,
-keyed by the query's bytes after its ID, until its TTLs would tick down by a
-second.  ``client_hot`` maps each client address the ACL let in to its
-group's table, so the UDP listener looks there first: a repeated question
-then costs two dict lookups and one concatenation instead of the parse, the
-decision and the splice, and an answer is only ever reused within the group
-that got it.  Answers that depend on the asking client itself (the exempt
-group's, whose reason names the client; CNAME verdicts) are never kept
-there.  ``hot`` and ``client_hot`` are only valid for ``hot_view``.
+canary, a cache hit) is also kept by the ready-answer link
+(``chain/ready.py``), per client group; the UDP transports ask
+``answer_ready`` first, so a repeated question costs two dict lookups and
+one concatenation instead of the parse, the decision and the splice.
 """
 
 from __future__ import annotations
@@ -47,8 +42,6 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
-from enum import Enum
-from itertools import islice
 from typing import Any, NamedTuple, Protocol
 
 from policies import (
@@ -64,8 +57,11 @@ from policies import (
 
 from .cache import AnswerCache
 from .chain.acl import Acl
+from .chain.cache import CacheLink
 from .chain.coalesce import Coalescer, Join
 from .chain.identity import Identity
+from .chain.ready import ReadyAnswers
+from .chain.telemetry import Served, Tally
 from .chain.verdict import ChainVerdict, Verdicts
 from .client_names import ClientNames
 from .local import LocalAnswers
@@ -81,7 +77,6 @@ from .wire import (
     Answer,
     Malformed,
     Query,
-    age_ttls,
     error_reply,
     parse_query,
     rcode_reply,
@@ -91,18 +86,8 @@ from .wire import (
 )
 
 TEMPLATE_LIMIT = 10_000
-HOT_LIMIT = 20_000  # ready UDP answers (about 300 bytes each)
 NXDOMAIN_ONLY = BlockResponse.NXDOMAIN
 FOREVER = float("inf")
-
-
-
-class Served(Enum):
-    """What an answer made from stored bytes counts as in the metrics and the event log."""
-
-    BLOCKED = "block"
-    CANARY = "canary"
-    CACHED = "cached"
 
 
 class Sink(Protocol):
@@ -124,28 +109,6 @@ class Asker(NamedTuple):
     port: int
     sink: Sink
     addr: Any  # the UDP address to answer, None over TCP
-
-
-class Tally(NamedTuple):
-    """What a repeated answer still has to count and log."""
-
-    served: Served
-    decision: Decision
-    query: Query
-    response: str
-
-
-class Hot(NamedTuple):
-    """A ready UDP answer."""
-
-    until: float  # monotonic time until which the bytes stay exact
-    answer: bytes  # the answer's bytes after the ID
-    tally: Tally | None  # None when there is nothing to count or log
-
-
-# One group's ready answers, keyed by the query's bytes after its ID.
-HotTable = dict[bytes, Hot]
-CLIENTS_LIMIT = 65_536  # client addresses whose group table is remembered
 
 
 class ViewSource(Protocol):
@@ -174,14 +137,12 @@ class Resolver:
         self.max_udp = settings.max_udp_size
         self.identity = Identity(settings.server_identity, settings.server_version)
         self.log_all = settings.log_all
-        self.cache = AnswerCache(settings.cache_size)
+        self.cache = CacheLink(AnswerCache(settings.cache_size))
         self.templates: dict[Any, tuple[bytes, bytes, str]] = {}
         self.inflight: set[asyncio.Task[None]] = set()
         self.coalescer: Coalescer[Asker] = Coalescer()  # one upstream question per Query.key
         self.verdicts = Verdicts()
-        self.hot: dict[str, HotTable] = {}  # group id -> its ready answers
-        self.client_hot: dict[str, HotTable] = {}  # client -> its group's table (the UDP path reads it)
-        self.hot_view: PolicyView | None = None
+        self.ready = ReadyAnswers()
         # With no metrics and no event log there is nothing to count or log.
         self._silent = type(self.metrics) is NullMetrics and not events.enabled
         self.closing = False
@@ -207,13 +168,26 @@ class Resolver:
         before it is consulted, so no stale verdict can come out of it.
         Emptying it too made every reload a cache-cold storm upstream (the
         soak bench: 81% misses and SERVFAILs at 5k qps with a reload every 2 s)."""
-        self.hot.clear()
-        self.client_hot.clear()
+        self.ready.clear()
         self.templates.clear()
         self.verdicts.clear()
         self.metrics.flushed(reason)
 
     # --- the chain -------------------------------------------------------------
+
+    def answer_ready(self, data: bytes, addr: Any, sink: Sink) -> bool:
+        """Step 0 (UDP only): answer from the ready answers, counted and logged as
+        the chain would have; False when there is none (``handle`` takes it)."""
+        client = addr[0]
+        hot = self.ready.get(data, client, self.holder.view, time.monotonic())
+        if hot is None:
+            return False
+        sink.send(data[:2] + hot.answer, addr)
+        if self.name_metrics:
+            self.count_client(client)
+        if hot.tally is not None:
+            self.tally(hot.tally, client, addr[1])
+        return True
 
     def handle(self, data: bytes, client: str, port: int, sink: Sink, addr: Any) -> None:
         """Answer one query: now from bytes, or later from a task (cache miss)."""
@@ -261,25 +235,13 @@ class Resolver:
             if here is not None:
                 self._local_reply(here, d, q, data, client, port, sink, addr)
                 return
-        now = time.monotonic()
-        entry = self.cache.get(q.key, now)
-        if entry is not None:
-            if entry.cnames:
-                chained = self.verdicts.judge_chain(gv, entry.cnames, client)
-                if chained is not None and chained[0].action is Action.BLOCK:
-                    self.metrics.cache(True)
-                    self._send_chain_block(data, q, chained, client, port, sink, addr)
-                    return
-                if chained is not None and d.action is Action.ALLOW:
-                    d = chained[0]
-            out = splice(entry.answer, data, q.qend)
-            age = int(now - entry.stored)
-            if age:
-                age_ttls(out, entry.ttl_slots, age)
-            # These bytes stay exact until the TTLs tick down once more.
-            until = min(entry.expires, entry.stored + age + 1)
-            response = RCODE_NAMES.get(out[3] & 0x0F, "NOERROR")
-            shared = not entry.cnames and not gv.group.exempt
+        hit = self.cache.lookup(data, q, gv, d, client)
+        if hit is not None:
+            if isinstance(hit, ChainVerdict):
+                self.metrics.cache(True)
+                self._send_chain_block(data, q, hit, client, port, sink, addr)
+                return
+            out, until, response, d, shared = hit
             self._reply(Asker(data, q, d, client, port, sink, addr), Served.CACHED,
                         self._fit(out, q, data, udp), until, response, shared)
             return
@@ -311,7 +273,7 @@ class Resolver:
             askers = self.coalescer.settle(q.key, asker)
         if result is not None:
             answer, info = result
-            self.cache.put(q.key, answer, info.ttl_slots, info.cnames, info.lifetime)
+            self.cache.store(q, answer, info)
             self.metrics.cache_size(len(self.cache))
         for one in askers:
             self._answer(result, *one)
@@ -326,12 +288,11 @@ class Resolver:
             return
         answer, info = result
         if info.cnames:
-            chained = self.verdicts.judge_chain(self.holder.view.group(client), info.cnames, client)
-            if chained is not None and chained[0].action is Action.BLOCK:
-                self._send_chain_block(data, q, chained, client, port, sink, addr)
+            judged = Verdicts.after_chain(self.holder.view.group(client), info.cnames, d, client)
+            if isinstance(judged, ChainVerdict):
+                self._send_chain_block(data, q, judged, client, port, sink, addr)
                 return
-            if chained is not None and d.action is Action.ALLOW:
-                d = chained[0]
+            d = judged
         out = splice(answer, data, q.qend)
         sink.send(self._fit(out, q, data, addr is not None), addr)
         self.metrics.query(d.action.value)
@@ -361,27 +322,8 @@ class Resolver:
         tally: Tally | None = None if self._silent else Tally(served, d, q, response)
         if tally is not None:
             self.tally(tally, client, port)
-        if addr is not None and shared:
-            view = self.holder.view
-            if view is not self.hot_view:
-                self.hot.clear()
-                self.client_hot.clear()
-                self.hot_view = view
-            hot = self.client_hot.get(client)
-            if hot is None:
-                # The group is the one the decision was made for (the canary's
-                # answer is the same for all, so any group's table will do).
-                group = view.group(client).group.id
-                hot = self.hot.get(group)
-                if hot is None:
-                    hot = self.hot[group] = {}
-                if len(self.client_hot) >= CLIENTS_LIMIT:
-                    self.client_hot.clear()
-                self.client_hot[client] = hot
-            elif len(hot) >= HOT_LIMIT:
-                for old in list(islice(hot, HOT_LIMIT // 64)):
-                    del hot[old]
-            hot[data[2:]] = Hot(until, bytes(out[2:]), tally)
+        if shared and addr is not None:
+            self.ready.keep(data, out, until, tally, client, self.holder.view)
 
     def count_client(self, client: str) -> None:
         """The opt-in per-name query count (names only, never addresses: bounded labels)."""
@@ -459,7 +401,6 @@ class Resolver:
     async def drain(self, timeout: float) -> None:
         """Stop taking queries and let the ones in flight finish."""
         self.closing = True
-        self.hot.clear()
-        self.client_hot.clear()
+        self.ready.clear()
         if self.inflight:
             await asyncio.wait(list(self.inflight), timeout=timeout)

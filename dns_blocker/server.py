@@ -2,9 +2,8 @@
 
 UDP datagrams and TCP messages (RFC 7766: length-prefixed, many per
 connection, answered as they complete) both go to ``Resolver.handle`` with a
-sink to answer through; a UDP datagram whose bytes after the ID were answered
-before is first looked up in ``Resolver.client_hot`` (the asker's group's
-table of ready answers) and answered from there.
+sink to answer through; a UDP datagram is first offered to
+``Resolver.answer_ready`` (the ready answers of the asker's group).
 A UDP listener bound to a wildcard address (0.0.0.0, ::) is read with
 ``recvmsg`` instead (``PktinfoTransport``), so that each answer leaves from
 the address its query was sent to; a specific address keeps the loop's own
@@ -27,7 +26,6 @@ import signal
 import socket
 import sys
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -74,21 +72,9 @@ class UdpListener(asyncio.DatagramProtocol):
         self.transport = transport  # type: ignore[assignment]
 
     def datagram_received(self, data: bytes, addr: Any) -> None:
-        # A query whose bytes were answered before, by this policy, to a
-        # client of the same group (the ACL let it in, or it would have no
-        # table): send the same answer with this query's ID.
         r = self.resolver
-        table = r.client_hot.get(addr[0])
-        if table is not None and r.holder.view is r.hot_view:
-            hot = table.get(data[2:])
-            if hot is not None and hot.until > time.monotonic() and self.transport is not None:
-                self.transport.sendto(data[:2] + hot.answer, addr)
-                if r.name_metrics:
-                    r.count_client(addr[0])
-                if hot.tally is not None:
-                    r.tally(hot.tally, addr[0], addr[1])
-                return
-        r.handle(data, addr[0], addr[1], self, addr)
+        if not r.answer_ready(data, addr, self):  # step 0, the ready answers (resolver.py)
+            r.handle(data, addr[0], addr[1], self, addr)
 
     def send(self, data: bytes | bytearray, addr: Any) -> None:
         if self.transport is not None:

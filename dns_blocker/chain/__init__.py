@@ -1,10 +1,12 @@
 """The resolver's links, one job per module; ``Resolver.handle`` runs them in
-the order written there (and in docs/dns.md):
+the order written there (and in docs/dns.md; step 0 in ``Resolver.answer_ready``):
 
+    ready     step 0 (UDP): a repeated question answered from ready bytes
     acl       which clients may ask (REFUSED otherwise)
     identity  CH-class questions about the server itself, answered here
     verdict   the policy's decision for the client's group, memoised per view,
               and the strictest verdict on a CNAME chain
+    cache     an upstream answer still alive, TTLs counted down, CNAMEs re-judged
     coalesce  one upstream question per distinct question, bounded in number
 
 Each link is sans-IO: it takes parsed values and returns a value; the
