@@ -59,6 +59,7 @@ from .cache import AnswerCache
 from .chain.acl import Acl
 from .chain.cache import CacheLink
 from .chain.coalesce import Coalescer, Join
+from .chain.forward import Forward, Forwarded, no_route
 from .chain.identity import Identity
 from .chain.ready import ReadyAnswers
 from .chain.telemetry import Served, Tally
@@ -67,14 +68,13 @@ from .client_names import ClientNames
 from .local import LocalAnswers
 from .metrics import NullMetrics
 from .responses import BlockResponse, block_parts, qtype_name, template_qtype
-from .upstream import Forwarder, UpstreamError
+from .upstream import Forwarder
 from .wire import (
     C_CH,
     CLASSIC_UDP,
     RCODE_NAMES,
     REFUSED,
     SERVFAIL,
-    Answer,
     Malformed,
     Query,
     error_reply,
@@ -126,7 +126,7 @@ class EventSink(Protocol):
 
 class Resolver:
     def __init__(self, holder: ViewSource, settings: DnsSettings, forwarder: Forwarder,
-                 events: EventSink, metrics: NullMetrics | None = None):
+                 events: EventSink, metrics: NullMetrics | None = None, local: LocalAnswers | None = None):
         self.holder = holder
         self.forwarder = forwarder
         self.events = events
@@ -147,7 +147,8 @@ class Resolver:
         self._silent = type(self.metrics) is NullMetrics and not events.enabled
         self.closing = False
         self.loop: asyncio.AbstractEventLoop | None = None
-        self.local: LocalAnswers | None = None  # set by server.serve (dns_blocker/local.py)
+        self.local = local  # local records, local and forward domains (dns_blocker/local.py)
+        self.forward = Forward(forwarder, self.cache, local.forwarder_for if local is not None else no_route)
         self.names = ClientNames(settings.client_names) if settings.client_names else None
         self.name_metrics = self.names is not None and settings.client_name_metrics
 
@@ -263,22 +264,17 @@ class Resolver:
     async def _forward(self, asker: Asker) -> None:
         """Ask the upstreams once, then answer everyone who asked the same question meanwhile."""
         q = asker.query
-        result: tuple[bytes, Answer] | None = None
+        result: Forwarded | None = None
         try:
-            forward = self.local.forwarder_for(q.name) if self.local is not None else None
-            result = await (forward or self.forwarder).resolve(q)
-        except UpstreamError:
-            pass
+            result = await self.forward.ask(q)
         finally:
             askers = self.coalescer.settle(q.key, asker)
         if result is not None:
-            answer, info = result
-            self.cache.store(q, answer, info)
             self.metrics.cache_size(len(self.cache))
         for one in askers:
             self._answer(result, *one)
 
-    def _answer(self, result: tuple[bytes, Answer] | None, data: bytes, q: Query, d: Decision, client: str,
+    def _answer(self, result: Forwarded | None, data: bytes, q: Query, d: Decision, client: str,
                 port: int, sink: Sink, addr: Any) -> None:
         if result is None:
             sink.send(rcode_reply(data, q, SERVFAIL), addr)

@@ -462,9 +462,9 @@ async def serve(settings: DnsSettings, holder: Any, events: Any, metrics: NullMe
     forwarder = Forwarder(upstreams(settings), settings.timeout, metrics.upstream, metrics.rejected)
     await forwarder.start()
     sink: EventSink = events
-    resolver = Resolver(holder, settings, forwarder, sink, metrics)
-    resolver.local = LocalAnswers(settings, lambda ups: Forwarder(upstreams(settings, ups), settings.timeout,
-                                                                   metrics.upstream, metrics.rejected))
+    local = LocalAnswers(settings, lambda ups: Forwarder(upstreams(settings, ups), settings.timeout,
+                                                         metrics.upstream, metrics.rejected))
+    resolver = Resolver(holder, settings, forwarder, sink, metrics, local)
     resolver.attach(loop)
     rpz = None
     if settings.rpz:
@@ -529,7 +529,7 @@ async def serve(settings: DnsSettings, holder: Any, events: Any, metrics: NullMe
         for utransport in udp_transports:
             utransport.close()
         await forwarder.aclose()
-        await resolver.local.aclose()
+        await local.aclose()
         holder.stop()
     lost = [t for t in udp_transports
             if isinstance(t, batched.BatchedTransport) and (t.unsent or t.truncated)]

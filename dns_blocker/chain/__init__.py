@@ -8,6 +8,8 @@ the order written there (and in docs/dns.md; step 0 in ``Resolver.answer_ready``
               and the strictest verdict on a CNAME chain
     cache     an upstream answer still alive, TTLs counted down, CNAMEs re-judged
     coalesce  one upstream question per distinct question, bounded in number
+    forward   the question to its upstreams (a forward domain's, or the public
+              ones); the answer into the cache
 
 Each link is sans-IO: it takes parsed values and returns a value; the
 resolver sends, counts and logs.
