@@ -176,14 +176,14 @@ class Resolver:
 
     # --- the chain -------------------------------------------------------------
 
-    def answer_ready(self, data: bytes, addr: Any, sink: Sink) -> bool:
+    def answer_ready(self, data: bytes, addr: Any, sendto: Callable[[bytes, Any], None]) -> bool:
         """Step 0 (UDP only): answer from the ready answers, counted and logged as
         the chain would have; False when there is none (``handle`` takes it)."""
         client = addr[0]
         hot = self.ready.get(data, client, self.holder.view, time.monotonic())
         if hot is None:
             return False
-        sink.send(data[:2] + hot.answer, addr)
+        sendto(data[:2] + hot.answer, addr)
         if self.name_metrics:
             self.count_client(client)
         if hot.tally is not None:

@@ -67,14 +67,16 @@ class UdpListener(asyncio.DatagramProtocol):
     def __init__(self, resolver: Resolver):
         self.resolver = resolver
         self.transport: asyncio.DatagramTransport | None = None
+        self.ready = resolver.answer_ready  # bound once: this is the path of every repeated question
+        self.sendto: Callable[[bytes, Any], None] = lambda data, addr: None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        self.sendto = self.transport.sendto  # type: ignore[union-attr]
 
     def datagram_received(self, data: bytes, addr: Any) -> None:
-        r = self.resolver
-        if not r.answer_ready(data, addr, self):  # step 0, the ready answers (resolver.py)
-            r.handle(data, addr[0], addr[1], self, addr)
+        if not self.ready(data, addr, self.sendto):  # step 0, the ready answers (resolver.py)
+            self.resolver.handle(data, addr[0], addr[1], self, addr)
 
     def send(self, data: bytes | bytearray, addr: Any) -> None:
         if self.transport is not None:
