@@ -1,10 +1,11 @@
 """The resolver chain: one short, readable path per query.
 
-The order of the steps is written once, in ``Resolver.handle`` (and in
-docs/dns.md); the links that have a module of their own are under
-``chain/`` (ACL, CH identity, the policy verdict, coalescing); the ready
-answers, the cache lookup and the forwarding task are still steps of this
-module.
+The order of the links is written once, in the comment above
+``Resolver.handle`` (step 0, ``ReadyAnswers.answer``, is asked by the UDP
+transports before it), and in docs/dns.md; each link is a module of its
+own under ``chain/`` (ready answers, ACL, CH identity, the policy verdict,
+cache, coalescing, forwarding, telemetry).  This module runs them in order
+and sends what they return.
 
     bytes ─▶ ACL ─▶ parse question ─▶ policy decision ─▶ cache ─▶ upstream
               │           │                 │ block            │ hit      │ answer
@@ -33,14 +34,13 @@ every client is in ``default`` and no lookup is made.
 A UDP answer that the chain would give again byte for byte (a block, the
 canary, a cache hit) is also kept by the ready-answer link
 (``chain/ready.py``), per client group; the UDP transports ask
-``answer_ready`` first, so a repeated question costs two dict lookups and
-one concatenation instead of the parse, the decision and the splice.
+``ReadyAnswers.answer`` first, so a repeated question costs two dict lookups
+and one concatenation instead of the parse, the decision and the splice.
 """
 
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Callable
 from typing import Any, NamedTuple, Protocol
 
@@ -50,9 +50,7 @@ from policies import (
     Action,
     Decision,
     DnsSettings,
-    Observation,
     PolicyView,
-    build_event,
 )
 
 from .cache import AnswerCache
@@ -62,12 +60,12 @@ from .chain.coalesce import Coalescer, Join
 from .chain.forward import Forward, Forwarded, no_route
 from .chain.identity import Identity
 from .chain.ready import ReadyAnswers
-from .chain.telemetry import Served, Tally
+from .chain.telemetry import EventSink, Served, Telemetry
 from .chain.verdict import ChainVerdict, Verdicts
 from .client_names import ClientNames
 from .local import LocalAnswers
 from .metrics import NullMetrics
-from .responses import BlockResponse, block_parts, qtype_name, template_qtype
+from .responses import BlockResponse, block_parts, template_qtype
 from .upstream import Forwarder
 from .wire import (
     C_CH,
@@ -117,40 +115,32 @@ class ViewSource(Protocol):
     def subscribe(self, listener: Callable[[str], None]) -> None: ...
 
 
-class EventSink(Protocol):
-    @property
-    def enabled(self) -> bool: ...
-
-    def emit(self, event: dict[str, Any]) -> None: ...
-
-
 class Resolver:
     def __init__(self, holder: ViewSource, settings: DnsSettings, forwarder: Forwarder,
                  events: EventSink, metrics: NullMetrics | None = None, local: LocalAnswers | None = None):
         self.holder = holder
         self.forwarder = forwarder
-        self.events = events
         self.metrics = metrics or NullMetrics()
         self.acl = Acl(settings.acl)
         self.block = BlockResponse(settings.block_response)
         self.canary = settings.canary
         self.max_udp = settings.max_udp_size
         self.identity = Identity(settings.server_identity, settings.server_version)
-        self.log_all = settings.log_all
         self.cache = CacheLink(AnswerCache(settings.cache_size))
         self.templates: dict[Any, tuple[bytes, bytes, str]] = {}
         self.inflight: set[asyncio.Task[None]] = set()
         self.coalescer: Coalescer[Asker] = Coalescer()  # one upstream question per Query.key
         self.verdicts = Verdicts()
-        self.ready = ReadyAnswers()
-        # With no metrics and no event log there is nothing to count or log.
-        self._silent = type(self.metrics) is NullMetrics and not events.enabled
         self.closing = False
         self.loop: asyncio.AbstractEventLoop | None = None
         self.local = local  # local records, local and forward domains (dns_blocker/local.py)
         self.forward = Forward(forwarder, self.cache, local.forwarder_for if local is not None else no_route)
-        self.names = ClientNames(settings.client_names) if settings.client_names else None
-        self.name_metrics = self.names is not None and settings.client_name_metrics
+        names = ClientNames(settings.client_names) if settings.client_names else None
+        self.telemetry = Telemetry(self.metrics, events, names, settings.log_all,
+                                   settings.client_name_metrics)
+        self.name_metrics = self.telemetry.name_metrics
+        self.ready = ReadyAnswers(holder, self.telemetry.served,
+                                  self.telemetry.arrived if self.name_metrics else None)
 
     def attach(self, loop: asyncio.AbstractEventLoop) -> None:
         """Subscribe to policy changes; notices arrive on the holder's thread."""
@@ -176,26 +166,27 @@ class Resolver:
 
     # --- the chain -------------------------------------------------------------
 
-    def answer_ready(self, data: bytes, addr: Any, sendto: Callable[[bytes, Any], None]) -> bool:
-        """Step 0 (UDP only): answer from the ready answers, counted and logged as
-        the chain would have; False when there is none (``handle`` takes it)."""
-        client = addr[0]
-        hot = self.ready.get(data, client, self.holder.view, time.monotonic())
-        if hot is None:
-            return False
-        sendto(data[:2] + hot.answer, addr)
-        if self.name_metrics:
-            self.count_client(client)
-        if hot.tally is not None:
-            self.tally(hot.tally, client, addr[1])
-        return True
-
+    # The chain, in order; the one place it is written (docs/dns.md has the same table).
+    #   0.  ready answers  chain/ready.py      UDP only, asked by the transport before ``handle``:
+    #                                          bytes answered before skip steps 2-6, and the
+    #                                          Tally kept with them counts and logs them as
+    #                                          step 9 did the first time
+    #   1.  RPZ front      rpz.py              --rpz only, wrapped around ``handle`` by serve
+    #   2.  ACL            chain/acl.py        REFUSED
+    #   3.  question       wire.parse_query    FORMERR, NOTIMP, BADVERS, or silence
+    #   4.  CH identity    chain/identity.py   the configured text, or REFUSED
+    #   5.  policy         chain/verdict.py    the block answer (built-ins, the canary, included)
+    #   5b. local          local.py            a local record, or NXDOMAIN; never forwarded
+    #   6.  cache          chain/cache.py      the cached answer, or a block via CNAME
+    #   7.  coalescing     chain/coalesce.py   wait behind the same question, or SERVFAIL (shed)
+    #   8.  forwarding     chain/forward.py    the upstreams' answer (upstream.py), or SERVFAIL
+    #   9.  telemetry      chain/telemetry.py  after each answer is sent: metrics and the event
     def handle(self, data: bytes, client: str, port: int, sink: Sink, addr: Any) -> None:
         """Answer one query: now from bytes, or later from a task (cache miss)."""
         if self.closing:
             return
         if self.name_metrics:
-            self.count_client(client)
+            self.telemetry.arrived(client)
         if not self.acl.allows(client):
             if len(data) >= 12 and not data[2] & 0x80:
                 sink.send(error_reply(data, REFUSED), addr)
@@ -278,9 +269,7 @@ class Resolver:
                 port: int, sink: Sink, addr: Any) -> None:
         if result is None:
             sink.send(rcode_reply(data, q, SERVFAIL), addr)
-            self.metrics.query("servfail")
-            if d.action is not Action.ALLOW or self.log_all:
-                self._log(d, q, client, port, "SERVFAIL")
+            self.telemetry.failed(d, q, client, port)
             return
         answer, info = result
         if info.cnames:
@@ -291,11 +280,7 @@ class Resolver:
             d = judged
         out = splice(answer, data, q.qend)
         sink.send(self._fit(out, q, data, addr is not None), addr)
-        self.metrics.query(d.action.value)
-        if d.action is not Action.ALLOW:
-            self.metrics.decision(d.apps, d.action.value)
-        if d.action is not Action.ALLOW or self.log_all:
-            self._log(d, q, client, port, RCODE_NAMES.get(info.rcode, str(info.rcode)))
+        self.telemetry.forwarded(d, q, client, port, RCODE_NAMES.get(info.rcode, str(info.rcode)))
 
     # --- pieces ------------------------------------------------------------------
 
@@ -303,9 +288,7 @@ class Resolver:
                      port: int, sink: Sink, addr: Any) -> None:
         out, response = here
         sink.send(self._fit(out, q, data, addr is not None), addr)
-        self.metrics.query("local")
-        if d.action is not Action.ALLOW or self.log_all:
-            self._log(d, q, client, port, response, {"local": True})
+        self.telemetry.local(d, q, client, port, response)
 
     def _reply(self, asker: Asker, served: Served, out: bytes | bytearray, until: float, response: str,
                shared: bool) -> None:
@@ -315,45 +298,18 @@ class Resolver:
         (``shared``)."""
         data, q, d, client, port, sink, addr = asker
         sink.send(out, addr)
-        tally: Tally | None = None if self._silent else Tally(served, d, q, response)
+        tally = self.telemetry.tally(served, d, q, response)
         if tally is not None:
-            self.tally(tally, client, port)
+            self.telemetry.served(tally, client, port)
         if shared and addr is not None:
             self.ready.keep(data, out, until, tally, client, self.holder.view)
-
-    def count_client(self, client: str) -> None:
-        """The opt-in per-name query count (names only, never addresses: bounded labels)."""
-        assert self.names is not None
-        self.metrics.client(self.names.get(client) or "unknown")
-
-    def tally(self, tally: Tally, client: str, port: int) -> None:
-        """The metrics and the event of one answer made from stored bytes."""
-        served, d, q, response = tally
-        m = self.metrics
-        if served is Served.BLOCKED:
-            m.query("block")
-            m.decision(d.apps, "block")
-            self._log(d, q, client, port, response)
-        elif served is Served.CANARY:
-            m.query("canary")
-            self._log(d, q, client, port, response)
-        else:
-            m.cache(True)
-            m.query(d.action.value)
-            if d.action is not Action.ALLOW:
-                m.decision(d.apps, d.action.value)
-                self._log(d, q, client, port, response)
-            elif self.log_all:
-                self._log(d, q, client, port, response)
 
     def _send_chain_block(self, data: bytes, q: Query, chained: ChainVerdict, client: str, port: int,
                           sink: Sink, addr: Any) -> None:
         d, target = chained
         out, response = self._blocked(data, q, d, self.block, via=target)
         sink.send(self._fit(out, q, data, addr is not None), addr)
-        self.metrics.query("block")
-        self.metrics.decision(d.apps, "block")
-        self._log(d, q, client, port, response, {"cname": target})
+        self.telemetry.blocked_via(d, q, client, port, response, target)
 
     def _blocked(self, data: bytes, q: Query, d: Decision, kind: BlockResponse,
                  via: str | None = None) -> tuple[bytearray, str]:
@@ -384,15 +340,6 @@ class Resolver:
         if udp and n > CLASSIC_UDP and n > (min(q.udp_size, self.max_udp) if q.edns else CLASSIC_UDP):
             return truncated_reply(out, q, query)
         return out
-
-    def _log(self, d: Decision, q: Query, client: str, port: int, response: str,
-             extra: dict[str, Any] | None = None) -> None:
-        if not self.events.enabled:
-            return
-        name = self.names.get(client) if self.names is not None else None
-        self.events.emit(build_event(d, Observation.dns(q.name, client), "dns", client_port=port,
-                                     qtype=qtype_name(q.qtype), response=response, extra=extra,
-                                     client_name=name))
 
     async def drain(self, timeout: float) -> None:
         """Stop taking queries and let the ones in flight finish."""

@@ -3,7 +3,7 @@
 UDP datagrams and TCP messages (RFC 7766: length-prefixed, many per
 connection, answered as they complete) both go to ``Resolver.handle`` with a
 sink to answer through; a UDP datagram is first offered to
-``Resolver.answer_ready`` (the ready answers of the asker's group).
+``ReadyAnswers.answer`` (the ready answers of the asker's group).
 A UDP listener bound to a wildcard address (0.0.0.0, ::) is read with
 ``recvmsg`` instead (``PktinfoTransport``), so that each answer leaves from
 the address its query was sent to; a specific address keeps the loop's own
@@ -33,10 +33,11 @@ from typing import Any
 from policies import DnsSettings
 
 from . import batched
+from .chain.telemetry import EventSink
 from .config import parse_hostport, upstreams
 from .local import LocalAnswers
 from .metrics import NullMetrics
-from .resolver import EventSink, Resolver
+from .resolver import Resolver
 from .upstream import Forwarder
 
 UDP_RCVBUF = 4 << 20
@@ -67,7 +68,7 @@ class UdpListener(asyncio.DatagramProtocol):
     def __init__(self, resolver: Resolver):
         self.resolver = resolver
         self.transport: asyncio.DatagramTransport | None = None
-        self.ready = resolver.answer_ready  # bound once: this is the path of every repeated question
+        self.ready = resolver.ready.answer  # bound once: this is the path of every repeated question
         self.sendto: Callable[[bytes, Any], None] = lambda data, addr: None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -75,7 +76,7 @@ class UdpListener(asyncio.DatagramProtocol):
         self.sendto = self.transport.sendto  # type: ignore[union-attr]
 
     def datagram_received(self, data: bytes, addr: Any) -> None:
-        if not self.ready(data, addr, self.sendto):  # step 0, the ready answers (resolver.py)
+        if not self.ready(data, addr, self.sendto):  # step 0, the ready answers (chain/ready.py)
             self.resolver.handle(data, addr[0], addr[1], self, addr)
 
     def send(self, data: bytes | bytearray, addr: Any) -> None:
