@@ -63,9 +63,9 @@ from .chain.ready import ReadyAnswers
 from .chain.telemetry import EventSink, Served, Telemetry
 from .chain.verdict import ChainVerdict, Verdicts
 from .client_names import ClientNames
-from .local import LocalAnswers
+from .local import LocalAnswer, LocalAnswers
 from .metrics import NullMetrics
-from .responses import BlockResponse, block_parts, template_qtype
+from .responses import BlockParts, BlockResponse, block_parts, template_qtype
 from .upstream import Forwarder
 from .wire import (
     C_CH,
@@ -127,7 +127,7 @@ class Resolver:
         self.max_udp = settings.max_udp_size
         self.identity = Identity(settings.server_identity, settings.server_version)
         self.cache = CacheLink(AnswerCache(settings.cache_size))
-        self.templates: dict[Any, tuple[bytes, bytes, str]] = {}
+        self.templates: dict[Any, BlockParts] = {}
         self.inflight: set[asyncio.Task[None]] = set()
         self.coalescer: Coalescer[Asker] = Coalescer()  # one upstream question per Query.key
         self.verdicts = Verdicts()
@@ -168,7 +168,7 @@ class Resolver:
 
     # The chain, in order; the one place it is written (docs/dns.md has the same table).
     #   0.  ready answers  chain/ready.py      UDP only, asked by the transport before ``handle``:
-    #                                          bytes answered before skip steps 2-6, and the
+    #                                          bytes answered before skip steps 1-6, and the
     #                                          Tally kept with them counts and logs them as
     #                                          step 9 did the first time
     #   1.  RPZ front      rpz.py              --rpz only, wrapped around ``handle`` by serve
@@ -216,7 +216,8 @@ class Resolver:
             # means to browsers); --no-canary switches it off at this resolver only.
             canary = d.rule == CANARY_RULE
             if not canary or self.canary:
-                out, response = self._blocked(data, q, d, NXDOMAIN_ONLY if canary else self.block)
+                t = self._template(q, d, NXDOMAIN_ONLY if canary else self.block)
+                out, response = splice_parts(t.head, t.tail, data, q.qend), t.response
                 served = Served.CANARY if canary else Served.BLOCKED
                 self._reply(Asker(data, q, d, client, port, sink, addr), served, self._fit(out, q, data, udp),
                             FOREVER, response, not gv.group.exempt)
@@ -284,7 +285,7 @@ class Resolver:
 
     # --- pieces ------------------------------------------------------------------
 
-    def _local_reply(self, here: tuple[bytes, str], d: Decision, q: Query, data: bytes, client: str,
+    def _local_reply(self, here: LocalAnswer, d: Decision, q: Query, data: bytes, client: str,
                      port: int, sink: Sink, addr: Any) -> None:
         out, response = here
         sink.send(self._fit(out, q, data, addr is not None), addr)
@@ -307,12 +308,12 @@ class Resolver:
     def _send_chain_block(self, data: bytes, q: Query, chained: ChainVerdict, client: str, port: int,
                           sink: Sink, addr: Any) -> None:
         d, target = chained
-        out, response = self._blocked(data, q, d, self.block, via=target)
-        sink.send(self._fit(out, q, data, addr is not None), addr)
-        self.telemetry.blocked_via(d, q, client, port, response, target)
+        t = self._template(q, d, self.block, via=target)
+        sink.send(self._fit(splice_parts(t.head, t.tail, data, q.qend), q, data, addr is not None), addr)
+        self.telemetry.blocked_via(d, q, client, port, t.response, target)
 
-    def _blocked(self, data: bytes, q: Query, d: Decision, kind: BlockResponse,
-                 via: str | None = None) -> tuple[bytearray, str]:
+    def _template(self, q: Query, d: Decision, kind: BlockResponse, via: str | None = None) -> BlockParts:
+        """The block answer's template for this question and verdict (the asker's bytes go in it)."""
         # The EXTRA-TEXT names apps and phase, not the rule, so one template
         # serves every name of a 1,000,000-name list (the rule is in the event).
         canary = d.rule == CANARY_RULE
@@ -323,8 +324,7 @@ class Resolver:
                 self.templates.clear()
             text = "egress-filter: DoH canary" if canary else self._ede_text(d, via)
             hit = self.templates[key] = block_parts(q, kind, text)
-        head, tail, response = hit
-        return splice_parts(head, tail, data, q.qend), response
+        return hit
 
     def _ede_text(self, d: Decision, via: str | None) -> str:
         apps = self.holder.view.policy.apps
