@@ -17,12 +17,11 @@ cache-cold load).  ``get`` hands out an ``Entry`` built from the tuple.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from itertools import islice
+from typing import NamedTuple
 
 
-@dataclass(frozen=True, slots=True)
-class Entry:
+class Entry(NamedTuple):  # not a frozen dataclass: half the cost to build, once per hit
     answer: bytes
     ttl_slots: tuple[tuple[int, int], ...]
     cnames: tuple[str, ...]

@@ -27,6 +27,7 @@ from __future__ import annotations
 import ipaddress
 import struct
 from collections.abc import Callable, Iterable, Iterator
+from typing import NamedTuple
 
 from policies import DnsSettings
 from policies.model import RType
@@ -59,6 +60,13 @@ def suffixes(name: str) -> Iterator[str]:
     while i >= 0:
         yield name[i + 1 :]
         i = name.find(".", i + 1)
+
+
+class LocalAnswer(NamedTuple):
+    """An answer made here: its bytes (with the asker's ID) and the response name events carry."""
+
+    answer: bytes
+    response: str
 
 
 class LocalAnswers:
@@ -99,21 +107,21 @@ class LocalAnswers:
                 return None
         return None
 
-    def answer(self, data: bytes, q: Query) -> tuple[bytes, str] | None:
-        """(answer bytes, response name) when the question is answered here, else None.
+    def answer(self, data: bytes, q: Query) -> LocalAnswer | None:
+        """The answer when the question is answered here, else None.
         The most specific of the forward and local domains that cover the name decides;
         at the same name a forward wins."""
         name = q.name
         if name in self.records:
-            return self._records(data, q), "NOERROR"
+            return LocalAnswer(self._records(data, q), "NOERROR")
         forwards, local = self.forwards, self.local_domains
         for s in suffixes(name):
             if s in forwards:
                 return None
             if s in local:
-                return self._reply(data, q, NXDOMAIN, b"", 0), "NXDOMAIN"
+                return LocalAnswer(self._reply(data, q, NXDOMAIN, b"", 0), "NXDOMAIN")
         if self.block_single_label and name and "." not in name:  # a search-list name, never public
-            return self._reply(data, q, NXDOMAIN, b"", 0), "NXDOMAIN"
+            return LocalAnswer(self._reply(data, q, NXDOMAIN, b"", 0), "NXDOMAIN")
         return None
 
     def _records(self, data: bytes, q: Query) -> bytes:

@@ -1,10 +1,11 @@
 """The resolver chain: one short, readable path per query.
 
-The order of the steps is written once, in ``Resolver.handle`` (and in
-docs/dns.md); the links that have a module of their own are under
-``chain/`` (ACL, CH identity, the policy verdict, coalescing); the ready
-answers, the cache lookup and the forwarding task are still steps of this
-module.
+The order of the links is written once, in the comment above
+``Resolver.handle`` (step 0, ``ReadyAnswers.answer``, is asked by the UDP
+transports before it), and in docs/dns.md; each link is a module of its
+own under ``chain/`` (ready answers, ACL, CH identity, the policy verdict,
+cache, coalescing, forwarding, telemetry).  This module runs them in order
+and sends what they return.
 
     bytes ─▶ ACL ─▶ parse question ─▶ policy decision ─▶ cache ─▶ upstream
               │           │                 │ block            │ hit      │ answer
@@ -31,24 +32,16 @@ CNAME targets are judged with the asker's group.  Without group networks
 every client is in ``default`` and no lookup is made.
 
 A UDP answer that the chain would give again byte for byte (a block, the
-canary, a cache hit) is also kept in the asker's group's table of ``hot``,
-keyed by the query's bytes after its ID, until its TTLs would tick down by a
-second.  ``client_hot`` maps each client address the ACL let in to its
-group's table, so the UDP listener looks there first: a repeated question
-then costs two dict lookups and one concatenation instead of the parse, the
-decision and the splice, and an answer is only ever reused within the group
-that got it.  Answers that depend on the asking client itself (the exempt
-group's, whose reason names the client; CNAME verdicts) are never kept
-there.  ``hot`` and ``client_hot`` are only valid for ``hot_view``.
+canary, a cache hit) is also kept by the ready-answer link
+(``chain/ready.py``), per client group; the UDP transports ask
+``ReadyAnswers.answer`` first, so a repeated question costs two dict lookups
+and one concatenation instead of the parse, the decision and the splice.
 """
 
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Callable
-from enum import Enum
-from itertools import islice
 from typing import Any, NamedTuple, Protocol
 
 from policies import (
@@ -57,31 +50,31 @@ from policies import (
     Action,
     Decision,
     DnsSettings,
-    Observation,
     PolicyView,
-    build_event,
 )
 
 from .cache import AnswerCache
 from .chain.acl import Acl
+from .chain.cache import CacheLink
 from .chain.coalesce import Coalescer, Join
+from .chain.forward import Forward, Forwarded, no_route
 from .chain.identity import Identity
+from .chain.ready import ReadyAnswers
+from .chain.telemetry import EventSink, Served, Telemetry
 from .chain.verdict import ChainVerdict, Verdicts
 from .client_names import ClientNames
-from .local import LocalAnswers
+from .local import LocalAnswer, LocalAnswers
 from .metrics import NullMetrics
-from .responses import BlockResponse, block_parts, qtype_name, template_qtype
-from .upstream import Forwarder, UpstreamError
+from .responses import BlockParts, BlockResponse, block_parts, template_qtype
+from .upstream import Forwarder
 from .wire import (
     C_CH,
     CLASSIC_UDP,
     RCODE_NAMES,
     REFUSED,
     SERVFAIL,
-    Answer,
     Malformed,
     Query,
-    age_ttls,
     error_reply,
     parse_query,
     rcode_reply,
@@ -91,18 +84,8 @@ from .wire import (
 )
 
 TEMPLATE_LIMIT = 10_000
-HOT_LIMIT = 20_000  # ready UDP answers (about 300 bytes each)
 NXDOMAIN_ONLY = BlockResponse.NXDOMAIN
 FOREVER = float("inf")
-
-
-
-class Served(Enum):
-    """What an answer made from stored bytes counts as in the metrics and the event log."""
-
-    BLOCKED = "block"
-    CANARY = "canary"
-    CACHED = "cached"
 
 
 class Sink(Protocol):
@@ -126,71 +109,40 @@ class Asker(NamedTuple):
     addr: Any  # the UDP address to answer, None over TCP
 
 
-class Tally(NamedTuple):
-    """What a repeated answer still has to count and log."""
-
-    served: Served
-    decision: Decision
-    query: Query
-    response: str
-
-
-class Hot(NamedTuple):
-    """A ready UDP answer."""
-
-    until: float  # monotonic time until which the bytes stay exact
-    answer: bytes  # the answer's bytes after the ID
-    tally: Tally | None  # None when there is nothing to count or log
-
-
-# One group's ready answers, keyed by the query's bytes after its ID.
-HotTable = dict[bytes, Hot]
-CLIENTS_LIMIT = 65_536  # client addresses whose group table is remembered
-
-
 class ViewSource(Protocol):
     view: PolicyView
 
     def subscribe(self, listener: Callable[[str], None]) -> None: ...
 
 
-class EventSink(Protocol):
-    @property
-    def enabled(self) -> bool: ...
-
-    def emit(self, event: dict[str, Any]) -> None: ...
-
-
 class Resolver:
     def __init__(self, holder: ViewSource, settings: DnsSettings, forwarder: Forwarder,
-                 events: EventSink, metrics: NullMetrics | None = None, *,
-                 clock: Callable[[], float] = time.monotonic):
+                 events: EventSink, metrics: NullMetrics | None = None, local: LocalAnswers | None = None,
+                 *, clock: Callable[[], float] = time.monotonic):
         self.holder = holder
         self.clock = clock  # the answer cache's and the ready answers' time (tests inject their own)
         self.forwarder = forwarder
-        self.events = events
         self.metrics = metrics or NullMetrics()
         self.acl = Acl(settings.acl)
         self.block = BlockResponse(settings.block_response)
         self.canary = settings.canary
         self.max_udp = settings.max_udp_size
         self.identity = Identity(settings.server_identity, settings.server_version)
-        self.log_all = settings.log_all
-        self.cache = AnswerCache(settings.cache_size)
-        self.templates: dict[Any, tuple[bytes, bytes, str]] = {}
+        self.cache = CacheLink(AnswerCache(settings.cache_size), clock)
+        self.templates: dict[Any, BlockParts] = {}
         self.inflight: set[asyncio.Task[None]] = set()
         self.coalescer: Coalescer[Asker] = Coalescer()  # one upstream question per Query.key
         self.verdicts = Verdicts()
-        self.hot: dict[str, HotTable] = {}  # group id -> its ready answers
-        self.client_hot: dict[str, HotTable] = {}  # client -> its group's table (the UDP path reads it)
-        self.hot_view: PolicyView | None = None
-        # With no metrics and no event log there is nothing to count or log.
-        self._silent = type(self.metrics) is NullMetrics and not events.enabled
         self.closing = False
         self.loop: asyncio.AbstractEventLoop | None = None
-        self.local: LocalAnswers | None = None  # set by server.serve (dns_blocker/local.py)
-        self.names = ClientNames(settings.client_names) if settings.client_names else None
-        self.name_metrics = self.names is not None and settings.client_name_metrics
+        self.local = local  # local records, local and forward domains (dns_blocker/local.py)
+        self.forward = Forward(forwarder, self.cache, local.forwarder_for if local is not None else no_route)
+        names = ClientNames(settings.client_names) if settings.client_names else None
+        self.telemetry = Telemetry(self.metrics, events, names, settings.log_all,
+                                   settings.client_name_metrics)
+        self.name_metrics = self.telemetry.name_metrics
+        self.ready = ReadyAnswers(holder, self.telemetry.served,
+                                  self.telemetry.arrived if self.name_metrics else None, clock=clock)
 
     def attach(self, loop: asyncio.AbstractEventLoop) -> None:
         """Subscribe to policy changes; notices arrive on the holder's thread."""
@@ -209,20 +161,34 @@ class Resolver:
         before it is consulted, so no stale verdict can come out of it.
         Emptying it too made every reload a cache-cold storm upstream (the
         soak bench: 81% misses and SERVFAILs at 5k qps with a reload every 2 s)."""
-        self.hot.clear()
-        self.client_hot.clear()
+        self.ready.clear()
         self.templates.clear()
         self.verdicts.clear()
         self.metrics.flushed(reason)
 
     # --- the chain -------------------------------------------------------------
 
+    # The chain, in order; the one place it is written (docs/dns.md has the same table).
+    #   0.  ready answers  chain/ready.py      UDP only, asked by the transport before ``handle``:
+    #                                          bytes answered before skip steps 1-6, and the
+    #                                          Tally kept with them counts and logs them as
+    #                                          step 9 did the first time
+    #   1.  RPZ front      rpz.py              --rpz only, wrapped around ``handle`` by serve
+    #   2.  ACL            chain/acl.py        REFUSED
+    #   3.  question       wire.parse_query    FORMERR, NOTIMP, BADVERS, or silence
+    #   4.  CH identity    chain/identity.py   the configured text, or REFUSED
+    #   5.  policy         chain/verdict.py    the block answer (built-ins, the canary, included)
+    #   5b. local          local.py            a local record, or NXDOMAIN; never forwarded
+    #   6.  cache          chain/cache.py      the cached answer, or a block via CNAME
+    #   7.  coalescing     chain/coalesce.py   wait behind the same question, or SERVFAIL (shed)
+    #   8.  forwarding     chain/forward.py    the upstreams' answer (upstream.py), or SERVFAIL
+    #   9.  telemetry      chain/telemetry.py  after each answer is sent: metrics and the event
     def handle(self, data: bytes, client: str, port: int, sink: Sink, addr: Any) -> None:
         """Answer one query: now from bytes, or later from a task (cache miss)."""
         if self.closing:
             return
         if self.name_metrics:
-            self.count_client(client)
+            self.telemetry.arrived(client)
         if not self.acl.allows(client):
             if len(data) >= 12 and not data[2] & 0x80:
                 sink.send(error_reply(data, REFUSED), addr)
@@ -252,7 +218,8 @@ class Resolver:
             # means to browsers); --no-canary switches it off at this resolver only.
             canary = d.rule == CANARY_RULE
             if not canary or self.canary:
-                out, response = self._blocked(data, q, d, NXDOMAIN_ONLY if canary else self.block)
+                t = self._template(q, d, NXDOMAIN_ONLY if canary else self.block)
+                out, response = splice_parts(t.head, t.tail, data, q.qend), t.response
                 served = Served.CANARY if canary else Served.BLOCKED
                 self._reply(Asker(data, q, d, client, port, sink, addr), served, self._fit(out, q, data, udp),
                             FOREVER, response, not gv.group.exempt)
@@ -263,25 +230,13 @@ class Resolver:
             if here is not None:
                 self._local_reply(here, d, q, data, client, port, sink, addr)
                 return
-        now = self.clock()
-        entry = self.cache.get(q.key, now)
-        if entry is not None:
-            if entry.cnames:
-                chained = self.verdicts.judge_chain(gv, entry.cnames, client)
-                if chained is not None and chained[0].action is Action.BLOCK:
-                    self.metrics.cache(True)
-                    self._send_chain_block(data, q, chained, client, port, sink, addr)
-                    return
-                if chained is not None and d.action is Action.ALLOW:
-                    d = chained[0]
-            out = splice(entry.answer, data, q.qend)
-            age = int(now - entry.stored)
-            if age:
-                age_ttls(out, entry.ttl_slots, age)
-            # These bytes stay exact until the TTLs tick down once more.
-            until = min(entry.expires, entry.stored + age + 1)
-            response = RCODE_NAMES.get(out[3] & 0x0F, "NOERROR")
-            shared = not entry.cnames and not gv.group.exempt
+        hit = self.cache.lookup(data, q, gv, d, client)
+        if hit is not None:
+            if isinstance(hit, ChainVerdict):
+                self.metrics.cache(True)
+                self._send_chain_block(data, q, hit, client, port, sink, addr)
+                return
+            out, until, response, d, shared = hit
             self._reply(Asker(data, q, d, client, port, sink, addr), Served.CACHED,
                         self._fit(out, q, data, udp), until, response, shared)
             return
@@ -303,54 +258,40 @@ class Resolver:
     async def _forward(self, asker: Asker) -> None:
         """Ask the upstreams once, then answer everyone who asked the same question meanwhile."""
         q = asker.query
-        result: tuple[bytes, Answer] | None = None
+        result: Forwarded | None = None
         try:
-            forward = self.local.forwarder_for(q.name) if self.local is not None else None
-            result = await (forward or self.forwarder).resolve(q)
-        except UpstreamError:
-            pass
+            result = await self.forward.ask(q)
         finally:
             askers = self.coalescer.settle(q.key, asker)
         if result is not None:
-            answer, info = result
-            self.cache.put(q.key, answer, info.ttl_slots, info.cnames, info.lifetime, self.clock())
             self.metrics.cache_size(len(self.cache))
         for one in askers:
             self._answer(result, *one)
 
-    def _answer(self, result: tuple[bytes, Answer] | None, data: bytes, q: Query, d: Decision, client: str,
+    def _answer(self, result: Forwarded | None, data: bytes, q: Query, d: Decision, client: str,
                 port: int, sink: Sink, addr: Any) -> None:
         if result is None:
             sink.send(rcode_reply(data, q, SERVFAIL), addr)
-            self.metrics.query("servfail")
-            if d.action is not Action.ALLOW or self.log_all:
-                self._log(d, q, client, port, "SERVFAIL")
+            self.telemetry.failed(d, q, client, port)
             return
         answer, info = result
         if info.cnames:
-            chained = self.verdicts.judge_chain(self.holder.view.group(client), info.cnames, client)
-            if chained is not None and chained[0].action is Action.BLOCK:
-                self._send_chain_block(data, q, chained, client, port, sink, addr)
+            judged = Verdicts.after_chain(self.holder.view.group(client), info.cnames, d, client)
+            if isinstance(judged, ChainVerdict):
+                self._send_chain_block(data, q, judged, client, port, sink, addr)
                 return
-            if chained is not None and d.action is Action.ALLOW:
-                d = chained[0]
+            d = judged
         out = splice(answer, data, q.qend)
         sink.send(self._fit(out, q, data, addr is not None), addr)
-        self.metrics.query(d.action.value)
-        if d.action is not Action.ALLOW:
-            self.metrics.decision(d.apps, d.action.value)
-        if d.action is not Action.ALLOW or self.log_all:
-            self._log(d, q, client, port, RCODE_NAMES.get(info.rcode, str(info.rcode)))
+        self.telemetry.forwarded(d, q, client, port, RCODE_NAMES.get(info.rcode, str(info.rcode)))
 
     # --- pieces ------------------------------------------------------------------
 
-    def _local_reply(self, here: tuple[bytes, str], d: Decision, q: Query, data: bytes, client: str,
+    def _local_reply(self, here: LocalAnswer, d: Decision, q: Query, data: bytes, client: str,
                      port: int, sink: Sink, addr: Any) -> None:
         out, response = here
         sink.send(self._fit(out, q, data, addr is not None), addr)
-        self.metrics.query("local")
-        if d.action is not Action.ALLOW or self.log_all:
-            self._log(d, q, client, port, response, {"local": True})
+        self.telemetry.local(d, q, client, port, response)
 
     def _reply(self, asker: Asker, served: Served, out: bytes | bytearray, until: float, response: str,
                shared: bool) -> None:
@@ -360,67 +301,21 @@ class Resolver:
         (``shared``)."""
         data, q, d, client, port, sink, addr = asker
         sink.send(out, addr)
-        tally: Tally | None = None if self._silent else Tally(served, d, q, response)
+        tally = self.telemetry.tally(served, d, q, response)
         if tally is not None:
-            self.tally(tally, client, port)
-        if addr is not None and shared:
-            view = self.holder.view
-            if view is not self.hot_view:
-                self.hot.clear()
-                self.client_hot.clear()
-                self.hot_view = view
-            hot = self.client_hot.get(client)
-            if hot is None:
-                # The group is the one the decision was made for (the canary's
-                # answer is the same for all, so any group's table will do).
-                group = view.group(client).group.id
-                hot = self.hot.get(group)
-                if hot is None:
-                    hot = self.hot[group] = {}
-                if len(self.client_hot) >= CLIENTS_LIMIT:
-                    self.client_hot.clear()
-                self.client_hot[client] = hot
-            elif len(hot) >= HOT_LIMIT:
-                for old in list(islice(hot, HOT_LIMIT // 64)):
-                    del hot[old]
-            hot[data[2:]] = Hot(until, bytes(out[2:]), tally)
-
-    def count_client(self, client: str) -> None:
-        """The opt-in per-name query count (names only, never addresses: bounded labels)."""
-        assert self.names is not None
-        self.metrics.client(self.names.get(client) or "unknown")
-
-    def tally(self, tally: Tally, client: str, port: int) -> None:
-        """The metrics and the event of one answer made from stored bytes."""
-        served, d, q, response = tally
-        m = self.metrics
-        if served is Served.BLOCKED:
-            m.query("block")
-            m.decision(d.apps, "block")
-            self._log(d, q, client, port, response)
-        elif served is Served.CANARY:
-            m.query("canary")
-            self._log(d, q, client, port, response)
-        else:
-            m.cache(True)
-            m.query(d.action.value)
-            if d.action is not Action.ALLOW:
-                m.decision(d.apps, d.action.value)
-                self._log(d, q, client, port, response)
-            elif self.log_all:
-                self._log(d, q, client, port, response)
+            self.telemetry.served(tally, client, port)
+        if shared and addr is not None:
+            self.ready.keep(data, out, until, tally, client, self.holder.view)
 
     def _send_chain_block(self, data: bytes, q: Query, chained: ChainVerdict, client: str, port: int,
                           sink: Sink, addr: Any) -> None:
         d, target = chained
-        out, response = self._blocked(data, q, d, self.block, via=target)
-        sink.send(self._fit(out, q, data, addr is not None), addr)
-        self.metrics.query("block")
-        self.metrics.decision(d.apps, "block")
-        self._log(d, q, client, port, response, {"cname": target})
+        t = self._template(q, d, self.block, via=target)
+        sink.send(self._fit(splice_parts(t.head, t.tail, data, q.qend), q, data, addr is not None), addr)
+        self.telemetry.blocked_via(d, q, client, port, t.response, target)
 
-    def _blocked(self, data: bytes, q: Query, d: Decision, kind: BlockResponse,
-                 via: str | None = None) -> tuple[bytearray, str]:
+    def _template(self, q: Query, d: Decision, kind: BlockResponse, via: str | None = None) -> BlockParts:
+        """The block answer's template for this question and verdict (the asker's bytes go in it)."""
         # The EXTRA-TEXT names apps and phase, not the rule, so one template
         # serves every name of a 1,000,000-name list (the rule is in the event).
         canary = d.rule == CANARY_RULE
@@ -431,8 +326,7 @@ class Resolver:
                 self.templates.clear()
             text = "egress-filter: DoH canary" if canary else self._ede_text(d, via)
             hit = self.templates[key] = block_parts(q, kind, text)
-        head, tail, response = hit
-        return splice_parts(head, tail, data, q.qend), response
+        return hit
 
     def _ede_text(self, d: Decision, via: str | None) -> str:
         apps = self.holder.view.policy.apps
@@ -451,19 +345,9 @@ class Resolver:
             return truncated_reply(out, q, query)
         return out
 
-    def _log(self, d: Decision, q: Query, client: str, port: int, response: str,
-             extra: dict[str, Any] | None = None) -> None:
-        if not self.events.enabled:
-            return
-        name = self.names.get(client) if self.names is not None else None
-        self.events.emit(build_event(d, Observation.dns(q.name, client), "dns", client_port=port,
-                                     qtype=qtype_name(q.qtype), response=response, extra=extra,
-                                     client_name=name))
-
     async def drain(self, timeout: float) -> None:
         """Stop taking queries and let the ones in flight finish."""
         self.closing = True
-        self.hot.clear()
-        self.client_hot.clear()
+        self.ready.clear()
         if self.inflight:
             await asyncio.wait(list(self.inflight), timeout=timeout)

@@ -10,6 +10,7 @@ puts the asker's ID and question between them (``wire.splice_parts``).
 from __future__ import annotations
 
 from enum import StrEnum
+from typing import NamedTuple
 
 from dnslib import AAAA, EDNS0, QTYPE, RR, A, DNSHeader, DNSLabel, DNSQuestion, DNSRecord, EDNSOption
 
@@ -55,18 +56,26 @@ def answer_parts(qtype: int, qclass: int, edns: bool, rcode: int, rdata: A | AAA
     return head, tail
 
 
-def block_parts(q: Query, kind: BlockResponse, text: str) -> tuple[bytes, bytes, str]:
+class BlockParts(NamedTuple):
+    """A block answer's template: the asker's ID and question go between ``head`` and ``tail``."""
+
+    head: bytes
+    tail: bytes
+    response: str  # the response name events carry
+
+
+def block_parts(q: Query, kind: BlockResponse, text: str) -> BlockParts:
     """The block answer's header and tail for ``q``, and the response name events carry."""
     ede = (EDE_BLOCKED, text)
     if kind is BlockResponse.REFUSED:
-        return *answer_parts(q.qtype, q.qclass, q.edns, REFUSED, None, ede), "REFUSED"
+        return BlockParts(*answer_parts(q.qtype, q.qclass, q.edns, REFUSED, None, ede), "REFUSED")
     if kind is BlockResponse.NXDOMAIN:
-        return *answer_parts(q.qtype, q.qclass, q.edns, NXDOMAIN, None, ede), "NXDOMAIN"
+        return BlockParts(*answer_parts(q.qtype, q.qclass, q.edns, NXDOMAIN, None, ede), "NXDOMAIN")
     if q.qtype == T_A:
-        return *answer_parts(q.qtype, q.qclass, q.edns, NOERROR, A("0.0.0.0"), ede), "0.0.0.0"
+        return BlockParts(*answer_parts(q.qtype, q.qclass, q.edns, NOERROR, A("0.0.0.0"), ede), "0.0.0.0")
     if q.qtype == T_AAAA:
-        return *answer_parts(q.qtype, q.qclass, q.edns, NOERROR, AAAA("::"), ede), "::"
-    return *answer_parts(q.qtype, q.qclass, q.edns, NOERROR, None, ede), "NODATA"
+        return BlockParts(*answer_parts(q.qtype, q.qclass, q.edns, NOERROR, AAAA("::"), ede), "::")
+    return BlockParts(*answer_parts(q.qtype, q.qclass, q.edns, NOERROR, None, ede), "NODATA")
 
 
 def template_qtype(q: Query, kind: BlockResponse) -> int:

@@ -2,9 +2,8 @@
 
 UDP datagrams and TCP messages (RFC 7766: length-prefixed, many per
 connection, answered as they complete) both go to ``Resolver.handle`` with a
-sink to answer through; a UDP datagram whose bytes after the ID were answered
-before is first looked up in ``Resolver.client_hot`` (the asker's group's
-table of ready answers) and answered from there.
+sink to answer through; a UDP datagram is first offered to
+``ReadyAnswers.answer`` (the ready answers of the asker's group).
 A UDP listener bound to a wildcard address (0.0.0.0, ::) is read with
 ``recvmsg`` instead (``PktinfoTransport``), so that each answer leaves from
 the address its query was sent to; a specific address keeps the loop's own
@@ -36,10 +35,11 @@ from policies.addresses import join_hostport
 from runtime import notify
 
 from . import batched
+from .chain.telemetry import EventSink
 from .config import parse_hostport, upstreams
 from .local import LocalAnswers
 from .metrics import NullMetrics
-from .resolver import EventSink, Resolver
+from .resolver import Resolver
 from .upstream import Forwarder
 
 UDP_RCVBUF = 4 << 20
@@ -70,26 +70,16 @@ class UdpListener(asyncio.DatagramProtocol):
     def __init__(self, resolver: Resolver):
         self.resolver = resolver
         self.transport: asyncio.DatagramTransport | None = None
+        self.ready = resolver.ready.answer  # bound once: this is the path of every repeated question
+        self.sendto: Callable[[bytes, Any], None] = lambda data, addr: None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        self.sendto = self.transport.sendto  # type: ignore[union-attr]
 
     def datagram_received(self, data: bytes, addr: Any) -> None:
-        # A query whose bytes were answered before, by this policy, to a
-        # client of the same group (the ACL let it in, or it would have no
-        # table): send the same answer with this query's ID.
-        r = self.resolver
-        table = r.client_hot.get(addr[0])
-        if table is not None and r.holder.view is r.hot_view:
-            hot = table.get(data[2:])
-            if hot is not None and hot.until > r.clock() and self.transport is not None:
-                self.transport.sendto(data[:2] + hot.answer, addr)
-                if r.name_metrics:
-                    r.count_client(addr[0])
-                if hot.tally is not None:
-                    r.tally(hot.tally, addr[0], addr[1])
-                return
-        r.handle(data, addr[0], addr[1], self, addr)
+        if not self.ready(data, addr, self.sendto):  # step 0, the ready answers (chain/ready.py)
+            self.resolver.handle(data, addr[0], addr[1], self, addr)
 
     def send(self, data: bytes | bytearray, addr: Any) -> None:
         if self.transport is not None:
@@ -494,9 +484,9 @@ async def serve(settings: DnsSettings, holder: Any, events: Any, metrics: NullMe
     sink: EventSink = events
     if hasattr(holder, "report_to"):
         holder.report_to(events, "dns")  # each reload becomes an event beside the decisions
-    resolver = Resolver(holder, settings, forwarder, sink, metrics)
-    resolver.local = LocalAnswers(settings, lambda ups: Forwarder(upstreams(settings, ups), settings.timeout,
-                                                                   metrics.upstream, metrics.rejected))
+    local = LocalAnswers(settings, lambda ups: Forwarder(upstreams(settings, ups), settings.timeout,
+                                                         metrics.upstream, metrics.rejected))
+    resolver = Resolver(holder, settings, forwarder, sink, metrics, local)
     resolver.attach(loop)
     rpz = None
     if settings.rpz:
@@ -566,7 +556,7 @@ async def serve(settings: DnsSettings, holder: Any, events: Any, metrics: NullMe
         for utransport in udp_transports:
             utransport.close()
         await forwarder.aclose()
-        await resolver.local.aclose()
+        await local.aclose()
         holder.stop()
     lost = [t for t in udp_transports
             if isinstance(t, batched.BatchedTransport) and (t.unsent or t.truncated)]

@@ -62,3 +62,16 @@ class Verdicts:
                 if d.action is Action.BLOCK:
                     break
         return worst
+
+    @staticmethod
+    def after_chain(gv: GroupView, cnames: tuple[str, ...], d: Decision,
+                    client: str) -> Decision | ChainVerdict:
+        """What an answer with these CNAME targets gets: a ``ChainVerdict`` when a
+        target is blocked, else the verdict to act on (a logged target turns an
+        allowed name into a log; the name's own verdict otherwise stands)."""
+        chained = Verdicts.judge_chain(gv, cnames, client)
+        if chained is None:
+            return d
+        if chained.decision.action is Action.BLOCK:
+            return chained
+        return chained.decision if d.action is Action.ALLOW else d

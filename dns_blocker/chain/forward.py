@@ -1,0 +1,56 @@
+"""The forwarding link (step 8): ask the upstreams once, keep the answer in the cache.
+
+The question goes to the forward domain's upstreams when one covers the name
+(``route``: ``LocalAnswers.forwarder_for``), else to the public upstreams.
+What goes upstream is the forwarder's own clean query, built from the parsed
+question (``Query.key``), never from the asker's bytes.  A usable answer is
+stored in the cache link and returned as a ``Forwarded``; when no upstream
+answers (``UpstreamError``) the result is None and the askers get SERVFAIL.
+The coalescing link in front makes sure each question is asked once; the
+resolver answers every asker of it.  Sans-IO: the upstreams (the next link)
+are injected, this link owns no socket.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import NamedTuple, Protocol
+
+from ..upstream import UpstreamError
+from ..wire import Answer, Query
+from .cache import CacheLink
+
+
+class Upstreams(Protocol):
+    """The next link: a ``Forwarder`` (dns_blocker/upstream.py)."""
+
+    async def resolve(self, q: Query) -> tuple[bytes, Answer]: ...
+
+
+class Forwarded(NamedTuple):
+    """An upstream's answer: its bytes (to be spliced for each asker) and what was read from them."""
+
+    answer: bytes
+    info: Answer
+
+
+def no_route(name: str) -> Upstreams | None:
+    return None
+
+
+class Forward:
+    def __init__(self, upstreams: Upstreams, cache: CacheLink,
+                 route: Callable[[str], Upstreams | None] = no_route):
+        self.upstreams = upstreams
+        self.cache = cache
+        self.route = route
+
+    async def ask(self, q: Query) -> Forwarded | None:
+        """The answer to ``q`` from its upstreams (cached), or None when none gave one."""
+        upstreams = self.route(q.name) or self.upstreams
+        try:
+            answer, info = await upstreams.resolve(q)
+        except UpstreamError:
+            return None
+        self.cache.store(q, answer, info)
+        return Forwarded(answer, info)
