@@ -41,6 +41,7 @@ and one concatenation instead of the parse, the decision and the splice.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 from typing import Any, NamedTuple, Protocol
 
