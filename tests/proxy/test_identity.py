@@ -4,7 +4,7 @@ group for the user wherever it connects from.
 
 The loader's checks of ``users:`` (file:line errors) and the schema are tested
 on policy text; the rest with real curl ``--proxy-user`` through a real
-``egress-filter proxy`` that checks an htpasswd file made by ``openssl passwd``.
+``egress-filter proxy`` that checks an htpasswd file (bcrypt, or ``openssl passwd -apr1``).
 ``loopback_dns.py`` sends every dial to the local origins."""
 
 from __future__ import annotations
@@ -126,13 +126,21 @@ def test_group_for_user(client: str | None, user: str | None, group: str) -> Non
 # --- end to end -------------------------------------------------------------------------
 
 
+def _hash(password: str) -> str:
+    """An htpasswd entry the installed mitmproxy reads: mitmproxy 12 reads only bcrypt (and
+    SHA-1), with the bcrypt package it installs; mitmproxy 11 reads Apache's apr1 through passlib,
+    and has no bcrypt backend."""
+    try:
+        import bcrypt
+    except ImportError:
+        return subprocess.run([require("openssl"), "passwd", "-apr1", password], capture_output=True,
+                              text=True, check=True, timeout=10).stdout.strip()
+    return bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds=4)).decode()
+
+
 @pytest.fixture
 def htpasswd(tmp_path: Path) -> Path:
-    lines = []
-    for user, password in USERS.items():
-        hashed = subprocess.run([require("openssl"), "passwd", "-apr1", password], capture_output=True,
-                                text=True, check=True, timeout=10).stdout.strip()
-        lines.append(f"{user}:{hashed}\n")
+    lines = [f"{user}:{_hash(password)}\n" for user, password in USERS.items()]
     path = tmp_path / "users.htpasswd"
     path.write_text("".join(lines), encoding="utf-8")
     return path
