@@ -34,8 +34,6 @@ class AnswerCache:
         self.size = max(0, size)
         # key -> (answer, ttl_slots, cnames, stored, expires): an Entry's fields
         self._data: dict[bytes, tuple[bytes, tuple[tuple[int, int], ...], tuple[str, ...], float, float]] = {}
-        self.hits = 0
-        self.misses = 0
 
     def __len__(self) -> int:
         return len(self._data)
@@ -43,13 +41,10 @@ class AnswerCache:
     def get(self, key: bytes, now: float) -> Entry | None:
         stored = self._data.get(key)
         if stored is None:
-            self.misses += 1
             return None
         if now >= stored[4]:
             del self._data[key]
-            self.misses += 1
             return None
-        self.hits += 1
         return Entry(*stored)
 
     def put(self, key: bytes, answer: bytes, ttl_slots: tuple[tuple[int, int], ...], cnames: tuple[str, ...],

@@ -53,6 +53,7 @@ from policies import (
     DnsSettings,
     PolicyView,
 )
+from policies.bounded import BoundedMemo
 
 from .cache import AnswerCache
 from .chain.acl import Acl
@@ -130,7 +131,7 @@ class Resolver:
         self.max_udp = settings.max_udp_size
         self.identity = Identity(settings.server_identity, settings.server_version)
         self.cache = CacheLink(AnswerCache(settings.cache_size), clock)
-        self.templates: dict[Any, BlockParts] = {}
+        self.templates: BoundedMemo[Any, BlockParts] = BoundedMemo(TEMPLATE_LIMIT)
         self.inflight: set[asyncio.Task[None]] = set()
         self.coalescer: Coalescer[Asker] = Coalescer()  # one upstream question per Query.key
         self.verdicts = Verdicts()
@@ -323,10 +324,8 @@ class Resolver:
         key = (d.apps, d.phase, d.list_group, kind, template_qtype(q, kind), q.qclass, q.edns, via, canary)
         hit = self.templates.get(key)
         if hit is None:
-            if len(self.templates) >= TEMPLATE_LIMIT:
-                self.templates.clear()
             text = "egress-filter: DoH canary" if canary else self._ede_text(d, via)
-            hit = self.templates[key] = block_parts(q, kind, text)
+            hit = self.templates.put(key, block_parts(q, kind, text))
         return hit
 
     def _ede_text(self, d: Decision, via: str | None) -> str:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import ipaddress
 
+from policies.bounded import BoundedMemo
+
 SEEN_LIMIT = 65_536  # client addresses whose verdict is remembered
 
 
@@ -13,7 +15,7 @@ class Acl:
 
     def __init__(self, networks: tuple[str, ...]):
         self.networks = tuple(ipaddress.ip_network(n, strict=False) for n in networks)
-        self.seen: dict[str, bool] = {}
+        self.seen: BoundedMemo[str, bool] = BoundedMemo(SEEN_LIMIT)
 
     def allows(self, client: str) -> bool:
         ok = self.seen.get(client)
@@ -26,7 +28,5 @@ class Acl:
                 mapped = getattr(ip, "ipv4_mapped", None)
                 ip = mapped or ip
                 ok = any(ip.version == n.version and ip in n for n in self.networks)
-            if len(self.seen) >= SEEN_LIMIT:
-                self.seen.clear()
-            self.seen[client] = ok
+            self.seen.put(client, ok)
         return ok

@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 from policies import Action, Decision, Kind, PolicyView
+from policies.bounded import BoundedMemo
 from policies.decide import GroupView
 
 MEMO_LIMIT = 50_000  # names per group; the group's memo is cleared when full
@@ -26,7 +27,7 @@ class ChainVerdict(NamedTuple):
 
 class Verdicts:
     def __init__(self) -> None:
-        self._memo: dict[GroupView, dict[str, Decision]] = {}
+        self._memo: dict[GroupView, BoundedMemo[str, Decision]] = {}
         self._view: PolicyView | None = None
 
     def clear(self) -> None:
@@ -39,13 +40,10 @@ class Verdicts:
             self._view = view
         memo = self._memo.get(gv)
         if memo is None:
-            memo = self._memo[gv] = {}
+            memo = self._memo[gv] = BoundedMemo(MEMO_LIMIT)
         d = memo.get(name)
         if d is None:
-            d = gv.decide_name(name, Kind.DNS, None)
-            if len(memo) >= MEMO_LIMIT:
-                memo.clear()
-            memo[name] = d
+            d = memo.put(name, gv.decide_name(name, Kind.DNS, None))
         if gv.group.exempt and d.enforced is not None:
             return gv.decide_name(name, Kind.DNS, client)
         return d
