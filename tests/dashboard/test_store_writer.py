@@ -5,6 +5,7 @@ silently)."""
 from __future__ import annotations
 
 import json
+import marshal
 import os
 import signal
 import sqlite3
@@ -16,10 +17,19 @@ from pathlib import Path
 import pytest
 
 from store import Store
+from store.db import row_of
 
 from .test_store import event
 
 LINE = (json.dumps(event("a.tiktok.test")) + "\n").encode()
+ROW = row_of(event("a.tiktok.test"))
+
+
+def rows(*batch: object) -> bytes:
+    """An ``R`` batch as ``Store`` sends it: the header, then the marshalled rows."""
+    blob = marshal.dumps(list(batch))
+    return b"R %d %d\n" % (len(batch), len(blob)) + blob
+
 
 CASES = [
     pytest.param(b"E 2\n" + LINE + LINE, 0, [b"W 2 0"], 2, 0, id="batch"),
@@ -29,6 +39,12 @@ CASES = [
     pytest.param(b"E 3\n" + LINE, 0, [b"W 1 2"], 1, 0, id="stdin-closed-mid-batch"),
     pytest.param(b"E x\n" + LINE, 2, [], 0, 0, id="bad-header-stops"),
     pytest.param(b"E 999999999\n", 2, [], 0, 0, id="oversized-batch-stops"),
+    pytest.param(rows(ROW, ROW) + rows(ROW), 0, [b"W 2 0", b"W 1 0"], 3, 0, id="rows"),
+    pytest.param(rows(ROW, ("short",), "not a row"), 0, [b"W 1 2"], 1, 0, id="bad-rows-counted"),
+    pytest.param(b"R 1 5\nxxxxx", 0, [b"W 0 1"], 0, 0, id="rows-not-marshal-counted"),
+    pytest.param(rows(ROW)[:-3], 0, [b"W 0 1"], 0, 0, id="stdin-closed-mid-rows"),
+    pytest.param(b"R 1\n", 2, [], 0, 0, id="rows-without-size-stops"),
+    pytest.param(b"R 1 999999999999\n", 2, [], 0, 0, id="oversized-rows-stop"),
 ]
 
 
