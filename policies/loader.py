@@ -1,7 +1,7 @@
 """YAML (+ list files) → a compiled, immutable ``Policy``: the loader's entry points.
 
     path ─▶ files.open_regular / read_capped ─▶ UTF-8 text
-         ─▶ yaml_walk.DepthLimitedLoader ─▶ node tree (every node keeps its line)
+         ─▶ yaml_walk.compose (libyaml) ─▶ node tree (every node keeps its line)
          ─▶ compiler.compile_policy, with a yaml_walk.Walker that records every
             problem as ``file:line: field: message``; the format's keys and the
             plain sections are validate.py's, list files list_files.py's
@@ -31,7 +31,7 @@ from .list_files import MAX_LIST_LINE, Caps, list_problems
 from .model import DEFAULT_MAX_FILE_SIZE
 from .policy import Policy
 from .validate import blocks_anything, policy_warnings
-from .yaml_walk import MAX_DEPTH, DepthLimitedLoader, PolicyError, PolicyIssue, TooDeep, Walker
+from .yaml_walk import MAX_DEPTH, PolicyError, PolicyIssue, TooDeep, Walker, compose
 
 __all__ = [
     "BUNDLED",
@@ -83,10 +83,8 @@ def load_policy(path: str | os.PathLike[str] | None = None, *, max_file_size: in
 def load_policy_text(text: str, file: str = "<policy>", base: Path | None = None, *,
                      max_file_size: int = DEFAULT_MAX_FILE_SIZE, max_line: int = MAX_LIST_LINE,
                      max_depth: int = MAX_DEPTH) -> Policy:
-    loader = DepthLimitedLoader(text)
-    loader.max_depth = max_depth
     try:
-        root = loader.get_single_node()
+        root = compose(text, max_depth)
     except TooDeep as exc:
         raise PolicyError([PolicyIssue(file, exc.mark.line + 1, exc.field, str(exc))]) from exc
     except yaml.MarkedYAMLError as exc:
@@ -96,8 +94,6 @@ def load_policy_text(text: str, file: str = "<policy>", base: Path | None = None
         raise PolicyError([PolicyIssue(file, line, "(yaml)", f"syntax error: {msg}")]) from exc
     except yaml.YAMLError as exc:
         raise PolicyError([PolicyIssue(file, 0, "(yaml)", f"syntax error: {exc}")]) from exc
-    finally:
-        loader.dispose()
     w = Walker(file)
     if root is None:
         raise PolicyError([PolicyIssue(file, 1, "(file)", "the policy is empty")])

@@ -1,7 +1,9 @@
 """YAML walking with line numbers: checked values, and issues as ``file:line: field: message``.
 
-    text ─▶ DepthLimitedLoader (composes nodes, refuses nesting past MAX_DEPTH
-            before any recursion gets deep) ─▶ yaml.Node tree, every node with its line
+    text ─▶ compose: libyaml's parser counts the nesting (refusing past MAX_DEPTH before
+            any recursion gets deep) and composes the yaml.Node tree, every node with its
+            line; any problem is composed again by DepthLimitedLoader, pure Python,
+            whose error is the one reported, so messages do not depend on libyaml
          ─▶ Walker.mapping / seq / scalar / text / choice / date / cidr: each checks a
             node against what the format expects and returns the value, or records a
             PolicyIssue at the node's line and returns None
@@ -82,6 +84,45 @@ class DepthLimitedLoader(yaml.SafeLoader):
             return super().compose_node(parent, index)  # type: ignore[no-any-return]
         finally:
             self._depth -= 1
+
+
+_EVENTS_IN = (yaml.SequenceStartEvent, yaml.MappingStartEvent)
+_EVENTS_OUT = (yaml.SequenceEndEvent, yaml.MappingEndEvent)
+
+
+def compose(text: str, max_depth: int = MAX_DEPTH) -> yaml.Node | None:
+    """The document's node tree.  Raises ``TooDeep`` or another ``yaml.YAMLError``.
+
+    libyaml composes the bundled policy in 0.06 s against 0.6 s for PyYAML's pure-Python
+    composer, and every command (``replay`` and each ``--jobs`` run, ``explain``, the
+    servers' start and reload) loads a policy first."""
+    if not getattr(yaml, "__with_libyaml__", False):
+        return _compose_python(text, max_depth)
+    try:
+        depth = 0
+        for event in yaml.parse(text, Loader=yaml.CSafeLoader):
+            if isinstance(event, _EVENTS_IN):
+                depth += 1
+                if depth > max_depth:  # the pure-Python loader says where and under which key
+                    return _compose_python(text, max_depth)
+            elif isinstance(event, _EVENTS_OUT):
+                depth -= 1
+        loader = yaml.CSafeLoader(text)
+        try:
+            return loader.get_single_node()  # type: ignore[no-any-return]
+        finally:
+            loader.dispose()
+    except yaml.YAMLError:
+        return _compose_python(text, max_depth)  # the pure-Python loader words the error
+
+
+def _compose_python(text: str, max_depth: int) -> yaml.Node | None:
+    loader = DepthLimitedLoader(text)
+    loader.max_depth = max_depth
+    try:
+        return loader.get_single_node()  # type: ignore[no-any-return]
+    finally:
+        loader.dispose()
 
 
 class Walker:
