@@ -160,6 +160,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"egress-filter replay: unknown group '{args.group}' (groups: {known})", file=sys.stderr)
         return EXIT_USAGE
     view = policy.view(args.at, Phase(args.phase) if args.phase else None, None, args.legal_status)
+    from . import report_json
+
     # Without --at/--phase each observation is judged on the day it was seen.
     rep = Replay(
         expand(args.inputs),
@@ -171,6 +173,8 @@ def run(args: argparse.Namespace) -> int:
         group=args.group,
         limits=Limits(max_line=args.max_line, max_record=args.max_record),
         jobs=args.jobs or cores(),
+        # jsonl lines are written where each finding is judged; the other formats use the parent.
+        render=report_json.line if args.format == "jsonl" else None,
     )
     summary = Summary()
     threshold = Action(args.fail_on).severity if args.fail_on else None

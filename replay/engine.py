@@ -13,9 +13,13 @@ reader holds at most ``Limits`` of one record; whatever still escapes a reader
 (a read error, a corrupt gzip stream, running out of memory, a reader bug)
 becomes a ``Damage`` that stops that input, never a traceback.
 With ``jobs`` > 1 each input is read in a worker process (``read_parallel``),
-which spools its sightings to a file in batches (``marshal``); the parent streams the
-spools back in input order and judges every sighting itself, so the verdicts,
-their order and every output byte are those of ``jobs=1``.  ``expand`` turns
+which spools its sightings to a file in batches; the parent streams the spools
+back in input order, so the verdicts, their order and every output byte are
+those of ``jobs=1``.  Where workers are forked (Linux) they also judge each
+sighting with the same views (``_judge``, inherited through the fork) and,
+given ``render``, write its report line: the parent then only counts and
+concatenates, which is what lets two workers beat one (issue 11).  Each spool
+carries a file's distinct decisions once, pickled, and its rows by index.  ``expand`` turns
 directories and globs into files.
 ``Summary`` folds verdicts into bounded per-app counters and a time series.
 """
@@ -31,6 +35,7 @@ import io
 import lzma
 import marshal
 import os
+import pickle
 import sys
 import tempfile
 import zlib
@@ -40,7 +45,7 @@ from typing import IO, Any, BinaryIO, cast
 
 import zstandard
 
-from policies import Action, Kind, PolicyView
+from policies import Action, Decision, Kind, PolicyView
 from policies.bounded import BoundedMemo
 
 from .model import DEFAULT_LIMITS, Damage, Finding, Limits, Sighting
@@ -131,6 +136,8 @@ class Replay:
     dates: set[dt.date] = field(default_factory=set)  # the days sightings were judged at
     last_view: PolicyView | None = None  # the view of the latest sighting
     group: str | None = None  # ``--group``: judge every client as a member of this group
+    # ``jobs`` > 1: a finding's report line, written in the worker (a module-level function).
+    render: Callable[[Finding], str] | None = None
 
     def __iter__(self) -> Iterator[Finding]:
         paths = list(self.paths)
@@ -141,11 +148,13 @@ class Replay:
             else None
         )
         view_at = self._dated() if self.by_date else None
-        view = self.last_view = self.view
+        self.last_view = self.view
         latest = float("-inf")
+        judged = self.jobs > 1 and len(paths) > 1 and _FORKS
         if self.jobs > 1 and len(paths) > 1:
-            sources: Iterable[tuple[str, Iterator[Sighting | Damage | str]]] = read_parallel(
-                paths, self.jobs, self.dns_ports, self.limits
+            sources: Iterable[tuple[str, Iterator[Sighting | Damage | str | Finding]]] = read_parallel(
+                paths, self.jobs, self.dns_ports, self.limits,
+                (functools.partial(self._judge, view_at), self.render) if judged else None,
             )
         else:
             sources = ((p, read_input(p, self.dns_ports, self.limits, self._tick(bar))) for p in paths)
@@ -160,17 +169,18 @@ class Replay:
                     if isinstance(item, Damage):
                         self.damage.append(item)
                         continue
-                    if view_at is not None:
-                        view = view_at(item.time)
-                        if item.time >= latest:
-                            latest, self.last_view = item.time, view
-                    obs = item.observation()
-                    # Each client is judged with its own group's view, unless --group forces one.
-                    judge = view.groups[self.group] if self.group is not None else view.group(obs.client)
-                    d = judge.decide(obs)
-                    if item.ech:  # a ClientHello with ECH: builtin:ech, as the proxy judges it
-                        d = judge.with_ech(d, obs.value if obs.kind is Kind.SNI else "", obs.client)
-                    yield Finding(item, d)
+                    if isinstance(item, Finding):  # judged in a worker
+                        if view_at is not None:  # the days judged at, and the latest view
+                            t = item.sighting.time
+                            v = view_at(t)
+                            if t >= latest:
+                                latest, self.last_view = t, v
+                        yield item
+                        continue
+                    if view_at is not None and item.time >= latest:
+                        latest = item.time
+                        self.last_view = view_at(item.time)
+                    yield Finding(item, self._judge(view_at, item))
                 if bar:
                     bar.file_done()
         finally:
@@ -178,6 +188,17 @@ class Replay:
                 bar.close()
         if view_at is None:
             self.dates = {self.view.at}
+
+    def _judge(self, view_at: Callable[[float], PolicyView] | None, item: Sighting) -> Decision:
+        """The decision on one sighting, as every adapter makes it (in a worker, on its copy)."""
+        view = view_at(item.time) if view_at is not None else self.view
+        obs = item.observation()
+        # Each client is judged with its own group's view, unless --group forces one.
+        judge = view.groups[self.group] if self.group is not None else view.group(obs.client)
+        d = judge.decide(obs)
+        if item.ech:  # a ClientHello with ECH: builtin:ech, as the proxy judges it
+            d = judge.with_ech(d, obs.value if obs.kind is Kind.SNI else "", obs.client)
+        return d
 
     def _dated(self) -> Callable[[float], PolicyView]:
         template = self.view
@@ -350,39 +371,83 @@ def _item(row: Row) -> Sighting | Damage | str:
     return Sighting(row[0], KINDS[row[1]], *row[2:])
 
 
-def _read_to_file(args: tuple[str, frozenset[int], Limits, str]) -> str:
+Judge = tuple[Callable[[Sighting], Decision], Callable[[Finding], str] | None]
+# Set in the parent just before the pool forks, so each worker inherits the policy views and
+# their caches instead of unpickling them per file.
+_JUDGE: Judge | None = None
+_FORKS = sys.platform == "linux"
+
+
+def _read_to_file(args: tuple[str, frozenset[int], Limits, str, bool]) -> str:
     """In a worker process: read one input and spool its items, in batches, to a file the
-    parent streams back in order; memory stays that of one batch."""
-    path, dns_ports, limits, spool = args
+    parent streams back in order; memory stays that of one batch.  With ``judged`` each
+    sighting is spooled with the index of its decision in the file's table (each distinct
+    decision pickled once, in the batch that first needs it) and its report line."""
+    path, dns_ports, limits, spool, judged = args
+    judge = _JUDGE if judged else None
+    index: dict[int, int] = {}  # id(decision) → its place in the table; ``table`` keeps it alive
+    table: list[Decision] = []
     with open(spool, "wb") as out:
-        batch: list[Row] = []
+        batch: list[Any] = []
+        new: list[Decision] = []
         for item in read_input(path, dns_ports, limits):
-            batch.append(_row(item))
+            if judge is None or not isinstance(item, Sighting):
+                batch.append(_row(item))
+            else:
+                d = judge[0](item)
+                at = index.get(id(d))
+                if at is None:
+                    at = index[id(d)] = len(table)
+                    table.append(d)
+                    new.append(d)
+                text = judge[1](Finding(item, d)) if judge[1] is not None else None
+                batch.append((_row(item), at, text))
             if len(batch) >= BATCH:
-                marshal.dump(batch, out)
-                batch = []
-        marshal.dump(batch, out)
+                _spool(out, batch, new, judge is not None)
+                batch, new = [], []
+        _spool(out, batch, new, judge is not None)
     return spool
 
 
-def _spooled(spool: str) -> Iterator[Sighting | Damage | str]:
+def _spool(out: IO[bytes], batch: list[Any], new: list[Decision], judged: bool) -> None:
+    # Rows alone go by marshal (a fifth of pickle's cost); decisions need pickle.
+    if judged:
+        pickle.dump((new, batch), out, protocol=pickle.HIGHEST_PROTOCOL)
+    else:
+        marshal.dump(batch, out)
+
+
+def _spooled(spool: str, judged: bool) -> Iterator[Sighting | Damage | str | Finding]:
+    table: list[Decision] = []
     try:
         with open(spool, "rb") as f:
             while True:
                 try:
-                    batch = marshal.load(f)
+                    if not judged:
+                        for row in marshal.load(f):
+                            yield _item(row)
+                        continue
+                    new, batch = pickle.load(f)  # our own worker's spool, in our own temp dir
                 except EOFError:
                     return
-                for row in batch:
-                    yield _item(row)
+                table += new
+                for entry in batch:
+                    if isinstance(entry, tuple) and len(entry) == 3 and isinstance(entry[1], int):
+                        sighting = _item(entry[0])
+                        assert isinstance(sighting, Sighting)
+                        yield Finding(sighting, table[entry[1]], entry[2])
+                    else:
+                        yield _item(entry)
     finally:
         os.unlink(spool)
 
 
 def read_parallel(
-    paths: list[str], jobs: int, dns_ports: frozenset[int], limits: Limits
-) -> Iterator[tuple[str, Iterator[Sighting | Damage | str]]]:
-    """Each input read in one of ``jobs`` worker processes, handed back in input order."""
+    paths: list[str], jobs: int, dns_ports: frozenset[int], limits: Limits, judge: Judge | None = None
+) -> Iterator[tuple[str, Iterator[Sighting | Damage | str | Finding]]]:
+    """Each input read (and, given ``judge`` and forked workers, judged) in one of ``jobs``
+    worker processes, handed back in input order."""
+    global _JUDGE
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
     from concurrent.futures.process import BrokenProcessPool
@@ -393,25 +458,31 @@ def read_parallel(
     from . import capture, flows, logs, quic, wire
 
     _ = (capture, flows, logs, quic, wire)
+    judged = judge is not None and _FORKS
     with tempfile.TemporaryDirectory(prefix="egress-replay-") as spool_dir:
         # fork: the workers start with replay and its readers imported, in milliseconds.
-        context = multiprocessing.get_context("fork" if sys.platform == "linux" else "spawn")
-        with ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
-            futures = [
-                pool.submit(_read_to_file, (p, dns_ports, limits, os.path.join(spool_dir, f"{i}.spool")))
-                for i, p in enumerate(paths)
-            ]
-            try:
-                for path, future in zip(paths, futures, strict=True):
-                    try:
-                        spool = future.result()
-                    except BrokenProcessPool:
-                        yield path, iter([Damage(path, 0, "the process reading it died; stopped here")])
-                        continue
-                    yield path, _spooled(spool)
-            finally:
-                for future in futures:
-                    future.cancel()
+        context = multiprocessing.get_context("fork" if _FORKS else "spawn")
+        _JUDGE = judge if judged else None
+        try:
+            with ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
+                futures = [
+                    pool.submit(_read_to_file,
+                                (p, dns_ports, limits, os.path.join(spool_dir, f"{i}.spool"), judged))
+                    for i, p in enumerate(paths)
+                ]
+                try:
+                    for path, future in zip(paths, futures, strict=True):
+                        try:
+                            spool = future.result()
+                        except BrokenProcessPool:
+                            yield path, iter([Damage(path, 0, "the process reading it died; stopped here")])
+                            continue
+                        yield path, _spooled(spool, judged)
+                finally:
+                    for future in futures:
+                        future.cancel()
+        finally:
+            _JUDGE = None
 
 
 def _size(path: str) -> int:

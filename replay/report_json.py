@@ -32,7 +32,7 @@ def write_jsonl(verdicts: Iterable[Finding], out: IO[str], summary: Summary) -> 
     try:
         for v in verdicts:
             summary.add(v)
-            batch.append(line(v))
+            batch.append(v.line if v.line is not None else line(v))
             if len(batch) >= WRITE_BATCH:
                 out.write("".join(batch))
                 batch.clear()

@@ -247,17 +247,30 @@ def _cli(*argv: str) -> tuple[int, bytes, bytes]:
     return proc.returncode, proc.stdout, proc.stderr
 
 
-@pytest.mark.parametrize("fmt", ["jsonl", "json", "html"], ids=str)
-def test_jobs_give_the_same_bytes(fmt: str, tmp_path: Path) -> None:
+JOBS_CASES = [
+    pytest.param("jsonl", (), id="jsonl-by-date"),
+    pytest.param("json", (), id="json-by-date"),
+    pytest.param("html", (), id="html-by-date"),
+    pytest.param("table", (), id="table-by-date"),
+    # The workers judge (and write jsonl lines) with the parent's options, not their defaults.
+    pytest.param("jsonl", ("--at", "2020-11-13"), id="jsonl-at-a-date"),
+    pytest.param("jsonl", ("--only", "block"), id="jsonl-only-block"),
+]
+
+
+@pytest.mark.parametrize(("fmt", "extra"), JOBS_CASES)
+def test_jobs_give_the_same_bytes(fmt: str, extra: tuple[str, ...], tmp_path: Path) -> None:
     """--jobs 1, 2 and 3 over a directory of 8 inputs (one damaged) and a missing file: the
     same report, byte for byte, the same warnings in the same order, the same exit code."""
     root = _tree(tmp_path)
     runs = [
-        _cli(str(root), str(tmp_path / "missing.pcap"), "--format", fmt, "--jobs", str(n)) for n in (1, 2, 3)
+        _cli(str(root), str(tmp_path / "missing.pcap"), "--format", fmt, *extra, "--jobs", str(n))
+        for n in (1, 2, 3)
     ]
     assert runs[0][0] == 4
-    assert runs[0][1].count(b"www.tiktok.com") >= 4
-    assert b"file ends inside the packet" in runs[0][2] and b"cannot open" in runs[0][2]
+    assert runs[0][1].count(b"www.tiktok.com" if "--only" not in extra else b"www.wechat.com") >= 4
+    said = runs[0][2] if fmt != "table" else runs[0][1]  # the table shows its warnings itself
+    assert b"file ends inside the packet" in said and b"cannot open" in said
     assert runs[1] == runs[0] and runs[2] == runs[0]
 
 
