@@ -8,7 +8,8 @@ with the shared policy, the way the live adapters would have.
 This package never imports ``dns_blocker`` or ``proxy_addons``.
 """
 
-from .engine import Replay, Summary
+from .engine import Replay
 from .model import Damage, Finding, Sighting
+from .summary import Summary
 
 __all__ = ["Damage", "Finding", "Replay", "Sighting", "Summary"]

@@ -28,7 +28,8 @@ from .model import DEFAULT_LIMITS, Finding, Limits
 if TYPE_CHECKING:
     from policies import Policy, PolicyView
 
-    from .engine import Replay, Summary
+    from .engine import Replay
+    from .summary import Summary
 
 EXIT_USAGE = 2
 EXIT_FAIL_ON = 3
@@ -148,8 +149,9 @@ def register(subparsers: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     from policies import Action, Phase
 
-    from .engine import Replay, Summary, expand
+    from .engine import Replay, expand
     from .report import format_for
+    from .summary import Summary
 
     args.format, clash = format_for(args.output, args.format)
     if clash:
@@ -173,8 +175,6 @@ def run(args: argparse.Namespace) -> int:
         group=args.group,
         limits=Limits(max_line=args.max_line, max_record=args.max_record),
         jobs=args.jobs or cores(),
-        # jsonl lines are written where each finding is judged; the other formats use the parent.
-        render=report_json.line if args.format == "jsonl" else None,
     )
     summary = Summary()
     threshold = Action(args.fail_on).severity if args.fail_on else None
@@ -191,6 +191,17 @@ def run(args: argparse.Namespace) -> int:
             else:
                 summary.add(v)
 
+    def lines() -> Iterator[str]:
+        """jsonl: each line written where its finding was judged (a worker, with --jobs),
+        and counted there."""
+        nonlocal hit
+        only = Action(args.only) if args.only else None
+        for r in rep.lines(summary, report_json.line):
+            if threshold is not None and r.action.severity >= threshold:
+                hit = True
+            if only is None or r.action is only:
+                yield r.line
+
     if args.format == "sqlite" and not args.output:
         print("egress-filter replay: --format sqlite needs --output FILE", file=sys.stderr)
         return EXIT_USAGE
@@ -200,7 +211,11 @@ def run(args: argparse.Namespace) -> int:
         print(f"egress-filter replay: cannot write {args.output}: {exc.strerror}", file=sys.stderr)
         return EXIT_USAGE
     try:
-        _write(args, rep, view, policy, summary, verdicts, out)
+        if args.format == "jsonl":
+            report_json.write_lines(lines(), out)
+            _note(rep, policy, summary)
+        else:
+            _write(args, rep, view, policy, summary, verdicts, out)
         out.flush()  # inside the try: a full disk shows here, as exit 5
     except BrokenPipeError:
         raise  # the reader went away (`| head`): main's quiet exit 0
@@ -250,8 +265,6 @@ def _write(
         report_text.write_summary_table(info(), rep.damage, out, note())
     elif args.format == "csv":
         report_text.write_csv(verdicts(), out, summary)
-    elif args.format == "jsonl":
-        report_json.write_jsonl(verdicts(), out, summary)
     elif args.format == "sqlite":  # the dashboard's store schema (store/replay_sqlite.py)
         from store.replay_sqlite import write_sqlite
 
@@ -290,6 +303,13 @@ def _write(
         meta = {"at": at, "inputs": rep.inputs, "note": note()}
         report_html.write_html(info(), summary, rows, rep.damage, meta, out)
     if args.format not in ("table", "html", "json"):
-        n = note()
-        if n:
-            print(f"egress-filter replay: note: {n}", file=sys.stderr)
+        _note(rep, policy, summary)
+
+
+def _note(rep: Replay, policy: Policy, summary: Summary) -> None:
+    """The schedule note on stderr, for the formats that have no place for it."""
+    from . import report
+
+    n = report.schedule_note(summary, policy, rep.by_date)
+    if n:
+        print(f"egress-filter replay: note: {n}", file=sys.stderr)

@@ -17,11 +17,12 @@ which spools its sightings to a file in batches; the parent streams the spools
 back in input order, so the verdicts, their order and every output byte are
 those of ``jobs=1``.  Where workers are forked (Linux) they also judge each
 sighting with the same views (``_judge``, inherited through the fork) and,
-given ``render``, write its report line: the parent then only counts and
-concatenates, which is what lets two workers beat one (issue 11).  Each spool
-carries a file's distinct decisions once, pickled, and its rows by index.  ``expand`` turns
-directories and globs into files.
-``Summary`` folds verdicts into bounded per-app counters and a time series.
+for ``Replay.lines`` (jsonl) also write each finding's line and count the file
+into a ``Summary`` of its own, which the parent merges (``Summary.merge``): the
+parent then only concatenates, which is what lets two workers beat one
+(issue 11).  For the other formats each spool carries a file's distinct
+decisions once, pickled, and its sightings by index, and the parent counts.
+``expand`` turns directories and globs into files.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from __future__ import annotations
 import bz2
 import datetime as dt
 import functools
+import gc
 import glob
 import gzip
 import io
@@ -41,7 +43,7 @@ import tempfile
 import zlib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import IO, Any, BinaryIO, cast
+from typing import IO, Any, BinaryIO, NamedTuple, cast
 
 import zstandard
 
@@ -49,6 +51,7 @@ from policies import Action, Decision, Kind, PolicyView
 from policies.bounded import BoundedMemo
 
 from .model import DEFAULT_LIMITS, Damage, Finding, Limits, Sighting
+from .summary import Summary
 
 Reader = Callable[[str, BinaryIO, Callable[[], None] | None], Iterator[Sighting | Damage]]
 
@@ -136,10 +139,24 @@ class Replay:
     dates: set[dt.date] = field(default_factory=set)  # the days sightings were judged at
     last_view: PolicyView | None = None  # the view of the latest sighting
     group: str | None = None  # ``--group``: judge every client as a member of this group
-    # ``jobs`` > 1: a finding's report line, written in the worker (a module-level function).
-    render: Callable[[Finding], str] | None = None
 
     def __iter__(self) -> Iterator[Finding]:
+        for item in self._stream(None, None):
+            assert isinstance(item, Finding)
+            yield item
+
+    def lines(self, summary: Summary, render: Callable[[Finding], str]) -> Iterator[Rendered]:
+        """Each finding's report line (``render``, a module-level function) and action, in
+        the order ``iter`` gives the findings, each counted into ``summary``.  With forked
+        workers each worker judges, renders and counts its own file, and the parent merges
+        the file's summary: what is left to the parent is concatenating (issue 11)."""
+        for item in self._stream(summary, render):
+            assert isinstance(item, Rendered)
+            yield item
+
+    def _stream(
+        self, summary: Summary | None, render: Callable[[Finding], str] | None
+    ) -> Iterator[Finding | Rendered]:
         paths = list(self.paths)
         sizes = {p: _size(p) for p in paths}
         bar = (
@@ -150,11 +167,13 @@ class Replay:
         view_at = self._dated() if self.by_date else None
         self.last_view = self.view
         latest = float("-inf")
-        judged = self.jobs > 1 and len(paths) > 1 and _FORKS
-        if self.jobs > 1 and len(paths) > 1:
-            sources: Iterable[tuple[str, Iterator[Sighting | Damage | str | Finding]]] = read_parallel(
-                paths, self.jobs, self.dns_ports, self.limits,
-                (functools.partial(self._judge, view_at), self.render) if judged else None,
+        parallel = self.jobs > 1 and len(paths) > 1
+        if parallel:
+            # Forked workers judge (and, for lines, render and count); others only read.
+            worker_render = render if summary is not None else None
+            job = Job(functools.partial(self._judge, view_at), worker_render, self.dates) if _FORKS else None
+            sources: Iterable[tuple[str, Iterator[Spooled]]] = read_parallel(
+                paths, self.jobs, self.dns_ports, self.limits, job
             )
         else:
             sources = ((p, read_input(p, self.dns_ports, self.limits, self._tick(bar))) for p in paths)
@@ -163,24 +182,38 @@ class Replay:
                 if bar:
                     bar.start(path, sizes[path], index, len(paths))
                 for item in items:
+                    if isinstance(item, Rendered):  # judged, rendered and counted in a worker
+                        yield item
+                        continue
                     if isinstance(item, str):
                         self.inputs.append((path, item))
                         continue
                     if isinstance(item, Damage):
                         self.damage.append(item)
                         continue
-                    if isinstance(item, Finding):  # judged in a worker
-                        if view_at is not None:  # the days judged at, and the latest view
-                            t = item.sighting.time
-                            v = view_at(t)
-                            if t >= latest:
-                                latest, self.last_view = t, v
-                        yield item
+                    if isinstance(item, FilePart):  # the end of a file a worker counted
+                        assert summary is not None
+                        summary.merge(item.summary)
+                        for client, app, blocked in item.spilled():
+                            summary.client(client, app, blocked)
+                        self.dates |= item.dates
+                        if view_at is not None and item.latest is not None and item.latest >= latest:
+                            latest, self.last_view = item.latest, view_at(item.latest)
                         continue
-                    if view_at is not None and item.time >= latest:
-                        latest = item.time
-                        self.last_view = view_at(item.time)
-                    yield Finding(item, self._judge(view_at, item))
+                    if isinstance(item, Finding):  # judged in a worker
+                        finding = item
+                    else:
+                        finding = Finding(item, self._judge(view_at, item))
+                    if view_at is not None:  # the latest view (and the day of one judged in a worker)
+                        t = finding.sighting.time
+                        v = view_at(t)
+                        if t >= latest:
+                            latest, self.last_view = t, v
+                    if summary is None or render is None:
+                        yield finding
+                        continue
+                    summary.add(finding)
+                    yield Rendered(finding.decision.action, render(finding))
                 if bar:
                     bar.file_done()
         finally:
@@ -371,41 +404,136 @@ def _item(row: Row) -> Sighting | Damage | str:
     return Sighting(row[0], KINDS[row[1]], *row[2:])
 
 
-Judge = tuple[Callable[[Sighting], Decision], Callable[[Finding], str] | None]
+class Job(NamedTuple):
+    """What a forked worker does with each sighting: ``judge`` it (the parent's
+    ``Replay._judge``); given ``render``, also write its report line and count it into
+    the file's own ``Summary``.  ``dates`` is the set the judge's ``view_at`` adds each
+    day to: after the fork, the worker's own copy."""
+
+    judge: Callable[[Sighting], Decision]
+    render: Callable[[Finding], str] | None
+    dates: set[dt.date]
+
+
+@dataclass(frozen=True, slots=True)
+class Rendered:
+    """A finding as the jsonl report needs it: its action (for ``--only`` and ``--fail-on``)
+    and its line, already written."""
+
+    action: Action
+    line: str
+
+
+@dataclass(frozen=True, slots=True)
+class FilePart:
+    """The end of one file a worker rendered: its summary, the days judged at, its
+    latest sighting's time, and where the (client, app) observations its summary could
+    not hold were spilled (marshalled batches, in order), for the parent to count."""
+
+    summary: Summary
+    dates: frozenset[dt.date]
+    latest: float | None
+    spill: str | None
+
+    def spilled(self) -> Iterator[tuple[str, str, bool]]:
+        if self.spill is None:
+            return
+        try:
+            with open(self.spill, "rb") as f:
+                while True:
+                    try:
+                        batch = marshal.load(f)
+                    except EOFError:
+                        return
+                    yield from batch
+        finally:
+            os.unlink(self.spill)
+
+
+Spooled = Sighting | Damage | str | Finding | Rendered | FilePart
+ACTIONS = tuple(Action)  # a Rendered's action is spooled as its index here
 # Set in the parent just before the pool forks, so each worker inherits the policy views and
 # their caches instead of unpickling them per file.
-_JUDGE: Judge | None = None
+_JOB: Job | None = None
 _FORKS = sys.platform == "linux"
 
 
 def _read_to_file(args: tuple[str, frozenset[int], Limits, str, bool]) -> str:
     """In a worker process: read one input and spool its items, in batches, to a file the
-    parent streams back in order; memory stays that of one batch.  With ``judged`` each
-    sighting is spooled with the index of its decision in the file's table (each distinct
-    decision pickled once, in the batch that first needs it) and its report line."""
+    parent streams back in order; memory stays that of one batch.  Three ways, by ``_JOB``:
+    - none (not forked): rows of sightings, marshalled, for the parent to judge;
+    - ``judge`` alone: each sighting with the index of its decision in the file's table
+      (each distinct decision pickled once, in the batch that first needs it);
+    - ``judge`` and ``render``: each finding's action and line, the file counted into a
+      ``Summary`` of its own, spooled last as a ``FilePart``."""
     path, dns_ports, limits, spool, judged = args
-    judge = _JUDGE if judged else None
+    job = _JOB if judged else None
+    if job is not None and job.render is not None:
+        return _render_to_file(job, path, dns_ports, limits, spool)
     index: dict[int, int] = {}  # id(decision) → its place in the table; ``table`` keeps it alive
     table: list[Decision] = []
     with open(spool, "wb") as out:
         batch: list[Any] = []
         new: list[Decision] = []
         for item in read_input(path, dns_ports, limits):
-            if judge is None or not isinstance(item, Sighting):
+            if job is None or not isinstance(item, Sighting):
                 batch.append(_row(item))
             else:
-                d = judge[0](item)
+                d = job.judge(item)
                 at = index.get(id(d))
                 if at is None:
                     at = index[id(d)] = len(table)
                     table.append(d)
                     new.append(d)
-                text = judge[1](Finding(item, d)) if judge[1] is not None else None
-                batch.append((_row(item), at, text))
+                batch.append((_row(item), at))
             if len(batch) >= BATCH:
-                _spool(out, batch, new, judge is not None)
+                _spool(out, batch, new, job is not None)
                 batch, new = [], []
-        _spool(out, batch, new, judge is not None)
+        _spool(out, batch, new, job is not None)
+    return spool
+
+
+def _render_to_file(job: Job, path: str, dns_ports: frozenset[int], limits: Limits, spool: str) -> str:
+    assert job.render is not None
+    spill_path = spool + ".clients"
+    spill: list[tuple[str, str, bool]] = []
+    spill_file: IO[bytes] | None = None
+
+    def spilled(client: str, app: str, blocked: bool) -> None:
+        nonlocal spill_file
+        spill.append((client, app, blocked))
+        if len(spill) >= BATCH:
+            spill_file = spill_file or open(spill_path, "wb")
+            marshal.dump(spill, spill_file)
+            spill.clear()
+
+    summary = Summary(spill=spilled)
+    action_index = {a: i for i, a in enumerate(ACTIONS)}
+    latest: float | None = None
+    render, judge, add = job.render, job.judge, summary.add
+    with open(spool, "wb") as out:
+        batch: list[Any] = []
+        for item in read_input(path, dns_ports, limits):
+            if isinstance(item, Sighting):
+                finding = Finding(item, judge(item))
+                add(finding)
+                if latest is None or item.time >= latest:
+                    latest = item.time
+                batch.append((action_index[finding.decision.action], render(finding)))
+            else:
+                batch.append(_row(item))
+            if len(batch) >= BATCH:
+                pickle.dump(batch, out, protocol=pickle.HIGHEST_PROTOCOL)
+                batch = []
+        pickle.dump(batch, out, protocol=pickle.HIGHEST_PROTOCOL)
+        if spill:
+            spill_file = spill_file or open(spill_path, "wb")
+            marshal.dump(spill, spill_file)
+        if spill_file is not None:
+            spill_file.close()
+        summary.spill = None  # a closure: not for pickling, and the parent counts the spill
+        part = FilePart(summary, frozenset(job.dates), latest, spill_path if spill_file else None)
+        pickle.dump(part, out, protocol=pickle.HIGHEST_PROTOCOL)
     return spool
 
 
@@ -417,25 +545,38 @@ def _spool(out: IO[bytes], batch: list[Any], new: list[Decision], judged: bool) 
         marshal.dump(batch, out)
 
 
-def _spooled(spool: str, judged: bool) -> Iterator[Sighting | Damage | str | Finding]:
+def _spooled(spool: str, mode: str) -> Iterator[Spooled]:
+    """A spool streamed back: ``mode`` is ``read``, ``judge`` or ``render``, as it was written.
+    (Only our own worker's spools, in our own temporary directory, are unpickled.)"""
     table: list[Decision] = []
     try:
         with open(spool, "rb") as f:
             while True:
                 try:
-                    if not judged:
+                    if mode == "read":
                         for row in marshal.load(f):
                             yield _item(row)
                         continue
-                    new, batch = pickle.load(f)  # our own worker's spool, in our own temp dir
+                    record = pickle.load(f)
                 except EOFError:
                     return
+                if mode == "render":
+                    if isinstance(record, FilePart):
+                        yield record
+                        continue
+                    for entry in record:
+                        if isinstance(entry, tuple) and len(entry) == 2:
+                            yield Rendered(ACTIONS[entry[0]], entry[1])
+                        else:
+                            yield _item(entry)
+                    continue
+                new, batch = record
                 table += new
                 for entry in batch:
-                    if isinstance(entry, tuple) and len(entry) == 3 and isinstance(entry[1], int):
+                    if isinstance(entry, tuple) and len(entry) == 2:
                         sighting = _item(entry[0])
                         assert isinstance(sighting, Sighting)
-                        yield Finding(sighting, table[entry[1]], entry[2])
+                        yield Finding(sighting, table[entry[1]])
                     else:
                         yield _item(entry)
     finally:
@@ -443,11 +584,11 @@ def _spooled(spool: str, judged: bool) -> Iterator[Sighting | Damage | str | Fin
 
 
 def read_parallel(
-    paths: list[str], jobs: int, dns_ports: frozenset[int], limits: Limits, judge: Judge | None = None
-) -> Iterator[tuple[str, Iterator[Sighting | Damage | str | Finding]]]:
-    """Each input read (and, given ``judge`` and forked workers, judged) in one of ``jobs``
+    paths: list[str], jobs: int, dns_ports: frozenset[int], limits: Limits, job: Job | None = None
+) -> Iterator[tuple[str, Iterator[Spooled]]]:
+    """Each input read (and, given ``job`` and forked workers, judged) in one of ``jobs``
     worker processes, handed back in input order."""
-    global _JUDGE
+    global _JOB
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
     from concurrent.futures.process import BrokenProcessPool
@@ -458,11 +599,15 @@ def read_parallel(
     from . import capture, flows, logs, quic, wire
 
     _ = (capture, flows, logs, quic, wire)
-    judged = judge is not None and _FORKS
+    judged = job is not None and _FORKS
+    mode = "read" if not judged or job is None else "judge" if job.render is None else "render"
     with tempfile.TemporaryDirectory(prefix="egress-replay-") as spool_dir:
         # fork: the workers start with replay and its readers imported, in milliseconds.
         context = multiprocessing.get_context("fork" if _FORKS else "spawn")
-        _JUDGE = judge if judged else None
+        _JOB = job if judged else None
+        # Out of the collector's sight before the fork: a worker's collections would
+        # otherwise touch every inherited object and copy the pages of the whole policy.
+        gc.freeze()
         try:
             with ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
                 futures = [
@@ -477,12 +622,13 @@ def read_parallel(
                         except BrokenProcessPool:
                             yield path, iter([Damage(path, 0, "the process reading it died; stopped here")])
                             continue
-                        yield path, _spooled(spool, judged)
+                        yield path, _spooled(spool, mode)
                 finally:
                     for future in futures:
                         future.cancel()
         finally:
-            _JUDGE = None
+            _JOB = None
+            gc.unfreeze()
 
 
 def _size(path: str) -> int:
@@ -490,90 +636,3 @@ def _size(path: str) -> int:
         return os.path.getsize(path)
     except OSError:
         return 0
-
-
-# --- summary ---------------------------------------------------------------
-
-
-@dataclass
-class AppCount:
-    observations: int = 0
-    blocked: int = 0
-    logged: int = 0
-    first: float | None = None
-    last: float | None = None
-    phases: set[str] = field(default_factory=set)  # the app's phases when it was seen (at most 3)
-
-
-MAX_CLIENT_APPS = 10_000  # (client, app) pairs counted for the per-client summary; the rest are dropped
-
-
-class Summary:
-    """Counts per app and a per-app time series of blocked/logged verdicts.
-
-    The series starts at one-second buckets and doubles the bucket width
-    whenever it grows past ``max_buckets``, so memory stays bounded.
-    """
-
-    def __init__(self, max_buckets: int = 2048) -> None:
-        self.apps: dict[str, AppCount] = {}
-        self.total = 0
-        self.actions = {a: 0 for a in Action}
-        self.kinds: dict[str, int] = {}
-        self.width = 1.0
-        self.max_buckets = max_buckets
-        self.series: dict[tuple[int, str, Action], int] = {}
-        self.first: float | None = None
-        self.last: float | None = None
-        self.ech = 0
-        self.clients: dict[tuple[str, str], list[int]] = {}  # (client, app) → [observations, blocked]
-        self.clients_dropped = 0  # observations of pairs past MAX_CLIENT_APPS
-
-    def add(self, v: Finding) -> None:
-        s, d = v.sighting, v.decision
-        self.total += 1
-        self.actions[d.action] += 1
-        self.kinds[s.kind.value] = self.kinds.get(s.kind.value, 0) + 1
-        if s.ech:
-            self.ech += 1
-        t = s.time
-        if t:
-            self.first = t if self.first is None or t < self.first else self.first
-            self.last = t if self.last is None or t > self.last else self.last
-        for app in d.apps:
-            c = self.apps.get(app)
-            if c is None:
-                c = self.apps[app] = AppCount()
-            c.observations += 1
-            if d.action is Action.BLOCK:
-                c.blocked += 1
-            elif d.action is Action.LOG:
-                c.logged += 1
-            c.first = t if c.first is None or t < c.first else c.first
-            c.last = t if c.last is None or t > c.last else c.last
-            c.phases.add(d.phase.value)
-            if s.client:
-                self._client(s.client, app, d.action is Action.BLOCK)
-            if d.action is not Action.ALLOW:
-                key = (int(t // self.width), app, d.action)
-                self.series[key] = self.series.get(key, 0) + 1
-                if len(self.series) > self.max_buckets:
-                    self._coarsen()
-
-    def _client(self, client: str, app: str, blocked: bool) -> None:
-        pair = self.clients.get((client, app))
-        if pair is None:
-            if len(self.clients) >= MAX_CLIENT_APPS:
-                self.clients_dropped += 1
-                return
-            pair = self.clients[(client, app)] = [0, 0]
-        pair[0] += 1
-        pair[1] += blocked
-
-    def _coarsen(self) -> None:
-        self.width *= 2
-        merged: dict[tuple[int, str, Action], int] = {}
-        for (bucket, app, action), n in self.series.items():
-            key = (bucket // 2, app, action)
-            merged[key] = merged.get(key, 0) + n
-        self.series = merged

@@ -63,9 +63,6 @@ class Finding:
 
     sighting: Sighting
     decision: Decision
-    # The finding's report line, when a worker process already wrote it (``Replay.render``
-    # with ``jobs`` > 1): the parent then only concatenates.
-    line: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,8 +19,8 @@ from policies import Decision, Phase, Policy, PolicyView, build_event
 from policies.addresses import join_hostport
 from policies.events import utc_iso
 
-from .engine import AppCount, Summary
 from .model import Finding, Sighting
+from .summary import AppCount, Summary
 
 HTML_ROWS = 2_000
 MAX_CLIENT_ROWS = 500  # (client, app) rows a report lists

@@ -21,9 +21,9 @@ from typing import IO, Any
 
 from policies import Action
 
-from .engine import Summary
 from .model import Damage, Finding
 from .report import HTML_ROWS, endpoint, iso, plural
+from .summary import Summary
 
 MAX_BARS = 60
 MAX_TICKS = 7

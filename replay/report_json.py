@@ -9,14 +9,14 @@ replay-vs-tshark target (bench/RESULTS.md).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import IO, Any
 
 import orjson
 
-from .engine import Summary
 from .model import Finding
 from .report import event, row
+from .summary import Summary
 
 WRITE_BATCH = 512
 
@@ -26,13 +26,23 @@ def line(v: Finding) -> str:
 
 
 def write_jsonl(verdicts: Iterable[Finding], out: IO[str], summary: Summary) -> None:
-    """One event per line, written in batches; what is built is written even
-    when a reader fails part-way."""
-    batch: list[str] = []
-    try:
+    """One event per line, each verdict counted into ``summary``."""
+
+    def lines() -> Iterator[str]:
         for v in verdicts:
             summary.add(v)
-            batch.append(v.line if v.line is not None else line(v))
+            yield line(v)
+
+    write_lines(lines(), out)
+
+
+def write_lines(lines: Iterable[str], out: IO[str]) -> None:
+    """Lines already written (``line``, in replay's workers or here), in batches; what is
+    built is written even when a reader fails part-way."""
+    batch: list[str] = []
+    try:
+        for text in lines:
+            batch.append(text)
             if len(batch) >= WRITE_BATCH:
                 out.write("".join(batch))
                 batch.clear()

@@ -13,9 +13,9 @@ import shutil
 from collections.abc import Iterable, Sequence
 from typing import IO, Any
 
-from .engine import Summary
 from .model import Damage, Finding
 from .report import endpoint, iso, plural
+from .summary import Summary
 
 # (header, width) of the columns before NAME / URL, and RULE after it.
 COLUMNS = (("TIME", 24), ("CLIENT", 22), ("SERVER", 22), ("KIND", 4), ("QTYPE", 5), ("ACTION", 6),
