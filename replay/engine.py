@@ -30,7 +30,6 @@ from __future__ import annotations
 import bz2
 import datetime as dt
 import functools
-import gc
 import glob
 import gzip
 import io
@@ -605,9 +604,6 @@ def read_parallel(
         # fork: the workers start with replay and its readers imported, in milliseconds.
         context = multiprocessing.get_context("fork" if _FORKS else "spawn")
         _JOB = job if judged else None
-        # Out of the collector's sight before the fork: a worker's collections would
-        # otherwise touch every inherited object and copy the pages of the whole policy.
-        gc.freeze()
         try:
             with ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
                 futures = [
@@ -628,7 +624,6 @@ def read_parallel(
                         future.cancel()
         finally:
             _JOB = None
-            gc.unfreeze()
 
 
 def _size(path: str) -> int:
