@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import marshal
+import os
 import select
 import signal
 import sqlite3
@@ -74,6 +75,55 @@ def _add_dropped(conn: sqlite3.Connection, n: int) -> None:
         pass  # the dashboard's figure lags; the server's own counter is exact
 
 
+MAX_LINE = 16 << 20  # a header or JSON line longer than this is cut here (and then fails as bad)
+CHUNK = 1 << 20
+
+
+class _Input:
+    """stdin read in chunks into a buffer of our own, so that "is there more?" asks the
+    buffer before the pipe: with a buffered file, a batch that arrived in the same read as
+    the one before sat unseen behind ``select`` until the next write (or the prune
+    interval, 30 s), however idle the pipe.  Holds at most one chunk beyond what is asked."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.buf = bytearray()
+        self.eof = False
+
+    def ready(self, timeout: float) -> bool:
+        if self.buf or self.eof:
+            return True
+        readable, _, _ = select.select([self.fd], [], [], timeout)
+        return bool(readable)
+
+    def _fill(self) -> bool:
+        chunk = os.read(self.fd, CHUNK)
+        if not chunk:
+            self.eof = True
+        self.buf += chunk
+        return bool(chunk)
+
+    def readline(self) -> bytes:
+        """A line with its newline; at the end of input, what is left (maybe b"")."""
+        start = 0
+        while True:
+            i = self.buf.find(b"\n", start)
+            if i >= 0 or len(self.buf) >= MAX_LINE or self.eof or not self._fill():
+                end = i + 1 if i >= 0 else min(len(self.buf), MAX_LINE)
+                line = bytes(self.buf[:end])
+                del self.buf[:end]
+                return line
+            start = max(0, len(self.buf) - CHUNK)
+
+    def read(self, n: int) -> bytes:
+        """``n`` bytes, or fewer at the end of input."""
+        while len(self.buf) < n and not self.eof and self._fill():
+            pass
+        out = bytes(self.buf[:n])
+        del self.buf[:n]
+        return out
+
+
 def serve(path: str, keep: Retention, prune_interval: float, inp: BinaryIO, out: BinaryIO) -> int:
     conn = connect(path)
     # 32 MiB of page cache (SQLite's default is 2 MiB): the name index takes inserts all over
@@ -83,7 +133,7 @@ def serve(path: str, keep: Retention, prune_interval: float, inp: BinaryIO, out:
     # longer checkpoints cost 14.7 us an insert against 19.5 us (bench/dashboard_bench.py).
     conn.execute("PRAGMA wal_autocheckpoint=4096")
     last_prune = -prune_interval  # a first pass at start, as soon as the store opens
-    fd = inp.fileno()
+    pipe = _Input(inp.fileno())
     while True:
         now = time.monotonic()
         if now - last_prune >= prune_interval:
@@ -95,10 +145,9 @@ def serve(path: str, keep: Retention, prune_interval: float, inp: BinaryIO, out:
             if pruned:
                 out.write(b"P %d\n" % pruned)
                 out.flush()
-        ready, _, _ = select.select([fd], [], [], max(0.05, prune_interval - (now - last_prune)))
-        if not ready:
+        if not pipe.ready(max(0.05, prune_interval - (now - last_prune))):
             continue
-        header = inp.readline()
+        header = pipe.readline()
         if not header:
             conn.close()
             return 0
@@ -114,11 +163,11 @@ def serve(path: str, keep: Retention, prune_interval: float, inp: BinaryIO, out:
             conn.close()
             return 2
         if kind == b"R":
-            blob = inp.read(size)
+            blob = pipe.read(size)
             short = len(blob) < size
             rows = [] if short else _unmarshal(blob)
         else:
-            lines = [inp.readline() for _ in range(n)]
+            lines = [pipe.readline() for _ in range(n)]
             rows = _rows([line for line in lines if line])
             short = n > sum(1 for line in lines if line)
         ok = _insert(conn, rows) if rows else True

@@ -45,6 +45,7 @@ CASES = [
     pytest.param(rows(ROW)[:-3], 0, [b"W 0 1"], 0, 0, id="stdin-closed-mid-rows"),
     pytest.param(b"R 1\n", 2, [], 0, 0, id="rows-without-size-stops"),
     pytest.param(b"R 1 999999999999\n", 2, [], 0, 0, id="oversized-rows-stop"),
+    pytest.param(b"C 1 5\nxxxxx", 2, [], 0, 0, id="unknown-kind-stops"),
 ]
 
 
@@ -99,3 +100,31 @@ def test_the_writer_ignores_ctrl_c_and_stops_with_its_server(tmp_path: Path) -> 
     s.close()
     assert s._writer.returncode == 0
     assert s.stats().written == 2
+
+
+@pytest.mark.parametrize("batches", [
+    pytest.param([rows(ROW), rows(ROW, ROW)], id="two-row-batches"),
+    pytest.param([rows(ROW), b"E 1\n" + LINE, rows(ROW)], id="rows-and-lines"),
+    pytest.param([b"E 2\n" + LINE + LINE, b"E 1\n" + LINE], id="two-line-batches"),
+])
+def test_batches_arriving_together_are_all_answered_at_once(tmp_path: Path, batches: list[bytes]) -> None:
+    """Several batches in one write, stdin left open: each is answered now, not when the next
+    write or the prune interval (an hour here) wakes the writer."""
+    root = Path(__file__).resolve().parents[2]
+    proc = subprocess.Popen([sys.executable, "-m", "store.writer", str(tmp_path / "t.db"),
+                             "--prune-interval", "3600"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            cwd=root)
+    assert proc.stdin is not None and proc.stdout is not None
+    try:
+        proc.stdin.write(b"".join(batches))
+        proc.stdin.flush()
+        os.set_blocking(proc.stdout.fileno(), False)
+        got = b""
+        deadline = time.monotonic() + 20
+        while got.count(b"\n") < len(batches) and time.monotonic() < deadline:
+            time.sleep(0.05)
+            got += proc.stdout.read() or b""
+        assert got.count(b"\n") == len(batches), got
+    finally:
+        proc.stdin.close()
+        proc.wait(20)
