@@ -593,8 +593,7 @@ def read_parallel(
     from concurrent.futures.process import BrokenProcessPool
 
     # Imported once here, before the fork, rather than once in every worker: the readers,
-    # their parsers and aioquic (which the first QUIC Initial would import) cost a tenth of
-    # a second or more each time.
+    # their parsers and ``quic`` (which the first QUIC Initial would import).
     from . import capture, flows, logs, quic, wire
 
     _ = (capture, flows, logs, quic, wire)

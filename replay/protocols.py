@@ -282,7 +282,7 @@ class Protocols(Reassembly):
             got = self.quic[key] = []
         assert isinstance(got, list)
         got.append(payload)
-        from . import quic  # first QUIC Initial: import aioquic now
+        from . import quic  # first QUIC Initial: import its header reader and AES now
 
         try:
             hello = quic.client_hello(got)

@@ -84,6 +84,40 @@ def test_quic_tampered_initial_is_refused() -> None:
         quic.client_hello([bytes(d)])
 
 
+# RFC 9001 Appendix A.1 and RFC 9369 Appendix A.1: the client's Initial secrets for the
+# destination connection ID 0x8394c8f03e515708.
+INITIAL_VECTORS = [
+    ("v1", 0x00000001, "1f369613dd76d5467730efcbe3b1a22d", "fa044b2f42a3fd3b46fb255c",
+     "9f50449e04a0e810283a1e9933adedd2"),
+    ("v2", 0x6B3343CF, "8b1a0bc121284290a29e0971b5cd045d", "91f73e2351d8fa91660e909f",
+     "45b95e15235d6f45a6b19cbcb0294ba9"),
+]
+
+
+@pytest.mark.parametrize("version,key,iv,hp", [x[1:] for x in INITIAL_VECTORS],
+                         ids=[x[0] for x in INITIAL_VECTORS])
+def test_quic_initial_secrets_match_the_rfc_vectors(version: int, key: str, iv: str, hp: str) -> None:
+    got = quic.client_initial_secrets(bytes.fromhex("8394c8f03e515708"), version)
+    assert got == (bytes.fromhex(key), bytes.fromhex(iv), bytes.fromhex(hp))
+
+
+@pytest.mark.parametrize("version", [x[1] for x in INITIAL_VECTORS], ids=[x[0] for x in INITIAL_VECTORS])
+def test_quic_initial_payload_matches_aioquic(version: int) -> None:
+    """Our decryption of a real client Initial gives the bytes aioquic's own keys give."""
+    from aioquic.buffer import Buffer  # type: ignore[attr-defined]
+    from aioquic.quic.crypto import CryptoPair  # type: ignore[attr-defined]
+    from aioquic.quic.packet import pull_quic_header
+
+    datagram = c.quic_initials("www.tiktok.com", version=version)[0]
+    buf = Buffer(data=datagram)
+    header = pull_quic_header(buf, host_cid_length=8)
+    packet = datagram[: header.packet_length]
+    pair = CryptoPair()
+    pair.setup_initial(header.destination_cid, is_client=False, version=version)
+    _, theirs, _ = pair.decrypt_packet(packet, buf.tell(), 0)
+    assert quic.InitialKeys(header.destination_cid, version).decrypt(packet, buf.tell()) == theirs
+
+
 def _two_records(record: bytes) -> bytes:
     """The same handshake message cut into two TLS records."""
     body = record[5:]
