@@ -25,7 +25,7 @@ from proxy_addons import cli as proxy_cli
 from replay import cli as replay_cli
 from runtime.args import add_legal_args, add_policy_args, load_or_exit
 
-from . import dashboard, export_cli, health, legal_cli, pause_cli, policy_cli, run
+from . import dashboard_cli, export_cli, health, legal_cli, pause_cli, policy_cli, run
 from .explain import decide_target, explain_dict, summary, target_arg
 
 
@@ -90,8 +90,8 @@ def cmd_explain(args: argparse.Namespace) -> int:
 # The subcommands that live with their packages, in --help order.  Imported
 # plainly: every one of them imports ``runtime``, never this module, so there
 # is no cycle to hide (tests/test_layers.py keeps it so).
-SUBSYSTEMS = (legal_cli, dns_cli, proxy_cli, replay_cli, run, export_cli, dashboard, pause_cli, policy_cli,
-              health)
+SUBSYSTEMS = (legal_cli, dns_cli, proxy_cli, replay_cli, run, export_cli, dashboard_cli, pause_cli,
+              policy_cli, health)
 
 
 # Plain text: --help prints it as is (the module docstring is reStructuredText).

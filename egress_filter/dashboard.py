@@ -46,16 +46,15 @@ from policies import Kind, PolicyError
 from policies.addresses import AddressError, split_hostport
 from runtime import control as ctl
 from runtime import notify
-from runtime.args import add_policy_args, is_loopback
+from runtime.args import is_loopback
 from runtime.holder import MAX_PAUSE, PolicyHolder
 from store import query as q
-from store.db import DEFAULT_PATH, open_reader
+from store.db import open_reader
 
 from .explain import explain_dict
 from .legal_cli import timeline
 
 PROG = "egress-filter dashboard"
-DEFAULT_LISTEN = "127.0.0.1:8088"
 MAX_THREADS = 32
 SOCKET_TIMEOUT = 10.0
 EXPORT_MAX = 100_000  # rows in one CSV/JSON-lines export
@@ -892,40 +891,8 @@ def read_token(path: str) -> bytes:
     return hashlib.sha256(token.encode("utf-8")).digest()
 
 
-def register(sub: Any) -> None:
-
-    p = sub.add_parser(
-        "dashboard",
-        help="serve the web dashboard and JSON API over an event store",
-        description="A read-only web dashboard over the SQLite event store (--db on dns, "
-        "proxy and run). Loopback only unless --auth-token-file is given.",
-    )
-    add_policy_args(p, moment=False)
-    p.add_argument(
-        "--listen",
-        default=DEFAULT_LISTEN,
-        metavar="HOST:PORT",
-        help=f"where to serve (default {DEFAULT_LISTEN}; port 0 picks a free one)",
-    )
-    p.add_argument(
-        "--db", default=DEFAULT_PATH, metavar="FILE", help=f"the event store (default {DEFAULT_PATH})"
-    )
-    p.add_argument(
-        "--auth-token-file",
-        metavar="FILE",
-        help="file holding the token clients must send (Bearer, or Basic with it as the password); "
-        "required for a listener off loopback, and for the pause switch (POST /api/pause, Bearer only)",
-    )
-    p.add_argument(
-        "--control",
-        metavar="PATH|off",
-        help="the control socket of the server the pause switch talks to (default: the servers' "
-        "default path; off: no switch)",
-    )
-    p.set_defaults(func=cmd_dashboard)
-
-
-def cmd_dashboard(args: argparse.Namespace) -> int:
+def serve(args: argparse.Namespace) -> int:
+    """The subcommand, its flags parsed (``dashboard_cli``)."""
 
     try:
         host, port = split_hostport(args.listen)

@@ -41,6 +41,8 @@ from policies.addresses import join_hostport, split_hostport
 from runtime import notify
 from runtime.args import add_policy_args, load_or_exit, print_legal_notices
 
+from .dashboard_cli import DEFAULT_DB
+
 DEFAULT_DNS = "127.0.0.1:5353"
 DEFAULT_PROXY = "127.0.0.1:8080"
 DEFAULT_DASHBOARD = "127.0.0.1:8088"
@@ -63,10 +65,8 @@ def register(sub: Any) -> None:
     p.add_argument("--log", default="-", metavar="FILE|-",
                    help="event log for both servers (default: stdout)")
     p.add_argument("--no-proxy", action="store_true", help="start only the DNS resolver")
-    from store.db import DEFAULT_PATH
-
-    p.add_argument("--db", default=DEFAULT_PATH, metavar="FILE",
-                   help=f"event store both servers share and the dashboard reads (default {DEFAULT_PATH})")
+    p.add_argument("--db", default=DEFAULT_DB, metavar="FILE",
+                   help=f"event store both servers share and the dashboard reads (default {DEFAULT_DB})")
     p.add_argument("--no-db", action="store_true", help="no event store, no dashboard")
     p.add_argument("--dashboard-listen", default=DEFAULT_DASHBOARD, metavar="HOST:PORT",
                    help=f"where the dashboard listens (default {DEFAULT_DASHBOARD}, loopback)")
