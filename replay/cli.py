@@ -197,10 +197,14 @@ def run(args: argparse.Namespace) -> int:
         nonlocal hit
         only = Action(args.only) if args.only else None
         for r in rep.lines(summary, report_json.line):
-            if threshold is not None and r.action.severity >= threshold:
+            if threshold is not None and not hit and r.severity() >= threshold:
                 hit = True
-            if only is None or r.action is only:
-                yield r.line
+            if only is None:
+                yield r.text
+                continue
+            for action, text in r.each():
+                if action is only:
+                    yield text
 
     if args.format == "sqlite" and not args.output:
         print("egress-filter replay: --format sqlite needs --output FILE", file=sys.stderr)

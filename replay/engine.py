@@ -145,10 +145,11 @@ class Replay:
             yield item
 
     def lines(self, summary: Summary, render: Callable[[Finding], str]) -> Iterator[Rendered]:
-        """Each finding's report line (``render``, a module-level function) and action, in
-        the order ``iter`` gives the findings, each counted into ``summary``.  With forked
-        workers each worker judges, renders and counts its own file, and the parent merges
-        the file's summary: what is left to the parent is concatenating (issue 11)."""
+        """The findings' report lines (``render``, a module-level function) and actions, in
+        the order ``iter`` gives the findings, each counted into ``summary``: one line a run
+        here, a batch a run from a worker.  With forked workers each worker judges, renders
+        and counts its own file, and the parent merges the file's summary: what is left to
+        the parent is concatenating (issue 11)."""
         for item in self._stream(summary, render):
             assert isinstance(item, Rendered)
             yield item
@@ -212,7 +213,7 @@ class Replay:
                         yield finding
                         continue
                     summary.add(finding)
-                    yield Rendered(finding.decision.action, render(finding))
+                    yield Rendered(bytes((ACTION_INDEX[finding.decision.action],)), render(finding))
                 if bar:
                     bar.file_done()
         finally:
@@ -416,11 +417,23 @@ class Job(NamedTuple):
 
 @dataclass(frozen=True, slots=True)
 class Rendered:
-    """A finding as the jsonl report needs it: its action (for ``--only`` and ``--fail-on``)
-    and its line, already written."""
+    """A run of findings as the jsonl report needs them: their lines, already written and
+    joined, and each line's action (its index in ``ACTIONS``), for ``--only`` and
+    ``--fail-on``.  A worker hands back a whole batch as one run, which the parent writes
+    as it is: the parent shares the cores with the workers (issue 11)."""
 
-    action: Action
-    line: str
+    actions: bytes
+    text: str
+
+    def each(self) -> Iterator[tuple[Action, str]]:
+        """Each line with its action.  Split on "\\n" alone: a JSON line holds none but its
+        last (JSON escapes it), while ``splitlines`` would also cut at U+2028, which it may."""
+        for i, text in zip(self.actions, self.text.split("\n"), strict=False):
+            yield ACTIONS[i], text + "\n"
+
+    def severity(self) -> int:
+        """The most severe action in the run."""
+        return max((ACTIONS[i].severity for i in set(self.actions)), default=-1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -450,7 +463,8 @@ class FilePart:
 
 
 Spooled = Sighting | Damage | str | Finding | Rendered | FilePart
-ACTIONS = tuple(Action)  # a Rendered's action is spooled as its index here
+ACTIONS = tuple(Action)  # a Rendered's actions are held as their indices here
+ACTION_INDEX = {a: i for i, a in enumerate(ACTIONS)}
 # Set in the parent just before the pool forks, so each worker inherits the policy views and
 # their caches instead of unpickling them per file.
 _JOB: Job | None = None
@@ -507,23 +521,37 @@ def _render_to_file(job: Job, path: str, dns_ports: frozenset[int], limits: Limi
             spill.clear()
 
     summary = Summary(spill=spilled)
-    action_index = {a: i for i, a in enumerate(ACTIONS)}
     latest: float | None = None
     render, judge, add = job.render, job.judge, summary.add
     with open(spool, "wb") as out:
-        batch: list[Any] = []
+        batch: list[Any] = []  # rows, and runs of rendered lines as (actions, text)
+        actions = bytearray()
+        texts: list[str] = []
+
+        def run() -> None:  # the lines so far, as one run, before the next row or the dump
+            if texts:
+                batch.append((bytes(actions), "".join(texts)))
+                actions.clear()
+                texts.clear()
+
+        pending = 0
         for item in read_input(path, dns_ports, limits):
             if isinstance(item, Sighting):
                 finding = Finding(item, judge(item))
                 add(finding)
                 if latest is None or item.time >= latest:
                     latest = item.time
-                batch.append((action_index[finding.decision.action], render(finding)))
+                actions.append(ACTION_INDEX[finding.decision.action])
+                texts.append(render(finding))
             else:
+                run()
                 batch.append(_row(item))
-            if len(batch) >= BATCH:
+            pending += 1
+            if pending >= BATCH:
+                run()
                 pickle.dump(batch, out, protocol=pickle.HIGHEST_PROTOCOL)
-                batch = []
+                batch, pending = [], 0
+        run()
         pickle.dump(batch, out, protocol=pickle.HIGHEST_PROTOCOL)
         if spill:
             spill_file = spill_file or open(spill_path, "wb")
@@ -565,7 +593,7 @@ def _spooled(spool: str, mode: str) -> Iterator[Spooled]:
                         continue
                     for entry in record:
                         if isinstance(entry, tuple) and len(entry) == 2:
-                            yield Rendered(ACTIONS[entry[0]], entry[1])
+                            yield Rendered(*entry)
                         else:
                             yield _item(entry)
                     continue

@@ -18,7 +18,7 @@ from .model import Finding
 from .report import event, row
 from .summary import Summary
 
-WRITE_BATCH = 512
+WRITE_CHARS = 1 << 16  # characters gathered for one write
 
 
 def line(v: Finding) -> str:
@@ -37,15 +37,18 @@ def write_jsonl(verdicts: Iterable[Finding], out: IO[str], summary: Summary) -> 
 
 
 def write_lines(lines: Iterable[str], out: IO[str]) -> None:
-    """Lines already written (``line``, in replay's workers or here), in batches; what is
-    built is written even when a reader fails part-way."""
+    """Lines already written (``line``, in replay's workers or here), in writes of about
+    ``WRITE_CHARS``; what is built is written even when a reader fails part-way."""
     batch: list[str] = []
+    size = 0
     try:
-        for text in lines:
+        for text in lines:  # a line, or a worker's run of them
             batch.append(text)
-            if len(batch) >= WRITE_BATCH:
+            size += len(text)
+            if size >= WRITE_CHARS:
                 out.write("".join(batch))
                 batch.clear()
+                size = 0
     finally:
         out.write("".join(batch))
 

@@ -255,6 +255,9 @@ JOBS_CASES = [
     # The workers judge (and write jsonl lines) with the parent's options, not their defaults.
     pytest.param("jsonl", ("--at", "2020-11-13"), id="jsonl-at-a-date"),
     pytest.param("jsonl", ("--only", "block"), id="jsonl-only-block"),
+    # A worker's run of lines is judged whole for --fail-on: the exit code is that of --jobs 1.
+    pytest.param("jsonl", ("--fail-on", "block"), id="jsonl-fail-on-block"),
+    pytest.param("jsonl", ("--only", "log", "--fail-on", "block"), id="jsonl-only-log-fail-on-block"),
 ]
 
 
@@ -267,8 +270,9 @@ def test_jobs_give_the_same_bytes(fmt: str, extra: tuple[str, ...], tmp_path: Pa
         _cli(str(root), str(tmp_path / "missing.pcap"), "--format", fmt, *extra, "--jobs", str(n))
         for n in (1, 2, 3)
     ]
-    assert runs[0][0] == 4
-    assert runs[0][1].count(b"www.tiktok.com" if "--only" not in extra else b"www.wechat.com") >= 4
+    assert runs[0][0] == (3 if "--fail-on" in extra else 4)  # 3: a block seen, before damage's 4
+    seen = b"www.wechat.com" if extra[:2] == ("--only", "block") else b"www.tiktok.com"
+    assert runs[0][1].count(seen) >= 4
     said = runs[0][2] if fmt != "table" else runs[0][1]  # the table shows its warnings itself
     assert b"file ends inside the packet" in said and b"cannot open" in said
     assert runs[1] == runs[0] and runs[2] == runs[0]

@@ -12,8 +12,9 @@ import pytest
 
 from policies import Action, Decision, Kind, Phase, PolicyView
 from replay import Finding, Sighting, Summary
+from replay.engine import ACTION_INDEX, Rendered
 from replay.report import event
-from replay.report_json import WRITE_BATCH, line, write_jsonl
+from replay.report_json import WRITE_CHARS, line, write_jsonl
 
 from .cases import CASES, Case
 from .conftest import replay_all
@@ -135,7 +136,8 @@ class ReaderFailed(Exception):
     pass
 
 
-@pytest.mark.parametrize("count", [0, 1, WRITE_BATCH - 1, WRITE_BATCH, 2 * WRITE_BATCH + 3], ids=str)
+# Lines of a few hundred characters: the larger counts span one and several writes.
+@pytest.mark.parametrize("count", [0, 1, 10, WRITE_CHARS // 100, WRITE_CHARS // 20], ids=str)
 def test_lines_built_before_a_reader_fails_are_written(count: int, tmp_path: Path) -> None:
     def verdicts() -> Iterator[Finding]:
         for i in range(count):
@@ -147,3 +149,20 @@ def test_lines_built_before_a_reader_fails_are_written(count: int, tmp_path: Pat
         write_jsonl(verdicts(), f, Summary())
     rows = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
     assert [r["egress"]["packet"] for r in rows] == list(range(1, count + 1))
+
+
+def test_a_run_of_lines_splits_back_into_its_lines() -> None:
+    """A worker's run of lines (``Rendered``) gives back each line and its action, even for
+    names holding the separators that ``splitlines`` would also cut at, and its worst action."""
+    names = ["www.tiktok.com", "a\u2028b.example", "c\u2029d\x85e.example", "f\x1cg.example",
+             "h\x0bi.example"]
+    findings = [
+        Finding(Sighting(1605000000.0 + i, Kind.DNS, name, packet=i + 1), DECISIONS[i % 3])
+        for i, name in enumerate(names)
+    ]
+    actions = bytes(ACTION_INDEX[f.decision.action] for f in findings)
+    run = Rendered(actions, "".join(line(f) for f in findings))
+    assert list(run.each()) == [(f.decision.action, line(f)) for f in findings]
+    assert run.severity() == Action.BLOCK.severity
+    allowed = Rendered(bytes((ACTION_INDEX[Action.ALLOW],)), line(findings[0]))
+    assert allowed.severity() == Action.ALLOW.severity
