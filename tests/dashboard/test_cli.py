@@ -19,7 +19,10 @@ def test_default_db_is_the_stores() -> None:
     assert build_parser().parse_args(["run"]).db == DEFAULT_PATH
 
 
-@pytest.mark.parametrize("module", ["http.server", "sqlite3", "egress_filter.dashboard"])
+SERVER_MODULES = ("http.server", "sqlite3", "egress_filter.dashboard")
+
+
+@pytest.mark.parametrize("module", [pytest.param(m, id=m) for m in SERVER_MODULES])
 def test_the_cli_does_not_import_the_server(module: str) -> None:
     code = ("import sys, egress_filter.cli; egress_filter.cli.build_parser(); "
             f"print({module!r} in sys.modules)")
