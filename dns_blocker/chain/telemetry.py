@@ -9,7 +9,8 @@ NOTIMP, dropped, CH identity, shed SERVFAIL) and the cache's counters go to
 ``metrics`` directly.  A ``Tally`` is what an answer made from stored bytes
 still has to count and log each time the same bytes go out again (the
 ready-answer link keeps it beside the bytes); with no metrics and no event
-log (``silent``) there is nothing to count, and no ``Tally`` is made.
+log (``silent``) there is nothing to count, and no ``Tally`` is made; with no
+metrics and no ``log_all``, none is made for an allowed cache hit either.
 Sans-IO: the metrics and the event sink are injected.
 """
 
@@ -60,6 +61,10 @@ class Telemetry:
         self.name_metrics = names is not None and name_metrics  # the opt-in per-name query count
         # With no metrics and no event log there is nothing to count or log.
         self.silent = type(metrics) is NullMetrics and not events.enabled
+        # With no metrics and no log_all, an allowed answer leaves no trace: no Tally for it, so
+        # that the repeated allows of a cache-warm resolver (most of its answers) cost nothing
+        # more when an event log or the store is on (issue 12).
+        self.allows_unseen = type(metrics) is NullMetrics and not log_all
 
     def arrived(self, client: str) -> None:
         """The opt-in per-name query count (names only, never addresses: bounded labels)."""
@@ -68,7 +73,9 @@ class Telemetry:
 
     def tally(self, served: Served, d: Decision, q: Query, response: str) -> Tally | None:
         """What an answer from stored bytes counts, or None when nothing is counted or logged."""
-        return None if self.silent else Tally(served, d, q, response)
+        if self.silent or (self.allows_unseen and served is Served.CACHED and d.action is Action.ALLOW):
+            return None
+        return Tally(served, d, q, response)
 
     def served(self, tally: Tally, client: str, port: int) -> None:
         """An answer made from stored bytes: a block, the canary, or a cache hit."""

@@ -122,6 +122,19 @@ def test_silent_makes_no_tally(metrics: NullMetrics, enabled: bool, silent: bool
     assert (t.tally(Served.BLOCKED, decision(BLOCKED), query(BLOCKED), "NXDOMAIN") is None) is silent
 
 
+# (metrics, log_all, name) -> whether an allowed or logged cache hit still gets a Tally
+@pytest.mark.parametrize(("metrics", "log_all", "name", "tallied"), [
+    pytest.param(NullMetrics(), False, FREE, False, id="allowed-unseen"),
+    pytest.param(NullMetrics(), True, FREE, True, id="allowed-log-all"),
+    pytest.param(FakeMetrics(), False, FREE, True, id="allowed-counted"),
+    pytest.param(NullMetrics(), False, LOGGED, True, id="logged-still-logged"),
+])
+def test_an_allowed_hit_no_one_sees_makes_no_tally(metrics: NullMetrics, log_all: bool, name: str,
+                                                    tallied: bool) -> None:
+    t = Telemetry(metrics, FakeEvents(True), log_all=log_all)
+    assert (t.tally(Served.CACHED, decision(name), query(name), "NOERROR") is not None) is tallied
+
+
 @pytest.mark.parametrize(("line", "opted_in", "want"), [
     pytest.param(f"{PLAIN} laptop-anna\n", True, [("client", "laptop-anna")], id="named"),
     pytest.param("192.0.2.99 other\n", True, [("client", "unknown")], id="unnamed"),
