@@ -7,8 +7,10 @@ and how fast the events API answers over a large store.
 
 - DNS cost: ``egress-filter dns`` cache-warm (the dns_bench workload: 20% blocked names, each
   one an event), closed-loop dnsperf, with ``--db`` off and on, alternating for ``--rounds``
-  rounds; the median QPS of each and the cost (target: under 5%).  Only the QPS is compared:
-  the store's writer runs on its own thread, off the answer path.
+  rounds; the median QPS of each and the cost (target: under 5%).  Only the QPS is compared.
+  The store's writer is a process of its own, which inherits the resolver's pinned CPU; with
+  ``--writer-cpu N`` one more mode, ``db-cpuN``, moves it to CPU N after start (the sizing
+  question: what the store costs the resolver's own core when the writer has another).
 - Ingest: ``Store.put`` of ``--ingest`` distinct events built by ``build_event`` (what the
   servers emit), timed until ``flush`` says every one is on disk (target: >= 50,000/s).
 - Page speed: a store of ``--events`` rows (built in SQL, in the store's schema, with documents
@@ -21,6 +23,7 @@ Everything binds 127.0.0.1; every run is bounded in time.
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import sqlite3
 import statistics
@@ -47,21 +50,38 @@ MODES = {"off": [], "log": ["--log", "{log}"], "db": ["--db", "{db}"],
          "log+db": ["--log", "{log}", "--db", "{db}"]}
 
 
-def dns_cost(workdir: Path, seconds: float, rounds: int) -> dict[str, float]:
+def _children(pid: int) -> list[int]:
+    try:
+        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    except OSError:
+        return []
+    return [int(c) for c in text.split()]
+
+
+def dns_cost(workdir: Path, seconds: float, rounds: int, writer_cpu: int | None = None) -> dict[str, float]:
     """Median closed-loop cache-warm QPS per mode: nothing recorded (the resolver then skips
-    building events at all), a JSON-lines log, the store, and both."""
+    building events at all), a JSON-lines log, the store, and both; with ``writer_cpu``, the
+    store with its writer process moved to that CPU too."""
     blocklist, names = write_blocklist(workdir, 100_000)
     upstream = upstream_server(workdir)
     upstream.start()
     work = Workload(workdir, names)
-    qps: dict[str, list[float]] = {m: [] for m in MODES}
+    modes = dict(MODES)
+    if writer_cpu is not None:
+        modes[f"db-cpu{writer_cpu}"] = MODES["db"]
+    qps: dict[str, list[float]] = {m: [] for m in modes}
     try:
         for r in range(rounds):
-            for mode, extra in MODES.items():
+            for mode, extra in modes.items():
                 server = ours_server(workdir, blocklist, upstream.port, f"{mode}{r}")
                 db, log = workdir / f"store-{mode}{r}.db", workdir / f"events-{mode}{r}.jsonl"
                 server.argv += [a.replace("{db}", str(db)).replace("{log}", str(log)) for a in extra]
                 server.start()
+                if mode.startswith("db-cpu") and server.proc is not None:
+                    writers = _children(server.proc.pid)
+                    if len(writers) != 1:
+                        raise RuntimeError(f"expected the store's writer as the one child, found {writers}")
+                    os.sched_setaffinity(writers[0], {writer_cpu})
                 try:
                     dnsperf(server.port, work.warmup_file(), 2)
                     run = dnsperf(server.port, work.file(int(60_000 * seconds), False), seconds)
@@ -208,6 +228,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workdir", help="keep files here (the big store is reused when it is already filled)")
     ap.add_argument("--skip-dns", action="store_true")
     ap.add_argument("--only", choices=("dns", "ingest", "api"), help="run one part")
+    ap.add_argument("--writer-cpu", type=int, metavar="N",
+                    help="also measure the store with its writer process moved to CPU N")
     args = ap.parse_args(argv)
     tmp = None if args.workdir else tempfile.TemporaryDirectory(prefix="dashboard-bench-")
     workdir = Path(args.workdir or tmp.name)  # type: ignore[union-attr]
@@ -215,11 +237,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if not args.skip_dns and args.only in (None, "dns"):
             print("DNS cache-warm QPS, store off vs on:", flush=True)
-            c = dns_cost(workdir, args.seconds, args.rounds)
+            c = dns_cost(workdir, args.seconds, args.rounds, args.writer_cpu)
             print("  median qps: " + ", ".join(f"{m} {v:,.0f}" for m, v in c.items()), flush=True)
             print(f"  store cost over a log: {1 - c['log+db'] / c['log']:.1%}; store alone over nothing "
                   f"recorded: {1 - c['db'] / c['off']:.1%}; log alone over nothing: "
                   f"{1 - c['log'] / c['off']:.1%} (target < {TARGET_COST:.0%})", flush=True)
+            if args.writer_cpu is not None:
+                moved = c[f"db-cpu{args.writer_cpu}"]
+                print(f"  store alone, its writer on CPU {args.writer_cpu}, over nothing recorded: "
+                      f"{1 - moved / c['off']:.1%}", flush=True)
         if args.only == "dns":
             return 0
         if args.only in (None, "ingest"):

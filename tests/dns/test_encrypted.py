@@ -88,6 +88,11 @@ def metric(r: ResolverProcess, pattern: str) -> float:
     return sum(found)
 
 
+def _samples(r: ResolverProcess, name: str) -> list[str]:
+    assert r.metrics_url
+    return [line for line in httpx.get(r.metrics_url, timeout=5).text.splitlines() if line.startswith(name)]
+
+
 @pytest.mark.parametrize("kind", KINDS)
 def test_answers_over_one_connection_kept_open(kind: str, resolver: Start,
                                                servers: Callable[..., tuple[Server, Authority]], ca: TestCA,
@@ -184,7 +189,8 @@ def test_failover_to_the_next_upstream(kind: str, failure: str, reason: str, res
     if bad_srv is not None:
         assert sum(bad_srv.queries.values()) == 1, "the failing upstream was asked first"
     errors = rf'egress_dns_upstream_errors_total\{{reason="{reason}",upstream="{re.escape(bad)}"\}}'
-    assert metric(r, errors) == 1
+    # Seen once under a loaded make test: 0 counted with this reason.  Say what was counted.
+    assert metric(r, errors) == 1, _samples(r, "egress_dns_upstream_errors_total")
 
 
 @pytest.mark.parametrize("kind", KINDS)
