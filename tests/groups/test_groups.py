@@ -14,6 +14,7 @@ injunction counts, allowed).
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -206,12 +207,16 @@ def test_run_notice_and_legal_status(authority: Any, policy_file: Path, tmp_path
         proc = subprocess.Popen([sys.executable, "-m", "egress_filter.cli", "run", "--no-proxy", "--policy",
                                  str(policy_file), "--at", DAY, "--dns-listen", f"127.0.0.1:{port}",
                                  "--upstream", authority.address, "--log", str(tmp_path / "ev.jsonl"),
-                                 *flags],
-                                cwd=REPO, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err)
+                                 # No store and no dashboard: run's defaults would put them in the
+                                 # real $HOME and on port 8088, which concurrent tests share.
+                                 "--no-db", *flags],
+                                cwd=REPO, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err,
+                                env={**os.environ, "HOME": str(tmp_path)})
     try:
         deadline = time.monotonic() + 30
         while "ready" not in err_path.read_text() and time.monotonic() < deadline and proc.poll() is None:
             time.sleep(0.05)
+        deadline = time.monotonic() + 30  # the resolver's own answers get their own 30 s
         # "ready" may come from run before its resolver answers on a loaded
         # machine: ask again until the deadline (bounded in count and time).
         got = None
