@@ -79,18 +79,16 @@ def servers(ca: TestCA) -> Iterator[Callable[..., tuple[Server, Authority]]]:
             auth.stop()
 
 
-def metric(r: ResolverProcess, pattern: str) -> float:
-    """The sum of the samples whose line matches ``pattern``."""
+def _samples(r: ResolverProcess, pattern: str) -> list[str]:
+    """The sample lines (no comments) that match ``pattern``."""
     assert r.metrics_url
     text = httpx.get(r.metrics_url, timeout=5).text
-    found = [float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-             if not line.startswith("#") and re.search(pattern, line)]
-    return sum(found)
+    return [line for line in text.splitlines() if not line.startswith("#") and re.search(pattern, line)]
 
 
-def _samples(r: ResolverProcess, name: str) -> list[str]:
-    assert r.metrics_url
-    return [line for line in httpx.get(r.metrics_url, timeout=5).text.splitlines() if line.startswith(name)]
+def metric(r: ResolverProcess, pattern: str) -> float:
+    """The sum of the samples whose line matches ``pattern``."""
+    return sum(float(line.rsplit(" ", 1)[1]) for line in _samples(r, pattern))
 
 
 @pytest.mark.parametrize("kind", KINDS)
