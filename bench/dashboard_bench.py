@@ -58,19 +58,37 @@ def _children(pid: int) -> list[int]:
     return [int(c) for c in text.split()]
 
 
+def _cpu_seconds(pid: int) -> float:
+    """utime + stime of process ``pid`` (all its threads, none of its children)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def dns_cost(workdir: Path, seconds: float, rounds: int, writer_cpu: int | None = None,
-             only: tuple[str, ...] = tuple(MODES)) -> dict[str, float]:
+             only: tuple[str, ...] = tuple(MODES), warm_blocked: int = 0,
+             cpu: dict[str, float] | None = None) -> dict[str, float]:
     """Median closed-loop cache-warm QPS per mode: nothing recorded (the resolver then skips
     building events at all), a JSON-lines log, the store, and both; with ``writer_cpu``, the
-    store with its writer process moved to that CPU too."""
+    store with its writer process moved to that CPU too.  With ``warm_blocked`` N, the blocked
+    fifth of the queries are drawn from N names that the warm-up asked too (as the allowed
+    names are): every block a repeat, as at home; without, from all 100,000 listed names, so
+    that most blocks are the resolver's first for their name.  ``cpu``, when given, is filled
+    with the median CPU time of the resolver's own process per answered query, in us: what
+    the store costs the resolver itself, apart from what its writer takes from dnsperf's
+    core."""
     blocklist, names = write_blocklist(workdir, 100_000)
     upstream = upstream_server(workdir)
     upstream.start()
-    work = Workload(workdir, names)
+    work = Workload(workdir, names[:warm_blocked] if warm_blocked else names)
+    warmup = work.warmup_file()
+    if warm_blocked:
+        with warmup.open("a") as f:
+            f.writelines(f"{n} A\n" for n in names[:warm_blocked])
     modes = {m: MODES[m] for m in only}
     if writer_cpu is not None:
         modes[f"db-cpu{writer_cpu}"] = MODES["db"]
     qps: dict[str, list[float]] = {m: [] for m in modes}
+    per_query: dict[str, list[float]] = {m: [] for m in modes}
     try:
         for r in range(rounds):
             for mode, extra in modes.items():
@@ -84,16 +102,24 @@ def dns_cost(workdir: Path, seconds: float, rounds: int, writer_cpu: int | None 
                         raise RuntimeError(f"expected the store's writer as the one child, found {writers}")
                     os.sched_setaffinity(writers[0], {writer_cpu})
                 try:
-                    dnsperf(server.port, work.warmup_file(), 2)
-                    run = dnsperf(server.port, work.file(int(60_000 * seconds), False), seconds)
+                    dnsperf(server.port, warmup, 2)
+                    queries = work.file(int(60_000 * seconds), False)
+                    assert server.proc is not None
+                    before = _cpu_seconds(server.proc.pid)
+                    run = dnsperf(server.port, queries, seconds)
+                    used = (_cpu_seconds(server.proc.pid) - before) / max(1, run.completed) * 1e6
                     qps[mode].append(run.qps)
-                    print(f"  round {r + 1} {mode:<6}: {run.qps:,.0f} qps (loss {run.loss:.2%})", flush=True)
+                    per_query[mode].append(used)
+                    print(f"  round {r + 1} {mode:<6}: {run.qps:,.0f} qps (loss {run.loss:.2%}), "
+                          f"resolver {used:.2f} us CPU a query", flush=True)
                 finally:
                     server.stop()
                 db.unlink(missing_ok=True)
                 log.unlink(missing_ok=True)
     finally:
         upstream.stop()
+    if cpu is not None:
+        cpu.update({m: statistics.median(v) for m, v in per_query.items()})
     return {m: statistics.median(v) for m, v in qps.items()}
 
 
@@ -231,6 +257,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", choices=("dns", "ingest", "api"), help="run one part")
     ap.add_argument("--modes", default=",".join(MODES), metavar="M,M",
                     help=f"the DNS modes to measure, a subset of {','.join(MODES)} (off must be one)")
+    ap.add_argument("--warm-blocked", type=int, default=0, metavar="N",
+                    help="draw the blocked queries from N names the warm-up asked too (default: "
+                         "from all 100,000, mostly first-time blocks)")
     ap.add_argument("--writer-cpu", type=int, metavar="N",
                     help="also measure the store with its writer process moved to CPU N")
     args = ap.parse_args(argv)
@@ -243,8 +272,15 @@ def main(argv: list[str] | None = None) -> int:
             modes = tuple(args.modes.split(","))
             if "off" not in modes or not set(modes) <= set(MODES):
                 ap.error(f"--modes: a subset of {','.join(MODES)} that includes off")
-            c = dns_cost(workdir, args.seconds, args.rounds, args.writer_cpu, modes)
+            cpu: dict[str, float] = {}
+            c = dns_cost(workdir, args.seconds, args.rounds, args.writer_cpu, modes, args.warm_blocked, cpu)
             print("  median qps: " + ", ".join(f"{m} {v:,.0f}" for m, v in c.items()), flush=True)
+            print("  median resolver CPU a query (us): " + ", ".join(f"{m} {v:.2f}" for m, v in cpu.items()),
+                  flush=True)
+            for m in cpu:
+                if m != "off":
+                    print(f"  {m}: the resolver's own CPU a query {cpu[m] / cpu['off'] - 1:+.1%} over off",
+                          flush=True)
             costs = (("store over a log", "log+db", "log"),
                      ("store alone over nothing recorded", "db", "off"),
                      ("log alone over nothing", "log", "off"))

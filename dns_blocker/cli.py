@@ -189,7 +189,7 @@ def cmd_dns(args: argparse.Namespace) -> int:
     db = open_store(PROG, settings.db, queue.max_events, retention(settings.db_days, settings.db_max_bytes))
     events = EventLog(_worker_log(settings.log, 0) if workers else settings.log,
                       max_events=queue.max_events, max_bytes=queue.max_bytes,
-                      also=db.put if db else None)
+                      also=db.put if db else None, also_shaped=db.put_shaped if db else None)
     # The control socket (egress-filter pause): with workers, this process relays to each one's.
     from runtime.control import HolderControl, Relay, start_for
 

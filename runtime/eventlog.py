@@ -20,11 +20,17 @@ FIFO with no reader yet is not an error: it is opened non-blocking, and the
 writer retries until a reader comes (events queue meanwhile, within bounds).
 ``reopen`` (on SIGHUP, after logrotate moved the file) opens the path anew
 between two lines; if that fails the old sink is kept.
+
+``emit_shaped`` takes a repeated event as its ``Shape`` and the values that
+change (``runtime.shape``): the line is rendered from the shape (a fraction of
+building and encoding the event), and the store, when there is one, is handed
+the shape with the same event id, for its writer process to render.
 """
 
 from __future__ import annotations
 
 import errno
+import json
 import os
 import queue
 import select
@@ -40,6 +46,7 @@ from typing import Any
 from policies.events import ECS_VERSION, SCHEMA_VERSION, utc_iso
 
 from .jsonline import encode as encode_line
+from .shape import Shape, ShapedDoor, ShapedSink, event_id_at, line_at
 
 _STOP = object()
 _REOPEN = object()
@@ -110,7 +117,8 @@ class EventLogStats:
 class EventLog:
     def __init__(self, target: str | None, *, max_events: int = DEFAULT_MAX_EVENTS,
                  max_bytes: int = DEFAULT_MAX_BYTES, warn_interval: float = DEFAULT_WARN_INTERVAL,
-                 also: Callable[[dict[str, Any]], None] | None = None):
+                 also: Callable[[dict[str, Any]], None] | None = None,
+                 also_shaped: ShapedSink | None = None):
         """``target``: a path (appended to), ``-`` for stdout, or None to discard.
         ``max_events``/``max_bytes`` bound what may wait for a slow sink;
         ``warn_interval`` is the least time between two loss warnings.
@@ -118,6 +126,7 @@ class EventLog:
         Raises ``OSError`` when the path cannot be opened for appending."""
         self.target = target
         self.also = also  # one more non-blocking sink for every event (store.Store.put), or None
+        self.also_shaped = also_shaped  # the same sink's door for shaped events (Store.put_shaped)
         self.max_events = max(1, max_events)
         self.max_bytes = max(1, max_bytes)
         self.warn_interval = warn_interval
@@ -178,6 +187,27 @@ class EventLog:
                 self.emitted += 1
                 self.unserialisable += 1
             return
+        self._enqueue(data)
+
+    def emit_shaped(self, shape: Shape, ts: float, ip: str, port: int, name: str | None) -> None:
+        """Queue one repeated event, given as its shape and what changes (``runtime.shape``)."""
+        # The log's line and the store's row share one event id.
+        event_id = event_id_at(ts) if self._thread is not None else None
+        if self.also_shaped is not None:
+            self.also_shaped(shape, ts, ip, port, name, event_id)
+        elif self.also is not None:  # a sink that only takes dicts gets the event the line holds
+            self.also(json.loads(line_at(shape, ts, event_id or event_id_at(ts), ip, port, name)))
+        if event_id is not None:
+            self._enqueue((line_at(shape, ts, event_id, ip, port, name) + "\n").encode())
+
+    def shaped_door(self) -> ShapedDoor:
+        """What takes a shaped event here: ``emit_shaped``, or with no file to write, the
+        store's own door (one call less per repeat on the resolver's answer path)."""
+        if self._thread is None and self.also_shaped is not None:
+            return self.also_shaped
+        return self.emit_shaped
+
+    def _enqueue(self, data: bytes) -> None:
         size = len(data)
         with self._lock:
             self.emitted += 1

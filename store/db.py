@@ -35,6 +35,10 @@ from dataclasses import dataclass
 from typing import IO, Any
 
 from runtime.jsonline import encode as encode_line
+from runtime.shape import Shape
+
+# A repeated event as ``put_shaped`` queues it: (shape, ts, event_id, ip, port, name).
+Shaped = tuple[Shape, float, str | None, str, int, str | None]
 
 DEFAULT_PATH = "~/.local/state/egress-filter/events.db"
 DEFAULT_MAX_QUEUE = 100_000
@@ -43,6 +47,7 @@ FLUSH_INTERVAL = 0.2  # seconds: the longest an event waits before it can be see
 PRUNE_INTERVAL = 30.0
 PRUNE_ROWS = 20_000
 MAX_LIMIT = 1000
+MAX_SHAPES = 20_000  # shapes the writer keeps (about 1.5 KB each), as many as ready answers per group
 QUERY_SECONDS = 2.0  # a reader query is interrupted after this long
 # The writer process runs ``-m store.writer`` from the directory that holds this package.
 _PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -101,7 +106,7 @@ class StoreStats:
 _second: tuple[str, int] = ("", 0)  # the last "YYYY-MM-DDTHH:MM:SS" seen and its epoch ms
 
 
-def _ms(stamp: str) -> int:
+def stamp_ms(stamp: str) -> int:
     """``@timestamp`` ("YYYY-MM-DDTHH:MM:SS.mmmZ", as ``utc_iso`` writes it) → epoch ms.
     Events come in time order, many per second: the whole second is parsed once."""
     global _second
@@ -123,7 +128,8 @@ def row_of(ev: dict[str, Any], doc: str | None = None) -> tuple[Any, ...]:
     eg = ev.get("egress") or {}
     e = ev.get("event") or {}
     apps = eg.get("apps") or []
-    return (_ms(ev.get("@timestamp", "")), e.get("id"), e.get("action") or eg.get("action"), e.get("reason"),
+    return (stamp_ms(ev.get("@timestamp", "")), e.get("id"), e.get("action") or eg.get("action"),
+            e.get("reason"),
             (ev.get("observer") or {}).get("type") or eg.get("component"), eg.get("kind"), eg.get("value"),
             apps[0] if apps else None, ",".join(apps), eg.get("group"), eg.get("phase"),
             (ev.get("rule") or {}).get("name"), (ev.get("source") or {}).get("ip"), eg.get("response"),
@@ -175,7 +181,9 @@ class Store:
         self.prune_interval = prune_interval
         connect(self.path).close()  # a bad path fails here, in the server, at start-up
         self._lock = threading.Lock()
-        self._queue: deque[dict[str, Any]] = deque()
+        self._queue: deque[dict[str, Any] | Shaped] = deque()
+        self._sids: dict[int, tuple[Shape, int]] = {}  # the feeder's: shapes the writer knows, by id()
+        self._next_sid = 0
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._flushed = threading.Condition(self._lock)
@@ -201,6 +209,19 @@ class Store:
                 self.dropped += 1
                 return
             self._queue.append(event)
+            if len(self._queue) >= BATCH:
+                self._wake.set()
+
+    def put_shaped(self, shape: Shape, ts: float, ip: str, port: int, name: str | None,
+                   event_id: str | None = None) -> None:
+        """A repeated event as its shape and what changes (``runtime.shape``): the writer
+        process renders it (``event_id`` None: the writer makes one)."""
+        with self._lock:
+            self.puts += 1
+            if len(self._queue) >= self.max_queue or self._stop.is_set():
+                self.dropped += 1
+                return
+            self._queue.append((shape, ts, event_id, ip, port, name))  # rendered by the writer
             if len(self._queue) >= BATCH:
                 self._wake.set()
 
@@ -253,7 +274,7 @@ class Store:
 
     # --- the feeder thread -------------------------------------------------
 
-    def _take(self) -> list[dict[str, Any]]:
+    def _take(self) -> list[dict[str, Any] | Shaped]:
         with self._lock:
             n = min(BATCH, len(self._queue))
             return [self._queue.popleft() for _ in range(n)]
@@ -281,20 +302,58 @@ class Store:
                     pass
                 return
 
-    def _send(self, pipe: IO[bytes], batch: list[dict[str, Any]]) -> None:
+    def _send(self, pipe: IO[bytes], batch: list[dict[str, Any] | Shaped]) -> None:
+        """Each run of events and of shaped events in ``batch``, in order."""
+        start = 0
+        for i in range(1, len(batch) + 1):
+            if i == len(batch) or (type(batch[i]) is tuple) != (type(batch[start]) is tuple):
+                run = batch[start:i]
+                if type(run[0]) is tuple:
+                    self._send_shaped(pipe, run)  # type: ignore[arg-type]
+                else:
+                    self._send_rows(pipe, run)  # type: ignore[arg-type]
+                start = i
+
+    def _send_rows(self, pipe: IO[bytes], batch: list[dict[str, Any]]) -> None:
         rows = []
         for ev in batch:
             try:
                 rows.append(row_of(ev, encode_line(ev)[:-1].decode()))
             except (TypeError, ValueError, AttributeError, RecursionError):
                 pass
-        bad = len(batch) - len(rows)
+        self._write(pipe, b"R", rows, len(batch) - len(rows))
+
+    def _send_shaped(self, pipe: IO[bytes], batch: list[Shaped]) -> None:
+        """``S <sid> <bytes>`` for each shape the writer has not seen (``C`` first when the
+        known shapes reach ``MAX_SHAPES``: both sides forget them), then ``Q`` with one
+        ``(sid, ts, event_id, ip, port, name)`` per event."""
+        head = []
+        records = []
+        sids = self._sids
+        for shape, ts, event_id, ip, port, name in batch:
+            known = sids.get(id(shape))
+            if known is None or known[0] is not shape:
+                if len(sids) >= MAX_SHAPES:
+                    sids.clear()
+                    head.append(b"C\n")
+                sid = self._next_sid
+                self._next_sid += 1
+                sids[id(shape)] = (shape, sid)
+                blob = marshal.dumps((shape.pieces, shape.slots))
+                head.append(b"S %d %d\n" % (sid, len(blob)) + blob)
+            else:
+                sid = known[1]
+            records.append((sid, ts, event_id, ip, port, name))
+        self._write(pipe, b"Q", records, 0, b"".join(head))
+
+    def _write(self, pipe: IO[bytes], kind: bytes, items: list[tuple[Any, ...]], bad: int,
+               head: bytes = b"") -> None:
         try:
-            blob = marshal.dumps(rows)
-            pipe.write(b"R %d %d\n" % (len(rows), len(blob)) + blob)
+            blob = marshal.dumps(items)
+            pipe.write(head + kind + b" %d %d\n" % (len(items), len(blob)) + blob)
             pipe.flush()
         except (OSError, ValueError):  # the writer is gone: these are lost, and counted
-            bad = len(batch)
+            bad += len(items)
         if bad:
             with self._lock:
                 self.write_errors += bad

@@ -4,6 +4,10 @@
 followed by ``n`` rows (tuples in ``COLUMNS`` order) marshalled in ``bytes`` bytes, and the
 drops it counted as ``D <n>``; a batch may also come as ``E <n>`` followed by ``n`` JSON
 lines (events this process turns into rows: what a script or a test can write by hand).
+Repeated events come as shapes (``runtime.shape``): ``S <sid> <bytes>`` registers one
+(its pieces and slots, marshalled), ``Q <n> <bytes>`` carries ``n`` marshalled
+``(sid, ts, event_id, ip, port, name)`` records that this process renders into the same rows
+a whole event makes, and ``C`` forgets every shape (the sender's registry was full).
 This process inserts each batch in one transaction and answers ``W <written> <failed>`` per
 batch and ``P <pruned>`` per retention pass.  It runs beside the resolver or the proxy so
 that SQLite's work never holds the server's interpreter lock (issue 12: the store's cost on the DNS path).
@@ -26,11 +30,14 @@ from typing import Any, BinaryIO
 
 import orjson
 
-from .db import COLUMNS, Retention, connect, prune_pass, row_of
+from runtime.shape import Shape, Slot, event_id_at, stamp_at
+
+from .db import COLUMNS, MAX_SHAPES, Retention, connect, prune_pass, row_of, stamp_ms
 
 INSERT = f"INSERT INTO events ({','.join(COLUMNS)}) VALUES ({','.join('?' * len(COLUMNS))})"
 MAX_BATCH = 100_000  # a header asking for more is a broken sender: stop rather than trust it
 MAX_BLOB = 256 << 20  # likewise for a marshalled batch's size
+MAX_SID = 1 << 62  # shape ids only grow; one past this is a broken sender
 
 
 def _unmarshal(blob: bytes) -> list[tuple[Any, ...]]:
@@ -54,6 +61,44 @@ def _rows(lines: list[bytes]) -> list[tuple[Any, ...]]:
             rows.append(row_of(orjson.loads(line), line[:-1].decode("utf-8", "replace")))
         except (orjson.JSONDecodeError, TypeError, ValueError, AttributeError):
             pass
+    return rows
+
+
+def _register(shapes: dict[int, tuple[Shape, tuple[Any, ...]]], sid: int, blob: bytes) -> None:
+    """Keep shape ``sid`` with its row's fixed columns, read off one line rendered from it; a
+    shape that does not render an event is left out (its events then count as failed)."""
+    try:
+        pieces, slots = marshal.loads(blob)
+        shape = Shape(tuple(pieces), tuple(Slot(s) for s in slots))
+        if len(shape.pieces) != len(shape.slots) + 1 or not all(isinstance(p, str) for p in shape.pieces):
+            return
+        row = row_of(orjson.loads(shape.render("1970-01-01T00:00:00.000Z", "0", "0.0.0.0", 0, None)))
+    except (EOFError, ValueError, TypeError, AttributeError, orjson.JSONDecodeError):
+        return
+    if len(shapes) < MAX_SHAPES:
+        shapes[sid] = (shape, row[2:12] + row[13:14])
+
+
+def _shaped(shapes: dict[int, tuple[Shape, tuple[Any, ...]]], blob: bytes) -> list[tuple[Any, ...]]:
+    """The rows of a ``Q`` batch: each record rendered with its shape; a record of an unknown
+    shape or of the wrong form is left out (and so counted as failed)."""
+    try:
+        records = marshal.loads(blob)
+    except (EOFError, ValueError, TypeError):
+        return []
+    if not isinstance(records, list):
+        return []
+    rows = []
+    for record in records:
+        try:
+            sid, ts, event_id, ip, port, name = record
+            shape, fixed = shapes[sid]
+            stamp = stamp_at(ts)
+            event_id = event_id or event_id_at(ts)
+            doc = shape.render(stamp, event_id, ip, port, name)
+        except (KeyError, ValueError, TypeError, AttributeError):
+            continue
+        rows.append((stamp_ms(stamp), event_id, *fixed[:10], ip, fixed[10], doc))
     return rows
 
 
@@ -134,6 +179,7 @@ def serve(path: str, keep: Retention, prune_interval: float, inp: BinaryIO, out:
     conn.execute("PRAGMA wal_autocheckpoint=4096")
     last_prune = -prune_interval  # a first pass at start, as soon as the store opens
     pipe = _Input(inp.fileno())
+    shapes: dict[int, tuple[Shape, tuple[Any, ...]]] = {}  # sid -> shape, its row's fixed columns
     while True:
         now = time.monotonic()
         if now - last_prune >= prune_interval:
@@ -156,16 +202,26 @@ def serve(path: str, keep: Retention, prune_interval: float, inp: BinaryIO, out:
         if kind == b"D" and n >= 0:
             _add_dropped(conn, n)
             continue
-        size = int(nums[1]) if kind == b"R" and len(nums) == 2 and nums[1].isdigit() else -1
-        bad_size = kind == b"R" and not 0 <= size <= MAX_BLOB
-        if kind not in (b"E", b"R") or not 0 <= n <= MAX_BATCH or bad_size:
+        if kind == b"C" and not nums:
+            shapes.clear()
+            continue
+        sized = kind in (b"R", b"S", b"Q")
+        size = int(nums[1]) if sized and len(nums) == 2 and nums[1].isdigit() else -1
+        if (kind not in (b"E", b"R", b"S", b"Q") or not 0 <= n <= (MAX_SID if kind == b"S" else MAX_BATCH)
+                or (sized and not 0 <= size <= MAX_BLOB)):
             sys.stderr.write(f"egress-filter store writer: bad header {header[:40]!r}; stopping\n")
             conn.close()
             return 2
-        if kind == b"R":
+        if sized:
             blob = pipe.read(size)
             short = len(blob) < size
-            rows = [] if short else _unmarshal(blob)
+            if kind == b"S":
+                if short:
+                    conn.close()
+                    return 0
+                _register(shapes, n, blob)
+                continue
+            rows = [] if short else _unmarshal(blob) if kind == b"R" else _shaped(shapes, blob)
         else:
             lines = [pipe.readline() for _ in range(n)]
             rows = _rows([line for line in lines if line])

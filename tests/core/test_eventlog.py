@@ -168,3 +168,51 @@ def test_appends_to_an_existing_file(tmp_path: Path) -> None:
     with EventLog(str(out)) as log:
         log.emit({"seq": 0})
     assert [e["seq"] for e in lines(out)] == [-1, 0]
+
+
+# (a file log, a dict-only sink, a shape-taking sink) -> what each is given
+@pytest.mark.parametrize(("to_file", "dict_sink", "shape_sink"), [
+    pytest.param(True, False, False, id="file"),
+    pytest.param(True, True, True, id="file-and-store"),
+    pytest.param(False, False, True, id="store-only"),
+    pytest.param(False, True, False, id="dict-sink-only"),
+    pytest.param(True, True, False, id="file-and-dict-sink"),
+])
+def test_emit_shaped_writes_the_whole_event(tmp_path: Path, to_file: bool, dict_sink: bool,
+                                            shape_sink: bool) -> None:
+    """A shaped event becomes the line the whole event would (the same id in the line and in
+    what the store is handed); a sink that only takes dicts gets the event as a dict."""
+    from policies import Observation
+    from policies.events import build_event
+    from runtime.jsonline import encode
+    from tests.core.test_shape import BLOCK, shape_of
+
+    shape = shape_of(BLOCK, "www.tiktok.com", "A", "NXDOMAIN", False)
+    assert shape is not None
+    path = tmp_path / "events.jsonl"
+    dicts: list[dict[str, Any]] = []
+    shaped: list[tuple[Any, ...]] = []
+    log = EventLog(str(path) if to_file else None, also=dicts.append if dict_sink else None,
+                   also_shaped=(lambda *a: shaped.append(a)) if shape_sink else None)
+    ts = 1_700_000_000.5
+    door = log.shaped_door()
+    assert (door == log.emit_shaped) is (to_file or not shape_sink)
+    door(shape, ts, "10.0.0.5", 5353, None)
+    log.close()
+    line = path.read_text() if to_file else None
+    ids = []
+    if line is not None:
+        ev = json.loads(line)
+        ids.append(ev["event"]["id"])
+        whole = build_event(BLOCK, Observation.dns("www.tiktok.com", "10.0.0.5"), "dns", timestamp=ts,
+                            event_id=ev["event"]["id"], client_port=5353, qtype="A", response="NXDOMAIN")
+        assert line == encode(whole).decode()
+    if shape_sink:
+        assert len(shaped) == 1 and shaped[0][0] is shape and shaped[0][1] == ts
+        assert shaped[0][5:] == ((ids[0],) if to_file else ())  # no log: the store's writer makes the id
+        assert dicts == []
+    elif dict_sink:
+        assert len(dicts) == 1 and dicts[0]["source"] == {"ip": "10.0.0.5", "port": 5353}
+        if to_file:
+            assert dicts[0]["event"]["id"] == ids[0]
+    assert log.stats().emitted == (1 if to_file else 0)

@@ -16,19 +16,34 @@ from pathlib import Path
 
 import pytest
 
+from policies import Observation
+from policies.events import build_event
+from runtime.shape import event_id_at
 from store import Store
-from store.db import row_of
+from store.db import COLUMNS, row_of
+from tests.core.test_shape import BLOCK, shape_of
 
 from .test_store import event
 
 LINE = (json.dumps(event("a.tiktok.test")) + "\n").encode()
 ROW = row_of(event("a.tiktok.test"))
+SHAPE = shape_of(BLOCK, "a.tiktok.test", "A", "NXDOMAIN", False)
+assert SHAPE is not None
 
 
-def rows(*batch: object) -> bytes:
-    """An ``R`` batch as ``Store`` sends it: the header, then the marshalled rows."""
+def rows(*batch: object, kind: bytes = b"R") -> bytes:
+    """An ``R`` batch as ``Store`` sends it (or a ``Q`` batch of shaped records): the header,
+    then the marshalled items."""
     blob = marshal.dumps(list(batch))
-    return b"R %d %d\n" % (len(batch), len(blob)) + blob
+    return kind + b" %d %d\n" % (len(batch), len(blob)) + blob
+
+
+def shape(sid: int, blob: bytes = marshal.dumps((SHAPE.pieces, tuple(SHAPE.slots)))) -> bytes:
+    return b"S %d %d\n" % (sid, len(blob)) + blob
+
+
+def shaped(*sids: int) -> bytes:
+    return rows(*((sid, 1_700_000_000.5, None, "10.0.0.5", 5353, None) for sid in sids), kind=b"Q")
 
 
 CASES = [
@@ -45,7 +60,16 @@ CASES = [
     pytest.param(rows(ROW)[:-3], 0, [b"W 0 1"], 0, 0, id="stdin-closed-mid-rows"),
     pytest.param(b"R 1\n", 2, [], 0, 0, id="rows-without-size-stops"),
     pytest.param(b"R 1 999999999999\n", 2, [], 0, 0, id="oversized-rows-stop"),
-    pytest.param(b"C 1 5\nxxxxx", 2, [], 0, 0, id="unknown-kind-stops"),
+    pytest.param(b"X 1 5\nxxxxx", 2, [], 0, 0, id="unknown-kind-stops"),
+    pytest.param(shape(7) + shaped(7, 7), 0, [b"W 2 0"], 2, 0, id="shaped"),
+    pytest.param(shape(7) + shaped(7, 8), 0, [b"W 1 1"], 1, 0, id="unknown-shape-counted"),
+    pytest.param(shape(7) + b"C\n" + shaped(7), 0, [b"W 0 1"], 0, 0, id="cleared-shape-counted"),
+    pytest.param(shape(7, b"xxxxx") + shaped(7), 0, [b"W 0 1"], 0, 0, id="bad-shape-refused"),
+    pytest.param(shape(7, marshal.dumps((("{",), ()))) + shaped(7), 0, [b"W 0 1"], 0, 0,
+                 id="shape-not-an-event-refused"),
+    pytest.param(shape(7) + rows((7,), "x", kind=b"Q"), 0, [b"W 0 2"], 0, 0, id="bad-records-counted"),
+    pytest.param(b"S 7\n", 2, [], 0, 0, id="shape-without-size-stops"),
+    pytest.param(shape(7)[:-3], 0, [], 0, 0, id="stdin-closed-mid-shape"),
 ]
 
 
@@ -65,6 +89,46 @@ def test_writer_protocol(tmp_path: Path, stdin: bytes, code: int, answers: list[
         assert (got[0] if got else 0) == dropped
     finally:
         conn.close()
+
+
+def test_a_shaped_event_is_the_row_of_the_whole_event(tmp_path: Path) -> None:
+    """Through a real ``Store``: the same event put whole and put as its shape (with the
+    same id and time) gives the same row; shapes past ``MAX_SHAPES`` are forgotten on both
+    sides (``C``) and sent again."""
+    import store.db
+
+    db = tmp_path / "s.db"
+    s = Store(str(db), flush_interval=0.01)
+    names = [f"n{i}.tiktok.test" for i in range(5)]
+    try:
+        old, store.db.MAX_SHAPES = store.db.MAX_SHAPES, 2
+        for round_ in range(2):
+            for i, name in enumerate(names):
+                sh = shape_of(BLOCK, name, "A", "NXDOMAIN", True)
+                assert sh is not None
+                ts = 1_700_000_000.25 + round_ * 10 + i
+                eid = event_id_at(ts)
+                s.put_shaped(sh, ts, "10.0.0.5", 5353 + i, "kids-tablet", eid if i % 2 else None)
+                whole = build_event(BLOCK, Observation.dns(name, "10.0.0.5"), "dns", event_id=eid,
+                                    timestamp=ts, client_port=5353 + i, qtype="A", response="NXDOMAIN",
+                                    client_name="kids-tablet")
+                s.put(whole)
+        assert s.flush(10.0)
+    finally:
+        store.db.MAX_SHAPES = old
+        s.close()
+    conn = sqlite3.connect(db)
+    try:
+        got = conn.execute(f"SELECT {','.join(COLUMNS)} FROM events ORDER BY id").fetchall()
+    finally:
+        conn.close()
+    assert len(got) == 20
+    for by_shape, whole_row in zip(got[::2], got[1::2], strict=True):
+        if by_shape[1] != whole_row[1]:  # the writer made this one's id: alike but for it
+            assert len(by_shape[1]) == 32 and by_shape[1][:12] == whole_row[1][:12]
+            by_shape = tuple(v.replace(by_shape[1], whole_row[1]) if isinstance(v, str) else v
+                             for v in by_shape)
+        assert by_shape == whole_row
 
 
 def test_a_dead_writer_loses_nothing_silently(tmp_path: Path) -> None:

@@ -1,9 +1,12 @@
 """The telemetry link alone, against fake metrics and a fake event sink: what each
 kind of answer counts, and when it is logged (blocks and logs always, allowed
-answers only with log_all), with the client's name from a real hosts file."""
+answers only with log_all), with the client's name from a real hosts file; the
+same events whether the sink takes whole events or, for answers from stored
+bytes, their shapes."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +18,7 @@ from dns_blocker.client_names import ClientNames
 from dns_blocker.metrics import NullMetrics
 from dns_blocker.wire import Query, parse_query
 from policies import Decision, Kind, load_policy_text
+from runtime.shape import Shape, line_at
 
 from .test_chain_verdict import PLAIN, POLICY
 
@@ -43,6 +47,22 @@ class FakeEvents:
 
     def emit(self, event: dict[str, Any]) -> None:
         self.events.append(event)
+
+
+class ShapedEvents(FakeEvents):
+    """A sink that also takes shapes (as the event log and the store do): each is rendered
+    here, so the test reads the same event either way."""
+
+    def __init__(self, enabled: bool = True) -> None:
+        super().__init__(enabled)
+        self.shaped = 0
+
+    def emit_shaped(self, shape: Shape, ts: float, ip: str, port: int, name: str | None) -> None:
+        self.shaped += 1
+        self.events.append(json.loads(line_at(shape, ts, "0" * 32, ip, port, name)))
+
+    def shaped_door(self) -> Any:
+        return self.emit_shaped
 
 
 def decision(name: str) -> Decision:
@@ -80,11 +100,12 @@ HIT = ("cache", True)
     pytest.param("local", LOGGED, False, [("query", "local")], ["NOERROR local"], id="local-logged"),
     pytest.param("blocked-via", BLOCKED, False, BLOCK_COUNT, ["NXDOMAIN cname"], id="cname-block"),
 ])
+@pytest.mark.parametrize("sink", [FakeEvents, ShapedEvents], ids=["events", "shapes"])
 def test_each_answer(kind: str, name: str, log_all: bool, calls: list[tuple[Any, ...]], logged: list[str],
-                     tmp_path: Path) -> None:
+                     sink: type[FakeEvents], tmp_path: Path) -> None:
     hosts = tmp_path / "hosts"
     hosts.write_text(f"{PLAIN} laptop-anna\n")
-    metrics, events = FakeMetrics(), FakeEvents()
+    metrics, events = FakeMetrics(), sink()
     t = Telemetry(metrics, events, ClientNames(str(hosts)), log_all)
     d, q = decision(name), query(name)
     response = "SERVFAIL" if kind == "failed" else ("NXDOMAIN" if d.action.value == "block" else "NOERROR")
@@ -109,6 +130,26 @@ def test_each_answer(kind: str, name: str, log_all: bool, calls: list[tuple[Any,
         assert e["dns"]["question"]["name"] == name
         got.append(e["dns"]["response_code"] + extra)
     assert got == logged
+    # Only answers from stored bytes come as shapes.
+    shaped = len(logged) if isinstance(events, ShapedEvents) and kind.startswith("served-") else 0
+    assert getattr(events, "shaped", 0) == shaped
+
+
+@pytest.mark.parametrize(("line", "shaped"), [
+    pytest.param(f"{PLAIN} laptop-anna\n", 1, id="named-client-by-shape"),
+    pytest.param("192.0.2.99 other\n", 0, id="unnamed-client-in-full"),
+])
+def test_a_client_without_a_name_is_logged_in_full(line: str, shaped: int, tmp_path: Path) -> None:
+    hosts = tmp_path / "hosts"
+    hosts.write_text(line)
+    events = ShapedEvents()
+    t = Telemetry(NullMetrics(), events, ClientNames(str(hosts)))
+    tally = t.tally(Served.BLOCKED, decision(BLOCKED), query(BLOCKED), "NXDOMAIN")
+    assert tally is not None and tally.shape is not None
+    t.served(tally, PLAIN, 5353)
+    assert events.shaped == shaped and len(events.events) == 1
+    assert events.events[0]["source"]["ip"] == PLAIN
+    assert ("domain" in events.events[0]["source"]) is bool(shaped)
 
 
 @pytest.mark.parametrize(("metrics", "enabled", "silent"), [
@@ -150,3 +191,24 @@ def test_arrived_counts_names_only(line: str, opted_in: bool, want: list[tuple[s
     if want is not None:
         t.arrived(PLAIN)
         assert metrics.calls == want
+
+
+@pytest.mark.parametrize(("served", "name", "log_all", "events"), [
+    pytest.param(Served.BLOCKED, BLOCKED, False, 1, id="block"),
+    pytest.param(Served.CANARY, BLOCKED, False, 1, id="canary"),
+    pytest.param(Served.CACHED, LOGGED, False, 1, id="logged-hit"),
+    pytest.param(Served.CACHED, FREE, True, 1, id="allowed-hit-log-all"),
+])
+def test_with_nothing_to_count_a_repeat_is_its_shape(served: Served, name: str, log_all: bool,
+                                                     events: int) -> None:
+    """No metrics and no client names (a household's store, the bench): one call per repeat."""
+    sink = ShapedEvents()
+    t = Telemetry(NullMetrics(), sink, log_all=log_all)
+    assert t.bare
+    tally = t.tally(served, decision(name), query(name), "NOERROR")
+    assert tally is not None and tally.shape is not None
+    for port in (5353, 5354):
+        t.served(tally, PLAIN, port)
+    assert sink.shaped == 2 * events
+    assert [(e["source"], e["dns"]["question"]["name"]) for e in sink.events] == [
+        ({"ip": PLAIN, "port": p}, name) for p in (5353, 5354)]
