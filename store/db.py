@@ -32,13 +32,25 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass
-from typing import IO, Any
+from itertools import groupby
+from typing import IO, Any, NamedTuple
 
 from runtime.jsonline import encode as encode_line
 from runtime.shape import Shape
 
-# A repeated event as ``put_shaped`` queues it: (shape, ts, event_id, ip, port, name).
-Shaped = tuple[Shape, float, str | None, str, int, str | None]
+# A repeated event as ``put_shaped`` queues it, ready to marshal: (sid, ts, event_id, ip, port, name).
+Record = tuple[int, float, str | None, str, int, str | None]
+
+
+class Register(NamedTuple):
+    """Queued before the first record of a shape: the writer is told the shape ``sid`` names."""
+
+    sid: int
+    shape: Shape
+
+
+_FORGET = object()  # queued when the shapes reach MAX_SHAPES: both sides forget them (``C``)
+Queued = dict[str, Any] | Record | Register | object
 
 DEFAULT_PATH = "~/.local/state/egress-filter/events.db"
 DEFAULT_MAX_QUEUE = 100_000
@@ -181,8 +193,8 @@ class Store:
         self.prune_interval = prune_interval
         connect(self.path).close()  # a bad path fails here, in the server, at start-up
         self._lock = threading.Lock()
-        self._queue: deque[dict[str, Any] | Shaped] = deque()
-        self._sids: dict[int, tuple[Shape, int]] = {}  # the feeder's: shapes the writer knows, by id()
+        self._queue: deque[Queued] = deque()
+        self._sids: dict[int, tuple[Shape, int]] = {}  # shapes registered (by id()) since the last forget
         self._next_sid = 0
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -215,15 +227,31 @@ class Store:
     def put_shaped(self, shape: Shape, ts: float, ip: str, port: int, name: str | None,
                    event_id: str | None = None) -> None:
         """A repeated event as its shape and what changes (``runtime.shape``): the writer
-        process renders it (``event_id`` None: the writer makes one)."""
+        process renders it (``event_id`` None: the writer makes one).  The shape is registered
+        here, on first sight, so the feeder only marshals what is queued."""
         with self._lock:
             self.puts += 1
-            if len(self._queue) >= self.max_queue or self._stop.is_set():
+            queue = self._queue
+            if len(queue) >= self.max_queue or self._stop.is_set():
                 self.dropped += 1
                 return
-            self._queue.append((shape, ts, event_id, ip, port, name))  # rendered by the writer
-            if len(self._queue) >= BATCH:
+            known = self._sids.get(id(shape))
+            if known is None or known[0] is not shape:
+                known = self._register(shape)
+            queue.append((known[1], ts, event_id, ip, port, name))
+            if len(queue) >= BATCH:
                 self._wake.set()
+
+    def _register(self, shape: Shape) -> tuple[Shape, int]:
+        """Under the lock: a new id for ``shape``, queued (after a forget, when full)."""
+        if len(self._sids) >= MAX_SHAPES:
+            self._sids.clear()
+            self._queue.append(_FORGET)
+        sid = self._next_sid
+        self._next_sid += 1
+        known = self._sids[id(shape)] = (shape, sid)  # holds the shape, so its id() stays its own
+        self._queue.append(Register(sid, shape))
+        return known
 
     def collector(self, prefix: str) -> Any:
         from .hook import collector
@@ -233,7 +261,7 @@ class Store:
     def stats(self) -> StoreStats:
         with self._lock:
             return StoreStats(self.puts, self.written, self.dropped, self.write_errors, self.pruned,
-                              len(self._queue))
+                              len(self._queue))  # registrations too: a bound, not a count
 
     def flush(self, timeout: float = 5.0) -> bool:
         """Wait until everything put so far is written (or lost); False on timeout."""
@@ -274,10 +302,11 @@ class Store:
 
     # --- the feeder thread -------------------------------------------------
 
-    def _take(self) -> list[dict[str, Any] | Shaped]:
+    def _take(self) -> deque[Queued]:
+        """Everything queued, in one swap under the lock."""
         with self._lock:
-            n = min(BATCH, len(self._queue))
-            return [self._queue.popleft() for _ in range(n)]
+            taken, self._queue = self._queue, deque()
+            return taken
 
     def _feed(self) -> None:
         pipe = self._writer.stdin
@@ -302,17 +331,29 @@ class Store:
                     pass
                 return
 
-    def _send(self, pipe: IO[bytes], batch: list[dict[str, Any] | Shaped]) -> None:
-        """Each run of events and of shaped events in ``batch``, in order."""
-        start = 0
-        for i in range(1, len(batch) + 1):
-            if i == len(batch) or (type(batch[i]) is tuple) != (type(batch[start]) is tuple):
-                run = batch[start:i]
-                if type(run[0]) is tuple:
-                    self._send_shaped(pipe, run)  # type: ignore[arg-type]
-                else:
-                    self._send_rows(pipe, run)  # type: ignore[arg-type]
-                start = i
+    def _send(self, pipe: IO[bytes], batch: deque[Queued]) -> None:
+        """Each run of whole events, records, registrations and forgets in ``batch``, in order,
+        at most ``BATCH`` items to a message."""
+        for kind, run in groupby(batch, key=type):
+            items: list[Any] = list(run)
+            if kind is tuple:
+                for i in range(0, len(items), BATCH):
+                    self._write(pipe, b"Q", items[i:i + BATCH], 0)
+            elif kind is dict:
+                for i in range(0, len(items), BATCH):
+                    self._send_rows(pipe, items[i:i + BATCH])
+            elif kind is Register:
+                blobs = [(r.sid, marshal.dumps((r.shape.pieces, r.shape.slots))) for r in items]
+                self._raw(pipe, b"".join(b"S %d %d\n" % (sid, len(b)) + b for sid, b in blobs))
+            else:  # _FORGET
+                self._raw(pipe, b"C\n" * len(items))
+
+    def _raw(self, pipe: IO[bytes], data: bytes) -> None:
+        """A message that carries no events (a lost one shows in the records that follow)."""
+        try:
+            pipe.write(data)
+        except (OSError, ValueError):
+            pass
 
     def _send_rows(self, pipe: IO[bytes], batch: list[dict[str, Any]]) -> None:
         rows = []
@@ -322,29 +363,6 @@ class Store:
             except (TypeError, ValueError, AttributeError, RecursionError):
                 pass
         self._write(pipe, b"R", rows, len(batch) - len(rows))
-
-    def _send_shaped(self, pipe: IO[bytes], batch: list[Shaped]) -> None:
-        """``S <sid> <bytes>`` for each shape the writer has not seen (``C`` first when the
-        known shapes reach ``MAX_SHAPES``: both sides forget them), then ``Q`` with one
-        ``(sid, ts, event_id, ip, port, name)`` per event."""
-        head = []
-        records = []
-        sids = self._sids
-        for shape, ts, event_id, ip, port, name in batch:
-            known = sids.get(id(shape))
-            if known is None or known[0] is not shape:
-                if len(sids) >= MAX_SHAPES:
-                    sids.clear()
-                    head.append(b"C\n")
-                sid = self._next_sid
-                self._next_sid += 1
-                sids[id(shape)] = (shape, sid)
-                blob = marshal.dumps((shape.pieces, shape.slots))
-                head.append(b"S %d %d\n" % (sid, len(blob)) + blob)
-            else:
-                sid = known[1]
-            records.append((sid, ts, event_id, ip, port, name))
-        self._write(pipe, b"Q", records, 0, b"".join(head))
 
     def _write(self, pipe: IO[bytes], kind: bytes, items: list[tuple[Any, ...]], bad: int,
                head: bytes = b"") -> None:
@@ -386,7 +404,8 @@ class Store:
                     self.pruned += int(nums[0])
                 self._flushed.notify_all()
         with self._lock:  # the writer is gone: what it had not confirmed is lost, and counted
-            lost = self.puts - self.written - self.dropped - self.write_errors - len(self._queue)
+            queued = sum(1 for item in self._queue if type(item) in (dict, tuple))  # events only
+            lost = self.puts - self.written - self.dropped - self.write_errors - queued
             if lost > 0:
                 self.write_errors += lost
             self._flushed.notify_all()

@@ -123,11 +123,21 @@ def conn_has(path: Path, name: str) -> bool:
         conn.close()
 
 
-@pytest.mark.parametrize("max_queue, puts", [pytest.param(10, 1000, id="tiny-queue")])
-def test_full_queue_drops_and_counts(tmp_path: Path, max_queue: int, puts: int) -> None:
+@pytest.mark.parametrize("max_queue, puts, shaped", [
+    pytest.param(10, 1000, False, id="tiny-queue"),
+    pytest.param(10, 1000, True, id="tiny-queue-shaped"),
+])
+def test_full_queue_drops_and_counts(tmp_path: Path, max_queue: int, puts: int, shaped: bool) -> None:
+    from tests.core.test_shape import BLOCK, shape_of
+
     s = Store(str(tmp_path / "d.db"), max_queue=max_queue, flush_interval=60)
+    shapes = [shape_of(BLOCK, f"d{i}.tiktok.test", "A", "NXDOMAIN", False) for i in range(7)]
     for i in range(puts):
-        s.put(event(f"d{i}.tiktok.test"))
+        sh = shapes[i % 7]
+        if shaped and sh is not None:
+            s.put_shaped(sh, time.time(), "10.0.0.5", 5353, None)
+        else:
+            s.put(event(f"d{i}.tiktok.test"))
     assert s.flush()
     st = s.stats()
     s.close()
