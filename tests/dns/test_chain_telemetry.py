@@ -212,3 +212,17 @@ def test_with_nothing_to_count_a_repeat_is_its_shape(served: Served, name: str, 
     assert sink.shaped == 2 * events
     assert [(e["source"], e["dns"]["question"]["name"]) for e in sink.events] == [
         ({"ip": PLAIN, "port": p}, name) for p in (5353, 5354)]
+
+
+def test_a_name_that_forges_a_token_is_logged_whole_every_time() -> None:
+    from runtime.shape import TOKENS, Slot
+
+    name = f"{TOKENS[Slot.IP]}.blocked.example"
+    sink = ShapedEvents()
+    t = Telemetry(NullMetrics(), sink)
+    tally = t.tally(Served.BLOCKED, decision(name), query(name), "NXDOMAIN")
+    assert tally is not None and tally.shape is None  # refused: the events are built whole
+    for _ in range(3):
+        t.served(tally, PLAIN, 5353)
+    assert sink.shaped == 0 and len(sink.events) == 3
+    assert {e["dns"]["question"]["name"] for e in sink.events} == {name}
