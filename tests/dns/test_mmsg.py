@@ -212,3 +212,39 @@ def test_the_address_table_is_bounded(v4: tuple[socket.socket, socket.socket], m
     finally:
         for s in senders:
             s.close()
+
+
+@pytest.mark.parametrize("family", [
+    pytest.param(socket.AF_INET, id="ipv4"),
+    pytest.param(socket.AF_INET6, id="ipv6"),
+])
+def test_a_slot_reused_for_other_clients_and_lengths_sends_each_right(family: int) -> None:
+    """The send headers keep what the last send wrote (the address, its length, the control
+    message) and only write what changed: three clients taking turns in the same slots, with
+    payloads of shrinking and growing length, each get their own bytes, and a packet info
+    set for one send is gone from the next."""
+    host = "127.0.0.1" if family == socket.AF_INET else "::1"
+    a = socket.socket(family, socket.SOCK_DGRAM)
+    a.bind((host, 0))
+    clients = [socket.socket(family, socket.SOCK_DGRAM) for _ in range(3)]
+    with a, clients[0], clients[1], clients[2]:
+        for c in clients:
+            c.bind((host, 0))
+            c.settimeout(2)
+        level, kind = ((socket.IPPROTO_IP, 8) if family == socket.AF_INET
+                       else (socket.IPPROTO_IPV6, socket.IPV6_PKTINFO))
+        batcher = mmsg.Batcher(a, size=2, pktinfo=(level, kind))
+        src = socket.inet_pton(family, host)
+        info = src + bytes(4) if family == socket.AF_INET6 else bytes(4) + src + bytes(4)
+        rounds = [(0, 1, 300), (2, 0, 5), (1, 2, 1200), (0, 0, 40)]
+        for n, (first, second, size) in enumerate(rounds):
+            batch: list[tuple[bytes | bytearray, tuple[object, ...], bytes]] = [
+                (bytes([65 + n]) * size, clients[first].getsockname(), info if n % 2 else b""),
+                (bytes([97 + n]) * (size // 2 + 1), clients[second].getsockname(), b""),
+            ]
+            assert batcher.send(batch) == 2
+            got = [clients[first].recvfrom(4096)]
+            got.append(clients[second].recvfrom(4096))
+            assert [g[0] for g in got] == [bytes([65 + n]) * size, bytes([97 + n]) * (size // 2 + 1)]
+            assert all(g[1][0] == host for g in got)
+            assert batcher.out_control_set[0] is bool(n % 2)
