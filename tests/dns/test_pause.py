@@ -217,8 +217,13 @@ def test_pause_reaches_every_worker(tmp_path: Path, resolver: Callable[..., Reso
     names = {"dns", *(f"worker{i}" for i in range(1, workers))}
     assert wait_for(lambda: set(json.loads(pause_cli(sock, "--status", "--json").stdout)
                                 .get("servers", {})) == names, 20), "every worker's socket answers"
-    doc = json.loads(pause_cli(sock, "10m", "--json").stdout)
-    assert doc["ok"] is True
+    # On a loaded machine (make test on 2 cores) a worker can miss the relay's read deadline
+    # once; the relay then says which one, and asking again reaches it (a pause is idempotent).
+    for _ in range(3):
+        doc = json.loads(pause_cli(sock, "10m", "--json").stdout)
+        if doc["ok"]:
+            break
+    assert doc["ok"] is True, doc
     assert {n: s["paused"] for n, s in doc["servers"].items()} == dict.fromkeys(names, True)
     # Each worker logs its own pause, in its own event file (events.w1.jsonl, ...).
     logs = [r.log_path.with_name(f"{r.log_path.stem}.w{i}{r.log_path.suffix}") for i in range(1, workers)]

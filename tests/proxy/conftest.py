@@ -164,17 +164,70 @@ def require(tool: str) -> str:
     return path
 
 
+def _listeners(port: int) -> set[str]:
+    """The socket inodes listening on TCP ``port`` (any address), from /proc/net/tcp{,6}."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            rows = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            fields = row.split()
+            if len(fields) > 9 and fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                inodes.add(fields[9])
+    return inodes
+
+
+def _owns(pid: int, inodes: set[str]) -> bool:
+    """Whether process ``pid`` (or a child of it) holds one of these sockets."""
+    pids = [pid]
+    for task in Path(f"/proc/{pid}/task").glob("*/children"):
+        try:
+            pids += [int(c) for c in task.read_text().split()]
+        except OSError:
+            pass
+    wanted = {f"socket:[{i}]" for i in inodes}
+    for p in pids:
+        try:
+            fds = os.listdir(f"/proc/{p}/fd")
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                if os.readlink(f"/proc/{p}/fd/{fd}") in wanted:
+                    return True
+            except OSError:
+                pass
+    return False
+
+
+class PortTaken(AssertionError):
+    """Another process listens on the port the proxy was given (free_port's race with another
+    test, in another xdist worker, that picked the same port): start again on another."""
+
+
 def wait_for_port(port: int, process: subprocess.Popen[bytes], stderr: Path, timeout: float = 30.0) -> None:
+    """Until ``process`` itself listens on ``port``.  A connection alone is not enough: a
+    listener of another test's on the same port (a PAC server, once) answered curl with its
+    own 404 in the proxy's place."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise AssertionError(f"the proxy exited with {process.returncode}:\n{stderr.read_text()}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.1)
+        exited = process.poll() is not None
+        listening = _listeners(port)
+        if not exited and listening and _owns(process.pid, listening):
+            return
+        if exited or listening:  # gone, or someone else holds the port: did our bind fail?
+            text = stderr.read_text()
+            if "address already in use" in text.lower():
+                raise PortTaken(f"port {port} was taken before the proxy bound it:\n{text}")
+            if exited:
+                raise AssertionError(f"the proxy exited with {process.returncode}:\n{text}")
+        time.sleep(0.1)
     raise AssertionError(f"the proxy did not listen on {port} within {timeout}s:\n{stderr.read_text()}")
+
+
+PORT_TRIES = 3  # free ports tried before a start fails
 
 
 class ProxyRunner:
@@ -187,6 +240,14 @@ class ProxyRunner:
         self.started: list[subprocess.Popen[bytes]] = []
 
     def start(self, *args: str, mitmdump: bool = False, env: dict[str, str] | None = None) -> Proxy:
+        for _ in range(PORT_TRIES - 1):
+            try:
+                return self._start(args, mitmdump, env)
+            except PortTaken:
+                continue
+        return self._start(args, mitmdump, env)
+
+    def _start(self, args: tuple[str, ...], mitmdump: bool, env: dict[str, str] | None) -> Proxy:
         n = len(self.started)
         port = free_port()
         confdir = self.directory / f"mitmproxy-conf-{n}"
