@@ -96,6 +96,9 @@ class BatchedTransport(ReaderTransport):
         self.wildcard = wildcard
         self.v6 = v6
         self.pending: list[tuple[bytes | bytearray, tuple[object, ...], bytes]] | None = None
+        # A listener that gives ready answers as bytes has them sent from the receive buffers
+        # (``Batcher.exchange``), but for a wildcard socket, whose answers need packet info.
+        self.ready: mmsg.Ready | None = None if wildcard else getattr(listener, "ready_bytes", None)
         self.unsent = 0  # answers the kernel did not take (full send buffer, refused address)
         self.truncated = 0  # datagrams longer than the buffer, dropped unanswered
         self.closed = False
@@ -114,13 +117,21 @@ class BatchedTransport(ReaderTransport):
         self._handle([first])
         for _ in range(BATCHES_PER_TURN):
             try:
-                batch = self.batcher.recv()
+                if self.ready is not None:
+                    got = self.batcher.exchange(self.ready)
+                    self._unsent(got.unsent)
+                    if not got.slow and not got.answered:
+                        return
+                    batch = got.slow
+                else:
+                    batch = self.batcher.recv()
+                    if not batch:
+                        return
             except OSError:  # closed under us at shutdown
                 self.close()
                 return
-            if not batch:
-                return
-            self._handle(batch)
+            if batch:
+                self._handle(batch)
 
     def _read_one(self) -> mmsg.Datagram | None:
         size = self.batcher.bufsize
@@ -172,8 +183,11 @@ class BatchedTransport(ReaderTransport):
                 sent = self.batcher.send(out)
         except OSError:
             sent = 0
-        if sent < len(out):
-            lost = len(out) - sent
+        self._unsent(len(out) - sent)
+
+    def _unsent(self, lost: int) -> None:
+        """Answers the kernel did not take: counted, as a full link would drop them."""
+        if lost > 0:
             self.unsent += lost
             for _ in range(lost):
                 self.counts.query("unsent")

@@ -26,6 +26,7 @@ import errno
 import os
 import socket
 import struct
+from collections.abc import Callable
 from typing import NamedTuple
 
 from policies.bounded import BoundedMemo
@@ -98,6 +99,18 @@ class Datagram(NamedTuple):
     addr: Address
     pktinfo: bytes  # the IP_PKTINFO / IPV6_PKTINFO payload, b"" if not asked for or absent
     truncated: bool  # longer than the buffer: ``data`` holds only its first bytes
+
+
+class Exchanged(NamedTuple):
+    """What ``Batcher.exchange`` did with one batch."""
+
+    slow: list[Datagram]  # for the listener: no ready answer, or truncated
+    answered: int  # ready answers sent, or tried
+    unsent: int  # of those, what the kernel did not take
+
+
+# A ready answer for (the query after its ID, its sender): the answer after the ID, or None.
+Ready = Callable[[bytes, Address], bytes | None]
 
 
 class Libc(NamedTuple):
@@ -219,18 +232,13 @@ class Batcher:
         """Times either address table was full and started again."""
         return self.addresses.resets + self.sockaddrs.resets
 
-    def recv(self) -> list[Datagram]:
-        """Every datagram waiting, up to ``size``; [] when none is (EAGAIN).
-
-        Errors other than EAGAIN/EINTR (an ICMP error queued on the socket by
-        an earlier answer, ECONNREFUSED) are returned as an empty batch after
-        being taken off the socket, as a plain ``recvfrom`` loop skips them.
-        Only the headers the last call filled are reset, and only the bytes
-        each datagram filled are copied: at a few datagrams per wake-up,
-        copying whole buffers cost more than the calls saved."""
+    def _receive(self) -> int:
+        """One ``recvmmsg`` into the buffers, after resetting the headers the last call
+        filled; the datagrams read (0 for EAGAIN, EINTR or a queued ICMP error, which the
+        call takes off the socket).  A closed socket raises ``OSError``."""
         words, sizes = self.hdr_words, self.hdr_sizes
         per_word, per_size = MMSG_SIZE // WORD, MMSG_SIZE // SIZE_T
-        namelen_at, flags_at, len_at = NAMELEN_AT // WORD, FLAGS_AT // WORD, LEN_AT // WORD
+        namelen_at, flags_at = NAMELEN_AT // WORD, FLAGS_AT // WORD
         controllen_at = CONTROLLEN_AT // SIZE_T
         asks = self.pktinfo is not None
         for i in range(self.used):
@@ -245,8 +253,25 @@ class Batcher:
             err = ctypes.get_errno()
             if err == errno.EBADF:
                 raise OSError(err, os.strerror(err))
-            return []  # EAGAIN, EINTR, or a queued ICMP error (taken off the socket)
+            return 0
         self.used = n
+        return n
+
+    def recv(self) -> list[Datagram]:
+        """Every datagram waiting, up to ``size``; [] when none is (EAGAIN).
+
+        Errors other than EAGAIN/EINTR (an ICMP error queued on the socket by
+        an earlier answer, ECONNREFUSED) are returned as an empty batch after
+        being taken off the socket, as a plain ``recvfrom`` loop skips them.
+        Only the headers the last call filled are reset, and only the bytes
+        each datagram filled are copied: at a few datagrams per wake-up,
+        copying whole buffers cost more than the calls saved."""
+        n = self._receive()
+        words, sizes = self.hdr_words, self.hdr_sizes
+        per_word, per_size = MMSG_SIZE // WORD, MMSG_SIZE // SIZE_T
+        namelen_at, flags_at, len_at = NAMELEN_AT // WORD, FLAGS_AT // WORD, LEN_AT // WORD
+        controllen_at = CONTROLLEN_AT // SIZE_T
+        asks = self.pktinfo is not None
         buf, names, memo = self.buf_view, self.name_view, self.addresses
         bufsize, out = self.bufsize, []
         for i in range(n):
@@ -276,6 +301,67 @@ class Batcher:
                 return ctl[at + CMSG_HEADER: at + clen].tobytes()
             at += socket.CMSG_SPACE(clen - CMSG_HEADER)
         return b""
+
+    def exchange(self, ready: Ready) -> Exchanged:
+        """``recv``, with the answers that ``ready`` gives straight from the receive buffers
+        sent back in one ``sendmmsg``: no ``Datagram``, no listener call and no answer
+        object for a repeated question (issue 13).  ``ready(key, addr)`` is handed the query
+        after its ID and its sender, and returns the answer's bytes after the ID, or None
+        when the datagram must take the listener's way: those come back as ``slow``.  Only
+        for a socket that asks no packet info (an answer leaves by the kernel's route)."""
+        assert self.pktinfo is None
+        n = self._receive()
+        if not n:
+            return Exchanged([], 0, 0)
+        words = self.hdr_words
+        per_word = MMSG_SIZE // WORD
+        namelen_at, flags_at, len_at = NAMELEN_AT // WORD, FLAGS_AT // WORD, LEN_AT // WORD
+        buf, names, memo = self.buf_view, self.name_view, self.addresses
+        payloads, out_names, iov_sizes = self.out_payload_view, self.out_name_view, self.out_iov_sizes
+        out_words, name_of, slot = self.out_words, self.out_name_of, OUT_SLOT
+        iov_len_at, per_iov = IOV_LEN_AT // SIZE_T, IOV_SIZE // SIZE_T
+        bufsize, slow, fast = self.bufsize, [], []
+        j = 0
+        for i in range(n):
+            at = i * per_word
+            length = words[at + len_at]
+            name_at = i * SOCKADDR_SIZE
+            raw = names[name_at: name_at + words[at + namelen_at]].tobytes()
+            addr = memo.get(raw)
+            if addr is None:
+                addr = memo.put(raw, decode_address(raw))
+            start = i * bufsize
+            truncated = bool(words[at + flags_at] & MSG_TRUNC)
+            answer = None
+            if not truncated and length >= 12:
+                answer = ready(buf[start + 2: start + length].tobytes(), addr)
+            if answer is None or len(answer) + 2 > slot:
+                data = buf[start: start + min(length, bufsize)].tobytes()
+                slow.append(Datagram(data, addr, b"", truncated))
+                continue
+            out = j * slot
+            payloads[out: out + 2] = buf[start: start + 2]  # the query's ID
+            payloads[out + 2: out + 2 + len(answer)] = answer
+            iov_sizes[j * per_iov + iov_len_at] = len(answer) + 2
+            if name_of[j] != raw:
+                out_at = j * SOCKADDR_SIZE
+                out_names[out_at: out_at + len(raw)] = raw
+                out_words[j * per_word + NAMELEN_AT // WORD] = len(raw)
+                name_of[j] = raw
+            fast.append((start, answer, addr))
+            j += 1
+        if not j:
+            return Exchanged(slow, 0, 0)
+        sent: int = self.libc.sendmmsg(self.sock.fileno(), self.out_at, j, MSG_DONTWAIT)
+        if sent < 0:
+            err = ctypes.get_errno()
+            if err == errno.EBADF:
+                raise OSError(err, os.strerror(err))
+            sent = 0
+        if sent < j:  # a full send buffer, or a refused address: the rest the plain way
+            rest = [(buf[at: at + 2].tobytes() + answer, addr, b"") for at, answer, addr in fast[sent:]]
+            sent += self.send(rest)  # type: ignore[arg-type]
+        return Exchanged(slow, j, j - sent)
 
     def send(self, batch: list[tuple[bytes | bytearray, tuple[object, ...], bytes]]) -> int:
         """Send ``(data, address, pktinfo)`` triples; the number the kernel took.

@@ -71,6 +71,7 @@ class UdpListener(asyncio.DatagramProtocol):
         self.resolver = resolver
         self.transport: asyncio.DatagramTransport | None = None
         self.ready = resolver.ready.answer  # bound once: this is the path of every repeated question
+        self.ready_bytes = resolver.ready.bytes_for  # the same, for the batched transport's exchange
         self.sendto: Callable[[bytes, Any], None] = lambda data, addr: None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:

@@ -93,6 +93,23 @@ class ReadyAnswers:
             self.served(hot.tally, client, addr[1])
         return True
 
+    def bytes_for(self, key: bytes, addr: Any) -> bytes | None:
+        """``answer`` for a transport that sends the bytes itself (the batched one's
+        ``exchange``): the ready answer after its ID for the query after its ID, counted
+        and logged as ``answer`` does, or None."""
+        client = addr[0]
+        table = self.by_client.get(client)
+        if table is None or self.views.view is not self.view:
+            return None
+        hot = table.get(key)
+        if hot is None or hot.until <= self.clock():
+            return None
+        if self.arrived is not None:
+            self.arrived(client)
+        if hot.tally is not None:
+            self.served(hot.tally, client, addr[1])
+        return hot.answer
+
     def keep(self, data: bytes, out: bytes | bytearray, until: float, tally: Tally | None, client: str,
              view: PolicyView) -> None:
         """Keep ``out`` as the answer to ``data`` for every client of ``client``'s group."""

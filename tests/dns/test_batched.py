@@ -193,3 +193,55 @@ def test_burst_is_answered_or_counted(resolver: Callable[..., ResolverProcess],
         f"{dropped_by_us} by the resolver")
     assert side["tcp"] is not None and side["tcp"] < 10, "TCP starved during the burst"
     assert side["miss"] is not None and side["miss"] < 10, "upstream work starved during the burst"
+
+
+REPEATS = 1_500
+REPEATED = [
+    pytest.param("www.tiktok.test", "A", id="blocked"),
+    pytest.param("use-application-dns.net", "A", id="canary"),
+    pytest.param("www.tiktok.test", "AAAA", id="blocked-aaaa"),
+]
+
+
+def blast(port: int, queries: list[bytes]) -> dict[int, bytes]:
+    """Every query sent at once from one socket (so that they wait in the resolver's receive
+    buffer and are read in batches), then the answers by ID."""
+    got: dict[int, bytes] = {}
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 22)
+        s.bind(("127.0.0.1", 0))
+        s.setblocking(False)
+        for data in queries:
+            for _ in range(100):  # our own send buffer full: wait for it, bounded
+                try:
+                    s.sendto(data, ("127.0.0.1", port))
+                    break
+                except BlockingIOError:
+                    time.sleep(0.001)
+        deadline = time.monotonic() + 15
+        while len(got) < len(queries) and time.monotonic() < deadline:
+            try:
+                r = s.recv(65_535)
+            except BlockingIOError:
+                time.sleep(0.005)
+                continue
+            got[(r[0] << 8) | r[1]] = r
+    return got
+
+
+@pytest.mark.parametrize(("name", "rdtype"), REPEATED)
+def test_repeats_read_in_batches_get_the_plain_bytes_and_are_each_logged(pair: Pair, name: str,
+                                                                        rdtype: str) -> None:
+    """Repeated questions that arrive together are answered straight from the receive
+    buffers (``Batcher.exchange``): the same bytes as the plain transport's for every ID,
+    and one event each, as on the plain path."""
+    queries = [wire(name, rdtype, ident=i) for i in range(REPEATS)]
+    for proc in pair:  # the first answer makes the ready answer
+        assert exchange(queries[0], proc.port) is not None
+    batched, plain = blast(pair.batched.port, queries), blast(pair.plain.port, queries)
+    assert len(batched) == len(plain) == REPEATS
+    assert batched == plain
+    for proc in pair:
+        events = proc.events(expect=REPEATS + 1, timeout=10)
+        named = [e for e in events if e.get("dns", {}).get("question", {}).get("name") == name]
+        assert len(named) == REPEATS + 1

@@ -248,3 +248,55 @@ def test_a_slot_reused_for_other_clients_and_lengths_sends_each_right(family: in
             assert [g[0] for g in got] == [bytes([65 + n]) * size, bytes([97 + n]) * (size // 2 + 1)]
             assert all(g[1][0] == host for g in got)
             assert batcher.out_control_set[0] is bool(n % 2)
+
+
+@pytest.mark.parametrize("family", [
+    pytest.param(socket.AF_INET, id="ipv4"),
+    pytest.param(socket.AF_INET6, id="ipv6"),
+])
+def test_exchange_answers_ready_questions_from_the_buffers(family: int) -> None:
+    """Questions that ``ready`` answers go back in one call with their own ID before the
+    answer; the others, a too-short datagram and a truncated one come back, in order, for
+    the listener; an empty socket is an empty exchange."""
+    host = "127.0.0.1" if family == socket.AF_INET else "::1"
+    a, b = pair(family, host)
+    c = socket.socket(family, socket.SOCK_DGRAM)
+    c.bind((host, 0))
+    c.settimeout(2)
+    with a, b, c:
+        batcher = mmsg.Batcher(a, size=8, bufsize=64)
+        asked: list[tuple[bytes, object]] = []
+
+        def ready(key: bytes, addr: mmsg.Address) -> bytes | None:
+            asked.append((key, addr))
+            return b"ANSWER-" + key if key.startswith(b"hit") else None
+
+        assert batcher.exchange(ready) == mmsg.Exchanged([], 0, 0)
+        sent = [(b, b"\x00\x01hit-one...."), (c, b"\x00\x02miss-one..."), (b, b"\x00\x03hit-two...."),
+                (c, b"\x00\x04hit-three.."), (b, b"short"), (c, b"\x00\x06hit" + b"x" * 100)]
+        for sock, data in sent:
+            sock.sendto(data, a.getsockname())
+        got = batcher.exchange(ready)
+        assert (got.answered, got.unsent) == (3, 0)
+        assert [(d.data, d.addr[:2], d.truncated) for d in got.slow] == [
+            (b"\x00\x02miss-one...", c.getsockname()[:2], False),
+            (b"short", b.getsockname()[:2], False),
+            (b"\x00\x06hit" + b"x" * 59, c.getsockname()[:2], True)]
+        assert [k for k, _ in asked] == [b"hit-one....", b"miss-one...", b"hit-two....", b"hit-three.."]
+        assert [b.recv(100), b.recv(100)] == [b"\x00\x01ANSWER-hit-one....", b"\x00\x03ANSWER-hit-two...."]
+        assert c.recv(100) == b"\x00\x04ANSWER-hit-three.."
+        # The next batch's slots hold other clients and lengths: each answer still right.
+        for sock, data in [(c, b"\x00\x07hit-four..."), (b, b"\x00\x08hit-5......")]:
+            sock.sendto(data, a.getsockname())
+        assert batcher.exchange(ready).answered == 2
+        assert c.recv(100) == b"\x00\x07ANSWER-hit-four..."
+        assert b.recv(100) == b"\x00\x08ANSWER-hit-5......"
+
+
+def test_exchange_on_a_closed_socket_is_an_error_not_a_crash() -> None:
+    a, b = pair(socket.AF_INET, "127.0.0.1")
+    b.close()
+    batcher = mmsg.Batcher(a)
+    a.close()
+    with pytest.raises(OSError):
+        batcher.exchange(lambda key, addr: None)
