@@ -48,6 +48,7 @@ from .model import (
     Action,
     ClientGroup,
     Decision,
+    FrameworkState,
     Kind,
     LegalStatus,
     Mode,
@@ -70,6 +71,15 @@ _BLOCK, _SNI, _MONITOR = Action.BLOCK, Kind.SNI, Mode.MONITOR
 _BLOCKED_END = ", so this is blocked"  # how ``_judge`` ends a block's reason
 
 # What a rule's tier does in each phase: the phase table of the README.
+# What each kind of rule says of the name it matched (``{path}``: a download rule's path).
+_WHAT = {
+    RuleKind.DOMAIN: "{subject} and its subdomains belong",
+    RuleKind.HOST: "the host {subject} belongs",
+    RuleKind.SNI: "names matching {subject} belong",
+    RuleKind.DOWNLOAD: "the download endpoint {subject}{path} belongs",
+    RuleKind.STORE: "the app-store listing {subject} belongs",
+    RuleKind.NETWORK: "the network {subject} belongs",
+}
 _ACTION: dict[tuple[Tier, Phase], Action] = {
     (Tier.TRAFFIC, Phase.NONE): Action.ALLOW,
     (Tier.TRAFFIC, Phase.DOWNLOADS): Action.LOG,
@@ -191,6 +201,10 @@ class GroupView:
         self._cache: BoundedMemo[tuple[str | None, int], Decision] = BoundedMemo(_CACHE_MAX)
         self._downgraded: BoundedMemo[tuple[int, str], tuple[Decision, Decision]] = BoundedMemo(100_000)
         self._merged: dict[tuple[Rule, ...], tuple[Rule, ...]] = {}
+        # (app, action, apps, opt-in group) -> what the reason says after the rule's own words;
+        # bounded by the policy's rules, which the view never outlives.
+        self._told: dict[tuple[str, Action, tuple[str, ...], str | None],
+                         tuple[str, tuple[str, ...], tuple[FrameworkState, ...]]] = {}
         self._monitor_why = (f"{paused}: would be blocked, logged instead" if paused
                              else f"group {group.id} is in monitor mode: would be blocked, logged instead"
                              if group.mode is _MONITOR else "monitor mode: would be blocked, logged instead")
@@ -380,36 +394,43 @@ class GroupView:
                 best = (action, rule)
         assert best is not None
         action, rule = best
-        app = self.policy.apps[rule.app or ""]
-        ph = self.phases[app.id]
-        apps.sort(key=lambda a: (a != app.id, a))
+        app_id = rule.app or ""
+        apps.sort(key=lambda a: (a != app_id, a))
         subject = rule.pattern or key or ""
-        what = {
-            RuleKind.DOMAIN: f"{subject} and its subdomains belong",
-            RuleKind.HOST: f"the host {subject} belongs",
-            RuleKind.SNI: f"names matching {subject} belong",
-            RuleKind.DOWNLOAD: f"the download endpoint {subject}{rule.path or ''} belongs",
-            RuleKind.STORE: f"the app-store listing {subject} belongs",
-            RuleKind.NETWORK: f"the network {subject} belongs",
-        }.get(rule.kind, f"{subject} belongs")
+        what = _WHAT.get(rule.kind, "{subject} belongs").format(subject=subject, path=rule.path or "")
+        told_key = (app_id, action, tuple(apps), rule.list_group)
+        told = self._told.get(told_key)
+        if told is None:
+            told = self._told[told_key] = self._tell(app_id, action, apps, rule.list_group)
+        tail, names, legal = told
+        ph = self.phases[app_id]
+        return Decision(action, tuple(apps), ph.phase, rule.cite(key), what + tail, group=self.group.id,
+                        app_names=names, frameworks=ph.frameworks, legal=legal,
+                        legal_status=self.legal_status, policy=self._ref, list_group=rule.list_group)
+
+    def _tell(self, app_id: str, action: Action, apps: list[str], list_group: str | None
+              ) -> tuple[str, tuple[str, ...], tuple[FrameworkState, ...]]:
+        """What a verdict of ``action`` for ``app_id`` says after its rule's own words, its
+        apps' names and its legal record: the same for every name the app's rules match, so
+        made once per view (a first-time block's decision was a fifth of its cost)."""
+        app = self.policy.apps[app_id]
+        ph = self.phases[app.id]
         since = f" since {ph.since}" if ph.since else ""
         verb = {Action.BLOCK: "blocked", Action.LOG: "logged", Action.ALLOW: "allowed"}[action]
         names = tuple(self.policy.apps[a].name for a in apps)
         others = f" (also claimed by {', '.join(names[1:])})" if names[1:] else ""
-        if rule.list_group:
-            others = f" through the opt-in group {rule.list_group}{others}"
+        if list_group:
+            others = f" through the opt-in group {list_group}{others}"
         by = ""
         labels = [fw.label for f in ph.frameworks if not (fw := self.policy.frameworks[f]).implicit]
         if labels:
             by = f" under {', '.join(labels)}"
         plain = self.group.id == DEFAULT_GROUP or self.group.exempt
         group = "" if plain else f" for group {self.group.id}"
-        reason = (f"{what} to {app.name}{others}; {app.name} is in phase "
-                  f"'{ph.phase}'{since}{by}{group} ({ph.source}), so this is {verb}")
+        tail = (f" to {app.name}{others}; {app.name} is in phase "
+                f"'{ph.phase}'{since}{by}{group} ({ph.source}), so this is {verb}")
         legal = tuple(st for st in ph.legal if st.framework in ph.frameworks) or ph.legal
-        return Decision(action, tuple(apps), ph.phase, rule.cite(key), reason, group=self.group.id,
-                        app_names=names, frameworks=ph.frameworks, legal=legal,
-                        legal_status=self.legal_status, policy=self._ref, list_group=rule.list_group)
+        return tail, names, legal
 
     def _builtin(self, rule: BuiltinRule, subject: str) -> Decision:
         return replace(self._allow, action=Action.BLOCK, rule=rule.rule, reason=rule.reason.format(subject))
