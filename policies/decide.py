@@ -70,7 +70,6 @@ _CACHE_MAX = 200_000  # distinct matched keys per view (policies/bounded.py: emp
 _BLOCK, _SNI, _MONITOR = Action.BLOCK, Kind.SNI, Mode.MONITOR
 _BLOCKED_END = ", so this is blocked"  # how ``_judge`` ends a block's reason
 
-# What a rule's tier does in each phase: the phase table of the README.
 # What each kind of rule says of the name it matched (``{path}``: a download rule's path).
 _WHAT = {
     RuleKind.DOMAIN: "{subject} and its subdomains belong",
@@ -80,6 +79,7 @@ _WHAT = {
     RuleKind.STORE: "the app-store listing {subject} belongs",
     RuleKind.NETWORK: "the network {subject} belongs",
 }
+# What a rule's tier does in each phase: the phase table of the README.
 _ACTION: dict[tuple[Tier, Phase], Action] = {
     (Tier.TRAFFIC, Phase.NONE): Action.ALLOW,
     (Tier.TRAFFIC, Phase.DOWNLOADS): Action.LOG,

@@ -37,12 +37,13 @@ _TEMPLATE_LIMIT = 4096
 _MAX_EPOCH = 253_402_300_800
 
 
-def new_event_id() -> str:
-    """A sortable, unique id (48-bit ms time + 80 random bits, like a ULID in hex).
+def new_event_id(at: float | None = None) -> str:
+    """A sortable, unique id (48-bit ms time + 80 random bits, like a ULID in hex), for an
+    event now or at epoch seconds ``at``.
 
     The proxy puts it on its block page, so a user can quote it to the help desk.
     """
-    ms = int(time.time() * 1000)
+    ms = int((time.time() if at is None else at) * 1000)
     return f"{ms:012x}{os.urandom(10).hex()}"
 
 

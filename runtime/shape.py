@@ -16,7 +16,6 @@ caller builds the event in full.  Pure: no I/O.
 
 from __future__ import annotations
 
-import os
 import re
 import secrets
 from enum import IntEnum
@@ -24,7 +23,7 @@ from typing import Any, NamedTuple, Protocol
 
 import orjson
 
-from policies.events import utc_iso
+from policies.events import new_event_id, utc_iso
 
 from .jsonline import encode
 
@@ -101,7 +100,8 @@ def _string(value: str) -> str:
 
 
 def stamp_at(ts: float) -> str:
-    """The ``@timestamp`` of an event at epoch seconds ``ts``, as ``build_event`` writes it."""
+    """The ``@timestamp`` of an event at epoch seconds ``ts``, as ``build_event`` writes it
+    (``utc_iso``, here for the store, as ``event_id_at`` is)."""
     return utc_iso(ts)
 
 
@@ -111,5 +111,6 @@ def line_at(shape: Shape, ts: float, event_id: str, ip: str, port: int, name: st
 
 
 def event_id_at(ts: float) -> str:
-    """``new_event_id``'s form (48-bit ms time, 80 random bits) for an event at ``ts``."""
-    return f"{int(ts * 1000):012x}{os.urandom(10).hex()}"
+    """``new_event_id`` for an event at ``ts`` (here for the store, which reaches the core
+    only through ``runtime``)."""
+    return new_event_id(ts)

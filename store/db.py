@@ -364,11 +364,10 @@ class Store:
                 pass
         self._write(pipe, b"R", rows, len(batch) - len(rows))
 
-    def _write(self, pipe: IO[bytes], kind: bytes, items: list[tuple[Any, ...]], bad: int,
-               head: bytes = b"") -> None:
+    def _write(self, pipe: IO[bytes], kind: bytes, items: list[tuple[Any, ...]], bad: int) -> None:
         try:
             blob = marshal.dumps(items)
-            pipe.write(head + kind + b" %d %d\n" % (len(items), len(blob)) + blob)
+            pipe.write(kind + b" %d %d\n" % (len(items), len(blob)) + blob)
             pipe.flush()
         except (OSError, ValueError):  # the writer is gone: these are lost, and counted
             bad += len(items)
