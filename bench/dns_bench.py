@@ -1,7 +1,7 @@
 """DNS benchmark: egress-filter dns against dnsmasq and unbound, in one run.
 
     python -m bench.dns_bench [--seconds 3] [--skip-1m] [--workers N] [--latency-runs 3] [--json FILE]
-                              [--no-plain] [--compare REF [--rounds N]]
+                              [--no-plain] [--compare REF [--rounds N] [--cold]]
 
 All three servers get the same 100,000-domain blocklist (dnsmasq
 ``address=/d/``, unbound ``local-zone: d always_nxdomain``, ours a policy
@@ -37,6 +37,7 @@ revision REF (checked out with ``git worktree`` in a temporary directory and
 run from there, removed at the end): the two alternate ``--rounds`` times, so
 both see the same background load, and the medians and their ratio are
 printed.  This is how a restructuring shows that it kept the speed.
+With ``--cold`` the two are compared cache-cold instead.
 """
 
 from __future__ import annotations
@@ -409,6 +410,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--compare", metavar="REF",
                     help="only measure ours cache-warm against ours at git revision REF, side by side")
     ap.add_argument("--rounds", type=int, default=5, help="rounds of --compare (alternating; medians)")
+    ap.add_argument("--cold", action="store_true", help="--compare cache-cold instead of cache-warm")
     ap.add_argument("--groups", type=int, metavar="ROUNDS", default=0,
                     help="only measure ours cache-warm without and with client groups, ROUNDS times each "
                          "(alternating), and print the cost of the group lookup")
@@ -430,7 +432,7 @@ def main(argv: list[str] | None = None) -> int:
             groups_cost(workdir, blockfile, upstream, work, args.groups, args.seconds)
             return 0
         if args.compare:
-            compare(workdir, blockfile, upstream, work, args.compare, args.rounds, args.seconds)
+            compare(workdir, blockfile, upstream, work, args.compare, args.rounds, args.seconds, args.cold)
             return 0
         makers: list[Callable[[], Server]] = [
             lambda: ours_server(workdir, blockfile, upstream.port, "100k"),
@@ -506,8 +508,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def alternate(variants: dict[str, Callable[[int], Server]], work: Workload, rounds: int,
-              seconds: float) -> dict[str, list[tuple[float, float]]]:
-    """Cache-warm (peak QPS under 1% loss, closed-loop ceiling) of each variant,
+              seconds: float, cold: bool = False) -> dict[str, list[tuple[float, float]]]:
+    """Cache-warm, or with ``cold`` cache-cold, (peak QPS under 1% loss, closed-loop ceiling) of each variant,
     ``rounds`` times, the variants taking turns within each round so that all of
     them see the same background load.  ``variants`` maps a label to a function
     of the round number that builds that variant's (unstarted) server."""
@@ -517,8 +519,9 @@ def alternate(variants: dict[str, Callable[[int], Server]], work: Workload, roun
             server = make(i)
             server.start()
             try:
-                dnsperf(server.port, work.warmup_file(), 10)
-                _, qps, probe = find_peak(server, work, False, seconds, lambda s: None)
+                if not cold:
+                    dnsperf(server.port, work.warmup_file(), 10)
+                _, qps, probe = find_peak(server, work, cold, seconds, lambda s: None)
             finally:
                 server.stop()
             out[name].append((qps, probe.qps))
@@ -542,8 +545,8 @@ def groups_cost(workdir: Path, blockfile: Path, upstream: Server, work: Workload
 
 
 def compare(workdir: Path, blockfile: Path, upstream: Server, work: Workload, ref: str, rounds: int,
-            seconds: float) -> None:
-    """Cache-warm peak QPS of this checkout and of ``ref``, alternating, with the
+            seconds: float, cold: bool = False) -> None:
+    """Cache-warm (with ``cold``, cache-cold) peak QPS of this checkout and of ``ref``, alternating, with the
     medians and their ratio.  ``ref`` runs from a detached ``git worktree`` in
     ``workdir``, with this venv's interpreter and packages."""
     old = workdir / "ref"
@@ -565,12 +568,14 @@ def compare(workdir: Path, blockfile: Path, upstream: Server, work: Workload, re
         return make
 
     try:
-        runs = alternate({"old": variant("old", old), "new": variant("new", REPO)}, work, rounds, seconds)
+        runs = alternate({"old": variant("old", old), "new": variant("new", REPO)}, work, rounds, seconds,
+                         cold)
     finally:
         subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(old)],
                        capture_output=True, timeout=120)
     new, before = (statistics.median(q for q, _ in runs[w]) for w in ("new", "old"))
-    print(f"cache-warm peak, median of {rounds}: {ref} ({commit}) {before:,.0f} qps, HEAD ({head}{dirty}) "
+    what = "cache-cold" if cold else "cache-warm"
+    print(f"{what} peak, median of {rounds}: {ref} ({commit}) {before:,.0f} qps, HEAD ({head}{dirty}) "
           f"{new:,.0f} qps; new / old {new / before:.3f}", flush=True)
     new_c, before_c = (statistics.median(c for _, c in runs[w]) for w in ("new", "old"))
     print(f"closed-loop ceiling, median of {rounds}: {ref} {before_c:,.0f} qps, HEAD {new_c:,.0f} qps; "

@@ -132,7 +132,8 @@ class Resolver:
         self.identity = Identity(settings.server_identity, settings.server_version)
         self.cache = CacheLink(AnswerCache(settings.cache_size), clock)
         self.templates: BoundedMemo[Any, BlockParts] = BoundedMemo(TEMPLATE_LIMIT)
-        self.inflight: set[asyncio.Task[None]] = set()
+        self.forwarding = 0  # questions on their way upstream (``Forward.begin``), awaited by ``drain``
+        self.idle: asyncio.Event | None = None  # set when ``forwarding`` falls to 0 during ``drain``
         self.coalescer: Coalescer[Asker] = Coalescer()  # one upstream question per Query.key
         self.verdicts = Verdicts()
         self.closing = False
@@ -253,22 +254,21 @@ class Resolver:
             sink.send(rcode_reply(data, q, SERVFAIL), addr)
             self.metrics.query("servfail")
             return
-        task = asyncio.get_running_loop().create_task(self._forward(asker))
-        self.inflight.add(task)
-        task.add_done_callback(self.inflight.discard)
+        self.forwarding += 1
+        self.forward.begin(q, lambda result: self._settle(asker, result))
 
-    async def _forward(self, asker: Asker) -> None:
-        """Ask the upstreams once, then answer everyone who asked the same question meanwhile."""
-        q = asker.query
-        result: Forwarded | None = None
+    def _settle(self, asker: Asker, result: Forwarded | None) -> None:
+        """The question is settled upstream: answer everyone who asked it meanwhile."""
+        self.forwarding -= 1
         try:
-            result = await self.forward.ask(q)
+            askers = self.coalescer.settle(asker.query.key, asker)
+            if result is not None:
+                self.metrics.cache_size(len(self.cache))
+            for one in askers:
+                self._answer(result, *one)
         finally:
-            askers = self.coalescer.settle(q.key, asker)
-        if result is not None:
-            self.metrics.cache_size(len(self.cache))
-        for one in askers:
-            self._answer(result, *one)
+            if not self.forwarding and self.idle is not None:
+                self.idle.set()
 
     def _answer(self, result: Forwarded | None, data: bytes, q: Query, d: Decision, client: str,
                 port: int, sink: Sink, addr: Any) -> None:
@@ -349,5 +349,9 @@ class Resolver:
         """Stop taking queries and let the ones in flight finish."""
         self.closing = True
         self.ready.clear()
-        if self.inflight:
-            await asyncio.wait(list(self.inflight), timeout=timeout)
+        if self.forwarding:
+            self.idle = asyncio.Event()
+            try:
+                await asyncio.wait_for(self.idle.wait(), timeout)
+            except TimeoutError:
+                pass

@@ -49,10 +49,12 @@ import errno
 import ipaddress
 import os
 import resource
+import select
 import socket
 import struct
 import time
-from collections.abc import Callable, Sequence
+from collections import deque
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -140,6 +142,27 @@ class Channel(Protocol):
 
 
 Observer = Callable[[str, float | None, str | None], None]  # (upstream, seconds | None, error | None)
+Done = Callable[[tuple[bytes, Answer] | None], None]  # a question's answer, or None: SERVFAIL
+
+
+class _Ask:
+    """A first UDP attempt in flight on callbacks (``Forwarder.begin``)."""
+
+    __slots__ = ("deadline", "done", "order", "out", "q", "settled", "sock", "started", "until", "up")
+
+    def __init__(self, sock: socket.socket, up: Upstream, q: Query, out: bytes,
+                 order: Sequence[Upstream | Channel], started: float, until: float, deadline: float,
+                 done: Done):
+        self.sock = sock
+        self.up = up
+        self.q = q
+        self.out = out
+        self.order = order
+        self.started = started
+        self.until = until  # the end of this attempt's share
+        self.deadline = deadline  # the end of the whole budget
+        self.done = done
+        self.settled = False
 
 
 def port_range() -> tuple[int, int]:
@@ -203,30 +226,47 @@ class Forwarder:
         self.max_sockets = socket_cap()
         self.open_sockets: set[socket.socket] = set()  # UDP, closed by ``close`` at shutdown
         self.open_tcp = 0
+        # The first attempts in flight on callbacks (``begin``): by socket, and in deadline order.
+        self._epoll: select.epoll | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._asks: dict[int, _Ask] = {}
+        self._deadlines: deque[_Ask] = deque()
+        self._timer: asyncio.TimerHandle | None = None
+        self._tasks: set[asyncio.Task[tuple[bytes, Answer]]] = set()
 
     def _room(self) -> None:
         if len(self.open_sockets) + self.open_tcp >= self.max_sockets:
             raise Overloaded(f"{self.max_sockets} upstream sockets open")
 
+    def _order(self, now: float) -> list[Upstream | Channel]:
+        if self._down_until:  # some upstream failed lately: the healthy ones go first
+            return sorted(self.upstreams, key=lambda u: self._down_until.get(u, 0.0) > now)
+        return self.upstreams
+
     async def resolve(self, q: Query) -> tuple[bytes, Answer]:
         """The first usable answer from the upstreams, in order of health."""
         now = time.monotonic()
-        order = self.upstreams
-        if self._down_until:  # some upstream failed lately: the healthy ones go first
-            order = sorted(order, key=lambda u: self._down_until.get(u, 0.0) > now)
-        deadline = now + self.timeout
-        last: Exception | None = None
-        for i, up in enumerate(order):
+        return await self._resolve(q, self._order(now), 0, now + self.timeout, None)
+
+    async def _resolve(self, q: Query, order: Sequence[Upstream | Channel], first: int, deadline: float,
+                       last: Exception | None, truncated: bool = False) -> tuple[bytes, Answer]:
+        """Ask ``order[first:]`` in turn within ``deadline``.  ``truncated``: the
+        first of them already gave a truncated UDP answer (``begin``), so it is
+        asked over TCP only."""
+        for i in range(first, len(order)):
+            up = order[i]
             started = time.monotonic()
             share = (deadline - started) / (len(order) - i)
             try:
                 async with asyncio.timeout(share):
                     if isinstance(up, Upstream):
-                        data = await self._udp(up, q)
-                        info = scan_answer(data, q.qend)
-                        if info.truncated:
+                        if truncated and i == first:
                             data = await self._tcp(up, q)
-                            info = scan_answer(data, q.qend)
+                        else:
+                            data = await self._udp(up, q)
+                            if scan_answer(data, q.qend).truncated:
+                                data = await self._tcp(up, q)
+                        info = scan_answer(data, q.qend)
                     else:
                         data = await self._channel(up, q)
                         info = scan_answer(data, q.qend)
@@ -249,6 +289,174 @@ class Forwarder:
             return data, info
         raise UpstreamError(f"no upstream answered ({last})")
 
+    # --- the first UDP attempt on callbacks -----------------------------------------
+
+    def begin(self, q: Query, done: Done) -> None:
+        """``resolve`` with ``done`` called on its result (None when no upstream
+        gave one) instead of awaited.  The usual question, a first attempt over
+        UDP that is answered, costs no task, coroutine, timer or loop reader of
+        its own: its socket joins one epoll set that the loop watches, and its
+        deadline joins a queue in deadline order (every first attempt gets the
+        same share of the budget).  Anything else (a timeout, an error, TC, a
+        bad rcode, an encrypted upstream first) goes on in a task from where
+        the first attempt left off, under the same budget."""
+        now = time.monotonic()
+        order = self._order(now)
+        up = order[0]
+        if not isinstance(up, Upstream) or (poller := self._poller()) is None:
+            self._spawn(self._resolve(q, order, 0, now + self.timeout, None), done)
+            return
+        deadline = now + self.timeout
+        try:
+            sock = self._socket(up)
+        except Overloaded:
+            done(None)
+            return
+        except OSError as exc:
+            if exc.errno in (errno.EMFILE, errno.ENFILE):
+                done(None)
+                return
+            self._fail(up, type(exc).__name__)
+            self._spawn(self._resolve(q, order, 1, deadline, exc), done)
+            return
+        qid, question = self._question(q)
+        out = clean_query(qid, question, q.key[-1])
+        fd = sock.fileno()
+        ask = _Ask(sock, up, q, out, order, now, now + self.timeout / len(order), deadline, done)
+        try:
+            poller.register(fd, select.EPOLLIN)
+            sock.sendto(out, self._peer[up])
+        except OSError as exc:
+            self._close(sock)
+            self._fail(up, type(exc).__name__)
+            self._spawn(self._resolve(q, order, 1, deadline, exc), done)
+            return
+        self._asks[fd] = ask
+        self._deadlines.append(ask)
+        if self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(ask.until - now, self._expire)
+
+    def _poller(self) -> select.epoll | None:
+        """The epoll set of the first attempts' sockets, watched by the running loop (made on first use)."""
+        loop = asyncio.get_running_loop()
+        if self._epoll is not None and self._loop is loop:
+            return self._epoll
+        if not hasattr(select, "epoll"):
+            return None
+        self._stop_polling()
+        self._epoll = select.epoll()
+        self._loop = loop
+        loop.add_reader(self._epoll.fileno(), self._ready)
+        return self._epoll
+
+    def _ready(self) -> None:
+        """Read the sockets that epoll reports (bounded: 64 sockets, ``READS_PER_WAKE`` datagrams each)."""
+        if self._epoll is None:
+            return
+        for fd, _ in self._epoll.poll(0, 64):
+            ask = self._asks.get(fd)
+            if ask is None:
+                continue
+            peer = self._peer[ask.up]
+            strict = self._keeps_case.get(ask.up, False)
+            for _ in range(READS_PER_WAKE):
+                try:
+                    data, addr = ask.sock.recvfrom(65535)
+                except BlockingIOError:
+                    break
+                except OSError as exc:  # ICMP unreachable and the like (IP_RECVERR)
+                    self._settle(ask, None, exc)
+                    break
+                reason = self._mismatch(data, addr, peer, ask.out, ask.q.qend, strict)
+                if reason is None:
+                    self._settle(ask, data, None)
+                    break
+                self._reject(reason, 1)
+                if reason == "case":
+                    self._struck(ask.up)
+
+    def _expire(self) -> None:
+        """Time out the first attempts whose share of the budget is spent."""
+        self._timer = None
+        now = time.monotonic()
+        queue = self._deadlines
+        while queue and (queue[0].settled or queue[0].until <= now):
+            ask = queue.popleft()
+            if not ask.settled:
+                self._settle(ask, None, None)
+        if queue:
+            self._timer = asyncio.get_running_loop().call_later(max(0.0, queue[0].until - now), self._expire)
+
+    def _settle(self, ask: _Ask, data: bytes | None, error: OSError | None) -> None:
+        """The first attempt is over: an answer (``data``), an error, or (neither) a timeout."""
+        ask.settled = True
+        self._asks.pop(ask.sock.fileno(), None)
+        self._close(ask.sock)  # leaves the epoll set as it closes
+        queue = self._deadlines
+        while queue and queue[0].settled:  # answers come mostly in order: keep the queue short
+            queue.popleft()
+        up, q = ask.up, ask.q
+        if data is None:
+            self._fail(up, "timeout" if error is None else type(error).__name__)
+            last: Exception = UpstreamError("timeout") if error is None else error
+            self._spawn(self._resolve(q, ask.order, 1, ask.deadline, last), ask.done)
+            return
+        try:
+            self._learn_case(up, data, ask.out, q)
+            data = self._scrubbed(data, q)
+            info = scan_answer(data, q.qend)
+            if info.truncated:
+                self._spawn(self._resolve(q, ask.order, 0, ask.deadline, None, truncated=True), ask.done)
+                return
+            if info.rcode in _BAD_RCODES:
+                raise RcodeError(up.label, info.rcode)
+        except (UpstreamError, Malformed) as exc:
+            self._fail(up, exc.reason if isinstance(exc, UpstreamError) else type(exc).__name__)
+            self._spawn(self._resolve(q, ask.order, 1, ask.deadline, exc), ask.done)
+            return
+        self._down_until.pop(up, None)
+        self._observe(up.label, time.monotonic() - ask.started, None)
+        self._call(ask.done, (data, info))
+
+    def _spawn(self, work: Coroutine[object, object, tuple[bytes, Answer]], done: Done) -> None:
+        """Run ``work`` in a task and hand its result to ``done`` (None when no upstream answered)."""
+        task = asyncio.get_running_loop().create_task(work)
+        self._tasks.add(task)
+
+        def finished(t: asyncio.Task[tuple[bytes, Answer]]) -> None:
+            self._tasks.discard(t)
+            if t.cancelled():  # shutting down: nobody is answered, as from a cancelled resolve
+                return
+            exc = t.exception()
+            if exc is not None and not isinstance(exc, UpstreamError):
+                t.get_loop().call_exception_handler({"message": "upstream question failed", "exception": exc})
+            self._call(done, None if exc is not None else t.result())
+
+        task.add_done_callback(finished)
+
+    @staticmethod
+    def _call(done: Done, result: tuple[bytes, Answer] | None) -> None:
+        """``done``, with whatever it raises reported to the loop rather than lost in a callback."""
+        try:
+            done(result)
+        except Exception as exc:
+            asyncio.get_running_loop().call_exception_handler(
+                {"message": "answering a forwarded question failed", "exception": exc})
+
+    def _stop_polling(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._epoll is not None:
+            if self._loop is not None and not self._loop.is_closed():
+                self._loop.remove_reader(self._epoll.fileno())
+            self._epoll.close()
+            self._epoll = None
+        for ask in self._asks.values():
+            ask.settled = True
+        self._asks.clear()
+        self._deadlines.clear()
+
     def _random(self, n: int) -> bytes:
         """``n`` bytes from the OS's CSPRNG, drawn 4 KiB at a time so that a
         query does not cost a system call."""
@@ -268,7 +476,9 @@ class Forwarder:
         self._observe(up.label, None, reason)
 
     async def start(self) -> None:
-        """Nothing to open ahead: every query gets its own socket."""
+        """Open the epoll set of ``begin`` now (it is made on first use otherwise).
+        Every query still gets its own socket."""
+        self._poller()
 
     def _socket(self, up: Upstream) -> socket.socket:
         """A UDP socket bound to a random port of the ephemeral range."""
@@ -424,6 +634,8 @@ class Forwarder:
         return self._scrubbed(data, q)
 
     def close(self) -> None:
+        """Close every upstream socket; first attempts still waiting are dropped (shutdown)."""
+        self._stop_polling()
         for sock in list(self.open_sockets):
             self._close(sock)
 

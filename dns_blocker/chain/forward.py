@@ -7,7 +7,9 @@ question (``Query.key``), never from the asker's bytes.  A usable answer is
 stored in the cache link and returned as a ``Forwarded``; when no upstream
 answers (``UpstreamError``) the result is None and the askers get SERVFAIL.
 The coalescing link in front makes sure each question is asked once; the
-resolver answers every asker of it.  Sans-IO: the upstreams (the next link)
+resolver answers every asker of it.  The resolver uses ``begin``, which hands
+the result to a callback (the upstreams' first try runs without a task);
+``ask`` awaits the same result.  Sans-IO: the upstreams (the next link)
 are injected, this link owns no socket.
 """
 
@@ -25,6 +27,8 @@ class Upstreams(Protocol):
     """The next link: a ``Forwarder`` (dns_blocker/upstream.py)."""
 
     async def resolve(self, q: Query) -> tuple[bytes, Answer]: ...
+
+    def begin(self, q: Query, done: Callable[[tuple[bytes, Answer] | None], None]) -> None: ...
 
 
 class Forwarded(NamedTuple):
@@ -44,6 +48,22 @@ class Forward:
         self.upstreams = upstreams
         self.cache = cache
         self.route = route
+
+    def begin(self, q: Query, done: Callable[[Forwarded | None], None]) -> None:
+        """``ask`` with ``done`` called on the result instead of awaited: the
+        resolver's way, so that a question answered at the first try costs no
+        task (``Forwarder.begin``)."""
+        upstreams = self.route(q.name) or self.upstreams
+
+        def settled(result: tuple[bytes, Answer] | None) -> None:
+            if result is None:
+                done(None)
+                return
+            answer, info = result
+            self.cache.store(q, answer, info)
+            done(Forwarded(answer, info))
+
+        upstreams.begin(q, settled)
 
     async def ask(self, q: Query) -> Forwarded | None:
         """The answer to ``q`` from its upstreams (cached), or None when none gave one."""
