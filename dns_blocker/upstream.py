@@ -55,9 +55,8 @@ import struct
 import time
 from collections import deque
 from collections.abc import Callable, Coroutine, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from policies.addresses import join_hostport
 
@@ -117,8 +116,11 @@ class ChannelError(UpstreamError):
         self.reason = reason
 
 
-@dataclass(frozen=True, slots=True)
-class Upstream:
+class Upstream(NamedTuple):
+    """A plain DNS upstream.  A named tuple: it keys several dicts on every
+    forwarded question, and a tuple hashes in C (a dataclass's hash cost 5% of
+    the cache-cold path)."""
+
     host: str
     port: int
 
@@ -148,13 +150,14 @@ Done = Callable[[tuple[bytes, Answer] | None], None]  # a question's answer, or 
 class _Ask:
     """A first UDP attempt in flight on callbacks (``Forwarder.begin``)."""
 
-    __slots__ = ("deadline", "done", "order", "out", "q", "settled", "sock", "started", "until", "up")
+    __slots__ = ("deadline", "done", "order", "out", "peer", "q", "settled", "sock", "started", "until", "up")
 
-    def __init__(self, sock: socket.socket, up: Upstream, q: Query, out: bytes,
+    def __init__(self, sock: socket.socket, up: Upstream, peer: tuple[str, int], q: Query, out: bytes,
                  order: Sequence[Upstream | Channel], started: float, until: float, deadline: float,
                  done: Done):
         self.sock = sock
         self.up = up
+        self.peer = peer
         self.q = q
         self.out = out
         self.order = order
@@ -218,6 +221,7 @@ class Forwarder:
         # Datagrams are compared with the address as recvfrom gives it (compressed IPv6).
         self._peer = {up: (ipaddress.ip_address(up.host).compressed, up.port) for up in upstreams
                       if isinstance(up, Upstream)}
+        self._labels = {up: up.label for up in upstreams}
         self._down_until: dict[Upstream | Channel, float] = {}
         self._keeps_case: dict[Upstream, bool] = {}
         self._case_strikes: dict[Upstream, int] = {}
@@ -232,6 +236,7 @@ class Forwarder:
         self._asks: dict[int, _Ask] = {}
         self._deadlines: deque[_Ask] = deque()
         self._timer: asyncio.TimerHandle | None = None
+        self._unsent: list[_Ask] = []  # begun in this turn of the loop, sent at its end (``_send_all``)
         self._tasks: set[asyncio.Task[tuple[bytes, Answer]]] = set()
 
     def _room(self) -> None:
@@ -295,13 +300,14 @@ class Forwarder:
         """``resolve`` with ``done`` called on its result (None when no upstream
         gave one) instead of awaited.  The usual question, a first attempt over
         UDP that is answered, costs no task, coroutine, timer or loop reader of
-        its own: its socket joins one epoll set that the loop watches, and its
+        its own: its socket joins one epoll set that the loop watches, its
         deadline joins a queue in deadline order (every first attempt gets the
-        same share of the budget).  Anything else (a timeout, an error, TC, a
+        same share of the budget), and its datagram leaves with the others of
+        this turn of the loop (``_send_all``).  Anything else (a timeout, an error, TC, a
         bad rcode, an encrypted upstream first) goes on in a task from where
         the first attempt left off, under the same budget."""
         now = time.monotonic()
-        order = self._order(now)
+        order = self._order(now) if self._down_until else self.upstreams
         up = order[0]
         if not isinstance(up, Upstream) or (poller := self._poller()) is None:
             self._spawn(self._resolve(q, order, 0, now + self.timeout, None), done)
@@ -322,10 +328,10 @@ class Forwarder:
         qid, question = self._question(q)
         out = clean_query(qid, question, q.key[-1])
         fd = sock.fileno()
-        ask = _Ask(sock, up, q, out, order, now, now + self.timeout / len(order), deadline, done)
+        ask = _Ask(sock, up, self._peer[up], q, out, order, now, now + self.timeout / len(order), deadline,
+                   done)
         try:
             poller.register(fd, select.EPOLLIN)
-            sock.sendto(out, self._peer[up])
         except OSError as exc:
             self._close(sock)
             self._fail(up, type(exc).__name__)
@@ -333,8 +339,27 @@ class Forwarder:
             return
         self._asks[fd] = ask
         self._deadlines.append(ask)
+        loop = self._loop
+        assert loop is not None  # set by _poller
         if self._timer is None:
-            self._timer = asyncio.get_running_loop().call_later(ask.until - now, self._expire)
+            self._timer = loop.call_later(ask.until - now, self._expire)
+        self._unsent.append(ask)
+        if len(self._unsent) == 1:
+            loop.call_soon(self._send_all)
+
+    def _send_all(self) -> None:
+        """Send the first attempts begun in this turn of the loop, back to back.
+        A datagram that finds the upstream idle costs its sender the wake-up
+        (about 12 µs here against 5 µs when it is busy), so the questions of a
+        batch go out together rather than one between each decision."""
+        unsent, self._unsent = self._unsent, []
+        for ask in unsent:
+            if ask.settled:
+                continue
+            try:
+                ask.sock.sendto(ask.out, ask.peer)
+            except OSError as exc:
+                self._settle(ask, None, exc)
 
     def _poller(self) -> select.epoll | None:
         """The epoll set of the first attempts' sockets, watched by the running loop (made on first use)."""
@@ -357,7 +382,7 @@ class Forwarder:
             ask = self._asks.get(fd)
             if ask is None:
                 continue
-            peer = self._peer[ask.up]
+            peer = ask.peer
             strict = self._keeps_case.get(ask.up, False)
             for _ in range(READS_PER_WAKE):
                 try:
@@ -414,8 +439,9 @@ class Forwarder:
             self._fail(up, exc.reason if isinstance(exc, UpstreamError) else type(exc).__name__)
             self._spawn(self._resolve(q, ask.order, 1, ask.deadline, exc), ask.done)
             return
-        self._down_until.pop(up, None)
-        self._observe(up.label, time.monotonic() - ask.started, None)
+        if self._down_until:
+            self._down_until.pop(up, None)
+        self._observe(self._labels[up], time.monotonic() - ask.started, None)
         self._call(ask.done, (data, info))
 
     def _spawn(self, work: Coroutine[object, object, tuple[bytes, Answer]], done: Done) -> None:
@@ -456,6 +482,7 @@ class Forwarder:
             ask.settled = True
         self._asks.clear()
         self._deadlines.clear()
+        self._unsent.clear()
 
     def _random(self, n: int) -> bytes:
         """``n`` bytes from the OS's CSPRNG, drawn 4 KiB at a time so that a
