@@ -7,8 +7,9 @@ ACL, the client's group and every client-dependent rule apply per datagram,
 as on the plain path.  Answers the listener sends while a batch is being
 handled (ready block answers, the canary, cache hits: everything the fast
 path answers from bytes) are collected and leave in one ``sendmmsg`` at the
-end of the batch; answers sent later (an upstream's answer arriving on a
-task) leave at once.
+end of the batch.  Answers sent outside a batch (upstreams' answers, read
+by the forwarder's own callback) are collected too, and leave together at
+the end of that turn of the event loop (``_flush``).
 
 Fairness: after ``BATCHES_PER_TURN`` batches the transport returns to the
 event loop, even if more datagrams wait, so that upstream answers and TCP
@@ -154,7 +155,8 @@ class BatchedTransport(ReaderTransport):
     def _handle(self, batch: list[mmsg.Datagram]) -> None:
         """Each datagram to the listener; the answers it gives meanwhile leave together."""
         on_datagram = self.listener.datagram_received
-        self.pending = []
+        if self.pending is None:  # else answers from earlier in this turn wait: they leave with these
+            self.pending = []
         try:
             for d in batch:
                 if d.truncated:
@@ -200,7 +202,14 @@ class BatchedTransport(ReaderTransport):
         if self.pending is not None:
             self.pending.append(item)  # leaves with the rest of the batch
         else:
-            self._send([item])
+            self.pending = [item]
+            self.loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        """The answers sent since the turn of the loop began, outside a batch, in one call."""
+        out, self.pending = self.pending, None
+        if out:
+            self._send(out)
 
 def available() -> bool:
     """Whether this system has the calls (Linux); elsewhere the plain path serves."""
