@@ -47,6 +47,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import ipaddress
+import itertools
 import os
 import resource
 import select
@@ -150,7 +151,8 @@ Done = Callable[[tuple[bytes, Answer] | None], None]  # a question's answer, or 
 class _Ask:
     """A first UDP attempt in flight on callbacks (``Forwarder.begin``)."""
 
-    __slots__ = ("deadline", "done", "order", "out", "peer", "q", "settled", "sock", "started", "until", "up")
+    __slots__ = ("deadline", "done", "order", "out", "peer", "q", "serial", "settled", "sock", "started",
+                 "until", "up")
 
     def __init__(self, sock: socket.socket, up: Upstream, peer: tuple[str, int], q: Query, out: bytes,
                  order: Sequence[Upstream | Channel], started: float, until: float, deadline: float,
@@ -166,6 +168,7 @@ class _Ask:
         self.deadline = deadline  # the end of the whole budget
         self.done = done
         self.settled = False
+        self.serial = 0  # its entry in the deadline queue (``Forwarder._deadlines``)
 
 
 def port_range() -> tuple[int, int]:
@@ -234,7 +237,10 @@ class Forwarder:
         self._epoll: select.epoll | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._asks: dict[int, _Ask] = {}
-        self._deadlines: deque[_Ask] = deque()
+        # (end of share, fd, serial) in deadline order: small entries, since those of settled
+        # attempts wait behind the oldest one still open (up to a share's worth of questions).
+        self._deadlines: deque[tuple[float, int, int]] = deque()
+        self._serials = itertools.count(1)
         self._timer: asyncio.TimerHandle | None = None
         self._unsent: list[_Ask] = []  # begun in this turn of the loop, sent at its end (``_send_all``)
         self._tasks: set[asyncio.Task[tuple[bytes, Answer]]] = set()
@@ -338,7 +344,8 @@ class Forwarder:
             self._spawn(self._resolve(q, order, 1, deadline, exc), done)
             return
         self._asks[fd] = ask
-        self._deadlines.append(ask)
+        ask.serial = serial = next(self._serials)
+        self._deadlines.append((ask.until, fd, serial))
         loop = self._loop
         assert loop is not None  # set by _poller
         if self._timer is None:
@@ -404,21 +411,30 @@ class Forwarder:
         """Time out the first attempts whose share of the budget is spent."""
         self._timer = None
         now = time.monotonic()
-        queue = self._deadlines
-        while queue and (queue[0].settled or queue[0].until <= now):
-            ask = queue.popleft()
-            if not ask.settled:
-                self._settle(ask, None, None)
+        queue, asks = self._deadlines, self._asks
+        while queue:
+            until, fd, serial = queue[0]
+            ask = asks.get(fd)
+            if ask is not None and ask.serial == serial:
+                if until > now:
+                    break
+                self._settle(ask, None, None)  # pops its entry
+            else:
+                queue.popleft()
         if queue:
-            self._timer = asyncio.get_running_loop().call_later(max(0.0, queue[0].until - now), self._expire)
+            self._timer = asyncio.get_running_loop().call_later(max(0.0, queue[0][0] - now), self._expire)
 
     def _settle(self, ask: _Ask, data: bytes | None, error: OSError | None) -> None:
         """The first attempt is over: an answer (``data``), an error, or (neither) a timeout."""
         ask.settled = True
         self._asks.pop(ask.sock.fileno(), None)
         self._close(ask.sock)  # leaves the epoll set as it closes
-        queue = self._deadlines
-        while queue and queue[0].settled:  # answers come mostly in order: keep the queue short
+        queue, asks = self._deadlines, self._asks
+        while queue:  # answers come mostly in order: keep the queue short
+            _, fd, serial = queue[0]
+            live = asks.get(fd)
+            if live is not None and live.serial == serial:
+                break
             queue.popleft()
         up, q = ask.up, ask.q
         if data is None:
