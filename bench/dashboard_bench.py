@@ -64,6 +64,17 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def _stored(db: Path) -> tuple[int, int]:
+    """(events stored, events the store counted as dropped) in a store the server has closed."""
+    conn = sqlite3.connect(db, timeout=10)
+    try:
+        stored = conn.execute("SELECT count(*) FROM events").fetchone()[0]
+        row = conn.execute("SELECT value FROM counters WHERE name = 'dropped'").fetchone()
+    finally:
+        conn.close()
+    return int(stored), int(row[0]) if row else 0
+
+
 def dns_cost(workdir: Path, seconds: float, rounds: int, writer_cpu: int | None = None,
              only: tuple[str, ...] = tuple(MODES), warm_blocked: int = 0,
              cpu: dict[str, float] | None = None) -> dict[str, float]:
@@ -114,6 +125,10 @@ def dns_cost(workdir: Path, seconds: float, rounds: int, writer_cpu: int | None 
                           f"resolver {used:.2f} us CPU a query", flush=True)
                 finally:
                     server.stop()
+                if db.exists():  # what the store kept and what it dropped (warm-up included)
+                    stored, dropped = _stored(db)
+                    print(f"  round {r + 1} {mode:<6}: {stored:,} events stored, {dropped:,} dropped",
+                          flush=True)
                 db.unlink(missing_ok=True)
                 log.unlink(missing_ok=True)
     finally:

@@ -83,6 +83,7 @@ MAX_SOCKETS = 4096  # as many as the resolver keeps questions in flight (MAX_INF
 FD_RESERVE = 256  # file descriptors left for listeners, TCP clients and reloads
 CASE_STRIKES = 3
 READS_PER_WAKE = 64
+SEND_BURST = 32  # upstream questions sent back to back (``Forwarder._send_all``)
 PORT_TRIES = 8
 PORT_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
 IP_RECVERR, IPV6_RECVERR = 11, 25  # linux/in.h, linux/in6.h (not exported by the socket module)
@@ -353,12 +354,18 @@ class Forwarder:
         self._unsent.append(ask)
         if len(self._unsent) == 1:
             loop.call_soon(self._send_all)
+        elif len(self._unsent) >= SEND_BURST:
+            self._send_all()
 
     def _send_all(self) -> None:
-        """Send the first attempts begun in this turn of the loop, back to back.
-        A datagram that finds the upstream idle costs its sender the wake-up
-        (about 12 µs here against 5 µs when it is busy), so the questions of a
-        batch go out together rather than one between each decision."""
+        """Send the first attempts begun in this turn of the loop, back to back,
+        ``SEND_BURST`` at most.  A datagram that finds the upstream idle costs
+        its sender the wake-up (about 12 µs here against 5 µs when it is busy),
+        so the questions of a batch go out together rather than one between
+        each decision; but not hundreds at once, which overflow the receive
+        buffer of an upstream with the default size (dnsmasq's, measured: over
+        1% of the questions lost at 20k qps when a turn's 400 went out
+        together)."""
         unsent, self._unsent = self._unsent, []
         for ask in unsent:
             if ask.settled:
@@ -382,10 +389,14 @@ class Forwarder:
         return self._epoll
 
     def _ready(self) -> None:
-        """Read the sockets that epoll reports (bounded: 64 sockets, ``READS_PER_WAKE`` datagrams each)."""
+        """Read every socket that epoll reports, ``READS_PER_WAKE`` datagrams each at most.
+        All of them, not a batch: answers are work nearly done, and the listener reads
+        hundreds of new questions a turn; taking 64 answers a turn let the questions in
+        flight pile up under load (cache-cold p99 of 0.5 s at half the peak rate).  Bounded
+        all the same: there are at most ``max_sockets``."""
         if self._epoll is None:
             return
-        for fd, _ in self._epoll.poll(0, 64):
+        for fd, _ in self._epoll.poll(0, max(1, len(self._asks))):
             ask = self._asks.get(fd)
             if ask is None:
                 continue
