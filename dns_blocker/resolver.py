@@ -255,7 +255,13 @@ class Resolver:
             self.metrics.query("servfail")
             return
         self.forwarding += 1
-        self.forward.begin(q, lambda result: self._settle(asker, result))
+        try:
+            self.forward.begin(q, lambda result: self._settle(asker, result))
+        except Exception:
+            # Whatever went wrong, the question is settled (SERVFAIL) rather than left
+            # in the coalescer, where every later asker of it would wait in vain.
+            self._settle(asker, None)
+            raise
 
     def _settle(self, asker: Asker, result: Forwarded | None) -> None:
         """The question is settled upstream: answer everyone who asked it meanwhile."""

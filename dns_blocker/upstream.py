@@ -383,7 +383,10 @@ class Forwarder:
         if not hasattr(select, "epoll"):
             return None
         self._stop_polling()
-        self._epoll = select.epoll()
+        try:
+            self._epoll = select.epoll()
+        except OSError:  # out of descriptors: questions take the task's way until one is free
+            return None
         self._loop = loop
         loop.add_reader(self._epoll.fileno(), self._ready)
         return self._epoll
