@@ -24,6 +24,12 @@ counted) with ``IP_RECVERR`` set (so an ICMP port unreachable still ends the
 wait at once).  At most ``max_sockets`` are open at once; beyond that a
 question fails at once (SERVFAIL) rather than waiting for a socket.
 
+The resolver asks through ``begin``, which calls back with the result: the
+first try over UDP runs on callbacks (its socket in one epoll set the loop
+watches, its deadline in one queue, its datagram sent with the others of the
+loop's turn), and only what goes wrong continues as a task in ``_resolve``,
+the loop that ``resolve`` awaits.
+
 Upstreams are tried in order within one overall time budget (``timeout``):
 each gets an equal share of what is left, so the time a failed upstream did
 not use passes to the next.  One that failed is moved to the back for
