@@ -132,9 +132,9 @@ class Resolver:
         self.identity = Identity(settings.server_identity, settings.server_version)
         self.cache = CacheLink(AnswerCache(settings.cache_size), clock)
         self.templates: BoundedMemo[Any, BlockParts] = BoundedMemo(TEMPLATE_LIMIT)
-        self.forwarding = 0  # questions on their way upstream (``Forward.begin``), awaited by ``drain``
-        self.idle: asyncio.Event | None = None  # set when ``forwarding`` falls to 0 during ``drain``
-        self.coalescer: Coalescer[Asker] = Coalescer()  # one upstream question per Query.key
+        # One upstream question per Query.key: its size is the number on their way upstream.
+        self.coalescer: Coalescer[Asker] = Coalescer()
+        self.idle: asyncio.Event | None = None  # set when the last of them settles during ``drain``
         self.verdicts = Verdicts()
         self.closing = False
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -254,7 +254,6 @@ class Resolver:
             sink.send(rcode_reply(data, q, SERVFAIL), addr)
             self.metrics.query("servfail")
             return
-        self.forwarding += 1
         try:
             self.forward.begin(q, lambda result: self._settle(asker, result))
         except Exception:
@@ -265,7 +264,6 @@ class Resolver:
 
     def _settle(self, asker: Asker, result: Forwarded | None) -> None:
         """The question is settled upstream: answer everyone who asked it meanwhile."""
-        self.forwarding -= 1
         try:
             askers = self.coalescer.settle(asker.query.key, asker)
             if result is not None:
@@ -273,7 +271,7 @@ class Resolver:
             for one in askers:
                 self._answer(result, *one)
         finally:
-            if not self.forwarding and self.idle is not None:
+            if not self.coalescer and self.idle is not None:
                 self.idle.set()
 
     def _answer(self, result: Forwarded | None, data: bytes, q: Query, d: Decision, client: str,
@@ -355,7 +353,7 @@ class Resolver:
         """Stop taking queries and let the ones in flight finish."""
         self.closing = True
         self.ready.clear()
-        if self.forwarding:
+        if self.coalescer:
             self.idle = asyncio.Event()
             try:
                 await asyncio.wait_for(self.idle.wait(), timeout)

@@ -320,7 +320,7 @@ class Forwarder:
         bad rcode, an encrypted upstream first) goes on in a task from where
         the first attempt left off, under the same budget."""
         now = time.monotonic()
-        order = self._order(now) if self._down_until else self.upstreams
+        order = self._order(now)
         up = order[0]
         if not isinstance(up, Upstream) or (poller := self._poller()) is None:
             self._spawn(self._resolve(q, order, 0, now + self.timeout, None), done)
@@ -332,11 +332,7 @@ class Forwarder:
             done(None)
             return
         except OSError as exc:
-            if exc.errno in (errno.EMFILE, errno.ENFILE):
-                done(None)
-                return
-            self._fail(up, type(exc).__name__)
-            self._spawn(self._resolve(q, order, 1, deadline, exc), done)
+            self._move_on(q, order, deadline, type(exc).__name__, exc, done)
             return
         qid, question = self._question(q)
         out = clean_query(qid, question, q.key[-1])
@@ -347,8 +343,7 @@ class Forwarder:
             poller.register(fd, select.EPOLLIN)
         except OSError as exc:
             self._close(sock)
-            self._fail(up, type(exc).__name__)
-            self._spawn(self._resolve(q, order, 1, deadline, exc), done)
+            self._move_on(q, order, deadline, type(exc).__name__, exc, done)
             return
         self._asks[fd] = ask
         ask.serial = serial = next(self._serials)
@@ -458,9 +453,10 @@ class Forwarder:
             queue.popleft()
         up, q = ask.up, ask.q
         if data is None:
-            self._fail(up, "timeout" if error is None else type(error).__name__)
-            last: Exception = UpstreamError("timeout") if error is None else error
-            self._spawn(self._resolve(q, ask.order, 1, ask.deadline, last), ask.done)
+            if error is None:
+                self._move_on(q, ask.order, ask.deadline, "timeout", UpstreamError("timeout"), ask.done)
+            else:
+                self._move_on(q, ask.order, ask.deadline, type(error).__name__, error, ask.done)
             return
         try:
             self._learn_case(up, data, ask.out, q)
@@ -472,13 +468,20 @@ class Forwarder:
             if info.rcode in _BAD_RCODES:
                 raise RcodeError(up.label, info.rcode)
         except (UpstreamError, Malformed) as exc:
-            self._fail(up, exc.reason if isinstance(exc, UpstreamError) else type(exc).__name__)
-            self._spawn(self._resolve(q, ask.order, 1, ask.deadline, exc), ask.done)
+            reason = exc.reason if isinstance(exc, UpstreamError) else type(exc).__name__
+            self._move_on(q, ask.order, ask.deadline, reason, exc, ask.done)
             return
         if self._down_until:
             self._down_until.pop(up, None)
         self._observe(self._labels[up], time.monotonic() - ask.started, None)
         self._call(ask.done, (data, info))
+
+    def _move_on(self, q: Query, order: Sequence[Upstream | Channel], deadline: float, reason: str,
+                 last: Exception, done: Done) -> None:
+        """The first upstream failed (``reason``): the rest are asked in a task, as ``_resolve``
+        would have gone on."""
+        self._fail(order[0], reason)
+        self._spawn(self._resolve(q, order, 1, deadline, last), done)
 
     def _spawn(self, work: Coroutine[object, object, tuple[bytes, Answer]], done: Done) -> None:
         """Run ``work`` in a task and hand its result to ``done`` (None when no upstream answered)."""
@@ -544,11 +547,17 @@ class Forwarder:
         self._poller()
 
     def _socket(self, up: Upstream) -> socket.socket:
-        """A UDP socket bound to a random port of the ephemeral range."""
+        """A UDP socket bound to a random port of the ephemeral range; ``Overloaded`` when
+        the cap is reached or the process is out of file descriptors."""
         self._room()
         v6 = ":" in up.host
         family = socket.AF_INET6 if v6 else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_DGRAM | socket.SOCK_NONBLOCK)
+        try:
+            sock = socket.socket(family, socket.SOCK_DGRAM | socket.SOCK_NONBLOCK)
+        except OSError as exc:
+            if exc.errno in (errno.EMFILE, errno.ENFILE):
+                raise Overloaded(f"no socket for the upstream: {exc}") from exc
+            raise
         try:
             # Unconnected sockets hear ICMP errors only with RECVERR.
             if v6:
@@ -577,12 +586,7 @@ class Forwarder:
         sock.close()
 
     async def _udp(self, up: Upstream, q: Query) -> bytes:
-        try:
-            sock = self._socket(up)
-        except OSError as exc:
-            if exc.errno in (errno.EMFILE, errno.ENFILE):
-                raise Overloaded(f"no socket for the upstream: {exc}") from exc
-            raise
+        sock = self._socket(up)
         loop = asyncio.get_running_loop()
         fd = sock.fileno()
         qid, question = self._question(q)

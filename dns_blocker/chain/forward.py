@@ -54,23 +54,20 @@ class Forward:
         resolver's way, so that a question answered at the first try costs no
         task (``Forwarder.begin``)."""
         upstreams = self.route(q.name) or self.upstreams
-
-        def settled(result: tuple[bytes, Answer] | None) -> None:
-            if result is None:
-                done(None)
-                return
-            answer, info = result
-            self.cache.store(q, answer, info)
-            done(Forwarded(answer, info))
-
-        upstreams.begin(q, settled)
+        upstreams.begin(q, lambda result: done(self._kept(q, result)))
 
     async def ask(self, q: Query) -> Forwarded | None:
         """The answer to ``q`` from its upstreams (cached), or None when none gave one."""
         upstreams = self.route(q.name) or self.upstreams
         try:
-            answer, info = await upstreams.resolve(q)
+            return self._kept(q, await upstreams.resolve(q))
         except UpstreamError:
             return None
+
+    def _kept(self, q: Query, result: tuple[bytes, Answer] | None) -> Forwarded | None:
+        """An upstream's answer, stored in the cache on its way back (None stays None)."""
+        if result is None:
+            return None
+        answer, info = result
         self.cache.store(q, answer, info)
         return Forwarded(answer, info)
